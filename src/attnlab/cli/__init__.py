@@ -1,0 +1,11 @@
+"""The `attnlab` command line. Each command lives in its own module and registers on cli.apps."""
+
+from attnlab.cli.apps import app
+from attnlab.cli import info  # noqa: F401  (registers commands)
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,32 @@
+"""Exceptions raised by attnlab. Every message says what went wrong and what to do about it."""
+
+from __future__ import annotations
+
+
+class AttnlabError(Exception):
+    """Base class of every error attnlab raises on purpose."""
+
+
+class QueryShapeError(AttnlabError, ValueError):
+    """A query (or a batch of queries) does not have the shape the oracle expects."""
+
+
+class OracleError(AttnlabError):
+    """The target behind an oracle answered something unusable (NaN, inf, wrong shape)."""
+
+
+class BudgetExhausted(OracleError):
+    """Sending the next batch would exceed the oracle's query budget. Nothing was sent."""
+
+    def __init__(self, spent: int, budget: int, requested: int):
+        self.spent, self.budget, self.requested = spent, budget, requested
+        super().__init__(
+            f"query budget exhausted: {spent} of {budget} queries spent, and the next batch "
+            f"needs {requested} more. Raise the budget (Oracle(..., budget=...)) or use an "
+            f"extractor that needs fewer queries; answers already paid for are kept in the "
+            f"journal if one is set."
+        )
+
+
+class ExtractionError(AttnlabError):
+    """The extractor cannot recover the target under its assumptions (says which one failed)."""

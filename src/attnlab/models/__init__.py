@@ -1,0 +1,5 @@
+"""The functions under study, as float64-capable torch modules."""
+
+from attnlab.models.attention import AffineHead, SingleHeadAttention, random_low_rank
+
+__all__ = ["AffineHead", "SingleHeadAttention", "random_low_rank"]
