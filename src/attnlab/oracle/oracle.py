@@ -100,6 +100,27 @@ class Oracle:
         self._paid = 0
         self._lock = threading.Lock()
 
+    @classmethod
+    def http(cls, url: str, key: str, *, timeout: float = 30.0, retries: int = 5, transport=None,
+             **oracle_kwargs) -> "Oracle":
+        """An Oracle whose target is an `attnlab serve` endpoint, reached with API key `key`.
+
+        d is read from the service (GET /v1/info). The service enforces its own per-key budget and
+        answers a spent one with BudgetExhausted; `budget=` here adds a local cap on top. Transient
+        failures are retried `retries` times without being charged twice (Idempotency-Key). The
+        client is `oracle.http_target` (counters: requests, charged, retries, replayed, budget_left).
+        """
+        from attnlab.serve.client import HttpTarget
+
+        target = HttpTarget(url, key, timeout=timeout, retries=retries, transport=transport)
+        served_d = target.d
+        d = oracle_kwargs.pop("d", None)
+        if d is not None and d != served_d:
+            raise QueryShapeError(f"d = {d} was asked for, but the service at {url} serves a target with d = {served_d}")
+        oracle = cls(target, d=served_d, **oracle_kwargs)
+        oracle.http_target = target
+        return oracle
+
     # -- counters -------------------------------------------------------------------------
     @property
     def queries(self) -> int:
