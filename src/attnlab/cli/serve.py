@@ -1,0 +1,156 @@
+"""`attnlab make-target`, `attnlab serve` and `attnlab keys ...`: a target behind an HTTP API."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import typer
+
+from attnlab.cli.apps import app
+from attnlab.cli.output import console, emit, err_console, guarded
+
+keys_app = typer.Typer(help="API keys and query budgets of `attnlab serve` (stored hashed in SQLite).",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+KEYS_DB = typer.Option(Path("attnlab-keys.sqlite"), "--keys-db", envvar="ATTNLAB_KEYS_DB",
+                       help="SQLite file holding the keys, budgets and idempotency records.")
+JSON_OUT = typer.Option(False, "--json", help="One JSON object instead of a table.")
+
+
+@app.command("make-target")
+def make_target(
+    out: Path = typer.Argument(..., help="Where to write the .safetensors file."),
+    kind: str = typer.Option("single-head", help="single-head or affine."),
+    d: int = typer.Option(8, min=1, help="Token width."),
+    rank: int = typer.Option(None, min=1, help="Rank of W (default: full)."),
+    scale: float = typer.Option(1.0, help="Entry scale of W (and of u for affine)."),
+    seed: int = typer.Option(0, help="Seed of the random weights."),
+    json_out: bool = JSON_OUT,
+) -> None:
+    """Save a random target (weights in safetensors, kind and d in its header) for `attnlab serve`."""
+    from attnlab.models.attention import AffineHead, SingleHeadAttention
+    from attnlab.serve import read_metadata, save_target
+
+    builders = {"single-head": SingleHeadAttention, "affine": AffineHead}
+
+    def run():
+        if kind not in builders:
+            raise ValueError(f"--kind must be one of {', '.join(builders)}, got {kind!r}")
+        path = save_target(builders[kind].random(d, rank=rank, scale=scale, seed=seed), out)
+        meta = read_metadata(path)
+        return {"path": str(path), "kind": meta["kind"], "d": int(meta["d"]), "dtype": meta["dtype"],
+                "rank": rank or d, "seed": seed}
+
+    emit(guarded(run), json_out, title="target saved")
+
+
+@app.command("serve")
+def serve(
+    model_file: Path = typer.Argument(..., help="A target saved by `attnlab make-target` or save_target."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (plain HTTP: keep it on loopback or behind TLS)."),
+    port: int = typer.Option(8000, min=0, max=65535, help="Port; 0 picks a free one (printed)."),
+    keys_db: Path = KEYS_DB,
+    budget: int = typer.Option(None, min=0, help="If the keys database is empty, create a key 'default' "
+                                                  "with this budget and print it."),
+    round_digits: int = typer.Option(None, min=1, help="Round every answer to this many significant digits."),
+    noise_sigma: float = typer.Option(0.0, min=0.0, help="Add Gaussian noise of this std to every answer."),
+    max_batch: int = typer.Option(256, min=1, help="Most sequences per request."),
+    max_tokens: int = typer.Option(65536, min=1, help="Most tokens per request, over all its sequences."),
+    seed: int = typer.Option(None, help="Seed of the answer noise (default: fresh entropy)."),
+    log_level: str = typer.Option("info", help="uvicorn log level."),
+) -> None:
+    """Serve MODEL_FILE as a black-box API: POST /v1/query, GET /v1/info, GET /healthz."""
+    from attnlab.serve import KeyStore, load_target
+    from attnlab.serve.app import ServeConfig, create_app
+    from attnlab.serve.runner import bind, serve_foreground, url_of
+
+    def prepare():
+        target = load_target(model_file)
+        config = ServeConfig(max_batch=max_batch, max_tokens=max_tokens, round_digits=round_digits,
+                             noise_sigma=noise_sigma, seed=seed)
+        store = KeyStore(keys_db)
+        return target, store, create_app(target, store, config), bind(host, port)
+
+    target, store, api, sock = guarded(prepare)
+    if budget is not None and not store.keys():
+        secret = store.add_key("default", budget)
+        err_console.print(f"created key 'default' with a budget of {budget} queries: [bold]{secret}[/]")
+    elif budget is not None:
+        err_console.print("[yellow]--budget ignored:[/] the keys database already holds keys (see `attnlab keys list`)")
+    if not store.keys():
+        err_console.print(f"[yellow]no API keys yet:[/] create one with `attnlab keys add NAME --budget N --keys-db {keys_db}`")
+    if not _is_loopback(host):
+        err_console.print(f"[yellow]listening on {host}:[/] traffic, API keys included, is unencrypted HTTP")
+    defenses = []
+    if noise_sigma:
+        defenses.append(f"noise sigma {noise_sigma}")
+    if round_digits:
+        defenses.append(f"rounding to {round_digits} significant digits")
+    err_console.print(f"serving {target.kind} target (d = {target.d}, {target.dtype}) from {model_file} on "
+                      f"{url_of(sock)}; defenses: {', '.join(defenses) or 'none'}; keys in {keys_db}")
+    try:
+        serve_foreground(api, sock, log_level=log_level)
+    finally:
+        store.close()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@keys_app.command("add")
+def keys_add(name: str = typer.Argument(..., help="A name for the key's holder."),
+             budget: int = typer.Option(..., min=0, help="Queries this key may spend, across restarts."),
+             keys_db: Path = KEYS_DB, json_out: bool = JSON_OUT) -> None:
+    """Create an API key and print it (this is the only time it is shown)."""
+    from attnlab.serve import KeyStore
+
+    with KeyStore(keys_db) as store:
+        secret = guarded(lambda: store.add_key(name, budget))
+        emit({"name": name, "key": secret, "budget": budget, "keys_db": str(keys_db)}, json_out, title="API key")
+
+
+@keys_app.command("list")
+def keys_list(keys_db: Path = KEYS_DB, json_out: bool = JSON_OUT) -> None:
+    """Show every key's budget, spending and state (not the keys themselves)."""
+    from rich.table import Table
+
+    from attnlab.serve import KeyStore
+
+    with KeyStore(keys_db) as store:
+        keys = [k.to_dict() for k in store.keys()]
+    if json_out:
+        emit({"keys": keys}, True)
+        return
+    table = Table(title=f"API keys in {keys_db}")
+    for column in ("name", "key_starts", "budget", "spent", "budget_left", "revoked"):
+        table.add_column(column)
+    for k in keys:
+        table.add_row(*(str(k[c]) for c in ("name", "key_starts", "budget", "spent", "budget_left", "revoked")))
+    console.print(table)
+
+
+@keys_app.command("budget")
+def keys_budget(name: str = typer.Argument(...), budget: int = typer.Argument(..., min=0, help="New total budget."),
+                keys_db: Path = KEYS_DB, json_out: bool = JSON_OUT) -> None:
+    """Set a key's total budget (what it already spent still counts)."""
+    from attnlab.serve import KeyStore
+
+    with KeyStore(keys_db) as store:
+        emit(guarded(lambda: store.set_budget(name, budget)).to_dict(), json_out, title="API key")
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: str = typer.Argument(...), keys_db: Path = KEYS_DB, json_out: bool = JSON_OUT) -> None:
+    """Refuse a key from now on (403)."""
+    from attnlab.serve import KeyStore
+
+    with KeyStore(keys_db) as store:
+        emit(guarded(lambda: store.revoke(name)).to_dict(), json_out, title="API key")

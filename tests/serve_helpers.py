@@ -1,0 +1,73 @@
+"""A real `attnlab serve` app on 127.0.0.1 (uvicorn on a thread, free port) for the serve tests."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from attnlab.serve import KeyStore, load_target
+from attnlab.serve.app import ServeConfig, create_app
+from attnlab.serve.runner import BackgroundServer
+
+
+@dataclass
+class Served:
+    url: str
+    key: str
+    store: KeyStore
+    app: object
+
+    @property
+    def answered(self) -> int:
+        """Sequences the server's model actually answered (its own Oracle's count)."""
+        return self.app.state.oracle.queries
+
+    def spent(self, name: str = "alice") -> int:
+        return self.store.get(name).spent
+
+
+@contextmanager
+def serve(model_path: Path, db_path: Path, budget: int = 1000, config: ServeConfig = ServeConfig()):
+    """Serve the target in model_path with a key 'alice' (created if the db has none)."""
+    store = KeyStore(db_path)
+    key = store.add_key("alice", budget) if not store.keys() else ""
+    app = create_app(load_target(model_path), store, config)
+    try:
+        with BackgroundServer(app) as url:
+            yield Served(url, key, store, app)
+    finally:
+        store.close()
+
+
+class DropResponses(httpx.HTTPTransport):
+    """Delivers each request to the server, then loses the first `drops` responses on the way back."""
+
+    def __init__(self, drops: int = 1):
+        super().__init__()
+        self.drops = drops
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if request.method == "POST" and self.drops > 0:
+            response.read()  # the server has finished: it answered and charged
+            response.close()
+            self.drops -= 1
+            raise httpx.ReadError("simulated connection loss after the server answered", request=request)
+        return response
+
+
+class Fail503(httpx.HTTPTransport):
+    """Answers the first `failures` POSTs with 503 without reaching the server."""
+
+    def __init__(self, failures: int = 1):
+        super().__init__()
+        self.failures = failures
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and self.failures > 0:
+            self.failures -= 1
+            return httpx.Response(503, json={"error": "unavailable", "detail": "simulated overload"}, request=request)
+        return super().handle_request(request)
