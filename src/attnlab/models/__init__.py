@@ -1,5 +1,7 @@
 """The functions under study, as float64-capable torch modules."""
 
 from attnlab.models.attention import AffineHead, SingleHeadAttention, random_low_rank
+from attnlab.models.precision import is_representable, round_to_bits
 
 __all__ = ["AffineHead", "SingleHeadAttention", "random_low_rank"]
+__all__ += ["is_representable", "round_to_bits"]
