@@ -1,0 +1,122 @@
+"""Trainable baselines over per-token encodings (n, N, token_dim) -> (n, N, out_dim).
+
+All of them end in the same per-token output map psi, which sees the token's own input (the
+residual access the paper's constructions need), so architectures differ only in how tokens
+exchange information: one attention layer (pairwise or third-order), a recurrence, or a dense
+layer over the flattened sequence.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from attnlab.experiments.config import ModelConfig
+
+
+def _mlp(d_in: int, hidden: int, d_out: int, layers: int = 1) -> nn.Sequential:
+    dims = [d_in] + [hidden] * layers
+    blocks: list[nn.Module] = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        blocks += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*blocks, nn.Linear(dims[-1], d_out))
+
+
+def _token_map(d_in: int, hidden: int, d_out: int) -> nn.Module:
+    """phi: linear when hidden == 0, else a one-hidden-layer ReLU MLP."""
+    return nn.Linear(d_in, d_out) if hidden == 0 else _mlp(d_in, hidden, d_out)
+
+
+class Readout(nn.Module):
+    """psi(features_i, x_i): the per-token output MLP with residual access to the token."""
+
+    def __init__(self, d_features: int, token_dim: int, hidden: int, out_dim: int):
+        super().__init__()
+        self.net = _mlp(d_features + token_dim, hidden, out_dim)
+
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([features, tokens], dim=-1))
+
+
+class SummedHeads(nn.Module):
+    """sum_h softmax(Q_h(E) K_h(E)^T / sqrt(m)) V_h(E): the paper's multi-head layer (heads summed)."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads, self.width = heads, width
+        self.qkv = nn.Linear(width, 3 * heads * width)
+
+    def forward(self, embedded: torch.Tensor) -> torch.Tensor:
+        n, N, m = embedded.shape
+        q, k, v = self.qkv(embedded).view(n, N, 3, self.heads, m).permute(2, 0, 3, 1, 4)
+        weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(m), dim=-1)
+        return (weights @ v).sum(dim=1)
+
+
+class OneLayerTransformer(nn.Module):
+    """phi (per token) -> one attention layer (pairwise or third-order) -> psi with residual."""
+
+    def __init__(self, token_dim: int, out_dim: int, config: ModelConfig):
+        super().__init__()
+        m = config.width
+        self.embed = _token_map(token_dim, config.embed_hidden, m)
+        if config.arch == "third_order":
+            from attnlab.models.third_order import ThirdOrderAttention
+
+            self.attend = ThirdOrderAttention(m, m, m, heads=config.heads)
+        else:
+            self.attend = SummedHeads(m, config.heads)
+        self.readout = Readout(m + m, token_dim, config.readout_hidden, out_dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        embedded = self.embed(tokens)
+        return self.readout(torch.cat([self.attend(embedded), embedded], dim=-1), tokens)
+
+
+class RecurrentBaseline(nn.Module):
+    """LSTM or GRU over the sequence (optionally bidirectional), then psi per position."""
+
+    def __init__(self, token_dim: int, out_dim: int, config: ModelConfig):
+        super().__init__()
+        cell = nn.LSTM if config.arch == "lstm" else nn.GRU
+        self.rnn = cell(token_dim, config.width, num_layers=config.layers, batch_first=True,
+                        bidirectional=config.bidirectional)
+        directions = 2 if config.bidirectional else 1
+        self.readout = Readout(directions * config.width, token_dim, config.readout_hidden, out_dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        states, _ = self.rnn(tokens)
+        return self.readout(states, tokens)
+
+
+class FlatMLP(nn.Module):
+    """A ReLU MLP on the flattened sequence, emitting all N outputs at once (fixed N)."""
+
+    def __init__(self, seq_len: int, token_dim: int, out_dim: int, config: ModelConfig):
+        super().__init__()
+        self.seq_len, self.out_dim = seq_len, out_dim
+        self.net = _mlp(seq_len * token_dim, config.width, seq_len * out_dim, layers=config.layers)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        n, N, _ = tokens.shape
+        if N != self.seq_len:
+            raise ValueError(f"this MLP was built for sequences of length {self.seq_len}, got {N}; "
+                             f"build a new one for the new length")
+        return self.net(tokens.reshape(n, -1)).view(n, N, self.out_dim)
+
+
+def build_model(config: ModelConfig, seq_len: int, token_dim: int, out_dim: int) -> nn.Module:
+    """The baseline named by config.arch, mapping (n, seq_len, token_dim) to (n, seq_len, out_dim)."""
+    if config.arch in ("attention", "third_order"):
+        return OneLayerTransformer(token_dim, out_dim, config)
+    if config.arch in ("lstm", "gru"):
+        return RecurrentBaseline(token_dim, out_dim, config)
+    if config.arch == "mlp":
+        return FlatMLP(seq_len, token_dim, out_dim, config)
+    raise ValueError(f"unknown architecture '{config.arch}'")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

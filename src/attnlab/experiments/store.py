@@ -1,0 +1,173 @@
+"""Results store: one SQLite file (WAL mode), one row per run, written only by the sweep's parent.
+
+Each `put` is its own committed transaction, so a parent killed with SIGKILL loses at most the run
+it was writing, never a committed one, and inserts are idempotent on the run id (a finished run
+is never duplicated or overwritten; a failed one is replaced when it is retried).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterator
+
+from attnlab.experiments.train import RunResult
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,            -- 'ok' or 'failed'
+    config_json TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    metrics_json TEXT NOT NULL,
+    timings_json TEXT NOT NULL,
+    error TEXT,
+    started_at TEXT, finished_at TEXT,
+    wall_seconds REAL,
+    attnlab_version TEXT, torch_version TEXT, python_version TEXT
+);
+CREATE TABLE IF NOT EXISTS sweep_runs (
+    sweep TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    PRIMARY KEY (sweep, run_id)
+);
+"""
+
+COLUMNS = ("run_id", "status", "config_json", "seed", "metrics_json", "timings_json", "error",
+           "started_at", "finished_at", "wall_seconds", "attnlab_version", "torch_version", "python_version")
+
+
+class ResultStore:
+    """A results file. Open it with a path; it is created (with its schema) if missing."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._db.commit()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "ResultStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def add_to_sweep(self, sweep: str, run_ids: list[str]) -> None:
+        with self._db:
+            self._db.executemany("INSERT OR IGNORE INTO sweep_runs VALUES (?, ?)", [(sweep, r) for r in run_ids])
+
+    def finished_ids(self) -> set[str]:
+        return {row[0] for row in self._db.execute("SELECT run_id FROM runs WHERE status = 'ok'")}
+
+    def put(self, result: RunResult) -> bool:
+        """Record a finished run; False (and nothing written) if it was already recorded as ok."""
+        if result.status != "ok":
+            raise ValueError(f"run {result.run_id} has status '{result.status}'; only finished runs are "
+                             f"stored (resume it with train(config, run_dir) first)")
+        return self._upsert(result.run_id, "ok", result.config, result.seed, result.metrics,
+                            result.timings, None, result.started_at, result.finished_at, result.versions)
+
+    def put_failure(self, run_id: str, config: dict[str, Any], seed: int, error: str) -> bool:
+        """Record that a run raised; a later successful put replaces this row."""
+        return self._upsert(run_id, "failed", config, seed, {}, {}, error, None, None, {})
+
+    def _upsert(self, run_id, status, config, seed, metrics, timings, error, started, finished, versions) -> bool:
+        row = (run_id, status, json.dumps(config, sort_keys=True), seed, json.dumps(metrics),
+               json.dumps(timings), error, started, finished, timings.get("wall_seconds"),
+               versions.get("attnlab"), versions.get("torch"), versions.get("python"))
+        with self._db:
+            cursor = self._db.execute(
+                f"INSERT INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+                "ON CONFLICT(run_id) DO UPDATE SET "
+                + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[1:])
+                + " WHERE runs.status != 'ok'", row)
+            return cursor.rowcount == 1
+
+    def records(self, sweep: str | None = None, status: str | None = "ok") -> list[dict[str, Any]]:
+        """Rows as dicts with `config` and `metrics` parsed, optionally one sweep's / one status's."""
+        query, args = "SELECT r.* FROM runs r", []
+        clauses = []
+        if sweep is not None:
+            query += " JOIN sweep_runs s ON s.run_id = r.run_id"
+            clauses.append("s.sweep = ?")
+            args.append(sweep)
+        if status is not None:
+            clauses.append("r.status = ?")
+            args.append(status)
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        query += " ORDER BY r.run_id"
+        cursor = self._db.execute(query, args)
+        names = [d[0] for d in cursor.description]
+        out = []
+        for values in cursor:
+            row = dict(zip(names, values))
+            row["config"] = json.loads(row["config_json"])
+            row["metrics"] = json.loads(row["metrics_json"])
+            row["timings"] = json.loads(row["timings_json"])
+            out.append(row)
+        return out
+
+    def sweeps(self) -> dict[str, int]:
+        return dict(self._db.execute("SELECT sweep, COUNT(*) FROM sweep_runs GROUP BY sweep ORDER BY sweep"))
+
+    def count(self, status: str = "ok") -> int:
+        return self._db.execute("SELECT COUNT(*) FROM runs WHERE status = ?", (status,)).fetchone()[0]
+
+
+def _flatten(prefix: str, value: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(value, dict):
+        for key, child in value.items():
+            yield from _flatten(f"{prefix}.{key}" if prefix else key, child)
+    else:
+        yield prefix, value
+
+
+def flat_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One flat dict per run: run_id, status, seed, config.*, metrics.*, timings.*, versions."""
+    flat = []
+    for row in records:
+        item = {k: row[k] for k in COLUMNS if not k.endswith("_json")}
+        for section in ("config", "metrics", "timings"):
+            item.update(dict(_flatten(section, row[section])))
+        flat.append(item)
+    return flat
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    names: dict[str, None] = {}
+    for row in rows:
+        names.update(dict.fromkeys(row))
+    return list(names)
+
+
+def export_csv(store: ResultStore, path: str | Path, sweep: str | None = None) -> int:
+    """Write the store's finished runs as CSV (one row per run); returns the number of rows."""
+    rows = flat_records(store.records(sweep))
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=_columns(rows))
+        writer.writeheader()
+        writer.writerows(rows)
+    return len(rows)
+
+
+def export_parquet(store: ResultStore, path: str | Path, sweep: str | None = None) -> int:
+    """Write the store's finished runs as a Parquet file (needs pyarrow); returns the number of rows."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise ImportError("Parquet export needs pyarrow: pip install 'attnlab[parquet]'") from exc
+    rows = flat_records(store.records(sweep))
+    columns = _columns(rows)
+    table = pa.table({name: [row.get(name) for row in rows] for name in columns}) if rows else pa.table({})
+    pq.write_table(table, str(path))
+    return len(rows)

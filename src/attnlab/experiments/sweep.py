@@ -1,0 +1,160 @@
+"""Run a sweep on any concurrent.futures.Executor: local processes by default, Dask for a cluster.
+
+Workers only train and return results; the parent alone writes to the results store, one
+committed row per finished future, so killing the parent loses nothing already stored and a
+re-run skips every finished run.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import torch
+from tqdm import tqdm
+
+from attnlab.experiments.config import RunConfig, SweepConfig, load_sweep
+from attnlab.experiments.store import ResultStore
+from attnlab.experiments.train import RunResult, train
+
+Engine = Literal["local", "dask"]
+
+
+def default_sweep(quick: bool = False) -> SweepConfig:
+    """The committed qSA sample-complexity sweep: `quick` (about a minute on 2 cores, what tests
+    use) or the default scaled-down one (about ten minutes on 2 cores)."""
+    return load_sweep("qsa-quick" if quick else "qsa-default")
+
+
+@dataclass
+class SweepSummary:
+    sweep: str
+    store: str
+    engine: str
+    workers: int
+    total: int
+    skipped: int
+    completed: int
+    failed: int
+    wall_seconds: float
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def execute_run(config_json: str, runs_dir: str | None, threads: int) -> dict[str, Any]:
+    """Worker entry point: train one run (resuming from its run dir if any) and return its result."""
+    config = RunConfig.model_validate_json(config_json)
+    if config.train.threads is None:
+        torch.set_num_threads(threads)
+    run_dir = Path(runs_dir) / config.run_id if runs_dir is not None else None
+    return train(config, run_dir).to_dict()
+
+
+def _available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@contextmanager
+def make_executor(engine: Engine = "local", workers: int | None = None, scheduler: str | None = None,
+                  dask_processes: bool = True) -> Iterator[Executor]:
+    """An Executor for `engine`. local: a ProcessPoolExecutor (spawned workers, so no torch state
+    is forked). dask: `Client(scheduler).get_executor()`, or a LocalCluster of `workers` single-
+    threaded workers when no scheduler address is given (closed again on exit)."""
+    workers = workers or _available_cores()
+    if engine == "local":
+        if scheduler is not None:
+            raise ValueError("--scheduler is only used with --engine dask")
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            yield pool
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    elif engine == "dask":
+        from distributed import Client, LocalCluster
+
+        cluster = None
+        if scheduler is None:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=dask_processes,
+                                   dashboard_address=None)
+            client = Client(cluster)
+        else:
+            client = Client(scheduler, timeout=30)
+        try:
+            yield client.get_executor(pure=False)
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    else:
+        raise ValueError(f"unknown engine '{engine}'; use 'local' or 'dask'")
+
+
+def run_sweep(sweep: SweepConfig | str | Path, store: ResultStore | str | Path, *, engine: Engine = "local",
+              workers: int | None = None, scheduler: str | None = None, progress: bool = False,
+              runs_dir: str | Path | None = None, executor: Executor | None = None,
+              threads_per_run: int = 1, dask_processes: bool = True) -> SweepSummary:
+    """Run every run of `sweep` not yet finished in `store`; return counts and timings.
+
+    `sweep` is a SweepConfig, a sweep file or a built-in name; `store` a ResultStore or a path.
+    Pass `executor` to use one you manage (it is not shut down); otherwise one is made from
+    `engine`, `workers` and `scheduler`. With `runs_dir`, each run checkpoints to
+    runs_dir/<run_id> and an interrupted run resumes mid-training.
+    """
+    sweep = sweep if isinstance(sweep, SweepConfig) else load_sweep(sweep)
+    owned_store = not isinstance(store, ResultStore)
+    results = ResultStore(store) if owned_store else store
+    start = time.perf_counter()
+    try:
+        configs = sweep.expand()
+        results.add_to_sweep(sweep.name, [c.run_id for c in configs])
+        done = results.finished_ids()
+        pending = [c for c in configs if c.run_id not in done]
+        summary = SweepSummary(sweep.name, str(results.path), "custom" if executor else engine,
+                               workers or _available_cores(), len(configs), len(configs) - len(pending), 0, 0, 0.0)
+        if pending:
+            runs = str(runs_dir) if runs_dir is not None else None
+            if executor is not None:
+                _collect(executor, pending, runs, threads_per_run, results, summary, progress)
+            else:
+                with make_executor(engine, workers, scheduler, dask_processes) as owned:
+                    _collect(owned, pending, runs, threads_per_run, results, summary, progress)
+        summary.wall_seconds = time.perf_counter() - start
+        return summary
+    finally:
+        if owned_store:
+            results.close()
+
+
+def _collect(executor: Executor, pending: list[RunConfig], runs_dir: str | None, threads: int,
+             store: ResultStore, summary: SweepSummary, progress: bool) -> None:
+    futures: dict[Future, RunConfig] = {
+        executor.submit(execute_run, c.canonical_json(), runs_dir, threads): c for c in pending}
+    bar = tqdm(total=len(pending), desc=f"sweep {summary.sweep}", unit="run", file=sys.stderr,
+               disable=not progress or not sys.stderr.isatty())
+    try:
+        for future in as_completed(futures):
+            config = futures[future]
+            try:
+                store.put(RunResult.from_dict(future.result()))
+                summary.completed += 1
+            except Exception as exc:  # a failed run is recorded and reported, the sweep goes on
+                message = f"{type(exc).__name__}: {exc}"
+                store.put_failure(config.run_id, config.model_dump(mode="json"), config.seed, message)
+                summary.failed += 1
+                summary.failures.append({"run_id": config.run_id, "error": message})
+            bar.update(1)
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+    finally:
+        bar.close()
