@@ -2,6 +2,8 @@
 
 from attnlab.models.attention import AffineHead, SingleHeadAttention, random_low_rank
 from attnlab.models.precision import is_representable, round_to_bits
+from attnlab.models.third_order import ThirdOrderAttention, third_order_attention
 
 __all__ = ["AffineHead", "SingleHeadAttention", "random_low_rank"]
 __all__ += ["is_representable", "round_to_bits"]
+__all__ += ["ThirdOrderAttention", "third_order_attention"]
