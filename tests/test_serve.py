@@ -232,3 +232,22 @@ def test_client_maps_server_rejections_to_attnlab_errors(model_path, tmp_path):
         with pytest.raises(QueryShapeError, match=r"shape \(B, N, d\)"):
             target(np.ones((3, D)))
         target.close()
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_an_extractor_recovers_the_served_head_as_it_would_locally(tmp_path, affine):
+    single_head = pytest.importorskip("attnlab.extract.single_head").single_head
+    from attnlab.extract import relative_error
+
+    module = (AffineHead if affine else SingleHeadAttention).random(D, seed=5)
+    local = single_head(Oracle(module, d=D), affine=affine, fidelity_samples=50)
+    path = save_target(module, tmp_path / "t.safetensors")
+    with serve(path, tmp_path / "keys.sqlite") as srv:
+        oracle = Oracle.http(srv.url, srv.key)
+        result = single_head(oracle, affine=affine, fidelity_samples=50)
+        assert oracle.queries == result.queries + 50 == srv.spent() == srv.answered == oracle.http_target.charged
+    assert result.queries == local.queries == D * D + D + (D + 1 if affine else 0)
+    # JSON carries float64 exactly (shortest round-trip repr), so HTTP changes no bit of the answer.
+    for name in local.params:
+        np.testing.assert_array_equal(result.params[name], local.params[name])
+        assert relative_error(result.params[name], getattr(module, name).detach().numpy()) < 1e-6, name
