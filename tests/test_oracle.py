@@ -143,3 +143,10 @@ def test_max_batch_splits_calls():
     oracle = Oracle(lambda X: sizes.append(X.shape[0]) or linear_target(X), d=1, max_batch=4)
     oracle(np.ones((10, 1, 1)))
     assert sizes == [4, 4, 2] and oracle.queries == 10
+
+
+def test_token_width_is_read_from_attnlab_models():
+    oracle = Oracle(SingleHeadAttention.random(7, seed=0))
+    assert oracle.d == 7
+    with pytest.raises(QueryShapeError, match="width d = 7"):
+        oracle(np.ones((2, 3)))

@@ -64,7 +64,8 @@ class Oracle:
     target : callable or torch.nn.Module
         Maps a float array of shape (B, N, d) to shape (B,).
     d : int, optional
-        Token width. If omitted it is fixed by the first query.
+        Token width. If omitted it is read from `target.d` when the target has one, else fixed
+        by the first query.
     budget : int, optional
         The most queries that may be sent to the target (answers replayed from the journal are free).
     noise : NoiseModel, optional
@@ -87,6 +88,8 @@ class Oracle:
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._target = _as_numpy_target(target)
+        if d is None and isinstance(getattr(target, "d", None), int):
+            d = target.d  # attnlab's own models know their token width
         self.d = None if d is None else int(d)
         self.budget = None if budget is None else int(budget)
         self.noise = noise
