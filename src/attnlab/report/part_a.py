@@ -12,10 +12,10 @@ from attnlab.report.claims import Context, Measurement, claim
 from attnlab.report.figures import line_plot
 
 
-def _extract_head(d, rank, scale, seed, **kwargs):
+def _extract_head(d, target_rank, scale, seed, **kwargs):
     from attnlab.extract import single_head
 
-    target = SingleHeadAttention.random(d, rank=rank, scale=scale, seed=seed)
+    target = SingleHeadAttention.random(d, rank=target_rank, scale=scale, seed=seed)
     oracle = Oracle(target)
     ext = single_head(oracle, fidelity_samples=0, **kwargs)
     return ext, relative_error(ext.W, target.W.detach().numpy()), relative_error(ext.v, target.v.detach().numpy())
@@ -85,21 +85,21 @@ def low_rank_single_head(ctx: Context) -> Measurement:
        "in the softmax; (W, u, v, c) is what a black box reveals.")
 def affine_pytorch_mha(ctx: Context) -> Measurement:
     from attnlab.extract import single_head
-    from attnlab.extract.single_head import MultiheadAttentionReadout
+    from attnlab.extract.torch_heads import MultiheadReadout, affine_parameters
 
     d = 8 if ctx.quick else 16
-    torch.manual_seed(ctx.seed)
-    mha = torch.nn.MultiheadAttention(d, num_heads=1, bias=True).double()
-    readout = np.random.default_rng(ctx.seed).standard_normal(d)
-    target = MultiheadAttentionReadout(mha, readout)
+    target = MultiheadReadout.random(d, seed=ctx.seed)
     oracle = Oracle(target)
     ext = single_head(oracle, affine=True, fidelity_samples=1000)
-    ok = ext.queries == d * d + 2 * d + 1 and ext.fidelity <= 1e-9
+    truth = affine_parameters(target)
+    errors = {name: relative_error(ext.params[name], truth[name]) for name in ("W", "u", "v", "c")}
+    ok = ext.queries == d * d + 2 * d + 1 and ext.fidelity <= 1e-9 and max(errors.values()) <= 1e-9
     return Measurement(
         measured=f"d = {d}: {ext.queries} queries (d^2 + 2d + 1), max |error| {ext.fidelity:.1e} on "
                  f"{ext.fidelity_queries} fresh sequences of lengths 1..32.",
         reproduced=ok,
         table=[{"d": d, "queries": ext.queries, "d^2+2d+1": d * d + 2 * d + 1, "fidelity (max abs)": ext.fidelity,
-                "fresh queries": ext.fidelity_queries}],
-        config={"d": d, "torch_seed": ctx.seed, "readout_seed": ctx.seed},
+                "fresh queries": ext.fidelity_queries, **{f"rel error {k}": e for k, e in errors.items()}}],
+        config={"d": d, "module": "torch.nn.MultiheadAttention(d, 1, bias=True), all weights and biases random",
+                "seed": ctx.seed},
     )
