@@ -52,6 +52,8 @@ def build_target(run: SingleHeadRun):
     """The random head: rank --target-rank (default: --rank when it is a number, else full)."""
     if run.d < 1:
         raise ValueError(f"--d must be at least 1, got {run.d}")
+    if isinstance(run.rank, int) and not 1 <= run.rank <= run.d:
+        raise ValueError(f"--rank must be between 1 and d = {run.d}, got {run.rank}; use 'full' or 'auto'")
     target_rank = run.target_rank
     if target_rank is None and isinstance(run.rank, int):
         target_rank = run.rank

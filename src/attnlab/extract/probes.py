@@ -25,6 +25,10 @@ from attnlab.oracle import Oracle
 # |b| = INITIAL_PROBE its logit is 1e-2 * a^T W b: unsaturated for unit-vector bilinear values
 # up to ~1e3, and still read to ~1e-11 relative accuracy down to values of ~1e-3.
 INITIAL_PROBE = 1e-2
+# The bias probes [a; 0] of an affine head read a^T u with logit |a| * a^T u, but their
+# denominator |a| a^T v shrinks with |a| too, so a tiny first probe loses precision quadratically
+# (against the constant c). They start larger: unsaturated for |a^T u| up to ~100 on unit a.
+INITIAL_OFFSET_PROBE = 0.25
 # Probe scales aim at logits with this standard deviation: the largest of thousands stays
 # below ~4 (alpha in [0.02, 0.98]), where the logit inversion amplifies errors at most ~50x.
 TARGET_LOGIT_STD = 0.8
@@ -191,7 +195,7 @@ class BilinearReader:
         d = v.shape[0]
         self.max_block = max_block or max(1, (1 << 22) // (2 * d))
         self.w_scale = ScaleTracker()
-        self.u_scale = ScaleTracker()
+        self.u_scale = ScaleTracker(INITIAL_OFFSET_PROBE)
         self.u: np.ndarray | None = None
         self.log = ProbeLog()
 
