@@ -343,11 +343,11 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, progress: boo
                "steps": state.step, "best_step": state.best_step, "epochs": state.epoch,
                "stopped_early": bool(state.stopped_early), "threshold": float(task.threshold),
                "reached_threshold": bool(float(scores["max_error"]) <= float(task.threshold)),
-               "n_params": count_parameters(model),
-               "train_examples_per_second": state.step * t.batch_size / max(state.train_seconds, 1e-12)}
+               "n_params": count_parameters(model)}
     result = RunResult(config.run_id, config.model_dump(mode="json"), config.seed, "ok", metrics,
                        {"train_seconds": state.train_seconds, "eval_seconds": eval_seconds,
-                        "wall_seconds": time.perf_counter() - wall_start},
+                        "wall_seconds": time.perf_counter() - wall_start,
+                        "train_examples_per_second": state.step * t.batch_size / max(state.train_seconds, 1e-12)},
                        started_at=started_at, finished_at=_now())
     if run_path is not None:
         save_file({k: v.detach().cpu().contiguous() for k, v in best_weights.items()}, str(run_path / "model.safetensors"))

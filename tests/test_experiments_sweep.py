@@ -1,0 +1,184 @@
+"""Sweeps for real: local process pools, a Dask LocalCluster, a parent killed with SIGKILL and
+resumed, failures recorded, the committed quick sweep, the CLI and the example script."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from attnlab.cli import app
+from attnlab.experiments import ResultStore, SweepConfig, default_sweep, run_sweep
+from attnlab.experiments.analysis import samples_to_threshold, summarise
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_sweep(name="tiny", seeds=(0, 1), max_steps=12, grids=None, n_train=(32, 64)) -> SweepConfig:
+    base = {
+        "task": {"name": "qsa", "params": {"N": 6, "q": 2, "d_prime": 3}},
+        "model": {"arch": "attention", "width": 8, "readout_hidden": 8},
+        "train": {"n_val": 32, "n_test": 64, "batch_size": 16, "lr": 0.003, "max_steps": max_steps,
+                  "eval_every": 4, "patience": 10, "checkpoint_every": 4},
+    }
+    grids = grids or [{"model.arch": ["attention", "gru"], "train.n_train": list(n_train)}]
+    return SweepConfig(name=name, base=base, grids=grids, seeds=list(seeds))
+
+
+def metrics_by_id(path) -> dict[str, dict]:
+    with ResultStore(path) as store:
+        return {r["run_id"]: r["metrics"] for r in store.records()}
+
+
+def test_local_sweep_runs_everything_once_and_skips_it_next_time(tmp_path):
+    sweep = tiny_sweep()
+    store = tmp_path / "r.sqlite"
+    first = run_sweep(sweep, store, workers=2, runs_dir=tmp_path / "runs")
+    assert (first.total, first.skipped, first.completed, first.failed) == (8, 0, 8, 0)
+    assert set(metrics_by_id(store)) == {c.run_id for c in sweep.expand()}
+    again = run_sweep(sweep, store, workers=2)
+    assert (again.skipped, again.completed) == (8, 0)
+    with ResultStore(store) as results:
+        assert results.count() == 8 and results.sweeps() == {"tiny": 8}
+
+
+def test_dask_engine_gives_the_same_results_as_local_processes(tmp_path):
+    sweep = tiny_sweep(seeds=(0,))
+    local, dask = tmp_path / "local.sqlite", tmp_path / "dask.sqlite"
+    run_sweep(sweep, local, engine="local", workers=2)
+    summary = run_sweep(sweep, dask, engine="dask", workers=2, dask_processes=False)
+    assert (summary.engine, summary.completed, summary.failed) == ("dask", 4, 0)
+    assert metrics_by_id(dask) == metrics_by_id(local)
+
+
+def test_a_failing_run_is_recorded_and_the_rest_complete(tmp_path):
+    sweep = tiny_sweep(seeds=(0,), grids=[{"task.params.q": [2, 9]}])  # q=9 > N=6 cannot be sampled
+    store = tmp_path / "r.sqlite"
+    summary = run_sweep(sweep, store, workers=1)
+    assert (summary.completed, summary.failed) == (1, 1)
+    assert "q <= N" in summary.failures[0]["error"]
+    with ResultStore(store) as results:
+        failed = results.records(status="failed")
+    assert [r["run_id"] for r in failed] == [summary.failures[0]["run_id"]]
+    # failed runs are retried by the next invocation (and fail again here)
+    assert run_sweep(sweep, store, workers=1).failed == 1
+
+
+_KILLABLE = """
+import sys
+from attnlab.experiments import SweepConfig, run_sweep
+if __name__ == "__main__":
+    sweep = SweepConfig.model_validate_json(open(sys.argv[1]).read())
+    run_sweep(sweep, sys.argv[2], workers=1)
+"""
+
+
+def test_sweep_parent_killed_with_sigkill_resumes_without_loss_or_duplicates(tmp_path):
+    sweep = tiny_sweep(name="killed", seeds=(0, 1, 2, 3), max_steps=200, n_train=(64,))
+    (tmp_path / "sweep.json").write_text(sweep.model_dump_json())
+    (tmp_path / "killable.py").write_text(_KILLABLE)
+    store = tmp_path / "r.sqlite"
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "killable.py"), str(tmp_path / "sweep.json"), str(store)],
+                              start_new_session=True, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if store.exists():
+                with sqlite3.connect(store, timeout=5) as db:
+                    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+                    if "runs" in tables and db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] >= 2:
+                        break
+            assert parent.poll() is None, parent.stderr.read().decode()
+            time.sleep(0.05)
+        else:
+            pytest.fail("the sweep stored no run within 60 s")
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=10)
+    finally:
+        try:  # the orphaned pool worker shares the session; end it too
+            os.killpg(parent.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        parent.stderr.close()
+    assert parent.returncode == -signal.SIGKILL
+    before = metrics_by_id(store)
+    total = len(sweep.expand())
+    assert 2 <= len(before) < total, "kill the parent while runs remain, or the test proves nothing"
+    resumed = run_sweep(sweep, store, workers=2)
+    assert resumed.skipped == len(before) and resumed.completed == total - len(before)
+    after = metrics_by_id(store)
+    assert set(after) == {c.run_id for c in sweep.expand()}
+    assert {k: after[k] for k in before} == before
+    with sqlite3.connect(store) as db:
+        assert db.execute("SELECT COUNT(*), COUNT(DISTINCT run_id) FROM runs").fetchone() == (total, total)
+
+
+def test_quick_sweep_attention_reaches_the_threshold_first(tmp_path):
+    """The committed quick sweep (what CI runs): attention needs fewer qSA samples than LSTM / MLP."""
+    summary = run_sweep(default_sweep(quick=True), tmp_path / "q.sqlite", workers=2)
+    assert summary.failed == 0 and summary.completed == summary.total
+    with ResultStore(tmp_path / "q.sqlite") as store:
+        needs = {e["arch"]: e for e in samples_to_threshold(summarise(store.records()))}
+    attention = needs["attention"]["samples_needed"]
+    assert attention is not None
+    for arch in ("lstm", "mlp"):
+        other = needs[arch]["samples_needed"]
+        assert other is None or other > attention
+
+
+def _cli(*args: str):
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def test_cli_train_sweep_results(tmp_path):
+    run = tiny_sweep().expand()[0]
+    (tmp_path / "run.json").write_text(run.model_dump_json())
+    code, out = _cli("train", str(tmp_path / "run.json"), "--json", "--run-dir", str(tmp_path / "run"))
+    assert code == 0, out
+    trained = json.loads(out.strip().splitlines()[-1])
+    assert trained["run_id"] == run.run_id and trained["status"] == "ok"
+
+    (tmp_path / "sweep.json").write_text(tiny_sweep(seeds=(0,)).model_dump_json())
+    store = str(tmp_path / "r.sqlite")
+    code, out = _cli("sweep", str(tmp_path / "sweep.json"), "--store", store, "--workers", "2", "--json")
+    assert code == 0, out
+    assert json.loads(out.strip().splitlines()[-1])["completed"] == 4
+    assert (tmp_path / "r.runs").is_dir()
+
+    code, out = _cli("results", "show", "--store", store, "--json")
+    shown = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and len(shown["summary"]) == 4
+    code, out = _cli("results", "show", "--store", store)
+    assert code == 0 and "training examples needed" in out
+    for name in ("all.csv", "all.parquet"):
+        code, out = _cli("results", "export", str(tmp_path / name), "--store", store, "--json")
+        assert code == 0 and json.loads(out.strip().splitlines()[-1])["rows"] == 4
+    code, out = _cli("results", "plot", "--store", store, "--out", str(tmp_path / "plots"), "--json")
+    assert code == 0, out
+    assert Path(json.loads(out.strip().splitlines()[-1])["error_vs_samples"]).stat().st_size > 1000
+
+
+def test_cli_errors_are_clean(tmp_path):
+    for args in (["train", "no-such-config"], ["results", "show", "--store", str(tmp_path / "none.sqlite")],
+                 ["sweep", "qsa-quick", "--engine", "local", "--scheduler", "tcp://x:1", "--store",
+                  str(tmp_path / "r.sqlite")],
+                 ["results", "export", str(tmp_path / "x.xlsx"), "--store", str(tmp_path / "none.sqlite")]):
+        code, out = _cli(*args)
+        assert code == 2, (args, out)
+        assert "Traceback" not in out and "error" in out
+
+
+def test_example_script_runs():
+    done = subprocess.run([sys.executable, str(REPO / "examples" / "train_qsa.py"), "--n-train", "64", "--steps", "5"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "attention" in done.stdout and "lstm" in done.stdout and "mlp" in done.stdout
