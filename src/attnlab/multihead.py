@@ -144,8 +144,10 @@ def _groups_of_equal_W(W: np.ndarray, tol: float) -> list[list[int]]:
 
 def canonical_order(W: np.ndarray, v: np.ndarray) -> np.ndarray:
     """The canonical order of heads: lexicographic in v (first coordinate first), then in W."""
+    if W.shape[0] == 0:
+        return np.arange(0)
     keys = np.concatenate([v, W.reshape(W.shape[0], -1)], axis=1)
-    return np.lexsort(keys.T[::-1]) if keys.shape[0] else np.arange(0)
+    return np.lexsort(keys.T[::-1])
 
 
 def canonical(params: MultiHeadParams, tol: float = 1e-9) -> MultiHeadParams:

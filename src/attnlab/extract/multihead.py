@@ -167,6 +167,12 @@ def _joint_polish(fits: list[_HeadFit], S: float, iterations: int = 30):
     return gamma, logits, float(np.max(np.abs(res))) / scale
 
 
+def _not_h_heads(heads: int) -> str:
+    return (f"the target does not behave like {heads} canonical head(s) answering exactly; if it has "
+            f"more heads, raise heads / max_heads (noisy or rounded answers are outside this learner's "
+            f"assumptions)")
+
+
 def _separated(values: np.ndarray, gap: float) -> bool:
     return values.size < 2 or float(np.min(np.diff(np.sort(values)))) >= gap
 
@@ -355,8 +361,7 @@ class _Learner:
             self.reject(spent)
             u = self.random_direction()
         raise ExtractionError(
-            f"no usable probe direction after {attempts} tries: the target does not behave like "
-            f"{self.heads} canonical head(s) (try max_heads to let the learner count them)"
+            f"no usable probe direction after {attempts} tries: {_not_h_heads(self.heads)}"
         )
 
     def _fit_with_known_gammas(self, t, F, S, gamma: np.ndarray) -> _HeadFit | None:
@@ -421,8 +426,7 @@ class _Learner:
             todo = retry
         if todo:
             raise ExtractionError(
-                f"{len(todo)} query tokens gave no usable fit after {attempts} redraws; the target does "
-                f"not behave like {H} canonical head(s)"
+                f"{len(todo)} query tokens gave no usable fit after {attempts} redraws: {_not_h_heads(H)}"
             )
         tokens_matrix = np.array(tokens)
         if np.linalg.cond(tokens_matrix) > 1e6:
@@ -430,8 +434,7 @@ class _Learner:
         gamma, logits, residual = _joint_polish(fits, float(u @ self.V))
         if residual > self.fit_tol:
             raise ExtractionError(
-                f"the probes of one key direction disagree by {residual:.1e} (relative): the target is "
-                f"not a multi-head regressor with {H} canonical heads, or its answers are not exact"
+                f"the probes of one key direction disagree by {residual:.1e} (relative): {_not_h_heads(H)}"
             )
         return tokens_matrix, logits, gamma
 
@@ -579,6 +582,5 @@ def _check(learner: _Learner, params: MultiHeadParams, n: int) -> None:
     if worst > 1e-6:
         raise ExtractionError(
             f"the recovered {params.heads}-head model misses the oracle by {worst:.2e} (relative) on fresh "
-            f"queries: the target is not a multi-head regressor with that many canonical heads, or its "
-            f"answers are noisy (this learner assumes exact answers)"
+            f"queries: {_not_h_heads(params.heads)}"
         )

@@ -1,0 +1,159 @@
+"""Learning multi-head attention from queries: canonical heads in general, exact heads in
+orthogonal subspaces. Query counts are read from the oracle; accuracy is checked against the
+canonical form of the truth, heads matched by permutation."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attnlab import BudgetExhausted, ExtractionError, Oracle
+from attnlab.extract import multi_head, orthogonal_heads
+from attnlab.extract.multihead import canonical_dof, published_query_bound
+from attnlab.models import MultiHeadRegressor, random_orthogonal_heads
+from attnlab.multihead import MultiHeadParams, canonical, canonical_error, equivalent_pair, match_heads
+
+
+def truth_of(model):
+    return MultiHeadParams.from_model(model)
+
+
+def recovered(result):
+    return MultiHeadParams(result.W, result.v)
+
+
+@pytest.mark.parametrize("heads, d", [(1, 5), (2, 4), (3, 4), (4, 3)])
+def test_recovers_canonical_heads_to_1e8_with_counted_queries(heads, d):
+    model = MultiHeadRegressor.random(d, heads, seed=heads)
+    oracle = Oracle(model, d=d)
+    result = multi_head(oracle, heads=heads, seed=1, fidelity_samples=200)
+    assert result.W.shape == (heads, d, d) and result.v.shape == (heads, d)
+    assert canonical_error(recovered(result), truth_of(model)) <= 1e-8
+    # every query is the oracle's: the extraction's plus the separate fidelity check
+    assert result.queries + result.fidelity_queries == oracle.queries
+    assert result.queries == sum(result.stages.values())
+    assert result.stages["values"] == d
+    assert result.stages["interpolation"] == (2 * heads - 1) * d * d
+    assert result.stages.get("matching", 0) <= 4 * (d - 1) * (heads > 1)
+    assert result.queries < published_query_bound(heads, d)
+    assert result.dof == canonical_dof(heads, d) == heads * (d * d + d)
+    assert result.info["heads_found"] == heads
+    assert result.fidelity <= 1e-9
+
+
+def test_one_head_uses_exactly_the_free_parameter_count():
+    model = MultiHeadRegressor.random(6, 1, seed=0)
+    oracle = Oracle(model, d=6)
+    result = multi_head(oracle, heads=1, fidelity_samples=0)
+    assert result.queries == oracle.queries == 6 * 6 + 6
+    assert canonical_error(recovered(result), truth_of(model)) <= 1e-10
+
+
+def test_heads_come_back_in_canonical_order():
+    model = MultiHeadRegressor.random(4, 3, seed=5)
+    result = multi_head(Oracle(model, d=4), heads=3, fidelity_samples=0)
+    np.testing.assert_array_equal(result.v[:, 0], np.sort(result.v[:, 0]))
+    order, error = match_heads(recovered(result), canonical(truth_of(model)))
+    assert error <= 1e-8 and order.tolist() == [0, 1, 2]
+
+
+def test_counting_heads_with_an_upper_bound_finds_the_canonical_number():
+    p, q, _ = equivalent_pair(4, heads=2, seed=11)  # q: 4 stored heads, 2 canonical ones
+    oracle = Oracle(q, d=4)
+    result = multi_head(oracle, max_heads=4, seed=2, fidelity_samples=0)
+    assert result.info["heads_found"] == 2
+    assert canonical_error(recovered(result), p) <= 1e-8
+    assert result.stages["check"] == 2
+    # the first probe pair reads 2*H0 + 1 ratios, every other pair 2*H - 1
+    assert result.stages["interpolation"] == 2 * 4 + 1 + (2 * 2 - 1) * (4 * 4 - 1)
+    assert result.queries == oracle.queries
+
+
+def test_equivalent_parameterisations_give_the_same_extraction():
+    p, q, _ = equivalent_pair(4, heads=3, seed=6)
+    results = [multi_head(Oracle(x, d=4), heads=3, seed=0, fidelity_samples=0) for x in (p, q)]
+    assert results[0].queries == results[1].queries
+    np.testing.assert_allclose(results[0].W, results[1].W, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(results[0].v, results[1].v, rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("scale", [0.2, 3.0])
+def test_probes_adapt_to_the_scale_of_W(scale):
+    model = MultiHeadRegressor.random(4, 2, scale=scale, seed=7)
+    result = multi_head(Oracle(model, d=4), heads=2, fidelity_samples=0)
+    assert canonical_error(recovered(result), truth_of(model)) <= 1e-8
+
+
+def test_the_zero_map_has_no_canonical_heads():
+    zero = MultiHeadParams(np.random.default_rng(0).standard_normal((2, 3, 3)), np.zeros((2, 3)))
+    result = multi_head(Oracle(zero, d=3), max_heads=2, fidelity_samples=0)
+    assert result.info["heads_found"] == 0 and result.W.shape == (0, 3, 3)
+
+
+def test_too_few_heads_is_caught_by_the_check():
+    model = MultiHeadRegressor.random(4, 2, seed=3)
+    with pytest.raises(ExtractionError, match="misses the oracle.*raise heads / max_heads"):
+        multi_head(Oracle(model, d=4), heads=1, check_queries=2, fidelity_samples=0)
+
+
+def test_too_small_an_upper_bound_raises():
+    model = MultiHeadRegressor.random(4, 3, seed=3)
+    with pytest.raises(ExtractionError, match="raise heads / max_heads"):
+        multi_head(Oracle(model, d=4), max_heads=2, fidelity_samples=0)
+
+
+def test_budget_is_enforced_by_the_oracle():
+    model = MultiHeadRegressor.random(4, 2, seed=0)
+    oracle = Oracle(model, d=4, budget=30)
+    with pytest.raises(BudgetExhausted):
+        multi_head(oracle, heads=2, fidelity_samples=0)
+    assert oracle.paid <= 30
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({}, "give heads=H"),
+    ({"heads": 7}, r"heads must be in \[0, 6\]"),
+    ({"heads": 3, "max_heads": 2}, "exceeds max_heads"),
+    ({"heads": 1, "fidelity_samples": -1}, "fidelity_samples must be >= 0"),
+])
+def test_bad_arguments_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        multi_head(Oracle(MultiHeadRegressor.random(3, 1), d=3), **kwargs)
+
+
+def test_oracle_needs_a_token_width():
+    with pytest.raises(ValueError, match="Oracle\\(target, d=...\\)"):
+        multi_head(Oracle(lambda X: X.sum(axis=(1, 2))), heads=1)
+
+
+@settings(max_examples=8, deadline=None)
+@given(heads=st.integers(1, 3), d=st.integers(2, 4), seed=st.integers(0, 2**31 - 1))
+def test_property_random_targets_are_recovered(heads, d, seed):
+    model = MultiHeadRegressor.random(d, heads, seed=seed)
+    result = multi_head(Oracle(model, d=d), heads=heads, seed=seed, fidelity_samples=0)
+    assert canonical_error(recovered(result), truth_of(model)) <= 1e-8
+
+
+# -- orthogonal subspaces with known bases -------------------------------------------------
+def test_orthogonal_heads_are_recovered_exactly_with_sum_of_dh2_plus_dh_queries():
+    dims = [2, 3, 1]
+    model, bases = random_orthogonal_heads(8, dims, seed=4)
+    oracle = Oracle(model, d=8)
+    result = orthogonal_heads(oracle, bases, fidelity_samples=100)
+    expected = sum(k * k + k for k in dims)
+    assert result.queries == expected == result.dof
+    assert oracle.queries == expected + result.fidelity_queries
+    assert result.stages == {f"head_{h}": k * k + k for h, k in enumerate(dims)}
+    truth = truth_of(model)
+    np.testing.assert_allclose(result.W, truth.W, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(result.v, truth.v, rtol=0, atol=1e-12)
+    assert result.fidelity <= 1e-10
+
+
+def test_orthogonal_heads_rejects_bases_that_are_not_orthogonal():
+    model, bases = random_orthogonal_heads(5, [2, 2], seed=0)
+    skewed = [bases[0], bases[1] + 0.1 * bases[0][:, :1]]
+    with pytest.raises(ValueError, match="pairwise orthogonal"):
+        orthogonal_heads(Oracle(model, d=5), skewed)
+    with pytest.raises(ValueError, match=r"bases\[0\] must have shape \(5, d_h\)"):
+        orthogonal_heads(Oracle(model, d=5), [np.ones(5)])
