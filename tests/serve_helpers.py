@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,3 +73,64 @@ class Fail503(httpx.HTTPTransport):
             self.failures -= 1
             return httpx.Response(503, json={"error": "unavailable", "detail": "simulated overload"}, request=request)
         return super().handle_request(request)
+
+
+class DroppingProxy:
+    """A TCP proxy on 127.0.0.1 in front of `upstream_url`: it forwards every request, but cuts the
+    connection instead of forwarding the server's response to the first `drops` POSTs."""
+
+    def __init__(self, upstream_url: str, drops: int = 1):
+        host, port = upstream_url.removeprefix("http://").split(":")
+        self.upstream = (host, int(port))
+        self.drops, self.dropped = drops, 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _take_drop(self) -> bool:
+        with self._lock:
+            if self.dropped < self.drops:
+                self.dropped += 1
+                return True
+            return False
+
+    def _relay(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(self.upstream)
+        last_method = [b""]
+
+        def requests_up() -> None:
+            try:
+                while data := client.recv(65536):
+                    if data.startswith((b"POST ", b"GET ")):
+                        last_method[0] = data.split(b" ", 1)[0]
+                    upstream.sendall(data)
+            except OSError:
+                pass
+
+        threading.Thread(target=requests_up, daemon=True).start()
+        try:
+            while data := upstream.recv(65536):
+                if last_method[0] == b"POST" and self._take_drop():
+                    break  # the server answered (and recorded its answer); the client never hears it
+                client.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (client, upstream):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)  # close() alone would wait for the blocked recv above
+                except OSError:
+                    pass
+                sock.close()
+
+    def close(self) -> None:
+        self._listener.close()

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from serve_helpers import DropResponses, Fail503, serve
+from serve_helpers import DroppingProxy, DropResponses, Fail503, serve
 
 from attnlab import BudgetExhausted, Oracle, OracleError, QueryShapeError
 from attnlab.models import AffineHead, SingleHeadAttention
@@ -109,6 +109,19 @@ def test_a_dropped_response_is_retried_and_charged_once(model_path, tmp_path, he
         client = oracle.http_target
         assert client.retries == 2 and client.replayed == 1
         assert srv.spent() == 8 == srv.answered == oracle.paid == client.charged
+
+
+def test_a_connection_cut_by_the_network_after_the_answer_is_not_charged_twice(model_path, tmp_path, head):
+    X = np.random.default_rng(6).standard_normal((5, 4, D))
+    with serve(model_path, tmp_path / "keys.sqlite") as srv:
+        proxy = DroppingProxy(srv.url, drops=1)
+        try:
+            oracle = Oracle.http(proxy.url, srv.key)
+            np.testing.assert_array_equal(oracle(X), truth(head, list(X)))
+        finally:
+            proxy.close()
+        assert proxy.dropped == 1 and oracle.http_target.retries == 1 and oracle.http_target.replayed == 1
+        assert srv.spent() == 5 == srv.answered == oracle.paid
 
 
 def test_a_5xx_is_retried_and_charged_once(model_path, tmp_path):
