@@ -2,6 +2,7 @@
 
 from attnlab.cli.apps import app
 from attnlab.cli import info  # noqa: F401  (registers commands)
+from attnlab.cli import construct  # noqa: F401
 from attnlab.cli import tasks  # noqa: F401
 from attnlab.cli import experiments  # noqa: F401
 from attnlab.cli import reproduce  # noqa: F401

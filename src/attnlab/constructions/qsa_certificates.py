@@ -257,6 +257,7 @@ def smallest_certificate_qsa(N: int, q: int, d_prime: int = 4, eps: float | None
     is <= eps on `random_sets` uniform index sets and on the adversary's sets. eps defaults to
     1/(2q), the level of the lower bound.
     """
+    QSparseAveraging(N, q, d_prime)  # validates N, q, d' before any work
     eps = 1.0 / (2 * q) if eps is None else eps
     sets = distinct_indices(np.random.default_rng([seed, 1]), (random_sets,), q, N)
     limit = 4 * N if limit is None else limit
