@@ -109,7 +109,7 @@ def test_every_committed_config_validates_and_builds_its_tasks():
 
 # --- models ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("arch", ["attention", "lstm", "gru", "mlp"])
+@pytest.mark.parametrize("arch", ["attention", "third_order", "lstm", "gru", "mlp"])
 def test_every_baseline_maps_tokens_to_per_position_outputs(arch):
     config = ModelConfig(arch=arch, width=8, heads=2, bidirectional=True, readout_hidden=8)
     model = build_model(config, seq_len=5, token_dim=7, out_dim=3).double()
@@ -121,7 +121,7 @@ def test_attention_baseline_is_permutation_equivariant_and_the_lstm_is_not():
     torch.manual_seed(0)
     tokens = torch.randn(2, 6, 5, dtype=torch.float64)
     perm = torch.tensor([3, 0, 5, 1, 4, 2])
-    for arch, equivariant in [("attention", True), ("lstm", False)]:
+    for arch, equivariant in [("attention", True), ("third_order", True), ("lstm", False)]:
         model = build_model(ModelConfig(arch=arch, width=8, heads=2), 6, 5, 2).double()
         moved = model(tokens[:, perm])
         assert torch.allclose(moved, model(tokens)[:, perm], atol=1e-12) is equivariant
@@ -179,8 +179,9 @@ def test_early_stopping_stops_after_patience_without_improvement():
     assert m["best_step"] == 5
 
 
-def test_binary_tasks_train_on_logits_and_score_bits():
-    config = tiny(task="match2", params={"N": 6, "M": 11})
+@pytest.mark.parametrize("arch,task", [("attention", "match2"), ("third_order", "match3")])
+def test_binary_tasks_train_on_logits_and_score_bits(arch, task):
+    config = tiny(arch, task=task, params={"N": 6, "M": 11})
     m = train(config).metrics
     assert 0 <= m["bit_error_rate"] <= 1
     assert m["bit_errors"] == pytest.approx(m["bit_error_rate"] * config.train.n_test * 6)

@@ -1,0 +1,152 @@
+"""Training speed per architecture on CPU, and (from a results store) the sample-complexity answer.
+
+    python benchmarks/training.py [--quick]
+    attnlab sweep qsa-default --store S && python benchmarks/training.py --store S --sweep qsa-default
+
+Part 1 times the same number of optimiser steps (batch 64, one torch thread, as sweep workers run)
+for every baseline on qSA, side by side in one process, and third-order vs pairwise attention on
+Match3. Part 2 (with --store) summarises a sweep: best-of-lr errors per training-set size, the
+samples each architecture needs to reach 1/(2q), the ratio to attention, and a figure.
+Writes benchmarks/results/training.md (and training.png with --store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from attnlab.experiments import ModelConfig, ResultStore, RunConfig, TaskConfig, TrainConfig, train
+from attnlab.experiments.analysis import samples_to_threshold, summarise, width_to_threshold
+from attnlab.experiments.plots import plot_error_vs_samples, plot_threshold_width
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+BASELINES = [
+    ModelConfig(arch="attention", width=64),
+    ModelConfig(arch="attention", width=64, heads=4),
+    ModelConfig(arch="lstm", width=64),
+    ModelConfig(arch="lstm", width=64, bidirectional=True),
+    ModelConfig(arch="gru", width=64),
+    ModelConfig(arch="gru", width=64, bidirectional=True),
+    ModelConfig(arch="mlp", width=256),
+]
+
+
+def _third_order_available() -> bool:
+    try:
+        from attnlab.models.third_order import ThirdOrderAttention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def time_run(task: TaskConfig, model: ModelConfig, steps: int) -> dict:
+    schedule = TrainConfig(n_train=64 * steps, n_val=64, n_test=64, batch_size=64, max_steps=steps,
+                           eval_every=steps, threads=1)
+    result = train(RunConfig(task=task, model=model, train=schedule, seed=0))
+    t = result.timings
+    return {"params": result.metrics["n_params"], "train_s": t["train_seconds"],
+            "ms_per_step": 1000 * t["train_seconds"] / steps, "examples_per_s": t["train_examples_per_second"]}
+
+
+def _label(model: ModelConfig) -> str:
+    from attnlab.experiments.analysis import model_label
+
+    return model_label(model.model_dump())
+
+
+def speed_table(sizes: list[int], steps: int) -> list[str]:
+    lines = ["| task | model | params | ms/step | examples/s | throughput vs attention H=1 |",
+             "|---|---|---:|---:|---:|---:|"]
+    for N in sizes:
+        task = TaskConfig(name="qsa", params={"N": N, "q": 2, "d_prime": 4})
+        rows = [(m, time_run(task, m, steps)) for m in BASELINES]
+        reference = rows[0][1]["examples_per_s"]
+        for model, row in rows:
+            lines.append(f"| qsa N={N} q=2 | {_label(model)} | {row['params']} | {row['ms_per_step']:.2f} | "
+                         f"{row['examples_per_s']:,.0f} | {row['examples_per_s'] / reference:.2f} |")
+        print(lines[-1], file=sys.stderr)
+    return lines
+
+
+def third_order_table(sizes: list[int], steps: int) -> list[str]:
+    if not _third_order_available():
+        return ["(third-order attention not available: attnlab.models.third_order is missing)"]
+    lines = ["| task | model | params | ms/step | examples/s | cost vs pairwise |", "|---|---|---:|---:|---:|---:|"]
+    for N in sizes:
+        task = TaskConfig(name="match3", params={"N": N, "M": 31})
+        pair = time_run(task, ModelConfig(arch="attention", width=16), steps)
+        third = time_run(task, ModelConfig(arch="third_order", width=16), steps)
+        for name, row in (("attention m=16 H=1", pair), ("third_order m=16 H=1", third)):
+            lines.append(f"| match3 N={N} | {name} | {row['params']} | {row['ms_per_step']:.2f} | "
+                         f"{row['examples_per_s']:,.0f} | {row['ms_per_step'] / pair['ms_per_step']:.2f} |")
+    return lines
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "not reached"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def sweep_sections(store_path: Path, sweep: str | None) -> list[str]:
+    with ResultStore(store_path) as store:
+        records = store.records(sweep)
+    rows = summarise(records)
+    lines = [f"## Sweep `{sweep or 'all'}`: {len(records)} runs from `{store_path.name}`", "",
+             "Median over seeds of the test error of the run with the best validation loss over the lr grid.",
+             "max = worst case over positions and test examples of ||f(X)_i - qSA(X)_i||_2 (the paper's",
+             "eps-approximation on the test set); mean = its mean; threshold = 1/(2q).", "",
+             "| task | model | n_train | max error | mean error | threshold | reached |", "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        error = r.get("bit_error_rate")
+        extra = f" (bit error rate {error:.3g})" if error is not None else ""
+        lines.append(f"| {r['task']} | {r['model']} | {r['n_train']} | {r['max_error']:.3g}{extra} | "
+                     f"{r.get('mean_error', float('nan')):.3g} | {r['threshold']:.3g} | {r['reached_fraction']:.2f} |")
+    lines += ["", "### Training examples needed to reach the threshold (worst-case error)", "",
+              "| task | model | samples needed | largest tried | ratio to attention |", "|---|---|---:|---:|---:|"]
+    for e in samples_to_threshold(rows):
+        lines.append(f"| {e['task']} | {e['model']} | {_fmt(e['samples_needed'])} | {e['largest_tried']} | "
+                     f"{_fmt(e['ratio_to_attention'])} |")
+    widths = [w for w in width_to_threshold(rows) if len(w["widths_tried"]) > 1]
+    if widths:
+        lines += ["", "### Smallest attention width reaching the threshold", "",
+                  "| task | heads | width needed | widths tried |", "|---|---:|---:|---|"]
+        lines += [f"| {w['task']} | {w['heads']} | {_fmt(w['width_needed'])} | {w['widths_tried']} |" for w in widths]
+        plot_threshold_width(widths, RESULTS / "training-width.png")
+        lines += ["", "![threshold width vs q](training-width.png)"]
+    plot_error_vs_samples(rows, RESULTS / "training.png")
+    lines += ["", "![error vs training examples](training.png)"]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer steps and sizes (about a minute)")
+    parser.add_argument("--store", type=Path, help="results store of a finished sweep to summarise")
+    parser.add_argument("--sweep", help="only this sweep's runs from --store")
+    args = parser.parse_args()
+    steps = 30 if args.quick else 200
+    sizes = [16] if args.quick else [16, 32, 64]
+    torch.set_num_threads(1)
+    command = " ".join(["python benchmarks/training.py"] + sys.argv[1:])
+    lines = ["# Training benchmarks", "", f"Command: `{command}`  ",
+             f"Machine: {platform.machine()}, torch {torch.__version__}, one torch thread per run, CPU, float32.", "",
+             f"## Speed per architecture ({steps} steps of batch 64, side by side in one process)", ""]
+    lines += speed_table(sizes, steps)
+    lines += ["", "## Third-order vs pairwise attention (Match3)", ""]
+    lines += third_order_table([12] if args.quick else [12, 24], steps)
+    if args.store is not None:
+        lines += [""] + sweep_sections(args.store, args.sweep)
+    text = "\n".join(lines) + "\n"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "training.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
