@@ -67,7 +67,8 @@ def test_block_sizes_respect_the_budget():
         a, c = block_sizes(batch, N)
         assert 1 <= a <= N and 1 <= c <= N
         assert batch * a * c * N <= max(DEFAULT_BLOCK_ELEMENTS, batch * N)
-    assert block_sizes(1, 512) == (16, 512)  # whole key range per query block when it fits
+    assert block_sizes(1, 512) == (1, 512)  # one query's N^2 logits fill the default block
+    assert block_sizes(1, 64) == (64, 64)  # small problems are one block
     with pytest.raises(ValueError, match="chunk must be a positive int"):
         block_sizes(1, 8, chunk=0)
 

@@ -12,7 +12,8 @@ A direct implementation holds N^3 logits per sequence. `third_order_attention` n
 blocks of queries (`chunk`) and, inside each, blocks of first keys j1 (`key_chunk`), combining
 blocks with a running (online) log-sum-exp, so one block of (chunk, key_chunk, N) logits is the
 largest temporary. By default both sizes are picked so a block holds at most
-`DEFAULT_BLOCK_ELEMENTS` numbers (32 MiB in float64), which lets N = 512 run on a laptop CPU.
+`DEFAULT_BLOCK_ELEMENTS` numbers (2 MiB in float64: small blocks stay in cache and measured
+faster than large ones, see benchmarks/results/tasks.md), so N = 512 runs on a laptop CPU.
 The contraction per block is two matrix products:
 
     logits[i, j1, :] = (Q[i] * K1[j1]) @ K2^T,   out[i] = sum_j1 V1[j1] * (w[i, j1, :] @ V2).
@@ -34,7 +35,7 @@ from torch.utils.checkpoint import checkpoint
 
 from attnlab.models.precision import round_to_bits
 
-DEFAULT_BLOCK_ELEMENTS = 1 << 22
+DEFAULT_BLOCK_ELEMENTS = 1 << 18
 
 
 def _check_inputs(Q, K1, K2, V1, V2) -> None:
@@ -71,13 +72,20 @@ def block_sizes(batch: int, N: int, chunk: int | None = None, key_chunk: int | N
 
 def _block(Q_block, K1_block, K2, V1_block, V2, precision):
     """One block's (max logit, sum of exp(logit - max), sum of exp(logit - max) * values)."""
-    logits = (Q_block.unsqueeze(-2) * K1_block.unsqueeze(-3)) @ K2.unsqueeze(-3).transpose(-1, -2)
-    logits = round_to_bits(logits, precision)  # (B, a, c, N)
-    top = logits.detach().amax(dim=(-2, -1))  # softmax is shift invariant: no gradient needed here
-    weights = torch.exp(logits - top[..., None, None])
-    total = weights.sum(dim=(-2, -1))
-    partial = weights @ V2.unsqueeze(-3)  # (B, a, c, m_v): sum over j2 first
-    numerator = (partial * V1_block.unsqueeze(-3)).sum(dim=-2)
+    B, a, m = Q_block.shape
+    c = K1_block.shape[1]
+    # (query, first key) pairs as rows of one matrix: one large GEMM instead of a*c small ones
+    pairs = (Q_block.unsqueeze(2) * K1_block.unsqueeze(1)).reshape(B, a * c, m)
+    logits = round_to_bits(pairs @ K2.transpose(1, 2), precision)  # (B, a*c, N)
+    top = logits.detach().reshape(B, a, -1).amax(dim=-1)  # softmax is shift invariant: no gradient
+    shift = top.repeat_interleave(c, dim=1).unsqueeze(-1)
+    if logits.requires_grad:
+        weights = torch.exp(logits - shift)
+    else:  # inference: reuse the logits' memory, the block's largest tensor
+        weights = logits.sub_(shift).exp_()
+    total = weights.reshape(B, a, -1).sum(dim=-1)
+    partial = (weights @ V2).reshape(B, a, c, -1)  # sum over j2 first: (B, a, c, m_v)
+    numerator = (partial * V1_block.unsqueeze(1)).sum(dim=2)
     return top, total, numerator
 
 
@@ -126,7 +134,8 @@ def third_order_attention_naive(Q, K1, K2, V1, V2) -> torch.Tensor:
     logits = torch.einsum("...il,...jl,...kl->...ijk", Q, K1, K2)
     shape = logits.shape
     weights = torch.softmax(logits.reshape(*shape[:-2], -1), dim=-1).reshape(shape)
-    return torch.einsum("...ijk,...jv,...kv->...iv", weights, V1, V2)
+    # sum over j2 first, so no (N, N, N, m_v) temporary: the N^3 weights are the only big tensor
+    return torch.einsum("...ijv,...jv->...iv", weights @ V2.unsqueeze(-3), V1)
 
 
 class ThirdOrderAttention(nn.Module):
