@@ -289,3 +289,15 @@ def test_width_to_threshold_and_plots(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="no finished runs"):
         plot_error_vs_samples([], tmp_path / "c.png")
+
+
+def test_store_written_by_an_older_schema_gains_the_missing_columns(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE runs (run_id TEXT PRIMARY KEY, status TEXT NOT NULL, config_json TEXT NOT NULL, "
+                   "seed INTEGER NOT NULL, metrics_json TEXT NOT NULL, timings_json TEXT NOT NULL)")
+    result = train(tiny(max_steps=8))
+    with ResultStore(path) as store:
+        assert store.put(result)
+        [row] = store.records()
+    assert row["device"] == "cpu" and row["metrics"] == result.metrics

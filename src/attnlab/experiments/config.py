@@ -62,7 +62,7 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints (with a run dir)")
     grad_clip: float | None = Field(1.0, gt=0)
     dtype: Literal["float32", "float64"] = "float32"
-    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: a GPU when torch sees one, else CPU")
     threads: int | None = Field(None, ge=1, description="torch.set_num_threads; None keeps torch's choice")
 
 

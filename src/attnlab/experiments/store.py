@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT,
     started_at TEXT, finished_at TEXT,
     wall_seconds REAL,
-    attnlab_version TEXT, torch_version TEXT, python_version TEXT
+    attnlab_version TEXT, torch_version TEXT, python_version TEXT, device TEXT
 );
 CREATE TABLE IF NOT EXISTS sweep_runs (
     sweep TEXT NOT NULL,
@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS sweep_runs (
 """
 
 COLUMNS = ("run_id", "status", "config_json", "seed", "metrics_json", "timings_json", "error",
-           "started_at", "finished_at", "wall_seconds", "attnlab_version", "torch_version", "python_version")
+           "started_at", "finished_at", "wall_seconds", "attnlab_version", "torch_version", "python_version",
+           "device")
 
 
 class ResultStore:
@@ -49,6 +50,10 @@ class ResultStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+        for column in COLUMNS:
+            if column not in present:  # a store written by an older attnlab: add what it lacks
+                self._db.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
         self._db.commit()
 
     def close(self) -> None:
@@ -82,7 +87,7 @@ class ResultStore:
     def _upsert(self, run_id, status, config, seed, metrics, timings, error, started, finished, versions) -> bool:
         row = (run_id, status, json.dumps(config, sort_keys=True), seed, json.dumps(metrics),
                json.dumps(timings), error, started, finished, timings.get("wall_seconds"),
-               versions.get("attnlab"), versions.get("torch"), versions.get("python"))
+               versions.get("attnlab"), versions.get("torch"), versions.get("python"), versions.get("device"))
         with self._db:
             cursor = self._db.execute(
                 f"INSERT INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "

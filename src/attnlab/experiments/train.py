@@ -348,7 +348,7 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, progress: boo
                        {"train_seconds": state.train_seconds, "eval_seconds": eval_seconds,
                         "wall_seconds": time.perf_counter() - wall_start,
                         "train_examples_per_second": state.step * t.batch_size / max(state.train_seconds, 1e-12)},
-                       started_at=started_at, finished_at=_now())
+                       versions={**versions(), "device": str(device)}, started_at=started_at, finished_at=_now())
     if run_path is not None:
         save_file({k: v.detach().cpu().contiguous() for k, v in best_weights.items()}, str(run_path / "model.safetensors"))
         _atomic_write(run_path / "result.json", json.dumps(result.to_dict()))
