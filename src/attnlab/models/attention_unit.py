@@ -128,7 +128,8 @@ def _attended_only(attended: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor
 class MultiHeadAttentionLayer(nn.Module):
     """psi( sum_h head_h(phi(X)), X ): the paper's one-layer transformer with H heads.
 
-    `precision` rounds phi's output, the sum over heads and psi's output; every head must carry
+    `precision` rounds phi's output (when there is an input map), the sum over heads and psi's
+    output; every head must carry
     the same precision (or both None), so that one number fixes the model's bit budget.
     """
 
@@ -163,7 +164,9 @@ class MultiHeadAttentionLayer(nn.Module):
         return cls(units, input_map=phi, output_map=readout)
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
-        embedded = round_to_bits(self.input_map(X), self.precision)
+        # Raw tokens are inputs, not produced numbers: only a real input map's output is rounded
+        # (rounding the identity would corrupt integer fields such as positions when p < log2 N).
+        embedded = X if self.input_map is _identity else round_to_bits(self.input_map(X), self.precision)
         attended = self.heads[0](embedded)
         for head in self.heads[1:]:
             attended = attended + head(embedded)
