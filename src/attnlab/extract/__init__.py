@@ -3,6 +3,9 @@
 from attnlab.extract.result import Extraction, measure_fidelity, relative_error
 from attnlab.extract.single_head import single_head
 from attnlab.extract.multihead import multi_head, orthogonal_heads
+from attnlab.extract.ffn import relu_ffn
+from attnlab.extract.noisy import noisy_single_head
 
 __all__ = ["Extraction", "measure_fidelity", "relative_error", "single_head"]
 __all__ += ["multi_head", "orthogonal_heads"]
+__all__ += ["noisy_single_head", "relu_ffn"]

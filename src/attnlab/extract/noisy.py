@@ -1,0 +1,298 @@
+"""Single-head extraction from a noisy oracle: the paper's estimator (Thm 6.1) and a robust one.
+
+Both read v from one-token queries and W from two-token queries [(a + b); b], whose answer is
+y = b^T v + alpha a^T v with alpha = sigmoid(a^T W b); noise eta on y moves alpha by
+eta / (a^T v) and the logit by that over alpha (1 - alpha).
+
+method="paper" (reference): probes [(e_i / B + e_j / 2); e_j / 2] keep every logit in [-1/2, 1/2]
+  given ||W||_F <= B; alpha is clipped to [sigmoid(-1/2), sigmoid(1/2)] before the inversion;
+  d^2 + d queries (times `repeats`, averaged, if asked). The signal of probe (i, j) is
+  |v_i| / B: one small value coordinate spoils a whole row of W.
+
+method="robust" (ours), at the same largest token norm (1, the paper's e_i):
+  - values from orthonormal designs (repeated for random noise, fresh designs otherwise);
+  - W in the coordinates of v: with q_1 = v/|v| and q_k orthonormal, the rows s q_1 and
+    s (q_1 + q_k)/sqrt(2) all have |a^T v| >= s|v|/sqrt(2) (no per-coordinate margin, and a
+    solve whose condition number is ~2.6); the column side is a random orthonormal basis;
+  - probe sizes from the measurements themselves, so logits sit near 1 where the logit
+    inversion amplifies noise least relative to the signal, with |a + b|, |b| <= 1;
+  - weighted least squares; with more queries than d^2 + d, more rows per column
+    (overdetermined) and more value designs; exact repeats only where noise is random (and no
+    journal would replay them): rounding and adversarial noise answer a repeat identically;
+  - an error estimate (typical and worst case) from the noise model, in info["error_estimate"].
+
+Noise too large for any guarantee (the bound on one answer comparable to the signal |a^T v|
+a probe can reach) raises ExtractionError instead of returning garbage.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from attnlab.errors import ExtractionError
+from attnlab.extract.probes import random_orthogonal
+from attnlab.extract.result import Extraction, measure_fidelity
+from attnlab.extract.single_head import head_function
+from attnlab.oracle import Oracle
+from attnlab.oracle.noise import noise_bound, noise_scale
+
+METHODS = ("robust", "paper")
+# Robust probes aim at logits of about this size: the logit error per unit of answer noise,
+# relative to the logit, 1 / (t sigma'(t)), is smallest near t = 1.5; aiming a little lower
+# keeps the largest logits of a column (a few times the typical) out of saturation.
+TARGET_LOGIT = 1.0
+# Clipping for the robust inversion: alpha outside these means the logit exceeded ~9.
+ALPHA_FLOOR = 1e-4
+# A probe's worst-case alpha error above this fraction makes the inversion meaningless.
+MAX_ALPHA_ERROR = 0.1
+
+
+def _sigmoid(t):
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(t, dtype=np.float64)))
+
+
+def _logit(alpha):
+    return np.log(alpha) - np.log1p(-alpha)
+
+
+def noisy_single_head(oracle: Oracle, method: str = "robust", *, queries: int | None = None,
+                      B: float | None = None, repeats: int = 1, max_token_norm: float = 1.0,
+                      noise=None, seed: int | np.random.Generator = 0,
+                      fidelity_samples: int = 0) -> Extraction:
+    """Recover (W, v) of a single head from an oracle whose answers are noisy or rounded.
+
+    Parameters
+    ----------
+    method : "robust" (default) or "paper".
+    queries : robust only: the total to spend, >= d^2 + d (default d^2 + d).
+    B : paper: the bound ||W||_F <= B the estimator needs (required). Robust: optional; without
+        it the first column is read at a safe size and later ones adapt.
+    repeats : paper only: ask every probe this many times and average (useful for random noise).
+    max_token_norm : robust only: the largest token norm a probe may use (the paper's is 1).
+    noise : the noise model to plan for; default `oracle.noise` (None: exact answers).
+    fidelity_samples : fresh random sequences for a fidelity check afterwards (0: none).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if oracle.d is None:
+        raise ValueError("the oracle does not know the token width yet; create it with Oracle(target, d=d)")
+    d = oracle.d
+    noise = oracle.noise if noise is None else noise
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    started, started_queries = time.perf_counter(), oracle.queries
+    if method == "paper":
+        if queries is not None:
+            raise ValueError("method='paper' spends (d^2 + d) * repeats queries; set repeats, not queries")
+        W, v, stages, info = _paper(oracle, d, B, repeats, noise)
+    else:
+        if repeats != 1:
+            raise ValueError("repeats applies to method='paper'; the robust method decides from `queries`")
+        W, v, stages, info = _robust(oracle, d, queries, B, max_token_norm, noise, rng)
+    result = Extraction(params={"W": W, "v": v}, queries=oracle.queries - started_queries, method=method,
+                        dof=d * d + d, seconds=time.perf_counter() - started, stages=stages, info=info,
+                        surrogate=head_function(W, v))
+    if fidelity_samples:
+        result.fidelity, result.fidelity_queries = measure_fidelity(
+            oracle, result.surrogate, n=fidelity_samples, seed=int(rng.integers(2 ** 31)))
+    return result
+
+
+# -- the paper's estimator ----------------------------------------------------------------------
+
+def _paper(oracle, d, B, repeats, noise):
+    if B is None or not B > 0:
+        raise ValueError("method='paper' needs the norm bound B >= ||W||_F (Theorem 6.1); pass B=...")
+    if int(repeats) != repeats or repeats < 1:
+        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    before = oracle.queries
+    tokens = np.repeat(np.eye(d), repeats, axis=0)
+    v = np.asarray(oracle(tokens[:, None, :])).reshape(d, repeats).mean(axis=1)
+    stages = {"values": oracle.queries - before}
+    bound = float(np.max(noise_bound(noise, v))) / (math.sqrt(repeats) if getattr(noise, "random", False) else 1.0)
+    mu = float(np.min(np.abs(v)))
+    if mu <= 2.0 * bound:
+        raise ExtractionError(
+            f"the paper's estimator needs every |v_i| well above the noise (Theorem 6.1: tau = O(mu)); "
+            f"here min |v_i| = {mu:.3e} against a noise bound of {bound:.3e}. Use method='robust', "
+            f"which divides by |a^T v| for directions a aligned with v instead of by single coordinates.")
+    a, b = 0.5, 1.0 / B
+    i, j = np.meshgrid(np.arange(d), np.arange(d), indexing="ij")
+    i, j = i.ravel(), j.ravel()
+    first = np.zeros((d * d, d))
+    first[np.arange(d * d), i] += b
+    first[np.arange(d * d), j] += a
+    second = np.zeros((d * d, d))
+    second[np.arange(d * d), j] = a
+    X = np.repeat(np.stack([first, second], axis=1), repeats, axis=0)
+    before = oracle.queries
+    y = np.asarray(oracle(X)).reshape(d * d, repeats).mean(axis=1)
+    stages["W"] = oracle.queries - before
+    alpha = (y - a * v[j]) / (b * v[i])
+    low = float(_sigmoid(-0.5))
+    t = _logit(np.clip(alpha, low, 1.0 - low))
+    W = (t / (a * b)).reshape(d, d)
+    return W, v, stages, {"B": float(B), "mu": mu, "repeats": int(repeats),
+                          "clipped": int(np.sum((alpha < low) | (alpha > 1 - low)))}
+
+
+# -- the robust estimator -----------------------------------------------------------------------
+
+def _robust(oracle, d, queries, B, R, noise, rng):
+    minimum = d * d + d
+    queries = minimum if queries is None else int(queries)
+    if queries < minimum:
+        raise ValueError(f"the robust method needs at least d^2 + d = {minimum} queries, got {queries}")
+    if not R > 0:
+        raise ValueError(f"max_token_norm must be positive, got {R!r}")
+    repeat_ok = bool(getattr(noise, "random", False)) and oracle.journal is None
+    blocks = queries // minimum
+    stages = {}
+
+    v, v_sigma, v_bound = _read_values(oracle, d, blocks, R, noise, repeat_ok, rng, stages)
+    v_norm = float(np.linalg.norm(v))
+    if not v_norm > 2.0 * v_bound:
+        raise ExtractionError(
+            f"the noise is as large as the value signal: |v| read as {v_norm:.3e}, with a worst-case "
+            f"error of {v_bound:.3e}. W is only visible through a^T v, so nothing can be guaranteed; "
+            f"lower the noise or allow larger tokens (max_token_norm).")
+
+    rows_per_column = (queries - blocks * d) // d
+    columns = random_orthogonal(d, rng)
+    basis = _value_basis(v, rng)
+    directions = _row_directions(basis, rows_per_column, repeat_ok, rng)  # unit rows (K, d)
+    W_cols = np.empty((d, d))
+    var_w, bound_w2 = 0.0, 0.0
+    unit_sum_sq, unit_count = 0.0, 0
+    before = oracle.queries
+    pilot_retries = 0
+    for col in range(d):
+        if unit_count:
+            rho = _best_rho(R, math.sqrt(unit_sum_sq / unit_count))
+        else:  # the pilot column: safe for ||W||_2 <= B when B is known
+            rho = R / 3.0 if B is None else _best_rho(R, float(B))
+        while True:
+            s = R - rho
+            t, sigma_t, bound_t, alpha = _probe(oracle, s * directions, rho * columns[:, col], v, v_sigma,
+                                                v_bound, noise)
+            if col == 0 and pilot_retries < 6 and np.mean((alpha < 0.02) | (alpha > 0.98)) > 0.05:
+                rho /= 8.0  # the pilot saturated the softmax: W is larger than a unit probe can read
+                pilot_retries += 1
+                continue
+            break
+        design = (s * rho) * directions
+        solution, cov, worst = _weighted_solve(design, t, 1.0 / sigma_t, bound_t)
+        W_cols[:, col] = solution
+        var_w += float(np.trace(cov))
+        bound_w2 += worst ** 2
+        # The typical unit measurement |a_hat^T W b_hat| seen so far sets the next probe size.
+        unit_sum_sq += float(np.sum((directions @ solution) ** 2))
+        unit_count += directions.shape[0]
+    stages["W"] = oracle.queries - before
+    W = W_cols @ columns.T
+    if math.sqrt(var_w) >= 0.5 * np.linalg.norm(W):
+        raise ExtractionError(
+            f"the noise swamps W: the expected error of W ({math.sqrt(var_w):.3e} in Frobenius norm) is as large "
+            f"as W itself ({np.linalg.norm(W):.3e}); the softmax barely moves at the probe sizes that keep it "
+            f"unsaturated. Lower the noise, allow more queries (random noise), or larger tokens (max_token_norm).")
+    info = {
+        "error_estimate": {"W_fro": math.sqrt(var_w), "v_l2": v_sigma, "W_fro_bound": math.sqrt(bound_w2),
+                           "v_l2_bound": v_bound},
+        "rows_per_column": rows_per_column, "value_designs": blocks, "repeats": repeat_ok,
+        "max_token_norm": R, "pilot_retries": pilot_retries,
+    }
+    return W, v, stages, info
+
+
+def _best_rho(R: float, unit: float) -> float:
+    """Column-side probe size: logit s * rho * unit near TARGET_LOGIT with s = R - rho."""
+    product = TARGET_LOGIT / max(unit, 1e-300)
+    # rho (R - rho) = product has a real root only when product <= R^2 / 4.
+    if product >= R * R / 4.0:
+        return R / 3.0
+    return (R - math.sqrt(R * R - 4.0 * product)) / 2.0
+
+
+def _read_values(oracle, d, blocks, R, noise, repeat_ok, rng, stages):
+    before = oracle.queries
+    designs = [random_orthogonal(d, rng)]
+    for _ in range(blocks - 1):
+        designs.append(designs[0] if repeat_ok else random_orthogonal(d, rng))
+    tokens = R * np.vstack([H.T for H in designs])  # rows are tokens
+    y = np.asarray(oracle(tokens[:, None, :]))
+    stages["values"] = oracle.queries - before
+    v = np.mean([H @ y[k * d:(k + 1) * d] for k, H in enumerate(designs)], axis=0) / R
+    # Orthonormal designs: each one's l2 error is |eta| / R; the designs are averaged.
+    sigma = float(np.sqrt(np.sum(noise_scale(noise, y) ** 2))) / (R * blocks)
+    worst = float(np.mean(np.linalg.norm(noise_bound(noise, y).reshape(blocks, d), axis=1))) / R
+    return v, sigma, worst
+
+
+def _value_basis(v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Orthonormal basis with first column v / |v| (the rest random)."""
+    d = v.shape[0]
+    M = rng.standard_normal((d, d))
+    M[:, 0] = v
+    Q, R = np.linalg.qr(M)
+    return Q * np.sign(np.diag(R))
+
+
+def _row_directions(basis: np.ndarray, count: int, repeat_ok: bool, rng) -> np.ndarray:
+    """Unit row directions: q_1, (q_1 + q_k)/sqrt(2), then repeats (random noise) or fresh mixes."""
+    d = basis.shape[0]
+    q1 = basis[:, 0]
+    base = np.vstack([q1] + [(q1 + basis[:, k]) / math.sqrt(2.0) for k in range(1, d)])
+    rows = [base]
+    extra = count - d
+    while extra > 0:
+        if repeat_ok and extra >= d:
+            rows.append(base)
+            extra -= d
+            continue
+        g = rng.standard_normal((extra, d - 1)) @ basis[:, 1:].T
+        g /= np.linalg.norm(g, axis=1, keepdims=True)
+        rows.append((q1 + g) / math.sqrt(2.0))
+        extra = 0
+    return np.vstack(rows)
+
+
+def _probe(oracle, u, z, v, v_sigma, v_bound, noise):
+    """Ask [(u_k + z); z] for every row u_k; return logits with their typical and worst errors."""
+    X = np.stack([u + z[None, :], np.broadcast_to(z, u.shape)], axis=1)
+    y = np.asarray(oracle(X))
+    denominator = u @ v
+    alpha_raw = (y - z @ v) / denominator
+    alpha = np.clip(alpha_raw, ALPHA_FLOOR, 1.0 - ALPHA_FLOOR)
+    slope = alpha * (1.0 - alpha)
+    # Answer noise, plus the error of v entering through z^T v and a^T v.
+    # (typically a random direction sees |v error| / sqrt(d); the worst case sees all of it)
+    v_effect_typ = (np.linalg.norm(z) + alpha * np.linalg.norm(u, axis=1)) * v_sigma / math.sqrt(v.shape[0])
+    v_effect_max = (np.linalg.norm(z) + alpha * np.linalg.norm(u, axis=1)) * v_bound
+    alpha_sigma = np.hypot(noise_scale(noise, y), v_effect_typ) / np.abs(denominator)
+    alpha_bound = (noise_bound(noise, y) + v_effect_max) / np.abs(denominator)
+    if np.median(alpha_bound) > MAX_ALPHA_ERROR and not getattr(noise, "random", False):
+        raise ExtractionError(
+            f"the noise bound is comparable to the signal: an answer may be off by "
+            f"{float(np.median(noise_bound(noise, y))):.3e} while the probe signal |a^T v| is only "
+            f"{float(np.median(np.abs(denominator))):.3e} (attention error up to "
+            f"{float(np.median(alpha_bound)):.2f}); no estimate of W can be guaranteed. Lower the noise or "
+            f"allow larger tokens (max_token_norm).")
+    if getattr(noise, "random", False) and np.median(alpha_sigma) > MAX_ALPHA_ERROR:
+        raise ExtractionError(
+            f"the noise (typical {float(np.median(noise_scale(noise, y))):.3e} per answer) is comparable to "
+            f"the probe signal |a^T v| = {float(np.median(np.abs(denominator))):.3e}; give more queries so "
+            f"repeats can average it, or lower the noise.")
+    floor = 1e-16 * (np.abs(y) + np.abs(z @ v)) / np.abs(denominator)
+    return (_logit(alpha), np.maximum(alpha_sigma, floor) / slope, (alpha_bound + floor) / slope, alpha_raw)
+
+
+def _weighted_solve(design, t, weights, bound_t):
+    """Weighted least squares; returns the solution, its covariance and a worst-case error norm."""
+    pinv = np.linalg.pinv(design * weights[:, None])
+    solution = pinv @ (t * weights)
+    cov = pinv @ pinv.T
+    # Worst case over |delta t_k| <= bound_k: || pinv diag(w) delta ||_2 <= sum_k |col_k| bound_k w_k.
+    worst = float(np.linalg.norm(np.abs(pinv) @ (bound_t * weights)))
+    return solution, cov, worst
