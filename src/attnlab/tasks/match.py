@@ -69,8 +69,8 @@ def pair_sum_residues_fft(x: np.ndarray, M: int) -> np.ndarray:
     counts are integers <= N^2, so float64 rounding error is far below the 0.5 cut.
     """
     n = x.shape[0]
-    counts = np.zeros((n, M))
-    np.add.at(counts, (np.arange(n)[:, None], x), 1.0)
+    rows = (np.arange(n, dtype=np.int64) * M)[:, None]
+    counts = np.bincount((x + rows).ravel(), minlength=n * M).reshape(n, M).astype(np.float64)
     spectrum = np.fft.rfft(counts, axis=1)
     pairs = np.fft.irfft(spectrum * spectrum, n=M, axis=1)
     return pairs > 0.5
