@@ -117,7 +117,7 @@ def load(url: str, keys: list[str], requests: int, batch_sizes: tuple[int, int],
                 run.answered += outputs.size
                 run.latencies.append(time.perf_counter() - start)
         with run.lock:
-            run.retries += target.retries
+            run.retries += target.retried
             run.dropped += transport.dropped if transport else 0
         target.close()
 
@@ -131,7 +131,7 @@ def load(url: str, keys: list[str], requests: int, batch_sizes: tuple[int, int],
     return run
 
 
-def local_rate(head: SingleHeadAttention, batch: int, seconds: float = 0.5, repeats: int = 3) -> float:
+def local_rate(head: SingleHeadAttention, batch: int, seconds: float = 0.3, repeats: int = 5) -> float:
     """Queries/s of an in-process Oracle on the same batches (no HTTP, no JSON, no SQLite).
 
     The best of a few short runs: the machine is shared, and the best run is the least disturbed.
@@ -161,6 +161,8 @@ def main() -> int:
     end = time.monotonic() + time_limit
 
     head = SingleHeadAttention.random(D, seed=args.seed)
+    load_before = os.getloadavg()[0]
+    local = {b: local_rate(head, b) for b in batches}
     throughput, exactness = [], []
     with tempfile.TemporaryDirectory() as tmp:
         model = save_target(head, Path(tmp) / "head.safetensors")
@@ -175,10 +177,9 @@ def main() -> int:
                 if kind == "throughput":
                     keys = [store.add_key(f"t{n}-{i}", 10 ** 9) for i in range(k)]
                     run = load(url, keys, requests, (batch, batch), deadline, 0.0, args.seed)
-                    local = local_rate(head, batch)
                     http_rate = run.answered / run.seconds
-                    throughput.append((k, batch, run.ok, run.seconds, run.ok / run.seconds, http_rate, local,
-                                       local / http_rate, 1e3 * np.percentile(run.latencies, 50),
+                    throughput.append((k, batch, run.ok, run.seconds, run.ok / run.seconds, http_rate, local[batch],
+                                       local[batch] / http_rate, 1e3 * np.percentile(run.latencies, 50),
                                        1e3 * np.percentile(run.latencies, 95)))
                 else:
                     name = f"s{n}"
@@ -201,7 +202,9 @@ def main() -> int:
         f"{os.cpu_count()} CPU cores, Python {platform.python_version()}; server and clients share the machine. "
         f"Target: single head, d = {D}, {TOKENS}-token sequences; server = `attnlab serve` subprocess "
         f"(uvicorn, one process); clients = threads, one HttpTarget each; {requests} requests per row "
-        f"(fewer if a row hit its share of the {time_limit:.0f} s limit).",
+        f"(fewer if a row hit its share of the {time_limit:.0f} s limit). The machine is shared with other "
+        f"work: 1-minute load average {load_before:.1f} before the run, {os.getloadavg()[0]:.1f} after. "
+        f"In-process rates: best of 5 runs of 0.3 s per batch size, measured before the HTTP rows.",
         "",
         "## Throughput (own key per client)",
         "",

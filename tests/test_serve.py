@@ -107,7 +107,7 @@ def test_a_dropped_response_is_retried_and_charged_once(model_path, tmp_path, he
         oracle = Oracle.http(srv.url, srv.key, transport=DropResponses(drops=2))
         np.testing.assert_array_equal(oracle(X), truth(head, list(X)))
         client = oracle.http_target
-        assert client.retries == 2 and client.replayed == 1
+        assert client.retried == 2 and client.replayed == 1
         assert srv.spent() == 8 == srv.answered == oracle.paid == client.charged
 
 
@@ -120,7 +120,7 @@ def test_a_connection_cut_by_the_network_after_the_answer_is_not_charged_twice(m
             np.testing.assert_array_equal(oracle(X), truth(head, list(X)))
         finally:
             proxy.close()
-        assert proxy.dropped == 1 and oracle.http_target.retries == 1 and oracle.http_target.replayed == 1
+        assert proxy.dropped == 1 and oracle.http_target.retried == 1 and oracle.http_target.replayed == 1
         assert srv.spent() == 5 == srv.answered == oracle.paid
 
 
@@ -128,7 +128,7 @@ def test_a_5xx_is_retried_and_charged_once(model_path, tmp_path):
     with serve(model_path, tmp_path / "keys.sqlite") as srv:
         oracle = Oracle.http(srv.url, srv.key, transport=Fail503(failures=2))
         oracle(np.ones((3, 2, D)))
-        assert oracle.http_target.retries == 2 and oracle.http_target.replayed == 0
+        assert oracle.http_target.retried == 2 and oracle.http_target.replayed == 0
         assert srv.spent() == 3 == srv.answered
 
 

@@ -111,7 +111,7 @@ class Oracle:
         d is read from the service (GET /v1/info). The service enforces its own per-key budget and
         answers a spent one with BudgetExhausted; `budget=` here adds a local cap on top. Transient
         failures are retried `retries` times without being charged twice (Idempotency-Key). The
-        client is `oracle.http_target` (counters: requests, charged, retries, replayed, budget_left).
+        client is `oracle.http_target` (counters: requests, charged, retried, replayed, budget_left).
         """
         from attnlab.serve.client import HttpTarget
 

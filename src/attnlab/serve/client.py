@@ -35,7 +35,7 @@ class HttpTarget:
 
     Batches larger than the server's limits (read from GET /v1/info) are split into several
     requests. Counters: `requests` (successful POSTs), `charged` (queries the server charged),
-    `retries` (attempts repeated after a transient failure), `replayed` (answers the server
+    `retried` (attempts repeated after a transient failure), `replayed` (answers the server
     replayed from its idempotency record), `budget_left` (as of the last answer).
     """
 
@@ -51,7 +51,7 @@ class HttpTarget:
         self._closer = weakref.finalize(self, self._client.close)
         self._jitter = np.random.default_rng(seed)
         self._info: dict | None = None
-        self.requests = self.charged = self.retries = self.replayed = 0
+        self.requests = self.charged = self.retried = self.replayed = 0
         self.budget_left: int | None = None
 
     # -- service metadata -------------------------------------------------------------------
@@ -119,7 +119,7 @@ class HttpTarget:
                 retry_after = _seconds(response.headers.get("Retry-After"))
             if attempt == self.retries_allowed:
                 break
-            self.retries += 1
+            self.retried += 1
             delay = self.backoff_s * 2 ** attempt * (0.5 + self._jitter.random())
             time.sleep(min(self.max_backoff_s, max(delay, retry_after or 0.0)))
         raise OracleError(f"{method} {self.url}{path} failed {self.retries_allowed + 1} times, last with {last}. "
