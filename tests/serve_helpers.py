@@ -61,17 +61,18 @@ class DropResponses(httpx.HTTPTransport):
         return response
 
 
-class Fail503(httpx.HTTPTransport):
-    """Answers the first `failures` POSTs with 503 without reaching the server."""
+class FailFirst(httpx.HTTPTransport):
+    """Answers the first `failures` POSTs with `status` (503 by default) without reaching the server."""
 
-    def __init__(self, failures: int = 1):
+    def __init__(self, failures: int = 1, status: int = 503, headers: dict | None = None):
         super().__init__()
-        self.failures = failures
+        self.failures, self.status, self.headers = failures, status, headers or {}
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if request.method == "POST" and self.failures > 0:
             self.failures -= 1
-            return httpx.Response(503, json={"error": "unavailable", "detail": "simulated overload"}, request=request)
+            return httpx.Response(self.status, json={"error": "simulated", "detail": "simulated failure"},
+                                  headers=self.headers, request=request)
         return super().handle_request(request)
 
 

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from serve_helpers import DroppingProxy, DropResponses, Fail503, serve
+from serve_helpers import DroppingProxy, DropResponses, FailFirst, serve
 
 from attnlab import BudgetExhausted, Oracle, OracleError, QueryShapeError
 from attnlab.models import AffineHead, SingleHeadAttention
@@ -124,9 +124,11 @@ def test_a_connection_cut_by_the_network_after_the_answer_is_not_charged_twice(m
         assert srv.spent() == 5 == srv.answered == oracle.paid
 
 
-def test_a_5xx_is_retried_and_charged_once(model_path, tmp_path):
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 409])
+def test_5xx_and_in_flight_answers_are_retried_and_charged_once(model_path, tmp_path, status):
     with serve(model_path, tmp_path / "keys.sqlite") as srv:
-        oracle = Oracle.http(srv.url, srv.key, transport=Fail503(failures=2))
+        transport = FailFirst(failures=2, status=status, headers={"Retry-After": "0"})
+        oracle = Oracle.http(srv.url, srv.key, transport=transport)
         oracle(np.ones((3, 2, D)))
         assert oracle.http_target.retried == 2 and oracle.http_target.replayed == 0
         assert srv.spent() == 3 == srv.answered
@@ -134,8 +136,8 @@ def test_a_5xx_is_retried_and_charged_once(model_path, tmp_path):
 
 def test_retries_give_up_with_a_clear_error(model_path, tmp_path):
     with serve(model_path, tmp_path / "keys.sqlite") as srv:
-        oracle = Oracle.http(srv.url, srv.key, retries=1, transport=Fail503(failures=5))
-        with pytest.raises(OracleError, match="failed 2 times, last with HTTP 503: simulated overload"):
+        oracle = Oracle.http(srv.url, srv.key, retries=1, transport=FailFirst(failures=5))
+        with pytest.raises(OracleError, match="failed 2 times, last with HTTP 503: simulated failure"):
             oracle(np.ones((1, 1, D)))
         assert srv.spent() == 0 and oracle.paid == 0
 
@@ -264,3 +266,11 @@ def test_an_extractor_recovers_the_served_head_as_it_would_locally(tmp_path, aff
     for name in local.params:
         np.testing.assert_array_equal(result.params[name], local.params[name])
         assert relative_error(result.params[name], getattr(module, name).detach().numpy()) < 1e-6, name
+
+
+def test_a_429_from_anywhere_is_budget_exhaustion_and_not_retried(model_path, tmp_path):
+    with serve(model_path, tmp_path / "keys.sqlite") as srv:
+        oracle = Oracle.http(srv.url, srv.key, transport=FailFirst(failures=1, status=429))
+        with pytest.raises(BudgetExhausted, match="simulated failure"):
+            oracle(np.ones((2, 1, D)))
+        assert oracle.http_target.retried == 0 and srv.spent() == 0 and oracle.paid == 0
