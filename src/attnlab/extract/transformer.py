@@ -1,0 +1,116 @@
+"""Extraction of a one-layer transformer T(X) = w_o^T ReLU(A^T z(X)), z(X) = X^T softmax(X W x_N).
+
+Two stages, as in the paper's reduction (Section 3 of the reference notes):
+
+1. The FFN, from one-token queries: softmax over one token is 1, so z([x]) = x and T([x]) is the
+   bias-free ReLU network g(x) = w_o^T ReLU(A^T x), extracted by `relu_ffn` (bias=False).
+2. W, from the antisymmetric oracle D(X) = T(X) - T(-X). Scores are even in X, so z(-X) = -z(X),
+   and ReLU(s) - ReLU(-s) = s gives D(X) = (A w_o)^T z(X): a single-head regressor with
+   v = A w_o. `antisymmetric_oracle` builds D as an Oracle over the parent; every derived query
+   sends X and -X, so the parent counts (and budgets) 2 queries for it.
+
+With the residual, z(X) = X^T softmax(X W x_N) + x_N:
+- one-token queries give z([x]) = 2x, so stage 1 learns g(2x); g is positively homogeneous,
+  so g itself follows exactly (w_o halves);
+- D(X) = f_{W, v}(X) + v^T x_N. The extra term is known after stage 1 (v = A w_o is the odd part
+  of g), so the derived oracle subtracts v^T x_N and stage 2 sees a plain head again.
+Everything stays identifiable: W (the softmax of a head is invariant to nothing but W itself)
+and g up to the ReLU network's own symmetries (neuron permutation and positive rescaling).
+Only when A w_o = 0 is W invisible: D is then identically zero, and the extractor says so.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from attnlab.errors import ExtractionError
+from attnlab.extract.ffn import relu_ffn
+from attnlab.extract.result import Extraction, measure_fidelity
+from attnlab.extract.single_head import single_head
+from attnlab.oracle import Oracle
+
+# ||A w_o|| below this fraction of sum_j |w_j| ||a_j|| counts as A w_o = 0.
+VALUE_VECTOR_TOL = 1e-9
+
+
+def antisymmetric_oracle(parent: Oracle, correction: Callable[[np.ndarray], np.ndarray] | None = None) -> Oracle:
+    """The Oracle of D(X) = T(X) - T(-X) (minus correction(X)), asking `parent` for X and -X.
+
+    The derived oracle counts derived queries; the parent counts every real one (2 per derived
+    query), applies its noise and enforces its budget.
+    """
+
+    def target(X: np.ndarray) -> np.ndarray:
+        y = np.asarray(parent(np.concatenate([X, -X], axis=0)), dtype=np.float64)
+        out = y[: X.shape[0]] - y[X.shape[0]:]
+        return out - correction(X) if correction is not None else out
+
+    return Oracle(target, d=parent.d)
+
+
+def one_layer_transformer(oracle: Oracle, residual: bool = False, *, head_method: str = "adaptive",
+                          m: int | None = None, seed: int | np.random.Generator = 0,
+                          ffn_options: dict | None = None, fidelity_samples: int = 500) -> Extraction:
+    """Recover (W, the FFN) of a one-layer transformer behind `oracle`.
+
+    Parameters
+    ----------
+    residual : whether z(X) includes the residual x_N (see the module docstring).
+    head_method : the `single_head` method for stage 2.
+    m : the FFN width if known (only for reporting unseen neurons).
+    ffn_options : extra keyword arguments for `relu_ffn`.
+    fidelity_samples : fresh random sequences (lengths 1..32) for the fidelity check; 0 skips it.
+
+    Returns an Extraction with params W, v (= A w_o), A (d, n) unit columns and w (n,) of the FFN
+    as seen on z, linear (d,) (zero unless the FFN's orientation was left unresolved); stages
+    {"ffn": ..., "attention": ...} in parent queries.
+    """
+    if oracle.d is None:
+        raise ValueError("the oracle does not know the token width yet; create it with Oracle(target, d=d)")
+    d = oracle.d
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    started, started_queries = time.perf_counter(), oracle.queries
+
+    ffn = relu_ffn(oracle, d, bias=False, m=m, seed=rng, fidelity_queries=0, **(ffn_options or {}))
+    after_ffn = oracle.queries
+    # On one token z = 2x with the residual; g(z) = T([z/2]) = T([z]) / 2 by homogeneity.
+    shrink = 0.5 if residual else 1.0
+    A, w, linear = ffn.params["A"], shrink * ffn.params["w"], shrink * ffn.params["linear"]
+    v = A @ w + 2.0 * linear  # the odd part of g: g(z) - g(-z) = v^T z
+    if np.linalg.norm(v) <= VALUE_VECTOR_TOL * max(float(np.sum(np.abs(w))), 1e-300):
+        raise ExtractionError(
+            f"A w_o = 0 (|A w_o| = {np.linalg.norm(v):.2e}): T(X) - T(-X) vanishes, so the attention weights "
+            f"never reach the output through an odd part and W is not identifiable by this reduction. "
+            f"The FFN was recovered ({ffn.info['neurons_found']} neurons) but W cannot be.")
+
+    correction = (lambda X: X[:, -1, :] @ v) if residual else None
+    derived = antisymmetric_oracle(oracle, correction)
+    head = single_head(derived, method=head_method, seed=rng, fidelity_samples=0)
+    W = head.params["W"]
+    consistency = float(np.linalg.norm(head.params["v"] - v) / np.linalg.norm(v))
+
+    def surrogate(X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        query = X[:, -1, :]
+        scores = np.einsum("bnd,de,be->bn", X, W, query)
+        scores -= scores.max(axis=1, keepdims=True)
+        weights = np.exp(scores)
+        weights /= weights.sum(axis=1, keepdims=True)
+        z = np.einsum("bn,bnd->bd", weights, X) + (query if residual else 0.0)
+        return np.maximum(z @ A, 0.0) @ w + z @ linear
+
+    stages = {"ffn": after_ffn - started_queries, "attention": oracle.queries - after_ffn}
+    info = {
+        "residual": residual, "ffn": ffn.info, "ffn_stages": ffn.stages, "head": head.info,
+        "derived_queries": head.queries, "value_consistency": consistency,
+    }
+    result = Extraction(params={"W": W, "v": v, "A": A, "w": w, "linear": linear},
+                        queries=oracle.queries - started_queries, method=f"ffn+antisymmetric/{head_method}",
+                        seconds=time.perf_counter() - started, stages=stages, info=info, surrogate=surrogate)
+    if fidelity_samples:
+        result.fidelity, result.fidelity_queries = measure_fidelity(
+            oracle, surrogate, n=fidelity_samples, seed=int(rng.integers(2 ** 31)))
+    return result
