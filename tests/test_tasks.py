@@ -295,6 +295,30 @@ def test_balanced_sampling_makes_positives_and_negatives_common(name, N, M):
     assert batch.inputs["x"].min() >= 0 and batch.inputs["x"].max() < M
 
 
+BRUTE = {
+    "match2": lambda inputs, M, w: brute_match2(inputs["x"], M),
+    "match3": lambda inputs, M, w: brute_match3(inputs["x"], M),
+    "match3-local": lambda inputs, M, w: brute_match3_local(inputs["x"], M, w),
+    "match3-structured": lambda inputs, M, w: brute_match3_structured(inputs["x"], inputs["partner"], M),
+}
+
+
+@FAST
+@given(name=st.sampled_from(sorted(BRUTE)), N=st.integers(1, 10), M=st.integers(2, 3000), window=st.integers(0, 3),
+       balanced=st.booleans(), n=st.integers(1, 4), seed=st.integers(0, 2**32 - 1))
+def test_match_samplers_give_valid_inputs_and_brute_force_targets(name, N, M, window, balanced, n, seed):
+    params = {"N": N, "M": M, "balanced": balanced} | ({"window": window} if name == "match3-local" else {})
+    task = get_task(name, **params)
+    batch = task.sample(np.random.default_rng(seed), n)
+    x = batch.inputs["x"]
+    assert x.shape == (n, N) and x.dtype == np.int64 and x.min() >= 0 and x.max() < M
+    if name == "match3-structured":
+        partner = batch.inputs["partner"]
+        assert partner.shape == (n, N) and partner.min() >= 0 and partner.max() < N
+    assert batch.targets.shape == (n, N) and batch.targets.dtype == np.int8
+    np.testing.assert_array_equal(batch.targets, BRUTE[name](batch.inputs, M, window))
+
+
 def test_uniform_sampling_is_degenerate_where_balanced_is_not():
     dense = get_task("match3", N=64, M=64, balanced=False)
     assert dense.positive_rate(dense.sample(0, 50)) > 0.99
