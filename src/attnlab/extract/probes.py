@@ -147,11 +147,15 @@ class ScaleTracker:
 
     @property
     def sigma(self) -> float | None:
-        """A robust spread of the unit measurements (None before any)."""
+        """A cautious spread of the unit measurements (None before any).
+
+        Inflated while there are few of them: five Gaussian samples can undershoot the spread
+        by 2x, and the next block may hold hundreds of measurements.
+        """
         if self.count == 0:
             return None
         rms = np.sqrt(self._sum_sq / self.count)
-        return float(max(rms, self._max_abs / 4.0))
+        return float(max(rms, self._max_abs / 4.0) * (1.0 + 2.0 / np.sqrt(self.count)))
 
     def observe(self, unit_values: np.ndarray) -> None:
         unit_values = np.asarray(unit_values, dtype=np.float64)
@@ -181,67 +185,132 @@ def split_scale(rho: float) -> tuple[float, float]:
 class BilinearReader:
     """Reads a^T W b (and a^T u for affine heads) for unit directions, in adaptively scaled blocks.
 
-    The first blocks are small (1, 4, 16, ... queries) while the scale of W is being learned;
-    once enough measurements are in, a whole request goes out in blocks of up to `max_block`
-    queries. Affine heads: read the u-part first (`read_offsets`), it is subtracted from every
-    later measurement.
+    Requests come as lines (a column or a row of the matrix being read): a line starts with one
+    cautious query (logit ~1% of the target size predicted from earlier lines), then four, then
+    the rest, each block scaled from what the line has shown so far. Low-rank matrices have
+    lines of very different sizes, so no line trusts another's scale blindly. Affine heads: read
+    the u-part first (`read_offsets`); it is subtracted from every later measurement.
     """
 
-    WARMUP = 64
+    FIRST_LINE_BLOCKS = (1, 4, 16, 64)
+    LINE_BLOCKS = (1, 4)
+    CAUTION = 0.01
 
     def __init__(self, oracle: Oracle, v: np.ndarray, c: float, affine: bool,
                  max_block: int | None = None):
         self.oracle, self.v, self.c, self.affine = oracle, v, c, affine
         d = v.shape[0]
         self.max_block = max_block or max(1, (1 << 22) // (2 * d))
-        self.w_scale = ScaleTracker()
-        self.u_scale = ScaleTracker(INITIAL_OFFSET_PROBE)
         self.u: np.ndarray | None = None
+        self.u_sigma: float | None = None
+        self.w_sigma: float | None = None  # largest line spread seen so far
         self.log = ProbeLog()
 
-    def _blocks(self, total: int, tracker: ScaleTracker):
-        done, size = 0, 1
-        while done < total:
-            if tracker.count >= self.WARMUP:
-                size = self.max_block
-            step = min(size, total - done, self.max_block)
-            yield slice(done, done + step)
-            done += step
-            size *= 4
+    def new_line(self) -> ScaleTracker:
+        """A tracker for a fresh line: the very first starts at INITIAL_PROBE, later ones cautiously."""
+        if self.w_sigma:
+            return ScaleTracker(self.CAUTION * TARGET_LOGIT_STD / self.w_sigma)
+        return ScaleTracker(INITIAL_PROBE)
 
     def read_offsets(self, a_dirs: np.ndarray) -> np.ndarray:
         """a^T u for each row of a_dirs, from queries [a; 0] (affine heads only)."""
         a_dirs = np.atleast_2d(a_dirs)
+        tracker = ScaleTracker(INITIAL_OFFSET_PROBE)
         out = np.empty(a_dirs.shape[0])
-        for block in self._blocks(a_dirs.shape[0], self.u_scale):
-            mu = self.u_scale.next_scale()
+        for block in _warmup_slices(a_dirs.shape[0], self.FIRST_LINE_BLOCKS, self.max_block):
+            mu = tracker.next_scale()
             a = mu * a_dirs[block]
             t = bilinear_probe(self.oracle, a, np.zeros_like(a), self.v, self.c, self.log)
             self.log.scales.append(mu)
             out[block] = t / mu
-            self.u_scale.observe(out[block])
+            tracker.observe(out[block])
+        self.u_sigma = tracker.sigma
         return out
 
-    def read(self, a_dirs: np.ndarray, b_dirs: np.ndarray, spread: float | None = None) -> np.ndarray:
-        """a_k^T W b_k for each pair of rows (unit directions); one batch per block.
+    def read(self, a_dirs: np.ndarray, b_dirs: np.ndarray, line: ScaleTracker | None = None) -> np.ndarray:
+        """a_k^T W b_k for each pair of rows (unit directions), as one line.
 
-        `spread`, when the caller knows it, is the expected size of these unit measurements
-        and sets the probe scale directly instead of the running estimate.
+        Pass the tracker from `new_line()` to continue a line over several calls.
         """
-        a_dirs, b_dirs = np.atleast_2d(a_dirs), np.atleast_2d(b_dirs)
+        return self.read_lines([(a_dirs, b_dirs)], None if line is None else [line])[0]
+
+    def read_lines(self, lines: list[tuple[np.ndarray, np.ndarray]],
+                   trackers: list[ScaleTracker] | None = None) -> list[np.ndarray]:
+        """Read several lines side by side: each warm-up stage of every line goes in one batch.
+
+        Each line keeps its own probe scale (queries in one batch may be scaled differently), so
+        reading d columns costs a handful of oracle calls, not d times as many.
+        """
         if self.affine and self.u is None:
             raise RuntimeError("read the bias term u (read_offsets) before reading W of an affine head")
+        lines = [(np.atleast_2d(a), np.atleast_2d(b)) for a, b in lines]
+        trackers = trackers or [self.new_line() for _ in lines]
+        warmup = self.FIRST_LINE_BLOCKS if self.w_sigma is None else self.LINE_BLOCKS
+        outs = [np.empty(a.shape[0]) for a, _ in lines]
+        done = [0] * len(lines)
+        pending: list[tuple[int, slice, float, float]] = []
+
+        def flush():
+            a = np.vstack([lines[i][0][rows] for i, rows, _, _ in pending])
+            b = np.vstack([lines[i][1][rows] for i, rows, _, _ in pending])
+            mu = np.concatenate([np.full(rows.stop - rows.start, m) for _, rows, m, _ in pending])
+            nu = np.concatenate([np.full(rows.stop - rows.start, n) for _, rows, _, n in pending])
+            values = self._probe(a, b, mu, nu)
+            start = 0
+            for i, rows, _, _ in pending:
+                n = rows.stop - rows.start
+                outs[i][rows] = values[start:start + n]
+                trackers[i].observe(values[start:start + n])
+                start += n
+            pending.clear()
+
+        for size in (*warmup, None):
+            for i, ((a, _), tracker) in enumerate(zip(lines, trackers)):
+                if size is not None and tracker.count and done[i] == 0:
+                    continue  # a continued line already knows its scale: it skips the warm-up
+                take = a.shape[0] - done[i] if size is None else min(size, a.shape[0] - done[i])
+                if take <= 0:
+                    continue
+                mu, nu = self._split(tracker.next_scale())
+                pending.append((i, slice(done[i], done[i] + take), mu, nu))
+                done[i] += take
+                if sum(rows.stop - rows.start for _, rows, _, _ in pending) >= self.max_block:
+                    flush()
+            if pending:
+                flush()  # the next stage's scales depend on this stage's answers
+        for tracker in trackers:
+            if tracker.sigma:
+                self.w_sigma = max(self.w_sigma or 0.0, tracker.sigma)
+        return outs
+
+    def _split(self, rho: float) -> tuple[float, float]:
+        mu, nu = split_scale(rho)
+        if self.affine and self.u_sigma:
+            # keep the u-part of the logit inside the budget too: shrink a, grow b
+            mu = min(mu, TARGET_LOGIT_STD / self.u_sigma)
+            nu = rho / mu
+        return mu, nu
+
+    def _probe(self, a_dirs: np.ndarray, b_dirs: np.ndarray, mu: np.ndarray, nu: np.ndarray) -> np.ndarray:
+        """Unit values a^T W b for per-query scales mu, nu, in batches of at most max_block."""
         out = np.empty(a_dirs.shape[0])
-        for block in self._blocks(a_dirs.shape[0], self.w_scale):
-            rho = TARGET_LOGIT_STD / spread if spread else self.w_scale.next_scale()
-            mu, nu = split_scale(rho)
+        for start in range(0, a_dirs.shape[0], self.max_block):
+            block = slice(start, start + self.max_block)
+            a = mu[block, None] * a_dirs[block]
+            b = nu[block, None] * b_dirs[block]
+            t = bilinear_probe(self.oracle, a, b, self.v, self.c, self.log)
             offsets = a_dirs[block] @ self.u if self.affine else 0.0
-            if self.affine and self.u_scale.sigma:
-                # keep the u-part of the logit inside the budget too: shrink a, grow b
-                mu = min(mu, TARGET_LOGIT_STD / self.u_scale.sigma)
-                nu = rho / mu
-            t = bilinear_probe(self.oracle, mu * a_dirs[block], nu * b_dirs[block], self.v, self.c, self.log)
-            self.log.scales.append(mu * nu)
-            out[block] = (t / mu - offsets) / nu
-            self.w_scale.observe(out[block])
+            out[block] = (t / mu[block] - offsets) / nu[block]
+            self.log.scales.extend([float(np.min(mu[block] * nu[block])), float(np.max(mu[block] * nu[block]))])
         return out
+
+
+def _warmup_slices(total: int, warmup: tuple[int, ...], max_block: int):
+    """Slices of sizes warmup[0], warmup[1], ..., then max_block-sized pieces of the rest."""
+    done = 0
+    for size in (*warmup, *([max_block] * (-(-total // max_block)))):
+        if done >= total:
+            return
+        step = min(size, total - done)
+        yield slice(done, done + step)
+        done += step

@@ -175,30 +175,33 @@ def _adaptive(reader: BilinearReader, v: np.ndarray, rank, rng: np.random.Genera
     B = random_orthogonal(d, rng)
     a_rows, b_rows = A.T, B.T
 
-    def read(rows, cols, spread=None):
-        return reader.read(a_rows[np.asarray(rows)], b_rows[np.asarray(cols)], spread=spread)
+    def read(rows, cols, line=None):
+        """Entries M[rows, cols] (index arrays, or one int broadcast), read as one line."""
+        rows, cols = np.broadcast_arrays(np.asarray(rows), np.asarray(cols))
+        return reader.read(a_rows[rows], b_rows[cols], line=line)
+
+    def read_columns(count):
+        return np.column_stack(reader.read_lines([(a_rows, np.broadcast_to(b_rows[j], (d, d))) for j in range(count)]))
 
     if rank is None:
-        rows, cols = np.meshgrid(np.arange(d), np.arange(d), indexing="ij")
-        M = read(rows.T.ravel(), cols.T.ravel()).reshape(d, d).T  # column by column
-        return A @ M @ B.T, {"rank": d, "rank_mode": "full"}
+        return A @ read_columns(d) @ B.T, {"rank": d, "rank_mode": "full"}
     if rank == "auto":
-        M, info = _auto_rank_cross(read, d, reader)
+        M, info = _auto_rank_cross(read, reader, a_rows, b_rows)
     else:
-        columns = read(np.tile(np.arange(d), rank), np.repeat(np.arange(rank), d)).reshape(rank, d).T
+        columns = read_columns(rank)
         pivots = pivot_rows(columns)[:rank]
-        M = _complete_rows(read, columns, pivots, d)
+        M = _complete_rows(reader, a_rows, b_rows, columns, pivots)
         info = {"rank": rank, "rank_mode": "given"}
     return A @ M @ B.T, info
 
 
-def _complete_rows(read, columns: np.ndarray, pivots: np.ndarray, d: int,
-                   partial: np.ndarray | None = None) -> np.ndarray:
-    """Read the pivot rows of the columns not yet known, one batch per row, then apply the skeleton.
+def _complete_rows(reader: BilinearReader, a_rows: np.ndarray, b_rows: np.ndarray, columns: np.ndarray,
+                   pivots: np.ndarray, partial: np.ndarray | None = None) -> np.ndarray:
+    """Read the pivot rows of the columns not yet known (one line each), then apply the skeleton.
 
     `partial` (r,) optionally holds the pivot rows of column r, already read during rank detection.
     """
-    r = columns.shape[1]
+    d, r = columns.shape
     rows = np.empty((r, d))
     rows[:, :r] = columns[pivots]
     first = r
@@ -206,37 +209,45 @@ def _complete_rows(read, columns: np.ndarray, pivots: np.ndarray, d: int,
         rows[:, r] = partial
         first = r + 1
     remaining = np.arange(first, d)
-    for i, row in enumerate(pivots):
-        known = rows[i, :first]
-        # the row's own size sets its probe scale: pivot rows are the largest ones
-        spread = max(float(np.sqrt(np.mean(known ** 2))), float(np.max(np.abs(known))) / 4.0)
-        rows[i, first:] = read(np.full(remaining.size, row), remaining, spread=spread or None)
+    if remaining.size:
+        lines = [(np.broadcast_to(a_rows[row], (remaining.size, d)), b_rows[remaining]) for row in pivots]
+        rows[:, first:] = np.vstack(reader.read_lines(lines))
     return cross_reconstruction(columns, rows, pivots)
 
 
-def _auto_rank_cross(read, d: int, reader: BilinearReader):
-    """Read full columns until a new column lies in the span of the previous ones."""
+def _auto_rank_cross(read, reader: BilinearReader, a_rows: np.ndarray, b_rows: np.ndarray):
+    """Read full columns until a new column lies in the span of the previous ones.
+
+    Column j (with r = j independent columns so far) is read first at the r pivot rows of the
+    known columns plus two check rows; if the checks match the span's prediction, the rank is r
+    and those r values already belong to the row phase. Otherwise the rest of the column is read,
+    so no query is wasted either way.
+    """
+    d = a_rows.shape[0]
     columns = np.empty((d, 0))
+    everything = np.arange(d)
     for j in range(d):
         r = columns.shape[1]
         if r == 0:
-            column = read(np.arange(d), np.zeros(d, dtype=int))
-        else:
-            order = pivot_rows(columns)
-            checks = min(2, d - r)
-            head = order[:r + checks]
-            head_values = read(head, np.full(head.size, j))
-            coef = np.linalg.solve(columns[order[:r]], head_values[:r])
-            predicted = columns[order[r:r + checks]] @ coef
-            mismatch = float(np.max(np.abs(head_values[r:] - predicted)))
-            typical = reader.w_scale.sigma or 0.0
-            if mismatch <= RANK_TOL * typical:
-                M = _complete_rows(read, columns, order[:r], d, partial=head_values[:r])
-                return M, {"rank": r, "rank_mode": "auto", "rank_check_mismatch": mismatch / typical}
-            column = np.empty(d)
-            column[head] = head_values
-            rest = order[r + checks:]
-            column[rest] = read(rest, np.full(rest.size, j))
+            columns = read(everything, j)[:, None]
+            continue
+        order = pivot_rows(columns)
+        checks = min(2, d - r)
+        head = order[:r + checks]
+        line = reader.new_line()
+        head_values = read(head, j, line=line)
+        coef = np.linalg.solve(columns[order[:r]], head_values[:r])
+        predicted = columns[order[r:r + checks]] @ coef
+        mismatch = float(np.max(np.abs(head_values[r:] - predicted)))
+        typical = float(np.sqrt(np.mean(columns ** 2)))
+        if mismatch <= RANK_TOL * typical:
+            M = _complete_rows(reader, a_rows, b_rows, columns, order[:r], partial=head_values[:r])
+            return M, {"rank": r, "rank_mode": "auto", "rank_check_mismatch": mismatch / typical}
+        column = np.empty(d)
+        column[head] = head_values
+        rest = order[r + checks:]
+        if rest.size:
+            column[rest] = read(rest, j, line=line)
         columns = np.column_stack([columns, column])
     return columns, {"rank": d, "rank_mode": "auto"}
 
