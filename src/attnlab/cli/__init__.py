@@ -9,6 +9,7 @@ from attnlab.cli import reproduce  # noqa: F401
 from attnlab.cli import serve  # noqa: F401
 from attnlab.cli import extract_single_head  # noqa: F401
 from attnlab.cli import multihead  # noqa: F401
+from attnlab.cli import extract_ffn  # noqa: F401
 
 
 def main() -> None:

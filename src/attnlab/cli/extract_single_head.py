@@ -15,9 +15,11 @@ import typer
 from attnlab.cli.apps import extract_app
 from attnlab.cli.output import emit, err_console, guarded
 from attnlab.extract import relative_error
+from attnlab.extract.noisy import noisy_single_head
 from attnlab.extract.single_head import METHODS, single_head
 from attnlab.models import AffineHead, SingleHeadAttention
 from attnlab.oracle import Oracle
+from attnlab.oracle.noise import NOISE_KINDS, make_noise
 
 
 @dataclass
@@ -33,6 +35,9 @@ class SingleHeadRun:
     seed: int = 0
     measurements: int | None = None
     fidelity_samples: int = 1000
+    noise: str | None = None
+    tau: float | None = None
+    digits: int | None = None
     oracle_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -64,7 +69,12 @@ def build_target(run: SingleHeadRun):
 
 
 def build_oracle(target, run: SingleHeadRun) -> Oracle:
-    return Oracle(target, d=run.d, **run.oracle_options)
+    options = dict(run.oracle_options)
+    if run.noise is not None:
+        # the adversary gets white-box access to the target (see AdversarialNoise)
+        options["noise"] = make_noise(run.noise, tau=run.tau, digits=run.digits, target=target)
+        options.setdefault("seed", run.seed)
+    return Oracle(target, d=run.d, **options)
 
 
 def evaluate(result, target, run: SingleHeadRun) -> dict[str, Any]:
@@ -88,6 +98,8 @@ def evaluate(result, target, run: SingleHeadRun) -> dict[str, Any]:
         oracle_calls=result.info.get("oracle_calls"),
         max_abs_logit=result.info.get("max_abs_logit"),
     )
+    if "error_estimate" in result.info:
+        report.update({f"estimate_{k}": v for k, v in result.info["error_estimate"].items()})
     return report
 
 
@@ -104,6 +116,11 @@ def run_single_head(run: SingleHeadRun, progress: bool = True) -> dict[str, Any]
 
 
 def _extract(oracle: Oracle, run: SingleHeadRun):
+    if oracle.noise is not None:
+        if run.affine or run.rank is not None:
+            raise ValueError("--noise extracts full-rank, non-affine heads (robust noisy extractor); "
+                             "drop --affine and --rank")
+        return noisy_single_head(oracle, "robust", seed=run.seed, fidelity_samples=run.fidelity_samples)
     return single_head(oracle, rank=run.rank, affine=run.affine, method=run.method, seed=run.seed,
                        measurements=run.measurements, fidelity_samples=run.fidelity_samples)
 
@@ -119,6 +136,9 @@ def single_head_command(
     seed: int = typer.Option(0, "--seed", help="Seeds the target and the extractor's probes."),
     measurements: Optional[int] = typer.Option(None, "--measurements", help="Rank-one measurements for --method nuclear-norm."),
     fidelity_samples: int = typer.Option(1000, "--fidelity-samples", help="Fresh sequences for the fidelity check (0 skips)."),
+    noise: Optional[str] = typer.Option(None, "--noise", help=f"Noisy oracle: {'|'.join(NOISE_KINDS)} (uses the robust noisy extractor)."),
+    tau: Optional[float] = typer.Option(None, "--tau", help="Noise size for bounded/adversarial (bound) and gaussian (sigma)."),
+    digits: Optional[int] = typer.Option(None, "--digits", help="Significant digits for --noise digits."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No spinner on stderr."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object on the last line instead of a table."),
 ) -> None:
@@ -127,7 +147,7 @@ def single_head_command(
     def go():
         run = SingleHeadRun(d=d, rank=parse_rank(rank), target_rank=target_rank, method=method,
                             scale=scale, affine=affine, seed=seed, measurements=measurements,
-                            fidelity_samples=fidelity_samples)
+                            fidelity_samples=fidelity_samples, noise=noise, tau=tau, digits=digits)
         report = run_single_head(run, progress=not no_progress)
         emit(report, json_out, title="single-head extraction")
 
