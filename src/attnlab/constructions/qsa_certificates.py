@@ -178,7 +178,7 @@ class CertificateQSA:
         not containing t, built greedily from the 4q keys most correlated with u_t so that
         <w_S, u_t> (the off-support score at t) is as large as the greedy search finds."""
         N, q = self.N, self.q
-        if N - 1 < q:
+        if N - 1 < q or targets < 1:
             return np.zeros((0, q), dtype=np.int64)
         keys = torch.from_numpy(self.keys)
         chosen_targets = rng.choice(N, size=min(targets, N), replace=False)

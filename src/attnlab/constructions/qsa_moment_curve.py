@@ -185,20 +185,54 @@ class MomentCurveQSA:
             errors.append(np.abs(weights - on_support / self.q).sum() + 2.0 * dropped)
         return np.array(errors)
 
-    def adversarial_sets(self, rng: np.random.Generator | None = None, limit: int = 2000) -> np.ndarray:
-        """Every q-set when there are at most `limit`; otherwise the sets that are worst by
-        construction: blocks packed on both sides of a gap (which attain gap_min) at the left
-        end, the middle and the right end, blocks at the two ends (largest query coefficients,
-        the most rounding), and half the set at each end."""
+    def adversarial_sets(self, rng: np.random.Generator | None = None, **search) -> np.ndarray:
+        """The sets of `adversarial_search`, worst first."""
+        return self.adversarial_search(rng, **search)[0]
+
+    def adversarial_search(self, rng: np.random.Generator | None = None, limit: int = 5000,
+                           random_starts: int = 32, rounds: int = 3, keep: int = 12,
+                           stop_above: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
+        """Every q-set when there are at most `limit`. Otherwise a search at this precision:
+        start from the sets that are worst by construction (blocks packed on both sides of a gap,
+        which attain gap_min, at the left end, the middle and the right end; blocks at the two
+        ends, which have the largest query coefficients and so the most rounding; half the set
+        at each end) and `random_starts` uniform sets, then hill-climb: for `rounds` rounds,
+        move each element of the `keep` worst sets by -3..3 positions and keep what is worse.
+        The climb stops early once some set's error exceeds `stop_above` (a search only needs to
+        know that the head fails). Returns (sets, their worst-case errors), worst first."""
         N, q = self.N, self.q
         if math.comb(N, q) <= limit:
-            return np.array(list(combinations(range(N), q)), dtype=np.int64).reshape(-1, q)
+            pool = np.array(list(combinations(range(N), q)), dtype=np.int64).reshape(-1, q)
+            errors = self.worst_case_errors(pool)
+            order = np.argsort(errors)[::-1]
+            return pool[order], errors[order]
+        rng = np.random.default_rng(0) if rng is None else rng
         left, right = (q + 1) // 2, q // 2
-        sets = []
+        starts = []
         for gap in (left, N // 2, N - 1 - right):
-            sets.append(list(range(gap - left, gap)) + list(range(gap + 1, gap + 1 + right)))
-        sets += [list(range(q)), list(range(N - q, N)), list(range(left)) + list(range(N - right, N))]
-        return sorted_sets(np.array(sets))
+            starts.append(list(range(gap - left, gap)) + list(range(gap + 1, gap + 1 + right)))
+        starts += [list(range(q)), list(range(N - q, N)), list(range(left)) + list(range(N - right, N))]
+        pool = np.unique(np.concatenate([sorted_sets(np.array(starts)),
+                                         distinct_indices(rng, (random_starts,), q, N)]), axis=0)
+        errors = self.worst_case_errors(pool)
+        for _ in range(rounds):
+            if errors.max() > stop_above:
+                break
+            moved = []
+            for index_set in pool[np.argsort(errors)[::-1][:keep]]:
+                for c in range(q):
+                    for delta in (-3, -2, -1, 1, 2, 3):
+                        candidate = index_set.copy()
+                        candidate[c] += delta
+                        if 0 <= candidate[c] < N and len(set(candidate.tolist())) == q:
+                            moved.append(np.sort(candidate))
+            fresh = np.unique(np.array(moved), axis=0)
+            fresh = fresh[~(fresh[:, None, :] == pool[None, :, :]).all(-1).any(-1)]
+            if len(fresh) == 0:
+                break
+            pool, errors = np.concatenate([pool, fresh]), np.concatenate([errors, self.worst_case_errors(fresh)])
+        order = np.argsort(errors)[::-1]
+        return pool[order], errors[order]
 
     # --- the model, verification ---------------------------------------------------------------
     def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -247,9 +281,8 @@ class MomentCurveQSA:
         rng = as_generator(rng)
         batch = task.sample(rng, n)
         random_score = task.score(batch, self.predict(batch.inputs))
-        sets = self.adversarial_sets(rng)
-        errors = self.worst_case_errors(sets)
-        worst = sets[np.argsort(errors)[::-1][:4]]
+        sets, errors = self.adversarial_search(rng)
+        worst = sets[:4]
         batches = []
         for index_set in worst:
             candidates, weights, _ = self.attention(index_set)
@@ -277,13 +310,17 @@ class MomentCurveQSA:
 def smallest_moment_curve_precision(N: int, q: int, d_prime: int = 4, eps: float | None = None,
                                     random_sets: int = 64, seed: int = 0, limit: int = 1024) -> MomentCurveQSA:
     """The Theorem-3 head at the smallest precision p the search verifies: worst case over z
-    <= eps on `random_sets` uniform sets plus the adversarial sets."""
+    <= eps on `random_sets` uniform sets plus the adversarial sets found at that p."""
     exact = MomentCurveQSA.build(N, q, d_prime, eps)
-    sets = np.concatenate([exact.adversarial_sets(),
-                           distinct_indices(np.random.default_rng(seed), (random_sets,), q, N)])
+    sets = distinct_indices(np.random.default_rng(seed), (random_sets,), q, N)
 
     def error_at(bits: int) -> float:
-        return float(MomentCurveQSA.build(N, q, d_prime, exact.eps, bits).worst_case_errors(sets).max())
+        candidate = MomentCurveQSA.build(N, q, d_prime, exact.eps, bits)
+        random_error = float(candidate.worst_case_errors(sets).max())
+        if random_error > exact.eps:
+            return random_error
+        _, errors = candidate.adversarial_search(np.random.default_rng([seed, bits]), stop_above=exact.eps)
+        return max(random_error, float(errors[0]))
 
     try:
         bits, history = smallest_passing(error_at, exact.eps, start=4, limit=limit, what="precision p")
