@@ -285,3 +285,37 @@ def test_an_input_the_model_cannot_answer_is_refunded(model_path, tmp_path):
         with pytest.raises(OracleError, match="HTTP 422: .*could not answer") as err:
             HttpTarget(srv.url, srv.key)(np.full((1, 2, D), 1e200))
         assert not isinstance(err.value, QueryShapeError) and srv.spent() == 0
+
+
+def test_two_servers_sharing_one_keys_database_never_overspend(model_path, tmp_path):
+    """Two apps with their own SQLite connections (as two server processes would have) serve one key."""
+    from attnlab.serve import KeyStore, load_target
+    from attnlab.serve.app import create_app
+    from attnlab.serve.runner import BackgroundServer
+
+    db, budget = tmp_path / "keys.sqlite", 50
+    with KeyStore(db) as admin:
+        key = admin.add_key("alice", budget)
+    stores = [KeyStore(db), KeyStore(db)]
+    apps = [create_app(load_target(model_path), store) for store in stores]
+    received = []
+    with BackgroundServer(apps[0]) as url_a, BackgroundServer(apps[1]) as url_b:
+        def client(url, seed):
+            oracle, rng = Oracle.http(url, key), np.random.default_rng(seed)
+            try:
+                while True:
+                    oracle(rng.standard_normal((int(rng.integers(1, 4)), 2, D)))
+            except BudgetExhausted:
+                received.append(oracle.paid)
+
+        threads = [threading.Thread(target=client, args=(url, s)) for s, url in enumerate([url_a, url_b] * 3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    answered = sum(app.state.oracle.queries for app in apps)
+    with KeyStore(db) as admin:
+        assert sum(received) == answered == admin.get("alice").spent <= budget
+        assert admin.get("alice").spent >= budget - 2  # stopped only when no batch of 1-3 could be paid
+    for store in stores:
+        store.close()
