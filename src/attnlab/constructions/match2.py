@@ -20,47 +20,22 @@ in `smallest_match_precision` finds the p the construction needs (order 2 log2 M
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from attnlab.constructions.match_common import (
-    angles,
-    check_modulus,
-    match_temperature,
-    readout_threshold,
-    verify_match,
-)
-from attnlab.constructions.verification import Verification, smallest_passing
+from attnlab.constructions.match_common import AngleMatchConstruction, angles, readout_threshold
+from attnlab.constructions.verification import smallest_passing
 from attnlab.models.attention_unit import AttentionUnit, MultiHeadAttentionLayer
-from attnlab.tasks import Match2
 
 
-@dataclass
-class Match2Construction:
+class Match2Construction(AngleMatchConstruction):
     """One unit, width 2, residual readout; verified by `verify`."""
 
-    N: int
-    M: int
-    precision: int | None = None
-    beta: float = 0.0
-    search: dict[int, float] = field(default_factory=dict)
-
-    @classmethod
-    def build(cls, N: int, M: int, precision: int | None = None, beta: float | None = None) -> "Match2Construction":
-        Match2(N, check_modulus(M))
-        beta = match_temperature(M, N) if beta is None else float(beta)
-        return cls(int(N), int(M), precision, beta)
-
-    @property
-    def m(self) -> int:
-        return 2
-
-    @property
-    def heads(self) -> int:
-        return 1
+    task_name = "match2"
+    order = 2
+    width = 2
 
     def model(self) -> MultiHeadAttentionLayer:
         M, beta, threshold = self.M, self.beta, readout_threshold(self.M)
@@ -88,20 +63,6 @@ class Match2Construction:
         tokens = torch.from_numpy(np.asarray(inputs["x"], dtype=np.float64)[..., None])
         with torch.no_grad():
             return self.model()(tokens).numpy().astype(np.int8)
-
-    def task(self) -> Match2:
-        return Match2(self.N, self.M)
-
-    def verify(self, task: Match2 | None = None, rng=0, n: int = 32) -> Verification:
-        task = self.task() if task is None else task
-        if (task.N, task.M) != (self.N, self.M) or task.name != "match2":
-            raise ValueError(f"this construction is for match2 N={self.N}, M={self.M}, not {task!r}")
-        return verify_match(task, self.predict, rng, n, order=2)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"task": "match2", "N": self.N, "M": self.M, "m": self.m, "heads": self.heads,
-                "p": self.precision, "beta": self.beta, "residual": True,
-                "search": {str(k): v for k, v in sorted(self.search.items())}}
 
 
 def smallest_match_precision(build: Callable[[int | None], Any], rng_seed: int = 0, n: int = 16,

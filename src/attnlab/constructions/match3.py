@@ -18,48 +18,21 @@ beta = (ln N^2 + ln(8 / (1 - c))) / (1 - c) over the N^2 candidate pairs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import numpy as np
 import torch
 
-from attnlab.constructions.match_common import (
-    angles,
-    check_modulus,
-    match_temperature,
-    readout_threshold,
-    verify_match,
-)
-from attnlab.constructions.verification import Verification
+from attnlab.constructions.match_common import AngleMatchConstruction, angles, readout_threshold
 from attnlab.models.precision import round_to_bits
 from attnlab.models.third_order import third_order_attention
-from attnlab.tasks import Match3
 
 
-@dataclass
-class ThirdOrderMatch3:
+class ThirdOrderMatch3(AngleMatchConstruction):
     """One third-order unit of width 4 with a residual readout; verified by `verify`."""
 
-    N: int
-    M: int
-    precision: int | None = None
-    beta: float = 0.0
-    search: dict[int, float] = field(default_factory=dict)
-
-    @classmethod
-    def build(cls, N: int, M: int, precision: int | None = None, beta: float | None = None) -> "ThirdOrderMatch3":
-        Match3(N, check_modulus(M))
-        beta = match_temperature(M, N * N) if beta is None else float(beta)
-        return cls(int(N), int(M), precision, beta)
-
-    @property
-    def m(self) -> int:
-        return 4
-
-    @property
-    def heads(self) -> int:
-        return 1
+    task_name = "match3"
+    order = 3
+    width = 4
+    attention = "third-order"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Bits (B, N) for residues x (B, N) (float64)."""
@@ -77,17 +50,3 @@ class ThirdOrderMatch3:
     def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         with torch.no_grad():
             return self.forward(torch.from_numpy(np.asarray(inputs["x"], dtype=np.float64))).numpy()
-
-    def task(self) -> Match3:
-        return Match3(self.N, self.M)
-
-    def verify(self, task: Match3 | None = None, rng=0, n: int = 16) -> Verification:
-        task = self.task() if task is None else task
-        if (task.N, task.M) != (self.N, self.M) or task.name != "match3":
-            raise ValueError(f"this construction is for match3 N={self.N}, M={self.M}, not {task!r}")
-        return verify_match(task, self.predict, rng, n, order=3)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"task": "match3", "attention": "third-order", "N": self.N, "M": self.M, "m": self.m,
-                "heads": self.heads, "p": self.precision, "beta": self.beta, "residual": True,
-                "search": {str(k): v for k, v in sorted(self.search.items())}}

@@ -36,9 +36,8 @@ from attnlab.constructions.qsa_certificates import (
     certificates,
     random_sign_keys,
 )
-from attnlab.constructions.verification import ConstructionFailed, Verification, smallest_passing
+from attnlab.constructions.verification import ConstructionFailed, Verification, matching_task, smallest_passing
 from attnlab.models.attention_unit import AttentionUnit, MultiHeadAttentionLayer
-from attnlab.models.precision import round_to_bits
 from attnlab.tasks import Match3Local
 
 
@@ -152,9 +151,7 @@ class LocalMatch3:
         return Match3Local(self.N, self.M, self.window)
 
     def verify(self, task: Match3Local | None = None, rng=0, n: int = 16) -> Verification:
-        task = self.task() if task is None else task
-        if task.params != self.task().params:
-            raise ValueError(f"this construction is for match3-local {self.task().params}, not {task.params}")
+        task = matching_task(task, self.task())
         verification = verify_match(task, self.predict, rng, n, order=3)
         errors = self.window_errors()
         verification.notes.update({"window_l1_error_max": float(errors.max()),

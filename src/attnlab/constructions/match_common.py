@@ -9,12 +9,14 @@ a cosine against the midpoint (1 + c) / 2.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from attnlab.constructions.verification import Verification, merge_scores
-from attnlab.tasks import Batch, as_generator
+from attnlab.constructions.verification import Verification, matching_task, merge_scores
+from attnlab.tasks import Batch, as_generator, get_task
 from attnlab.tasks.match import MatchTask
 
 
@@ -83,3 +85,50 @@ def verify_match(task: MatchTask, predict, rng, n: int, order: int, n_adversaria
                         n_random=n, n_adversarial=n_adversarial,
                         notes={"positive_rate_random": float(batch.targets.mean()),
                                "positive_rate_adversarial": float(adversarial.targets.mean())})
+
+
+@dataclass
+class AngleMatchConstruction:
+    """What the one-head angle constructions for Match2 and Match3 share: parameters, the
+    temperature over the N^(order-1) candidate partners, verification and JSON. Subclasses set
+    the class constants and implement `predict(inputs) -> (n, N) int8 bits`."""
+
+    task_name: ClassVar[str] = ""
+    order: ClassVar[int] = 2
+    width: ClassVar[int] = 2
+    attention: ClassVar[str] = "standard"
+
+    N: int
+    M: int
+    precision: int | None = None
+    beta: float = 0.0
+    search: dict[int, float] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, N: int, M: int, precision: int | None = None, beta: float | None = None):
+        get_task(cls.task_name, N=N, M=check_modulus(M))
+        beta = match_temperature(M, N ** (cls.order - 1)) if beta is None else float(beta)
+        return cls(int(N), int(M), precision, beta)
+
+    @property
+    def m(self) -> int:
+        return self.width
+
+    @property
+    def heads(self) -> int:
+        return 1
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def task(self) -> MatchTask:
+        return get_task(self.task_name, N=self.N, M=self.M)
+
+    def verify(self, task: MatchTask | None = None, rng=0, n: int = 16) -> Verification:
+        """No wrong bit allowed on n sampled and n near-miss sequences (task.score)."""
+        return verify_match(matching_task(task, self.task()), self.predict, rng, n, order=self.order)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task_name, "attention": self.attention, "N": self.N, "M": self.M, "m": self.m,
+                "heads": self.heads, "p": self.precision, "beta": self.beta, "residual": True,
+                "search": {str(k): v for k, v in sorted(self.search.items())}}

@@ -33,6 +33,7 @@ import torch
 from attnlab.constructions.verification import (
     ConstructionFailed,
     Verification,
+    matching_task,
     merge_scores,
     smallest_passing,
     sorted_sets,
@@ -217,9 +218,7 @@ class CertificateQSA:
     def verify(self, task: QSparseAveraging | None = None, rng: int | np.random.Generator | None = 0,
                n: int = 4, adversarial_targets: int = 64) -> Verification:
         """Run the head on n sampled sequences and on adversarial sequences; score with task.score."""
-        task = self.task() if task is None else task
-        if task.params != self.task().params:
-            raise ValueError(f"this construction is for qsa {self.task().params}, not {task.params}")
+        task = matching_task(task, self.task())
         rng = as_generator(rng)
         batch = task.sample(rng, n)
         random_score = task.score(batch, self.predict(batch.inputs))

@@ -35,6 +35,7 @@ from attnlab.constructions.exact_bits import round_rational, to_float
 from attnlab.constructions.verification import (
     ConstructionFailed,
     Verification,
+    matching_task,
     merge_scores,
     smallest_passing,
     sorted_sets,
@@ -275,9 +276,7 @@ class MomentCurveQSA:
     def verify(self, task: QSparseAveraging | None = None, rng: int | np.random.Generator | None = 0,
                n: int = 2) -> Verification:
         """Sampled sequences plus, per adversarial set, a sequence with the z worst for it."""
-        task = self.task() if task is None else task
-        if task.params != self.task().params:
-            raise ValueError(f"this construction is for qsa {self.task().params}, not {task.params}")
+        task = matching_task(task, self.task())
         rng = as_generator(rng)
         batch = task.sample(rng, n)
         random_score = task.score(batch, self.predict(batch.inputs))

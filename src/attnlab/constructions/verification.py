@@ -65,6 +65,16 @@ class Verification:
         }
 
 
+def matching_task(given, own):
+    """`given` if it is the task the construction was built for (None: `own`), else a ValueError."""
+    if given is None:
+        return own
+    if given.name != own.name or given.params != own.params:
+        raise ValueError(f"this construction is for {own.name} {own.params}, not {given.name} {given.params}; "
+                         "build one for that task")
+    return given
+
+
 def merge_scores(scores: list[dict[str, float]], sizes: list[int]) -> dict[str, float]:
     """Several task.score dicts as one: worst cases take the max, counts add, means are weighted."""
     if not scores:
