@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -36,6 +38,7 @@ def test_exact_extraction_at_d32_m64(bias):
     assert err["matched"] == m and err["wrong_orientation"] == 0
     assert err["row_error"] <= 1e-8 and err["bias_error"] <= 1e-8 and err["weight_rel_error"] <= 1e-8
     assert err["c_error"] <= 1e-8
+    json.dumps(ex.to_dict())  # results serialise
     if not bias:
         assert np.all(ex.params["b"] == 0) and float(ex.params["c"]) == 0.0
 

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -57,6 +59,7 @@ def test_error_estimate_is_honest(noise_factory):
     w_err, v_err = np.linalg.norm(ex.W - W), np.linalg.norm(ex.v - v)
     assert w_err <= est["W_fro_bound"] and v_err <= est["v_l2_bound"] * (1 + 1e-9)
     assert est["W_fro"] / 5 <= w_err <= 5 * est["W_fro"]
+    json.dumps(ex.to_dict())  # results serialise
 
 
 def test_float32_outputs_at_d64_give_relative_error_below_1e4():

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -30,6 +32,7 @@ def test_exact_extraction_at_d16_m32_with_stages(residual):
     assert ex.queries == oracle.queries - ex.fidelity_queries == sum(ex.stages.values())
     assert ex.stages["attention"] == 2 * ex.info["derived_queries"] == 2 * (d * d + d)
     assert ex.info["ffn"]["neurons_found"] == m
+    json.dumps(ex.to_dict())  # results serialise
 
 
 def test_derived_oracle_costs_two_parent_queries_and_is_a_single_head():

@@ -81,6 +81,12 @@ def test_adversary_pushes_the_two_token_attention_toward_saturation():
     np.testing.assert_array_equal(noise(clean, X, rng), noisy)  # a repeat gets the same answer
 
 
+def test_adversary_without_target_biases_every_answer_outward():
+    y = np.array([-2.0, 0.5, 3.0])
+    out = AdversarialNoise(0.25)(y, np.zeros((3, 2, 1)), None)
+    np.testing.assert_array_equal(out, [-2.25, 0.75, 3.25])
+
+
 def test_oracle_applies_noise_to_fresh_answers():
     head = SingleHeadAttention.random(4, seed=0)
     exact = Oracle(head)

@@ -267,7 +267,8 @@ def relu_ffn(oracle: Oracle, d: int | None = None, *, bias: bool = True, m: int 
         bounds, slopes, jumps, exact = _pieces(line, rough)
         spend("search", before)
         lines_used += 1
-        known_t = np.array([-(nr.normal @ x0 + nr.offset) / (nr.normal @ direction) for nr in neurons])
+        with np.errstate(divide="ignore", invalid="ignore"):  # a hyperplane parallel to the line: never crossed
+            known_t = np.array([-(nr.normal @ x0 + nr.offset) / (nr.normal @ direction) for nr in neurons])
         new_count, deferred_here = 0, 0
         widths = np.diff(bounds)
         grads: dict[int, np.ndarray | None] = {}
@@ -322,11 +323,11 @@ def relu_ffn(oracle: Oracle, d: int | None = None, *, bias: bool = True, m: int 
     offsets = np.array([nr.offset for nr in neurons]) if bias else np.zeros(len(neurons))
     weights = np.array([nr.weight for nr in neurons])
     if not bias:
-        normals_offsets_ok = np.abs(np.array([nr.offset for nr in neurons]))
-        if np.max(normals_offsets_ok) > 1e-6 * scale * span:
+        distances_to_origin = np.abs(np.array([nr.offset for nr in neurons]))
+        if np.max(distances_to_origin) > 1e-6 * scale * span:
             raise ExtractionError(
-                "bias=False, but some kink hyperplanes miss the origin (offset up to "
-                f"{np.max(normals_offsets_ok):.2e}): the network has biases; extract it with bias=True")
+                "bias=False, but some kink hyperplanes miss the origin (by up to "
+                f"{np.max(distances_to_origin):.2e}): the network has biases; extract it with bias=True")
 
     # The linear term left by the guessed orientations, averaged over every measured piece.
     contributions = normals * weights
