@@ -49,7 +49,7 @@ def time_run(task: TaskConfig, model: ModelConfig, steps: int) -> dict:
                            eval_every=steps, threads=1)
     result = train(RunConfig(task=task, model=model, train=schedule, seed=0))
     t = result.timings
-    return {"params": result.metrics["n_params"], "train_s": t["train_seconds"],
+    return {"params": result.metrics["n_params"], "train_s": t["train_seconds"], "cpu_s": t["cpu_seconds"],
             "ms_per_step": 1000 * t["train_seconds"] / steps, "examples_per_s": t["train_examples_per_second"]}
 
 
@@ -60,15 +60,15 @@ def _label(model: ModelConfig) -> str:
 
 
 def speed_table(sizes: list[int], steps: int) -> list[str]:
-    lines = ["| task | model | params | ms/step | examples/s | throughput vs attention H=1 |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = ["| task | model | params | ms/step | examples/s | throughput vs attention H=1 | run CPU s |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for N in sizes:
         task = TaskConfig(name="qsa", params={"N": N, "q": 2, "d_prime": 4})
         rows = [(m, time_run(task, m, steps)) for m in BASELINES]
         reference = rows[0][1]["examples_per_s"]
         for model, row in rows:
             lines.append(f"| qsa N={N} q=2 | {_label(model)} | {row['params']} | {row['ms_per_step']:.2f} | "
-                         f"{row['examples_per_s']:,.0f} | {row['examples_per_s'] / reference:.2f} |")
+                         f"{row['examples_per_s']:,.0f} | {row['examples_per_s'] / reference:.2f} | {row['cpu_s']:.1f} |")
         print(lines[-1], file=sys.stderr)
     return lines
 

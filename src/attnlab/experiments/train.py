@@ -249,7 +249,7 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, progress: boo
     from the latest one; a finished run's result is read back instead of retrained. `step_budget`
     stops after that many steps in this call, checkpoints, and returns status "partial".
     """
-    started_at, wall_start = _now(), time.perf_counter()
+    started_at, wall_start, cpu_start = _now(), time.perf_counter(), time.process_time()
     t = config.train
     run_path = Path(run_dir) if run_dir is not None else None
     if run_path is not None:
@@ -347,6 +347,8 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, progress: boo
     result = RunResult(config.run_id, config.model_dump(mode="json"), config.seed, "ok", metrics,
                        {"train_seconds": state.train_seconds, "eval_seconds": eval_seconds,
                         "wall_seconds": time.perf_counter() - wall_start,
+                        # CPU time of this process: what the run costs on an idle machine
+                        "cpu_seconds": time.process_time() - cpu_start,
                         "train_examples_per_second": state.step * t.batch_size / max(state.train_seconds, 1e-12)},
                        versions={**versions(), "device": str(device)}, started_at=started_at, finished_at=_now())
     if run_path is not None:
