@@ -39,14 +39,15 @@ def distinct_indices(rng: np.random.Generator, shape: tuple[int, ...], q: int, N
     if not 1 <= q <= N:
         raise ValueError(f"need 1 <= q <= N to draw q distinct indices from [N], got q={q}, N={N}")
     cells = int(np.prod(shape, dtype=np.int64))
-    chosen = np.empty((cells, q), dtype=np.int64)
+    chosen = np.empty((q, cells), dtype=np.int64)  # one contiguous row per slot
     for k in range(q):
         top = N - q + k
         t = rng.integers(0, top + 1, size=cells, dtype=np.int64)
-        taken = (chosen[:, :k] == t[:, None]).any(axis=1)
-        chosen[:, k] = np.where(taken, top, t)
-    chosen.sort(axis=1)
-    return chosen.reshape(*shape, q)
+        taken = (chosen[:k] == t).any(axis=0)
+        chosen[k] = np.where(taken, top, t)
+    subsets = np.ascontiguousarray(chosen.T)
+    subsets.sort(axis=1)
+    return subsets.reshape(*shape, q)
 
 
 def uniform_ball(rng: np.random.Generator, shape: tuple[int, ...], dim: int) -> np.ndarray:
@@ -109,9 +110,9 @@ class QSparseAveraging(Task):
         n, N, d = z.shape
         rows = z.reshape(n * N, d)
         offsets = (np.arange(n, dtype=np.int64) * N)[:, None]
-        total = np.zeros((n * N, d))
         # One row gather per pointer slot keeps the temporary at (n, N, d'), not (n, N, q, d').
-        for k in range(self.q):
+        total = np.take(rows, (y[:, :, 0] + offsets).ravel(), axis=0)
+        for k in range(1, self.q):
             total += np.take(rows, (y[:, :, k] + offsets).ravel(), axis=0)
         total /= self.q
         return total.reshape(n, N, d)
