@@ -317,6 +317,14 @@ def relu_ffn(oracle: Oracle, d: int | None = None, *, bias: bool = True, m: int 
 
     before = oracle.queries
     neurons, linear_samples, dropped = _refine(ask, neurons, rng, scale)
+    # A neuron first seen merged with a near neighbour is exact after refinement, and may now
+    # repeat one found cleanly on another line: keep one of each hyperplane.
+    unique: list[_Neuron] = []
+    for nr in neurons:
+        if not any(_same_hyperplane(nr, other, scale) for other in unique):
+            unique.append(nr)
+    dropped += len(neurons) - len(unique)
+    neurons = unique
     spend("refine", before)
 
     normals = np.array([nr.normal for nr in neurons]).T          # (d, n)
