@@ -67,7 +67,9 @@ def noisy_single_head(oracle: Oracle, method: str = "robust", *, queries: int | 
     Parameters
     ----------
     method : "robust" (default) or "paper".
-    queries : robust only: the total to spend, >= d^2 + d (default d^2 + d).
+    queries : robust only: the total to spend, >= d^2 + d (default d^2 + d). Only when the first
+        column saturates the softmax (W far larger than B or a unit probe allows) is it read again
+        with smaller probes, d more queries each time (info["pilot_retries"]).
     B : paper: the bound ||W||_F <= B the estimator needs (required). Robust: optional; without
         it the first column is read at a safe size and later ones adapt.
     repeats : paper only: ask every probe this many times and average (useful for random noise).
