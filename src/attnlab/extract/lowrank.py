@@ -61,13 +61,17 @@ def singular_value_threshold(W: np.ndarray, threshold: float) -> tuple[np.ndarra
     return (U[:, :keep] * s[:keep]) @ Vt[:keep], keep
 
 
-def nuclear_norm_recovery(a: np.ndarray, b: np.ndarray, y: np.ndarray, *, max_iter: int = 3000,
-                          tol: float = 1e-9, rank_tol: float = 1e-6,
-                          polish: bool = True) -> tuple[np.ndarray, RecoveryReport]:
+def nuclear_norm_recovery(a: np.ndarray, b: np.ndarray, y: np.ndarray, *, rank: int | None = None,
+                          max_iter: int = 3000, tol: float = 1e-9, rank_tol: float = 1e-6,
+                          polish_every: int = 25, exact: float = 1e-12) -> tuple[np.ndarray, RecoveryReport]:
     """Minimum-nuclear-norm W with a_k^T W b_k = y_k, polished to float64 accuracy.
 
-    `tol` stops ADMM when successive iterates agree to that relative accuracy; `rank_tol` is
-    the relative singular-value cut that defines the rank handed to the polish.
+    Every `polish_every` ADMM iterations the current iterate is handed to the Gauss-Newton polish
+    at rank `rank` (when known) or at its numerical rank (singular values above `rank_tol` times
+    the largest); once a polished W fits every measurement to relative residual `exact` it is
+    returned. With more generic measurements than the rank-r manifold has dimensions, such an
+    exact low-rank fit is the unique one, so the residual certifies the answer. `tol` stops
+    ADMM when successive iterates agree to that relative accuracy.
     """
     op = RankOneOperator(a, b)
     y = np.asarray(y, dtype=np.float64)
@@ -82,23 +86,36 @@ def nuclear_norm_recovery(a: np.ndarray, b: np.ndarray, y: np.ndarray, *, max_it
     # the threshold 1/beta is a fixed fraction of the unit-normalised top singular value,
     # which balances progress on the nuclear norm against staying near the affine set
     beta = 1.0 / (0.05 * np.linalg.norm(X, 2))
-    iterations, rank = 0, 0
+    norm_y = np.linalg.norm(y_unit)
+
+    p, q = a.shape[1], b.shape[1]
+
+    def polish(W):
+        s = np.linalg.svd(W, compute_uv=False)
+        target_rank = rank or (int(np.count_nonzero(s > rank_tol * s[0])) if s[0] > 0 else 0)
+        if target_rank == 0 or target_rank * (p + q - target_rank) >= len(y):
+            # an exact fit on a manifold at least as large as the data proves nothing
+            return W, target_rank, 0, float("inf")
+        polished, steps = gauss_newton_polish(op, W, y_unit, target_rank)
+        return polished, target_rank, steps, float(np.linalg.norm(op(polished) - y_unit) / norm_y)
+
+    iterations = 0
     for iterations in range(1, max_iter + 1):
         X = op.project(Z - dual / beta, y_unit)
-        Z_new, rank = singular_value_threshold(X + dual / beta, 1.0 / beta)
+        Z_new, _ = singular_value_threshold(X + dual / beta, 1.0 / beta)
         dual += beta * (X - Z_new)
         change = np.linalg.norm(Z_new - Z) + np.linalg.norm(X - Z_new)
         Z = Z_new
         if change <= tol * max(np.linalg.norm(Z), 1e-300):
             break
-    W = Z
-    s = np.linalg.svd(W, compute_uv=False)
-    rank = int(np.count_nonzero(s > rank_tol * s[0])) if s.size and s[0] > 0 else 0
-    steps = 0
-    if polish and rank > 0:
-        W, steps = gauss_newton_polish(op, W, y_unit, rank)
-    residual = float(np.linalg.norm(op(W) - y_unit) / np.linalg.norm(y_unit))
-    return W * scale, RecoveryReport(iterations, rank, residual, steps)
+        if iterations % polish_every == 0:
+            W, found, steps, residual = polish(Z)
+            if residual <= exact:
+                return W * scale, RecoveryReport(iterations, found, residual, steps)
+    W, found, steps, residual = polish(Z)
+    if not np.isfinite(residual):
+        residual = float(np.linalg.norm(op(W) - y_unit) / norm_y)
+    return W * scale, RecoveryReport(iterations, found, residual, steps)
 
 
 def gauss_newton_polish(op: RankOneOperator, W: np.ndarray, y: np.ndarray, rank: int,

@@ -101,18 +101,27 @@ def bilinear_probe(oracle: Oracle, a: np.ndarray, b: np.ndarray, v: np.ndarray, 
     """
     a = np.atleast_2d(a)
     b = np.atleast_2d(b)
-    denominators = a @ v
-    alignment = np.abs(denominators) / (np.linalg.norm(a, axis=1) * np.linalg.norm(v))
+    X = np.empty((a.shape[0], 2, a.shape[1]))
+    X[:, 1, :] = b
+    np.add(a, b, out=X[:, 0, :])
+    return invert_probes(oracle, X, a @ v, b @ v, c, np.sqrt(np.einsum("ij,ij->i", a, a)),
+                         float(np.linalg.norm(v)), log)
+
+
+def invert_probes(oracle: Oracle, X: np.ndarray, a_dot_v: np.ndarray, b_dot_v: np.ndarray, c: float,
+                  a_norms: np.ndarray, v_norm: float, log: ProbeLog | None = None) -> np.ndarray:
+    """The logits t_k of prebuilt probe queries X[k] = [(a_k + b_k); b_k], given a_k^T v and b_k^T v."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alignment = np.abs(a_dot_v) / (a_norms * v_norm)
     if np.any(~(alignment >= MIN_VALUE_ALIGNMENT)):
-        k = int(np.argmin(alignment))
+        k = int(np.argmin(np.nan_to_num(alignment, nan=-1.0)))
         raise ExtractionError(
-            f"probe {k} has a^T v = {denominators[k]:.3e}, too small to invert (|a^T v| / (|a||v|) = "
+            f"probe {k} has a^T v = {a_dot_v[k]:.3e}, too small to invert (|a^T v| / (|a||v|) = "
             f"{alignment[k]:.1e} < {MIN_VALUE_ALIGNMENT}). W is only identifiable through directions "
             f"a with a^T v != 0; choose probes aligned with v (method='adaptive' does)."
         )
-    X = np.stack([a + b, b], axis=1)
     y = np.asarray(oracle(X), dtype=np.float64)
-    alpha = (y - b @ v - c) / denominators
+    alpha = (y - b_dot_v - c) / a_dot_v
     if log is not None:
         log.calls += 1
     bad = ~((alpha > 0.0) & (alpha < 1.0))
@@ -121,9 +130,9 @@ def bilinear_probe(oracle: Oracle, a: np.ndarray, b: np.ndarray, v: np.ndarray, 
         raise ExtractionError(
             f"the softmax saturated: probe {k} of this batch gives attention weight {alpha[k]!r}, "
             f"outside (0, 1), so its logit cannot be inverted ({int(bad.sum())} of {alpha.size} probes). "
-            f"The bilinear form a^T W b is too large for the probe magnitudes |a| = "
-            f"{np.linalg.norm(a[k]):.3g}, |b| = {np.linalg.norm(b[k]):.3g}; use method='adaptive', "
-            f"which scales its probes to the target."
+            f"The bilinear form a^T W b is too large for the probe magnitudes |a| = {a_norms[k]:.3g}, "
+            f"|b| = {np.linalg.norm(X[k, 1]):.3g}; use method='adaptive', which scales its probes "
+            f"to the target."
         )
     t = np.log(alpha) - np.log1p(-alpha)
     if log is not None and t.size:
@@ -200,7 +209,10 @@ class BilinearReader:
                  max_block: int | None = None):
         self.oracle, self.v, self.c, self.affine = oracle, v, c, affine
         d = v.shape[0]
-        self.max_block = max_block or max(1, (1 << 22) // (2 * d))
+        # about 1 MiB of queries per oracle call keeps the learner's passes over them in cache
+        self.max_block = max_block or max(1, (1 << 17) // (2 * d))
+        self.v_norm = float(np.linalg.norm(v))
+        self._buffer: np.ndarray | None = None
         self.u: np.ndarray | None = None
         self.u_sigma: float | None = None
         self.w_sigma: float | None = None  # largest line spread seen so far
@@ -227,61 +239,97 @@ class BilinearReader:
         self.u_sigma = tracker.sigma
         return out
 
-    def read(self, a_dirs: np.ndarray, b_dirs: np.ndarray, line: ScaleTracker | None = None) -> np.ndarray:
-        """a_k^T W b_k for each pair of rows (unit directions), as one line.
+    def read(self, a_dirs: np.ndarray, b_dirs: np.ndarray, a_index=None, b_index=None,
+             line: ScaleTracker | None = None) -> np.ndarray:
+        """a_k^T W b_k for the direction pairs (a_dirs[a_index[k]], b_dirs[b_index[k]]), as one line.
 
-        Pass the tracker from `new_line()` to continue a line over several calls.
+        Without indices the k-th rows are paired. Pass the tracker from `new_line()` to continue
+        a line over several calls.
         """
-        return self.read_lines([(a_dirs, b_dirs)], None if line is None else [line])[0]
+        if a_index is None:
+            a_index = b_index = np.arange(np.atleast_2d(a_dirs).shape[0])
+        a_index, b_index = np.broadcast_arrays(np.asarray(a_index), np.asarray(b_index))
+        return self.read_lines(a_dirs, b_dirs, [(a_index, b_index)], None if line is None else [line])[0]
 
-    def read_lines(self, lines: list[tuple[np.ndarray, np.ndarray]],
+    def read_lines(self, a_dirs: np.ndarray, b_dirs: np.ndarray, lines: list[tuple[np.ndarray, np.ndarray]],
                    trackers: list[ScaleTracker] | None = None) -> list[np.ndarray]:
         """Read several lines side by side: each warm-up stage of every line goes in one batch.
 
+        A line is a pair of index arrays into the unit directions a_dirs (p, d) and b_dirs (q, d).
         Each line keeps its own probe scale (queries in one batch may be scaled differently), so
         reading d columns costs a handful of oracle calls, not d times as many.
         """
         if self.affine and self.u is None:
             raise RuntimeError("read the bias term u (read_offsets) before reading W of an affine head")
-        lines = [(np.atleast_2d(a), np.atleast_2d(b)) for a, b in lines]
+        a_dirs, b_dirs = np.atleast_2d(a_dirs), np.atleast_2d(b_dirs)
+        a_dot_v, b_dot_v = a_dirs @ self.v, b_dirs @ self.v
+        a_norms = np.sqrt(np.einsum("ij,ij->i", a_dirs, a_dirs))
+        a_dot_u = a_dirs @ self.u if self.affine else np.zeros(a_dirs.shape[0])
         trackers = trackers or [self.new_line() for _ in lines]
         warmup = self.FIRST_LINE_BLOCKS if self.w_sigma is None else self.LINE_BLOCKS
-        outs = [np.empty(a.shape[0]) for a, _ in lines]
+        outs = [np.empty(len(a_index)) for a_index, _ in lines]
         done = [0] * len(lines)
         pending: list[tuple[int, slice, float, float]] = []
+        pending_size = 0
 
         def flush():
-            a = np.vstack([lines[i][0][rows] for i, rows, _, _ in pending])
-            b = np.vstack([lines[i][1][rows] for i, rows, _, _ in pending])
-            mu = np.concatenate([np.full(rows.stop - rows.start, m) for _, rows, m, _ in pending])
-            nu = np.concatenate([np.full(rows.stop - rows.start, n) for _, rows, _, n in pending])
-            values = self._probe(a, b, mu, nu)
+            # one gather per block: the learner's own work stays a small fraction of the
+            # target's O(d^2) per query, and the reused buffer stays in cache
+            ai = np.concatenate([lines[i][0][rows] for i, rows, _, _ in pending])
+            bi = np.concatenate([lines[i][1][rows] for i, rows, _, _ in pending])
+            sizes = [rows.stop - rows.start for _, rows, _, _ in pending]
+            mu = np.repeat([m for _, _, m, _ in pending], sizes)
+            nu = np.repeat([n for _, _, _, n in pending], sizes)
+            values = np.empty(ai.size)
+            for first in range(0, ai.size, self.max_block):
+                block = slice(first, first + self.max_block)
+                X = self._query_buffer(len(ai[block]))
+                # gathers straight into the reused buffer: no temporaries, no fresh pages
+                np.take(a_dirs, ai[block], axis=0, out=X[:, 0], mode="clip")
+                np.take(b_dirs, bi[block], axis=0, out=X[:, 1], mode="clip")
+                X[:, 0] *= mu[block, None]
+                X[:, 1] *= nu[block, None]
+                X[:, 0] += X[:, 1]
+                t = invert_probes(self.oracle, X, mu[block] * a_dot_v[ai[block]], nu[block] * b_dot_v[bi[block]],
+                                  self.c, mu[block] * a_norms[ai[block]], self.v_norm, self.log)
+                values[block] = (t - mu[block] * a_dot_u[ai[block]]) / (mu[block] * nu[block])
+            rho = mu * nu
+            self.log.scales.extend([float(rho.min()), float(rho.max())])
             start = 0
-            for i, rows, _, _ in pending:
-                n = rows.stop - rows.start
-                outs[i][rows] = values[start:start + n]
-                trackers[i].observe(values[start:start + n])
-                start += n
+            for (i, rows, _, _), size in zip(pending, sizes):
+                outs[i][rows] = values[start:start + size]
+                trackers[i].observe(values[start:start + size])
+                start += size
             pending.clear()
 
         for size in (*warmup, None):
-            for i, ((a, _), tracker) in enumerate(zip(lines, trackers)):
+            for i, ((a_index, _), tracker) in enumerate(zip(lines, trackers)):
                 if size is not None and tracker.count and done[i] == 0:
                     continue  # a continued line already knows its scale: it skips the warm-up
-                take = a.shape[0] - done[i] if size is None else min(size, a.shape[0] - done[i])
+                remaining = len(a_index) - done[i]
+                take = remaining if size is None else min(size, remaining)
                 if take <= 0:
                     continue
                 mu, nu = self._split(tracker.next_scale())
                 pending.append((i, slice(done[i], done[i] + take), mu, nu))
+                pending_size += take
                 done[i] += take
-                if sum(rows.stop - rows.start for _, rows, _, _ in pending) >= self.max_block:
+                if pending_size >= self.max_block:
                     flush()
+                    pending_size = 0
             if pending:
                 flush()  # the next stage's scales depend on this stage's answers
+                pending_size = 0
         for tracker in trackers:
             if tracker.sigma:
                 self.w_sigma = max(self.w_sigma or 0.0, tracker.sigma)
         return outs
+
+    def _query_buffer(self, n: int) -> np.ndarray:
+        """Room for n two-token queries, reused between calls (fresh pages would cost more than filling them)."""
+        if self._buffer is None or self._buffer.shape[0] < n:
+            self._buffer = np.empty((n, 2, self.v.shape[0]))
+        return self._buffer[:n]
 
     def _split(self, rho: float) -> tuple[float, float]:
         mu, nu = split_scale(rho)
@@ -290,20 +338,6 @@ class BilinearReader:
             mu = min(mu, TARGET_LOGIT_STD / self.u_sigma)
             nu = rho / mu
         return mu, nu
-
-    def _probe(self, a_dirs: np.ndarray, b_dirs: np.ndarray, mu: np.ndarray, nu: np.ndarray) -> np.ndarray:
-        """Unit values a^T W b for per-query scales mu, nu, in batches of at most max_block."""
-        out = np.empty(a_dirs.shape[0])
-        for start in range(0, a_dirs.shape[0], self.max_block):
-            block = slice(start, start + self.max_block)
-            a = mu[block, None] * a_dirs[block]
-            b = nu[block, None] * b_dirs[block]
-            t = bilinear_probe(self.oracle, a, b, self.v, self.c, self.log)
-            offsets = a_dirs[block] @ self.u if self.affine else 0.0
-            out[block] = (t / mu[block] - offsets) / nu[block]
-            self.log.scales.extend([float(np.min(mu[block] * nu[block])), float(np.max(mu[block] * nu[block]))])
-        return out
-
 
 def _warmup_slices(total: int, warmup: tuple[int, ...], max_block: int):
     """Slices of sizes warmup[0], warmup[1], ..., then max_block-sized pieces of the rest."""
