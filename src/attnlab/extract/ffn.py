@@ -39,6 +39,11 @@ from attnlab.extract.result import Extraction, measure_fidelity
 from attnlab.oracle import Oracle
 
 
+# Kinks closer than a line's search resolves are searched again on a segment ZOOM times as long
+# around them, up to ZOOM_LEVELS times.
+ZOOM, ZOOM_LEVELS = 1e-3, 2
+
+
 def vector_queries(oracle: Oracle):
     """Ask the oracle about vectors: points (n, d) are sent as one-token sequences (n, 1, d)."""
 
@@ -256,43 +261,45 @@ def relu_ffn(oracle: Oracle, d: int | None = None, *, bias: bool = True, m: int 
     def spend(stage, before):
         stages[stage] += oracle.queries - before
 
-    for line_index in range(max_lines):
-        x0 = rng.standard_normal(d)
-        x0 *= scale / np.linalg.norm(x0)
-        direction = rng.standard_normal(d)
-        direction /= np.linalg.norm(direction)
-        line = _Line(ask, x0, direction, span * scale)
+    def scan(line: _Line) -> tuple[int, list[tuple[_Line, float]]]:
+        """Find the kinks on one line and add the neurons not seen before.
+
+        Returns how many were new and the kinks too close to a neighbour to measure here.
+        """
         before = oracle.queries
         rough, clustered = _rough_kinks(line, rel_tol, max_search_steps)
         bounds, slopes, jumps, exact = _pieces(line, rough)
         spend("search", before)
-        lines_used += 1
         with np.errstate(divide="ignore", invalid="ignore"):  # a hyperplane parallel to the line: never crossed
-            known_t = np.array([-(nr.normal @ x0 + nr.offset) / (nr.normal @ direction) for nr in neurons])
-        new_count, deferred_here = 0, 0
+            known_t = np.array([-(nr.normal @ line.x0 + nr.offset) / (nr.normal @ line.dir) for nr in neurons])
+        new_count, pending = 0, []
         widths = np.diff(bounds)
         grads: dict[int, np.ndarray | None] = {}
 
         def piece_gradient(i):
             if i not in grads:
                 before_g = oracle.queries
-                mid = 0.5 * (bounds[i] + bounds[i + 1])
-                point = line.point(mid)[0]
+                point = line.point(0.5 * (bounds[i] + bounds[i + 1]))[0]
                 tol = 1e-8 * (np.max(np.abs(slopes)) + 1e-300)
-                step = 1e-3 * min(widths[i], 1.0) * scale
-                grads[i] = _gradient(ask, point, step, slopes[i], direction, tol)
+                step = 1e-3 * min(widths[i], scale)
+                grads[i] = _gradient(ask, point, step, slopes[i], line.dir, tol)
                 spend("gradients", before_g)
             return grads[i]
 
+        noise_floor = 1e-7 * np.max(np.abs(slopes))
         for k, t in enumerate(exact):
-            if known_t.size and np.min(np.abs(known_t - t)) <= 1e-6 * (1 + abs(t)):
+            if abs(jumps[k]) <= noise_floor:
+                continue  # rounding, not a kink (short segments far out see large values, small slopes)
+            # (a known hyperplane's predicted crossing is off by its rounding times the distance
+            # from the origin, which is large on the short segments around far-out kinks)
+            if known_t.size and np.min(np.abs(known_t - t)) <= 1e-6 * (scale + abs(t) + np.linalg.norm(line.x0)):
                 continue
             if k in clustered or min(widths[k], widths[k + 1]) < 1e-6 * line.span:
-                deferred_here += 1  # neighbours too close to measure cleanly here; a later line will
+                pending.append((line, float(t)))  # neighbours too close to measure cleanly at this scale
                 continue
             left, right = piece_gradient(k), piece_gradient(k + 1)
             if left is None or right is None:
-                deferred_here += 1
+                pending.append((line, float(t)))
                 continue
             jump = right - left
             size = np.linalg.norm(jump)
@@ -305,9 +312,26 @@ def relu_ffn(oracle: Oracle, d: int | None = None, *, bias: bool = True, m: int 
                 continue
             neurons.append(candidate)
             new_count += 1
-        deferred += deferred_here
+        return new_count, pending
+
+    for line_index in range(max_lines):
+        x0 = rng.standard_normal(d)
+        x0 *= scale / np.linalg.norm(x0)
+        direction = rng.standard_normal(d)
+        direction /= np.linalg.norm(direction)
+        new_count, pending = scan(_Line(ask, x0, direction, span * scale))
+        lines_used += 1
+        # Kinks too close together: look again on the same line, a thousand times closer up.
+        for _ in range(ZOOM_LEVELS):
+            closer = []
+            for parent, t in pending:
+                found, still = scan(_Line(ask, parent.point(t)[0], parent.dir, ZOOM * parent.span))
+                new_count += found
+                closer += still
+            pending = closer
+        deferred += len(pending)
         quiet_lines = quiet_lines + 1 if new_count == 0 else 0
-        if line_index + 1 >= min_lines and (quiet_lines >= 2 or (quiet_lines and deferred_here == 0)):
+        if line_index + 1 >= min_lines and (quiet_lines >= 2 or (quiet_lines and not pending)):
             break
 
     if not neurons:
