@@ -215,7 +215,7 @@ def test_match2_solver_equals_brute_force(data):
 @FAST
 @given(residues(M_max=120))
 def test_match3_solver_equals_brute_force_on_both_paths(data):
-    # M <= N^2 takes the FFT path, M > N^2 the pair-sum path; M up to 120 with N <= 9 hits both.
+    # 2M <= N^2 takes the FFT path, larger M the pair-sum path; M up to 120 with N <= 9 hits both.
     x, M = data
     np.testing.assert_array_equal(get_task("match3", N=x.shape[1], M=M).solve({"x": x}), brute_match3(x, M))
 
@@ -376,7 +376,7 @@ def test_match_rejects_malformed_inputs():
 
 
 def test_match3_fft_path_agrees_with_explicit_pair_sums_at_large_N():
-    # N = 300 with M = 1000 <= N^2 takes the FFT path; check it against the explicit set of pair sums.
+    # N = 300 with 2M <= N^2 takes the FFT path (in row chunks); check it against explicit pair sums.
     rng = np.random.default_rng(9)
     x = rng.integers(0, 1000, size=(3, 300))
     fft_path = Match3(300, 1000).solve({"x": x})
