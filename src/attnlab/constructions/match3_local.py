@@ -17,7 +17,8 @@ Correctness is certified over all inputs: the attention weights depend only on p
 N windows are checked exhaustively; the l1 distance of the weights from uniform bounds each
 gathered vector's error by |S_i| times it, and snapping is exact while that stays below
 sin(pi / M). The key width m' is the smallest the search finds with every window's l1 error
-<= sin(pi / M) / (2W) (a factor-2 margin). Width m = m' + 2W, one head.
+<= sin(pi / M) / (2W) (a factor-2 margin); from m' = N on the keys are one-hot positions, which
+always pass. Width m = m' + 2W, one head.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from attnlab.constructions.match_common import check_modulus, verify_match
 from attnlab.constructions.qsa_certificates import (
     certificate_temperature,
     certificate_weight_gaps,
+    certificate_keys,
     certificates,
-    random_sign_keys,
 )
 from attnlab.constructions.verification import ConstructionFailed, Verification, matching_task, smallest_passing
 from attnlab.models.attention_unit import AttentionUnit, MultiHeadAttentionLayer
@@ -67,7 +68,7 @@ class LocalMatch3:
         width = 2 * task._reach() + 1
         beta = certificate_temperature(N, min(width, N), window_tolerance(M, window))
         return cls(int(N), int(M), int(window), int(key_dim), precision, beta, int(seed),
-                   random_sign_keys(key_dim, N, seed))
+                   certificate_keys(key_dim, N, seed))
 
     @property
     def reach(self) -> int:
@@ -170,7 +171,7 @@ def smallest_local_match3(N: int, M: int, window: int, precision: int | None = N
                           limit: int | None = None) -> LocalMatch3:
     """The local-Match3 head with the smallest key width m' whose every window passes."""
     tolerance = window_tolerance(M, window)
-    limit = 4 * N + 64 if limit is None else limit
+    limit = N if limit is None else limit
 
     def error_at(key_dim: int) -> float:
         return float(LocalMatch3.build(N, M, window, key_dim, precision, seed).window_errors().max())

@@ -1,7 +1,8 @@
 """qSA with one attention head at width O(d' + q log N): Theorem 2 of Sanford, Hsu, Telgarsky (2023).
 
 The construction (dual certificates from compressed sensing):
-- keys: token j's key is u_j, column j of a random sign matrix U in {+-1/sqrt(m')}^{m' x N};
+- keys: token j's key is u_j, column j of a random sign matrix U in {+-1/sqrt(m')}^{m' x N}
+  (for m' >= N the one-hot code, which needs no randomness, so no search goes beyond m' = N);
 - queries: token i's query is beta * w_S for S = y_i, with the least-squares dual certificate
   w_S = U_S (U_S^T U_S)^{-1} 1_q, so <w_S, u_j> = 1 exactly for j in S and, for a random U with
   m' of order q log N, well below 1 for j outside S;
@@ -66,6 +67,15 @@ def random_sign_keys(key_dim: int, N: int, seed: int) -> np.ndarray:
     return np.concatenate(blocks)[:key_dim] / math.sqrt(key_dim)
 
 
+def certificate_keys(key_dim: int, N: int, seed: int) -> np.ndarray:
+    """The keys of the construction: random signs while key_dim < N; from key_dim >= N on, the
+    one-hot code (e_j padded with zeros), whose certificates score exactly 0 off the set, so a
+    search over m' always ends at m' <= N."""
+    if key_dim < N:
+        return random_sign_keys(key_dim, N, seed)
+    return np.eye(key_dim, N)
+
+
 def certificates(keys: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
     """w_S = U_S (U_S^T U_S)^{-1} 1 for every set in `sets` (..., q): shape (..., m').
 
@@ -122,7 +132,7 @@ class CertificateQSA:
             raise ValueError(f"key_dim must be >= 1, got {key_dim}")
         beta = certificate_temperature(N, q, eps) if beta is None else float(beta)
         return cls(N, q, d_prime, float(eps), int(key_dim), precision, beta, int(seed),
-                   random_sign_keys(key_dim, N, seed))
+                   certificate_keys(key_dim, N, seed))
 
     @property
     def m(self) -> int:
@@ -259,7 +269,7 @@ def smallest_certificate_qsa(N: int, q: int, d_prime: int = 4, eps: float | None
     QSparseAveraging(N, q, d_prime)  # validates N, q, d' before any work
     eps = 1.0 / (2 * q) if eps is None else eps
     sets = distinct_indices(np.random.default_rng([seed, 1]), (random_sets,), q, N)
-    limit = 4 * N if limit is None else limit
+    limit = N if limit is None else limit
 
     def error_at(key_dim: int) -> float:
         candidate = CertificateQSA.build(N, q, d_prime, eps, key_dim, precision, seed)
