@@ -236,6 +236,13 @@ def test_value_aligned_basis_is_orthogonal_and_equally_aligned():
     np.testing.assert_allclose(A.T @ v, np.linalg.norm(v) / np.sqrt(30), rtol=1e-12)
 
 
+def test_assuming_a_higher_rank_than_the_target_has_is_reported():
+    d = 20
+    head = SingleHeadAttention.random(d, rank=1, seed=3)
+    with pytest.raises(ExtractionError, match="lower rank"):
+        extract(head, d, rank=3)
+
+
 def test_budget_exhaustion_propagates_untouched():
     d = 10
     oracle = Oracle(SingleHeadAttention.random(d, seed=0), d=d, budget=d * d)

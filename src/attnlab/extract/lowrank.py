@@ -18,6 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
+from attnlab.errors import ExtractionError
+
+
+# A pivoted skeleton core this ill-conditioned means the matrix is (numerically) of lower rank.
+MAX_CORE_CONDITION = 1e12
+
 
 @dataclass
 class RecoveryReport:
@@ -162,4 +168,12 @@ def cross_reconstruction(columns: np.ndarray, rows: np.ndarray, row_index: np.nd
     Skeleton formula: M = C U^{-1} R with U = C[row_index].
     """
     core = columns[row_index]
-    return columns @ np.linalg.solve(core, rows)
+    try:
+        if np.linalg.cond(core) > MAX_CORE_CONDITION:
+            raise np.linalg.LinAlgError
+        return columns @ np.linalg.solve(core, rows)
+    except np.linalg.LinAlgError:
+        raise ExtractionError(
+            f"the {core.shape[0]} x {core.shape[0]} core of the skeleton is singular: the matrix has "
+            f"lower rank than the {core.shape[0]} assumed. Pass a smaller rank, or rank='auto'."
+        ) from None

@@ -236,7 +236,7 @@ def _auto_rank_cross(read, reader: BilinearReader, a_rows: np.ndarray, b_rows: n
         head = order[:r + checks]
         line = reader.new_line()
         head_values = read(head, j, line=line)
-        coef = np.linalg.solve(columns[order[:r]], head_values[:r])
+        coef = np.linalg.lstsq(columns[order[:r]], head_values[:r], rcond=None)[0]
         predicted = columns[order[r:r + checks]] @ coef
         mismatch = float(np.max(np.abs(head_values[r:] - predicted)))
         typical = float(np.sqrt(np.mean(columns ** 2)))
