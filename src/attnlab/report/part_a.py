@@ -89,7 +89,7 @@ def affine_pytorch_mha(ctx: Context) -> Measurement:
 
     d = 8 if ctx.quick else 16
     target = MultiheadReadout.random(d, seed=ctx.seed)
-    oracle = Oracle(target)
+    oracle = Oracle(target, d=d)
     ext = single_head(oracle, affine=True, fidelity_samples=1000)
     truth = affine_parameters(target)
     errors = {name: relative_error(ext.params[name], truth[name]) for name in ("W", "u", "v", "c")}
@@ -102,4 +102,158 @@ def affine_pytorch_mha(ctx: Context) -> Measurement:
                 "fresh queries": ext.fidelity_queries, **{f"rel error {k}": e for k, e in errors.items()}}],
         config={"d": d, "module": "torch.nn.MultiheadAttention(d, 1, bias=True), all weights and biases random",
                 "seed": ctx.seed},
+    )
+
+
+@claim("noisy-single-head", "A", "Noisy and rounded oracles: the paper's estimator vs ours (Thm 6.1)",
+       "With |eta| <= tau, ||W||_F <= B and |v_i| >= mu, d^2 + d queries give ||W_hat - W||_F <= eps_W and "
+       "||v_hat - v|| <= eps_v when tau = O(min{mu, eps_v / sqrt(d), mu eps_W / (B^2 d)}).")
+def noisy_single_head_claim(ctx: Context) -> Measurement:
+    from attnlab.extract.noisy import noisy_single_head
+    from attnlab.oracle.noise import BoundedNoise, RoundFloat32
+
+    d = 8 if ctx.quick else 16
+    taus = [1e-10, 1e-8, 1e-6, 1e-4] if ctx.quick else [1e-10, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3]
+    target = SingleHeadAttention.random(d, seed=ctx.seed + 3)
+    W, v = target.W.detach().numpy(), target.v.detach().numpy()
+    B = float(np.linalg.norm(W))
+    rows = []
+    for tau in taus:
+        row = {"tau": tau}
+        for method in ("paper", "robust"):
+            oracle = Oracle(target, noise=BoundedNoise(tau), seed=ctx.seed)
+            try:
+                ext = noisy_single_head(oracle, method, B=B if method == "paper" else None, seed=ctx.seed)
+                row[f"{method} ||dW||_F"] = float(np.linalg.norm(ext.W - W))
+                row[f"{method} queries"] = ext.queries
+            except Exception as exc:  # the paper's estimator refuses some settings: a finding
+                row[f"{method} ||dW||_F"] = float("nan")
+                row[f"{method} queries"] = f"refused: {type(exc).__name__}"
+        rows.append(row)
+    ratios = [r["paper ||dW||_F"] / r["robust ||dW||_F"] for r in rows
+              if np.isfinite(r["paper ||dW||_F"]) and r["robust ||dW||_F"] > 0]
+    d32 = 16 if ctx.quick else 64
+    head32 = SingleHeadAttention.random(d32, seed=ctx.seed + 4)
+    ext32 = noisy_single_head(Oracle(head32, noise=RoundFloat32()), seed=ctx.seed)
+    err32 = max(relative_error(ext32.W, head32.W.detach().numpy()), relative_error(ext32.v, head32.v.detach().numpy()))
+    fig = line_plot(ctx.figure_path("noisy_error_vs_tau.png"), {
+        "paper (Thm 6.1)": (taus, [r["paper ||dW||_F"] for r in rows]),
+        "robust (ours)": (taus, [r["robust ||dW||_F"] for r in rows]),
+    }, "noise bound tau", "||W_hat - W||_F", f"Bounded noise, d = {d}, d^2 + d queries", logx=True, logy=True)
+    linear = all(r["robust ||dW||_F"] <= 1e4 * d * r["tau"] * max(B, 1.0) ** 2 for r in rows)
+    ok = bool(ratios) and min(ratios) >= 10 and err32 <= 1e-4 and linear
+    return Measurement(
+        measured=f"At equal queries (d^2 + d = {d * d + d}) our estimator's error is {min(ratios):.0f}x to "
+                 f"{max(ratios):.0f}x lower than the paper's; both scale linearly in tau. float32-rounded "
+                 f"outputs at d = {d32}: relative error {err32:.1e} (target 1e-4).",
+        reproduced=ok, table=rows + [{"tau": "float32 rounding", "robust ||dW||_F": err32, "robust queries": ext32.queries}],
+        figures=[fig], config={"d": d, "taus": taus, "target_seed": ctx.seed + 3, "noise": "uniform in [-tau, tau]",
+                               "float32_d": d32, "B": B},
+    )
+
+
+@claim("relu-ffn", "A", "Exact extraction of one-hidden-layer ReLU networks (critical points)",
+       "The one-layer-transformer result assumes an FFN learner A_FFN (Milli et al. 2019, Daniely-Granot 2023; "
+       "critical points as in Carlini-Jagielski-Mironov 2020): ReLU networks are recovered up to "
+       "permutation and positive rescaling of neurons.")
+def relu_ffn_claim(ctx: Context) -> Measurement:
+    from attnlab.extract.ffn import ffn_parameter_error, relu_ffn
+    from attnlab.models import ReluFFN
+
+    d, m = (16, 32) if ctx.quick else (32, 64)
+    rows, ok = [], True
+    for bias in (True, False):
+        net = ReluFFN.random(d, m, bias=bias, seed=ctx.seed + 11)
+        oracle = Oracle(net, d=d)
+        ext = relu_ffn(oracle, bias=bias, m=m, seed=ctx.seed + 3)
+        b = net.b.detach().numpy() if net.has_bias else None
+        param_err = ffn_parameter_error(ext, net.A.detach().numpy(), net.w.detach().numpy(), b, float(net.c.detach()))
+        x = 3.0 * np.random.default_rng(ctx.seed + 99).standard_normal((2000, d))
+        functional = float(np.max(np.abs(ext.predict(x[:, None, :]) - net(torch.as_tensor(x)).detach().numpy())))
+        good = functional <= 1e-8
+        ok &= good
+        rows.append({"bias": bias, "d": d, "m": m, "queries": ext.queries, "neurons found": ext.info.get("neurons_found"),
+                     "functional error (2000 fresh x)": functional,
+                     **{f"param {k}": v for k, v in param_err.items() if isinstance(v, float)}, "ok": good})
+    return Measurement(
+        measured=f"d = {d}, m = {m}: functional error {max(r['functional error (2000 fresh x)'] for r in rows):.1e} "
+                 f"(bound 1e-8) with and without biases; queries {', '.join(str(r['queries']) for r in rows)}.",
+        reproduced=ok, table=rows, config={"d": d, "m": m, "target_seed": ctx.seed + 11, "seed": ctx.seed + 3},
+    )
+
+
+@claim("one-layer-transformer", "A", "One-layer transformers: FFN first, then W from T(X) - T(-X)",
+       "If ReLU FFNs can be learned, a one-layer transformer T(X) = w_o^T ReLU(A^T z(X)) is learned with "
+       "Q_FFN(d, m) + O(d^2) queries: the antisymmetric oracle T(X) - T(-X) is a single head with v = A w_o "
+       "(assumes A w_o != 0).")
+def transformer_claim(ctx: Context) -> Measurement:
+    from attnlab.extract.transformer import one_layer_transformer
+    from attnlab.models import OneLayerTransformer
+
+    d, m = (8, 16) if ctx.quick else (16, 32)
+    rows, ok = [], True
+    for residual in (False, True):
+        model = OneLayerTransformer.random(d, m, residual=residual, seed=ctx.seed + 3)
+        oracle = Oracle(model, d=d)
+        ext = one_layer_transformer(oracle, residual=residual, m=m, seed=ctx.seed + 1)
+        err_w = relative_error(ext.W, model.W.detach().numpy())
+        good = err_w <= 1e-8 and ext.fidelity <= 1e-8 and ext.stages["attention"] == 2 * (d * d + d)
+        ok &= good
+        rows.append({"residual": residual, "d": d, "m": m, "FFN queries": ext.stages["ffn"],
+                     "attention queries": ext.stages["attention"], "2(d^2+d)": 2 * (d * d + d),
+                     "rel error W": err_w, "fidelity": ext.fidelity, "ok": good})
+    return Measurement(
+        measured=f"d = {d}, m = {m}: W to {max(r['rel error W'] for r in rows):.1e}, output fidelity "
+                 f"{max(r['fidelity'] for r in rows):.1e}; the attention stage costs exactly 2(d^2 + d) queries.",
+        reproduced=ok, table=rows, config={"d": d, "m": m, "target_seed": ctx.seed + 3, "seed": ctx.seed + 1},
+    )
+
+
+@claim("multihead-nonidentifiable", "A", "Multi-head attention is not identifiable (Prop 7.1)",
+       "Distinct parameterisations induce the same map: heads sharing W with v split differently, permuted "
+       "heads, and heads with v = 0; identifiability needs extra structure.")
+def multihead_nonidentifiable(ctx: Context) -> Measurement:
+    from attnlab.multihead import canonical_error, equivalent_pair, maps_agree
+
+    d = 6 if ctx.quick else 8
+    n = 2000 if ctx.quick else 10_000
+    p, q, steps = equivalent_pair(d, heads=3, seed=ctx.seed)
+    gap = maps_agree(p, q, n=n, lengths=(1, 64), seed=ctx.seed)
+    canon = canonical_error(p, q)
+    ok = gap <= 1e-12 and canon <= 1e-12
+    return Measurement(
+        measured=f"Two parameterisations ({p.heads} and {q.heads} heads; {'; '.join(steps)}) agree to {gap:.1e} "
+                 f"on {n} random queries of lengths 1..64, and their canonical forms agree to {canon:.1e}.",
+        reproduced=ok,
+        table=[{"heads p": p.heads, "heads q": q.heads, "max |f_p - f_q|": gap, "canonical difference": canon,
+                "queries compared": n}],
+        config={"d": d, "seed": ctx.seed, "n": n, "lengths": [1, 64]},
+    )
+
+
+@claim("multihead-canonical", "A", "Canonical multi-head recovery with fewer queries than 4Hd^2 - 2H + 1",
+       "Kim, Kim and Guo (arXiv 2608.03294) recover the canonical heads from 4Hd^2 - 2H + 1 value queries "
+       "of length <= 2H + 1; the canonical form has H(d^2 + d) free parameters.")
+def multihead_canonical(ctx: Context) -> Measurement:
+    from attnlab.extract import multi_head
+    from attnlab.extract.multihead import published_query_bound
+    from attnlab.models import MultiHeadRegressor
+    from attnlab.multihead import MultiHeadParams, canonical_error
+
+    cases = [(2, 4), (3, 4)] if ctx.quick else [(1, 8), (2, 8), (3, 8), (4, 8), (2, 16)]
+    rows, ok = [], True
+    for heads, d in cases:
+        model = MultiHeadRegressor.random(d, heads, seed=ctx.seed + heads)
+        oracle = Oracle(model, d=d)
+        ext = multi_head(oracle, heads=heads, seed=ctx.seed + 1, fidelity_samples=200)
+        err = canonical_error(MultiHeadParams(ext.W, ext.v), MultiHeadParams.from_model(model))
+        bound = published_query_bound(heads, d)
+        good = err <= 1e-8 and ext.queries < bound
+        ok &= good
+        rows.append({"H": heads, "d": d, "queries": ext.queries, "4Hd^2-2H+1": bound, "H(d^2+d)": heads * (d * d + d),
+                     "queries / bound": ext.queries / bound, "canonical rel error": err, "ok": good})
+    return Measurement(
+        measured="Canonical heads to <= 1e-8 with " + ", ".join(f"{r['queries']} (bound {r['4Hd^2-2H+1']})" for r in rows)
+                 + " queries.",
+        reproduced=ok, table=rows, config={"cases_H_d": cases, "target_seeds": [ctx.seed + h for h, _ in cases]},
     )
