@@ -95,3 +95,13 @@ def test_bad_configurations_raise_with_a_reason():
         AttentionUnit(identity, identity, identity)(torch.zeros(4, 3))
     with pytest.raises(ValueError, match="same dimension"):
         AttentionUnit(identity, lambda E: E[..., :1], identity)(torch.zeros(1, 4, 3))
+
+
+def test_trainable_layers_are_reproducible_and_leave_torch_global_state_alone():
+    state = torch.get_rng_state()
+    first = MultiHeadAttentionLayer.trainable(3, 4, 2, heads=2, seed=7)
+    assert torch.equal(state, torch.get_rng_state())
+    second = MultiHeadAttentionLayer.trainable(3, 4, 2, heads=2, seed=7)
+    X = torch.randn(2, 5, 3, dtype=torch.float64)
+    torch.testing.assert_close(first(X), second(X))
+    assert not torch.equal(first(X), MultiHeadAttentionLayer.trainable(3, 4, 2, heads=2, seed=8)(X))

@@ -39,6 +39,24 @@ def _check_precision(precision: int | None) -> int | None:
     return None if precision is None else int(precision)
 
 
+def _torch_generator(seed: int | np.random.Generator | None) -> torch.Generator:
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    return torch.Generator().manual_seed(int(rng.integers(2**62)))
+
+
+def seeded_linear(d_in: int, d_out: int, generator: torch.Generator, bias: bool = True,
+                  dtype: torch.dtype = torch.float64) -> nn.Linear:
+    """nn.Linear with torch's default uniform(-1/sqrt(d_in), 1/sqrt(d_in)) initialisation drawn
+    from `generator`, so building a model never touches torch's global random state."""
+    layer = torch.nn.utils.skip_init(nn.Linear, d_in, d_out, bias=bias, dtype=dtype)
+    bound = 1.0 / np.sqrt(max(d_in, 1))
+    with torch.no_grad():
+        layer.weight.uniform_(-bound, bound, generator=generator)
+        if bias:
+            layer.bias.uniform_(-bound, bound, generator=generator)
+    return layer
+
+
 def stable_softmax(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """softmax with the maximum subtracted first: exact for logits of any size, never 0/0."""
     shifted = logits - logits.amax(dim=dim, keepdim=True)
@@ -68,17 +86,9 @@ class AttentionUnit(nn.Module):
                precision: int | None = None, seed: int | np.random.Generator | None = 0,
                dtype: torch.dtype = torch.float64) -> "AttentionUnit":
         """A trainable unit with linear Q, K (width m) and V (width m_value, default m)."""
-        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        torch_gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        maps = []
-        for width in (m, m, m if m_value is None else m_value):
-            layer = nn.Linear(m_in, width, bias=bias, dtype=dtype)
-            with torch.no_grad():
-                bound = 1.0 / np.sqrt(m_in)
-                layer.weight.uniform_(-bound, bound, generator=torch_gen)
-                if bias:
-                    layer.bias.uniform_(-bound, bound, generator=torch_gen)
-            maps.append(layer)
+        generator = _torch_generator(seed)
+        maps = [seeded_linear(m_in, width, generator, bias, dtype)
+                for width in (m, m, m if m_value is None else m_value)]
         return cls(*maps, precision=precision)
 
     def projections(self, E: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -109,9 +119,10 @@ class AttentionUnit(nn.Module):
 class ResidualReadout(nn.Module):
     """A trainable psi: one linear map of (attention output, the token's own input)."""
 
-    def __init__(self, m: int, d_in: int, d_out: int, dtype: torch.dtype = torch.float64):
+    def __init__(self, m: int, d_in: int, d_out: int, seed: int | np.random.Generator | None = 0,
+                 dtype: torch.dtype = torch.float64):
         super().__init__()
-        self.linear = nn.Linear(m + d_in, d_out, dtype=dtype)
+        self.linear = seeded_linear(m + d_in, d_out, _torch_generator(seed), dtype=dtype)
 
     def forward(self, attended: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return self.linear(torch.cat([attended, tokens.to(attended.dtype)], dim=-1))
@@ -156,10 +167,9 @@ class MultiHeadAttentionLayer(nn.Module):
         if heads < 1:
             raise ValueError(f"heads must be >= 1, got {heads}")
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        torch.manual_seed(int(rng.integers(2**62)))
-        phi = nn.Linear(d_in, m, dtype=dtype)
+        phi = seeded_linear(d_in, m, _torch_generator(rng), dtype=dtype)
         units = [AttentionUnit.linear(m, m, seed=rng, dtype=dtype) for _ in range(heads)]
-        psi = ResidualReadout(m, d_in if residual else 0, d_out, dtype=dtype)
+        psi = ResidualReadout(m, d_in if residual else 0, d_out, seed=rng, dtype=dtype)
         readout = psi if residual else _DropResidual(psi)
         return cls(units, input_map=phi, output_map=readout)
 
