@@ -20,7 +20,7 @@ Sampling. Uniform x makes match3 all ones once N^2 >> M (and match2 once N >> M)
 M >> N^2 almost every bit is 0. With `balanced=True` (the default) the sampler aims for a
 positive rate near 1/2 and stays symmetric between positions:
 - dense regime (uniform x would give a positive rate above 1/2): each example draws its own
-  random support of r residues and x uniform on it, with r chosen from a coverage estimate so
+  support of r residues (uniform, with replacement) and x uniform on it, with r chosen from a coverage estimate so
   that about half the positions find a partner; no position is treated differently.
 - sparse regime (uniform x gives fewer positives): x uniform on [0, M), then a random set of
   positions is planted: x_i := -(sum of the x of partners drawn among the non-planted positions),
@@ -36,6 +36,7 @@ match3-structured appends the angle of the pair sum (token_dim 4).
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from typing import Any
 
 import numpy as np
@@ -112,19 +113,19 @@ class MatchTask(Task):
         return 2
 
     # --- what the subclasses define -------------------------------------------------------
+    @abstractmethod
     def _coverage(self, distinct: float) -> float:
         """Estimated fraction of residues r for which a position with -x_i = r finds a match,
         when the positions it can see hold `distinct` distinct residues."""
-        raise NotImplementedError
 
     def _visible_positions(self) -> int:
         return self._N
 
+    @abstractmethod
     def _plant(self, rng: np.random.Generator, x: np.ndarray, rank: np.ndarray, planted_count: int,
                inputs: dict[str, np.ndarray]) -> None:
         """Overwrite x, in place, at the positions of rank < planted_count with values that match
         partners among the other (base) positions."""
-        raise NotImplementedError
 
     def _extra_inputs(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
         return {}
