@@ -20,8 +20,8 @@ Sampling. Uniform x makes match3 all ones once N^2 >> M (and match2 once N >> M)
 M >> N^2 almost every bit is 0. With `balanced=True` (the default) the sampler aims for a
 positive rate near 1/2 and stays symmetric between positions:
 - dense regime (uniform x would give a positive rate above 1/2): each example draws its own
-  support of r residues (uniform, with replacement) and x uniform on it, with r chosen from a coverage estimate so
-  that about half the positions find a partner; no position is treated differently.
+  support of r residues (uniform, with replacement) and x uniform on it, with r chosen from a
+  coverage estimate so that about half the positions find a partner; no position is special.
 - sparse regime (uniform x gives fewer positives): x uniform on [0, M), then a random set of
   positions is planted: x_i := -(sum of the x of partners drawn among the non-planted positions),
   which keeps every x_i uniform on [0, M), so the value alone tells nothing about the bit.
