@@ -127,6 +127,17 @@ def test_attention_baseline_is_permutation_equivariant_and_the_lstm_is_not():
         assert torch.allclose(moved, model(tokens)[:, perm], atol=1e-12) is equivariant
 
 
+@pytest.mark.parametrize("arch", ["lstm", "gru"])
+def test_unidirectional_rnn_outputs_see_every_token(arch):
+    # the second reading pass lets the first position's output depend on the last token
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch=arch, width=8), 5, 3, 2).double()
+    tokens = torch.randn(2, 5, 3, dtype=torch.float64)
+    moved = tokens.clone()
+    moved[:, -1] += 1.0
+    assert not torch.allclose(model(tokens)[:, 0], model(moved)[:, 0])
+
+
 def test_flat_mlp_refuses_another_sequence_length():
     model = build_model(ModelConfig(arch="mlp", width=8), seq_len=5, token_dim=3, out_dim=1)
     with pytest.raises(ValueError, match="length 5"):

@@ -76,7 +76,10 @@ class OneLayerTransformer(nn.Module):
 
 
 class RecurrentBaseline(nn.Module):
-    """LSTM or GRU over the sequence (optionally bidirectional), then psi per position."""
+    """LSTM or GRU, then psi per position. Bidirectional: one pass each way. Unidirectional: the
+    streaming model of the paper's memory lower bound: the RNN reads the whole sequence, then
+    emits position i's output while reading the sequence a second time, so every output can
+    depend on every token (a single pass could not see the tokens after i at all)."""
 
     def __init__(self, token_dim: int, out_dim: int, config: ModelConfig):
         super().__init__()
@@ -87,7 +90,11 @@ class RecurrentBaseline(nn.Module):
         self.readout = Readout(directions * config.width, token_dim, config.readout_hidden, out_dim)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        states, _ = self.rnn(tokens)
+        if self.rnn.bidirectional:
+            states, _ = self.rnn(tokens)
+        else:
+            N = tokens.shape[1]
+            states = self.rnn(torch.cat([tokens, tokens], dim=1))[0][:, N:]
         return self.readout(states, tokens)
 
 
