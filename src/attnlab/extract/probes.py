@@ -213,6 +213,7 @@ class BilinearReader:
         self.max_block = max_block or max(1, (1 << 17) // (2 * d))
         self.v_norm = float(np.linalg.norm(v))
         self._buffer: np.ndarray | None = None
+        self._scratch: np.ndarray | None = None
         self.u: np.ndarray | None = None
         self.u_sigma: float | None = None
         self.w_sigma: float | None = None  # largest line spread seen so far
@@ -261,7 +262,8 @@ class BilinearReader:
         """
         if self.affine and self.u is None:
             raise RuntimeError("read the bias term u (read_offsets) before reading W of an affine head")
-        a_dirs, b_dirs = np.atleast_2d(a_dirs), np.atleast_2d(b_dirs)
+        # row-major copies: gathering rows of a transposed view would stride through memory
+        a_dirs, b_dirs = np.ascontiguousarray(np.atleast_2d(a_dirs)), np.ascontiguousarray(np.atleast_2d(b_dirs))
         a_dot_v, b_dot_v = a_dirs @ self.v, b_dirs @ self.v
         a_norms = np.sqrt(np.einsum("ij,ij->i", a_dirs, a_dirs))
         a_dot_u = a_dirs @ self.u if self.affine else np.zeros(a_dirs.shape[0])
@@ -283,12 +285,13 @@ class BilinearReader:
             values = np.empty(ai.size)
             for first in range(0, ai.size, self.max_block):
                 block = slice(first, first + self.max_block)
-                X = self._query_buffer(len(ai[block]))
-                # gathers straight into the reused buffer: no temporaries, no fresh pages
-                np.take(a_dirs, ai[block], axis=0, out=X[:, 0], mode="clip")
-                np.take(b_dirs, bi[block], axis=0, out=X[:, 1], mode="clip")
-                X[:, 0] *= mu[block, None]
-                X[:, 1] *= nu[block, None]
+                X, gathered = self._query_buffer(len(ai[block]))
+                # gather into reused contiguous scratch, scale into the reused query buffer:
+                # no temporaries, no fresh pages
+                np.take(b_dirs, bi[block], axis=0, out=gathered, mode="clip")
+                np.multiply(gathered, nu[block, None], out=X[:, 1])
+                np.take(a_dirs, ai[block], axis=0, out=gathered, mode="clip")
+                np.multiply(gathered, mu[block, None], out=X[:, 0])
                 X[:, 0] += X[:, 1]
                 t = invert_probes(self.oracle, X, mu[block] * a_dot_v[ai[block]], nu[block] * b_dot_v[bi[block]],
                                   self.c, mu[block] * a_norms[ai[block]], self.v_norm, self.log)
@@ -325,11 +328,14 @@ class BilinearReader:
                 self.w_sigma = max(self.w_sigma or 0.0, tracker.sigma)
         return outs
 
-    def _query_buffer(self, n: int) -> np.ndarray:
-        """Room for n two-token queries, reused between calls (fresh pages would cost more than filling them)."""
-        if self._buffer is None or self._buffer.shape[0] < n:
-            self._buffer = np.empty((n, 2, self.v.shape[0]))
-        return self._buffer[:n]
+    def _query_buffer(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Room for n two-token queries and n gathered directions, reused between calls
+        (fresh pages would cost more than filling them)."""
+        if self._buffer is None or self._buffer.shape[1] < n:
+            # token-major storage: each token slot X[:, i] is one contiguous block to write
+            self._buffer = np.empty((2, n, self.v.shape[0]))
+            self._scratch = np.empty((n, self.v.shape[0]))
+        return self._buffer[:, :n].transpose(1, 0, 2), self._scratch[:n]
 
     def _split(self, rho: float) -> tuple[float, float]:
         mu, nu = split_scale(rho)
