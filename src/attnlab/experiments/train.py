@@ -160,6 +160,7 @@ class _LoopState:
     bad_evals: int = 0
     stopped_early: bool = False
     train_seconds: float = 0.0
+    train_cpu_seconds: float = 0.0
     history: list[list[float]] = field(default_factory=list)
 
 
@@ -292,7 +293,7 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, progress: boo
                 state.epoch, state.position = state.epoch + 1, 0
             index = order[state.position:state.position + t.batch_size]
             state.position += t.batch_size
-            tick = time.perf_counter()
+            tick, cpu_tick = time.perf_counter(), time.process_time()
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, state.step)
             loss = loss_fn(_outputs(model, train_split.tokens(index), binary), train_split.targets(index))
@@ -302,6 +303,7 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, progress: boo
                 nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             optimizer.step()
             state.train_seconds += time.perf_counter() - tick
+            state.train_cpu_seconds += time.process_time() - cpu_tick
             state.step += 1
             bar.update(1)
             if state.step % t.eval_every == 0 or state.step == t.max_steps:
@@ -345,7 +347,8 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, progress: boo
                "reached_threshold": bool(float(scores["max_error"]) <= float(task.threshold)),
                "n_params": count_parameters(model)}
     result = RunResult(config.run_id, config.model_dump(mode="json"), config.seed, "ok", metrics,
-                       {"train_seconds": state.train_seconds, "eval_seconds": eval_seconds,
+                       {"train_seconds": state.train_seconds, "train_cpu_seconds": state.train_cpu_seconds,
+                        "eval_seconds": eval_seconds,
                         "wall_seconds": time.perf_counter() - wall_start,
                         # CPU time of this process: what the run costs on an idle machine
                         "cpu_seconds": time.process_time() - cpu_start,
