@@ -172,7 +172,7 @@ def test_nuclear_norm_with_explicit_measurement_count_and_auto_rank():
 # -- affine heads --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("rank,method", [(None, "adaptive"), (3, "adaptive"), ("auto", "adaptive"),
-                                         (None, "paper")])
+                                         (None, "paper"), (3, "nuclear-norm")])
 def test_affine_costs_d_plus_one_more_queries(rank, method):
     d = 24
     target_rank = None if rank in (None, "auto") else rank
