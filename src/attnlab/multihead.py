@@ -18,8 +18,6 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.special import softmax
 
-from attnlab.extract.result import random_sequences
-
 
 @dataclass(frozen=True)
 class MultiHeadParams:
@@ -205,6 +203,8 @@ def equivalent(p: MultiHeadParams, q: MultiHeadParams, tol: float = 1e-9) -> boo
 def maps_agree(p: MultiHeadParams, q: MultiHeadParams, n: int = 10_000, lengths=(1, 64),
                seed=0, scale: float = 1.0) -> float:
     """Largest |p(X) - q(X)| over n random sequences with lengths in [lengths[0], lengths[1]]."""
+    from attnlab.extract.result import random_sequences  # here: attnlab.extract imports this module
+
     if p.d != q.d:
         raise ValueError(f"the two parameterisations have different token widths {p.d} and {q.d}")
     seqs = random_sequences(_generator(seed), p.d, n, lengths, scale)

@@ -7,15 +7,22 @@ sequence of c copies of a = b + u followed by m copies of b answers
 
 with V = sum_h v_h (read from d one-token queries), gamma_h = u^T v_h and lam_h = exp(u^T W_h b).
 Divided by t this is a rational function of t with one pole per canonical head at -1/lam_h and
-residue gamma_h, whose residues sum to u^T V (known). So 2H - 1 values of t (lengths <= H + 2)
-fix the H pairs (gamma_h, u^T W_h b): a linearised rational fit, polished by Gauss-Newton.
+residue gamma_h, whose residues sum to u^T V (known). So 2H - 1 ratios t (sequences of length
+<= H + 2) fix the H pairs (gamma_h, u^T W_h b): a linearised rational fit, polished by Gauss-Newton.
 
-Heads are labelled consistently without extra queries across the query tokens b of one u
-(gamma_h does not depend on b) and with one or two "added-token" queries across directions u
-(a sequence holding both b + u_1 and b + u_i, whose answer is predicted by exactly one matching).
-d directions u times d tokens b give u_i^T W_h b_j for every head, hence W_h, and the gammas give v_h:
-about (2H - 1) d^2 + d + (d - 1) queries against 4Hd^2 - 2H + 1 for the published algorithm
-and the H(d^2 + d) free parameters (reached exactly when H = 1).
+d directions u times d tokens b give u_i^T W_h b_j for every head, hence W_h, and the gammas give
+v_h. Reading every pair that way ("interpolation") costs about (2H - 1) d^2 + 2d queries. But
+gamma_h depends on u only: once a direction's gammas are known (from two or more "anchor" pairs,
+whose redundancy makes them accurate), each further token needs only its H logits. Tokens
+a + eps e_j close to an anchor a have logits close to a's, so H answers and Newton's method started
+at a's logits find them, and the heads keep their labels ("continuation", the default): about
+H (d^2 + d) + (H - 1) d * anchors + d queries, against 4 H d^2 - 2H + 1 for the published algorithm
+(arXiv 2608.03294) and H (d^2 + d) free parameters. Pairs whose numbers are not trustworthy (poles
+too close, a logit saturated, Newton not provably on the right root) are re-measured or redrawn.
+
+Heads are labelled consistently across the tokens of one direction by their gammas, and across
+directions by one or two "added-token" queries (a sequence holding both b + u_1 and b + u_i, whose
+answer exactly one matching of heads predicts).
 
 `orthogonal_heads` is the structured case of Prop. 7.1: heads in pairwise orthogonal subspaces
 with known bases are learned one at a time by the single-head algorithm run inside each subspace.
@@ -40,6 +47,8 @@ from attnlab.multihead import MultiHeadParams, canonical_order
 from attnlab.oracle import Oracle
 
 MAX_HEADS = 6  # beyond this the degree-2H rational fits lose too many digits in float64
+METHODS = ("continuation", "interpolation")
+SATURATION = 3.0  # continuation prefers anchors whose logits stay below this in size
 
 
 def published_query_bound(heads: int, d: int) -> int:
@@ -53,11 +62,17 @@ def canonical_dof(heads: int, d: int) -> int:
 
 
 # -- one (u, b) pair: a rational fit ------------------------------------------------------------
-def _layouts(points: int) -> list[tuple[int, int]]:
-    """(copies of b + u, copies of b) for `points` ratios t = c/m spread evenly in log t around 1."""
-    half = (points - 1) // 2
-    extra = [] if points % 2 else [(half + 2, 1)]
-    return [(1, m) for m in range(half + 1, 1, -1)] + [(1, 1)] + [(c, 1) for c in range(2, half + 2)] + extra
+def _layouts(points: int, exclude=()) -> list[tuple[int, int]]:
+    """(copies of b + u, copies of b) for `points` ratios t = c/m, symmetric in log t around 1.
+
+    Taken in the order t = 1, 1/2, 2, 1/3, 3, ... (t = 1 left out for an even count, to keep the
+    symmetry), skipping the layouts in `exclude` (a pair's ratios already measured).
+    """
+    order = [(1, 1)] + [layout for k in range(2, points + len(exclude) + 3) for layout in ((1, k), (k, 1))]
+    if points % 2 == 0 and not exclude:
+        order = order[1:]
+    chosen = [layout for layout in order if layout not in set(exclude)][:points]
+    return sorted(chosen, key=lambda cm: cm[0] / cm[1])
 
 
 def _pair_queries(u: np.ndarray, b: np.ndarray, layouts) -> list[np.ndarray]:
@@ -132,7 +147,7 @@ def _fit_heads(t: np.ndarray, F: np.ndarray, S: float, n: int) -> _HeadFit | Non
 def _joint_polish(fits: list[_HeadFit], S: float, iterations: int = 30):
     """Gauss-Newton over all pairs of one key direction: shared gammas, one logit per head and pair.
 
-    Returns (gamma (H,), logits (pairs, H), largest relative misfit).
+    Returns (gamma (H,), logits (pairs, H), largest relative misfit, error bound of the parameters).
     """
     H, P = fits[0].gamma.size, len(fits)
     gamma = np.mean([f.gamma for f in fits], axis=0)
@@ -163,8 +178,19 @@ def _joint_polish(fits: list[_HeadFit], S: float, iterations: int = 30):
         logits = logits + step[H:].reshape(P, H)
         if np.max(np.abs(step)) <= 1e-15 * max(1.0, np.max(np.abs(logits)), np.max(np.abs(gamma))):
             break
-    res, _ = residuals_and_jacobian()
-    return gamma, logits, float(np.max(np.abs(res))) / scale
+    res, jac = residuals_and_jacobian()
+    return gamma, logits, float(np.max(np.abs(res))) / scale, _error_bound(jac, scale)
+
+
+def _error_bound(jac: np.ndarray, scale: float) -> float:
+    """How far rounding-level (1e-16 relative) errors in the answers can move the fitted parameters."""
+    smallest = np.linalg.svd(jac, compute_uv=False)[-1] if jac.size else 1.0
+    return float(np.inf) if smallest == 0 else float(1e-16 * scale * np.sqrt(jac.shape[0]) / smallest)
+
+
+def _logit_jacobian(gamma: np.ndarray, s: np.ndarray, t: np.ndarray) -> np.ndarray:
+    sig = expit(s[None, :] + np.log(t)[:, None])
+    return sig * (1 - sig) * gamma[None, :]
 
 
 def _not_h_heads(heads: int) -> str:
@@ -173,8 +199,25 @@ def _not_h_heads(heads: int) -> str:
             f"assumptions)")
 
 
+def _unit_off(x: np.ndarray, avoid) -> np.ndarray:
+    """x with its components along the vectors in `avoid` removed, normalised."""
+    if len(avoid):
+        basis = np.linalg.qr(np.array(avoid).T)[0]
+        x = x - basis @ (basis.T @ x)
+    return x / np.linalg.norm(x)
+
+
+def _room(logits: np.ndarray) -> float:
+    """How far the logits of a pair can move before two poles meet or a softmax saturates."""
+    return min(_min_gap(logits), SATURATION - float(np.max(np.abs(logits))))
+
+
+def _min_gap(values: np.ndarray) -> float:
+    return float(np.min(np.diff(np.sort(values)))) if values.size > 1 else float("inf")
+
+
 def _separated(values: np.ndarray, gap: float) -> bool:
-    return values.size < 2 or float(np.min(np.diff(np.sort(values)))) >= gap
+    return _min_gap(values) >= gap
 
 
 # -- the learner -------------------------------------------------------------------------------
@@ -182,11 +225,19 @@ class _Learner:
     """State of one run of `multi_head`: the oracle, what is known so far, and the query ledger."""
 
     def __init__(self, oracle: Oracle, rng: np.random.Generator, heads: int | None, max_heads: int,
-                 fit_tol: float, min_gap: float, max_logit: float, progress: bool):
+                 method: str, anchors: int, fit_tol: float, logit_tol: float, min_gap: float, max_logit: float,
+                 progress: bool):
         self.oracle, self.rng, self.d = oracle, rng, oracle.d
+        self.method = method
+        self.anchors = anchors
+        self.attempts = 20  # redraws of one probe before the learner gives up
+        self.logit_tol = logit_tol  # largest error in a logit (from rounding in the answers) a probe may carry
+        self.anchor_gap = 0.25  # continued tokens step eps = gap / 10 away from an anchor: errors grow as 1/eps
+        self.error_bound = 0.0
+        self.anchor_counts: list[int] = []
         self.heads, self.max_heads = heads, max_heads
         self.fit_tol, self.min_gap, self.max_logit = fit_tol, min_gap, max_logit
-        self.stages = {"values": 0, "interpolation": 0, "matching": 0, "rejected": 0, "check": 0}
+        self.stages = {"values": 0, "pairs": 0, "matching": 0, "rejected": 0, "check": 0}
         self.progress = progress
         self.b_norm = 1.0
 
@@ -198,17 +249,24 @@ class _Learner:
 
     def reject(self, spent: int) -> None:
         """Queries of a probe that was measured and then discarded are reported as rejected."""
-        self.stages["interpolation"] -= spent
+        self.stages["pairs"] -= spent
         self.stages["rejected"] += spent
 
-    def random_direction(self) -> np.ndarray:
-        x = self.rng.standard_normal(self.d)
-        return x / np.linalg.norm(x)
+    def random_direction(self, avoid=()) -> np.ndarray:
+        """A random unit vector mostly orthogonal to the vectors in `avoid`.
+
+        Mostly, not exactly: the last of d directions would otherwise have no freedom left. The
+        component along `avoid` is at most about 1/3, which keeps redrawn bases well conditioned.
+        """
+        away = _unit_off(self.rng.standard_normal(self.d), avoid)
+        anywhere = _unit_off(self.rng.standard_normal(self.d), ())
+        return _unit_off(away + 0.3 * anywhere, ())
 
     # -- measurements
-    def measure(self, pairs: list[tuple[np.ndarray, np.ndarray]], points: int, stage: str = "interpolation"):
-        """(t, F, S) per (u, b) pair, from `points` queries each."""
-        layouts = _layouts(points)
+    def measure(self, pairs: list[tuple[np.ndarray, np.ndarray]], points: int, stage: str = "pairs",
+                exclude=()):
+        """(t, F, S) per (u, b) pair, from `points` queries each (ratios other than `exclude`)."""
+        layouts = _layouts(points, exclude)
         t = np.array([c / m for c, m in layouts], dtype=np.float64)
         answers = self.ask(stage, [q for u, b in pairs for q in _pair_queries(u, b, layouts)])
         answers = answers.reshape(len(pairs), points)
@@ -272,7 +330,7 @@ class _Learner:
         U = ortho_group.rvs(d, random_state=self.rng) if d > 1 else np.ones((1, 1))
         B = ortho_group.rvs(d, random_state=self.rng) if d > 1 else np.ones((1, 1))
         for attempt in range(3):
-            spent_before = self.stages["interpolation"]
+            spent_before = self.stages["pairs"]
             first, first_u = self._first_reference(U[:, 0], B[:, 0])
             H = self.heads
             if H == 0:
@@ -280,19 +338,20 @@ class _Learner:
             first_direction = self._pairs(first_u, first, B)
             # d*H logits estimate the scale far better than the H of the first pair alone
             rms = float(np.sqrt(np.mean(first_direction[1] ** 2)))
-            if 0.6 <= rms <= 1.6 or attempt == 2:
+            if 0.5 <= rms <= 2.0 or attempt == 2:
                 break
             self.b_norm /= rms
-            self.reject(self.stages["interpolation"] - spent_before)
+            self.reject(self.stages["pairs"] - spent_before)
         directions, gammas, weights = [], [], []
+        tokens, logits, gamma = first_direction
+        first = _HeadFit(gamma, logits[0], 0.0)  # the polished reference: heads are labelled by it
         for i in tqdm(range(d), desc="multi-head directions", file=sys.stderr,
                       disable=not (self.progress and sys.stderr.isatty())):
             if i == 0:
                 u, order = first_u, np.arange(H)
-                tokens, logits, gamma = first_direction
             else:
-                u, ref, order = self._reference(U[:, i], first, first_u, B[:, 0])
-                tokens, logits, gamma = self._pairs(u, ref, B)
+                u, order, (tokens, logits, gamma) = self._direction(
+                    _unit_off(U[:, i], directions), first, first_u, B, directions)
             directions.append(u)
             gammas.append(gamma[order])
             weights.append(np.linalg.solve(tokens, logits[:, order]))  # column h: W_h^T u
@@ -303,7 +362,8 @@ class _Learner:
         v = np.linalg.solve(Umat.T, gam).T
         Wt = np.array(weights)  # (d, d, H): Wt[i, :, h] = W_h^T u_i
         W = np.stack([np.linalg.solve(Umat.T, Wt[:, :, h]) for h in range(H)])  # rows u_i^T W_h -> W_h
-        return MultiHeadParams(W, v), {"b_norm": self.b_norm}
+        return MultiHeadParams(W, v), {"b_norm": self.b_norm, "anchors": self.anchor_counts,
+                                       "logit_error_bound": self.error_bound}
 
     def _first_reference(self, u: np.ndarray, b: np.ndarray, attempts: int = 40):
         """The reference pair of the first direction; fixes H (if unknown) and the scale of b.
@@ -349,17 +409,25 @@ class _Learner:
             f"multi-head regressor with exact answers"
         )
 
-    def _reference(self, u, first, first_u, b_ref, attempts: int = 20):
-        """Reference fit of direction u at b_ref, with its heads matched to the first direction's."""
-        b = self.b_norm * b_ref
+    def _direction(self, u, first: _HeadFit, first_u, B, accepted, attempts: int = 20):
+        """Direction u read in full, its heads matched to the first direction's.
+
+        Matching comes last, on the polished gammas and logits at the shared token B[:, 0]: the
+        predictions of the added-token queries are then accurate enough to single out one order.
+        A direction that does not work is replaced by a random one mostly orthogonal to those
+        `accepted`.
+        """
+        b = self.b_norm * B[:, 0]
         for _ in range(attempts):
+            spent_before = self.stages["pairs"]
             fit, spent = self.fit_reference(u, b, detect=False)
             if fit is not None and self.usable(fit, reference=True):
-                order = self.match_to_first(first, first_u, fit, u, b)
+                pairs = self._pairs(u, fit, B)
+                order = self.match_to_first(first, first_u, _HeadFit(pairs[2], pairs[1][0], 0.0), u, b)
                 if order is not None:
-                    return u, fit, order
-            self.reject(spent)
-            u = self.random_direction()
+                    return u, order, pairs
+            self.reject(self.stages["pairs"] - spent_before)
+            u = self.random_direction(avoid=accepted)
         raise ExtractionError(
             f"no usable probe direction after {attempts} tries: {_not_h_heads(self.heads)}"
         )
@@ -396,51 +464,157 @@ class _Learner:
         held.residual = float(np.max(np.abs(held.model(t) - F))) / scale
         if not np.all(np.isfinite(s)) or held.residual > 1e-6 or np.any(np.abs(s) > self.max_logit):
             return None
+        if _error_bound(_logit_jacobian(gamma, s, t), scale) > self.logit_tol:
+            return None  # two poles so close that the answers barely tell their logits apart
         return held
 
-    def _pairs(self, u: np.ndarray, ref: _HeadFit, B: np.ndarray, attempts: int = 20):
+    def _continue(self, u: np.ndarray, ref: _HeadFit, tokens: list[np.ndarray]) -> list[_HeadFit | None]:
+        """Logits for tokens near the reference token: H answers each, 2H - 1 where Newton is unsafe."""
+        H = ref.gamma.size
+        measured = self.measure([(u, b) for b in tokens], H)
+        results = [self._newton_from(ref, t, F, S) for t, F, S in measured]
+        unsafe = [k for k, fit in enumerate(results) if fit is None]
+        if unsafe and H > 1:
+            first = _layouts(H)
+            more = self.measure([(u, tokens[k]) for k in unsafe], H - 1, exclude=first)
+            for k, (t, F, S) in zip(unsafe, more):
+                t_all = np.concatenate([measured[k][0], t])
+                F_all = np.concatenate([measured[k][1], F])
+                results[k] = self._fit_with_known_gammas(t_all, F_all, S, ref.gamma)
+                if results[k] is None:
+                    self.reject(2 * H - 1)
+        elif unsafe:
+            self.reject(len(unsafe) * H)
+        return results
+
+    def _newton_from(self, ref: _HeadFit, t, F, S) -> _HeadFit | None:
+        """Solve sum_h gamma_h sigmoid(s_h + log t_k) = F_k (k = 1..H) for s, starting at ref.s.
+
+        Accepted only if it converges and moved the logits by under 0.3 of their smallest gap,
+        so the root found is the one continuous with the reference (heads keep their labels).
+        """
+        gamma, s, log_t = ref.gamma, ref.s.copy(), np.log(t)
+        scale = max(float(np.max(np.abs(F))), abs(S))
+
+        def residual(x):
+            return expit(x[None, :] + log_t[:, None]) @ gamma - F
+
+        r = residual(s)
+        for _ in range(60):
+            sig = expit(s[None, :] + log_t[:, None])
+            try:
+                step = np.linalg.solve(sig * (1 - sig) * gamma[None, :], -r)
+            except np.linalg.LinAlgError:
+                return None
+            length = 1.0
+            while True:  # backtracking keeps Newton from overshooting across a flat sigmoid
+                trial = s + length * step
+                r_trial = residual(trial)
+                if np.linalg.norm(r_trial) < np.linalg.norm(r) or length < 1e-6:
+                    break
+                length /= 2
+            s, r = trial, r_trial
+            if np.max(np.abs(length * step)) <= 1e-15 * max(1.0, np.max(np.abs(s))):
+                break
+        if not np.all(np.isfinite(s)) or np.max(np.abs(r)) > self.fit_tol * scale or np.any(np.abs(s) > self.max_logit):
+            return None
+        if s.size > 1 and np.max(np.abs(s - ref.s)) > 0.3 * _min_gap(s):
+            return None
+        if _error_bound(_logit_jacobian(gamma, s, t), scale) > self.logit_tol:
+            return None
+        return _HeadFit(gamma, s, float(np.max(np.abs(r))) / scale, t, F)
+
+    def _pairs(self, u: np.ndarray, ref: _HeadFit, B: np.ndarray):
         """Query tokens b (rows), logits u^T W_h b and gammas u^T v_h of direction u, heads in ref's order.
 
-        Each pair is fitted alone, matched to the reference by its gammas, and then all pairs of
-        the direction are refitted together with one shared set of gammas (better conditioned
-        than the separate fits: H unknowns per pair instead of 2H - 1).
+        "interpolation": every token is an anchor: a fresh orthonormal direction with its own
+        (2H - 1)-point rational fit, matched to the reference by its gammas.
+        "continuation": `self.anchors` anchors fix the gammas (their redundant equations make
+        them accurate); the other tokens a + eps e_j stay close to the best-separated anchor a,
+        so their logits are close to a's and, the gammas known, H answers and Newton's method
+        started at a's logits find them (2H - 1 answers where that is not safe).
+        All pairs of the direction are finally refitted together with shared gammas.
         """
-        H = ref.gamma.size
-        fits = [ref]
-        tokens = [self.b_norm * B[:, 0]]
-        todo = [self.b_norm * B[:, j] for j in range(1, B.shape[1])]
-        size = np.max(np.abs(ref.gamma))
-        for _ in range(attempts):
-            if not todo:
-                break
-            measured = self.measure([(u, b) for b in todo], 2 * H - 1)
-            retry = []
-            for b, (t, F, S) in zip(todo, measured):
-                fit = self._fit_with_known_gammas(t, F, S, ref.gamma)
-                if fit is not None:
-                    tokens.append(b)
-                    fits.append(fit)
-                else:
-                    self.reject(2 * H - 1)
-                    retry.append(self.b_norm * self.random_direction())
-            todo = retry
-        if todo:
-            raise ExtractionError(
-                f"{len(todo)} query tokens gave no usable fit after {attempts} redraws: {_not_h_heads(H)}"
-            )
+        H, d = ref.gamma.size, B.shape[1]
+        S = float(u @ self.V)
+        continuation = self.method == "continuation"
+        # with one head a full fit costs 2H - 1 = H answers: every token is an anchor
+        count = min(d, self.anchors) if continuation and H > 1 else d
+        tokens, fits = self._anchors(u, ref, [self.b_norm * B[:, j] for j in range(count)])
+        if continuation and count < d:
+            gamma, logits, _, bound = _joint_polish(fits, S)
+            while count < d and (bound > self.logit_tol or (
+                    count < 2 * self.anchors and max(_room(row) for row in logits) < self.anchor_gap)):
+                # one more anchor when the gammas every continued token relies on are not pinned
+                # down yet, or when no anchor's logits are far enough apart for a large step eps
+                extra = self.b_norm * _unit_off(B[:, count], tokens)
+                more_tokens, more_fits = self._anchors(u, ref, [tokens[0], extra], avoid=tokens)
+                tokens.append(more_tokens[1])
+                fits.append(more_fits[1])
+                count += 1
+                gamma, logits, _, bound = _joint_polish(fits, S)
+            best = int(np.argmax([_room(row) for row in logits]))
+            anchor = _HeadFit(gamma, logits[best], 0.0)
+            # the logit shifts are ~ eps * (rms logit ~ 1): keep them well inside the pole gaps
+            # and away from saturation
+            self.anchor_counts.append(count)
+            eps = float(np.clip(0.1 * _room(anchor.s), 0.01, 0.1))
+            complement = np.linalg.qr(np.array(tokens).T, mode="complete")[0][:, count:]
+            steps = [eps * self.b_norm * complement[:, j] for j in range(d - count)]
+            for _ in range(self.attempts):
+                if not steps:
+                    break
+                retry = []
+                todo = [tokens[best] + step for step in steps]
+                for b, step, fit in zip(todo, steps, self._continue(u, anchor, todo)):
+                    if fit is None:
+                        retry.append(step / 2)  # same direction, a safer (smaller) step
+                    else:
+                        tokens.append(b)
+                        fits.append(fit)
+                steps = retry
+            todo = steps
+            if todo:
+                raise ExtractionError(
+                    f"{len(todo)} query tokens gave no usable fit after {self.attempts} redraws: {_not_h_heads(H)}")
         tokens_matrix = np.array(tokens)
         if np.linalg.cond(tokens_matrix) > 1e6:
             raise ExtractionError("the accepted query tokens are nearly dependent; rerun with another seed")
-        gamma, logits, residual = _joint_polish(fits, float(u @ self.V))
+        gamma, logits, residual, bound = _joint_polish(fits, S)
+        self.error_bound = max(self.error_bound, bound)
         if residual > self.fit_tol:
             raise ExtractionError(
                 f"the probes of one key direction disagree by {residual:.1e} (relative): {_not_h_heads(H)}"
             )
         return tokens_matrix, logits, gamma
 
+    def _anchors(self, u: np.ndarray, ref: _HeadFit, todo: list[np.ndarray], avoid=()):
+        """The reference pair (todo[0]) plus fully interpolated pairs at the other tokens in todo.
 
-def multi_head(oracle: Oracle, heads: int | None = None, max_heads: int | None = None, *, seed=0,
-               check_queries: int | None = None, fidelity_samples: int = 1000, fit_tol: float = 1e-9,
+        A token that does not work is replaced by a random one orthogonal to the accepted ones."""
+        H = ref.gamma.size
+        tokens, fits = [todo[0]], [ref]
+        todo = todo[1:]
+        for _ in range(self.attempts):
+            if not todo:
+                return tokens, fits
+            retry = []
+            for b, (t, F, S) in zip(todo, self.measure([(u, b) for b in todo], 2 * H - 1)):
+                fit = self._fit_with_known_gammas(t, F, S, ref.gamma)
+                if fit is None:
+                    self.reject(2 * H - 1)
+                    retry.append(self.b_norm * self.random_direction(avoid=list(avoid) + tokens))
+                else:
+                    tokens.append(b)
+                    fits.append(fit)
+            todo = retry
+        raise ExtractionError(
+            f"{len(todo)} query tokens gave no usable fit after {self.attempts} redraws: {_not_h_heads(H)}")
+
+
+def multi_head(oracle: Oracle, heads: int | None = None, max_heads: int | None = None, *,
+               method: str = "continuation", anchors: int = 2, seed=0, check_queries: int | None = None, fidelity_samples: int = 1000, fit_tol: float = 1e-9,
+               logit_tol: float = 1e-9,
                min_gap: float = 0.03, max_logit: float = 4.5, progress: bool = False) -> Extraction:
     """Learn the canonical form of a multi-head regressor from exact value queries.
 
@@ -452,6 +626,15 @@ def multi_head(oracle: Oracle, heads: int | None = None, max_heads: int | None =
         The number H of canonical heads, if known.
     max_heads : int, optional
         An upper bound H0 instead: the first probe (2 H0 + 1 queries) finds H <= H0.
+    method : "continuation" or "interpolation"
+        How the logits of each key direction are read once its gammas are known: H queries per
+        query token by Newton continuation from a nearby token (default, about H(d^2 + d) + 2d
+        queries in all), or a separate (2H - 1)-point rational fit per token (about
+        (2H - 1) d^2 + 2d; simpler, kept for comparison).
+    anchors : int
+        For "continuation": tokens per key direction read by a full (2H - 1)-point fit. Their
+        redundancy pins down the gammas that every other token of the direction relies on; each
+        costs H - 1 queries more than a continued token.
     seed : int or Generator
         Chooses the random probe directions.
     check_queries : int, optional
@@ -481,12 +664,16 @@ def multi_head(oracle: Oracle, heads: int | None = None, max_heads: int | None =
         raise ValueError(f"heads = {heads} exceeds max_heads = {max_heads}")
     if fidelity_samples < 0:
         raise ValueError(f"fidelity_samples must be >= 0, got {fidelity_samples}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if anchors < 1:
+        raise ValueError(f"anchors must be >= 1, got {anchors}")
     if check_queries is None:
         check_queries = 2 if heads is None else 0
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     start, clock = oracle.queries, time.perf_counter()
-    learner = _Learner(oracle, rng, heads, max_heads if heads is None else heads, fit_tol, min_gap,
-                       max_logit, progress)
+    learner = _Learner(oracle, rng, heads, max_heads if heads is None else heads, method, anchors,
+                       fit_tol, logit_tol, min_gap, max_logit, progress)
     params, extra = learner.run()
     order = canonical_order(params.W, params.v)
     params = MultiHeadParams(params.W[order], params.v[order])
@@ -496,7 +683,7 @@ def multi_head(oracle: Oracle, heads: int | None = None, max_heads: int | None =
     result = Extraction(
         params={"W": params.W, "v": params.v},
         queries=oracle.queries - start,
-        method="multi-head" if heads is not None else "multi-head-count",
+        method=f"multi-head-{method}" + ("" if heads is not None else "-count"),
         dof=canonical_dof(H, d),
         seconds=time.perf_counter() - clock,
         stages={k: v for k, v in learner.stages.items() if v},
