@@ -1,6 +1,18 @@
-"""Black-box access to a target: the Oracle, its journal and (in noise.py) noise models."""
+"""Black-box access to a target: the Oracle, its journal and noise models."""
 
 from attnlab.oracle.journal import QueryJournal
+from attnlab.oracle.noise import (
+    AdversarialNoise,
+    BoundedNoise,
+    GaussianNoise,
+    RoundDigits,
+    RoundFloat16,
+    RoundFloat32,
+    make_noise,
+)
 from attnlab.oracle.oracle import NoiseModel, Oracle, torch_target
 
-__all__ = ["NoiseModel", "Oracle", "QueryJournal", "torch_target"]
+__all__ = [
+    "AdversarialNoise", "BoundedNoise", "GaussianNoise", "NoiseModel", "Oracle", "QueryJournal",
+    "RoundDigits", "RoundFloat16", "RoundFloat32", "make_noise", "torch_target",
+]
