@@ -73,8 +73,8 @@ def value_aligned_basis(v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if norm < 1e-12:
         return rotation
     w /= norm
-    householder = np.eye(d) - 2.0 * np.outer(w, w)  # maps z_unit to ones
-    return rotation @ householder
+    # rotation @ (I - 2 w w^T), the Householder reflection that maps z_unit to ones, in O(d^2)
+    return rotation - 2.0 * np.outer(rotation @ w, w)
 
 
 def random_orthogonal(d: int, rng: np.random.Generator) -> np.ndarray:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 import numpy as np
 
 from attnlab.errors import ExtractionError
-from attnlab.extract.lowrank import cross_reconstruction, nuclear_norm_recovery, pivot_rows
+from attnlab.extract.lowrank import cross_factors, nuclear_norm_recovery, pivot_rows
 from attnlab.extract.probes import (
     BilinearReader,
     bilinear_probe,
@@ -186,18 +186,18 @@ def _adaptive(reader: BilinearReader, v: np.ndarray, rank, rng: np.random.Genera
     if rank is None:
         return A @ read_columns(d) @ B.T, {"rank": d, "rank_mode": "full"}
     if rank == "auto":
-        M, info = _auto_rank_cross(read, reader, a_rows, b_rows)
+        (left, right), info = _auto_rank_cross(read, reader, a_rows, b_rows)
     else:
         columns = read_columns(rank)
         pivots = pivot_rows(columns)[:rank]
-        M = _complete_rows(reader, a_rows, b_rows, columns, pivots)
+        left, right = _complete_rows(reader, a_rows, b_rows, columns, pivots)
         info = {"rank": rank, "rank_mode": "given"}
-    return A @ M @ B.T, info
+    return (A @ left) @ (right @ B.T), info
 
 
 def _complete_rows(reader: BilinearReader, a_rows: np.ndarray, b_rows: np.ndarray, columns: np.ndarray,
                    pivots: np.ndarray, partial: np.ndarray | None = None) -> np.ndarray:
-    """Read the pivot rows of the columns not yet known (one line each), then apply the skeleton.
+    """Read the pivot rows of the columns not yet known (one line each); return the skeleton's factors.
 
     `partial` (r,) optionally holds the pivot rows of column r, already read during rank detection.
     """
@@ -212,7 +212,7 @@ def _complete_rows(reader: BilinearReader, a_rows: np.ndarray, b_rows: np.ndarra
     if remaining.size:
         lines = [(np.full(remaining.size, row), remaining) for row in pivots]
         rows[:, first:] = np.vstack(reader.read_lines(a_rows, b_rows, lines))
-    return cross_reconstruction(columns, rows, pivots)
+    return cross_factors(columns, rows, pivots)
 
 
 def _auto_rank_cross(read, reader: BilinearReader, a_rows: np.ndarray, b_rows: np.ndarray):
@@ -241,15 +241,15 @@ def _auto_rank_cross(read, reader: BilinearReader, a_rows: np.ndarray, b_rows: n
         mismatch = float(np.max(np.abs(head_values[r:] - predicted)))
         typical = float(np.sqrt(np.mean(columns ** 2)))
         if mismatch <= RANK_TOL * typical:
-            M = _complete_rows(reader, a_rows, b_rows, columns, order[:r], partial=head_values[:r])
-            return M, {"rank": r, "rank_mode": "auto", "rank_check_mismatch": mismatch / typical}
+            factors = _complete_rows(reader, a_rows, b_rows, columns, order[:r], partial=head_values[:r])
+            return factors, {"rank": r, "rank_mode": "auto", "rank_check_mismatch": mismatch / typical}
         column = np.empty(d)
         column[head] = head_values
         rest = order[r + checks:]
         if rest.size:
             column[rest] = read(rest, j, line=line)
         columns = np.column_stack([columns, column])
-    return columns, {"rank": d, "rank_mode": "auto"}
+    return (columns, np.eye(d)), {"rank": d, "rank_mode": "auto"}
 
 
 # -- method="paper" ----------------------------------------------------------------------------
