@@ -67,12 +67,14 @@ def plot_threshold_width(width_rows: list[dict[str, Any]], path: str | Path) -> 
     for index, ((N, heads), points) in enumerate(sorted(lines.items())):
         points.sort(key=lambda r: r["q"])
         colour = f"C{index % 10}"
+        shift = 0.04 * (index - (len(lines) - 1) / 2)  # lines that coincide stay visible
         reached = [p for p in points if p["width_needed"] is not None]
-        ax.plot([p["q"] for p in reached], [p["width_needed"] for p in reached], "o-", color=colour,
+        ax.plot([p["q"] + shift for p in reached], [p["width_needed"] for p in reached], "o-", color=colour,
                 label=f"N={N}" + (f", H={heads}" if heads > 1 else ""))
         missed = [p for p in points if p["width_needed"] is None]
-        ax.plot([p["q"] for p in missed], [max(p["widths_tried"]) for p in missed], "o", color=colour,
+        ax.plot([p["q"] + shift for p in missed], [max(p["widths_tried"]) for p in missed], "o", color=colour,
                 mfc="none")
+    ax.set_xticks(sorted({row["q"] for rows in lines.values() for row in rows}))
     ax.set_xlabel("q")
     ax.set_ylabel("smallest width m reaching 1/(2q)")
     ax.set_yscale("log", base=2)
