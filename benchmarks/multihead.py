@@ -46,7 +46,7 @@ def canonical_table(heads_list, dims, seeds) -> tuple[list[str], list[dict]]:
     header = ("| H | d | 4Hd²-2H+1 | H(d²+d) | continuation: queries (mean, max) | max rel. error | "
               "published / ours | ours / H(d²+d) | interpolation: queries | max rel. error | "
               "counting (H0 = 4): queries | max rel. error | s per run (cont.) |")
-    rows += [header, "|" + "---|" * header.count("|")[:-1] if False else "|" + "---|" * (header.count("|") - 1)]
+    rows += [header, "|" + "---|" * (header.count("|") - 1)]
     for H in heads_list:
         for d in dims:
             found = {"continuation": [], "interpolation": [], "count": []}

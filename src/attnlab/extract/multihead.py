@@ -48,6 +48,7 @@ from attnlab.oracle import Oracle
 
 MAX_HEADS = 6  # beyond this the degree-2H rational fits lose too many digits in float64
 METHODS = ("continuation", "interpolation")
+DETECT_TOL = 1e-12  # a count of heads must explain the first probe pair to this (relative) residual
 SATURATION = 3.0  # continuation prefers anchors whose logits stay below this in size
 
 
@@ -279,7 +280,8 @@ class _Learner:
         if detect:
             for n in range(self.max_heads + 1):
                 fit = _fit_heads(t, F, S, n)
-                if fit is not None and fit.residual <= self.fit_tol:
+                # stricter than fit_tol: two poles 0.05 apart still let one fewer head fit to ~1e-10
+                if fit is not None and fit.residual <= DETECT_TOL:
                     return fit, points
             return None, points
         fit = _fit_heads(t, F, S, self.heads)
