@@ -213,7 +213,6 @@ class BilinearReader:
         self.max_block = max_block or max(1, (1 << 17) // (2 * d))
         self.v_norm = float(np.linalg.norm(v))
         self._buffer: np.ndarray | None = None
-        self._scratch: np.ndarray | None = None
         self.u: np.ndarray | None = None
         self.u_sigma: float | None = None
         self.w_sigma: float | None = None  # largest line spread seen so far
@@ -275,28 +274,34 @@ class BilinearReader:
         pending_size = 0
 
         def flush():
-            # one gather per block: the learner's own work stays a small fraction of the
-            # target's O(d^2) per query, and the reused buffer stays in cache
-            ai = np.concatenate([lines[i][0][rows] for i, rows, _, _ in pending])
-            bi = np.concatenate([lines[i][1][rows] for i, rows, _, _ in pending])
+            # queries are written straight into a reused token-major buffer; a line's constant
+            # direction is broadcast and a run of consecutive directions is a view, so most
+            # parts cost three passes over their queries and no gather
             sizes = [rows.stop - rows.start for _, rows, _, _ in pending]
-            mu = np.repeat([m for _, _, m, _ in pending], sizes)
-            nu = np.repeat([n for _, _, _, n in pending], sizes)
-            values = np.empty(ai.size)
-            for first in range(0, ai.size, self.max_block):
+            n = sum(sizes)
+            X = self._query_buffer(n)
+            scaled_a_v, scaled_b_v, scaled_a_norm, scaled_a_u, rho = (np.empty(n) for _ in range(5))
+            start = 0
+            for (i, rows, mu, nu), size in zip(pending, sizes):
+                stop = start + size
+                ai, bi = lines[i][0][rows], lines[i][1][rows]
+                a_part, _ = _directions(a_dirs, ai)
+                b_part, b_single = _directions(b_dirs, bi)
+                np.multiply(b_part, nu, out=X[start:stop, 1])
+                np.multiply(a_part, mu, out=X[start:stop, 0])
+                X[start:stop, 0] += X[start:stop, 1][:1] if b_single else X[start:stop, 1]
+                scaled_a_v[start:stop] = mu * a_dot_v[ai]
+                scaled_b_v[start:stop] = nu * b_dot_v[bi]
+                scaled_a_norm[start:stop] = mu * a_norms[ai]
+                scaled_a_u[start:stop] = mu * a_dot_u[ai]
+                rho[start:stop] = mu * nu
+                start = stop
+            values = np.empty(n)
+            for first in range(0, n, self.max_block):
                 block = slice(first, first + self.max_block)
-                X, gathered = self._query_buffer(len(ai[block]))
-                # gather into reused contiguous scratch, scale into the reused query buffer:
-                # no temporaries, no fresh pages
-                np.take(b_dirs, bi[block], axis=0, out=gathered, mode="clip")
-                np.multiply(gathered, nu[block, None], out=X[:, 1])
-                np.take(a_dirs, ai[block], axis=0, out=gathered, mode="clip")
-                np.multiply(gathered, mu[block, None], out=X[:, 0])
-                X[:, 0] += X[:, 1]
-                t = invert_probes(self.oracle, X, mu[block] * a_dot_v[ai[block]], nu[block] * b_dot_v[bi[block]],
-                                  self.c, mu[block] * a_norms[ai[block]], self.v_norm, self.log)
-                values[block] = (t - mu[block] * a_dot_u[ai[block]]) / (mu[block] * nu[block])
-            rho = mu * nu
+                t = invert_probes(self.oracle, X[block], scaled_a_v[block], scaled_b_v[block], self.c,
+                                  scaled_a_norm[block], self.v_norm, self.log)
+                values[block] = (t - scaled_a_u[block]) / rho[block]
             self.log.scales.extend([float(rho.min()), float(rho.max())])
             start = 0
             for (i, rows, _, _), size in zip(pending, sizes):
@@ -328,14 +333,12 @@ class BilinearReader:
                 self.w_sigma = max(self.w_sigma or 0.0, tracker.sigma)
         return outs
 
-    def _query_buffer(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Room for n two-token queries and n gathered directions, reused between calls
-        (fresh pages would cost more than filling them)."""
+    def _query_buffer(self, n: int) -> np.ndarray:
+        """Room for n two-token queries (n, 2, d), reused between calls (fresh pages would cost
+        more than filling them). Token-major storage: each slot X[:, i] is one contiguous block."""
         if self._buffer is None or self._buffer.shape[1] < n:
-            # token-major storage: each token slot X[:, i] is one contiguous block to write
             self._buffer = np.empty((2, n, self.v.shape[0]))
-            self._scratch = np.empty((n, self.v.shape[0]))
-        return self._buffer[:, :n].transpose(1, 0, 2), self._scratch[:n]
+        return self._buffer[:, :n].transpose(1, 0, 2)
 
     def _split(self, rho: float) -> tuple[float, float]:
         mu, nu = split_scale(rho)
@@ -344,6 +347,17 @@ class BilinearReader:
             mu = min(mu, TARGET_LOGIT_STD / self.u_sigma)
             nu = rho / mu
         return mu, nu
+
+def _directions(dirs: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, bool]:
+    """dirs[index] without copying when possible: (one row, True) if the index is constant,
+    a slice view if it is a run of consecutive rows, else a gathered copy."""
+    first, last = int(index[0]), int(index[-1])
+    if first == last and np.all(index == first):
+        return dirs[first:first + 1], True
+    if last - first == index.size - 1 and np.all(np.diff(index) == 1):
+        return dirs[first:last + 1], False
+    return dirs[index], False
+
 
 def _warmup_slices(total: int, warmup: tuple[int, ...], max_block: int):
     """Slices of sizes warmup[0], warmup[1], ..., then max_block-sized pieces of the rest."""
