@@ -43,6 +43,15 @@ def test_extract_multi_head_reports_queries_error_and_bound():
     assert out["bound"] == 4 * 2 * 16 - 2 * 2 + 1 and out["queries"] < out["bound"]
 
 
+def test_extract_multi_head_interpolation_method():
+    result = runner.invoke(app, ["extract", "multi-head", "--d", "3", "--heads", "2", "--method", "interpolation",
+                                 "--fidelity-samples", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    out = last_json(result.output)
+    assert out["method"] == "interpolation" and out["rel_error"] <= 1e-8
+    assert out["stage_pairs"] == 3 * 3 * 3  # (2H - 1) answers for each of the d^2 pairs
+
+
 def test_extract_multi_head_counting_heads():
     result = runner.invoke(app, ["extract", "multi-head", "--d", "3", "--heads", "2", "--max-heads", "3",
                                  "--fidelity-samples", "0", "--json"])
@@ -65,6 +74,7 @@ def test_errors_exit_2_with_a_message_and_no_traceback():
         ["extract", "orthogonal-heads", "--d", "4", "--dims", "3,x"],
         ["extract", "orthogonal-heads", "--d", "4", "--dims", "3,2"],
         ["multihead", "demo", "--d", "0"],
+        ["extract", "multi-head", "--d", "3", "--heads", "1", "--method", "magic"],
     ]
     for args in cases:
         result = runner.invoke(app, args)

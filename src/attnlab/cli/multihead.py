@@ -14,7 +14,7 @@ from rich.table import Table
 
 from attnlab.cli.apps import app, extract_app
 from attnlab.cli.output import console, emit, guarded
-from attnlab.extract.multihead import canonical_dof, multi_head, orthogonal_heads, published_query_bound
+from attnlab.extract.multihead import METHODS, canonical_dof, multi_head, orthogonal_heads, published_query_bound
 from attnlab.models.multihead import MultiHeadRegressor, random_orthogonal_heads
 from attnlab.multihead import (
     MultiHeadParams,
@@ -91,17 +91,19 @@ def demo_command(
 
 # -- extraction -------------------------------------------------------------------------------
 def run_multi_head(d: int, heads: int, max_heads: int | None = None, seed: int = 0, scale: float = 1.0,
-                   fidelity_samples: int = 1000, progress: bool = False) -> dict[str, Any]:
+                   fidelity_samples: int = 1000, progress: bool = False,
+                   method: str = "continuation") -> dict[str, Any]:
     """Build a random H-head target, learn its canonical form, compare with the truth's."""
     if d < 1 or heads < 1:
         raise ValueError(f"--d and --heads must be at least 1, got d = {d}, heads = {heads}")
     target = MultiHeadRegressor.random(d, heads, scale=scale, seed=seed)
     oracle = Oracle(target, d=d)
     known = None if max_heads is not None else heads
-    result = multi_head(oracle, heads=known, max_heads=max_heads, seed=seed + 1,
+    result = multi_head(oracle, heads=known, max_heads=max_heads, method=method, seed=seed + 1,
                         fidelity_samples=fidelity_samples, progress=progress)
     truth = MultiHeadParams.from_model(target)
     return {
+        "method": method,
         "d": d,
         "heads": heads,
         "max_heads": max_heads,
@@ -123,6 +125,7 @@ def multi_head_command(
     d: int = typer.Option(..., "--d", help="Token width d of the random target."),
     heads: int = typer.Option(..., "--heads", help="Heads H of the random target."),
     max_heads: Optional[int] = typer.Option(None, "--max-heads", help="Tell the learner only H <= H0 (it counts the heads)."),
+    method: str = typer.Option("continuation", "--method", help=f"One of: {', '.join(METHODS)}."),
     seed: int = typer.Option(0, "--seed", help="Seeds the target and the learner's probes."),
     scale: float = typer.Option(1.0, "--scale", help="Standard deviation of the target's W entries."),
     fidelity_samples: int = typer.Option(1000, "--fidelity-samples", help="Fresh sequences for the fidelity check (0 skips)."),
@@ -130,7 +133,7 @@ def multi_head_command(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Learn a random multi-head regressor's canonical heads from queries (no subspace assumption)."""
-    guarded(lambda: emit(run_multi_head(d, heads, max_heads, seed, scale, fidelity_samples, not no_progress),
+    guarded(lambda: emit(run_multi_head(d, heads, max_heads, seed, scale, fidelity_samples, not no_progress, method),
                          json_out, title="multi-head extraction (canonical form)"))
 
 

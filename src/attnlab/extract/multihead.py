@@ -145,6 +145,16 @@ def _fit_heads(t: np.ndarray, F: np.ndarray, S: float, n: int) -> _HeadFit | Non
     return fit
 
 
+def _fewest_heads_fit(t: np.ndarray, F: np.ndarray, S: float, max_heads: int) -> _HeadFit | None:
+    """The fit with the fewest heads (<= max_heads) that explains the answers, or None."""
+    for n in range(max_heads + 1):
+        fit = _fit_heads(t, F, S, n)
+        # stricter than fit_tol: two poles 0.05 apart still let one fewer head fit to ~1e-10
+        if fit is not None and fit.residual <= DETECT_TOL:
+            return fit
+    return None
+
+
 def _joint_polish(fits: list[_HeadFit], S: float, iterations: int = 30):
     """Gauss-Newton over all pairs of one key direction: shared gammas, one logit per head and pair.
 
@@ -238,7 +248,7 @@ class _Learner:
         self.anchor_counts: list[int] = []
         self.heads, self.max_heads = heads, max_heads
         self.fit_tol, self.min_gap, self.max_logit = fit_tol, min_gap, max_logit
-        self.stages = {"values": 0, "pairs": 0, "matching": 0, "rejected": 0, "check": 0}
+        self.stages = {"values": 0, "pairs": 0, "count": 0, "matching": 0, "rejected": 0, "check": 0}
         self.progress = progress
         self.b_norm = 1.0
 
@@ -278,12 +288,7 @@ class _Learner:
         points = 2 * self.max_heads + 1 if detect else 2 * self.heads - 1
         t, F, S = self.measure([(u, b)], points)[0]
         if detect:
-            for n in range(self.max_heads + 1):
-                fit = _fit_heads(t, F, S, n)
-                # stricter than fit_tol: two poles 0.05 apart still let one fewer head fit to ~1e-10
-                if fit is not None and fit.residual <= DETECT_TOL:
-                    return fit, points
-            return None, points
+            return _fewest_heads_fit(t, F, S, self.max_heads), points
         fit = _fit_heads(t, F, S, self.heads)
         return (fit if fit is not None and fit.residual <= self.fit_tol else None), points
 
@@ -295,6 +300,13 @@ class _Learner:
             size = np.max(np.abs(fit.gamma))
             return bool(np.min(np.abs(fit.gamma)) >= 0.05 * size and _separated(fit.gamma, self.min_gap * size))
         return True
+
+    def _count_heads(self) -> int:
+        """Canonical heads seen by one more random probe pair (2 H0 + 1 queries, stage "count")."""
+        u, b = self.random_direction(), self.b_norm * self.random_direction()
+        t, F, S = self.measure([(u, b)], 2 * self.max_heads + 1, stage="count")[0]
+        fit = _fewest_heads_fit(t, F, S, self.max_heads)
+        return self.max_heads if fit is None else fit.gamma.size
 
     def match_to_first(self, first: _HeadFit, u1: np.ndarray, fit: _HeadFit, ui: np.ndarray,
                        b: np.ndarray) -> np.ndarray | None:
@@ -386,6 +398,11 @@ class _Learner:
                 u = self.random_direction()
                 continue
             if detect:
+                if fit.gamma.size < self.max_heads and self._count_heads() > fit.gamma.size:
+                    # heads can hide in one pair (two nearly equal logits, a gamma near 0), hardly in two
+                    self.reject(spent)
+                    u = self.random_direction()
+                    continue
                 self.heads = fit.gamma.size
             if self.heads == 0:
                 return fit, u
