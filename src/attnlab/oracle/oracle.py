@@ -208,8 +208,10 @@ class Oracle:
             if self.budget is not None and self._paid + fresh_total > self.budget:
                 raise BudgetExhausted(self._paid, self.budget, fresh_total)
             for batch, answers, keys, missing in plans:
-                if missing.size:
-                    answers[missing] = self._ask_target(batch[missing], None if keys is None else [keys[i] for i in missing])
+                if missing.size == batch.shape[0]:  # nothing replayed: no copy of a large batch
+                    answers[:] = self._ask_target(batch, keys)
+                elif missing.size:
+                    answers[missing] = self._ask_target(batch[missing], [keys[i] for i in missing])
                 self._queries += batch.shape[0]
             return [answers for _, answers, _, _ in plans]
 
