@@ -141,10 +141,14 @@ def measure_disjointness(q: int, key_dim: int, precision: int, seed: int = 0,
     worst = 2.0 * np.maximum(np.clip(d, 0, None).sum(axis=1), np.clip(-d, 0, None).sum(axis=1))
     # every (a, b): output e_1 coordinate -1 + 2 sum_{b_k=1} w_{2k+1}
     weights_one_slots = d + a_all / q
-    b_all = a_all
-    output = -1.0 + 2.0 * weights_one_slots @ b_all.T.astype(np.float64)  # (a, b)
-    truly_disjoint = (a_all @ b_all.T) == 0
-    wrong = float(np.mean((output < -1.0 + 1.0 / q) != truly_disjoint))
+    b_all = a_all.T.astype(np.float64)
+    wrong_count = 0
+    rows_per_block = max(1, (1 << 22) >> q)  # keeps each (a, b) block at <= 4M entries
+    for start in range(0, len(a_all), rows_per_block):
+        output = -1.0 + 2.0 * weights_one_slots[start:start + rows_per_block] @ b_all
+        truly_disjoint = (a_all[start:start + rows_per_block] @ b_all) == 0
+        wrong_count += int(np.count_nonzero((output < -1.0 + 1.0 / q) != truly_disjoint))
+    wrong = wrong_count / float(len(a_all)) ** 2
     queries = round_to_bits(construction.beta * certificates(torch.from_numpy(construction.keys),
                                                              torch.from_numpy(sets)), precision).numpy()
     _, first, inverse = np.unique(queries, axis=0, return_index=True, return_inverse=True)
