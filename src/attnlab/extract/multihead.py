@@ -352,7 +352,7 @@ class _Learner:
             first_direction = self._pairs(first_u, first, B)
             # d*H logits estimate the scale far better than the H of the first pair alone
             rms = float(np.sqrt(np.mean(first_direction[1] ** 2)))
-            if 0.5 <= rms <= 2.0 or attempt == 2:
+            if 0.5 <= rms <= 1.4 or attempt == 2:
                 break
             self.b_norm /= rms
             self.reject(self.stages["pairs"] - spent_before)
@@ -483,8 +483,10 @@ class _Learner:
         held.residual = float(np.max(np.abs(held.model(t) - F))) / scale
         if not np.all(np.isfinite(s)) or held.residual > 1e-6 or np.any(np.abs(s) > self.max_logit):
             return None
-        if _error_bound(_logit_jacobian(gamma, s, t), scale) > self.logit_tol:
-            return None  # two poles so close that the answers barely tell their logits apart
+        if _min_gap(s) < self.min_gap / 3 or _error_bound(_logit_jacobian(gamma, s, t), scale) > self.logit_tol:
+            # two poles so close that the answers barely tell their logits apart (and Gauss-Newton
+            # may stall in the valley between them, where the linearised bound is too optimistic)
+            return None
         return held
 
     def _continue(self, u: np.ndarray, ref: _HeadFit, tokens: list[np.ndarray]) -> list[_HeadFit | None]:
@@ -539,7 +541,7 @@ class _Learner:
             return None
         if s.size > 1 and np.max(np.abs(s - ref.s)) > 0.3 * _min_gap(s):
             return None
-        if _error_bound(_logit_jacobian(gamma, s, t), scale) > self.logit_tol:
+        if _min_gap(s) < self.min_gap / 3 or _error_bound(_logit_jacobian(gamma, s, t), scale) > self.logit_tol:
             return None
         return _HeadFit(gamma, s, float(np.max(np.abs(r))) / scale, t, F)
 
@@ -614,15 +616,17 @@ class _Learner:
         H = ref.gamma.size
         tokens, fits = [todo[0]], [ref]
         todo = todo[1:]
-        for _ in range(self.attempts):
+        for attempt in range(self.attempts):
             if not todo:
                 return tokens, fits
             retry = []
+            # later redraws are shorter: the direction left over may carry large logits
+            norm = self.b_norm * 0.8 ** (attempt + 1)
             for b, (t, F, S) in zip(todo, self.measure([(u, b) for b in todo], 2 * H - 1)):
                 fit = self._fit_with_known_gammas(t, F, S, ref.gamma)
                 if fit is None:
                     self.reject(2 * H - 1)
-                    retry.append(self.b_norm * self.random_direction(avoid=list(avoid) + tokens))
+                    retry.append(norm * self.random_direction(avoid=list(avoid) + tokens))
                 else:
                     tokens.append(b)
                     fits.append(fit)
