@@ -106,15 +106,17 @@ def _varies(rows: list[dict], key: str) -> bool:
 
 
 def sweep_sections(store_path: Path, sweep: str | None, figure: str) -> list[str]:
+    """Summary tables of one store; figures `<figure>.png` (error vs samples, when the training-set
+    size varies) and `training-width.png` (when widths vary)."""
     with ResultStore(store_path) as store:
         records = store.records(sweep)
         names = sweep or ", ".join(store.sweeps())
     rows = summarise(records)
-    cpu = sum(r["timings"].get("cpu_seconds", float("nan")) for r in records)
+    timed = [r["timings"]["cpu_seconds"] for r in records if "cpu_seconds" in r["timings"]]
     wall = sum(r["timings"]["wall_seconds"] for r in records)
-    lines = [f"## Sweep `{names}`: {len(records)} runs (`attnlab sweep {names} --store {store_path.name}`)", "",
-             f"Sum over runs: {wall:,.0f} s wall (on a shared, loaded machine), {cpu:,.0f} s CPU "
-             f"(nan when the store predates CPU timing).", "",
+    cpu = f"{sum(timed):,.0f} s CPU over the {len(timed)} runs that recorded it" if timed else "CPU time not recorded"
+    lines = [f"## Sweep `{names}`: {len(records)} runs (`attnlab sweep {names} --store {store_path}`)", "",
+             f"Sum over runs: {wall:,.0f} s wall (on a shared, loaded machine); {cpu}.", "",
              "Median over seeds of the test error of the run with the best validation loss over the lr grid.",
              "qSA: max = worst case over positions and test examples of ||f(X)_i - qSA(X)_i||_2 (the paper's",
              "eps-approximation on the test set), mean = its mean, threshold = 1/(2q). Match: max = fraction",
@@ -138,8 +140,8 @@ def sweep_sections(store_path: Path, sweep: str | None, figure: str) -> list[str
         lines += ["", "### Smallest attention width reaching the threshold", "",
                   "| task | heads | width needed | widths tried |", "|---|---:|---:|---|"]
         lines += [f"| {w['task']} | {w['heads']} | {_fmt(w['width_needed'])} | {w['widths_tried']} |" for w in widths]
-        plot_threshold_width(widths, RESULTS / f"{figure}-width.png")
-        lines += ["", f"![threshold width vs q]({figure}-width.png)"]
+        plot_threshold_width(widths, RESULTS / "training-width.png")
+        lines += ["", "![threshold width vs q](training-width.png)"]
     return lines
 
 

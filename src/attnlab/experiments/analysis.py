@@ -61,7 +61,7 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[name] = float(median(float(r["metrics"][name]) for r in chosen))
         row["reached_fraction"] = sum(bool(r["metrics"]["reached_threshold"]) for r in chosen) / len(chosen)
         rows.append(row)
-    rows.sort(key=lambda r: (r["task"], r["model"], r["n_train"]))
+    rows.sort(key=lambda r: (r["task"], r["arch"], r["width"], r["heads"], r["model"], r["n_train"]))
     return rows
 
 

@@ -3,6 +3,7 @@ architecture, and the width one head needs vs q."""
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ def plot_error_vs_samples(rows: list[dict[str, Any]], path: str | Path) -> Path:
     if not by_task:
         raise ValueError("no finished runs to plot; run a sweep into this store first")
     tasks = sorted(by_task)
-    cols = min(3, len(tasks))
+    cols = min(3, math.ceil(math.sqrt(len(tasks))))
     nrows = -(-len(tasks) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.6 * nrows), squeeze=False)
     for ax, task in zip(axes.flat, tasks):
