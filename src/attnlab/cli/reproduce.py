@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -21,7 +22,8 @@ def reproduce(
     only: list[str] = typer.Option([], "--only", help="Check only these claims (repeatable)."),
     skip: list[str] = typer.Option([], "--skip", help="Skip these claims (repeatable)."),
     seed: int = typer.Option(0, "--seed", help="Base seed for every random choice."),
-    workers: int = typer.Option(1, "--workers", help="Processes for the training sweep."),
+    workers: int = typer.Option(max(1, os.cpu_count() or 1), "--workers", show_default="CPU count",
+                                help="Processes for the training sweep."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 unless every checked claim reproduces."),
     list_claims: bool = typer.Option(False, "--list", help="List the claims and exit."),
     json_out: bool = typer.Option(False, "--json", help="One JSON summary object on the last line."),
