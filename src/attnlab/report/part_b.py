@@ -53,7 +53,7 @@ def qsa_width(ctx: Context) -> Measurement:
     residual = float(np.max(np.abs(y - C * x) / y))
     ok &= len(xs) >= 3 and residual <= 0.5
     fig = line_plot(ctx.figure_path("qsa_width_vs_qlogn.png"), {
-        "smallest verified m' (random keys)": (list(x), list(y)),
+        "smallest verified m' (random keys)": tuple(map(list, zip(*sorted(zip(x, y))))),
         f"fit m' = {C:.2f} q log2 N": (sorted(x), [C * t for t in sorted(x)]),
     }, "q log2 N", "key width m'", "Theorem 2: width needed vs q log N (eps = 1/(2q))")
     return Measurement(
