@@ -47,12 +47,7 @@ def plot_error_vs_samples(rows: list[dict[str, Any]], path: str | Path) -> Path:
     for ax in list(axes.flat)[len(tasks):]:
         ax.set_visible(False)
     axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_threshold_width(width_rows: list[dict[str, Any]], path: str | Path) -> Path:
@@ -81,6 +76,11 @@ def plot_threshold_width(width_rows: list[dict[str, Any]], path: str | Path) -> 
     ax.set_yscale("log", base=2)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Write `fig` as a PNG at `path` (making its folder) and free it."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
