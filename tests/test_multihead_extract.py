@@ -4,7 +4,7 @@ canonical form of the truth, heads matched by permutation."""
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from attnlab import BudgetExhausted, ExtractionError, Oracle
@@ -136,6 +136,9 @@ def test_oracle_needs_a_token_width():
 
 @settings(max_examples=8, deadline=None)
 @given(heads=st.integers(1, 3), d=st.integers(2, 4), seed=st.integers(0, 2**31 - 1))
+# A generic target the learner gives up on ("no usable probe direction"): the multi-head issue's
+# to fix. Kept visible as an expected failure until then.
+@example(heads=3, d=3, seed=3690138).xfail(raises=ExtractionError, reason="learner gives up on this generic target")
 def test_property_random_targets_are_recovered(heads, d, seed):
     model = MultiHeadRegressor.random(d, heads, seed=seed)
     result = multi_head(Oracle(model, d=d), heads=heads, seed=seed, fidelity_samples=0)
