@@ -13,16 +13,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-Seed = int | np.random.Generator | None
+from attnlab._random import Seed, as_generator
 
-
-def as_generator(rng: Seed) -> np.random.Generator:
-    """A numpy Generator from a Generator (used as is), an int seed, or None (fresh entropy)."""
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if rng is None or isinstance(rng, (int, np.integer)):
-        return np.random.default_rng(rng)
-    raise TypeError(f"rng must be a numpy Generator or an int seed, got {type(rng).__name__}")
+__all__ = ["Batch", "Seed", "Task", "as_generator", "as_predictions", "check_count", "inputs_of"]
 
 
 def check_count(name: str, value: Any, minimum: int = 1) -> int:
