@@ -27,7 +27,8 @@ import torch  # noqa: E402
 
 from attnlab import Oracle  # noqa: E402
 from attnlab.extract.ffn import ffn_parameter_error, relu_ffn  # noqa: E402
-from attnlab.extract.result import random_sequences, relative_error  # noqa: E402
+from attnlab.evaluate import relative_error  # noqa: E402
+from attnlab.oracle.sampling import random_sequences  # noqa: E402
 from attnlab.extract.transformer import one_layer_transformer  # noqa: E402
 from attnlab.models import OneLayerTransformer, ReluFFN  # noqa: E402
 

@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from attnlab import ExtractionError, Oracle  # noqa: E402
 from attnlab.extract.noisy import noisy_single_head  # noqa: E402
-from attnlab.extract.result import relative_error  # noqa: E402
+from attnlab.evaluate import relative_error  # noqa: E402
 from attnlab.models import SingleHeadAttention  # noqa: E402
 from attnlab.oracle.noise import AdversarialNoise, BoundedNoise, GaussianNoise, RoundDigits, RoundFloat32  # noqa: E402
 

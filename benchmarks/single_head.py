@@ -34,7 +34,8 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from attnlab import ExtractionError, Oracle  # noqa: E402
-from attnlab.extract import relative_error, single_head  # noqa: E402
+from attnlab.evaluate import relative_error  # noqa: E402
+from attnlab.extract import single_head  # noqa: E402
 from attnlab.models import SingleHeadAttention  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

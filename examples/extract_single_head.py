@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 
 from attnlab import Oracle
-from attnlab.extract import relative_error, single_head
+from attnlab.evaluate import relative_error
+from attnlab.extract import single_head
 from attnlab.extract.torch_heads import MultiheadReadout, affine_parameters
 from attnlab.models import SingleHeadAttention
 

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from attnlab import Oracle
-from attnlab.extract import noisy_single_head, one_layer_transformer, relative_error
+from attnlab.evaluate import relative_error
+from attnlab.extract import noisy_single_head, one_layer_transformer
 from attnlab.models import OneLayerTransformer, SingleHeadAttention
 from attnlab.oracle.noise import RoundFloat32
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from attnlab import BudgetExhausted, Oracle
-from attnlab.extract import relative_error
+from attnlab.evaluate import relative_error
 from attnlab.extract.single_head import single_head
 from attnlab.models import SingleHeadAttention
 from attnlab.serve import KeyStore, load_target, save_target

@@ -1,6 +1,5 @@
 """`attnlab construct ...` and the constructions example, run as a user would."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,12 +9,10 @@ from typer.testing import CliRunner
 
 from attnlab.cli import app
 
+from helpers import last_json
+
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-
-
-def last_json(output: str) -> dict:
-    return json.loads(output.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("args,checks", [

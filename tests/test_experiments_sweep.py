@@ -3,7 +3,6 @@ resumed, failures recorded, the committed quick sweep, the CLI and the example s
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -18,6 +17,8 @@ from typer.testing import CliRunner
 from attnlab.cli import app
 from attnlab.experiments import ResultStore, SweepConfig, default_sweep, run_sweep
 from attnlab.experiments.analysis import samples_to_threshold, summarise
+
+from helpers import last_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -144,27 +145,27 @@ def test_cli_train_sweep_results(tmp_path):
     (tmp_path / "run.json").write_text(run.model_dump_json())
     code, out = _cli("train", str(tmp_path / "run.json"), "--json", "--run-dir", str(tmp_path / "run"))
     assert code == 0, out
-    trained = json.loads(out.strip().splitlines()[-1])
+    trained = last_json(out)
     assert trained["run_id"] == run.run_id and trained["status"] == "ok"
 
     (tmp_path / "sweep.json").write_text(tiny_sweep(seeds=(0,)).model_dump_json())
     store = str(tmp_path / "r.sqlite")
     code, out = _cli("sweep", str(tmp_path / "sweep.json"), "--store", store, "--workers", "2", "--json")
     assert code == 0, out
-    assert json.loads(out.strip().splitlines()[-1])["completed"] == 4
+    assert last_json(out)["completed"] == 4
     assert (tmp_path / "r.runs").is_dir()
 
     code, out = _cli("results", "show", "--store", store, "--json")
-    shown = json.loads(out.strip().splitlines()[-1])
+    shown = last_json(out)
     assert code == 0 and len(shown["summary"]) == 4
     code, out = _cli("results", "show", "--store", store)
     assert code == 0 and "training examples needed" in out
     for name in ("all.csv", "all.parquet"):
         code, out = _cli("results", "export", str(tmp_path / name), "--store", store, "--json")
-        assert code == 0 and json.loads(out.strip().splitlines()[-1])["rows"] == 4
+        assert code == 0 and last_json(out)["rows"] == 4
     code, out = _cli("results", "plot", "--store", store, "--out", str(tmp_path / "plots"), "--json")
     assert code == 0, out
-    assert Path(json.loads(out.strip().splitlines()[-1])["error_vs_samples"]).stat().st_size > 1000
+    assert Path(last_json(out)["error_vs_samples"]).stat().st_size > 1000
 
 
 def test_cli_errors_are_clean(tmp_path):

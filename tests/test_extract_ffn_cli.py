@@ -1,20 +1,16 @@
-import json
-
 from typer.testing import CliRunner
 
 from attnlab.cli import app
 
+from helpers import last_json
+
 runner = CliRunner()
-
-
-def _last_json(output: str) -> dict:
-    return json.loads(output.strip().splitlines()[-1])
 
 
 def test_extract_ffn_json_reports_exact_recovery():
     result = runner.invoke(app, ["extract", "ffn", "--d", "6", "--m", "9", "--bias", "--seed", "2", "--json"])
     assert result.exit_code == 0, result.output
-    report = _last_json(result.output)
+    report = last_json(result.output)
     assert report["neurons_found"] == 9 and report["orientation"] in ("linear", "milp")
     assert report["functional_error"] <= 1e-8 and report["fidelity"] <= 1e-8
     assert report["queries"] == sum(report[k] for k in report if k.startswith("queries_"))
@@ -24,7 +20,7 @@ def test_extract_ffn_json_reports_exact_recovery():
 def test_extract_transformer_json_splits_queries_by_stage():
     result = runner.invoke(app, ["extract", "transformer", "--d", "5", "--m", "6", "--residual", "--json"])
     assert result.exit_code == 0, result.output
-    report = _last_json(result.output)
+    report = last_json(result.output)
     assert report["queries_attention"] == 2 * (5 * 5 + 5)
     assert report["queries"] == report["queries_ffn"] + report["queries_attention"]
     assert report["rel_error_W"] <= 1e-8 and report["functional_error"] <= 1e-8

@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attnlab import ExtractionError, Oracle
+from attnlab.evaluate import relative_error
 from attnlab.extract.noisy import noisy_single_head
-from attnlab.extract.result import relative_error
 from attnlab.models import SingleHeadAttention
 from attnlab.oracle.noise import AdversarialNoise, BoundedNoise, GaussianNoise, RoundDigits, RoundFloat32
 

@@ -1,8 +1,8 @@
-import json
-
 from typer.testing import CliRunner
 
 from attnlab.cli import app
+
+from helpers import last_json
 
 runner = CliRunner()
 
@@ -11,7 +11,7 @@ def test_single_head_with_noise_routes_to_the_robust_extractor():
     result = runner.invoke(app, ["extract", "single-head", "--d", "8", "--noise", "float32", "--json",
                                  "--fidelity-samples", "50"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output.strip().splitlines()[-1])
+    report = last_json(result.output)
     assert report["method"] == "robust" and report["queries"] == 72
     assert report["rel_error_W"] <= 1e-4 and report["estimate_W_fro_bound"] > 0
 

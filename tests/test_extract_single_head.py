@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attnlab import BudgetExhausted, ExtractionError, Oracle
-from attnlab.extract import relative_error, single_head
+from attnlab.evaluate import relative_error
+from attnlab.extract import single_head
 from attnlab.extract.probes import bilinear_probe, value_aligned_basis
 from attnlab.extract.single_head import METHODS, NUCLEAR_NORM_C
 from attnlab.extract.torch_heads import MultiheadReadout, affine_parameters

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,8 @@ from typer.testing import CliRunner
 
 from attnlab.cli import app
 
+from helpers import last_json
+
 runner = CliRunner()
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "extract_single_head.py"
 
@@ -19,7 +20,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "extract_single_hea
 def run_json(*args: str) -> dict:
     result = runner.invoke(app, ["extract", "single-head", *args, "--json", "--no-progress"])
     assert result.exit_code == 0, result.output
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return last_json(result.stdout)
 
 
 def test_full_rank_json_report():

@@ -6,7 +6,8 @@ import scipy.linalg
 import torch
 
 from attnlab import BudgetExhausted, ExtractionError, Oracle
-from attnlab.extract.result import random_sequences, relative_error
+from attnlab.evaluate import relative_error
+from attnlab.extract.result import random_sequences
 from attnlab.extract.transformer import antisymmetric_oracle, one_layer_transformer
 from attnlab.models import OneLayerTransformer, SingleHeadAttention
 

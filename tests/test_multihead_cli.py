@@ -1,6 +1,5 @@
 """The multi-head commands and the example: JSON on the last line, clean errors, real numbers."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,12 +8,10 @@ from typer.testing import CliRunner
 
 from attnlab.cli import app
 
+from helpers import last_json
+
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-
-
-def last_json(output: str) -> dict:
-    return json.loads(output.strip().splitlines()[-1])
 
 
 def test_demo_prints_an_equivalent_pair_and_the_evidence():

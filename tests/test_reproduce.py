@@ -9,6 +9,7 @@ from attnlab.cli import app
 from attnlab.report import CLAIMS, select
 
 from browser import assert_report_sound, inspect_page
+from helpers import last_json
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def quick_run(tmp_path_factory):
 
 def test_quick_reproduction_reproduces_every_claim(quick_run):
     out, result = quick_run
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    summary = last_json(result.stdout)
     assert summary["status"] == {key: "reproduced" for key in select()}, summary
     assert result.exit_code == 0
     assert summary["claims"] == len(CLAIMS) >= 14

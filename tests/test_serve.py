@@ -252,7 +252,7 @@ def test_client_maps_server_rejections_to_attnlab_errors(model_path, tmp_path):
 @pytest.mark.parametrize("affine", [False, True])
 def test_an_extractor_recovers_the_served_head_as_it_would_locally(tmp_path, affine):
     single_head = pytest.importorskip("attnlab.extract.single_head").single_head
-    from attnlab.extract import relative_error
+    from attnlab.evaluate import relative_error
 
     module = (AffineHead if affine else SingleHeadAttention).random(D, seed=5)
     local = single_head(Oracle(module, d=D), affine=affine, fidelity_samples=50)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import runpy
@@ -21,6 +20,8 @@ from attnlab import Oracle
 from attnlab.cli import app
 from attnlab.serve import load_target
 
+from helpers import last_json as _last_json
+
 ROOT = Path(__file__).resolve().parents[1]
 # Wide lines so that rich does not wrap the URL; the keys db defaults to the working directory.
 ENV = {k: v for k, v in os.environ.items() if k != "ATTNLAB_KEYS_DB"} | {"COLUMNS": "200"}
@@ -38,7 +39,7 @@ def attnlab(*args, cwd):
 
 def last_json(result) -> dict:
     assert result.exit_code == 0, result.output
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return _last_json(result.stdout)
 
 
 def test_make_target_keys_and_serve_from_the_command_line(tmp_path):

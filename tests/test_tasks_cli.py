@@ -1,4 +1,3 @@
-import json
 
 import numpy as np
 from typer.testing import CliRunner
@@ -6,11 +5,9 @@ from typer.testing import CliRunner
 from attnlab.cli import app
 from attnlab.tasks import get_task
 
+from helpers import last_json
+
 runner = CliRunner()
-
-
-def last_json(output: str) -> dict:
-    return json.loads(output.strip().splitlines()[-1])
 
 
 def test_tasks_list_json_names_every_task_with_parameters():

@@ -13,7 +13,7 @@ import typer
 
 from attnlab.cli.apps import extract_app
 from attnlab.cli.output import emit, err_console, guarded
-from attnlab.extract import relative_error
+from attnlab.evaluate import relative_error
 from attnlab.extract.ffn import ffn_parameter_error, relu_ffn
 from attnlab.extract.transformer import one_layer_transformer
 from attnlab.models import OneLayerTransformer, ReluFFN

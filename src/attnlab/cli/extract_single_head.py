@@ -14,7 +14,7 @@ import typer
 
 from attnlab.cli.apps import extract_app
 from attnlab.cli.output import emit, err_console, guarded
-from attnlab.extract import relative_error
+from attnlab.evaluate import relative_error
 from attnlab.extract.noisy import noisy_single_head
 from attnlab.extract.single_head import METHODS, single_head
 from attnlab.models import AffineHead, SingleHeadAttention

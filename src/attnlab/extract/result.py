@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from attnlab.oracle import Oracle
+from attnlab.oracle.sampling import apply_by_length, random_sequences
 
 Surrogate = Callable[[np.ndarray], np.ndarray]
 
@@ -73,23 +74,6 @@ def _jsonable(value):
     return value
 
 
-def relative_error(estimate, truth) -> float:
-    """max |estimate - truth| / max |truth| (entry-wise); 0 when both are exactly zero."""
-    estimate, truth = np.asarray(estimate, dtype=np.float64), np.asarray(truth, dtype=np.float64)
-    if estimate.shape != truth.shape:
-        raise ValueError(f"shapes differ: {estimate.shape} vs {truth.shape}")
-    scale = np.max(np.abs(truth)) if truth.size else 0.0
-    err = np.max(np.abs(estimate - truth)) if truth.size else 0.0
-    return float(err / scale) if scale > 0 else float(err)
-
-
-def random_sequences(rng: np.random.Generator, d: int, n: int, lengths=(1, 32), scale: float = 1.0) -> list[np.ndarray]:
-    """n sequences with lengths drawn uniformly from [lengths[0], lengths[1]], entries N(0, scale^2/d)."""
-    lo, hi = lengths
-    sizes = rng.integers(lo, hi + 1, size=n)
-    return [scale * rng.standard_normal((int(k), d)) / np.sqrt(d) for k in sizes]
-
-
 def measure_fidelity(oracle: Oracle, surrogate: Surrogate, n: int = 1000, lengths=(1, 32),
                      seed: int = 12345, scale: float = 1.0) -> tuple[float, int]:
     """Largest |surrogate - oracle| over n fresh random sequences; returns (error, queries it cost)."""
@@ -98,9 +82,5 @@ def measure_fidelity(oracle: Oracle, surrogate: Surrogate, n: int = 1000, length
     before = oracle.queries
     answers = oracle.query_many(seqs)
     spent = oracle.queries - before
-    predicted = np.empty(len(seqs))
-    lengths_arr = np.array([s.shape[0] for s in seqs])
-    for k in np.unique(lengths_arr):
-        idx = np.flatnonzero(lengths_arr == k)
-        predicted[idx] = surrogate(np.stack([seqs[i] for i in idx]))
+    predicted = apply_by_length(surrogate, seqs)
     return float(np.max(np.abs(predicted - answers))), spent

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from attnlab.extract.result import relative_error
+from attnlab.evaluate import relative_error
 from attnlab.models import SingleHeadAttention
 from attnlab.oracle import Oracle
 from attnlab.report.claims import Context, Measurement, claim
