@@ -48,9 +48,10 @@ def run(method: str, head, W, v, noise, seed: int, queries=None, repeats=1):
     oracle = Oracle(head, noise=noise, seed=seed + 1000)
     try:
         if method == "paper":
-            ex = noisy_single_head(oracle, "paper", B=float(np.linalg.norm(W)), repeats=repeats)
+            ex = noisy_single_head(oracle, method="paper",
+                                   method_options={"B": float(np.linalg.norm(W)), "repeats": repeats})
         else:
-            ex = noisy_single_head(oracle, "robust", queries=queries, seed=seed)
+            ex = noisy_single_head(oracle, method="robust", method_options={"queries": queries}, seed=seed)
     except ExtractionError:
         return None
     return np.linalg.norm(ex.W - W), np.linalg.norm(ex.v - v), ex.queries, ex

@@ -48,8 +48,8 @@ def main(argv=None) -> None:
     W = head.W.detach().numpy()
     print(f"single head behind float32-rounded answers, d={args.d}, {args.d ** 2 + args.d} queries each")
     for method in ("paper", "robust"):
-        extra = {"B": float(np.linalg.norm(W))} if method == "paper" else {}
-        result = noisy_single_head(Oracle(head, noise=RoundFloat32()), method, **extra)
+        options = {"B": float(np.linalg.norm(W))} if method == "paper" else None
+        result = noisy_single_head(Oracle(head, noise=RoundFloat32()), method=method, method_options=options)
         print(f"  {method:>6}: relative error of W {relative_error(result.W, W):.1e}")
 
 

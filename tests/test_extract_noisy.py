@@ -30,7 +30,7 @@ def test_robust_is_exact_on_an_exact_oracle_with_d2_plus_d_queries(d, seed, scal
 def test_paper_estimator_is_exact_without_noise_and_spends_d2_plus_d():
     head, W, v = _head(8)
     oracle = Oracle(head)
-    ex = noisy_single_head(oracle, "paper", B=float(np.linalg.norm(W)))
+    ex = noisy_single_head(oracle, method="paper", method_options={"B": float(np.linalg.norm(W))})
     assert ex.queries == oracle.queries == 72
     assert relative_error(ex.W, W) <= 1e-9 and ex.info["clipped"] == 0
 
@@ -43,7 +43,8 @@ def test_robust_beats_the_paper_tenfold_at_equal_queries(noise_factory):
     errors = {}
     for method in ("paper", "robust"):
         oracle = Oracle(head, noise=noise_factory(head), seed=2)
-        ex = noisy_single_head(oracle, method, B=float(np.linalg.norm(W)) if method == "paper" else None)
+        options = {"B": float(np.linalg.norm(W))} if method == "paper" else None
+        ex = noisy_single_head(oracle, method=method, method_options=options)
         assert ex.queries == 16 * 16 + 16
         errors[method] = np.linalg.norm(ex.W - W)
     assert errors["robust"] * 10 <= errors["paper"]
@@ -74,7 +75,7 @@ def test_more_queries_buy_accuracy_for_random_noise_and_rounding(noise):
     errors = []
     for factor in (1, 9):
         oracle = Oracle(head, noise=noise, seed=9)
-        ex = noisy_single_head(oracle, queries=factor * 156, seed=10)
+        ex = noisy_single_head(oracle, method_options={"queries": factor * 156}, seed=10)
         assert factor * 156 - 12 <= ex.queries <= factor * 156
         errors.append(np.linalg.norm(ex.W - W))
     assert errors[1] <= 0.6 * errors[0]  # ~1/3 expected from 9x the measurements
@@ -82,10 +83,10 @@ def test_more_queries_buy_accuracy_for_random_noise_and_rounding(noise):
 
 def test_repeats_are_used_only_where_they_give_fresh_noise(tmp_path):
     head, _, _ = _head(6)
-    assert noisy_single_head(Oracle(head, noise=GaussianNoise(1e-6)), queries=84).info["repeats"]
-    assert not noisy_single_head(Oracle(head, noise=RoundDigits(8)), queries=84).info["repeats"]
+    assert noisy_single_head(Oracle(head, noise=GaussianNoise(1e-6)), method_options={"queries": 84}).info["repeats"]
+    assert not noisy_single_head(Oracle(head, noise=RoundDigits(8)), method_options={"queries": 84}).info["repeats"]
     journaled = Oracle(head, noise=GaussianNoise(1e-6), journal=tmp_path / "j.sqlite")
-    assert not noisy_single_head(journaled, queries=84).info["repeats"]  # the journal would replay them
+    assert not noisy_single_head(journaled, method_options={"queries": 84}).info["repeats"]  # the journal would replay them
 
 
 def test_noise_beyond_any_guarantee_raises_instead_of_returning_garbage():
@@ -102,7 +103,8 @@ def test_paper_estimator_refuses_a_value_coordinate_below_the_noise():
     v[2] = 1e-7
     head = SingleHeadAttention(W, v)
     with pytest.raises(ExtractionError, match="min \\|v_i\\|"):
-        noisy_single_head(Oracle(head, noise=BoundedNoise(1e-6)), "paper", B=10.0)
+        noisy_single_head(Oracle(head, noise=BoundedNoise(1e-6)), method="paper",
+                          method_options={"B": 10.0})
     ex = noisy_single_head(Oracle(head, noise=BoundedNoise(1e-6)))  # no per-coordinate margin needed
     assert np.linalg.norm(ex.W - W) <= 1e-2
 
@@ -110,10 +112,14 @@ def test_paper_estimator_refuses_a_value_coordinate_below_the_noise():
 def test_arguments_are_checked():
     head, _, _ = _head(4)
     with pytest.raises(ValueError, match="needs the norm bound"):
-        noisy_single_head(Oracle(head), "paper")
+        noisy_single_head(Oracle(head), method="paper")
     with pytest.raises(ValueError, match="at least d\\^2 \\+ d"):
-        noisy_single_head(Oracle(head), queries=10)
+        noisy_single_head(Oracle(head), method_options={"queries": 10})
     with pytest.raises(ValueError, match="unknown method"):
-        noisy_single_head(Oracle(head), "magic")
-    with pytest.raises(ValueError, match="repeats"):
-        noisy_single_head(Oracle(head), repeats=3)
+        noisy_single_head(Oracle(head), method="magic")
+    with pytest.raises(ValueError, match="does not take the option.*repeats.*B, max_token_norm, noise, queries"):
+        noisy_single_head(Oracle(head), method_options={"repeats": 3})
+    with pytest.raises(ValueError, match="does not take the option.*queries"):
+        noisy_single_head(Oracle(head), method="paper", method_options={"B": 1.0, "queries": 30})
+    with pytest.raises(TypeError):
+        noisy_single_head(Oracle(head), "paper")  # everything after the oracle is keyword-only

@@ -18,7 +18,7 @@ from attnlab.evaluate import relative_error
 from attnlab.extract import single_head
 from attnlab.extract.probes import bilinear_probe, value_aligned_basis
 from attnlab.extract.single_head import METHODS, NUCLEAR_NORM_C
-from attnlab.extract.torch_heads import MultiheadReadout, affine_parameters
+from attnlab.models.torch_heads import MultiheadReadout, affine_parameters
 from attnlab.models import AffineHead, SingleHeadAttention
 
 

@@ -32,14 +32,15 @@ import time
 
 import numpy as np
 
+from attnlab._random import Seed, as_generator
 from attnlab.errors import ExtractionError
+from attnlab.extract.convention import resolve_method, token_width
 from attnlab.extract.probes import random_orthogonal
 from attnlab.extract.result import Extraction, measure_fidelity
 from attnlab.extract.single_head import head_function
 from attnlab.oracle import Oracle
 from attnlab.oracle.noise import noise_bound, noise_scale
 
-METHODS = ("robust", "paper")
 # Robust probes aim at logits of about this size: the logit error per unit of answer noise,
 # relative to the logit, 1 / (t sigma'(t)), is smallest near t = 1.5; aiming a little lower
 # keeps the largest logits of a column (a few times the typical) out of saturation.
@@ -58,41 +59,44 @@ def _logit(alpha):
     return np.log(alpha) - np.log1p(-alpha)
 
 
-def noisy_single_head(oracle: Oracle, method: str = "robust", *, queries: int | None = None,
-                      B: float | None = None, repeats: int = 1, max_token_norm: float = 1.0,
-                      noise=None, seed: int | np.random.Generator = 0,
-                      fidelity_samples: int = 0) -> Extraction:
-    """Recover (W, v) of a single head from an oracle whose answers are noisy or rounded.
+# The options each method takes (method_options), with their defaults.
+METHOD_OPTIONS: dict[str, dict] = {
+    "robust": {"queries": None, "B": None, "max_token_norm": 1.0, "noise": None},
+    "paper": {"B": None, "repeats": 1, "noise": None},
+}
+METHODS = tuple(METHOD_OPTIONS)
+
+
+def noisy_single_head(oracle: Oracle, *, method: str = "robust", method_options: dict | None = None,
+                      seed: Seed = 0, fidelity_samples: int = 0, progress: bool = False) -> Extraction:
+    """Recover (W, v) of a full-rank single head from an oracle whose answers are noisy or rounded.
 
     Parameters
     ----------
     method : "robust" (default) or "paper".
-    queries : robust only: the total to spend, >= d^2 + d (default d^2 + d). Only when the first
-        column saturates the softmax (W far larger than B or a unit probe allows) is it read again
-        with smaller probes, d more queries each time (info["pilot_retries"]).
-    B : paper: the bound ||W||_F <= B the estimator needs (required). Robust: optional; without
-        it the first column is read at a safe size and later ones adapt.
-    repeats : paper only: ask every probe this many times and average (useful for random noise).
-    max_token_norm : robust only: the largest token norm a probe may use (the paper's is 1).
-    noise : the noise model to plan for; default `oracle.noise` (None: exact answers).
+    method_options : for "robust": `queries`, the total to spend, >= d^2 + d (default d^2 + d;
+        only when the first column saturates the softmax is it read again with smaller probes,
+        d more queries each time, info["pilot_retries"]); `B`, an optional bound ||W||_F <= B
+        (without it the first column is read at a safe size and later ones adapt);
+        `max_token_norm`, the largest token norm a probe may use (default 1, the paper's).
+        For "paper": `B`, the bound ||W||_F <= B the estimator needs (required); `repeats`, ask
+        every probe this many times and average (useful for random noise).
+        Both: `noise`, the noise model to plan for (default `oracle.noise`; None: exact answers).
+    seed : int or numpy Generator (robust designs and the fidelity sample).
     fidelity_samples : fresh random sequences for a fidelity check afterwards (0: none).
+    progress : accepted for the common convention; both methods are a handful of batched
+        queries, so there is nothing to show.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if oracle.d is None:
-        raise ValueError("the oracle does not know the token width yet; create it with Oracle(target, d=d)")
-    d = oracle.d
-    noise = oracle.noise if noise is None else noise
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    options = resolve_method(method, method_options, METHOD_OPTIONS)
+    d = token_width(oracle)
+    noise = oracle.noise if options["noise"] is None else options["noise"]
+    rng = as_generator(seed)
     started, started_queries = time.perf_counter(), oracle.queries
     if method == "paper":
-        if queries is not None:
-            raise ValueError("method='paper' spends (d^2 + d) * repeats queries; set repeats, not queries")
-        W, v, stages, info = _paper(oracle, d, B, repeats, noise)
+        W, v, stages, info = _paper(oracle, d, options["B"], options["repeats"], noise)
     else:
-        if repeats != 1:
-            raise ValueError("repeats applies to method='paper'; the robust method decides from `queries`")
-        W, v, stages, info = _robust(oracle, d, queries, B, max_token_norm, noise, rng)
+        W, v, stages, info = _robust(oracle, d, options["queries"], options["B"],
+                                     options["max_token_norm"], noise, rng)
     result = Extraction(params={"W": W, "v": v}, queries=oracle.queries - started_queries, method=method,
                         dof=d * d + d, seconds=time.perf_counter() - started, stages=stages, info=info,
                         surrogate=head_function(W, v))

@@ -85,7 +85,7 @@ def low_rank_single_head(ctx: Context) -> Measurement:
        "in the softmax; (W, u, v, c) is what a black box reveals.")
 def affine_pytorch_mha(ctx: Context) -> Measurement:
     from attnlab.extract import single_head
-    from attnlab.extract.torch_heads import MultiheadReadout, affine_parameters
+    from attnlab.models.torch_heads import MultiheadReadout, affine_parameters
 
     d = 8 if ctx.quick else 16
     target = MultiheadReadout.random(d, seed=ctx.seed)
