@@ -11,7 +11,7 @@ from attnlab.report.html import write_report
 
 def load_claims() -> None:
     """Import the modules that register claims (kept lazy so `attnlab --help` stays fast)."""
-    from attnlab.report import part_a, part_b  # noqa: F401
+    from attnlab.report import part_a, part_b, training  # noqa: F401
 
 
 def select(only: Iterable[str] | None = None, skip: Iterable[str] = ()) -> list[str]:
