@@ -94,3 +94,21 @@ def test_gradient_passes_straight_through():
 def test_invalid_precision_raises(p, error):
     with pytest.raises(error, match="precision p"):
         round_to_bits(np.ones(3), p)
+
+
+@pytest.mark.parametrize("p", [1, 2, 10])
+def test_rounding_past_the_float64_range_raises_instead_of_returning_inf(p):
+    # 1.5 * 2^1023 (printed 1.348e308) rounds, ties to even, up to 2^1024 at one bit: not a
+    # float64, so no value keeps the 2^-p bound
+    huge = np.array([1.5 * 2.0 ** 1023 if p == 1 else np.finfo(np.float64).max])
+    with pytest.raises(OverflowError, match="float64 range"):
+        round_to_bits(huge, p)
+    with pytest.raises(OverflowError, match="float64 range"):
+        round_to_bits(torch.from_numpy(huge), p)
+    with pytest.raises(ValueError):  # also a ValueError, so the CLI reports it cleanly
+        round_to_bits(float(huge[0]), p)
+
+
+def test_infinities_given_as_input_still_pass_through():
+    x = np.array([np.inf, -np.inf, 1.5])
+    np.testing.assert_array_equal(round_to_bits(x, 1), np.array([np.inf, -np.inf, 2.0]))

@@ -176,3 +176,11 @@ def test_module_heads_equal_per_head_functional_calls():
             X @ layer.value1.weight[vrows].T, X @ layer.value2.weight[vrows].T))
     expected = torch.cat(parts, dim=-1) @ layer.out.weight.T
     torch.testing.assert_close(layer(X), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("N,m,m_v,name", [(0, 3, 2, "N"), (4, 0, 2, "m"), (4, 3, 0, "m_v")])
+def test_empty_sequences_or_widths_raise_a_clear_error(N, m, m_v, name):
+    Q, K = torch.zeros(2, N, m), torch.zeros(2, N, m)
+    V = torch.zeros(2, N, m_v)
+    with pytest.raises(ValueError, match=rf"{name} >= 1"):
+        third_order_attention(Q, K, K, V, V)

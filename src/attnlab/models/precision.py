@@ -8,7 +8,10 @@ queries, keys, values, logits, outputs) to a floating-point value with a p-bit s
 
 rounding half to even, with an unbounded exponent (in practice float64's range), so p counts
 significant binary digits and the relative error is at most 2^-p:
-|round_to_bits(x, p) - x| <= 2^-p |x|. Zero, infinities and NaN pass through. p = None means exact
+|round_to_bits(x, p) - x| <= 2^-p |x|. Zero, infinities and NaN pass through. A finite x whose
+rounding lands past the largest float (e.g. 1.5 * 2^1023 = 1.348e308 at p = 1 rounds to 2^1024) has no float
+value within that bound, so it raises `PrecisionOverflowError` (an OverflowError and a
+ValueError) instead of silently becoming inf. p = None means exact
 (no rounding); p >= 53 leaves float64 unchanged (p >= 24 for float32).
 
 Numpy arrays, Python floats and torch tensors are accepted and the type is kept (integer
@@ -21,6 +24,16 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+
+class PrecisionOverflowError(OverflowError, ValueError):
+    """A finite number whose p-bit rounding is past the float range."""
+
+
+def _overflow(x, p: int) -> PrecisionOverflowError:
+    return PrecisionOverflowError(
+        f"rounding {x!r} to {p} significant bits lands past the float64 range (> 1.797e308): no float "
+        "keeps the bound |error| <= 2^-p |x|; scale the numbers down (e.g. a smaller temperature) or use more bits")
 
 
 def _check_bits(p) -> int:
@@ -37,7 +50,11 @@ def _round_numpy(x: np.ndarray, p: int) -> np.ndarray:
     mantissa, exponent = np.frexp(x)  # x = mantissa * 2^exponent, 0.5 <= |mantissa| < 1
     with np.errstate(invalid="ignore", over="ignore"):
         # inf/nan keep their value through frexp, rint and ldexp; the guard only mutes warnings
-        return np.ldexp(np.rint(np.ldexp(mantissa, p)), exponent - p).astype(x.dtype, copy=False)
+        rounded = np.ldexp(np.rint(np.ldexp(mantissa, p)), exponent - p).astype(x.dtype, copy=False)
+    overflowed = np.isinf(rounded) & np.isfinite(x)
+    if np.any(overflowed):
+        raise _overflow(float(x[overflowed].flat[0]) if np.ndim(x) else float(x), p)
+    return rounded
 
 
 def _round_torch(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -46,7 +63,11 @@ def _round_torch(x: torch.Tensor, p: int) -> torch.Tensor:
     value = x.detach()
     mantissa, exponent = torch.frexp(value)
     rounded = torch.ldexp(torch.round(torch.ldexp(mantissa, torch.full_like(exponent, p))), exponent - p)
-    rounded = torch.where(torch.isfinite(value), rounded, value).to(x.dtype)
+    finite = torch.isfinite(value)
+    overflowed = finite & torch.isinf(rounded)
+    if bool(overflowed.any()):
+        raise _overflow(float(value[overflowed].flatten()[0]), p)
+    rounded = torch.where(finite, rounded, value).to(x.dtype)
     if x.requires_grad:
         return x + (rounded - value)  # straight-through: forward rounded, gradient identity
     return rounded

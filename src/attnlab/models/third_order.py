@@ -51,6 +51,11 @@ def _check_inputs(Q, K1, K2, V1, V2) -> None:
     if V1.shape != V2.shape or V1.shape[:-1] != Q.shape[:-1]:
         raise ValueError(f"V1 and V2 must both have shape {tuple(Q.shape[:-1])} + (m_v,), got "
                          f"{tuple(V1.shape)} and {tuple(V2.shape)}")
+    for name, size in (("N", Q.shape[-2]), ("m", Q.shape[-1]), ("m_v", V1.shape[-1])):
+        if size == 0:
+            raise ValueError(f"third-order attention needs {name} >= 1, got {name} = 0 (shapes Q "
+                             f"{tuple(Q.shape)}, V1 {tuple(V1.shape)}): pass at least one token, one "
+                             "query/key coordinate and one value coordinate")
 
 
 def block_sizes(batch: int, N: int, chunk: int | None = None, key_chunk: int | None = None,
