@@ -30,3 +30,24 @@ class BudgetExhausted(OracleError):
 
 class ExtractionError(AttnlabError):
     """The extractor cannot recover the target under its assumptions (says which one failed)."""
+
+
+class OracleTimeout(OracleError):
+    """The target did not answer within the Oracle's per-call timeout. The queries count as paid."""
+
+
+class JournalError(AttnlabError):
+    """A query journal file cannot be used: unreadable, not a journal, tampered with, or locked."""
+
+
+class JournalMismatch(JournalError):
+    """A query journal was recorded for another target (width, identity or probe answers differ)."""
+
+
+class MissingDependency(AttnlabError, ImportError):
+    """An optional dependency is not installed; the message names the extra that provides it."""
+
+    def __init__(self, module: str, extra: str, purpose: str = ""):
+        self.module, self.extra = module, extra
+        what = f" ({purpose})" if purpose else ""
+        super().__init__(f"{module} is not installed{what}; install it with: pip install 'attnlab[{extra}]'")

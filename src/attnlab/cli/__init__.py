@@ -1,19 +1,36 @@
-"""The `attnlab` command line. Each command lives in its own module and registers on cli.apps."""
+"""The `attnlab` command line. Each command lives in its own module and registers on cli.apps.
 
+Command modules import only typer, rich and cli.apps/cli.output at module level; everything
+heavy is imported inside the command functions (see cli/apps.py).
+"""
+
+from attnlab.cli import (  # noqa: F401  (importing a command module registers its commands)
+    construct,
+    experiments,
+    extract_ffn,
+    extract_single_head,
+    info,
+    multihead,
+    reproduce,
+    serve,
+    tasks,
+)
 from attnlab.cli.apps import app
-from attnlab.cli import info  # noqa: F401  (registers commands)
-from attnlab.cli import construct  # noqa: F401
-from attnlab.cli import tasks  # noqa: F401
-from attnlab.cli import experiments  # noqa: F401
-from attnlab.cli import reproduce  # noqa: F401
-from attnlab.cli import serve  # noqa: F401
-from attnlab.cli import extract_single_head  # noqa: F401
-from attnlab.cli import multihead  # noqa: F401
-from attnlab.cli import extract_ffn  # noqa: F401
 
 
 def main() -> None:
-    app()
+    from attnlab._optional import as_missing_dependency
+
+    try:
+        app()
+    except ModuleNotFoundError as exc:  # an optional extra that a command imported outside `guarded`
+        missing = as_missing_dependency(exc)
+        if missing is None:
+            raise
+        from attnlab.cli.output import err_console
+
+        err_console.print(f"[bold red]error:[/] {missing}")
+        raise SystemExit(2) from None
 
 
 __all__ = ["app", "main"]

@@ -14,10 +14,10 @@ def version(json_out: bool = typer.Option(False, "--json", help="One JSON object
     import numpy
     import torch
 
-    import attnlab
+    from attnlab._version import __version__
 
     emit({
-        "attnlab": attnlab.__version__,
+        "attnlab": __version__,
         "python": platform.python_version(),
         "numpy": numpy.__version__,
         "torch": torch.__version__,

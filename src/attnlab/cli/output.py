@@ -1,27 +1,39 @@
-"""How commands show results: a rich table for people, one JSON object on the last line for programs."""
+"""How commands show results: a rich table for people, one JSON object on the last line for programs.
+
+Also the one spinner helper (`spinner`) and the error guard every command runs under.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from attnlab._optional import as_missing_dependency
 from attnlab.errors import AttnlabError
 
 console = Console()
 err_console = Console(stderr=True)
 
+T = TypeVar("T")
 
-def _fmt(value: Any) -> str:
+
+def format_value(value: Any) -> str:
+    """A number as people read it: 4 significant digits, scientific when tiny or huge."""
     if isinstance(value, float):
         if value == 0 or math.isnan(value) or math.isinf(value):
             return str(value)
         return f"{value:.3e}" if abs(value) < 1e-3 or abs(value) >= 1e5 else f"{value:.4g}"
     return str(value)
+
+
+_fmt = format_value  # the old private name, still imported by cli/experiments.py
 
 
 def emit(result: dict[str, Any], as_json: bool, title: str = "") -> None:
@@ -33,8 +45,20 @@ def emit(result: dict[str, Any], as_json: bool, title: str = "") -> None:
     table.add_column("quantity")
     table.add_column("value", justify="right")
     for key, value in result.items():
-        table.add_row(key, _fmt(value))
+        table.add_row(key, format_value(value))
     console.print(table)
+
+
+def spinner(message: str, enabled: bool = True) -> AbstractContextManager:
+    """A stderr spinner while a long step runs; nothing when disabled or stderr is not a terminal
+    (so --json output and logs stay clean)."""
+    return err_console.status(message) if enabled and err_console.is_terminal else nullcontext()
+
+
+def with_spinner(message: str, enabled: bool, work: Callable[[], T]) -> T:
+    """work() under `spinner(message, enabled)`."""
+    with spinner(message, enabled):
+        return work()
 
 
 def fail(error: Exception) -> None:
@@ -43,9 +67,15 @@ def fail(error: Exception) -> None:
     raise typer.Exit(code=2)
 
 
-def guarded(fn):
-    """Run fn(), turning AttnlabError / ValueError into `fail`."""
+def guarded(fn: Callable[[], T]) -> T:
+    """Run fn(), turning AttnlabError / ValueError / a missing optional extra into `fail`."""
     try:
         return fn()
     except (AttnlabError, ValueError) as exc:
         fail(exc)
+    except ModuleNotFoundError as exc:
+        missing = as_missing_dependency(exc)
+        if missing is None:
+            raise
+        fail(missing)
+    raise AssertionError("unreachable: fail() exits")

@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from attnlab.cli.apps import app
 from attnlab.cli.output import console, err_console, guarded
@@ -29,7 +27,11 @@ def reproduce(
     json_out: bool = typer.Option(False, "--json", help="One JSON summary object on the last line."),
 ) -> None:
     """Reproduce the papers' claims at default (or --quick) size and write a self-contained report."""
-    from attnlab.report import CLAIMS, reproduce as run, select
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from attnlab.report import CLAIMS, select
+    from attnlab.report import reproduce as run
 
     keys = guarded(lambda: select(only or None, skip))
     if list_claims:

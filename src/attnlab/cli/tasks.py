@@ -6,13 +6,11 @@ import inspect
 import json
 from typing import Any, Optional
 
-import numpy as np
 import typer
 from rich.table import Table
 
 from attnlab.cli.apps import app
 from attnlab.cli.output import console, emit, guarded
-from attnlab.tasks import Batch, Task, get_task, list_tasks, task_class, task_parameters
 
 tasks_app = typer.Typer(help="Synthetic tasks (qSA, Match2, Match3 and variants): list them, sample examples.",
                         no_args_is_help=True)
@@ -28,6 +26,8 @@ def _parameter_text(default: Any) -> str:
 @tasks_app.command("list")
 def list_command(json_out: bool = JSON_OPTION) -> None:
     """List the registered tasks with their parameters."""
+    from attnlab.tasks import list_tasks, task_class, task_parameters
+
     rows = []
     for name in list_tasks():
         parameters = {k: (None if v is inspect.Parameter.empty else v) for k, v in task_parameters(name).items()}
@@ -44,11 +44,13 @@ def list_command(json_out: bool = JSON_OPTION) -> None:
     console.print(table)
 
 
-def _fmt_vector(values: np.ndarray) -> str:
+def _fmt_vector(values) -> str:
+    import numpy as np
+
     return "(" + ", ".join(f"{v:+.3f}" for v in np.atleast_1d(values)) + ")"
 
 
-def _example_table(task: Task, batch: Batch, index: int) -> Table:
+def _example_table(task, batch, index: int) -> Table:
     inputs = {k: v[index] for k, v in batch.inputs.items()}
     table = Table(title=f"{task.name} example {index}", header_style="bold")
     table.add_column("i", justify="right")
@@ -89,6 +91,10 @@ def sample_command(
     """Sample examples of a task and show inputs and exact targets."""
 
     def run() -> None:
+        import numpy as np
+
+        from attnlab.tasks import get_task
+
         given = {"N": N, "q": q, "d_prime": d_prime, "M": M, "window": window}
         params = {k: v for k, v in given.items() if v is not None}
         if unbalanced:

@@ -97,12 +97,13 @@ def noisy_single_head(oracle: Oracle, *, method: str = "robust", method_options:
     else:
         W, v, stages, info = _robust(oracle, d, options["queries"], options["B"],
                                      options["max_token_norm"], noise, rng)
+    surrogate = head_function(W, v)
     result = Extraction(params={"W": W, "v": v}, queries=oracle.queries - started_queries, method=method,
                         dof=d * d + d, seconds=time.perf_counter() - started, stages=stages, info=info,
-                        surrogate=head_function(W, v))
+                        surrogate=surrogate)
     if fidelity_samples:
         result.fidelity, result.fidelity_queries = measure_fidelity(
-            oracle, result.surrogate, n=fidelity_samples, seed=int(rng.integers(2 ** 31)))
+            oracle, surrogate, n=fidelity_samples, seed=int(rng.integers(2 ** 31)))
     return result
 
 

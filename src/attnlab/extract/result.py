@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from attnlab.extract.convention import token_width
 from attnlab.oracle import Oracle
 from attnlab.oracle.sampling import apply_by_length, random_sequences
 
@@ -78,7 +79,7 @@ def measure_fidelity(oracle: Oracle, surrogate: Surrogate, n: int = 1000, length
                      seed: int = 12345, scale: float = 1.0) -> tuple[float, int]:
     """Largest |surrogate - oracle| over n fresh random sequences; returns (error, queries it cost)."""
     rng = np.random.default_rng(seed)
-    seqs = random_sequences(rng, oracle.d, n, lengths, scale)
+    seqs = random_sequences(rng, token_width(oracle), n, lengths, scale)
     before = oracle.queries
     answers = oracle.query_many(seqs)
     spent = oracle.queries - before

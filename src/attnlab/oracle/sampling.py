@@ -33,7 +33,7 @@ def group_by_length(sequences: Sequence[np.ndarray]) -> list[tuple[np.ndarray, n
     groups = []
     for length in np.unique(lengths):
         positions = np.flatnonzero(lengths == length)
-        groups.append((positions, np.stack([sequences[i] for i in positions])))
+        groups.append((positions, np.stack([sequences[int(i)] for i in positions])))
     return groups
 
 

@@ -93,7 +93,7 @@ def write_report(results: list[ClaimResult], out_dir: Path, quick: bool, command
     """Write report.html (self-contained) and report.json into out_dir; return the HTML path."""
     import torch
 
-    import attnlab
+    from attnlab._version import __version__
 
     out_dir.mkdir(parents=True, exist_ok=True)
     views = []
@@ -113,7 +113,7 @@ def write_report(results: list[ClaimResult], out_dir: Path, quick: bool, command
     html = TEMPLATE.render(
         results=views, mode="quick" if quick else "default",
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        version=attnlab.__version__, python=platform.python_version(), torch=torch.__version__,
+        version=__version__, python=platform.python_version(), torch=torch.__version__,
         n_reproduced=sum(r.reproduced is True and r.error is None for r in results), command=command,
     )
     path = out_dir / "report.html"

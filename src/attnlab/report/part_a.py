@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from attnlab.evaluate import relative_error
+from attnlab.evaluate.recipes import (
+    ffn_row,
+    head_recovery,
+    multi_head_row,
+    noisy_head_row,
+    torch_mha_recovery,
+    transformer_row,
+)
 from attnlab.models import SingleHeadAttention
-from attnlab.oracle import Oracle
 from attnlab.report.claims import Context, Measurement, claim
 from attnlab.report.figures import line_plot
-
-
-def _extract_head(d, target_rank, scale, seed, **kwargs):
-    from attnlab.extract import single_head
-
-    target = SingleHeadAttention.random(d, rank=target_rank, scale=scale, seed=seed)
-    oracle = Oracle(target)
-    ext = single_head(oracle, fidelity_samples=0, **kwargs)
-    return ext, relative_error(ext.W, target.W.detach().numpy()), relative_error(ext.v, target.v.detach().numpy())
 
 
 @claim("exact-single-head", "A", "Exact single-head recovery with d^2 + d queries (Thm 4.1)",
@@ -30,7 +26,7 @@ def exact_single_head(ctx: Context) -> Measurement:
     rows, ok = [], True
     for d in dims:
         for scale in scales:
-            ext, err_w, err_v = _extract_head(d, None, scale, ctx.seed + d)
+            ext, err_w, err_v = head_recovery(d, None, scale, ctx.seed + d)
             good = ext.queries == d * d + d and err_w <= 1e-9 and err_v <= 1e-9
             ok &= good
             rows.append({"d": d, "W scale": scale, "queries": ext.queries, "d^2+d": d * d + d,
@@ -51,19 +47,19 @@ def low_rank_single_head(ctx: Context) -> Measurement:
     rows, ok = [], True
     for d, r in cases:
         limit = 2 * r * d - r * r + d
-        ext, err_w, err_v = _extract_head(d, r, 1.0, ctx.seed + d + r, rank=r)
+        ext, err_w, err_v = head_recovery(d, r, 1.0, ctx.seed + d + r, rank=r)
         good = ext.queries == limit and err_w <= 1e-8 and err_v <= 1e-8
         ok &= good
         rows.append({"method": "adaptive", "d": d, "r": r, "queries": ext.queries, "limit 2rd-r^2+d": limit,
                      "d^2+d": d * d + d, "rel error W": err_w, "ok": good})
-        ext, err_w, _ = _extract_head(d, r, 1.0, ctx.seed + d + r, rank="auto")
+        ext, err_w, _ = head_recovery(d, r, 1.0, ctx.seed + d + r, rank="auto")
         good = ext.queries <= limit + 2 * d + 2 and err_w <= 1e-8
         ok &= good
         rows.append({"method": "adaptive, rank=auto", "d": d, "r": r, "queries": ext.queries,
                      "limit 2rd-r^2+d": limit, "d^2+d": d * d + d, "rel error W": err_w, "ok": good})
     d, r = (24, 2) if ctx.quick else (40, 2)
     measurements = 3 * r * 2 * d
-    ext, err_w, _ = _extract_head(d, r, 1.0, ctx.seed + 7, rank=r, method="nuclear-norm", measurements=measurements)
+    ext, err_w, _ = head_recovery(d, r, 1.0, ctx.seed + 7, rank=r, method="nuclear-norm", measurements=measurements)
     good = err_w <= 1e-6
     ok &= good
     rows.append({"method": f"nuclear-norm, {measurements} = 3*r*2d probes", "d": d, "r": r, "queries": ext.queries,
@@ -84,15 +80,8 @@ def low_rank_single_head(ctx: Context) -> Measurement:
        "Real heads carry biases: scores x_i^T W x_N + u^T x_i, values v^T x_i + c. Query-side biases cancel "
        "in the softmax; (W, u, v, c) is what a black box reveals.")
 def affine_pytorch_mha(ctx: Context) -> Measurement:
-    from attnlab.extract import single_head
-    from attnlab.models.torch_heads import MultiheadReadout, affine_parameters
-
     d = 8 if ctx.quick else 16
-    target = MultiheadReadout.random(d, seed=ctx.seed)
-    oracle = Oracle(target, d=d)
-    ext = single_head(oracle, affine=True, fidelity_samples=1000)
-    truth = affine_parameters(target)
-    errors = {name: relative_error(ext.params[name], truth[name]) for name in ("W", "u", "v", "c")}
+    ext, errors = torch_mha_recovery(d, seed=ctx.seed, fidelity_samples=1000)
     ok = ext.queries == d * d + 2 * d + 1 and ext.fidelity <= 1e-9 and max(errors.values()) <= 1e-9
     return Measurement(
         measured=f"d = {d}: {ext.queries} queries (d^2 + 2d + 1), max |error| {ext.fidelity:.1e} on "
@@ -109,33 +98,30 @@ def affine_pytorch_mha(ctx: Context) -> Measurement:
        "With |eta| <= tau, ||W||_F <= B and |v_i| >= mu, d^2 + d queries give ||W_hat - W||_F <= eps_W and "
        "||v_hat - v|| <= eps_v when tau = O(min{mu, eps_v / sqrt(d), mu eps_W / (B^2 d)}).")
 def noisy_single_head_claim(ctx: Context) -> Measurement:
-    from attnlab.extract.noisy import noisy_single_head
+    from attnlab.errors import ExtractionError
     from attnlab.oracle.noise import BoundedNoise, RoundFloat32
 
     d = 8 if ctx.quick else 16
     taus = [1e-10, 1e-8, 1e-6, 1e-4] if ctx.quick else [1e-10, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3]
     target = SingleHeadAttention.random(d, seed=ctx.seed + 3)
-    W, v = target.W.detach().numpy(), target.v.detach().numpy()
-    B = float(np.linalg.norm(W))
+    B = float(np.linalg.norm(target.W.detach().numpy()))
     rows = []
     for tau in taus:
         row = {"tau": tau}
         for method in ("paper", "robust"):
-            oracle = Oracle(target, noise=BoundedNoise(tau), seed=ctx.seed)
             try:
-                ext = noisy_single_head(oracle, method, B=B if method == "paper" else None, seed=ctx.seed)
-                row[f"{method} ||dW||_F"] = float(np.linalg.norm(ext.W - W))
-                row[f"{method} queries"] = ext.queries
-            except Exception as exc:  # the paper's estimator refuses some settings: a finding
+                got = noisy_head_row(target, BoundedNoise(tau), method, seed=ctx.seed)
+                row[f"{method} ||dW||_F"] = got["W_fro_error"]
+                row[f"{method} queries"] = got["queries"]
+            except ExtractionError as exc:  # the paper's estimator refuses some settings: a finding
                 row[f"{method} ||dW||_F"] = float("nan")
                 row[f"{method} queries"] = f"refused: {type(exc).__name__}"
         rows.append(row)
     ratios = [r["paper ||dW||_F"] / r["robust ||dW||_F"] for r in rows
               if np.isfinite(r["paper ||dW||_F"]) and r["robust ||dW||_F"] > 0]
     d32 = 16 if ctx.quick else 64
-    head32 = SingleHeadAttention.random(d32, seed=ctx.seed + 4)
-    ext32 = noisy_single_head(Oracle(head32, noise=RoundFloat32()), seed=ctx.seed)
-    err32 = max(relative_error(ext32.W, head32.W.detach().numpy()), relative_error(ext32.v, head32.v.detach().numpy()))
+    row32 = noisy_head_row(SingleHeadAttention.random(d32, seed=ctx.seed + 4), RoundFloat32(), seed=ctx.seed)
+    err32 = max(row32["rel_error_W"], row32["rel_error_v"])
     fig = line_plot(ctx.figure_path("noisy_error_vs_tau.png"), {
         "paper (Thm 6.1)": (taus, [r["paper ||dW||_F"] for r in rows]),
         "robust (ours)": (taus, [r["robust ||dW||_F"] for r in rows]),
@@ -146,7 +132,7 @@ def noisy_single_head_claim(ctx: Context) -> Measurement:
         measured=f"At equal queries (d^2 + d = {d * d + d}) our estimator's error is {min(ratios):.0f}x to "
                  f"{max(ratios):.0f}x lower than the paper's; both scale linearly in tau. float32-rounded "
                  f"outputs at d = {d32}: relative error {err32:.1e} (target 1e-4).",
-        reproduced=ok, table=rows + [{"tau": "float32 rounding", "robust ||dW||_F": err32, "robust queries": ext32.queries}],
+        reproduced=ok, table=rows + [{"tau": "float32 rounding", "robust ||dW||_F": err32, "robust queries": row32["queries"]}],
         figures=[fig], config={"d": d, "taus": taus, "target_seed": ctx.seed + 3, "noise": "uniform in [-tau, tau]",
                                "float32_d": d32, "B": B},
     )
@@ -157,28 +143,21 @@ def noisy_single_head_claim(ctx: Context) -> Measurement:
        "critical points as in Carlini-Jagielski-Mironov 2020): ReLU networks are recovered up to "
        "permutation and positive rescaling of neurons.")
 def relu_ffn_claim(ctx: Context) -> Measurement:
-    from attnlab.extract.ffn import ffn_parameter_error, relu_ffn
-    from attnlab.models import ReluFFN
-
     d, m = (16, 32) if ctx.quick else (32, 64)
     rows, ok = [], True
     for bias in (True, False):
-        net = ReluFFN.random(d, m, bias=bias, seed=ctx.seed + 11)
-        oracle = Oracle(net, d=d)
-        ext = relu_ffn(oracle, bias=bias, m=m, seed=ctx.seed + 3)
-        b = net.b.detach().numpy() if net.has_bias else None
-        param_err = ffn_parameter_error(ext, net.A.detach().numpy(), net.w.detach().numpy(), b, float(net.c.detach()))
-        x = 3.0 * np.random.default_rng(ctx.seed + 99).standard_normal((2000, d))
-        functional = float(np.max(np.abs(ext.predict(x[:, None, :]) - net(torch.as_tensor(x)).detach().numpy())))
-        good = functional <= 1e-8
+        got = ffn_row(d, m, bias=bias, seed=ctx.seed + 11, extractor_seed=ctx.seed + 3, input_scale=3.0)
+        good = got["functional_error"] <= 1e-8
         ok &= good
-        rows.append({"bias": bias, "d": d, "m": m, "queries": ext.queries, "neurons found": ext.info.get("neurons_found"),
-                     "functional error (2000 fresh x)": functional,
-                     **{f"param {k}": v for k, v in param_err.items() if isinstance(v, float)}, "ok": good})
+        params = {k: got[k] for k in ("rel_error_rows", "rel_error_w", "rel_error_b", "error_c") if k in got}
+        rows.append({"bias": bias, "d": d, "m": m, "queries": got["queries"], "neurons found": got["neurons_found"],
+                     "functional error (2000 fresh x)": got["functional_error"],
+                     **{f"param {k}": v for k, v in params.items()}, "ok": good})
     return Measurement(
         measured=f"d = {d}, m = {m}: functional error {max(r['functional error (2000 fresh x)'] for r in rows):.1e} "
                  f"(bound 1e-8) with and without biases; queries {', '.join(str(r['queries']) for r in rows)}.",
-        reproduced=ok, table=rows, config={"d": d, "m": m, "target_seed": ctx.seed + 11, "seed": ctx.seed + 3},
+        reproduced=ok, table=rows, config={"d": d, "m": m, "target_seed": ctx.seed + 11, "seed": ctx.seed + 3,
+                                           "functional_inputs": "2000 one-token x, entries N(0, 9)"},
     )
 
 
@@ -187,21 +166,16 @@ def relu_ffn_claim(ctx: Context) -> Measurement:
        "Q_FFN(d, m) + O(d^2) queries: the antisymmetric oracle T(X) - T(-X) is a single head with v = A w_o "
        "(assumes A w_o != 0).")
 def transformer_claim(ctx: Context) -> Measurement:
-    from attnlab.extract.transformer import one_layer_transformer
-    from attnlab.models import OneLayerTransformer
-
     d, m = (8, 16) if ctx.quick else (16, 32)
     rows, ok = [], True
     for residual in (False, True):
-        model = OneLayerTransformer.random(d, m, residual=residual, seed=ctx.seed + 3)
-        oracle = Oracle(model, d=d)
-        ext = one_layer_transformer(oracle, residual=residual, m=m, seed=ctx.seed + 1)
-        err_w = relative_error(ext.W, model.W.detach().numpy())
-        good = err_w <= 1e-8 and ext.fidelity <= 1e-8 and ext.stages["attention"] == 2 * (d * d + d)
+        got = transformer_row(d, m, residual=residual, seed=ctx.seed + 3, extractor_seed=ctx.seed + 1)
+        good = (got["rel_error_W"] <= 1e-8 and got["fidelity"] <= 1e-8
+                and got["queries_attention"] == 2 * (d * d + d))
         ok &= good
-        rows.append({"residual": residual, "d": d, "m": m, "FFN queries": ext.stages["ffn"],
-                     "attention queries": ext.stages["attention"], "2(d^2+d)": 2 * (d * d + d),
-                     "rel error W": err_w, "fidelity": ext.fidelity, "ok": good})
+        rows.append({"residual": residual, "d": d, "m": m, "FFN queries": got["queries_ffn"],
+                     "attention queries": got["queries_attention"], "2(d^2+d)": 2 * (d * d + d),
+                     "rel error W": got["rel_error_W"], "fidelity": got["fidelity"], "ok": good})
     return Measurement(
         measured=f"d = {d}, m = {m}: W to {max(r['rel error W'] for r in rows):.1e}, output fidelity "
                  f"{max(r['fidelity'] for r in rows):.1e}; the attention stage costs exactly 2(d^2 + d) queries.",
@@ -235,23 +209,15 @@ def multihead_nonidentifiable(ctx: Context) -> Measurement:
        "Kim, Kim and Guo (arXiv 2608.03294) recover the canonical heads from 4Hd^2 - 2H + 1 value queries "
        "of length <= 2H + 1; the canonical form has H(d^2 + d) free parameters.")
 def multihead_canonical(ctx: Context) -> Measurement:
-    from attnlab.extract import multi_head
-    from attnlab.extract.multihead import published_query_bound
-    from attnlab.models import MultiHeadRegressor
-    from attnlab.multihead import MultiHeadParams, canonical_error
-
     cases = [(2, 4), (3, 4)] if ctx.quick else [(1, 8), (2, 8), (3, 8), (4, 8), (2, 16)]
     rows, ok = [], True
     for heads, d in cases:
-        model = MultiHeadRegressor.random(d, heads, seed=ctx.seed + heads)
-        oracle = Oracle(model, d=d)
-        ext = multi_head(oracle, heads=heads, seed=ctx.seed + 1, fidelity_samples=200)
-        err = canonical_error(MultiHeadParams(ext.W, ext.v), MultiHeadParams.from_model(model))
-        bound = published_query_bound(heads, d)
-        good = err <= 1e-8 and ext.queries < bound
+        got = multi_head_row(d, heads, seed=ctx.seed + heads, extractor_seed=ctx.seed + 1, fidelity_samples=200)
+        bound, err = got["bound"], got["rel_error"]
+        good = err <= 1e-8 and got["queries"] < bound
         ok &= good
-        rows.append({"H": heads, "d": d, "queries": ext.queries, "4Hd^2-2H+1": bound, "H(d^2+d)": heads * (d * d + d),
-                     "queries / bound": ext.queries / bound, "canonical rel error": err, "ok": good})
+        rows.append({"H": heads, "d": d, "queries": got["queries"], "4Hd^2-2H+1": bound, "H(d^2+d)": got["dof"],
+                     "queries / bound": got["queries"] / bound, "canonical rel error": err, "ok": good})
     return Measurement(
         measured="Canonical heads to <= 1e-8 with " + ", ".join(f"{r['queries']} (bound {r['4Hd^2-2H+1']})" for r in rows)
                  + " queries.",
