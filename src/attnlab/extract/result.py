@@ -15,14 +15,85 @@ from attnlab.oracle.sampling import apply_by_length, random_sequences
 Surrogate = Callable[[np.ndarray], np.ndarray]
 
 
-@dataclass
+# What each key of Extraction.info means, for every extractor (one meaning per key across
+# methods). tests/test_conventions.py runs each public extractor and fails on an undocumented key.
+INFO_KEYS: dict[str, str] = {
+    # single_head
+    "rank": "rank of W the extractor assumed or found",
+    "rank_mode": "'full', 'known' or 'auto': how the rank was chosen",
+    "rank_found": "rank of the recovered W (nuclear-norm)",
+    "rank_check_mismatch": "rank=auto: whether the confirming probe disagreed with the detected rank",
+    "oracle_calls": "oracle calls (batches) made, not queries",
+    "max_abs_logit": "largest |logit| a probe produced (saturation margin)",
+    "probe_scale_range": "(smallest, largest) probe scale used",
+    "design_condition": "paper method: condition number of the probe design",
+    "iterations": "nuclear-norm: solver iterations",
+    "measurements": "nuclear-norm: rank-one measurements taken",
+    "polish_steps": "nuclear-norm: Gauss-Newton polish steps after the convex solve",
+    "relative_residual": "nuclear-norm: relative residual of the measurements",
+    "solver": "nuclear-norm: the solver used",
+    # noisy_single_head
+    "error_estimate": "robust: typical and worst-case errors predicted from the noise model",
+    "max_token_norm": "robust: the largest token norm a probe used",
+    "pilot_retries": "robust: times the first column was re-read with smaller probes",
+    "repeats": "answers averaged per probe (paper) / whether exact repeats were used (robust)",
+    "rows_per_column": "robust: probe rows per column of W",
+    "value_designs": "robust: orthonormal designs read for v",
+    "B": "paper: the norm bound ||W||_F <= B used",
+    "clipped": "paper: probes whose alpha was clipped before the logit inversion",
+    "mu": "paper: min |v_i|, the estimator's per-coordinate margin",
+    # relu_ffn
+    "fit_residual": "largest residual of the final least-squares fit",
+    "kinks_deferred": "kinks set aside for a second pass",
+    "linear_term_kept": "whether a linear term remains (orientation unresolved)",
+    "lines": "random lines searched for critical points",
+    "merged_kinks_dropped": "kinks dropped as duplicates of a known neuron",
+    "neurons_found": "hidden neurons recovered",
+    "neurons_unseen": "neurons never crossed by a search line (when m is known)",
+    "unseen_reason": "why some neurons were not seen",
+    "orientation": "how neuron signs were resolved ('linear', 'milp', ...)",
+    # one_layer_transformer
+    "derived_queries": "queries to the antisymmetric derived oracle (2 parent queries each)",
+    "ffn": "the FFN stage's own info",
+    "ffn_stages": "the FFN stage's query split",
+    "head": "the attention stage's single_head info",
+    "residual": "whether z(X) includes the residual x_N",
+    "value_consistency": "relative gap between v from the FFN and v from the head stage",
+    # multi_head, orthogonal_heads
+    "anchors": "anchor pairs used by the learner",
+    "b_norm": "norm of the recovered offset term",
+    "heads_found": "number of canonical heads recovered",
+    "logit_error_bound": "bound on the logit error of the rational fits",
+    "published_bound": "the published query bound 4Hd^2 - 2H + 1",
+    "subspace_dims": "dimensions of the known orthogonal subspaces",
+}
+
+# Parameter names that are also read-only attributes (extraction.W); anything else: params[...]
+PARAM_ATTRIBUTES = ("W", "v", "u", "c", "A", "b", "w", "linear")
+
+
+def _param_property(name: str) -> property:
+    def get(self: "Extraction") -> np.ndarray:
+        try:
+            return self.params[name]
+        except KeyError:
+            raise AttributeError(f"this {self.method} extraction has no parameter {name!r}; "
+                                 f"it has {', '.join(self.params) or 'none'}") from None
+
+    return property(get, doc=f"params[{name!r}]")
+
+
+@dataclass(repr=False)
 class Extraction:
     """Recovered parameters plus the evidence: queries spent (read from the oracle) and fidelity.
 
-    `params` maps names ("W", "v", "u", "c", ...) to arrays; they are also attributes
-    (`extraction.W`). `stages` splits the query count by stage where an extractor has several.
-    `fidelity` is the largest absolute difference between the surrogate and the oracle on
-    `fidelity_queries` fresh random queries, which are not part of `queries`.
+    `params` maps names ("W", "v", "u", "c", ...) to arrays; the usual names are also read-only
+    attributes (`extraction.W` is `extraction.params["W"]`, see PARAM_ATTRIBUTES). `dof` is the
+    number of free parameters of the recovered model class (queries / dof compares methods).
+    `stages` splits the query count by stage where an extractor has several. `fidelity` is the
+    largest absolute difference between the surrogate and the oracle on `fidelity_queries` fresh
+    random queries, which are not part of `queries`. `info` is a plain dict of diagnostics whose
+    keys are documented in INFO_KEYS (`describe_info()` pairs them with their meaning).
     """
 
     params: dict[str, np.ndarray]
@@ -36,17 +107,21 @@ class Extraction:
     info: dict[str, Any] = field(default_factory=dict)
     surrogate: Surrogate | None = field(default=None, repr=False, compare=False)
 
-    def __getattr__(self, name: str):
-        params = self.__dict__.get("params", {})
-        if name in params:
-            return params[name]
-        raise AttributeError(f"{type(self).__name__} has no attribute or parameter {name!r}")
-
     def predict(self, X) -> np.ndarray:
         """The recovered model's output on a batch (B, N, d)."""
         if self.surrogate is None:
             raise AttributeError("this extraction carries no surrogate model")
         return self.surrogate(np.asarray(X, dtype=np.float64))
+
+    def describe_info(self) -> dict[str, str]:
+        """Each key of `info` with its documented meaning."""
+        return {key: INFO_KEYS.get(key, "(undocumented)") for key in self.info}
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k}{tuple(np.shape(v))}" for k, v in self.params.items())
+        fidelity = "unchecked" if self.fidelity is None else f"{self.fidelity:.1e}"
+        return (f"Extraction(method={self.method!r}, queries={self.queries}, dof={self.dof}, "
+                f"fidelity={fidelity}, params: {shapes})")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (arrays become nested lists)."""
@@ -61,6 +136,11 @@ class Extraction:
             "info": _jsonable(self.info),
             "params": {k: np.asarray(v).tolist() for k, v in self.params.items()},
         }
+
+
+for _name in PARAM_ATTRIBUTES:
+    setattr(Extraction, _name, _param_property(_name))
+del _name
 
 
 def _jsonable(value):

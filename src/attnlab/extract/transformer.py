@@ -109,6 +109,7 @@ def one_layer_transformer(oracle: Oracle, residual: bool = False, *, head_method
     }
     result = Extraction(params={"W": W, "v": v, "A": A, "w": w, "linear": linear},
                         queries=oracle.queries - started_queries, method=f"ffn+antisymmetric/{head_method}",
+                        dof=d * d + ffn.dof,  # W, plus the FFN modulo neuron rescaling
                         seconds=time.perf_counter() - started, stages=stages, info=info, surrogate=surrogate)
     if fidelity_samples:
         result.fidelity, result.fidelity_queries = measure_fidelity(
