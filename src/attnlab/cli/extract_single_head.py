@@ -1,6 +1,7 @@
 """`attnlab extract single-head`: build a random head, extract it through an Oracle, compare.
 
-The command runs the recipe in attnlab.evaluate.recipes, three steps other options can hook into: `build_target`
+The command runs the recipe in attnlab.evaluate.recipes (SingleHeadRun), three steps other
+options can hook into: `build_target`
 (the head), `build_oracle` (the black box around it: add noise or rounding models there) and
 `evaluate` (the comparison with ground truth, which never reaches the extractor).
 """
@@ -12,12 +13,12 @@ from typing import Any, Optional
 import typer
 
 from attnlab.cli.apps import extract_app
-from attnlab.cli.output import emit, err_console, guarded
-from attnlab.evaluate import recipes
-from attnlab.evaluate.recipes import SingleHeadRun, build_oracle, build_target
-from attnlab.evaluate.recipes import single_head_row as evaluate
-from attnlab.extract.single_head import METHODS
-from attnlab.oracle.noise import NOISE_KINDS
+from attnlab.cli.output import emit, guarded, with_spinner
+
+# Literal copies, so `--help` needs neither torch nor scipy; tests/test_startup.py checks them
+# against attnlab.extract.single_head.METHODS and attnlab.oracle.noise.NOISE_KINDS.
+METHODS = ("adaptive", "paper", "nuclear-norm")
+NOISE_KINDS = ("bounded", "adversarial", "gaussian", "float32", "float16", "digits")
 
 
 def parse_rank(text: str | None) -> int | str | None:
@@ -32,12 +33,13 @@ def parse_rank(text: str | None) -> int | str | None:
         raise ValueError(f"--rank must be 'full', 'auto' or an integer, got {text!r}") from None
 
 
-def run_single_head(run: SingleHeadRun, progress: bool = True) -> dict[str, Any]:
-    status = f"extracting a d={run.d} head with method={run.method}"
-    if progress and err_console.is_terminal:
-        with err_console.status(status):
-            return recipes.run_single_head(run)
-    return recipes.run_single_head(run)
+def run_single_head(run, progress: bool = True) -> dict[str, Any]:
+    """The recipe evaluate.recipes.run_single_head, under a spinner."""
+    from attnlab.evaluate import recipes
+
+    return with_spinner(f"extracting a d={run.d} head with method={run.method}", progress,
+                        lambda: recipes.run_single_head(run))
+
 
 
 @extract_app.command("single-head")
@@ -60,6 +62,8 @@ def single_head_command(
     """Extract a random single attention head from black-box queries and report its accuracy."""
 
     def go():
+        from attnlab.evaluate.recipes import SingleHeadRun
+
         run = SingleHeadRun(d=d, rank=parse_rank(rank), target_rank=target_rank, method=method,
                             scale=scale, affine=affine, seed=seed, measurements=measurements,
                             fidelity_samples=fidelity_samples, noise=noise, tau=tau, digits=digits)
@@ -69,4 +73,4 @@ def single_head_command(
     guarded(go)
 
 
-__all__ = ["SingleHeadRun", "build_oracle", "build_target", "evaluate", "parse_rank", "run_single_head"]
+__all__ = ["parse_rank", "run_single_head"]
