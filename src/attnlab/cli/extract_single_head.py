@@ -1,9 +1,8 @@
 """`attnlab extract single-head`: build a random head, extract it through an Oracle, compare.
 
-The command runs the recipe in attnlab.evaluate.recipes (SingleHeadRun), three steps other
-options can hook into: `build_target`
-(the head), `build_oracle` (the black box around it: add noise or rounding models there) and
-`evaluate` (the comparison with ground truth, which never reaches the extractor).
+The command runs the recipe in attnlab.evaluate.recipes: `build_target` (the head),
+`build_oracle` (the black box around it: add noise or rounding models there) and
+`single_head_row` (the comparison with ground truth, which never reaches the extractor).
 """
 
 from __future__ import annotations
