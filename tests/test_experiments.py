@@ -202,7 +202,7 @@ def test_binary_tasks_train_on_logits_and_score_bits(arch, task):
 @settings(max_examples=50, deadline=None)
 @given(st.integers(0, 20), st.integers(1, 200), st.floats(1e-5, 1.0))
 def test_learning_rate_warms_up_then_decays_to_zero(warmup, max_steps, lr):
-    config = tiny(lr=lr, max_steps=max_steps, warmup_steps=warmup)
+    config = tiny(lr=lr, max_steps=max_steps, warmup_steps=warmup, schedule="cosine")
     rates = [learning_rate(config, s) for s in range(max_steps + warmup + 1)]
     assert all(0 <= r <= lr * (1 + 1e-12) for r in rates)
     after = rates[warmup:]

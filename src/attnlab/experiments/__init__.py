@@ -19,7 +19,8 @@ from attnlab.experiments.config import (
 )
 from attnlab.experiments.store import ResultStore, export_csv, export_parquet
 from attnlab.experiments.sweep import SweepSummary, default_sweep, make_executor, run_sweep
-from attnlab.experiments.train import RunResult, train
+from attnlab.experiments.results import RunResult
+from attnlab.experiments.train import train
 
 __all__ = [
     "ModelConfig",

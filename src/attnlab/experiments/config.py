@@ -44,26 +44,44 @@ class ModelConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    """Data sizes, optimiser and stopping rule. Steps are optimiser steps (one minibatch each)."""
+    """Data sizes, optimiser and stopping rule. Steps are optimiser steps (one minibatch each).
+
+    Convergence ("plateau" schedule, the default): the learning rate is multiplied by `lr_decay`
+    after `lr_patience` validation passes without a relative improvement of `min_delta`, and the
+    run stops after `patience` such passes in a row (the rate is cut only when lr_patience < patience). `max_steps` is a budget only; a run it stops is recorded with
+    stop_reason "budget" so the analysis can say so.
+    """
 
     n_train: int = Field(1000, ge=1)
     n_val: int = Field(256, ge=1)
     n_test: int = Field(1024, ge=1)
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    schedule: Literal["constant", "cosine"] = Field(
-        "cosine", description="learning rate over max_steps: constant, or cosine decay to 0 after warmup")
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    schedule: Literal["constant", "cosine", "plateau"] = Field(
+        "plateau", description="constant; cosine decay to 0 over max_steps; or cut by lr_decay on a "
+                               "validation plateau (the rate does not depend on the step budget)")
     warmup_steps: int = Field(0, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
     max_steps: int = Field(2000, ge=1)
+    min_steps: int = Field(0, ge=0, description="no plateau stop before this step (recurrent baselines sit "
+                                                "on a long initial plateau before they learn anything)")
     eval_every: int = Field(100, ge=1, description="steps between validation passes")
     patience: int = Field(5, ge=1, description="validation passes without improvement before stopping")
-    min_delta: float = Field(0.0, ge=0, description="relative improvement of val loss that counts")
+    lr_patience: int = Field(2, ge=1, description="plateau schedule: passes without improvement before a cut")
+    lr_decay: float = Field(0.5, gt=0, lt=1, allow_inf_nan=False, description="plateau schedule: rate factor")
+    min_delta: float = Field(0.0, ge=0, allow_inf_nan=False,
+                             description="relative improvement of val loss that counts")
     checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints (with a run dir)")
-    grad_clip: float | None = Field(1.0, gt=0)
+    grad_clip: float | None = Field(1.0, gt=0, allow_inf_nan=False)
     dtype: Literal["float32", "float64"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: a GPU when torch sees one, else CPU")
     threads: int | None = Field(None, ge=1, description="torch.set_num_threads; None keeps torch's choice")
+
+
+# Execution settings: where and how fast a run is computed, not what it computes. They are left
+# out of the run id, so a config run on a GPU is the same cell as on a CPU (the store records the
+# device each result came from).
+EXECUTION_FIELDS = ("device", "threads")
 
 
 class RunConfig(_Strict):
@@ -77,8 +95,18 @@ class RunConfig(_Strict):
 
     @property
     def run_id(self) -> str:
-        """First 16 hex digits of the SHA-256 of the canonical JSON (config and seed)."""
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+        """First 16 hex digits of the SHA-256 of the canonical JSON (config and seed), without the
+        execution settings (EXECUTION_FIELDS)."""
+        data = self.model_dump(mode="json")
+        for name in EXECUTION_FIELDS:
+            data["train"].pop(name, None)
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def on_device(self, device: str) -> "RunConfig":
+        """The same run computed on `device` ('cpu', 'cuda' or 'auto'); the run id is unchanged."""
+        train = TrainConfig.model_validate({**self.train.model_dump(), "device": device})
+        return self.model_copy(update={"train": train})
 
 
 def _set_dotted(target: dict, dotted: str, value: Any) -> None:
@@ -102,6 +130,15 @@ class SweepConfig(_Strict):
     base: dict[str, Any]
     grids: list[dict[str, list[Any]]] = Field(default_factory=lambda: [{}])
     seeds: list[int] = Field(default_factory=lambda: [0])
+
+    @field_validator("seeds")
+    @classmethod
+    def _some_seeds(cls, seeds: list[int]) -> list[int]:
+        if not seeds:
+            raise ValueError("seeds is empty, so the sweep would run nothing; give at least one seed, e.g. [0, 1, 2]")
+        if any(s < 0 for s in seeds):
+            raise ValueError(f"seeds must be >= 0, got {seeds}")
+        return seeds
 
     @field_validator("grids")
     @classmethod

@@ -8,8 +8,6 @@ layer over the flattened sequence.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -41,18 +39,25 @@ class Readout(nn.Module):
 
 
 class SummedHeads(nn.Module):
-    """sum_h softmax(Q_h(E) K_h(E)^T / sqrt(m)) V_h(E): the paper's multi-head layer (heads summed)."""
+    """sum_h softmax(Q_h(E) K_h(E)^T) V_h(E): the paper's multi-head layer (heads summed), built
+    from attnlab.models.attention_unit's trainable units, so trained and hand-set heads share one
+    definition. Initial weights come from torch's global RNG (seeded by the training loop)."""
 
     def __init__(self, width: int, heads: int):
         super().__init__()
+        from attnlab.models.attention_unit import AttentionUnit, MultiHeadAttentionLayer
+
+        units = [AttentionUnit.linear(width, width, seed=int(torch.randint(2**62, ()).item()),
+                                      dtype=torch.get_default_dtype()) for _ in range(heads)]
+        self.layer = MultiHeadAttentionLayer(units)  # no input map, output = the summed heads
         self.heads, self.width = heads, width
-        self.qkv = nn.Linear(width, 3 * heads * width)
 
     def forward(self, embedded: torch.Tensor) -> torch.Tensor:
-        n, N, m = embedded.shape
-        q, k, v = self.qkv(embedded).view(n, N, 3, self.heads, m).permute(2, 0, 3, 1, 4)
-        weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(m), dim=-1)
-        return (weights @ v).sum(dim=1)
+        return self.layer(embedded)
+
+    def attention_weights(self, embedded: torch.Tensor) -> torch.Tensor:
+        """(n, H, N, N): row i of head h is where token i looks."""
+        return torch.stack([unit.attention_weights(embedded) for unit in self.layer.heads], dim=1)
 
 
 class OneLayerTransformer(nn.Module):
@@ -73,6 +78,13 @@ class OneLayerTransformer(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         embedded = self.embed(tokens)
         return self.readout(torch.cat([self.attend(embedded), embedded], dim=-1), tokens)
+
+    @torch.no_grad()
+    def attention_weights(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(n, H, N, N) attention weights of a pairwise layer (what the pattern figure draws)."""
+        if not isinstance(self.attend, SummedHeads):
+            raise ValueError("attention weights are drawn for pairwise attention only, not third-order")
+        return self.attend.attention_weights(self.embed(tokens))
 
 
 class RecurrentBaseline(nn.Module):

@@ -2,7 +2,10 @@
 
 Each `put` is its own committed transaction, so a parent killed with SIGKILL loses at most the run
 it was writing, never a committed one, and inserts are idempotent on the run id (a finished run
-is never duplicated or overwritten; a failed one is replaced when it is retried).
+is never duplicated or overwritten; a failed or diverged one is replaced when it is retried).
+Each finished run's training curve goes to the `curves` table (one row per validation pass).
+
+This module depends on the plain-data results module only, never on the training code or torch.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Iterator
 
-from attnlab.experiments.train import RunResult
+from attnlab.errors import AttnlabError
+from attnlab.experiments.results import CURVE_FIELDS, RunResult
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
-    status TEXT NOT NULL,            -- 'ok' or 'failed'
+    status TEXT NOT NULL,            -- 'ok', 'diverged' or 'failed'
     config_json TEXT NOT NULL,
     seed INTEGER NOT NULL,
     metrics_json TEXT NOT NULL,
@@ -27,6 +31,12 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at TEXT, finished_at TEXT,
     wall_seconds REAL,
     attnlab_version TEXT, torch_version TEXT, python_version TEXT, device TEXT
+);
+CREATE TABLE IF NOT EXISTS curves (
+    run_id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    train_loss REAL, val_loss REAL, lr REAL,
+    PRIMARY KEY (run_id, step)
 );
 CREATE TABLE IF NOT EXISTS sweep_runs (
     sweep TEXT NOT NULL,
@@ -40,16 +50,27 @@ COLUMNS = ("run_id", "status", "config_json", "seed", "metrics_json", "timings_j
            "device")
 
 
+class StoreError(AttnlabError, ValueError):
+    """The path given as a results store is not one (a directory, or a file that is not SQLite)."""
+
+
 class ResultStore:
     """A results file. Open it with a path; it is created (with its schema) if missing."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise StoreError(f"results store {self.path} is a directory; give a file path such as "
+                             f"{self.path / 'results.sqlite'}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db = sqlite3.connect(self.path, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not an attnlab results store (SQLite said: {exc}); "
+                             f"give another --store path, or move that file away") from None
         present = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
         for column in COLUMNS:
             if column not in present:  # a store written by an older attnlab: add what it lacks
@@ -73,16 +94,55 @@ class ResultStore:
         return {row[0] for row in self._db.execute("SELECT run_id FROM runs WHERE status = 'ok'")}
 
     def put(self, result: RunResult) -> bool:
-        """Record a finished run; False (and nothing written) if it was already recorded as ok."""
+        """Record a finished run and its curve; False (nothing written) if already recorded as ok."""
         if result.status != "ok":
             raise ValueError(f"run {result.run_id} has status '{result.status}'; only finished runs are "
                              f"stored (resume it with train(config, run_dir) first)")
-        return self._upsert(result.run_id, "ok", result.config, result.seed, result.metrics,
-                            result.timings, None, result.started_at, result.finished_at, result.versions)
+        written = self._upsert(result.run_id, "ok", result.config, result.seed, result.metrics,
+                               result.timings, None, result.started_at, result.finished_at, result.versions)
+        if written and result.curve:
+            points = zip(*(result.curve.get(name, []) for name in CURVE_FIELDS))
+            with self._db:
+                self._db.execute("DELETE FROM curves WHERE run_id = ?", (result.run_id,))
+                self._db.executemany("INSERT INTO curves VALUES (?, ?, ?, ?, ?)",
+                                     [(result.run_id, int(p[0]), *map(float, p[1:])) for p in points])
+        return written
 
-    def put_failure(self, run_id: str, config: dict[str, Any], seed: int, error: str) -> bool:
-        """Record that a run raised; a later successful put replaces this row."""
-        return self._upsert(run_id, "failed", config, seed, {}, {}, error, None, None, {})
+    def put_failure(self, run_id: str, config: dict[str, Any], seed: int, error: str,
+                    status: str = "failed") -> bool:
+        """Record that a run raised ('failed') or diverged ('diverged'); a later successful put
+        replaces this row."""
+        if status not in ("failed", "diverged"):
+            raise ValueError(f"a failure is stored as 'failed' or 'diverged', not {status!r}")
+        return self._upsert(run_id, status, config, seed, {}, {}, error, None, None, {})
+
+    def curve(self, run_id: str) -> dict[str, list[float]]:
+        """One run's training curve: lists step, train_loss, val_loss, lr (empty if none stored)."""
+        rows = self._db.execute(f"SELECT {', '.join(CURVE_FIELDS)} FROM curves WHERE run_id = ? ORDER BY step",
+                                (run_id,)).fetchall()
+        return {name: [row[i] for row in rows] for i, name in enumerate(CURVE_FIELDS)}
+
+    def curves(self, sweep: str | None = None) -> list[dict[str, Any]]:
+        """Every stored curve point as a flat row (run_id, step, train_loss, val_loss, lr)."""
+        query = f"SELECT c.run_id, {', '.join('c.' + n for n in CURVE_FIELDS)} FROM curves c"
+        args: list[Any] = []
+        if sweep is not None:
+            query += " JOIN sweep_runs s ON s.run_id = c.run_id WHERE s.sweep = ?"
+            args.append(sweep)
+        cursor = self._db.execute(query + " ORDER BY c.run_id, c.step", args)
+        return [dict(zip(("run_id", *CURVE_FIELDS), row)) for row in cursor]
+
+    def to_pandas(self, sweep: str | None = None):
+        """The finished runs as a pandas DataFrame, one flat row per run (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError as exc:
+            raise ImportError("ResultStore.to_pandas needs pandas: pip install 'attnlab[dataframes]'") from exc
+        return pd.DataFrame(flat_records(self.records(sweep)))
+
+    def counts(self) -> dict[str, int]:
+        """Number of runs per status."""
+        return dict(self._db.execute("SELECT status, COUNT(*) FROM runs GROUP BY status ORDER BY status"))
 
     def _upsert(self, run_id, status, config, seed, metrics, timings, error, started, finished, versions) -> bool:
         row = (run_id, status, json.dumps(config, sort_keys=True), seed, json.dumps(metrics),
@@ -164,15 +224,24 @@ def export_csv(store: ResultStore, path: str | Path, sweep: str | None = None) -
     return len(rows)
 
 
-def export_parquet(store: ResultStore, path: str | Path, sweep: str | None = None) -> int:
-    """Write the store's finished runs as a Parquet file (needs pyarrow); returns the number of rows."""
+def _write_parquet(rows: list[dict[str, Any]], path: str | Path) -> int:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError as exc:
         raise ImportError("Parquet export needs pyarrow: pip install 'attnlab[parquet]'") from exc
-    rows = flat_records(store.records(sweep))
     columns = _columns(rows)
     table = pa.table({name: [row.get(name) for row in rows] for name in columns}) if rows else pa.table({})
     pq.write_table(table, str(path))
     return len(rows)
+
+
+def export_parquet(store: ResultStore, path: str | Path, sweep: str | None = None) -> int:
+    """Write the store's finished runs as a Parquet file (needs pyarrow); returns the number of rows."""
+    return _write_parquet(flat_records(store.records(sweep)), path)
+
+
+def export_curves_parquet(store: ResultStore, path: str | Path, sweep: str | None = None) -> int:
+    """Write every stored training-curve point (run_id, step, train_loss, val_loss, lr) as Parquet;
+    join on run_id with export_parquet's table for the configs. Returns the number of rows."""
+    return _write_parquet(store.curves(sweep), path)

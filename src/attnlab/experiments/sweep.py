@@ -2,14 +2,18 @@
 
 Workers only train and return results; the parent alone writes to the results store, one
 committed row per finished future, so killing the parent loses nothing already stored and a
-re-run skips every finished run.
+re-run skips every finished run. Local workers die with the parent, even one killed with
+SIGKILL: each watches the parent's pid (and asks Linux for SIGKILL when its own parent exits).
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -22,7 +26,10 @@ from tqdm import tqdm
 
 from attnlab.experiments.config import RunConfig, SweepConfig, load_sweep
 from attnlab.experiments.store import ResultStore
-from attnlab.experiments.train import RunResult, train
+from attnlab.experiments.train import RunResult, TrainingDiverged, train
+
+# How often a worker checks that the sweep process is still alive.
+_PARENT_POLL_SECONDS = 0.5
 
 Engine = Literal["local", "dask"]
 
@@ -44,10 +51,38 @@ class SweepSummary:
     completed: int
     failed: int
     wall_seconds: float
+    diverged: int = 0
+    device: str | None = None
     failures: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _die_with(parent_pid: int) -> None:
+    """Worker initializer: exit as soon as the sweep process `parent_pid` is gone.
+
+    A pool worker's parent is the forkserver, not the sweep, and a worker busy training never
+    reads the pool's (broken) pipe, so without this a SIGKILLed sweep leaves its workers training
+    on. PR_SET_PDEATHSIG covers the worker's own parent; the thread covers the sweep process.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:
+                pass  # the pid exists (reused by another user's process is as good as gone; rare)
+            time.sleep(_PARENT_POLL_SECONDS)
+
+    threading.Thread(target=watch, name="attnlab-parent-watch", daemon=True).start()
 
 
 def execute_run(config_json: str, runs_dir: str | None, threads: int) -> dict[str, Any]:
@@ -84,7 +119,8 @@ def make_executor(engine: Engine = "local", workers: int | None = None, schedule
     if engine == "local":
         if scheduler is not None:
             raise ValueError("--scheduler is only used with --engine dask")
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=_process_context())
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=_process_context(),
+                                   initializer=_die_with, initargs=(os.getpid(),))
         try:
             yield pool
         finally:
@@ -112,13 +148,16 @@ def make_executor(engine: Engine = "local", workers: int | None = None, schedule
 def run_sweep(sweep: SweepConfig | str | Path, store: ResultStore | str | Path, *, engine: Engine = "local",
               workers: int | None = None, scheduler: str | None = None, progress: bool = False,
               runs_dir: str | Path | None = None, executor: Executor | None = None,
-              threads_per_run: int = 1, dask_processes: bool = True) -> SweepSummary:
+              threads_per_run: int = 1, dask_processes: bool = True,
+              device: str | None = None) -> SweepSummary:
     """Run every run of `sweep` not yet finished in `store`; return counts and timings.
 
     `sweep` is a SweepConfig, a sweep file or a built-in name; `store` a ResultStore or a path.
     Pass `executor` to use one you manage (it is not shut down); otherwise one is made from
     `engine`, `workers` and `scheduler`. With `runs_dir`, each run checkpoints to
-    runs_dir/<run_id> and an interrupted run resumes mid-training.
+    runs_dir/<run_id> and an interrupted run resumes mid-training. `device` ('cpu', 'cuda',
+    'auto') computes every run there; run ids do not change, and the store records the device.
+    A run whose loss went non-finite is stored as 'diverged', one that raised as 'failed'.
     """
     sweep = sweep if isinstance(sweep, SweepConfig) else load_sweep(sweep)
     owned_store = not isinstance(store, ResultStore)
@@ -126,11 +165,14 @@ def run_sweep(sweep: SweepConfig | str | Path, store: ResultStore | str | Path, 
     start = time.perf_counter()
     try:
         configs = sweep.expand()
+        if device is not None:
+            configs = [c.on_device(device) for c in configs]
         results.add_to_sweep(sweep.name, [c.run_id for c in configs])
         done = results.finished_ids()
         pending = [c for c in configs if c.run_id not in done]
         summary = SweepSummary(sweep.name, str(results.path), "custom" if executor else engine,
-                               workers or _available_cores(), len(configs), len(configs) - len(pending), 0, 0, 0.0)
+                               workers or _available_cores(), len(configs), len(configs) - len(pending), 0, 0, 0.0,
+                               device=device)
         if pending:
             runs = str(runs_dir) if runs_dir is not None else None
             if executor is not None:
@@ -159,8 +201,11 @@ def _collect(executor: Executor, pending: list[RunConfig], runs_dir: str | None,
                 summary.completed += 1
             except Exception as exc:  # a failed run is recorded and reported, the sweep goes on
                 message = f"{type(exc).__name__}: {exc}"
-                store.put_failure(config.run_id, config.model_dump(mode="json"), config.seed, message)
+                diverged = isinstance(exc, TrainingDiverged)
+                store.put_failure(config.run_id, config.model_dump(mode="json"), config.seed, message,
+                                  status="diverged" if diverged else "failed")
                 summary.failed += 1
+                summary.diverged += diverged
                 summary.failures.append({"run_id": config.run_id, "error": message})
             bar.update(1)
     except BaseException:

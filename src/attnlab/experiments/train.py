@@ -5,6 +5,11 @@ A run directory holds `config.json`, checkpoints `ckpt-<step>.safetensors` (weig
 weights, optimiser moments, current epoch order) each paired with `ckpt-<step>.json` (step,
 early-stopping state, RNG state, elapsed time; written last, so a checkpoint counts only once its
 JSON exists), and at the end `model.safetensors` (best weights) and `result.json`.
+
+Every validation pass appends one point to the run's training curve (step, mean training loss
+since the previous pass, validation loss, learning rate), returned with the result and passed to
+an optional `logger` (see attnlab.experiments.logging). A non-finite loss stops the run with
+TrainingDiverged, so a diverged run is never recorded as finished.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import platform
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,8 +36,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from attnlab.errors import AttnlabError
 from attnlab.experiments.config import RunConfig
 from attnlab.experiments.models import build_model, count_parameters
+from attnlab.experiments.results import CURVE_FIELDS, RunResult
+
+__all__ = ["RunResult", "TrainingDiverged", "learning_rate", "sample_splits", "train", "versions"]
 
 # Above this many bytes of encoded tokens a split is encoded minibatch by minibatch instead of once.
 _ENCODE_ONCE_LIMIT = 256 * 2**20
@@ -51,26 +61,16 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-@dataclass
-class RunResult:
-    """What one run produced; serialises to JSON (`to_dict`)."""
+class TrainingDiverged(AttnlabError, ArithmeticError):
+    """The training or validation loss became non-finite (inf or nan)."""
 
-    run_id: str
-    config: dict[str, Any]
-    seed: int
-    status: str  # "ok" when finished, "partial" when stopped by a step budget (resumable)
-    metrics: dict[str, float]
-    timings: dict[str, float]
-    versions: dict[str, str] = field(default_factory=versions)
-    started_at: str = ""
-    finished_at: str = ""
+    def __init__(self, message: str, step: int = -1):  # default: exceptions unpickle from args
+        super().__init__(message)
+        self.step = step
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunResult":
-        return cls(**data)
+# Called after every validation pass with (step, {"train_loss", "val_loss", "lr"}).
+Logger = Callable[[int, dict[str, float]], None]
 
 
 class _Split:
@@ -135,13 +135,16 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def learning_rate(config: RunConfig, step: int) -> float:
-    """The rate for optimiser step `step` (0-based): linear warmup, then constant or cosine to 0."""
+def learning_rate(config: RunConfig, step: int, plateau_scale: float = 1.0) -> float:
+    """The rate for optimiser step `step` (0-based): linear warmup, then constant, cosine to 0, or
+    (schedule "plateau") the base rate times `plateau_scale`, the product of the cuts so far."""
     t = config.train
     if step < t.warmup_steps:
         return t.lr * (step + 1) / t.warmup_steps
     if t.schedule == "constant":
         return t.lr
+    if t.schedule == "plateau":
+        return t.lr * plateau_scale
     progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
     return 0.5 * t.lr * (1 + math.cos(math.pi * min(progress, 1.0)))
 
@@ -158,6 +161,11 @@ class _LoopState:
     best_val: float = float("inf")
     best_step: int = 0
     bad_evals: int = 0
+    lr_scale: float = 1.0
+    lr_bad_evals: int = 0
+    lr_cuts: int = 0
+    loss_sum: float = 0.0
+    loss_count: int = 0
     stopped_early: bool = False
     train_seconds: float = 0.0
     train_cpu_seconds: float = 0.0
@@ -212,6 +220,22 @@ class _Checkpoints:
         return best, tensors["order"].cpu(), _LoopState(**meta)
 
 
+def _update_stopping(state: _LoopState, t, val_loss: float) -> None:
+    """The plateau criterion: count passes without a relative improvement of min_delta; after
+    lr_patience of them cut the rate (schedule "plateau"), after patience stop (from min_steps on)."""
+    if val_loss < state.best_val * (1 - t.min_delta):
+        state.best_val, state.best_step, state.bad_evals, state.lr_bad_evals = val_loss, state.step, 0, 0
+        return
+    state.bad_evals += 1
+    state.lr_bad_evals += 1
+    # Before min_steps neither cut nor stop: a model still on its initial plateau is not converged.
+    if t.schedule == "plateau" and state.lr_bad_evals >= t.lr_patience and state.step >= t.min_steps:
+        state.lr_scale *= t.lr_decay
+        state.lr_cuts += 1
+        state.lr_bad_evals = 0
+    state.stopped_early = state.bad_evals >= t.patience and state.step >= t.min_steps
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -242,13 +266,19 @@ def sample_splits(config: RunConfig):
     return task, task.sample(train_rng, t.n_train), task.sample(val_rng, t.n_val), task.sample(test_rng, t.n_test)
 
 
+def _curve(history: list[list[float]]) -> dict[str, list[float]]:
+    return {name: [point[i] for point in history] for i, name in enumerate(CURVE_FIELDS)}
+
+
 def train(config: RunConfig, run_dir: str | Path | None = None, *, progress: bool = False,
-          step_budget: int | None = None) -> RunResult:
-    """Train config.model on config.task; return test metrics and timings.
+          step_budget: int | None = None, logger: Logger | None = None) -> RunResult:
+    """Train config.model on config.task; return test metrics, timings and the training curve.
 
     With `run_dir`, checkpoints every `train.checkpoint_every` steps (and on Ctrl-C) and resumes
     from the latest one; a finished run's result is read back instead of retrained. `step_budget`
     stops after that many steps in this call, checkpoints, and returns status "partial".
+    `logger(step, values)` is called after every validation pass. Raises TrainingDiverged when a
+    loss becomes non-finite.
     """
     started_at, wall_start, cpu_start = _now(), time.perf_counter(), time.process_time()
     t = config.train
@@ -295,26 +325,34 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, progress: boo
             state.position += t.batch_size
             tick, cpu_tick = time.perf_counter(), time.process_time()
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, state.step)
+                group["lr"] = learning_rate(config, state.step, state.lr_scale)
             loss = loss_fn(_outputs(model, train_split.tokens(index), binary), train_split.targets(index))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if t.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             optimizer.step()
+            state.loss_sum += loss.item()
+            state.loss_count += 1
             state.train_seconds += time.perf_counter() - tick
             state.train_cpu_seconds += time.process_time() - cpu_tick
             state.step += 1
             bar.update(1)
             if state.step % t.eval_every == 0 or state.step == t.max_steps:
                 val_loss, _ = _evaluate(model, val_split)
-                state.history.append([state.step, val_loss])
-                if val_loss < state.best_val * (1 - t.min_delta):
-                    state.best_val, state.best_step, state.bad_evals = val_loss, state.step, 0
+                train_loss = state.loss_sum / max(state.loss_count, 1)
+                rate = optimizer.param_groups[0]["lr"]
+                state.history.append([state.step, train_loss, val_loss, rate])
+                state.loss_sum, state.loss_count = 0.0, 0
+                if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+                    raise TrainingDiverged(f"run {config.run_id} diverged at step {state.step}: training loss "
+                                           f"{train_loss}, validation loss {val_loss} (lr {rate:g}); lower "
+                                           f"train.lr or set train.grad_clip", state.step)
+                if logger is not None:
+                    logger(state.step, {"train_loss": train_loss, "val_loss": val_loss, "lr": rate})
+                _update_stopping(state, t, val_loss)
+                if state.best_step == state.step:
                     best_weights = copy.deepcopy(model.state_dict())
-                else:
-                    state.bad_evals += 1
-                    state.stopped_early = state.bad_evals >= t.patience
                 bar.set_postfix(val_loss=f"{val_loss:.3g}")
             if checkpoints and state.step % t.checkpoint_every == 0:
                 checkpoints.save(model, best_weights, optimizer, order, generator, state)
@@ -331,7 +369,8 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, progress: boo
             checkpoints.save(model, best_weights, optimizer, order, generator, state)
         return RunResult(config.run_id, config.model_dump(mode="json"), config.seed, "partial",
                          {"steps": state.step}, {"train_seconds": state.train_seconds},
-                         started_at=started_at, finished_at=_now())
+                         versions={**versions(), "device": str(device)},
+                         started_at=started_at, finished_at=_now(), curve=_curve(state.history))
 
     model.load_state_dict(best_weights)
     eval_start = time.perf_counter()
@@ -343,7 +382,8 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, progress: boo
     metrics = {**{k: float(v) for k, v in scores.items()},
                "test_loss": test_loss, "train_loss": train_loss, "best_val_loss": state.best_val,
                "steps": state.step, "best_step": state.best_step, "epochs": state.epoch,
-               "stopped_early": bool(state.stopped_early), "threshold": float(task.threshold),
+               "stopped_early": bool(state.stopped_early),
+               "stop_reason": "plateau" if state.stopped_early else "budget", "lr_cuts": state.lr_cuts, "threshold": float(task.threshold),
                "reached_threshold": bool(float(scores["max_error"]) <= float(task.threshold)),
                "n_params": count_parameters(model)}
     result = RunResult(config.run_id, config.model_dump(mode="json"), config.seed, "ok", metrics,
@@ -353,7 +393,8 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, progress: boo
                         # CPU time of this process: what the run costs on an idle machine
                         "cpu_seconds": time.process_time() - cpu_start,
                         "train_examples_per_second": state.step * t.batch_size / max(state.train_seconds, 1e-12)},
-                       versions={**versions(), "device": str(device)}, started_at=started_at, finished_at=_now())
+                       versions={**versions(), "device": str(device)}, started_at=started_at, finished_at=_now(),
+                       curve=_curve(state.history))
     if run_path is not None:
         save_file({k: v.detach().cpu().contiguous() for k, v in best_weights.items()}, str(run_path / "model.safetensors"))
         _atomic_write(run_path / "result.json", json.dumps(result.to_dict()))
