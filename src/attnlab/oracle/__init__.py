@@ -1,5 +1,6 @@
 """Black-box access to a target: the Oracle, its journal and noise models."""
 
+from attnlab.errors import JournalMismatch
 from attnlab.oracle.journal import QueryJournal
 from attnlab.oracle.noise import (
     AdversarialNoise,
@@ -13,6 +14,6 @@ from attnlab.oracle.noise import (
 from attnlab.oracle.oracle import NoiseModel, Oracle, torch_target
 
 __all__ = [
-    "AdversarialNoise", "BoundedNoise", "GaussianNoise", "NoiseModel", "Oracle", "QueryJournal",
-    "RoundDigits", "RoundFloat16", "RoundFloat32", "make_noise", "torch_target",
+    "AdversarialNoise", "BoundedNoise", "GaussianNoise", "JournalMismatch", "NoiseModel", "Oracle",
+    "QueryJournal", "RoundDigits", "RoundFloat16", "RoundFloat32", "make_noise", "torch_target",
 ]

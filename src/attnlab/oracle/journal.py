@@ -1,17 +1,49 @@
 """A query journal: every (query, answer) pair an oracle paid for, in a SQLite file.
 
-Answers are committed as they arrive, so a process killed mid-extraction loses nothing it was
-answered, and an extraction re-run against the same journal pays for no query twice.
+Answers are committed chunk by chunk as they arrive, so a process killed mid-extraction loses
+only the chunk that was in flight, and a re-run against the same journal replays the rest.
+
+What the file guarantees, and how:
+
+- *Bound to its target.* The file stores a binding (token width, an optional identity string,
+  the answers to a few fixed probe queries, the noise model); the Oracle re-checks it when it
+  opens the journal and raises `JournalMismatch` on any difference (see `Oracle`).
+- *Checked on replay.* Every row carries a checksum of its query and answer; a replayed row whose
+  checksum fails, or whose answer is not a finite real number, raises `JournalError` naming the
+  file and the row. This detects edits and corruption, not a forger who recomputes checksums:
+  the file is not signed.
+- *One process at a time.* Opening takes an exclusive lock (a `<file>.lock` beside it, released
+  by the kernel even on kill -9); a second opener gets a `JournalError` saying who holds it.
+- *Clear errors.* A garbage, truncated or foreign SQLite file raises `JournalError` (which file,
+  what to do), never a raw `sqlite3.DatabaseError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import math
+import os
 import sqlite3
+import struct
 import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
+
+from attnlab.errors import JournalError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks, documented in QueryJournal
+    fcntl = None
+
+FORMAT = "attnlab-query-journal"
+SCHEMA = 2
+_ANSWER_COLUMNS = ["key", "n", "d", "query", "answer", "checksum", "created"]
+_WHAT_TO_DO = "Move it away (or pass another journal= path) to start a fresh journal"
 
 
 def query_key(X: np.ndarray) -> bytes:
@@ -23,55 +55,231 @@ def query_key(X: np.ndarray) -> bytes:
     return h.digest()
 
 
+def row_checksum(key: bytes, n: int, d: int, query: bytes, answer: float) -> bytes:
+    h = hashlib.blake2b(digest_size=16, person=b"attnlab-jrnl-v2")
+    h.update(key)
+    h.update(struct.pack("<qq", n, d))
+    h.update(query)
+    h.update(struct.pack("<d", answer))
+    return h.digest()
+
+
+_MULTIPLIERS: dict[int, np.ndarray] = {}
+
+
+def distinct_queries(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first, inverse) with batch[first] the byte-distinct sequences in order of first appearance
+    and batch[first][inverse] equal to batch byte for byte.
+
+    Candidates are grouped by a multiply-add hash of the float64 bit patterns modulo 2**64 (exact,
+    so identical rows always collide, at ~1/10 of the cost of hashing each row with blake2b), then
+    every duplicate is confirmed by comparing its bytes.
+    """
+    B = batch.shape[0]
+    if B < 2:
+        return np.arange(B), np.arange(B)
+    bits = np.ascontiguousarray(batch, dtype=np.float64).reshape(B, -1).view(np.uint64)
+    width = bits.shape[1]
+    if width not in _MULTIPLIERS:
+        rng = np.random.default_rng(0x6A6F75726E616C)
+        _MULTIPLIERS[width] = rng.integers(0, 2**63, size=width, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    _, first, inverse = np.unique(bits @ _MULTIPLIERS[width], return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    representative = first[inverse]
+    dup = np.flatnonzero(representative != np.arange(B))
+    if dup.size and not np.all(bits[dup] == bits[representative[dup]]):
+        return _distinct_by_bytes(bits)  # two different sequences share a hash: settle by bytes
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return first[order], rank[inverse]
+
+
+def _distinct_by_bytes(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    seen: dict[bytes, int] = {}
+    inverse = np.array([seen.setdefault(row.tobytes(), len(seen)) for row in bits], dtype=np.int64)
+    return np.unique(inverse, return_index=True)[1], inverse  # labels are in order of first appearance
+
+
 class QueryJournal:
-    """Maps the exact bytes of a query to the answer the target gave for it."""
+    """Maps the exact bytes of a query to the answer the target gave for it (see the module doc).
+
+    Locking uses `fcntl.flock`; where it is missing (Windows) the journal is not locked.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise JournalError(f"the journal path {self.path} is a directory; pass a file path such as "
+                               f"{self.path / 'queries.sqlite'}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS answers ("
-            " key BLOB PRIMARY KEY, n INTEGER NOT NULL, d INTEGER NOT NULL,"
-            " query BLOB NOT NULL, answer REAL NOT NULL,"
-            " created TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%f', 'now')))"
-        )
+        self._lock_fd = self._acquire_file_lock()
+        self._db = None
+        try:
+            with self._guard("open"):
+                self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._check_or_create_schema()
+        except BaseException:
+            self.close()
+            raise
+        self._finalizer = weakref.finalize(self, _release, self._db, self._lock_fd)
 
+    # -- opening -------------------------------------------------------------------------------
+    def _acquire_file_lock(self) -> int | None:
+        if fcntl is None:
+            return None
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise JournalError(
+                f"the journal {self.path} is open in another Oracle ({holder}); two processes sharing one "
+                f"journal would pay for the same queries twice. Wait for it to finish, or give this "
+                f"run its own journal= file."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        return fd
+
+    def _check_or_create_schema(self) -> None:
+        tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            self._db.execute("BEGIN")
+            self._db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            self._db.execute(
+                "CREATE TABLE answers ("
+                " key BLOB PRIMARY KEY, n INTEGER NOT NULL, d INTEGER NOT NULL,"
+                " query BLOB NOT NULL, answer REAL NOT NULL, checksum BLOB NOT NULL,"
+                " created TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%f', 'now')))"
+            )
+            self._db.executemany("INSERT INTO meta VALUES (?, ?)", [("format", FORMAT), ("schema", str(SCHEMA))])
+            self._db.execute("COMMIT")
+            return
+        if tables == {"answers"}:
+            raise JournalError(f"{self.path} is a query journal from an older attnlab (no target binding, no "
+                               f"checksums), so its answers cannot be trusted for this target. {_WHAT_TO_DO}.")
+        meta = dict(self._db.execute("SELECT name, value FROM meta")) if "meta" in tables else {}
+        if meta.get("format") != FORMAT:
+            raise JournalError(f"{self.path} is a SQLite file but not an attnlab query journal (tables: "
+                               f"{', '.join(sorted(tables))}). {_WHAT_TO_DO}; do not reuse other programs' files.")
+        if meta.get("schema") != str(SCHEMA):
+            raise JournalError(f"{self.path} is an attnlab query journal of schema {meta.get('schema')}, and this "
+                               f"attnlab reads schema {SCHEMA}. {_WHAT_TO_DO}.")
+        columns = [row[1] for row in self._db.execute("PRAGMA table_info(answers)")]
+        if columns != _ANSWER_COLUMNS:
+            raise JournalError(f"{self.path}: its answers table has columns {columns}, expected "
+                               f"{_ANSWER_COLUMNS}; the file was altered. {_WHAT_TO_DO}.")
+
+    @contextlib.contextmanager
+    def _guard(self, action: str):
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(
+                f"the journal {self.path} cannot be used ({action}: {exc}); it is truncated, corrupt or not "
+                f"an SQLite file. {_WHAT_TO_DO}; answers it held will be paid for again."
+            ) from None
+
+    # -- the binding to a target -----------------------------------------------------------------
+    def binding(self) -> dict | None:
+        """What the journal was recorded for (None for a journal that has not been bound yet)."""
+        with self._lock, self._guard("read the binding"):
+            row = self._db.execute("SELECT value FROM meta WHERE name = 'binding'").fetchone()
+            answered = self._db.execute("SELECT EXISTS (SELECT 1 FROM answers)").fetchone()[0]
+        if row is None:
+            if answered:
+                raise JournalError(f"{self.path} holds answers but no record of the target they came from; "
+                                   f"it was altered. {_WHAT_TO_DO}.")
+            return None
+        try:
+            return json.loads(row[0])
+        except ValueError:
+            raise JournalError(f"{self.path}: its target binding is not readable JSON; the file was altered. "
+                               f"{_WHAT_TO_DO}.") from None
+
+    def bind(self, binding: dict) -> None:
+        """Record what the journal belongs to; done once, before the first answer is recorded."""
+        with self._lock, self._guard("write the binding"):
+            self._db.execute("INSERT INTO meta VALUES ('binding', ?)", (json.dumps(binding),))
+
+    # -- answers ---------------------------------------------------------------------------------
     def __len__(self) -> int:
-        with self._lock:
+        with self._lock, self._guard("count answers"):
             return self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
 
     def lookup(self, keys: list[bytes]) -> dict[bytes, float]:
+        """The recorded answers among `keys`, each verified (checksum, finite real answer)."""
         found: dict[bytes, float] = {}
-        with self._lock:
+        with self._lock, self._guard("look up answers"):
             for start in range(0, len(keys), 500):
                 chunk = keys[start:start + 500]
                 marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(f"SELECT key, answer FROM answers WHERE key IN ({marks})", chunk)
-                found.update((bytes(k), a) for k, a in rows)
+                rows = self._db.execute(
+                    f"SELECT rowid, key, n, d, query, answer, checksum FROM answers WHERE key IN ({marks})", chunk)
+                for row in rows:
+                    found[bytes(row[1])] = self._verified(*row)
         return found
+
+    def _verified(self, rowid, key, n, d, query, answer, checksum) -> float:
+        where = f"row {rowid} (rowid) of the journal {self.path}"
+        if not isinstance(answer, float) or not isinstance(n, int) or not isinstance(d, int):
+            raise JournalError(f"{where} holds a {type(answer).__name__} answer where a real number belongs; "
+                               f"the file was altered. {_WHAT_TO_DO}.")
+        if not isinstance(query, bytes) or not isinstance(key, bytes) or not isinstance(checksum, bytes) \
+                or row_checksum(key, n, d, query, answer) != checksum:
+            raise JournalError(
+                f"{where} fails its checksum: its query or answer was changed after it was recorded. Do not "
+                f"trust this journal: {_WHAT_TO_DO[0].lower()}{_WHAT_TO_DO[1:]}, or delete that row "
+                f"(DELETE FROM answers WHERE rowid = {rowid}) to pay for that one query again."
+            )
+        if not math.isfinite(answer):
+            raise JournalError(f"{where} holds the answer {answer}, which is not finite; an oracle never "
+                               f"records such answers, so the file was altered. {_WHAT_TO_DO}.")
+        return answer
 
     def record(self, keys: list[bytes], queries: np.ndarray, answers: np.ndarray) -> None:
         """Store answered queries in one transaction (committed before returning)."""
-        rows = [
-            (k, int(q.shape[0]), int(q.shape[1]), np.ascontiguousarray(q, dtype=np.float64).tobytes(), float(a))
-            for k, q, a in zip(keys, queries, answers)
-        ]
-        with self._lock:
+        rows = []
+        for k, q, a in zip(keys, queries, answers):
+            blob = np.ascontiguousarray(q, dtype=np.float64).tobytes()
+            n, d, a = int(q.shape[0]), int(q.shape[1]), float(a)
+            rows.append((k, n, d, blob, a, row_checksum(k, n, d, blob, a)))
+        with self._lock, self._guard("record answers"):
             self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR IGNORE INTO answers (key, n, d, query, answer) VALUES (?, ?, ?, ?, ?)", rows)
+            self._db.executemany("INSERT OR IGNORE INTO answers (key, n, d, query, answer, checksum) "
+                                 "VALUES (?, ?, ?, ?, ?, ?)", rows)
             self._db.execute("COMMIT")
 
     def entries(self):
-        """Yield (query, answer) pairs in the order they were recorded."""
-        with self._lock:
-            rows = self._db.execute("SELECT n, d, query, answer FROM answers ORDER BY rowid").fetchall()
-        for n, d, blob, answer in rows:
-            yield np.frombuffer(blob, dtype=np.float64).reshape(n, d), answer
+        """Yield (query, answer) pairs in the order they were recorded, each verified."""
+        with self._lock, self._guard("read answers"):
+            rows = self._db.execute(
+                "SELECT rowid, key, n, d, query, answer, checksum FROM answers ORDER BY rowid").fetchall()
+        for row in rows:
+            answer = self._verified(*row)
+            yield np.frombuffer(row[4], dtype=np.float64).reshape(row[2], row[3]), answer
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            finalizer = getattr(self, "_finalizer", None)
+            if finalizer is not None:
+                finalizer()
+            else:
+                _release(self._db, self._lock_fd)
+            self._db = None
+            self._lock_fd = None
+
+
+def _release(db, lock_fd) -> None:
+    if db is not None:
+        with contextlib.suppress(sqlite3.Error):
+            db.close()
+    if lock_fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(lock_fd)  # releases the flock

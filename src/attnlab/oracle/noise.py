@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from attnlab.oracle.oracle import _as_numpy_target
+from attnlab.oracle.targets import as_numpy_target as _as_numpy_target
 
 # float32 / float16 unit roundoff (round to nearest) and their smallest subnormal spacing / 2.
 _F32_REL, _F32_ABS = 2.0 ** -24, 2.0 ** -150

@@ -1,24 +1,39 @@
 """The Oracle: the only door between a learner and a target.
 
-It validates every query, counts one query per sequence (also inside a batch), enforces the
-budget before anything is sent, applies the noise model to the answers, journals what it was
-answered, and refuses to hand back NaN, infinite or misshapen outputs.
+It validates every query, answers identical queries of one batch once, counts every sequence it
+hands the target as paid (whatever the target then does), enforces the budget before anything is
+sent, applies the noise model to the answers, journals what it was answered, and refuses to hand
+back NaN, infinite, complex or misshapen outputs.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
 
-from attnlab.errors import BudgetExhausted, OracleError, QueryShapeError
-from attnlab.oracle.journal import QueryJournal, query_key
+from attnlab.errors import AttnlabError, BudgetExhausted, OracleError, OracleTimeout, QueryShapeError
+from attnlab.oracle.binding import (
+    binding_record,
+    check_identity,
+    check_probes,
+    probe_queries,
+    stored_probes,
+)
+from attnlab.oracle.journal import QueryJournal, distinct_queries, query_key
+from attnlab.oracle.targets import Target, as_numpy_target, declared_width, real_answers, torch_target
 
-Target = Callable[[np.ndarray], np.ndarray]
+__all__ = ["NoiseModel", "Oracle", "Target", "as_numpy_target", "torch_target"]
+
+# Under a journal a kill -9 re-pays at most the chunk in flight; 64 costs <5% throughput on a d = 8
+# single head against one unchunked call (benchmarks/reliability.py measures it).
+JOURNAL_CHUNK = 64
 
 
 class NoiseModel(Protocol):
@@ -27,33 +42,14 @@ class NoiseModel(Protocol):
     def __call__(self, y: np.ndarray, X: np.ndarray, rng: np.random.Generator) -> np.ndarray: ...
 
 
-def torch_target(module: torch.nn.Module) -> Target:
-    """Wrap a module mapping (B, N, d) tensors to (B,) as a numpy target, in the module's dtype."""
-    param = next(iter(module.parameters()), None)
-    dtype = param.dtype if param is not None else torch.float64
-    device = param.device if param is not None else torch.device("cpu")
-
-    def answer(X: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            out = module(torch.as_tensor(X, dtype=dtype, device=device))
-        return out.detach().to("cpu", torch.float64).numpy()
-
-    return answer
-
-
-def _as_numpy_target(target) -> Target:
-    if isinstance(target, torch.nn.Module):
-        return torch_target(target)
-    if not callable(target):
-        raise TypeError(f"an oracle's target must be callable or a torch.nn.Module, got {type(target).__name__}")
-
-    def answer(X: np.ndarray) -> np.ndarray:
-        out = target(X)
-        if isinstance(out, torch.Tensor):
-            out = out.detach().cpu().numpy()
-        return np.asarray(out, dtype=np.float64)
-
-    return answer
+def _whole(name: str, value, minimum: int, meaning: str) -> int | None:
+    """`value` as an int >= minimum (None passes), or a ValueError that says what was wrong."""
+    if value is None:
+        return None
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value != int(value) or value < minimum:
+        raise ValueError(f"{name} must be a whole number >= {minimum} ({meaning}), got {value!r}")
+    return int(value)
 
 
 class Oracle:
@@ -65,43 +61,87 @@ class Oracle:
         Maps a float array of shape (B, N, d) to shape (B,).
     d : int, optional
         Token width. If omitted it is read from `target.d` when the target has one, else fixed
-        by the first query.
+        by the first query. Declaring a width the target contradicts (its `.d`) is an error.
     budget : int, optional
-        The most queries that may be sent to the target (answers replayed from the journal are free).
+        The most sequences that may be sent to the target (`paid`); replayed answers are free.
     noise : NoiseModel, optional
         Applied to every fresh answer (see `attnlab.oracle.noise`).
-    journal : path, optional
+    journal : path or QueryJournal, optional
         A SQLite file recording every answered query; answers found there are not paid for again.
+        The journal is bound to its target (see below) and locked to this process while open.
     seed : int, optional
         Seeds the noise model's randomness.
     max_batch : int, optional
         Split batches into calls of at most this many sequences (for targets with request limits).
+    journal_id : str, optional
+        A name for the target, stored in a new journal and required to match when it is reopened.
+    journal_probes : int
+        How many fixed probe queries (of 4 tokens) bind a new journal to its target: they are asked
+        (and paid, charged to the budget, not counted in `queries`) when the journal is created and
+        asked again each time it is reopened, to check it belongs to this target; default 3, i.e.
+        3 paid queries per opening. 0 needs `journal_id` (binding by name only).
+    journal_chunk : int
+        Under a journal, the most distinct sequences per target call; each chunk is committed to
+        the journal before the next is sent, so a kill -9 re-pays at most one chunk.
+    timeout : float, optional
+        Seconds one target call may take before `OracleTimeout` is raised (the sequences of that
+        call count as paid: they were sent). The call then runs on in an abandoned daemon thread,
+        because Python cannot kill a thread: a hung target keeps that thread (and what it holds)
+        until the process exits, but no longer blocks the caller.
+
+    Counting: `queries` counts every sequence a learner asked for (repeats and replays included);
+    `paid` counts the sequences handed to the target, each once, whatever it answered (a wrong
+    shape, an exception, complex numbers, NaN, a timeout) plus the journal probes; only a target
+    that refuses with BudgetExhausted or QueryShapeError (raised before answering anything, as the
+    HTTP client does for 402 and 413) is not charged. Identical sequences within
+    one request are answered once and paid once, except without a journal under a noise model that
+    declares `random=True` (or declares nothing): there, every repeat is a fresh, paid draw.
     """
 
     def __init__(self, target, d: int | None = None, budget: int | None = None, *,
                  noise: NoiseModel | None = None, journal: str | Path | QueryJournal | None = None,
-                 seed: int | None = None, max_batch: int | None = None):
-        if d is not None and (int(d) != d or d < 1):
-            raise ValueError(f"d must be a positive integer, got {d!r}")
-        if budget is not None and (int(budget) != budget or budget < 0):
-            raise ValueError(f"budget must be a non-negative integer or None, got {budget!r}")
-        if max_batch is not None and max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        self._target = _as_numpy_target(target)
-        if d is None and isinstance(getattr(target, "d", None), int):
-            d = target.d  # attnlab's own models know their token width
-        self.d = None if d is None else int(d)
-        self.budget = None if budget is None else int(budget)
+                 seed: int | None = None, max_batch: int | None = None, journal_id: str | None = None,
+                 journal_probes: int = 3, journal_chunk: int = JOURNAL_CHUNK, timeout: float | None = None):
+        d = _whole("d", d, 1, "the token width")
+        self.budget = _whole("budget", budget, 0, "queries; None for no budget")
+        self.max_batch = _whole("max_batch", max_batch, 1, "sequences per target call; None for no split")
+        self.journal_probes = _whole("journal_probes", journal_probes, 0, "probe queries binding a journal")
+        self.journal_chunk = _whole("journal_chunk", journal_chunk, 1, "sequences per call under a journal")
+        if journal_id is not None and (not isinstance(journal_id, str) or not journal_id):
+            raise ValueError(f"journal_id must be a non-empty string naming the target, got {journal_id!r}")
+        if timeout is not None:
+            ok = isinstance(timeout, numbers.Real) and not isinstance(timeout, bool)
+            if not (ok and math.isfinite(timeout) and timeout > 0):
+                raise ValueError(f"timeout must be a positive, finite number of seconds or None, got {timeout!r}")
+            timeout = float(timeout)
+        stated = declared_width(target)
+        if d is not None and stated is not None and d != stated:
+            raise QueryShapeError(f"Oracle(..., d={d}) was declared, but the target ({type(target).__name__}) "
+                                  f"takes tokens of width d = {stated}; declare d={stated} or leave d out")
+        self._target = as_numpy_target(target)
+        self.d = d if d is not None else stated
         self.noise = noise
-        self.max_batch = max_batch
+        self.timeout = timeout
+        self.journal_id = journal_id
         self.rng = np.random.default_rng(seed)
+        # Repeats are answered once unless each one is meant to be a fresh noisy draw.
+        self._dedupe = journal is not None or not getattr(noise, "random", noise is not None)
+        self._queries = 0
+        self._paid = 0
+        self._answered_once = False
+        self._lock = threading.Lock()
+        self._bound = False
+        if journal is not None and self.journal_probes == 0 and journal_id is None:
+            raise ValueError("a journal must be bound to its target: pass journal_id='<a name for the target>', "
+                             "or keep journal_probes > 0 so that probe answers identify it")
         if journal is None or isinstance(journal, QueryJournal):
             self.journal = journal
         else:
             self.journal = QueryJournal(journal)
-        self._queries = 0
-        self._paid = 0
-        self._lock = threading.Lock()
+        if self.journal is not None and self.d is not None:
+            stored = self.journal.binding()  # the checks that cost no query fail here, at once
+            if stored is not None:
+                check_identity(stored, self.journal.path, self.d, self.journal_id, self.noise)
 
     @classmethod
     def http(cls, url: str, key: str, *, timeout: float = 30.0, retries: int = 5, transport=None,
@@ -113,7 +153,7 @@ class Oracle:
         failures are retried `retries` times without being charged twice (Idempotency-Key). The
         client is `oracle.http_target` (counters: requests, charged, retried, replayed, budget_left).
         """
-        from attnlab.serve.client import HttpTarget
+        from attnlab.oracle.http import HttpTarget
 
         target = HttpTarget(url, key, timeout=timeout, retries=retries, transport=transport)
         served_d = target.d
@@ -127,17 +167,24 @@ class Oracle:
     # -- counters -------------------------------------------------------------------------
     @property
     def queries(self) -> int:
-        """Sequences answered so far (fresh or replayed from the journal)."""
+        """Sequences answered so far (fresh or replayed from the journal; repeats each count)."""
         return self._queries
 
     @property
     def paid(self) -> int:
-        """Sequences actually sent to the target; the budget counts these."""
+        """Sequences actually sent to the target (journal probes included); the budget counts these."""
         return self._paid
 
     @property
     def remaining(self) -> int | None:
         return None if self.budget is None else self.budget - self._paid
+
+    def require_d(self, who: str) -> int:
+        """The token width, or the standard ValueError for an extractor (`who`) that needs it."""
+        if self.d is None:
+            raise ValueError(f"{who} needs the token width: Oracle(target, d=...) (this oracle was not told it, "
+                             f"and its target does not state it)")
+        return self.d
 
     def __repr__(self) -> str:
         budget = "unlimited" if self.budget is None else str(self.budget)
@@ -149,6 +196,8 @@ class Oracle:
         X = self._validate(X)
         single = X.ndim == 2
         batch = X[None] if single else X
+        if batch.shape[0] == 0:
+            return np.empty(0)
         answers = self._answer([batch])[0]
         return float(answers[0]) if single else answers
 
@@ -169,16 +218,24 @@ class Oracle:
         return out
 
     def _validate(self, X, single_only: bool = False) -> np.ndarray:
+        what = "(N, d)" if single_only else "(N, d) or a batch (B, N, d)"
         if isinstance(X, torch.Tensor):
-            X = X.detach().cpu().numpy()
+            if X.is_complex():
+                raise QueryShapeError(_complex_query(X.dtype))
+            X = X.detach().cpu().to(torch.float64).numpy()
         try:
-            X = np.asarray(X, dtype=np.float64)
+            X = np.asarray(X)
+            if X.dtype.kind == "c":
+                raise QueryShapeError(_complex_query(X.dtype))
+            X = X.astype(np.float64, copy=False)
         except (TypeError, ValueError) as exc:
-            raise QueryShapeError(f"a query must be a real array of shape (N, d) or (B, N, d): {exc}") from None
-        allowed = (2,) if single_only else (2, 3)
-        if X.ndim not in allowed:
-            want = "(N, d)" if single_only else "(N, d) or a batch (B, N, d)"
-            raise QueryShapeError(f"a query must have shape {want}; got shape {X.shape}")
+            if isinstance(exc, QueryShapeError):
+                raise
+            raise QueryShapeError(f"a query must be a real array of shape {what}: {exc}") from None
+        if X.ndim not in ((2,) if single_only else (2, 3)):
+            raise QueryShapeError(f"a query must have shape {what}; got shape {X.shape}")
+        if X.shape[-1] < 1:
+            raise QueryShapeError(f"tokens must have width d >= 1; got shape {X.shape}")
         if X.shape[-2] < 1:
             raise QueryShapeError(f"a query needs at least one token (N >= 1); got shape {X.shape}")
         if self.d is None:
@@ -190,46 +247,59 @@ class Oracle:
         return X
 
     def _answer(self, groups: list[np.ndarray]) -> list[np.ndarray]:
-        """Answer uniform-length batches: journal first, then one budget check, then the target."""
+        """Answer uniform-length batches: repeats merged, journal first, one budget check, the target."""
         with self._lock:
+            if self.journal is not None and not self._bound:
+                self._bind_journal()
             plans = []
             fresh_total = 0
             for batch in groups:
+                inverse = None
+                if self._dedupe:
+                    first, inverse = distinct_queries(batch)
+                    if first.size == batch.shape[0]:
+                        inverse = None  # all distinct: no copy of a large batch
+                    else:
+                        batch = batch[first]
                 answers = np.empty(batch.shape[0])
                 keys = [query_key(q) for q in batch] if self.journal is not None else None
                 missing = np.arange(batch.shape[0])
-                if keys is not None and batch.shape[0]:
+                if keys:
                     known = self.journal.lookup(keys)
-                    hit = np.array([k in known for k in keys], dtype=bool)
-                    answers[hit] = [known[k] for k, h in zip(keys, hit) if h]
-                    missing = np.flatnonzero(~hit)
-                plans.append((batch, answers, keys, missing))
+                    if known:
+                        hit = np.fromiter((k in known for k in keys), dtype=bool, count=len(keys))
+                        answers[hit] = [known[k] for k, h in zip(keys, hit) if h]
+                        missing = np.flatnonzero(~hit)
+                plans.append((batch, answers, keys, missing, inverse))
                 fresh_total += missing.size
             if self.budget is not None and self._paid + fresh_total > self.budget:
                 raise BudgetExhausted(self._paid, self.budget, fresh_total)
-            for batch, answers, keys, missing in plans:
-                if missing.size == batch.shape[0]:  # nothing replayed: no copy of a large batch
+            results = []
+            for batch, answers, keys, missing, inverse in plans:
+                if missing.size == batch.shape[0]:
                     answers[:] = self._ask_target(batch, keys)
                 elif missing.size:
                     answers[missing] = self._ask_target(batch[missing], [keys[i] for i in missing])
-                self._queries += batch.shape[0]
-            return [answers for _, answers, _, _ in plans]
+                results.append(answers if inverse is None else answers[inverse])
+                self._queries += results[-1].shape[0]
+            return results
 
     def _ask_target(self, batch: np.ndarray, keys: list[bytes] | None) -> np.ndarray:
         step = self.max_batch or batch.shape[0]
+        if self.journal is not None:
+            step = min(step, self.journal_chunk)
         out = np.empty(batch.shape[0])
         for start in range(0, batch.shape[0], step):
             part = batch[start:start + step]
-            y = self._call_target(part)
-            self._paid += part.shape[0]
+            y = self._send(part)
             if self.noise is not None:
-                y = np.asarray(self.noise(y, part, self.rng), dtype=np.float64)
-            bad = np.flatnonzero(~np.isfinite(y))
-            good = np.flatnonzero(np.isfinite(y))
-            if self.journal is not None and good.size:
+                y = self._checked(real_answers(self.noise(y, part, self.rng), "the noise model"), part, "noise model")
+            good = np.isfinite(y)
+            if self.journal is not None and good.any():
                 part_keys = keys[start:start + step]
-                self.journal.record([part_keys[i] for i in good], part[good], y[good])
-            if bad.size:
+                self.journal.record([k for k, g in zip(part_keys, good) if g], part[good], y[good])
+            if not good.all():
+                bad = np.flatnonzero(~good)
                 i = int(bad[0])
                 raise OracleError(
                     f"the target answered {y[i]} for query {start + i} of this batch "
@@ -240,16 +310,88 @@ class Oracle:
             out[start:start + step] = y
         return out
 
-    def _call_target(self, X: np.ndarray) -> np.ndarray:
-        y = self._target(X)
-        if not isinstance(y, np.ndarray):
-            y = np.asarray(y, dtype=np.float64)
+    def _send(self, X: np.ndarray) -> np.ndarray:
+        """Hand X to the target. From here on its sequences are paid, whatever comes back."""
+        self._paid += X.shape[0]
+        try:
+            y = self._call_target(X)
+        except (BudgetExhausted, QueryShapeError):
+            self._paid -= X.shape[0]  # by contract raised before anything was answered (HTTP 402, 413)
+            raise
+        except AttnlabError:
+            raise
+        except Exception as exc:
+            hint = ""
+            if not self._answered_once:
+                hint = (f" The target has not answered this oracle yet: if it takes tokens of another width "
+                        f"than d = {self.d}, declare that one (Oracle(target, d=...)).")
+            raise OracleError(f"the target raised {type(exc).__name__}: {exc} for a batch of shape {X.shape}; "
+                              f"its {X.shape[0]} sequences count as paid.{hint}") from exc
+        y = self._checked(y, X, "target")
+        self._answered_once = True
+        return y
+
+    @staticmethod
+    def _checked(y: np.ndarray, X: np.ndarray, who: str) -> np.ndarray:
         if y.shape != (X.shape[0],):
             raise OracleError(
-                f"the target must return one number per sequence, shape ({X.shape[0]},) for a batch of "
-                f"shape {X.shape}; it returned shape {y.shape}. Make it reduce to a scalar per sequence."
+                f"the {who} must return one number per sequence, shape ({X.shape[0]},) for a batch of "
+                f"shape {X.shape}; it returned shape {y.shape}. Make it reduce to a scalar per sequence. "
+                f"The {X.shape[0]} sequences sent count as paid."
             )
-        return y.astype(np.float64, copy=False)
+        return y
+
+    def _call_target(self, X: np.ndarray) -> np.ndarray:
+        if self.timeout is None:
+            return self._target(X)
+        outcome: dict = {}
+
+        def call() -> None:
+            try:
+                outcome["answers"] = self._target(X)
+            except BaseException as exc:  # handed to the caller's thread
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=call, name="attnlab-oracle-call", daemon=True)
+        worker.start()
+        worker.join(self.timeout)
+        if worker.is_alive():
+            raise OracleTimeout(
+                f"the target did not answer a batch of {X.shape[0]} sequences (shape {X.shape}) within "
+                f"timeout = {self.timeout:g} s; they count as paid (they were sent). The call was abandoned "
+                f"in a daemon thread that Python cannot kill: it ends with the target or the process. "
+                f"Raise timeout= if the target is merely slow."
+            )
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["answers"]
+
+    # -- the journal's binding to this target ------------------------------------------------
+    def _bind_journal(self) -> None:
+        """Check (or, for a new journal, record) what the journal belongs to. Costs its probes."""
+        stored = self.journal.binding()
+        if stored is None:
+            answers = self._probe(self.journal_probes)
+            self.journal.bind(binding_record(self.d, self.journal_id, self.noise, answers))
+        else:
+            check_identity(stored, self.journal.path, self.d, self.journal_id, self.noise)
+            expected, tokens = stored_probes(stored, self.journal.path)
+            if expected.size:
+                check_probes(self.journal.path, expected, self._probe(expected.size, tokens))
+        self._bound = True
+
+    def _probe(self, count: int, tokens: int | None = None) -> np.ndarray:
+        """The exact (noise-free) answers to the fixed probe queries: paid, not counted as queries."""
+        if count == 0:
+            return np.empty(0)
+        if self.budget is not None and self._paid + count > self.budget:
+            raise BudgetExhausted(self._paid, self.budget, count)
+        X = probe_queries(count, self.d) if tokens is None else probe_queries(count, self.d, tokens)
+        y = self._send(X)
+        if not np.all(np.isfinite(y)):
+            raise OracleError(f"the target answered {y} to the journal's probe queries; answers must be finite. "
+                              f"Check the target's numerics.")
+        return y
 
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
@@ -261,3 +403,8 @@ class Oracle:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _complex_query(dtype) -> str:
+    return (f"a query holds complex numbers (dtype {dtype}); queries are real arrays, and the oracle will "
+            f"not drop imaginary parts for you. Pass X.real if that is what you mean.")
