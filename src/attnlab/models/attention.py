@@ -14,9 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-
-def _generator(seed: int | np.random.Generator | None) -> np.random.Generator:
-    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+from attnlab._random import Seed, as_generator
 
 
 def random_low_rank(d: int, rank: int | None, scale: float, rng: np.random.Generator) -> np.ndarray:
@@ -55,9 +53,9 @@ class SingleHeadAttention(nn.Module):
 
     @classmethod
     def random(cls, d: int, rank: int | None = None, scale: float = 1.0,
-               seed: int | np.random.Generator | None = 0, dtype=torch.float64) -> "SingleHeadAttention":
+               seed: Seed = 0, dtype=torch.float64) -> "SingleHeadAttention":
         """A random head: W of the given rank with entry scale `scale`, v standard normal."""
-        rng = _generator(seed)
+        rng = as_generator(seed)
         W = random_low_rank(d, rank, scale, rng)
         v = rng.standard_normal(d)
         return cls(W, v, dtype=dtype)
@@ -98,8 +96,8 @@ class AffineHead(nn.Module):
 
     @classmethod
     def random(cls, d: int, rank: int | None = None, scale: float = 1.0,
-               seed: int | np.random.Generator | None = 0, dtype=torch.float64) -> "AffineHead":
-        rng = _generator(seed)
+               seed: Seed = 0, dtype=torch.float64) -> "AffineHead":
+        rng = as_generator(seed)
         W = random_low_rank(d, rank, scale, rng)
         u = scale * rng.standard_normal(d)
         v = rng.standard_normal(d)
