@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from attnlab.constructions import LocalMatch3, Match2Construction, ThirdOrderMatch3, smallest_local_match3
+from attnlab.constructions.match2 import Match2WidthThree
 from attnlab.constructions import smallest_match_precision
 from attnlab.constructions.match_common import near_miss_inputs
 from attnlab.tasks import get_task
@@ -59,19 +60,21 @@ def test_near_miss_inputs_sit_next_to_a_match():
 
 def test_local_match3_is_certified_on_every_window_and_right_on_every_small_input():
     construction = smallest_local_match3(N=5, M=3, window=1)
-    assert construction.window_errors().max() <= construction.search[construction.key_dim]
+    assert construction.certified()
     inputs = every_input(5, 3)
     task = get_task("match3-local", N=5, M=3, window=1)
     np.testing.assert_array_equal(construction.predict(inputs), task.solve(inputs))
-    assert construction.m == construction.key_dim + 2 * 3
+    assert construction.m == 2 + 2 * 3
 
 
-def test_local_match3_verifies_on_a_longer_sequence():
+def test_local_match3_verifies_on_a_longer_sequence_and_too_few_bits_do_not_certify():
     construction = smallest_local_match3(N=40, M=29, window=2)
     verification = construction.verify(rng=2, n=6)
     assert verification.passed and verification.notes["certified_all_inputs"]
-    too_narrow = LocalMatch3.build(40, 29, 2, key_dim=4)
-    assert too_narrow.window_errors().max() > construction.window_errors().max()
+    if construction.precision is not None:
+        assert construction.search[construction.precision - 1] > construction.search[construction.precision]
+    coarse = LocalMatch3.build(40, 29, 2, precision=3)
+    assert not coarse.certified()
 
 
 def test_bad_parameters_and_mismatched_tasks_raise():
@@ -81,3 +84,34 @@ def test_bad_parameters_and_mismatched_tasks_raise():
         Match2Construction.build(8, 5).verify(get_task("match2", N=8, M=7))
     with pytest.raises(ValueError, match="construction is for"):
         ThirdOrderMatch3.build(8, 5).verify(get_task("match2", N=8, M=5))
+
+
+def test_match2_width_three_without_residual_is_right_on_every_input_at_N4_M5():
+    construction = Match2WidthThree.build(4, 5)
+    inputs = every_input(4, 5)
+    wrong = construction.predict(inputs) != get_task("match2", N=4, M=5).solve(inputs)
+    assert int(wrong.sum()) == 0
+    described = construction.to_dict()
+    assert described["m"] == 3 and described["residual"] is False and described["m_including_residual"] == 3
+
+
+@pytest.mark.parametrize("N,M", [(3, 6), (5, 7), (4, 8)])
+def test_match2_width_three_on_every_input_of_other_small_sizes(N, M):
+    construction = Match2WidthThree.build(N, M)
+    inputs = every_input(N, M)
+    np.testing.assert_array_equal(construction.predict(inputs), get_task("match2", N=N, M=M).solve(inputs))
+
+
+def test_match2_width_three_precision_search_and_the_residual_variant_counted_honestly():
+    found = smallest_match_precision(lambda bits: Match2WidthThree.build(64, 97, bits), n=8)
+    assert found.verify(rng=4, n=8).passed
+    assert found.search[found.precision - 1] > 0
+    residual = Match2Construction.build(16, 11).to_dict()
+    assert residual["m"] == 2 and residual["residual"] is True and residual["m_including_residual"] == 3
+
+
+def test_local_match3_width_does_not_grow_with_N():
+    short, long = smallest_local_match3(32, 97, 2), smallest_local_match3(128, 97, 2)
+    assert short.m == long.m == 2 + 2 * 5
+    assert short.certified() and long.certified()
+    assert long.verify(rng=0, n=4).passed

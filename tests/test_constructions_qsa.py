@@ -59,9 +59,13 @@ def test_worst_case_formula_is_reached_by_its_worst_z_through_the_model():
         assert (errors <= bound + 1e-12).all()
 
 
-def test_smallest_width_passes_its_own_verification_and_the_search_saw_a_failure_below():
-    found = smallest_certificate_qsa(N=64, q=2, d_prime=3, random_sets=256, adversarial_targets=64)
-    assert found.search[found.key_dim] <= found.eps
+@pytest.mark.parametrize("certificate", ["softmax-leak", "least-squares"])
+def test_smallest_width_passes_its_own_verification_and_the_search_saw_a_failure_below(certificate):
+    found = smallest_certificate_qsa(N=64, q=2, d_prime=3, random_sets=256, adversarial_targets=32,
+                                     certificate=certificate)
+    assert found.certificate == certificate
+    assert found.holdout and found.holdout[-1]["key_dim"] == found.key_dim
+    assert found.holdout[-1]["error"] <= found.eps  # judged on sets the fit never saw
     assert any(k < found.key_dim and err > found.eps for k, err in found.search.items())
     assert found.m == found.key_dim + 3
     verification = found.verify(rng=5, n=3, adversarial_targets=64)

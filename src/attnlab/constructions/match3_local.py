@@ -1,24 +1,34 @@
-"""Local Match3 with one standard attention head: gather the window, check the pairs in psi.
+"""Local Match3 with one standard attention head of width independent of N.
 
 match3-local (attnlab.tasks, window w): output_i = 1 iff some j1, j2 with |j1 - i| <= w and
 |j2 - i| <= w (repeats allowed, i included) have x_i + x_j1 + x_j2 = 0 (mod M). Tokens are
-(x_i, i). With W = 2w + 1:
+(x_i, i). With W = 2w + 1 (w clipped to N - 1) and positions on a circle of period P = N + w,
+phi_j = 2 pi j / P:
 
-- key of token j: u_j, a random sign vector (as in Theorem 2); query of token i: the dual
-  certificate beta * w_{S_i} of its window S_i = {j : |j - i| <= w}, so the attention is
-  (nearly) uniform on the window: the qSA gather of Theorem 2 with q = |S_i| <= W;
-- value of token j: (cos theta_j, sin theta_j) placed in block (j mod W) of 2W coordinates. The
-  positions of a window are W consecutive integers, so their residues mod W differ and the
-  average over the window keeps every gathered value in its own block;
-- psi (knows i, hence S_i and |S_i|): multiplies each block by |S_i|, snaps its angle to the
-  nearest multiple of 2 pi / M, and tests all pairs of gathered residues against x_i.
+- key of token j: (cos phi_j, sin phi_j); query of token i: beta (cos phi_i, sin phi_i), so the
+  logit is beta cos(phi_j - phi_i): at least beta cos(2 pi w / P) inside the window, at most
+  beta cos(2 pi (w + 1) / P) outside it (P >= N + w keeps the circle from wrapping a window);
+- value of token j: (cos theta_j, sin theta_j), theta = 2 pi x / M, placed in block (j mod W) of
+  2W coordinates. A window's positions are W consecutive integers, so each block holds one
+  window member, weighted by its (unequal, but positive) attention weight, plus leak from
+  off-window tokens with the same residue;
+- psi (knows i, hence which residues its window holds): snaps each block's angle to the
+  nearest multiple of 2 pi / M and tests all pairs of gathered residues against x_i. The block's
+  magnitude does not matter, so the weights need not be uniform.
 
-Correctness is certified over all inputs: the attention weights depend only on positions, so the
-N windows are checked exhaustively; the l1 distance of the weights from uniform bounds each
-gathered vector's error by |S_i| times it, and snapping is exact while that stays below
-sin(pi / M). The key width m' is the smallest the search finds with every window's l1 error
-<= sin(pi / M) / (2W) (a factor-2 margin); from m' = N on the keys are one-hot positions, which
-always pass. Width m = m' + 2W, one head.
+Width: 2 key/query coordinates + 2W value coordinates, m = 2 + 2W, whatever N is. What grows
+with N is the precision: the logit gap is beta (cos(2 pi w/P) - cos(2 pi (w+1)/P)) ~ beta (2 pi/P)^2 W / 2,
+so logits need about 2 log2 N bits. Some growth is unavoidable at constant width: keys of d
+numbers with p bits take at most 2^{dp} values, and two positions with the same key are
+attended alike from everywhere, so d p >= log2 N.
+
+Certified over all inputs: the attention weights depend only on positions, so every window is
+checked exhaustively. For each position i and each residue r its window holds, with a the
+weight of the window member and L the weight of off-window tokens with residue r, the block's
+angle is off by at most arcsin(L / a) plus the value/output rounding (<= 4 * 2^-p); snapping
+is exact while that stays below pi / M. `window_errors` returns L / a + 4 * 2^-p per position
+and the certificate requires it <= sin(pi / M) / 2 (a factor-2 margin). `smallest_local_match3`
+searches the smallest precision p that certifies.
 """
 
 from __future__ import annotations
@@ -31,20 +41,18 @@ import numpy as np
 import torch
 
 from attnlab.constructions.match_common import check_modulus, verify_match
-from attnlab.constructions.qsa_certificates import (
-    certificate_temperature,
-    certificate_weight_gaps,
-    certificate_keys,
-    certificates,
-)
 from attnlab.constructions.verification import ConstructionFailed, Verification, matching_task, smallest_passing
 from attnlab.models.attention_unit import AttentionUnit, MultiHeadAttentionLayer
 from attnlab.tasks import Match3Local
 
 
-def window_tolerance(M: int, window: int) -> float:
-    """The l1 attention error below which snapping every gathered angle is exact, halved."""
-    return math.sin(math.pi / M) / (2 * (2 * window + 1))
+def window_tolerance(M: int) -> float:
+    """Half the angle error (as a sine) below which snapping a gathered angle is exact."""
+    return math.sin(math.pi / M) / 2
+
+
+def rounding_slack(precision: int | None) -> float:
+    return 0.0 if precision is None or precision >= 53 else 4.0 * 2.0 ** -precision
 
 
 @dataclass
@@ -54,21 +62,23 @@ class LocalMatch3:
     N: int
     M: int
     window: int
-    key_dim: int
     precision: int | None
     beta: float
-    seed: int
-    keys: np.ndarray = field(repr=False)
     search: dict[int, float] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, N: int, M: int, window: int, key_dim: int, precision: int | None = None,
-              seed: int = 0) -> "LocalMatch3":
+    def build(cls, N: int, M: int, window: int, precision: int | None = None,
+              beta: float | None = None) -> "LocalMatch3":
         task = Match3Local(N, check_modulus(M), window)
-        width = 2 * task._reach() + 1
-        beta = certificate_temperature(N, min(width, N), window_tolerance(M, window))
-        return cls(int(N), int(M), int(window), int(key_dim), precision, beta, int(seed),
-                   certificate_keys(key_dim, N, seed))
+        reach = task._reach()
+        construction = cls(int(N), int(M), int(window), precision, 1.0)
+        if beta is None:
+            period = construction.period
+            gap = math.cos(2 * math.pi * reach / period) - math.cos(2 * math.pi * (reach + 1) / period)
+            others = max(1, math.ceil(N / (2 * reach + 1)))
+            beta = math.log(others / (window_tolerance(M) / 4)) / gap if reach < N - 1 else 0.0
+        construction.beta = float(beta)
+        return construction
 
     @property
     def reach(self) -> int:
@@ -78,6 +88,14 @@ class LocalMatch3:
     def width(self) -> int:
         """W = 2w + 1 (w clipped to N - 1): window positions, and value blocks."""
         return 2 * self.reach + 1
+
+    @property
+    def period(self) -> int:
+        return self.N + self.reach
+
+    @property
+    def key_dim(self) -> int:
+        return 2
 
     @property
     def m(self) -> int:
@@ -90,57 +108,64 @@ class LocalMatch3:
     def windows(self) -> list[np.ndarray]:
         return [np.arange(max(0, i - self.reach), min(self.N, i + self.reach + 1)) for i in range(self.N)]
 
-    def window_errors(self) -> np.ndarray:
-        """The l1 distance from uniform of every position's attention weights: (N,), exhaustive."""
-        errors = np.empty(self.N)
-        by_size: dict[int, list[int]] = {}
-        for i, window in enumerate(self.windows()):
-            by_size.setdefault(len(window), []).append(i)
-        all_windows = self.windows()
-        for size, positions in by_size.items():
-            sets = np.stack([all_windows[i] for i in positions])
-            gaps = certificate_weight_gaps(self.keys, sets, self.beta, self.precision)
-            errors[positions] = np.abs(gaps).sum(axis=1)
-        return errors
+    def _position_angles(self, position: torch.Tensor) -> torch.Tensor:
+        phase = 2.0 * math.pi * position.to(torch.float64) / self.period
+        return torch.stack([torch.cos(phase), torch.sin(phase)], dim=-1)
 
-    def _query_table(self) -> torch.Tensor:
-        keys = torch.from_numpy(self.keys)
-        table = torch.empty(self.N, self.key_dim, dtype=torch.float64)
-        for i, window in enumerate(self.windows()):
-            table[i] = self.beta * certificates(keys, torch.from_numpy(window)[None])[0]
-        return table
-
-    def model(self) -> MultiHeadAttentionLayer:
-        N, M, W = self.N, self.M, self.width
-        keys, queries = torch.from_numpy(self.keys), self._query_table()
-        sizes = torch.tensor([len(w) for w in self.windows()], dtype=torch.float64)
-        residues = torch.arange(N) % W
-        # present[i, r]: the window of i holds the position with residue r
-        present = torch.zeros(N, W, dtype=torch.bool)
-        for i, window in enumerate(self.windows()):
-            present[i, torch.from_numpy(window % W)] = True
+    def _head(self) -> AttentionUnit:
+        W, M = self.width, self.M
 
         def position(x: torch.Tensor) -> torch.Tensor:
             return x[..., 1].round().long()
 
         def value(x: torch.Tensor) -> torch.Tensor:
             theta = 2.0 * math.pi * x[..., 0] / M
-            blocks = torch.nn.functional.one_hot(residues[position(x)], W).to(torch.float64)
+            blocks = torch.nn.functional.one_hot(position(x) % W, W).to(torch.float64)
             pair = torch.stack([torch.cos(theta), torch.sin(theta)], dim=-1)
             return (blocks[..., :, None] * pair[..., None, :]).flatten(-2)
 
+        return AttentionUnit(lambda x: self.beta * self._position_angles(position(x)),
+                             lambda x: self._position_angles(position(x)), value, precision=self.precision)
+
+    def window_errors(self) -> np.ndarray:
+        """Per position, the largest L / a over the residues its window holds, plus the rounding
+        slack (module doc): (N,), exhaustive over all positions (the weights ignore x)."""
+        tokens = torch.stack([torch.zeros(self.N, dtype=torch.float64),
+                              torch.arange(self.N, dtype=torch.float64)], dim=-1)[None]
+        with torch.no_grad():
+            weights = self._head().attention_weights(tokens)[0].numpy()  # (N, N)
+        residues = np.arange(self.N) % self.width
+        errors = np.empty(self.N)
+        for i, window in enumerate(self.windows()):
+            inside = np.zeros(self.N, dtype=bool)
+            inside[window] = True
+            leak = np.bincount(residues[~inside], weights=weights[i, ~inside], minlength=self.width)
+            member = weights[i, window]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where(member > 0, leak[residues[window]] / member, np.inf)
+            errors[i] = float(np.max(ratio))  # a member with weight 0 is lost: infinite error
+        return errors + rounding_slack(self.precision)
+
+    def certified(self) -> bool:
+        return bool(self.window_errors().max() <= window_tolerance(self.M))
+
+    def model(self) -> MultiHeadAttentionLayer:
+        N, M, W = self.N, self.M, self.width
+        # present[i, r]: the window of i holds the position with residue r
+        present = torch.zeros(N, W, dtype=torch.bool)
+        for i, window in enumerate(self.windows()):
+            present[i, torch.from_numpy(window % W)] = True
+
         def readout(attended: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-            i = position(tokens)
-            blocks = attended.unflatten(-1, (W, 2)) * sizes[i][..., None, None]
+            i = tokens[..., 1].round().long()
+            blocks = attended.unflatten(-1, (W, 2))
             gathered = torch.round(torch.atan2(blocks[..., 1], blocks[..., 0]) * M / (2.0 * math.pi)).long() % M
             own = tokens[..., 0].round().long()
             total = (own[..., None, None] + gathered[..., :, None] + gathered[..., None, :]) % M
             valid = present[i][..., :, None] & present[i][..., None, :]
             return ((total == 0) & valid).any(dim=-1).any(dim=-1).to(attended.dtype)
 
-        head = AttentionUnit(lambda x: queries[position(x)], lambda x: keys.T[position(x)], value,
-                             precision=self.precision)
-        return MultiHeadAttentionLayer([head], output_map=readout, precision=self.precision)
+        return MultiHeadAttentionLayer([self._head()], output_map=readout, precision=self.precision)
 
     def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         x = np.asarray(inputs["x"], dtype=np.float64)
@@ -155,32 +180,39 @@ class LocalMatch3:
         task = matching_task(task, self.task())
         verification = verify_match(task, self.predict, rng, n, order=3)
         errors = self.window_errors()
-        verification.notes.update({"window_l1_error_max": float(errors.max()),
-                                   "window_l1_tolerance": window_tolerance(self.M, self.window),
-                                   "certified_all_inputs": bool(errors.max() <= window_tolerance(self.M, self.window))})
+        verification.notes.update({"window_error_max": float(errors.max()),
+                                   "window_tolerance": window_tolerance(self.M),
+                                   "certified_all_inputs": bool(errors.max() <= window_tolerance(self.M))})
         return verification
 
     def to_dict(self) -> dict[str, Any]:
         return {"task": "match3-local", "attention": "standard", "N": self.N, "M": self.M,
-                "window": self.window, "m": self.m, "key_dim": self.key_dim, "heads": self.heads,
-                "p": self.precision, "beta": self.beta, "seed": self.seed,
+                "window": self.window, "m": self.m, "key_dim": self.key_dim, "value_dim": 2 * self.width,
+                "heads": self.heads, "p": self.precision, "beta": self.beta, "residual": True,
                 "search": {str(k): v for k, v in sorted(self.search.items())}}
 
 
 def smallest_local_match3(N: int, M: int, window: int, precision: int | None = None, seed: int = 0,
-                          limit: int | None = None) -> LocalMatch3:
-    """The local-Match3 head with the smallest key width m' whose every window passes."""
-    tolerance = window_tolerance(M, window)
-    limit = N if limit is None else limit
+                          limit: int = 53) -> LocalMatch3:
+    """The local-Match3 head at the smallest precision p (p >= 53: float64) whose every window is
+    certified; with `precision` given, that head (raising if it does not certify). `seed` is
+    accepted for a uniform signature: the construction has no randomness."""
+    del seed
+    tolerance = window_tolerance(M)
+    if precision is not None:
+        found = LocalMatch3.build(N, M, window, precision)
+        if found.window_errors().max() > tolerance:
+            raise ConstructionFailed(f"local Match3 N={N}, M={M}, window={window}: p={precision} bits do not "
+                                     "certify every window; give more precision (or omit --p to search it)")
+        return found
 
-    def error_at(key_dim: int) -> float:
-        return float(LocalMatch3.build(N, M, window, key_dim, precision, seed).window_errors().max())
+    def error_at(bits: int) -> float:
+        return float(LocalMatch3.build(N, M, window, None if bits >= 53 else bits).window_errors().max())
 
     try:
-        key_dim, history = smallest_passing(error_at, tolerance, start=2 * window + 1, limit=limit,
-                                            what="key width m'")
+        bits, history = smallest_passing(error_at, tolerance, start=2, limit=limit, what="precision p")
     except ConstructionFailed as exc:
         raise ConstructionFailed(f"local Match3 N={N}, M={M}, window={window}: {exc}") from None
-    found = LocalMatch3.build(N, M, window, key_dim, precision, seed)
+    found = LocalMatch3.build(N, M, window, None if bits >= 53 else bits)
     found.search = history
     return found

@@ -96,6 +96,7 @@ class AngleMatchConstruction:
     task_name: ClassVar[str] = ""
     order: ClassVar[int] = 2
     width: ClassVar[int] = 2
+    residual_inputs: ClassVar[int] = 1
     attention: ClassVar[str] = "standard"
 
     N: int
@@ -130,5 +131,7 @@ class AngleMatchConstruction:
 
     def to_dict(self) -> dict[str, Any]:
         return {"task": self.task_name, "attention": self.attention, "N": self.N, "M": self.M, "m": self.m,
-                "heads": self.heads, "p": self.precision, "beta": self.beta, "residual": True,
+                "heads": self.heads, "p": self.precision, "beta": self.beta,
+                "residual": self.residual_inputs > 0, "residual_inputs": self.residual_inputs,
+                "m_including_residual": self.m + self.residual_inputs,
                 "search": {str(k): v for k, v in sorted(self.search.items())}}

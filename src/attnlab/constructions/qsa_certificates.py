@@ -3,9 +3,11 @@
 The construction (dual certificates from compressed sensing):
 - keys: token j's key is u_j, column j of a random sign matrix U in {+-1/sqrt(m')}^{m' x N}
   (for m' >= N the one-hot code, which needs no randomness, so no search goes beyond m' = N);
-- queries: token i's query is beta * w_S for S = y_i, with the least-squares dual certificate
-  w_S = U_S (U_S^T U_S)^{-1} 1_q, so <w_S, u_j> = 1 exactly for j in S and, for a random U with
-  m' of order q log N, well below 1 for j outside S;
+- queries: token i's query is beta * w_S for S = y_i, where w_S is a dual certificate of S:
+  <w_S, u_j> = 1 exactly for j in S, and as small as possible off S. Two programs:
+  "softmax-leak" (default; attnlab.constructions.qsa_optimised): the w minimising the softmax
+  mass outside S at this beta, i.e. the worst-case error itself; "least-squares" (the baseline):
+  w_S = U_S (U_S^T U_S)^{-1} 1_q, with nothing bounding the off-set scores;
 - values: z_j; the output map reads the d' value coordinates.
 The weights are exactly uniform on S; the error is the softmax mass leaking outside S, which the
 temperature beta = 2 ln(2N / (q eps)) keeps below eps when every off-support <w_S, u_j> <= 1/2.
@@ -17,9 +19,16 @@ Precision p rounds queries, keys, logits, values and outputs to p significant bi
 Worst case over z, exactly. For one index set S with attention weights a, the error at that
 token is ||sum_j (a_j - 1[j in S]/q) z_j||_2, and its supremum over z in the unit ball is
 sum_j |a_j - 1[j in S]/q|, reached at z_j = sign(a_j - 1[j in S]/q) e_1. `worst_case_errors`
-computes this for any list of sets, so the search over m' certifies the worst z for every set it
-tries, and the adversary only has to search over index sets: for a target key u_t it greedily
-builds the q-set S (among keys most correlated with u_t) that maximises <w_S, u_t>.
+computes this for any list of sets, so a verification certifies the worst z for every set it
+tries, and the adversary only has to search over index sets. The adversary attacks the program
+the head uses: for a target key u_t it starts from the q-set (among keys most correlated with
+u_t) greedily built to maximise the least-squares score <w_S, u_t>, then swaps members by local
+search to maximise the head's own worst-case error (qsa_optimised.local_search_sets).
+
+The width search (`smallest_certificate_qsa`) fits m' on one sample of random and adversarial
+sets and then judges it on samples it did not fit (fresh random sets, an adversary with fresh
+targets), widening by 10% until a held-out sample passes; `verified_certificate_qsa` adds the
+end-to-end verification and widens again if that fails, so the width it reports passed.
 """
 
 from __future__ import annotations
@@ -31,6 +40,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from attnlab.constructions.qsa_optimised import (
+    DEFAULT_ITERATIONS,
+    SCREEN_ITERATIONS,
+    leak_certificates,
+    least_squares_certificates,
+    local_search_sets,
+)
 from attnlab.constructions.verification import (
     ConstructionFailed,
     Verification,
@@ -43,8 +59,11 @@ from attnlab.models.attention_unit import AttentionUnit, MultiHeadAttentionLayer
 from attnlab.models.precision import round_to_bits
 from attnlab.tasks import Batch, QSparseAveraging, as_generator, distinct_indices
 
+CERTIFICATES = ("softmax-leak", "least-squares")
 _SET_CHUNK = 512
 _KEY_BLOCK = 64
+
+certificates = least_squares_certificates  # the baseline; other modules build on it
 
 
 def certificate_temperature(N: int, q: int, eps: float) -> float:
@@ -76,23 +95,22 @@ def certificate_keys(key_dim: int, N: int, seed: int) -> np.ndarray:
     return np.eye(key_dim, N)
 
 
-def certificates(keys: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
-    """w_S = U_S (U_S^T U_S)^{-1} 1 for every set in `sets` (..., q): shape (..., m').
-
-    Where U_S^T U_S is singular (m' < q, or two equal key columns) the pseudo-inverse keeps the
-    map defined; the construction then fails its verification instead of raising.
-    """
-    chosen = keys.T[sets]  # (..., q, m')
-    gram = chosen @ chosen.transpose(-1, -2)
-    ones = torch.ones(*gram.shape[:-1], 1, dtype=gram.dtype)
-    coefficients, info = torch.linalg.solve_ex(gram, ones)
-    singular = info != 0
-    if bool(singular.any()):
-        coefficients[singular] = torch.linalg.pinv(gram[singular], hermitian=True).sum(dim=-1, keepdim=True)
-    return (coefficients * chosen).sum(dim=-2)
+def check_certificate(certificate: str) -> str:
+    if certificate not in CERTIFICATES:
+        raise ValueError(f"certificate must be one of {', '.join(CERTIFICATES)}, got {certificate!r}")
+    return certificate
 
 
-def certificate_weight_gaps(keys: np.ndarray, sets: np.ndarray, beta: float, precision: int | None) -> np.ndarray:
+def certificate_vectors(keys: torch.Tensor, sets: torch.Tensor, beta: float, certificate: str,
+                        iterations: int = DEFAULT_ITERATIONS) -> torch.Tensor:
+    """The certificate w_S of every set (..., q) under the named program: (..., m')."""
+    if check_certificate(certificate) == "least-squares":
+        return least_squares_certificates(keys, sets)
+    return leak_certificates(keys, sets, beta, iterations)
+
+
+def certificate_weight_gaps(keys: np.ndarray, sets: np.ndarray, beta: float, precision: int | None,
+                            certificate: str = "least-squares", iterations: int = DEFAULT_ITERATIONS) -> np.ndarray:
     """a - 1_S/|S| for the attention weights a of a certificate query on each set: (k, N).
 
     All sets have one size s = sets.shape[1]; queries, keys and logits are rounded to `precision`
@@ -100,16 +118,38 @@ def certificate_weight_gaps(keys: np.ndarray, sets: np.ndarray, beta: float, pre
     """
     sets = sorted_sets(sets)
     key_tensor = torch.from_numpy(keys)
-    queries = round_to_bits(beta * certificates(key_tensor, torch.from_numpy(sets)), precision)
+    vectors = certificate_vectors(key_tensor, torch.from_numpy(sets), beta, certificate, iterations)
+    queries = round_to_bits(beta * vectors, precision)
     logits = round_to_bits(queries @ round_to_bits(key_tensor, precision), precision)
     gap = stable_softmax(logits).numpy()
     gap[np.arange(len(sets))[:, None], sets] -= 1.0 / sets.shape[1]
     return gap
 
 
+def greedy_least_squares_sets(keys: np.ndarray, targets: np.ndarray, q: int) -> np.ndarray:
+    """For each target t, the q-set S (from the 4q keys most correlated with u_t, never t) built
+    greedily to maximise the least-squares score <w_S, u_t>: (len(targets), q) sorted."""
+    N = keys.shape[1]
+    key_tensor = torch.from_numpy(keys)
+    chosen = torch.from_numpy(np.asarray(targets, dtype=np.int64))
+    correlation = key_tensor[:, chosen].T @ key_tensor  # (T, N)
+    correlation[torch.arange(len(chosen)), chosen] = -math.inf
+    pool = torch.topk(correlation, k=min(4 * q, N - 1), dim=1).indices  # (T, P)
+    target_keys = key_tensor.T[chosen]  # (T, m')
+    current = pool[:, :0]
+    for _ in range(q):
+        taken = (pool[:, :, None] == current[:, None, :]).any(dim=-1)  # (T, P)
+        trial = torch.cat([current[:, None, :].expand(-1, pool.shape[1], -1), pool[:, :, None]], dim=-1)
+        score = (least_squares_certificates(key_tensor, trial) * target_keys[:, None, :]).sum(dim=-1)
+        score[taken] = -math.inf
+        best = score.argmax(dim=1)
+        current = trial[torch.arange(len(trial)), best]
+    return sorted_sets(current.numpy())
+
+
 @dataclass
 class CertificateQSA:
-    """A Theorem-2 head for qSA(N, q, d'), fixed by its key width, precision and seed."""
+    """A Theorem-2 head for qSA(N, q, d'), fixed by its key width, precision, seed and program."""
 
     N: int
     q: int
@@ -120,11 +160,15 @@ class CertificateQSA:
     beta: float
     seed: int
     keys: np.ndarray = field(repr=False)
+    certificate: str = "softmax-leak"
+    iterations: int = DEFAULT_ITERATIONS
     search: dict[int, float] = field(default_factory=dict)
+    holdout: list[dict[str, float]] = field(default_factory=list)
 
     @classmethod
     def build(cls, N: int, q: int, d_prime: int, eps: float, key_dim: int, precision: int | None = None,
-              seed: int = 0, beta: float | None = None) -> "CertificateQSA":
+              seed: int = 0, beta: float | None = None, certificate: str = "softmax-leak",
+              iterations: int = DEFAULT_ITERATIONS) -> "CertificateQSA":
         QSparseAveraging(N, q, d_prime)  # validates N, q, d'
         if not 0 < eps < 1:
             raise ValueError(f"eps must be in (0, 1), got {eps}")
@@ -132,11 +176,15 @@ class CertificateQSA:
             raise ValueError(f"key_dim must be >= 1, got {key_dim}")
         beta = certificate_temperature(N, q, eps) if beta is None else float(beta)
         return cls(N, q, d_prime, float(eps), int(key_dim), precision, beta, int(seed),
-                   certificate_keys(key_dim, N, seed))
+                   certificate_keys(key_dim, N, seed), check_certificate(certificate), int(iterations))
 
     @property
     def m(self) -> int:
         return self.key_dim + self.d_prime
+
+    def vectors(self, sets: torch.Tensor, iterations: int | None = None) -> torch.Tensor:
+        return certificate_vectors(torch.from_numpy(self.keys), sets, self.beta, self.certificate,
+                                   self.iterations if iterations is None else iterations)
 
     # --- the model ------------------------------------------------------------------------
     def tokens(self, inputs: dict[str, np.ndarray]) -> torch.Tensor:
@@ -150,7 +198,8 @@ class CertificateQSA:
         keys = torch.from_numpy(self.keys)
 
         def query(x: torch.Tensor) -> torch.Tensor:
-            return self.beta * certificates(keys, x[..., d:d + q].round().long())
+            sets = torch.sort(x[..., d:d + q].round().long(), dim=-1).values
+            return self.beta * self.vectors(sets)
 
         def key(x: torch.Tensor) -> torch.Tensor:
             return keys.T[x[..., -1].round().long()]
@@ -168,13 +217,14 @@ class CertificateQSA:
             return layer(self.tokens(inputs)).numpy()
 
     # --- exact worst case over z, for given index sets -------------------------------------------
-    def _weights_minus_target(self, sets: np.ndarray) -> np.ndarray:
-        return certificate_weight_gaps(self.keys, sets, self.beta, self.precision)
+    def _weights_minus_target(self, sets: np.ndarray, iterations: int | None = None) -> np.ndarray:
+        return certificate_weight_gaps(self.keys, sets, self.beta, self.precision, self.certificate,
+                                       self.iterations if iterations is None else iterations)
 
-    def worst_case_errors(self, sets: np.ndarray) -> np.ndarray:
+    def worst_case_errors(self, sets: np.ndarray, iterations: int | None = None) -> np.ndarray:
         """sup over z in the unit ball of the error at a token with index set S, for each S: (k,)."""
         sets = np.asarray(sets).reshape(-1, self.q)
-        return np.concatenate([np.abs(self._weights_minus_target(sets[s:s + _SET_CHUNK])).sum(axis=1)
+        return np.concatenate([np.abs(self._weights_minus_target(sets[s:s + _SET_CHUNK], iterations)).sum(axis=1)
                                for s in range(0, len(sets), _SET_CHUNK)] or [np.zeros(0)])
 
     def worst_values(self, index_set: np.ndarray) -> np.ndarray:
@@ -184,29 +234,15 @@ class CertificateQSA:
         z[:, 0] = np.where(signs == 0, 1.0, signs)
         return z
 
-    def adversarial_sets(self, rng: np.random.Generator, targets: int = 64) -> np.ndarray:
-        """Index sets chosen against the drawn keys: for each of `targets` keys u_t, a q-set S
-        not containing t, built greedily from the 4q keys most correlated with u_t so that
-        <w_S, u_t> (the off-support score at t) is as large as the greedy search finds."""
-        N, q = self.N, self.q
-        if N - 1 < q or targets < 1:
-            return np.zeros((0, q), dtype=np.int64)
-        keys = torch.from_numpy(self.keys)
-        chosen_targets = rng.choice(N, size=min(targets, N), replace=False)
-        correlation = keys[:, chosen_targets].T @ keys  # (T, N)
-        correlation[torch.arange(len(chosen_targets)), torch.from_numpy(chosen_targets)] = -math.inf
-        pool = torch.topk(correlation, k=min(4 * q, N - 1), dim=1).indices  # (T, P)
-        target_keys = keys.T[torch.from_numpy(chosen_targets)]  # (T, m')
-        current = pool[:, :0]
-        for _ in range(q):
-            # candidates: every pool member not yet chosen, appended to the current set
-            taken = (pool[:, :, None] == current[:, None, :]).any(dim=-1)  # (T, P)
-            trial = torch.cat([current[:, None, :].expand(-1, pool.shape[1], -1), pool[:, :, None]], dim=-1)
-            score = (certificates(keys, trial) * target_keys[:, None, :]).sum(dim=-1)
-            score[taken] = -math.inf
-            best = score.argmax(dim=1)
-            current = trial[torch.arange(len(trial)), best]
-        return sorted_sets(current.numpy())
+    def adversarial_sets(self, rng: np.random.Generator, targets: int = 32, moves: int = 32,
+                         rounds: int = 3) -> np.ndarray:
+        """Index sets chosen against this head: for `targets` keys u_t, the greedy least-squares
+        set around u_t, improved by swap local search on this head's own worst-case error (the
+        softmax-leak program screened at a few iterations; verification re-scores in full)."""
+        screen = SCREEN_ITERATIONS if self.certificate == "softmax-leak" else None
+        return local_search_sets(lambda sets: self.worst_case_errors(sets, screen), self.keys, self.q, rng,
+                                 targets, lambda t: greedy_least_squares_sets(self.keys, t, self.q),
+                                 moves=moves, rounds=rounds)
 
     # --- verification ------------------------------------------------------------------------
     def task(self) -> QSparseAveraging:
@@ -226,7 +262,7 @@ class CertificateQSA:
         return batches
 
     def verify(self, task: QSparseAveraging | None = None, rng: int | np.random.Generator | None = 0,
-               n: int = 4, adversarial_targets: int = 64) -> Verification:
+               n: int = 4, adversarial_targets: int = 32) -> Verification:
         """Run the head on n sampled sequences and on adversarial sequences; score with task.score."""
         task = matching_task(task, self.task())
         rng = as_generator(rng)
@@ -247,38 +283,81 @@ class CertificateQSA:
     def to_dict(self) -> dict[str, Any]:
         return {"theorem": 2, "N": self.N, "q": self.q, "d_prime": self.d_prime, "eps": self.eps,
                 "m": self.m, "key_dim": self.key_dim, "p": self.precision, "beta": self.beta,
-                "seed": self.seed, "search": {str(k): v for k, v in sorted(self.search.items())}}
+                "seed": self.seed, "certificate": self.certificate,
+                "search": {str(k): v for k, v in sorted(self.search.items())},
+                "holdout": list(self.holdout)}
 
 
-def set_search_error(construction: CertificateQSA, random_sets: np.ndarray, rng_seed: int,
-                     adversarial_targets: int) -> float:
+def sampled_error(construction: CertificateQSA, random_sets: np.ndarray, rng_seed, adversarial_targets: int) -> float:
     """The worst error (exact sup over z) over the given random sets and the adversary's sets."""
     adversarial = construction.adversarial_sets(np.random.default_rng(rng_seed), adversarial_targets)
     return float(construction.worst_case_errors(np.concatenate([random_sets, adversarial])).max())
 
 
 def smallest_certificate_qsa(N: int, q: int, d_prime: int = 4, eps: float | None = None,
-                             precision: int | None = None, seed: int = 0, random_sets: int = 1024,
-                             adversarial_targets: int = 64, limit: int | None = None) -> CertificateQSA:
+                             precision: int | None = None, seed: int = 0, random_sets: int = 256,
+                             adversarial_targets: int = 32, limit: int | None = None,
+                             certificate: str = "softmax-leak", holdout_rounds: int = 8,
+                             resolution: float = 0.02, fit_margin: float = 0.8) -> CertificateQSA:
     """The Theorem-2 head with the smallest key width m' that the search verifies.
 
-    Each candidate m' draws its keys from (seed, m') and passes when the exact worst case over z
-    is <= eps on `random_sets` uniform index sets and on the adversary's sets. eps defaults to
-    1/(2q), the level of the lower bound.
+    Fit: candidate m' (keys from (seed, m')) passes when the exact worst case over z is <= fit_margin * eps on
+    `random_sets` uniform index sets and on the adversary's sets (targets drawn from (seed, 2));
+    doubling then bisection to `resolution` (relative). Judge: the fitted m' must also pass on a
+    held-out sample (fresh random sets, adversary with fresh targets); while it fails m' grows
+    by 10% and a new held-out sample is drawn (at most `holdout_rounds`; m' = N always passes).
+    `search` records the fit, `holdout` the judged widths. eps defaults to 1/(2q).
     """
     QSparseAveraging(N, q, d_prime)  # validates N, q, d' before any work
+    check_certificate(certificate)
     eps = 1.0 / (2 * q) if eps is None else eps
+    if not 0 < eps < 1:
+        raise ValueError(f"eps must be in (0, 1), got {eps}")
     sets = distinct_indices(np.random.default_rng([seed, 1]), (random_sets,), q, N)
     limit = N if limit is None else limit
 
+    def build(key_dim: int) -> CertificateQSA:
+        return CertificateQSA.build(N, q, d_prime, eps, key_dim, precision, seed, certificate=certificate)
+
     def error_at(key_dim: int) -> float:
-        candidate = CertificateQSA.build(N, q, d_prime, eps, key_dim, precision, seed)
-        return set_search_error(candidate, sets, seed, adversarial_targets)
+        return sampled_error(build(key_dim), sets, [seed, 2], adversarial_targets)
 
     try:
-        key_dim, history = smallest_passing(error_at, eps, start=max(1, q), limit=limit, what="key width m'")
+        key_dim, history = smallest_passing(error_at, fit_margin * eps, start=max(1, q), limit=limit,
+                                            what="key width m'",
+                                            resolution=resolution)
     except ConstructionFailed as exc:
         raise ConstructionFailed(f"qSA N={N}, q={q}, p={precision}: {exc}") from None
-    found = CertificateQSA.build(N, q, d_prime, eps, key_dim, precision, seed)
-    found.search = history
+    judged = []
+    for round_ in range(holdout_rounds):
+        candidate = build(key_dim)
+        fresh = distinct_indices(np.random.default_rng([seed, 100 + round_]), (random_sets,), q, N)
+        error = sampled_error(candidate, fresh, [seed, 200 + round_], adversarial_targets)
+        judged.append({"key_dim": key_dim, "error": error})
+        if error <= eps or key_dim >= limit:
+            break
+        key_dim = min(limit, math.ceil(1.1 * key_dim))
+    found = build(key_dim)
+    found.search, found.holdout = history, judged
     return found
+
+
+def verified_certificate_qsa(N: int, q: int, d_prime: int = 4, eps: float | None = None,
+                             precision: int | None = None, seed: int = 0, n: int = 1,
+                             certificate: str = "softmax-leak", attempts: int = 6,
+                             **search) -> tuple[CertificateQSA, Verification, list[dict[str, Any]]]:
+    """`smallest_certificate_qsa`, then the end-to-end verification (fresh seed); while it fails,
+    widen m' by 10% and verify again. Returns the head, its (passing, unless m' = N was reached
+    and still failed) verification, and every width tried with its result."""
+    head = smallest_certificate_qsa(N, q, d_prime, eps, precision, seed, certificate=certificate, **search)
+    tried = []
+    for attempt in range(attempts):
+        verification = head.verify(rng=np.random.default_rng([seed, 300 + attempt]), n=n)
+        tried.append({"key_dim": head.key_dim, "max_error": verification.max_error, "passed": verification.passed})
+        if verification.passed or head.key_dim >= N:
+            break
+        widened = CertificateQSA.build(N, q, d_prime, head.eps, min(N, math.ceil(1.1 * head.key_dim)), precision,
+                                       seed, certificate=certificate)
+        widened.search, widened.holdout = head.search, head.holdout
+        head = widened
+    return head, verification, tried

@@ -93,13 +93,15 @@ def merge_scores(scores: list[dict[str, float]], sizes: list[int]) -> dict[str, 
 
 
 def smallest_passing(error_at: Callable[[int], float], tolerance: float, start: int, limit: int,
-                     what: str = "size") -> tuple[int, dict[int, float]]:
+                     what: str = "size", resolution: float = 0.0) -> tuple[int, dict[int, float]]:
     """The smallest integer k in [start, limit] found with error_at(k) <= tolerance.
 
     Doubles k from `start` until it passes, then bisects between the last failure and the first
     pass. Every evaluation is kept in the returned history {k: error}; when error_at is not
     monotone (random constructions), the answer is a k that passes whose bisection neighbour
-    below failed. Raises ConstructionFailed when even `limit` fails.
+    below failed. With `resolution` r > 0 the bisection stops once the failing k is within
+    r * k of the passing one (fewer evaluations; the answer is then at most ~r above the exact
+    threshold). Raises ConstructionFailed when even `limit` fails.
     """
     if start < 1 or limit < start:
         raise ValueError(f"need 1 <= start <= limit, got start={start}, limit={limit}")
@@ -117,7 +119,7 @@ def smallest_passing(error_at: Callable[[int], float], tolerance: float, start: 
                 f"no {what} up to {limit} reached error {tolerance:g} (error at {limit}: {history[k]:.3g}); "
                 f"raise the limit, or relax eps / give more precision")
         failed, k = k, min(2 * k, limit)
-    while k - failed > 1:
+    while k - failed > max(1.0, resolution * k):
         mid = (k + failed) // 2
         failed, k = (failed, mid) if passes(mid) else (mid, k)
     return k, history
