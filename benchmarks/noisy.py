@@ -24,9 +24,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from attnlab import ExtractionError, Oracle  # noqa: E402
-from attnlab.extract.noisy import noisy_single_head  # noqa: E402
-from attnlab.evaluate import relative_error  # noqa: E402
+from attnlab import ExtractionError  # noqa: E402
+from attnlab.evaluate.recipes import noisy_head_row  # noqa: E402
 from attnlab.models import SingleHeadAttention  # noqa: E402
 from attnlab.oracle.noise import AdversarialNoise, BoundedNoise, GaussianNoise, RoundDigits, RoundFloat32  # noqa: E402
 
@@ -44,17 +43,12 @@ def target(d: int, seed: int):
 
 
 def run(method: str, head, W, v, noise, seed: int, queries=None, repeats=1):
-    """(W error, v error, queries) or None when the extractor refuses."""
-    oracle = Oracle(head, noise=noise, seed=seed + 1000)
-    try:
-        if method == "paper":
-            ex = noisy_single_head(oracle, method="paper",
-                                   method_options={"B": float(np.linalg.norm(W)), "repeats": repeats})
-        else:
-            ex = noisy_single_head(oracle, method="robust", method_options={"queries": queries}, seed=seed)
+    """The recipe's row (errors, queries, error estimate), or None when the extractor refuses."""
+    options = {"repeats": repeats} if method == "paper" else {"queries": queries}
+    try:  # the paper's estimator gets B = ||W||_F exactly (the recipe's default)
+        return noisy_head_row(head, noise, method, seed=seed, oracle_seed=seed + 1000, **options)
     except ExtractionError:
         return None
-    return np.linalg.norm(ex.W - W), np.linalg.norm(ex.v - v), ex.queries, ex
 
 
 def geo(values):
@@ -77,10 +71,10 @@ def tau_sweep(d, seeds, taus):
                     head, W, v = target(d, s)
                     outs.append(run(method, head, W, v, make(tau, head), s))
                 ok = [o for o in outs if o is not None]
-                cell[method] = (geo([o[0] for o in ok]) if len(ok) == len(outs) else None,
-                                geo([o[1] for o in ok]) if len(ok) == len(outs) else None,
-                                ok[0][2] if ok else None,
-                                geo([o[3].info["error_estimate"]["W_fro"] for o in ok]) if method == "robust" and ok else None)
+                cell[method] = (geo([o["W_fro_error"] for o in ok]) if len(ok) == len(outs) else None,
+                                geo([o["v_l2_error"] for o in ok]) if len(ok) == len(outs) else None,
+                                ok[0]["queries"] if ok else None,
+                                geo([o["estimate_W_fro"] for o in ok]) if method == "robust" and ok else None)
                 curves.setdefault((kind, method), []).append((tau, cell[method][0]))
             p, r = cell["paper"], cell["robust"]
             ratio = p[0] / r[0] if p[0] and r[0] else None
@@ -103,8 +97,8 @@ def query_sweep(d, seeds, factors):
                 head, W, v = target(d, s)
                 p_out.append(run("paper", head, W, v, make(head), s, repeats=f))
                 r_out.append(run("robust", head, W, v, make(head), s, queries=f * base))
-            paper_at[f] = geo([o[0] for o in p_out if o])
-            robust_at[f] = geo([o[0] for o in r_out if o])
+            paper_at[f] = geo([o["W_fro_error"] for o in p_out if o])
+            robust_at[f] = geo([o["W_fro_error"] for o in r_out if o])
             rows.append(f"| {name} | {f * base} | {fmt(paper_at[f])} | {fmt(robust_at[f])} | "
                         f"{paper_at[f] / robust_at[f]:.0f}x |")
         # fewest robust queries reaching the paper's best error
@@ -125,8 +119,8 @@ def float32_rows(d, seeds):
         for s in seeds:
             head, W, v = target(d, s)
             out = run(method, head, W, v, RoundFloat32(), s)
-            errs_W.append(relative_error(out[3].W, W))
-            errs_v.append(relative_error(out[3].v, v))
+            errs_W.append(out["rel_error_W"])
+            errs_v.append(out["rel_error_v"])
         rows.append(f"| {method} | {d} | {d * d + d} | {max(errs_W):.2e} | {max(errs_v):.2e} |")
     return rows
 
