@@ -74,6 +74,7 @@ def test_smallest_width_passes_its_own_verification_and_the_search_saw_a_failure
     assert verification.to_dict()["max_error"] == verification.max_error
 
 
+@pytest.mark.slow
 def test_too_narrow_or_too_coarse_a_head_fails_its_verification():
     narrow = CertificateQSA.build(N=64, q=2, d_prime=3, eps=0.25, key_dim=2)
     assert not narrow.verify(n=2).passed

@@ -39,6 +39,7 @@ def metrics_by_id(path) -> dict[str, dict]:
         return {r["run_id"]: r["metrics"] for r in store.records()}
 
 
+@pytest.mark.slow
 def test_local_sweep_runs_everything_once_and_skips_it_next_time(tmp_path):
     sweep = tiny_sweep()
     store = tmp_path / "r.sqlite"
@@ -82,6 +83,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_sweep_parent_killed_with_sigkill_resumes_without_loss_or_duplicates(tmp_path):
     sweep = tiny_sweep(name="killed", seeds=(0, 1, 2, 3), max_steps=200, n_train=(64,))
     (tmp_path / "sweep.json").write_text(sweep.model_dump_json())
@@ -122,6 +124,7 @@ def test_sweep_parent_killed_with_sigkill_resumes_without_loss_or_duplicates(tmp
         assert db.execute("SELECT COUNT(*), COUNT(DISTINCT run_id) FROM runs").fetchone() == (total, total)
 
 
+@pytest.mark.slow
 def test_quick_sweep_attention_reaches_the_threshold_first(tmp_path):
     """The committed quick sweep (what CI runs): attention needs fewer qSA samples than LSTM / MLP."""
     summary = run_sweep(default_sweep(quick=True), tmp_path / "q.sqlite", workers=2)
@@ -140,6 +143,7 @@ def _cli(*args: str):
     return result.exit_code, result.output
 
 
+@pytest.mark.slow
 def test_cli_train_sweep_results(tmp_path):
     run = tiny_sweep().expand()[0]
     (tmp_path / "run.json").write_text(run.model_dump_json())
@@ -178,6 +182,7 @@ def test_cli_errors_are_clean(tmp_path):
         assert "Traceback" not in out and "error" in out
 
 
+@pytest.mark.slow
 def test_example_script_runs():
     done = subprocess.run([sys.executable, str(REPO / "examples" / "train_qsa.py"), "--n-train", "64", "--steps", "5"],
                           capture_output=True, text=True, timeout=120)

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from attnlab.cli import app
@@ -79,6 +80,7 @@ def test_errors_exit_2_with_a_message_and_no_traceback():
         assert "Traceback" not in result.output and "error" in result.output.lower()
 
 
+@pytest.mark.slow
 def test_example_runs(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "multihead_canonical.py"), "--d", "3", "--heads", "2"],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)

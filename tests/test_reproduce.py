@@ -19,6 +19,7 @@ def quick_run(tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow
 def test_quick_reproduction_reproduces_every_claim(quick_run):
     out, result = quick_run
     summary = last_json(result.stdout)
@@ -31,6 +32,7 @@ def test_quick_reproduction_reproduces_every_claim(quick_run):
         assert c["paper"] and c["measured"]
 
 
+@pytest.mark.slow
 def test_quick_report_opens_in_chromium_with_every_figure(quick_run):
     out, _ = quick_run
     facts = inspect_page(out / "report.html", screenshot=out / "screenshot.png")

@@ -42,6 +42,7 @@ def last_json(result) -> dict:
     return _last_json(result.stdout)
 
 
+@pytest.mark.slow
 def test_make_target_keys_and_serve_from_the_command_line(tmp_path):
     made = last_json(attnlab("make-target", "t.safetensors", "--kind", "affine", "--d", "3", "--seed", "4",
                              "--json", cwd=tmp_path))
