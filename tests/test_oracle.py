@@ -201,9 +201,10 @@ def test_a_torch_module_without_a_width_failing_on_the_first_call_says_so():
         oracle(distinct((2, 1, 5)))
 
 
-def test_a_batch_of_zero_sequences_returns_an_empty_answer_array():
+@pytest.mark.parametrize("max_batch", [None, 4])
+def test_a_batch_of_zero_sequences_returns_an_empty_answer_array(max_batch):
     target, calls = counting(linear_target)
-    oracle = Oracle(target, d=3, max_batch=4)
+    oracle = Oracle(target, d=3, max_batch=max_batch)
     out = oracle(np.ones((0, 2, 3)))
     assert isinstance(out, np.ndarray) and out.shape == (0,)
     assert oracle.query_many([]).shape == (0,)
