@@ -1,0 +1,151 @@
+"""Learning multi-head attention from value queries, up to its canonical form.
+
+`multi_head` needs no structural assumption. For a key direction u and a query token b, the
+sequence of c copies of a = b + u followed by m copies of b answers
+
+    f - b^T V - C = sum_h gamma_h * t lam_h / (1 + t lam_h),    t = c / m,
+
+with V = sum_h v_h and C the shared constant (read from one-token queries), gamma_h = u^T v_h
+and lam_h = exp(s_h), s_h = u^T W_h b (+ u^T u_h for affine heads). Divided by t this is a
+rational function of t with one pole per canonical head at -1/lam_h and residue gamma_h, whose
+residues sum to u^T V. So 2H - 1 ratios t fix the H pairs (gamma_h, s_h) (module `rational`).
+
+d directions u times d tokens b (d + 1 for affine heads) give the s_h for every head, hence
+W_h (and u_h), and the gammas give v_h. gamma_h depends on u only: once a direction's gammas are
+known from two or more "anchor" tokens, each further token needs only its H logits, found by
+Newton's method continued from a nearby anchor ("continuation", the default; module `learner`):
+about H (d^2 + d) + (H - 1) d * anchors + d queries, against 4 H d^2 - 2H + 1 for the published
+algorithm (arXiv 2608.03294) and H (d^2 + d) free parameters. Heads are labelled across the tokens
+of a direction by their gammas and across directions by "added-token" queries. Which probes are
+trusted is decided by what the data pin down (see docs/multihead.md): a fit's error bound, an
+order of heads that alone explains the answers; never by fixed fractions of the parameters.
+
+`orthogonal_heads` (module `orthogonal`) is Prop. 7.1's structured case: heads in known pairwise
+orthogonal subspaces, learned one at a time by the single-head algorithm.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from attnlab._random import as_generator
+from attnlab.extract.convention import resolve_method
+from attnlab.extract.multihead.learner import Learner, check
+from attnlab.extract.multihead.orthogonal import measure, orthogonal_heads
+from attnlab.extract.multihead.rational import Tolerances
+from attnlab.extract.result import Extraction
+from attnlab.models.canonical import MultiHeadParams, canonical_order
+from attnlab.oracle import Oracle
+
+MAX_HEADS = 6  # beyond this the degree-2H rational fits lose too many digits in float64
+_SHARED = {"check_queries": None, "fit_tol": 1e-9, "logit_tol": 1e-9, "min_gap": 0.03, "max_logit": 4.5}
+METHOD_OPTIONS: dict[str, dict] = {
+    "continuation": {"anchors": 2, **_SHARED},
+    "interpolation": dict(_SHARED),
+}
+METHODS = tuple(METHOD_OPTIONS)
+
+
+def published_query_bound(heads: int, d: int) -> int:
+    """Queries used by the canonical learner of arXiv 2608.03294: 4 H d^2 - 2 H + 1."""
+    return 4 * heads * d * d - 2 * heads + 1
+
+
+def canonical_dof(heads: int, d: int, affine: bool = False) -> int:
+    """Free parameters of a canonical form with H heads: H (d^2 + d), plus H d + 1 when affine."""
+    return heads * (d * d + d) + (heads * d + 1 if affine else 0)
+
+
+def multi_head(oracle: Oracle, *, heads: int | None = None, max_heads: int | None = None,
+               affine: bool = False, rank: int | None = None, method: str = "continuation",
+               method_options: dict | None = None, seed=0, fidelity_samples: int = 1000,
+               progress: bool = False) -> Extraction:
+    """Learn the canonical form of a multi-head regressor from exact value queries.
+
+    Parameters
+    ----------
+    oracle : Oracle
+        Value queries to f(X) = c + sum_h softmax(X W_h x_N + X u_h)^T X v_h (u = 0, c = 0
+        unless affine); its d must be set.
+    heads : int, optional
+        The number H of canonical heads, if known.
+    max_heads : int, optional
+        An upper bound H0 instead: the first probe (2 H0 + 1 queries) finds H <= H0.
+    affine : bool
+        Heads with key/query/value biases (as nn.MultiheadAttention(bias=True)): also recovers
+        u_h and the shared constant c (d + 1 more queries for the values, one more token per
+        direction).
+    rank : int, optional
+        Accepted for the convention; heads of rank r < d are recovered exactly by the full-rank
+        learner (at its full query count; see docs/multihead.md for what is measured at scale).
+    method : "continuation" or "interpolation"
+        How the logits of each key direction are read once its gammas are known: H queries per
+        token by Newton continuation from a nearby anchor (default), or a separate (2H - 1)-point
+        rational fit per token (simpler, kept for comparison).
+    method_options : dict, optional
+        anchors (continuation only): tokens per direction read by a full fit (default 2);
+        check_queries: random sequences the result must match to 1e-6 before it is returned
+        (default 2 when counting heads, else 0); fit_tol, logit_tol, min_gap, max_logit: when
+        a probe's fit is trusted (see rational.Tolerances).
+    seed : int or Generator
+        Chooses the random probe directions (attnlab._random.as_generator).
+    fidelity_samples : int
+        Fresh random sequences (lengths 1..32) on which the result is compared with the oracle
+        afterwards, reported as `fidelity`; counted in `fidelity_queries`, not in `queries`.
+    progress : bool
+        Show a tqdm.auto bar over the key directions.
+
+    Returns an Extraction with params "W" (H, d, d), "v" (H, d) (and "u" (H, d), "c" when
+    affine) in canonical order, queries read from the oracle, dof = canonical_dof(H, d, affine),
+    info["heads_found"] and info["published_bound"] = 4 H d^2 - 2 H + 1.
+    """
+    d = oracle.require_d("multi_head")
+    options = resolve_method(method, method_options, METHOD_OPTIONS)
+    if heads is None and max_heads is None:
+        raise ValueError("give heads=H (number of canonical heads) or max_heads=H0 (an upper bound)")
+    for name, value in (("heads", heads), ("max_heads", max_heads)):
+        if value is not None and not 0 <= value <= MAX_HEADS:
+            raise ValueError(f"{name} must be in [0, {MAX_HEADS}], got {value}")
+    if heads is not None and max_heads is not None and heads > max_heads:
+        raise ValueError(f"heads = {heads} exceeds max_heads = {max_heads}")
+    if rank is not None and not 1 <= rank <= d:
+        raise ValueError(f"rank must be in [1, d = {d}], got {rank}")
+    if fidelity_samples < 0:
+        raise ValueError(f"fidelity_samples must be >= 0, got {fidelity_samples}")
+    anchors = options.get("anchors", 2)
+    if anchors < 1:
+        raise ValueError(f"anchors must be >= 1, got {anchors}")
+    check_queries = options["check_queries"]
+    if check_queries is None:
+        check_queries = 2 if heads is None else 0
+    tol = Tolerances(options["fit_tol"], options["logit_tol"], options["min_gap"], options["max_logit"])
+    rng = as_generator(seed)
+    start, clock = oracle.queries, time.perf_counter()
+    learner = Learner(oracle, rng, heads, max_heads if heads is None else heads, method, affine, anchors,
+                      tol, progress)
+    params, extra = learner.run()
+    order = canonical_order(params.W, params.v)
+    params = MultiHeadParams(params.W[order], params.v[order], params.u[order], params.c)
+    if check_queries:
+        check(learner, params, check_queries)
+    H = params.heads
+    found = {"W": params.W, "v": params.v}
+    if affine:
+        found.update(u=params.u, c=np.float64(params.c))
+    result = Extraction(
+        params=found,
+        queries=oracle.queries - start,
+        method=f"multi-head-{method}" + ("" if heads is not None else "-count"),
+        dof=canonical_dof(H, d, affine) if H else 1,
+        seconds=time.perf_counter() - clock,
+        stages={k: v for k, v in learner.stages.items() if v},
+        info={"heads_found": H, "published_bound": published_query_bound(max(H, 1), d), **extra},
+        surrogate=params,
+    )
+    measure(result, oracle, rng, fidelity_samples)
+    return result
+
+
+__all__ = ["MAX_HEADS", "METHODS", "canonical_dof", "multi_head", "orthogonal_heads", "published_query_bound"]

@@ -1,0 +1,444 @@
+"""The multi-head learner's state machine: probe directions, anchors, continuation, matching.
+
+See attnlab.extract.multihead for the algorithm; the numerics of one probe pair are in
+attnlab.extract.multihead.rational.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from scipy.special import expit
+from scipy.stats import ortho_group
+
+from attnlab.errors import ExtractionError
+from attnlab.extract.multihead.rational import (
+    HeadFit,
+    Tolerances,
+    error_bound,
+    fewest_heads_fit,
+    fit_heads,
+    fit_with_known_gammas,
+    joint_polish,
+    layouts,
+    min_gap,
+    newton_from,
+    pair_queries,
+    room,
+    separated,
+)
+from attnlab.models.canonical import MultiHeadParams
+from attnlab.oracle import Oracle
+from attnlab.oracle.sampling import random_sequences
+
+
+def progress_range(n: int, desc: str, show: bool):
+    """range(n), shown as a tqdm.auto bar when `show` (library code never prints otherwise)."""
+    if not show:
+        return range(n)
+    from tqdm.auto import tqdm
+
+    return tqdm(range(n), desc=desc)
+
+
+def _not_h_heads(heads: int) -> str:
+    return (f"the target does not behave like {heads} canonical head(s) answering exactly; if it has "
+            f"more heads, raise heads / max_heads (noisy or rounded answers are outside this learner's "
+            f"assumptions)")
+
+
+def _unit_off(x: np.ndarray, avoid) -> np.ndarray:
+    """x with its components along the vectors in `avoid` removed, normalised."""
+    if len(avoid):
+        basis = np.linalg.qr(np.array(avoid).T)[0]
+        x = x - basis @ (basis.T @ x)
+    return x / np.linalg.norm(x)
+
+
+
+class Learner:
+    """State of one run of `multi_head`: the oracle, what is known so far, and the query ledger."""
+
+    def __init__(self, oracle: Oracle, rng: np.random.Generator, heads: int | None, max_heads: int,
+                 method: str, affine: bool, anchors: int, tol: Tolerances, progress: bool):
+        self.oracle, self.rng, self.d = oracle, rng, int(oracle.d)
+        self.method, self.affine, self.anchors, self.tol = method, affine, anchors, tol
+        self.attempts = 20  # redraws of one probe before the learner gives up
+        self.anchor_gap = 0.25  # continued tokens step eps = gap / 10 away from an anchor: errors grow as 1/eps
+        self.error_bound = 0.0
+        self.anchor_counts: list[int] = []
+        self.heads, self.max_heads = heads, max_heads
+        self.stages = {"values": 0, "pairs": 0, "count": 0, "matching": 0, "rejected": 0, "check": 0}
+        self.progress = progress
+        self.b_norm = 1.0
+        self.C = 0.0  # the shared constant (affine heads): f of the zero token
+
+    def ask(self, stage: str, sequences: list[np.ndarray]) -> np.ndarray:
+        before = self.oracle.queries
+        answers = self.oracle.query_many(sequences)
+        self.stages[stage] += self.oracle.queries - before
+        return answers
+
+    def reject(self, spent: int) -> None:
+        """Queries of a probe that was measured and then discarded are reported as rejected."""
+        self.stages["pairs"] -= spent
+        self.stages["rejected"] += spent
+
+    def random_direction(self, avoid=()) -> np.ndarray:
+        """A uniformly random unit vector that keeps the vectors in `avoid` well conditioned.
+
+        Not forced orthogonal to `avoid`: at small d the last of d directions would then be
+        pinned near one vector, and a target that is degenerate there would never let it pass.
+        A uniform draw is generic; only a draw that would make the accepted set nearly dependent
+        (condition number above 1e3, which costs no query to check) is drawn again.
+        """
+        for _ in range(100):
+            x = _unit_off(self.rng.standard_normal(self.d), ())
+            if not len(avoid) or np.linalg.cond(np.array([*avoid, x]).T) < 1e3:
+                return x
+        return _unit_off(self.rng.standard_normal(self.d), avoid)
+
+    # -- measurements
+    def measure(self, pairs: list[tuple[np.ndarray, np.ndarray]], points: int, stage: str = "pairs",
+                exclude=()):
+        """(t, F, S) per (u, b) pair, from `points` queries each (ratios other than `exclude`)."""
+        chosen = layouts(points, exclude)
+        t = np.array([c / m for c, m in chosen], dtype=np.float64)
+        answers = self.ask(stage, [q for u, b in pairs for q in pair_queries(u, b, chosen)])
+        answers = answers.reshape(len(pairs), points)
+        return [(t, answers[k] - b @ self.V - self.C, float(u @ self.V)) for k, (u, b) in enumerate(pairs)]
+
+    def fit_reference(self, u: np.ndarray, b: np.ndarray, detect: bool) -> tuple[HeadFit | None, int]:
+        """Fit the pair (u, b) whose gammas label the heads of direction u (None if unusable), and its cost."""
+        points = 2 * self.max_heads + 1 if detect else 2 * self.heads - 1
+        t, F, S = self.measure([(u, b)], points)[0]
+        if detect:
+            return fewest_heads_fit(t, F, S, self.max_heads), points
+        fit = fit_heads(t, F, S, self.heads)
+        return (fit if fit is not None and fit.residual <= self.tol.fit_tol else None), points
+
+    def usable(self, fit: HeadFit, reference: bool) -> bool:
+        """Poles apart and not saturated; for references also gammas that tell the heads apart.
+
+        No gamma has to be a fixed fraction of the largest (a head with a small value vector
+        would never pass): what matters is that the fit pins each parameter down, which its
+        error bound (rounding-level answers propagated through the Jacobian) measures.
+        """
+        if np.any(np.abs(fit.s) > self.tol.max_logit) or not separated(fit.s, self.tol.min_gap):
+            return False
+        if reference and fit.gamma.size:
+            size = np.max(np.abs(fit.gamma))
+            if np.min(np.abs(fit.gamma)) <= 1e-6 * size:
+                return False  # a head (almost) invisible along u: its logits cannot be read
+            if fit.t is not None:
+                sig = expit(fit.s[None, :] + np.log(fit.t)[:, None])
+                jac = np.hstack([sig, sig * (1 - sig) * fit.gamma[None, :]])
+                scale = max(float(np.max(np.abs(fit.F))), size)
+                if error_bound(jac, scale) > 1e3 * self.tol.logit_tol:
+                    return False
+            return bool(separated(fit.gamma, 1e-4 * size))
+        return True
+
+    def _count_heads(self) -> int:
+        """Canonical heads seen by one more random probe pair (2 H0 + 1 queries, stage "count")."""
+        u, b = self.random_direction(), self.b_norm * self.random_direction()
+        t, F, S = self.measure([(u, b)], 2 * self.max_heads + 1, stage="count")[0]
+        fit = fewest_heads_fit(t, F, S, self.max_heads)
+        return self.max_heads if fit is None else fit.gamma.size
+
+    def match_to_first(self, first: HeadFit, u1: np.ndarray, fit: HeadFit, ui: np.ndarray,
+                       b: np.ndarray) -> np.ndarray | None:
+        """order with fit's head order[h] = first's head h, from added-token queries [b+u1, b+ui, b].
+
+        Each query's answer is predicted under every order of heads; an order is accepted once it
+        predicts every answer so far (to 1e-7, relative) and every other order misses some answer
+        by a thousand times more than it does. So the decision adapts to how different the orders'
+        predictions are (heads with small values differ little) instead of a fixed window.
+        """
+        H = first.gamma.size
+        if H == 1:
+            return np.zeros(1, dtype=int)
+        perms = [np.array(p) for p in itertools.permutations(range(H))]
+        lam1, lami = np.exp(first.s), np.exp(fit.s)
+        worst = np.zeros(len(perms))
+        for p, q, m in [(1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2), (3, 1, 1), (1, 3, 1)]:
+            seq = np.vstack([np.repeat((b + u1)[None], p, 0), np.repeat((b + ui)[None], q, 0),
+                             np.repeat(b[None], m, 0)])
+            F = self.ask("matching", [seq])[0] - b @ self.V - self.C
+            scale = max(abs(F), np.max(np.abs(first.gamma)), np.max(np.abs(fit.gamma)))
+            for k, perm in enumerate(perms):
+                num = p * lam1 * first.gamma + q * lami[perm] * fit.gamma[perm]
+                pred = float(np.sum(num / (p * lam1 + q * lami[perm] + m)))
+                worst[k] = max(worst[k], abs(pred - F) / scale)
+            ranked = np.argsort(worst)
+            best, runner_up = worst[ranked[0]], worst[ranked[1]]
+            if best > 1e-6:
+                return None  # no order explains the answers: the fits of this direction are off
+            if best <= 1e-7 and runner_up >= 1e3 * max(best, 1e-14):
+                return perms[ranked[0]]
+        return None
+
+    def augment(self, tokens) -> np.ndarray:
+        """Token rows, with a column of ones for affine heads (whose logits are affine in b)."""
+        tokens = np.asarray(tokens)
+        return np.hstack([tokens, np.ones((tokens.shape[0], 1))]) if self.affine else tokens
+
+    # -- the whole run
+    def run(self) -> tuple[MultiHeadParams, dict]:
+        d = self.d
+        eye = np.eye(d)
+        if self.affine:  # one token x answers x^T V + C: the zero token gives C
+            answers = self.ask("values", [np.zeros((1, d))] + [eye[i][None] for i in range(d)])
+            self.C, self.V = float(answers[0]), answers[1:] - answers[0]
+        else:
+            self.V = self.ask("values", [eye[i][None] for i in range(d)])
+        U = ortho_group.rvs(d, random_state=self.rng) if d > 1 else np.ones((1, 1))
+        B = ortho_group.rvs(d, random_state=self.rng) if d > 1 else np.ones((1, 1))
+        for attempt in range(3):
+            spent_before = self.stages["pairs"]
+            first, first_u = self._first_reference(U[:, 0], B[:, 0])
+            H = self.heads
+            if H == 0:
+                return MultiHeadParams(np.zeros((0, d, d)), np.zeros((0, d)), c=self.C), {"b_norm": self.b_norm}
+            first_direction = self._pairs(first_u, first, B)
+            # d*H logits estimate the scale far better than the H of the first pair alone
+            rms = float(np.sqrt(np.mean(first_direction[1] ** 2)))
+            if 0.5 <= rms <= 1.4 or attempt == 2:
+                break
+            self.b_norm /= rms
+            self.reject(self.stages["pairs"] - spent_before)
+        directions, gammas, weights = [], [], []
+        tokens, logits, gamma = first_direction
+        first = HeadFit(gamma, logits[0], 0.0)  # the polished reference: heads are labelled by it
+        for i in progress_range(d, "multi-head directions", self.progress):
+            if i == 0:
+                u, order = first_u, np.arange(H)
+            else:
+                u, order, (tokens, logits, gamma) = self._direction(
+                    _unit_off(U[:, i], directions), first, first_u, B, directions)
+            directions.append(u)
+            gammas.append(gamma[order])
+            # column h: W_h^T u (and, for affine heads, a last row u^T u_h)
+            weights.append(np.linalg.solve(self.augment(tokens), logits[:, order]))
+        Umat = np.array(directions).T  # columns u_i
+        if np.linalg.cond(Umat) > 1e6:
+            raise ExtractionError("the accepted key directions are nearly dependent; rerun with another seed")
+        gam = np.array(gammas)  # (d, H): gam[i, h] = u_i^T v_h
+        v = np.linalg.solve(Umat.T, gam).T
+        Wt = np.array(weights)  # (d, d [+ 1], H): Wt[i, :d, h] = W_h^T u_i, Wt[i, d, h] = u_i^T u_h
+        W = np.stack([np.linalg.solve(Umat.T, Wt[:, :d, h]) for h in range(H)])  # rows u_i^T W_h -> W_h
+        u_key = np.linalg.solve(Umat.T, Wt[:, d, :]).T if self.affine else None
+        return MultiHeadParams(W, v, u_key, self.C), {"b_norm": self.b_norm, "anchors": self.anchor_counts,
+                                       "logit_error_bound": self.error_bound}
+
+    def _first_reference(self, u: np.ndarray, b: np.ndarray, attempts: int = 40):
+        """The reference pair of the first direction; fixes H (if unknown) and the scale of b.
+
+        b is rescaled until the logits u^T W_h b have root-mean-square about 1: then the poles
+        -exp(-logit) are apart and no softmax saturates over the ratios t in [1/(H+1), H+1].
+        """
+        detect = self.heads is None
+        fallback_scales = iter([1 / 3, 3.0, 0.1, 10.0, 1 / 30, 30.0, 0.01, 100.0])
+        failures, off_scale = 0, []
+        for _ in range(attempts):
+            fit, spent = self.fit_reference(u, self.b_norm * b, detect)
+            if fit is None:
+                self.reject(spent)
+                failures += 1
+                if failures % 3 == 0:  # repeated failure: more likely a bad scale than bad luck
+                    self.b_norm = next(fallback_scales, self.b_norm)
+                u = self.random_direction()
+                continue
+            if detect:
+                if fit.gamma.size < self.max_heads and self._count_heads() > fit.gamma.size:
+                    # heads can hide in one pair (two nearly equal logits, a gamma near 0), hardly in two
+                    self.reject(spent)
+                    u = self.random_direction()
+                    continue
+                self.heads = fit.gamma.size
+            if self.heads == 0:
+                return fit, u
+            rms = float(np.sqrt(np.mean(fit.s ** 2)))
+            if not 0.25 <= rms <= 4.0:
+                # one pair holds only H logits: rescale b only once three pairs agree it is off
+                off_scale.append(max(rms, 1e-3))
+                if len(off_scale) == 3:
+                    self.b_norm /= float(np.median(off_scale))
+                    off_scale.clear()
+                self.reject(spent)
+                detect = False  # the count found stands; only the probe changes
+                u = self.random_direction()
+                continue
+            if self.usable(fit, reference=True):
+                return fit, u
+            self.reject(spent)
+            u = self.random_direction()
+        raise ExtractionError(
+            f"could not find a well-conditioned first probe pair with "
+            f"{self.heads if self.heads is not None else 'up to ' + str(self.max_heads)} head(s): the target "
+            f"may have more canonical heads than assumed (raise heads / max_heads), or is not a "
+            f"multi-head regressor with exact answers"
+        )
+
+    def _direction(self, u, first: HeadFit, first_u, B, accepted, attempts: int = 20):
+        """Direction u read in full, its heads matched to the first direction's.
+
+        Matching comes last, on the polished gammas and logits at the shared token B[:, 0]: the
+        predictions of the added-token queries are then accurate enough to single out one order.
+        A direction that does not work is replaced by a random one mostly orthogonal to those
+        `accepted`.
+        """
+        b = self.b_norm * B[:, 0]
+        for _ in range(attempts):
+            spent_before = self.stages["pairs"]
+            fit, spent = self.fit_reference(u, b, detect=False)
+            if fit is not None and self.usable(fit, reference=True):
+                try:
+                    pairs = self._pairs(u, fit, B)
+                except ExtractionError:
+                    pairs = None  # this direction's tokens did not all fit: another direction will
+                if pairs is not None:
+                    order = self.match_to_first(first, first_u, HeadFit(pairs[2], pairs[1][0], 0.0), u, b)
+                    if order is not None:
+                        return u, order, pairs
+            self.reject(self.stages["pairs"] - spent_before)
+            u = self.random_direction(avoid=accepted)
+        raise ExtractionError(
+            f"no usable probe direction after {attempts} tries: {_not_h_heads(self.heads)}"
+        )
+
+
+    def _continue(self, u: np.ndarray, ref: HeadFit, tokens: list[np.ndarray]) -> list[HeadFit | None]:
+        """Logits for tokens near the reference token: H answers each, 2H - 1 where Newton is unsafe."""
+        H = ref.gamma.size
+        measured = self.measure([(u, b) for b in tokens], H)
+        results = [newton_from(ref, t, F, S, self.tol) for t, F, S in measured]
+        unsafe = [k for k, fit in enumerate(results) if fit is None]
+        if unsafe and H > 1:
+            first = layouts(H)
+            more = self.measure([(u, tokens[k]) for k in unsafe], H - 1, exclude=first)
+            for k, (t, F, S) in zip(unsafe, more):
+                t_all = np.concatenate([measured[k][0], t])
+                F_all = np.concatenate([measured[k][1], F])
+                results[k] = fit_with_known_gammas(t_all, F_all, S, ref.gamma, self.tol)
+                if results[k] is None:
+                    self.reject(2 * H - 1)
+        elif unsafe:
+            self.reject(len(unsafe) * H)
+        return results
+
+
+    def _pairs(self, u: np.ndarray, ref: HeadFit, B: np.ndarray):
+        """Query tokens b (rows), logits u^T W_h b and gammas u^T v_h of direction u, heads in ref's order.
+
+        "interpolation": every token is an anchor: a fresh orthonormal direction with its own
+        (2H - 1)-point rational fit, matched to the reference by its gammas.
+        "continuation": `self.anchors` anchors fix the gammas (their redundant equations make
+        them accurate); the other tokens a + eps e_j stay close to the best-separated anchor a,
+        so their logits are close to a's and, the gammas known, H answers and Newton's method
+        started at a's logits find them (2H - 1 answers where that is not safe).
+        All pairs of the direction are finally refitted together with shared gammas.
+        """
+        H, d = ref.gamma.size, B.shape[1]
+        S = float(u @ self.V)
+        continuation = self.method == "continuation"
+        # affine heads: logits are affine in b, so d + 1 affinely independent tokens are needed
+        # (-B[:, 0] completes the orthonormal B)
+        needed = d + 1 if self.affine else d
+        candidates = [self.b_norm * B[:, j] for j in range(d)] + [-self.b_norm * B[:, 0]]
+        # with one head a full fit costs 2H - 1 = H answers: every token is an anchor
+        count = min(needed, self.anchors) if continuation and H > 1 else needed
+        tokens, fits = self._anchors(u, ref, candidates[:count])
+        if continuation and count < needed:
+            gamma, logits, _, bound = joint_polish(fits, S)
+            while count < needed and (bound > self.tol.logit_tol or (
+                    count < 2 * self.anchors and max(room(row) for row in logits) < self.anchor_gap)):
+                # one more anchor when the gammas every continued token relies on are not pinned
+                # down yet, or when no anchor's logits are far enough apart for a large step eps
+                fresh = B[:, count] if count < d else self.rng.standard_normal(d)
+                extra = self.b_norm * _unit_off(fresh, tokens if count < d else ())
+                more_tokens, more_fits = self._anchors(u, ref, [tokens[0], extra], avoid=tokens)
+                tokens.append(more_tokens[1])
+                fits.append(more_fits[1])
+                count += 1
+                gamma, logits, _, bound = joint_polish(fits, S)
+            best = int(np.argmax([room(row) for row in logits]))
+            anchor = HeadFit(gamma, logits[best], 0.0)
+            # the logit shifts are ~ eps * (rms logit ~ 1): keep them well inside the pole gaps
+            # and away from saturation
+            self.anchor_counts.append(count)
+            eps = float(np.clip(0.1 * room(anchor.s), 0.01, 0.1))
+            # steps off the anchor that complete the anchors to `needed` independent tokens (for
+            # affine heads independent after subtracting the anchor: affinely independent)
+            spanned = [b - tokens[best] for k, b in enumerate(tokens) if k != best] if self.affine else tokens
+            if spanned:
+                complement = np.linalg.qr(np.array(spanned).T, mode="complete")[0][:, len(spanned):]
+            else:
+                complement = np.eye(d)
+            steps = [eps * self.b_norm * complement[:, j] for j in range(complement.shape[1])]
+            for _ in range(self.attempts):
+                if not steps:
+                    break
+                retry = []
+                todo = [tokens[best] + step for step in steps]
+                for b, step, fit in zip(todo, steps, self._continue(u, anchor, todo)):
+                    if fit is None:
+                        retry.append(step / 2)  # same direction, a safer (smaller) step
+                    else:
+                        tokens.append(b)
+                        fits.append(fit)
+                steps = retry
+            todo = steps
+            if todo:
+                raise ExtractionError(
+                    f"{len(todo)} query tokens gave no usable fit after {self.attempts} redraws: {_not_h_heads(H)}")
+        tokens_matrix = np.array(tokens)
+        if np.linalg.cond(self.augment(tokens_matrix)) > 1e6:
+            raise ExtractionError("the accepted query tokens are nearly dependent; rerun with another seed")
+        gamma, logits, residual, bound = joint_polish(fits, S)
+        self.error_bound = max(self.error_bound, bound)
+        if residual > self.tol.fit_tol:
+            raise ExtractionError(
+                f"the probes of one key direction disagree by {residual:.1e} (relative): {_not_h_heads(H)}"
+            )
+        return tokens_matrix, logits, gamma
+
+    def _anchors(self, u: np.ndarray, ref: HeadFit, todo: list[np.ndarray], avoid=()):
+        """The reference pair (todo[0]) plus fully interpolated pairs at the other tokens in todo.
+
+        A token that does not work is replaced by a random one orthogonal to the accepted ones."""
+        H = ref.gamma.size
+        tokens, fits = [todo[0]], [ref]
+        todo = todo[1:]
+        for attempt in range(self.attempts):
+            if not todo:
+                return tokens, fits
+            retry = []
+            # later redraws are shorter: the direction left over may carry large logits
+            norm = self.b_norm * 0.8 ** (attempt + 1)
+            for b, (t, F, S) in zip(todo, self.measure([(u, b) for b in todo], 2 * H - 1)):
+                fit = fit_with_known_gammas(t, F, S, ref.gamma, self.tol)
+                if fit is None:
+                    self.reject(2 * H - 1)
+                    retry.append(norm * self.random_direction(avoid=list(avoid) + tokens))
+                else:
+                    tokens.append(b)
+                    fits.append(fit)
+            todo = retry
+        raise ExtractionError(
+            f"{len(todo)} query tokens gave no usable fit after {self.attempts} redraws: {_not_h_heads(H)}")
+
+
+
+def check(learner: Learner, params: MultiHeadParams, n: int) -> None:
+    seqs = random_sequences(learner.rng, params.d, n, lengths=(2, 8))
+    answers = learner.ask("check", seqs)
+    predicted = np.array([params(s[None])[0] for s in seqs])
+    scale = max(1.0, float(np.max(np.abs(answers))))
+    worst = float(np.max(np.abs(predicted - answers))) / scale
+    if worst > 1e-6:
+        raise ExtractionError(
+            f"the recovered {params.heads}-head model misses the oracle by {worst:.2e} (relative) on fresh "
+            f"queries: {_not_h_heads(params.heads)}"
+        )
