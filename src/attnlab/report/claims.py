@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 
+PARTLY = "partly"
+
+
 @dataclass
 class Context:
     """What a claim's check may use: the size switch, a seed, and a folder for its figures."""
@@ -36,7 +39,7 @@ class ClaimResult:
     title: str
     paper: str
     measured: str = ""
-    reproduced: bool | None = None
+    reproduced: bool | str | None = None  # PARTLY: some parts of the claim hold, others do not
     table: list[dict[str, Any]] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
@@ -47,7 +50,8 @@ class ClaimResult:
     def status(self) -> str:
         if self.error is not None:
             return "error"
-        return {True: "reproduced", False: "not reproduced", None: "not checked"}[self.reproduced]
+        return {True: "reproduced", False: "not reproduced", None: "not checked",
+                PARTLY: "partly reproduced"}[self.reproduced]
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -60,7 +64,7 @@ class Measurement:
     """What a check returns; the registry adds the claim's identity and timing."""
 
     measured: str
-    reproduced: bool
+    reproduced: bool | str | None  # True, False, PARTLY, or None (not checked, e.g. a smoke run)
     table: list[dict[str, Any]] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
@@ -79,7 +83,8 @@ class Claim:
         start = time.perf_counter()
         try:
             m = self.check(ctx)
-            result.measured, result.reproduced = m.measured, bool(m.reproduced)
+            verdict = m.reproduced if m.reproduced in (PARTLY, None) else bool(m.reproduced)
+            result.measured, result.reproduced = m.measured, verdict
             result.table, result.figures, result.config = m.table, m.figures, m.config
         except Exception as exc:  # a failing check is a finding to report, not a crash
             result.error = f"{type(exc).__name__}: {exc}"
