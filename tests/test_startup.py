@@ -40,3 +40,19 @@ def test_cli_help_lists_match_the_library():
     from attnlab.extract.multihead import METHODS as MULTIHEAD_METHODS
 
     assert cli_multihead.METHODS == tuple(MULTIHEAD_METHODS)
+
+
+@pytest.mark.parametrize("blocked,argv,extra", [
+    ("fastapi", ["serve", "missing.safetensors"], "serve"),
+    ("jinja2", ["reproduce", "--list"], "report"),
+    ("matplotlib", ["reproduce", "--quick", "--only", "exact-single-head", "--out", "OUT"], "report"),
+])
+def test_a_missing_extra_is_one_line_naming_the_pip_command(tmp_path, blocked, argv, extra):
+    argv = [str(tmp_path) if a == "OUT" else a for a in argv]
+    probe = (f"import sys\nsys.modules[{blocked!r}] = None  # as if not installed\n"
+             f"sys.argv = ['attnlab', *{argv!r}]\nfrom attnlab.cli import main\nmain()")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == f"error: {blocked} is not installed; install it with: pip install 'attnlab[{extra}]'"
+    assert "Traceback" not in result.stderr

@@ -27,10 +27,12 @@ def main() -> None:
         missing = as_missing_dependency(exc)
         if missing is None:
             raise
-        from attnlab.cli.output import err_console
+        from attnlab.cli.output import fail
 
-        err_console.print(f"[bold red]error:[/] {missing}")
-        raise SystemExit(2) from None
+        try:
+            fail(missing)
+        except Exception:  # fail() raises typer.Exit(2); outside typer's runner that is ours to map
+            raise SystemExit(2) from None
 
 
 __all__ = ["app", "main"]

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from attnlab._optional import as_missing_dependency
@@ -63,7 +64,7 @@ def with_spinner(message: str, enabled: bool, work: Callable[[], T]) -> T:
 
 def fail(error: Exception) -> None:
     """Turn a library error into a clean message and exit code 2 (no traceback)."""
-    err_console.print(f"[bold red]error:[/] {error}")
+    err_console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
     raise typer.Exit(code=2)
 
 
