@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 from pathlib import Path
 
 import typer
@@ -27,17 +28,30 @@ def make_target(
     rank: int = typer.Option(None, min=1, help="Rank of W (default: full)."),
     scale: float = typer.Option(1.0, help="Entry scale of W (and of u for affine)."),
     seed: int = typer.Option(0, help="Seed of the random weights."),
+    force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
     json_out: bool = JSON_OUT,
 ) -> None:
     """Save a random target (weights in safetensors, kind and d in its header) for `attnlab serve`."""
     from attnlab.models.attention import AffineHead, SingleHeadAttention
     from attnlab.serve import read_metadata, save_target
+    from attnlab.serve.model_file import MAX_D
 
     builders = {"single-head": SingleHeadAttention, "affine": AffineHead}
 
     def run():
         if kind not in builders:
             raise ValueError(f"--kind must be one of {', '.join(builders)}, got {kind!r}")
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"--scale must be a finite number > 0, got {scale}")
+        if d > MAX_D:
+            raise ValueError(f"--d {d} is too large for a served target (at most {MAX_D}: a d x d float64 "
+                             f"W of that size is already {MAX_D * MAX_D * 8 // 2**20} MiB)")
+        if rank is not None and rank > d:
+            raise ValueError(f"--rank {rank} exceeds --d {d}: the rank of a d x d matrix is at most d")
+        if out.is_dir():
+            raise ValueError(f"{str(out)!r} is a directory; give a file path such as {str(out / 'head.safetensors')!r}")
+        if out.exists() and not force:
+            raise ValueError(f"{str(out)!r} exists already; pass --force to overwrite it, or pick another path")
         path = save_target(builders[kind].random(d, rank=rank, scale=scale, seed=seed), out)
         meta = read_metadata(path)
         return {"path": str(path), "kind": meta["kind"], "d": int(meta["d"]), "dtype": meta["dtype"],
@@ -49,7 +63,8 @@ def make_target(
 @app.command("serve")
 def serve(
     model_file: Path = typer.Argument(..., help="A target saved by `attnlab make-target` or save_target."),
-    host: str = typer.Option("127.0.0.1", help="Interface to listen on (plain HTTP: keep it on loopback or behind TLS)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on. Anything but loopback needs "
+                                                "--tls-cert/--tls-key, or --insecure."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port; 0 picks a free one (printed)."),
     keys_db: Path = KEYS_DB,
     budget: int = typer.Option(None, min=0, help="If the keys database is empty, create a key 'default' "
@@ -61,7 +76,15 @@ def serve(
     seed: int = typer.Option(None, help="Seed of the answer noise (default: fresh entropy)."),
     torch_threads: int = typer.Option(1, min=1, help="torch intra-op threads. Requests already run "
                                                      "concurrently; more threads only fight over the cores."),
-    log_level: str = typer.Option("info", help="uvicorn log level."),
+    log_level: str = typer.Option("info", help="uvicorn log level: critical, error, warning, info, debug."),
+    tls_cert: Path = typer.Option(None, "--tls-cert", help="PEM certificate: serve HTTPS."),
+    tls_key: Path = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert."),
+    insecure: bool = typer.Option(False, "--insecure", help="Allow plain HTTP on a non-loopback interface "
+                                                            "(API keys then cross the network unencrypted)."),
+    max_connections: int = typer.Option(512, min=1, help="Most open connections; beyond it the longest-"
+                                                         "waiting half-sent request is dropped."),
+    header_timeout: float = typer.Option(10.0, min=0.001, help="Seconds a connection has to send its headers."),
+    body_timeout: float = typer.Option(30.0, min=0.001, help="Seconds a request has to send its body."),
 ) -> None:
     """Serve MODEL_FILE as a black-box API: POST /v1/query, GET /v1/info, GET /healthz."""
     import torch
@@ -71,9 +94,13 @@ def serve(
     from attnlab.serve.runner import bind, serve_foreground, url_of
 
     def prepare():
+        if log_level.lower() not in LOG_LEVELS:
+            raise ValueError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+        check_binding(host, tls_cert, tls_key, insecure)
         target = load_target(model_file)
         config = ServeConfig(max_batch=max_batch, max_tokens=max_tokens, round_digits=round_digits,
-                             noise_sigma=noise_sigma, seed=seed)
+                             noise_sigma=noise_sigma, seed=seed, max_connections=max_connections,
+                             header_timeout_s=header_timeout, body_timeout_s=body_timeout)
         store = KeyStore(keys_db)
         return target, store, create_app(target, store, config), bind(host, port)
 
@@ -81,25 +108,46 @@ def serve(
     torch.set_num_threads(torch_threads)
     target, store, api, sock = guarded(prepare)
     if budget is not None and not store.keys():
-        secret = store.add_key("default", budget)
+        secret = guarded(lambda: store.add_key("default", budget))
         err_console.print(f"created key 'default' with a budget of {budget} queries: [bold]{secret}[/]")
     elif budget is not None:
         err_console.print("[yellow]--budget ignored:[/] the keys database already holds keys (see `attnlab keys list`)")
     if not store.keys():
         err_console.print(f"[yellow]no API keys yet:[/] create one with `attnlab keys add NAME --budget N --keys-db {keys_db}`")
-    if not _is_loopback(host):
-        err_console.print(f"[yellow]listening on {host}:[/] traffic, API keys included, is unencrypted HTTP")
+    if not _is_loopback(host) and tls_cert is None:
+        err_console.print(f"[yellow]--insecure: listening on {host} over plain HTTP:[/] traffic, API keys "
+                          f"included, is unencrypted")
     defenses = []
     if noise_sigma:
         defenses.append(f"noise sigma {noise_sigma}")
     if round_digits:
         defenses.append(f"rounding to {round_digits} significant digits")
+    if api.state.refunded:
+        err_console.print(f"refunded {api.state.refunded} queries charged by a server that died before answering")
+    url = url_of(sock, tls=tls_cert is not None)
     err_console.print(f"serving {target.kind} target (d = {target.d}, {target.dtype}) from {model_file} on "
-                      f"{url_of(sock)}; defenses: {', '.join(defenses) or 'none'}; keys in {keys_db}")
+                      f"{url}; defenses: {', '.join(defenses) or 'none'}; keys in {keys_db}")
+    tls = (str(tls_cert), str(tls_key)) if tls_cert is not None else None
     try:
-        serve_foreground(api, sock, log_level=log_level)
+        serve_foreground(api, sock, log_level=log_level.lower(), tls=tls)
     finally:
         store.close()
+
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def check_binding(host: str, tls_cert: Path | None, tls_key: Path | None, insecure: bool) -> None:
+    """Refuse to serve plain HTTP beyond loopback unless told to, and half-given TLS settings."""
+    if (tls_cert is None) != (tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together: pass both (PEM files) or neither")
+    for path in (tls_cert, tls_key):
+        if path is not None and not path.is_file():
+            raise ValueError(f"TLS file {str(path)!r} does not exist")
+    if not _is_loopback(host) and tls_cert is None and not insecure:
+        where = "every interface" if host.strip() in ("", "0.0.0.0", "::") else host
+        raise ValueError(f"--host {host!r} would serve {where} over plain HTTP, exposing API keys; pass "
+                         f"--tls-cert and --tls-key, or --insecure if this network is trusted")
 
 
 def _is_loopback(host: str) -> bool:

@@ -14,6 +14,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from attnlab.errors import AttnlabError
+from attnlab.serve.app import ServeConfig
+from attnlab.serve.protection import guarded_protocol, limit_repeated_logs
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -33,18 +35,48 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def url_of(sock: socket.socket) -> str:
+def url_of(sock: socket.socket, tls: bool = False) -> str:
     host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
-def _config(app: FastAPI, log_level: str) -> uvicorn.Config:
-    return uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off", timeout_graceful_shutdown=2)
+def _config(app: FastAPI, log_level: str, tls: tuple[str, str] | None = None) -> uvicorn.Config:
+    serve = getattr(app.state, "config", None) or ServeConfig()
+    max_connections = min(serve.max_connections, _raise_fd_limit() - 64)
+    config = uvicorn.Config(
+        app, log_level=log_level, access_log=False, lifespan="off", timeout_graceful_shutdown=2,
+        http=guarded_protocol(serve.header_timeout_s, max_connections),
+        # A safety net behind the connection cap: never more requests in progress than connections.
+        limit_concurrency=max_connections + 1, timeout_keep_alive=max(1, round(serve.keep_alive_s)),
+        h11_max_incomplete_event_size=16 * 1024,  # request line + headers
+        ssl_certfile=tls[0] if tls else None, ssl_keyfile=tls[1] if tls else None,
+    )
+    return config
 
 
-def serve_foreground(app: FastAPI, sock: socket.socket, log_level: str = "info") -> None:
+def _raise_fd_limit() -> int:
+    """Lift the soft open-files limit to the hard one; returns the limit now in force."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return 1 << 16
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft if soft != resource.RLIM_INFINITY else 1 << 16
+
+
+def serve_foreground(app: FastAPI, sock: socket.socket, log_level: str = "info",
+                     tls: tuple[str, str] | None = None) -> None:
     """Serve until interrupted (Ctrl-C / SIGTERM), on an already bound socket."""
-    uvicorn.Server(_config(app, log_level)).run(sockets=[sock])
+    config = _config(app, log_level, tls)
+    limit_repeated_logs()
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 class BackgroundServer:
@@ -60,6 +92,7 @@ class BackgroundServer:
         sock = bind(self.host, self.port)
         self.url = url_of(sock)
         self._server = uvicorn.Server(_config(self.app, "warning"))
+        limit_repeated_logs()
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         name="attnlab-serve", daemon=True)
         self._thread.start()

@@ -5,9 +5,12 @@ password hashes protect guessable secrets). Every charge is one `BEGIN IMMEDIATE
 conditional UPDATE (`spent + n <= budget`) cannot overspend, whether the concurrent requests come
 from threads of one server or from several server processes sharing the file.
 
-Idempotency: a request that carries an Idempotency-Key is recorded as `pending` in the same
-transaction that charges it, then as `done` with its response. A retry with the same key and the
-same body gets the recorded response back and is not charged again.
+Idempotency: a request that carries an Idempotency-Key is recorded as `pending`, with the server
+that took it, in the same transaction that charges it, then as `done` with its response (before
+the response is sent). A retry with the same key and the same body gets the recorded response
+back and is not charged again. A pending record whose server died (kill -9 included: see
+attnlab.serve.liveness) is refunded when a server starts, or taken over by a retry that arrives
+first, which then gets its answers recomputed (the model is deterministic) at no second charge.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from enum import Enum
 from pathlib import Path
 
 from attnlab.errors import AttnlabError
+from attnlab.serve.liveness import ServerInstance
 
 KEY_PREFIX = "ak_"
 
@@ -46,6 +50,7 @@ CREATE TABLE IF NOT EXISTS requests (
     state TEXT NOT NULL CHECK (state IN ('pending', 'done')),
     response TEXT,
     updated REAL NOT NULL,
+    owner TEXT,
     PRIMARY KEY (key_id, idempotency_key)
 );
 """
@@ -103,13 +108,33 @@ class KeyStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise KeyStoreError(f"keys database {str(self.path)!r} is a directory; pass a file path "
+                                f"(--keys-db keys.sqlite)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+        self.instance: ServerInstance | None = None
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(requests)")}
+            if "owner" not in columns:  # a database written before owners were recorded
+                self._db.execute("ALTER TABLE requests ADD COLUMN owner TEXT")
+            if not {"id", "name", "key_hash", "budget", "spent"} <= {
+                    row[1] for row in self._db.execute("PRAGMA table_info(api_keys)")}:
+                raise sqlite3.DatabaseError("api_keys has another schema")
+        except sqlite3.DatabaseError as exc:
+            raise KeyStoreError(f"{str(self.path)!r} is not an attnlab keys database ({exc}); point --keys-db "
+                                f"at the file `attnlab keys add` created, or at a new path") from None
+
+    def register_server(self) -> ServerInstance:
+        """Mark this process as a live server of this database (idempotency records name it)."""
+        if self.instance is None:
+            self.instance = ServerInstance(self.path)
+        return self.instance
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -180,20 +205,21 @@ class KeyStore:
         now = time.time()
         with self._transaction() as db:
             if idempotency_key is not None:
-                row = db.execute("SELECT fingerprint, state, response, updated FROM requests "
+                row = db.execute("SELECT fingerprint, state, response, updated, owner FROM requests "
                                  "WHERE key_id = ? AND idempotency_key = ?", (key_id, idempotency_key)).fetchone()
                 if row is not None:
-                    seen_fingerprint, state, response, updated = row
+                    seen_fingerprint, state, response, updated, owner = row
                     budget, spent = self._budget_row(db, key_id)
                     if bytes(seen_fingerprint) != fingerprint:
                         return Reservation(Outcome.MISMATCH, budget, spent)
                     if state == "done":
                         return Reservation(Outcome.REPLAY, budget, spent, response)
-                    if now - updated < stale_after_s:
+                    owner_alive = self.instance.is_alive(owner) if self.instance else True
+                    if owner_alive and now - updated < stale_after_s:
                         return Reservation(Outcome.IN_FLIGHT, budget, spent)
-                    # The server that took this request died before answering; it was paid for.
-                    db.execute("UPDATE requests SET updated = ? WHERE key_id = ? AND idempotency_key = ?",
-                               (now, key_id, idempotency_key))
+                    # The server that took this request died (or hung) before answering; it was paid for.
+                    db.execute("UPDATE requests SET updated = ?, owner = ? WHERE key_id = ? AND idempotency_key = ?",
+                               (now, self._owner, key_id, idempotency_key))
                     return Reservation(Outcome.TAKEN_OVER, budget, spent)
             charged = db.execute("UPDATE api_keys SET spent = spent + ? WHERE id = ? AND spent + ? <= budget",
                                  (queries, key_id, queries)).rowcount
@@ -201,8 +227,9 @@ class KeyStore:
             if not charged:
                 return Reservation(Outcome.EXHAUSTED, budget, spent)
             if idempotency_key is not None:
-                db.execute("INSERT INTO requests (key_id, idempotency_key, fingerprint, queries, state, updated) "
-                           "VALUES (?, ?, ?, ?, 'pending', ?)", (key_id, idempotency_key, fingerprint, queries, now))
+                db.execute("INSERT INTO requests (key_id, idempotency_key, fingerprint, queries, state, updated, "
+                           "owner) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+                           (key_id, idempotency_key, fingerprint, queries, now, self._owner))
             return Reservation(Outcome.CHARGED, budget, spent)
 
     def complete(self, key_id: int, idempotency_key: str | None, response: str) -> None:
@@ -220,6 +247,38 @@ class KeyStore:
             if idempotency_key is not None:
                 db.execute("DELETE FROM requests WHERE key_id = ? AND idempotency_key = ?", (key_id, idempotency_key))
 
+    def has_record(self, key_id: int, idempotency_key: str | None) -> bool:
+        """Whether a request with this Idempotency-Key was seen (a retry: its budget check differs)."""
+        if idempotency_key is None:
+            return False
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM requests WHERE key_id = ? AND idempotency_key = ?",
+                                    (key_id, idempotency_key)).fetchone() is not None
+
+    def refund_abandoned(self) -> int:
+        """Refund and forget pending requests whose server died before answering; returns how many.
+
+        Their answers were never sent (a response is recorded before it is sent), so nothing a
+        client received goes unpaid; a retry of one is charged afresh, once.
+        """
+        if self.instance is None:
+            return 0
+        refunded = 0
+        with self._transaction() as db:
+            rows = db.execute("SELECT key_id, idempotency_key, queries, owner FROM requests "
+                              "WHERE state = 'pending'").fetchall()
+            for key_id, idempotency_key, queries, owner in rows:
+                if not self.instance.is_alive(owner):
+                    db.execute("UPDATE api_keys SET spent = MAX(spent - ?, 0) WHERE id = ?", (queries, key_id))
+                    db.execute("DELETE FROM requests WHERE key_id = ? AND idempotency_key = ?",
+                               (key_id, idempotency_key))
+                    refunded += queries
+        return refunded
+
+    @property
+    def _owner(self) -> str | None:
+        return self.instance.id if self.instance is not None else None
+
     def purge(self, older_than_s: float) -> int:
         """Forget answered requests older than this (retries after that are charged as new)."""
         with self._transaction() as db:
@@ -233,6 +292,9 @@ class KeyStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self.instance is not None:
+                self.instance.close()
+                self.instance = None
 
     def __enter__(self) -> "KeyStore":
         return self
@@ -246,6 +308,12 @@ def _api_key(row) -> ApiKey:
     return ApiKey(key_id, name, hint, budget, spent, bool(revoked))
 
 
+MAX_BUDGET = 2**62  # SQLite integers are 64-bit; spent + n must not overflow either
+
+
 def _check_budget(budget) -> None:
-    if isinstance(budget, bool) or int(budget) != budget or budget < 0:
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or int(budget) != budget or budget < 0:
         raise KeyStoreError(f"a budget is a non-negative whole number of queries, got {budget!r}")
+    if budget > MAX_BUDGET:
+        raise KeyStoreError(f"a budget of {budget} queries is beyond what the keys database stores; "
+                            f"use at most {MAX_BUDGET} (2**62)")
