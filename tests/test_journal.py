@@ -339,3 +339,19 @@ def test_repeats_under_a_journal_are_merged_even_for_random_noise(tmp_path):
     with Oracle(target, d=2, noise=GaussianNoise(0.1), seed=0, journal=tmp_path / "j.sqlite") as oracle:
         out = oracle(np.ones((4, 1, 2)))
         assert sent == [PROBES, 1] and np.all(out == out[0])
+
+
+def test_a_refused_journal_is_released_at_once_and_stays_refused(tmp_path):
+    path = tmp_path / "j.sqlite"
+    with Oracle(SingleHeadAttention.random(4, seed=0), journal=path) as oracle:
+        oracle(queries((2, 3, 4)))
+    wrong = Oracle(SingleHeadAttention.random(4, seed=1), journal=path)
+    for _ in range(2):
+        with pytest.raises(JournalMismatch):
+            wrong(queries((2, 3, 4)))
+    assert wrong.paid == PROBES  # the probes once; the second refusal asks nothing
+    with pytest.raises(JournalMismatch):
+        Oracle(linear_target, d=5, journal=path)
+    with Oracle(SingleHeadAttention.random(4, seed=0), journal=path) as right:  # no lock left behind
+        right(queries((2, 3, 4)))
+        assert right.paid == PROBES

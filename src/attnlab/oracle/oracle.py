@@ -18,7 +18,14 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from attnlab.errors import AttnlabError, BudgetExhausted, OracleError, OracleTimeout, QueryShapeError
+from attnlab.errors import (
+    AttnlabError,
+    BudgetExhausted,
+    JournalError,
+    OracleError,
+    OracleTimeout,
+    QueryShapeError,
+)
 from attnlab.oracle.binding import (
     binding_record,
     check_identity,
@@ -134,14 +141,18 @@ class Oracle:
         if journal is not None and self.journal_probes == 0 and journal_id is None:
             raise ValueError("a journal must be bound to its target: pass journal_id='<a name for the target>', "
                              "or keep journal_probes > 0 so that probe answers identify it")
-        if journal is None or isinstance(journal, QueryJournal):
-            self.journal = journal
-        else:
-            self.journal = QueryJournal(journal)
+        self._owns_journal = journal is not None and not isinstance(journal, QueryJournal)
+        self._journal_refused: JournalError | None = None
+        self.journal = QueryJournal(journal) if self._owns_journal else journal
         if self.journal is not None and self.d is not None:
-            stored = self.journal.binding()  # the checks that cost no query fail here, at once
-            if stored is not None:
-                check_identity(stored, self.journal.path, self.d, self.journal_id, self.noise)
+            try:  # the checks that cost no query fail here, at once
+                stored = self.journal.binding()
+                if stored is not None:
+                    check_identity(stored, self.journal.path, self.d, self.journal_id, self.noise)
+            except JournalError:
+                if self._owns_journal:
+                    self.close()
+                raise
 
     @classmethod
     def http(cls, url: str, key: str, *, timeout: float = 30.0, retries: int = 5, transport=None,
@@ -249,8 +260,17 @@ class Oracle:
     def _answer(self, groups: list[np.ndarray]) -> list[np.ndarray]:
         """Answer uniform-length batches: repeats merged, journal first, one budget check, the target."""
         with self._lock:
+            if self._journal_refused is not None:
+                raise self._journal_refused
             if self.journal is not None and not self._bound:
-                self._bind_journal()
+                try:
+                    self._bind_journal()
+                except JournalError as exc:
+                    # This oracle can never use that journal: let another one open it, and say so again.
+                    self._journal_refused = exc
+                    if self._owns_journal:
+                        self.close()
+                    raise
             plans = []
             fresh_total = 0
             for batch in groups:
@@ -395,6 +415,7 @@ class Oracle:
 
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
+        """Close the journal (and release its lock)."""
         if self.journal is not None:
             self.journal.close()
 
