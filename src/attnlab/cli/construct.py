@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any
 
-import numpy as np
 import typer
 
 from attnlab.cli.apps import app
-from attnlab.cli.output import emit, err_console, guarded
+from attnlab.cli.output import emit, guarded, spinner
 
 construct_app = typer.Typer(help="Build the explicit constructions of Sanford-Hsu-Telgarsky and verify them.",
                             no_args_is_help=True)
@@ -21,7 +19,7 @@ SEED_OPTION = typer.Option(0, "--seed", help="Seed of the random keys and of the
 
 def _working(message: str):
     """A spinner on stderr while a search runs (only on a terminal)."""
-    return err_console.status(message) if err_console.is_terminal else nullcontext()
+    return spinner(message)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -114,6 +112,8 @@ def construct_match2(
     """Match2 with one attention unit: m = 3 and no residual (default), or m = 2 plus a residual."""
 
     def run() -> None:
+        import numpy as np
+
         from attnlab.constructions.match2 import Match2Construction, Match2WidthThree, smallest_match_precision
 
         _positive(N=N, p=p, n=n)
