@@ -52,9 +52,9 @@ _INIT_LOCK = threading.Lock()
 
 
 def versions() -> dict[str, str]:
-    import attnlab
+    from attnlab._version import __version__
 
-    return {"attnlab": attnlab.__version__, "torch": torch.__version__, "python": platform.python_version()}
+    return {"attnlab": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
 def _now() -> str:
