@@ -44,7 +44,6 @@ import numpy as np
 import torch
 
 from attnlab import Oracle
-from attnlab.errors import JournalError
 from attnlab.models import SingleHeadAttention
 from attnlab.oracle.oracle import JOURNAL_CHUNK
 

@@ -121,9 +121,9 @@ def test_binding_by_name_only_asks_nothing_extra(tmp_path):
 
 
 def test_the_fingerprint_goes_through_the_http_door(tmp_path):
-    from serve_helpers import serve
-
     from attnlab.serve import save_target
+
+    from serve_helpers import serve
 
     path = tmp_path / "j.sqlite"
     X = queries((6, 3, 4))

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import torch
 
 from attnlab.errors import (
     AttnlabError,
@@ -34,7 +33,16 @@ from attnlab.oracle.binding import (
     stored_probes,
 )
 from attnlab.oracle.journal import QueryJournal, distinct_queries, query_key
-from attnlab.oracle.targets import Target, as_numpy_target, declared_width, real_answers, torch_target
+from attnlab.oracle.targets import (
+    CallTimedOut,
+    Target,
+    as_numpy_target,
+    call_with_timeout,
+    declared_width,
+    real_answers,
+    real_queries,
+    torch_target,
+)
 
 __all__ = ["NoiseModel", "Oracle", "Target", "as_numpy_target", "torch_target"]
 
@@ -156,7 +164,7 @@ class Oracle:
 
     @classmethod
     def http(cls, url: str, key: str, *, timeout: float = 30.0, retries: int = 5, transport=None,
-             **oracle_kwargs) -> "Oracle":
+             **oracle_kwargs) -> Oracle:
         """An Oracle whose target is an `attnlab serve` endpoint, reached with API key `key`.
 
         d is read from the service (GET /v1/info). The service enforces its own per-key budget and
@@ -230,19 +238,7 @@ class Oracle:
 
     def _validate(self, X, single_only: bool = False) -> np.ndarray:
         what = "(N, d)" if single_only else "(N, d) or a batch (B, N, d)"
-        if isinstance(X, torch.Tensor):
-            if X.is_complex():
-                raise QueryShapeError(_complex_query(X.dtype))
-            X = X.detach().cpu().to(torch.float64).numpy()
-        try:
-            X = np.asarray(X)
-            if X.dtype.kind == "c":
-                raise QueryShapeError(_complex_query(X.dtype))
-            X = X.astype(np.float64, copy=False)
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, QueryShapeError):
-                raise
-            raise QueryShapeError(f"a query must be a real array of shape {what}: {exc}") from None
+        X = real_queries(X, what)
         if X.ndim not in ((2,) if single_only else (2, 3)):
             raise QueryShapeError(f"a query must have shape {what}; got shape {X.shape}")
         if X.shape[-1] < 1:
@@ -364,27 +360,15 @@ class Oracle:
     def _call_target(self, X: np.ndarray) -> np.ndarray:
         if self.timeout is None:
             return self._target(X)
-        outcome: dict = {}
-
-        def call() -> None:
-            try:
-                outcome["answers"] = self._target(X)
-            except BaseException as exc:  # handed to the caller's thread
-                outcome["error"] = exc
-
-        worker = threading.Thread(target=call, name="attnlab-oracle-call", daemon=True)
-        worker.start()
-        worker.join(self.timeout)
-        if worker.is_alive():
+        try:
+            return call_with_timeout(self._target, X, self.timeout)
+        except CallTimedOut:
             raise OracleTimeout(
                 f"the target did not answer a batch of {X.shape[0]} sequences (shape {X.shape}) within "
                 f"timeout = {self.timeout:g} s; they count as paid (they were sent). The call was abandoned "
                 f"in a daemon thread that Python cannot kill: it ends with the target or the process. "
                 f"Raise timeout= if the target is merely slow."
-            )
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["answers"]
+            ) from None
 
     # -- the journal's binding to this target ------------------------------------------------
     def _bind_journal(self) -> None:
@@ -419,13 +403,9 @@ class Oracle:
         if self.journal is not None:
             self.journal.close()
 
-    def __enter__(self) -> "Oracle":
+    def __enter__(self) -> Oracle:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def _complex_query(dtype) -> str:
-    return (f"a query holds complex numbers (dtype {dtype}); queries are real arrays, and the oracle will "
-            f"not drop imaginary parts for you. Pass X.real if that is what you mean.")

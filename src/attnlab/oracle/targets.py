@@ -7,14 +7,37 @@ silently truncating them; the Oracle checks the shape and finiteness.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from attnlab.errors import OracleError
+from attnlab.errors import OracleError, QueryShapeError
 
 Target = Callable[[np.ndarray], np.ndarray]
+
+
+def real_queries(X, what: str) -> np.ndarray:
+    """X (numpy, torch or nested lists) as a float64 array, or a QueryShapeError; complex is refused."""
+    if isinstance(X, torch.Tensor):
+        if X.is_complex():
+            raise QueryShapeError(_complex_query(X.dtype))
+        X = X.detach().cpu().to(torch.float64).numpy()
+    try:
+        X = np.asarray(X)
+        if X.dtype.kind == "c":
+            raise QueryShapeError(_complex_query(X.dtype))
+        return X.astype(np.float64, copy=False)
+    except QueryShapeError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise QueryShapeError(f"a query must be a real array of shape {what}: {exc}") from None
+
+
+def _complex_query(dtype) -> str:
+    return (f"a query holds complex numbers (dtype {dtype}); queries are real arrays, and the oracle will "
+            f"not drop imaginary parts for you. Pass X.real if that is what you mean.")
 
 
 def real_answers(out, who: str = "the target") -> np.ndarray:
@@ -71,3 +94,31 @@ def declared_width(target) -> int | None:
     """The token width a target states about itself (attnlab models and HTTP targets have `.d`)."""
     d = getattr(target, "d", None)
     return d if isinstance(d, int) and not isinstance(d, bool) else None
+
+
+class CallTimedOut(Exception):
+    """Raised by call_with_timeout (a class of its own: a target's own TimeoutError passes through)."""
+
+
+def call_with_timeout(target: Target, X: np.ndarray, timeout: float) -> np.ndarray:
+    """target(X) run on a daemon thread; CallTimedOut if it takes longer than `timeout` seconds.
+
+    A Python thread cannot be killed: after a timeout the call runs on, abandoned, until the target
+    returns or the process exits (a daemon thread does not keep the process alive).
+    """
+    outcome: dict = {}
+
+    def call() -> None:
+        try:
+            outcome["answers"] = target(X)
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=call, name="attnlab-oracle-call", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise CallTimedOut(f"the target did not answer within {timeout:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["answers"]
