@@ -25,7 +25,7 @@ NUMPY = [sys.executable, "-c", "import numpy"]
 HEAVY = ("torch", "scipy", "scipy.stats", "fastapi", "dask", "distributed", "matplotlib", "pandas",
          "numpy")
 PROBE = ("import sys\nsys.argv = ['attnlab', '--help']\nfrom attnlab.cli import main\ntry:\n    main()\n"
-         "except SystemExit:\n    pass\nprint(','.join(m for m in %r if m in sys.modules))" % (HEAVY,))
+         "except SystemExit:\n    pass\nprint('LOADED:' + ','.join(m for m in %r if m in sys.modules))" % (HEAVY,))
 
 
 def seconds(command: list[str]) -> float:
@@ -45,9 +45,9 @@ def main() -> int:
     for _ in range(repeats):  # interleaved, so a load spike hits both
         help_times.append(seconds(HELP))
         numpy_times.append(seconds(NUMPY))
-    loaded = subprocess.run([sys.executable, "-c", PROBE], check=True, capture_output=True,
-                            text=True).stdout.strip().splitlines()[-1:]
-    heavy = loaded[0] if loaded and loaded[0] else "none"
+    out = subprocess.run([sys.executable, "-c", PROBE], check=True, capture_output=True, text=True).stdout
+    loaded = [line[len("LOADED:"):] for line in out.splitlines() if line.startswith("LOADED:")]
+    heavy = loaded[-1] if loaded and loaded[-1] else "none"
     h, n = statistics.median(help_times), statistics.median(numpy_times)
     lines = [
         "# Start-up time",
