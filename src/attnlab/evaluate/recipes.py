@@ -86,8 +86,9 @@ def extract_single_head(oracle: Oracle, run: SingleHeadRun, progress: bool = Fal
                              "drop --affine and --rank")
         return noisy_single_head(oracle, method="robust", seed=run.seed,
                                  fidelity_samples=run.fidelity_samples)
+    method_options = {"measurements": run.measurements} if run.measurements is not None else None
     return single_head(oracle, rank=run.rank, affine=run.affine, method=run.method, seed=run.seed,
-                       measurements=run.measurements, fidelity_samples=run.fidelity_samples)
+                       method_options=method_options, fidelity_samples=run.fidelity_samples)
 
 
 def single_head_row(result, target, run: SingleHeadRun) -> dict[str, Any]:
@@ -106,6 +107,7 @@ def single_head_row(result, target, run: SingleHeadRun) -> dict[str, Any]:
         fidelity=result.fidelity,
         fidelity_queries=result.fidelity_queries,
         seconds=result.seconds,
+        oracle_seconds=result.info.get("oracle_seconds"),
         oracle_calls=result.info.get("oracle_calls"),
         max_abs_logit=result.info.get("max_abs_logit"),
     )
@@ -245,7 +247,7 @@ def multi_head_row(d: int, heads: int, max_heads: int | None = None, seed: int =
     """A random H-head target, its canonical form learned from queries, compared with the truth's."""
     from attnlab.extract.multihead import canonical_dof, multi_head, published_query_bound
     from attnlab.models.multihead import MultiHeadRegressor
-    from attnlab.multihead import MultiHeadParams, canonical_error
+    from attnlab.models.canonical import MultiHeadParams, canonical_error
 
     if d < 1 or heads < 1:
         raise ValueError(f"--d and --heads must be at least 1, got d = {d}, heads = {heads}")
@@ -269,7 +271,7 @@ def orthogonal_heads_row(d: int, dims: list[int], seed: int = 0, fidelity_sample
     """Heads in known orthogonal subspaces, each learned with the single-head algorithm."""
     from attnlab.extract.multihead import orthogonal_heads
     from attnlab.models.multihead import random_orthogonal_heads
-    from attnlab.multihead import MultiHeadParams
+    from attnlab.models.canonical import MultiHeadParams
 
     target, bases = random_orthogonal_heads(d, dims, seed=seed)
     result = orthogonal_heads(Oracle(target, d=d), bases, seed=seed + 1, fidelity_samples=fidelity_samples)

@@ -59,7 +59,8 @@ def low_rank_single_head(ctx: Context) -> Measurement:
                      "limit 2rd-r^2+d": limit, "d^2+d": d * d + d, "rel error W": err_w, "ok": good})
     d, r = (24, 2) if ctx.quick else (40, 2)
     measurements = 3 * r * 2 * d
-    ext, err_w, _ = head_recovery(d, r, 1.0, ctx.seed + 7, rank=r, method="nuclear-norm", measurements=measurements)
+    ext, err_w, _ = head_recovery(d, r, 1.0, ctx.seed + 7, rank=r, method="nuclear-norm",
+                                   method_options={"measurements": measurements})
     good = err_w <= 1e-6
     ok &= good
     rows.append({"method": f"nuclear-norm, {measurements} = 3*r*2d probes", "d": d, "r": r, "queries": ext.queries,
@@ -187,7 +188,7 @@ def transformer_claim(ctx: Context) -> Measurement:
        "Distinct parameterisations induce the same map: heads sharing W with v split differently, permuted "
        "heads, and heads with v = 0; identifiability needs extra structure.")
 def multihead_nonidentifiable(ctx: Context) -> Measurement:
-    from attnlab.multihead import canonical_error, equivalent_pair, maps_agree
+    from attnlab.models.canonical import canonical_error, equivalent_pair, maps_agree
 
     d = 6 if ctx.quick else 8
     n = 2000 if ctx.quick else 10_000
