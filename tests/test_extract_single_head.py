@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from attnlab import BudgetExhausted, ExtractionError, Oracle
 from attnlab.evaluate import relative_error
 from attnlab.extract import single_head
-from attnlab.extract.probes import bilinear_probe, value_aligned_basis
+from attnlab.extract.single_head.directions import AlignedBasis, value_aligned_basis
+from attnlab.extract.single_head.probes import bilinear_probe
 from attnlab.extract.single_head import METHODS, NUCLEAR_NORM_C
 from attnlab.models.torch_heads import MultiheadReadout, affine_parameters
 from attnlab.models import AffineHead, SingleHeadAttention
@@ -164,7 +165,8 @@ def test_nuclear_norm_recovers_low_rank_from_compressed_measurements():
 def test_nuclear_norm_with_explicit_measurement_count_and_auto_rank():
     d = 16
     head = SingleHeadAttention.random(d, rank=1, scale=1.0, seed=4)
-    result, spent = extract(head, d, rank="auto", method="nuclear-norm", measurements=120)
+    result, spent = extract(head, d, rank="auto", method="nuclear-norm",
+                           method_options={"measurements": 120})
     assert spent == 120 + d
     assert result.info["rank"] == 1
     assert relative_error(result.W, truth(head)["W"]) <= 1e-8
@@ -235,6 +237,9 @@ def test_value_aligned_basis_is_orthogonal_and_equally_aligned():
     A = value_aligned_basis(v, np.random.default_rng(3))
     np.testing.assert_allclose(A.T @ A, np.eye(30), atol=1e-13)
     np.testing.assert_allclose(A.T @ v, np.linalg.norm(v) / np.sqrt(30), rtol=1e-12)
+    structured = AlignedBasis(v, np.random.default_rng(3)).dense()  # the one the extractor uses
+    np.testing.assert_allclose(structured.T @ structured, np.eye(30), atol=1e-13)
+    np.testing.assert_allclose(structured.T @ v, np.linalg.norm(v) / np.sqrt(30), rtol=1e-12)
 
 
 def test_assuming_a_higher_rank_than_the_target_has_is_reported():
@@ -272,7 +277,9 @@ def test_unknown_method_lists_the_methods():
 
 def test_measurements_only_apply_to_nuclear_norm():
     oracle = Oracle(SingleHeadAttention.random(4, seed=0), d=4)
-    with pytest.raises(ValueError, match="nuclear-norm"):
+    with pytest.raises(ValueError, match="measurements"):
+        single_head(oracle, method_options={"measurements": 10})
+    with pytest.raises(TypeError):
         single_head(oracle, measurements=10)
     with pytest.raises(ValueError, match="measurements"):
         single_head(oracle, method="nuclear-norm", rank="auto")

@@ -35,7 +35,7 @@ import numpy as np
 from attnlab._random import Seed, as_generator
 from attnlab.errors import ExtractionError
 from attnlab.extract.convention import resolve_method, token_width
-from attnlab.extract.probes import random_orthogonal
+from attnlab.extract.single_head.directions import random_orthogonal
 from attnlab.extract.result import Extraction, measure_fidelity
 from attnlab.extract.single_head import head_function
 from attnlab.oracle import Oracle

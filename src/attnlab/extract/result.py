@@ -32,6 +32,12 @@ INFO_KEYS: dict[str, str] = {
     "polish_steps": "nuclear-norm: Gauss-Newton polish steps after the convex solve",
     "relative_residual": "nuclear-norm: relative residual of the measurements",
     "solver": "nuclear-norm: the solver used",
+    "oracle_seconds": "wall seconds spent inside oracle calls (target + Oracle checks); seconds minus "
+                      "this is the learner's own time",
+    "answer_precision": "adaptive: relative precision of the answers (given, or read off their mantissas)",
+    "estimated_error": "adaptive: a-priori relative error of W from the answer precision",
+    "rank_tol": "rank=auto: relative mismatch below which a column counts as dependent",
+    "rank_margin": "rank=auto: smallest mismatch of an independent column divided by rank_tol",
     # noisy_single_head
     "error_estimate": "robust: typical and worst-case errors predicted from the noise model",
     "max_token_norm": "robust: the largest token norm a probe used",

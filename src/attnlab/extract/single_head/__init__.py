@@ -1,0 +1,188 @@
+"""Exact extraction of a single softmax-attention head from value queries.
+
+    f(X) = softmax(X W x_N)^T X v                   (affine: scores + u^T x_i, values + c)
+
+Everything rests on two query shapes (see `probes`): one-token queries read v (and c), and the
+two-token query [(a + b); b] reads one bilinear value a^T W b (+ a^T u). The methods differ in
+which (a, b) pairs they ask for and how they solve for W:
+
+- "adaptive" (default): at the information limit. W is read in the coordinates A^T W B of a
+  random orthogonal B and an orthogonal A whose columns are all equally aligned with v; probe
+  magnitudes are learned from the measurements already made. Full rank: every entry, d^2 + d
+  queries. Rank r: r full columns and r rows chosen by pivoted QR (skeleton formula),
+  2rd - r^2 + d queries, the number of free parameters. rank="auto" detects r on the fly with
+  two check queries per column, 2 queries over the limit.
+- "paper": Theorem 4.1 as written: d Gaussian u_k, queries [(u_k + e_j); e_j] column by
+  column, no scaling. It fails loudly when the softmax saturates.
+- "nuclear-norm": Theorem 5.1: Gaussian rank-one probes (scaled adaptively) and constrained
+  nuclear-norm minimisation (`lowrank.nuclear_norm_recovery`).
+
+The extractor sees only the oracle; comparing with ground truth is the caller's business.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+
+from attnlab._random import as_generator
+from attnlab.extract.convention import resolve_method
+from attnlab.extract.result import Extraction, measure_fidelity
+from attnlab.extract.single_head.adaptive import RANK_TOL, adaptive
+from attnlab.extract.single_head.baselines import NUCLEAR_NORM_C, nuclear_norm, paper
+from attnlab.extract.single_head.directions import AlignedBasis
+from attnlab.extract.single_head.precision import WARN_ERROR, answer_precision, error_report
+from attnlab.extract.single_head.probes import ProbeLog, read_values
+from attnlab.extract.single_head.reader import BilinearReader, default_chunk
+from attnlab.oracle import Oracle
+
+
+
+class PrecisionWarning(UserWarning):
+    """The oracle's answers are too coarse (float32/float16) for W to be exact to float64."""
+
+
+METHODS = ("adaptive", "paper", "nuclear-norm")
+# The options each method takes in `method_options`, with their defaults.
+METHOD_OPTIONS: dict[str, dict] = {
+    # chunk: queries written and sent per oracle call (memory O(chunk d)); default ~4 MiB of them.
+    # precision: the answers' relative precision; None estimates it from the answers themselves.
+    "adaptive": {"chunk": None, "precision": None},
+    "paper": {},
+    "nuclear-norm": {"measurements": None, "chunk": None},
+}
+# The fidelity check uses its own random stream so it never coincides with the probes.
+FIDELITY_SEED_OFFSET = 7919
+
+
+def single_head(oracle: Oracle, *, rank: int | str | None = None, affine: bool = False,
+                method: str = "adaptive", method_options: dict | None = None,
+                seed: int | np.random.Generator | None = 0, fidelity_samples: int = 1000,
+                progress: bool = False) -> Extraction:
+    """Recover (W, v) (and u, c when `affine`) of a single attention head behind `oracle`.
+
+    Parameters
+    ----------
+    oracle : Oracle
+        Black-box access; its token width `oracle.d` must be set.
+    rank : None, int or "auto"
+        None: W of full rank. int r: rank(W) <= r is known. "auto": detect the rank.
+    affine : bool
+        Recover the biases u (scores) and c (output) too; costs d + 1 more queries.
+    method : "adaptive", "paper" or "nuclear-norm"
+    method_options : dict, optional
+        adaptive: `chunk` (queries per oracle call; the learner holds O(chunk d) of queries),
+        `precision` (relative precision of the answers, e.g. 6e-8 for a float32 service; by
+        default estimated from the answers). nuclear-norm: `measurements` (rank-one
+        measurements, default NUCLEAR_NORM_C*r*2d), `chunk`.
+    seed : int, None or numpy Generator
+        Seeds every random probe direction (attnlab._random.as_generator).
+    fidelity_samples : int
+        Fresh random sequences (lengths 1..32) on which the recovered head is compared with the
+        oracle afterwards; 0 skips the check. These queries are counted in `fidelity_queries`.
+    progress : bool
+        Unused by this extractor (it makes a handful of stages); accepted for the convention.
+
+    Returns
+    -------
+    Extraction with params W, v (u, c), queries spent by the extraction itself, dof, and info
+    (rank found, oracle calls, `oracle_seconds` spent waiting on the oracle, the answers'
+    estimated precision and the resulting error estimate, ...).
+    """
+    options = resolve_method(method, method_options, METHOD_OPTIONS)
+    d = oracle.require_d("single_head")
+    rank = _check_rank(rank, d)
+    if not isinstance(fidelity_samples, (int, np.integer)) or fidelity_samples < 0:
+        raise ValueError(f"fidelity_samples must be a whole number >= 0, got {fidelity_samples!r}")
+    chunk = options.get("chunk")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer))
+                              or chunk < 1):
+        raise ValueError(f"method_options['chunk'] must be a whole number >= 1 (queries per oracle "
+                         f"call), got {chunk!r}")
+    rng = as_generator(seed)
+
+    started_queries, started = oracle.queries, time.perf_counter()
+    log = ProbeLog()
+    v, c = read_values(oracle, d, affine, log, chunk=chunk or default_chunk(d))
+    stages = {"values": oracle.queries - started_queries}
+    precision_info: dict = {}
+    if method == "paper":
+        W, u, info = paper(oracle, v, c, affine, rng, stages, log)
+    else:
+        reader = BilinearReader(oracle, v, c, affine, chunk=chunk, log=log)
+        A = AlignedBasis(v, rng)
+        u = None
+        if affine:
+            before = oracle.queries
+            u = A.apply(reader.read_offsets(A)[:, None])[:, 0]
+            reader.u = u
+            stages["bias_u"] = oracle.queries - before
+        before = oracle.queries
+        if method == "adaptive":
+            precision = options["precision"]
+            if precision is None:
+                precision = answer_precision(v, c)
+            precision_info["answer_precision"] = precision
+            W, info = adaptive(reader, A, rank, rng, rank_tol=max(RANK_TOL, 300.0 * precision))
+        else:
+            W, info = nuclear_norm(reader, d, rank, options["measurements"], rng)
+        stages["W"] = oracle.queries - before
+        info.update(max_abs_logit=log.max_abs_logit, probe_scale_range=[log.scale_min, log.scale_max])
+    info.update(oracle_calls=log.calls, oracle_seconds=log.oracle_seconds)
+    seconds = time.perf_counter() - started
+    queries = oracle.queries - started_queries
+
+    params = {"W": W, "v": v}
+    if affine:
+        params.update(u=u, c=np.float64(c))
+    found_rank = info.get("rank", d)
+    dof = 2 * found_rank * d - found_rank ** 2 + d + (d + 1 if affine else 0)
+    if precision_info:
+        info.update(precision_info)
+        info.update(error_report(precision_info["answer_precision"], log.max_abs_logit, d))
+        if info["estimated_error"] > WARN_ERROR:
+            warnings.warn(f"single_head: the oracle's answers carry about {precision_info['answer_precision']:.1e} "
+                          f"relative precision (float32/float16 arithmetic?), so W is only good to about "
+                          f"{info['estimated_error']:.1e} relative (info['estimated_error'])",
+                          PrecisionWarning, stacklevel=2)
+    result = Extraction(params=params, queries=queries, method=method, dof=dof, seconds=seconds,
+                        stages=stages, info=info,
+                        surrogate=head_function(W, v, u, c if affine else None))
+    if fidelity_samples:
+        fidelity_seed = int(rng.integers(2 ** 31)) + FIDELITY_SEED_OFFSET
+        result.fidelity, result.fidelity_queries = measure_fidelity(
+            oracle, result.surrogate, n=fidelity_samples, lengths=(1, 32), seed=fidelity_seed)
+    return result
+
+
+def head_function(W: np.ndarray, v: np.ndarray, u: np.ndarray | None = None,
+                  c: float | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """The head with these parameters as a numpy function of a batch (B, N, d) -> (B,)."""
+
+    def f(X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        scores = np.einsum("bnd,de,be->bn", X, W, X[:, -1, :])
+        if u is not None:
+            scores = scores + X @ u
+        scores -= scores.max(axis=1, keepdims=True)
+        weights = np.exp(scores)
+        weights /= weights.sum(axis=1, keepdims=True)
+        out = np.einsum("bn,bn->b", weights, X @ v)
+        return out + c if c is not None else out
+
+    return f
+
+
+def _check_rank(rank, d: int) -> int | str | None:
+    if rank is None or rank == "auto":
+        return rank
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
+        raise ValueError(f"rank must be None, 'auto' or an integer in [1, {d}], got {rank!r}")
+    if not 1 <= rank <= d:
+        raise ValueError(f"rank must be between 1 and d = {d}, got {rank}; use rank=None for full rank")
+    return None if rank == d else int(rank)
+
+

@@ -1,0 +1,152 @@
+"""method="adaptive": W read at the information limit, in structured coordinates.
+
+Every query pairs one column a_i of the value-aligned orthogonal basis A (`AlignedBasis`, O(d)
+to hold) with one direction b, and reads a_i^T W b.
+
+- Full rank: b runs over the standard basis, so the d^2 readings are M = A^T W and W = A M
+  (A is a rank-2 correction of the identity: O(d^2) to apply, no d x d basis is ever formed).
+- Rank r: r random orthonormal directions Q = [q_1..q_r] give the columns C = A^T W Q (r d
+  queries). Pivoted QR of C picks r rows P; the rows w_p = W^T a_p (p in P) are known on span(Q)
+  already (w_p . q_j = C[p, j]) and are read in d - r standard coordinates S, the complement of
+  r coordinates T on which Q is well conditioned; the rest is one r x r solve per row. Then
+  W = (A C) C[P]^{-1} R with R the r x d rows (skeleton formula): d + r d + r (d - r) queries,
+  exactly the free parameters, in O(r d) memory besides the d x d result.
+- rank="auto": columns are read one at a time, each first at the r known pivot rows plus two
+  check rows; when the checks match the span of the previous columns the rank is r, and those r
+  values count as one more known direction for the rows. Two queries over the limit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from attnlab.errors import ExtractionError
+from attnlab.extract.single_head.directions import (
+    AlignedBasis,
+    CoordinateDirections,
+    DenseDirections,
+    random_orthonormal_columns,
+)
+from attnlab.extract.single_head.lowrank import cross_factors, pivot_rows
+from attnlab.extract.single_head.reader import BilinearReader
+
+# rank="auto": a column is declared inside the span of the previous ones when its two check
+# measurements agree with the prediction to this fraction of the typical measurement size
+# (float64 answers; a coarser answer precision raises it, see `precision`).
+RANK_TOL = 1e-7
+
+
+def adaptive(reader: BilinearReader, A: AlignedBasis, rank, rng: np.random.Generator,
+             rank_tol: float = RANK_TOL):
+    """(W, info) for rank None (full), an int r, or "auto"."""
+    if rank is None:
+        return full_rank(reader, A), {"rank": A.d, "rank_mode": "full"}
+    if rank == "auto":
+        return auto_rank(reader, A, rng, rank_tol)
+    Q = random_orthonormal_columns(A.d, rank, rng)
+    C = read_columns(reader, A, Q)
+    W = complete(reader, A, Q, C, pivot_rows(C)[:rank])
+    return W, {"rank": rank, "rank_mode": "known"}
+
+
+def full_rank(reader: BilinearReader, A: AlignedBasis) -> np.ndarray:
+    d = A.d
+    everything = np.arange(d)
+    lines = [(everything, j) for j in range(d)]
+    Mt = np.empty((d, d))  # row j: column j of M = A^T W
+    for j, column in enumerate(reader.read_lines(A, CoordinateDirections(d), lines)):
+        Mt[j] = column
+    # W = A M, i.e. W^T = M^T A^T = Mt - 2 (Mt g) g^T - 2 (Mt w) q^T, in place, a block of rows
+    # at a time so that no second d x d array is formed
+    step = max(1, (1 << 22) // (8 * d))
+    for first in range(0, d, step):
+        block = Mt[first:first + step]
+        on_g, on_w = block @ A.g, block @ A.w
+        block -= 2.0 * np.outer(on_g, A.g)
+        block -= 2.0 * np.outer(on_w, A.q)
+    return Mt.T
+
+
+def read_columns(reader: BilinearReader, A: AlignedBasis, Q: np.ndarray) -> np.ndarray:
+    """C = A^T W Q, one line per column of Q."""
+    everything = np.arange(A.d)
+    lines = [(everything, j) for j in range(Q.shape[1])]
+    return np.column_stack(reader.read_lines(A, DenseDirections(Q.T), lines))
+
+
+def complete(reader: BilinearReader, A: AlignedBasis, Q: np.ndarray, C: np.ndarray, pivots: np.ndarray,
+             partial: np.ndarray | None = None) -> np.ndarray:
+    """Read the rows w_p = W^T a_p (p in pivots) and return W by the skeleton formula.
+
+    Q (d, k) are the directions along which every w_p is already known: w_p . Q[:, j] = C[p, j]
+    for j < r, and = partial[p-th] for j = r (the column read at the pivots during rank detection).
+    """
+    d, r = C.shape
+    known = C[pivots] if partial is None else np.column_stack([C[pivots], partial])
+    k = known.shape[1]
+    Q = Q[:, :k]
+    T = pivot_rows(Q)[:k]  # coordinates on which Q is best conditioned
+    S = np.setdiff1d(np.arange(d), T)
+    R = np.empty((r, d))
+    if S.size:
+        rows = reader.read_lines(A, CoordinateDirections(d), [(int(p), S) for p in pivots])
+        R[:, S] = np.vstack(rows)
+    # w_p[T] solves Q[T]^T w_p[T] = known_p - Q[S]^T w_p[S]
+    rhs = known - R[:, S] @ Q[S]
+    try:
+        R[:, T] = np.linalg.solve(Q[T].T, rhs.T).T
+    except np.linalg.LinAlgError:
+        raise ExtractionError("the known probe directions are degenerate on every coordinate set; "
+                              "this should not happen with random directions: re-run with another seed") from None
+    left, right = cross_factors(C, R, pivots)
+    return A.apply(left) @ right
+
+
+def auto_rank(reader: BilinearReader, A: AlignedBasis, rng: np.random.Generator, rank_tol: float):
+    """Read columns until one lies in the span of the previous ones (see the module docstring)."""
+    d = A.d
+    everything = np.arange(d)
+    Q = np.empty((d, 0))
+    columns = np.empty((d, 0))
+    worst_independent = np.inf  # smallest mismatch of a column found independent
+    for j in range(d):
+        q = _next_direction(Q, rng)
+        Q = np.column_stack([Q, q])
+        b = DenseDirections(q[None, :])
+        r = columns.shape[1]
+        if r == 0:
+            columns = reader.read(A, b, everything, 0)[:, None]
+            continue
+        order = pivot_rows(columns)
+        checks = min(2, d - r)
+        head = order[:r + checks]
+        line = reader.new_line()
+        head_values = reader.read(A, b, head, 0, line=line)
+        coef = np.linalg.lstsq(columns[order[:r]], head_values[:r], rcond=None)[0]
+        predicted = columns[order[r:r + checks]] @ coef
+        typical = float(np.sqrt(np.mean(columns ** 2)))
+        mismatch = float(np.max(np.abs(head_values[r:] - predicted))) / typical
+        if mismatch <= rank_tol:
+            W = complete(reader, A, Q, columns, order[:r], partial=head_values[:r])
+            return W, {"rank": r, "rank_mode": "auto", "rank_check_mismatch": mismatch,
+                       "rank_tol": rank_tol, "rank_margin": worst_independent / rank_tol}
+        worst_independent = min(worst_independent, mismatch)
+        column = np.empty(d)
+        column[head] = head_values
+        rest = order[r + checks:]
+        if rest.size:
+            column[rest] = reader.read(A, b, rest, 0, line=line)
+        columns = np.column_stack([columns, column])
+    # full rank: columns = A^T W Q with Q orthogonal, so W = A columns Q^T
+    return A.apply(columns) @ Q.T, {"rank": d, "rank_mode": "auto", "rank_tol": rank_tol,
+                                     "rank_margin": worst_independent / rank_tol}
+
+
+def _next_direction(Q: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random unit vector orthogonal to the columns of Q (Gram-Schmidt, twice for stability)."""
+    q = rng.standard_normal(Q.shape[0])
+    for _ in range(2):
+        if Q.shape[1]:
+            q -= Q @ (Q.T @ q)
+        q /= np.linalg.norm(q)
+    return q

@@ -1,0 +1,166 @@
+"""Families of probe directions that write themselves into a query buffer, chunk by chunk.
+
+A probe [(mu a + nu b); nu b] needs its directions a and b as rows of a batch. Dense d x d
+orthogonal matrices cost O(d^3) to draw and O(d^2) to hold; the families here are orthogonal
+(or, for `CoordinateDirections`, trivially so) but structured, so a chunk of c directions is
+written in O(c d) and the family itself is held in O(d) (or O(r d) for `DenseDirections` of r
+rows):
+
+- `AlignedBasis`: the orthogonal A = R H with R = I - 2 g g^T a random Householder reflection
+  and H the reflection that makes every column equally aligned with v (a_i^T v = |v| / sqrt(d),
+  the largest common denominator an orthonormal basis allows). A = I - 2 g g^T - 2 q w^T is a
+  rank-2 correction of the identity: one chunk is one (c x 2) @ (2 x d) product plus a diagonal.
+- `CoordinateDirections`: the standard basis e_j.
+- `DenseDirections`: explicit rows (r random directions, or any small set).
+
+Every family answers v- and u-dot products and norms for an index array without materialising
+the directions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Directions:
+    """n unit-or-not directions in R^d, addressed by index."""
+
+    n: int
+    d: int
+
+    def dots(self, x: np.ndarray) -> np.ndarray:
+        """(a_i . x) for every direction i: shape (n,)."""
+        raise NotImplementedError
+
+    def norms(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def write(self, out: np.ndarray, index: np.ndarray, scale: float) -> None:
+        """out[k] = scale * direction[index[k]] (out has shape (len(index), d))."""
+        raise NotImplementedError
+
+    def write_constant(self, out: np.ndarray, i: int, scale: float) -> None:
+        """Every row of out = scale * direction[i]."""
+        self.write(out[:1], np.array([i]), scale)
+        out[1:] = out[0]
+
+
+class DenseDirections(Directions):
+    """Directions given as the rows of a matrix (p, d)."""
+
+    def __init__(self, rows: np.ndarray):
+        self.rows = np.ascontiguousarray(np.atleast_2d(np.asarray(rows, dtype=np.float64)))
+        self.n, self.d = self.rows.shape
+
+    def dots(self, x: np.ndarray) -> np.ndarray:
+        return self.rows @ x
+
+    def norms(self) -> np.ndarray:
+        return np.sqrt(np.einsum("ij,ij->i", self.rows, self.rows))
+
+    def write(self, out: np.ndarray, index: np.ndarray, scale: float) -> None:
+        first, last = int(index[0]), int(index[-1])
+        if last - first == index.size - 1 and np.all(np.diff(index) == 1):
+            np.multiply(self.rows[first:last + 1], scale, out=out)  # a run of rows: a view, no gather
+        else:
+            np.multiply(self.rows[index], scale, out=out)
+
+
+class CoordinateDirections(Directions):
+    """The standard basis e_0, ..., e_{d-1} (or a subset of it, by index)."""
+
+    def __init__(self, d: int):
+        self.n = self.d = d
+
+    def dots(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, dtype=np.float64).copy()
+
+    def norms(self) -> np.ndarray:
+        return np.ones(self.d)
+
+    def write(self, out: np.ndarray, index: np.ndarray, scale: float) -> None:
+        out.fill(0.0)
+        out[np.arange(index.size), index] = scale
+
+
+class AlignedBasis(Directions):
+    """The columns of A = (I - 2 g g^T)(I - 2 w w^T): orthonormal, each with a_i^T v = |v|/sqrt(d).
+
+    g is a random unit vector (so the basis is in general position with respect to any fixed
+    subspace, which the rank check relies on); w is the Householder vector that maps
+    z = (I - 2 g g^T) v onto the all-equal direction. Column i is e_i - 2 g_i g - 2 w_i q with
+    q = (I - 2 g g^T) w. (A is applied on the left; its columns are the probe directions.)
+    """
+
+    def __init__(self, v: np.ndarray, rng: np.random.Generator):
+        d = v.shape[0]
+        self.n = self.d = d
+        g = rng.standard_normal(d)
+        g /= np.linalg.norm(g)
+        z = v - 2.0 * (g @ v) * g
+        w = z / np.linalg.norm(z) - 1.0 / np.sqrt(d)
+        norm = np.linalg.norm(w)
+        w = w / norm if norm > 1e-12 else np.zeros(d)
+        q = w - 2.0 * (g @ w) * g
+        self.g, self.w, self.q = g, w, q
+        self._coef = np.stack([g, w], axis=1)  # (d, 2): column i's weights on the rows of _basis
+        self._basis = np.stack([g, q])  # (2, d)
+
+    def dots(self, x: np.ndarray) -> np.ndarray:
+        """A^T x = x - 2 g (g.x) - 2 w (q.x): O(d)."""
+        return x - 2.0 * (self.g @ x) * self.g - 2.0 * (self.q @ x) * self.w
+
+    def norms(self) -> np.ndarray:
+        return np.ones(self.d)
+
+    def apply(self, M: np.ndarray) -> np.ndarray:
+        """A @ M for M of shape (d, k), in O(d k)."""
+        return M - 2.0 * np.outer(self.g, self.g @ M) - 2.0 * np.outer(self.q, self.w @ M)
+
+    def row(self, i: int) -> np.ndarray:
+        out = -2.0 * (self.g[i] * self.g + self.w[i] * self.q)
+        out[i] += 1.0
+        return out
+
+    def write(self, out: np.ndarray, index: np.ndarray, scale: float) -> None:
+        np.matmul(self._coef[index] * (-2.0 * scale), self._basis, out=out)
+        out[np.arange(index.size), index] += scale
+
+    def write_constant(self, out: np.ndarray, i: int, scale: float) -> None:
+        out[:] = scale * self.row(i)
+
+    def dense(self) -> np.ndarray:
+        """A itself (d x d): for tests and small d only."""
+        return self.apply(np.eye(self.d))
+
+
+def random_orthogonal(d: int, rng: np.random.Generator) -> np.ndarray:
+    """A Haar-random orthogonal matrix (QR of a Gaussian matrix with the sign fix). O(d^3)."""
+    q, r = np.linalg.qr(rng.standard_normal((d, d)))
+    return q * np.sign(np.diag(r))
+
+
+def random_orthonormal_columns(d: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k Haar-random orthonormal columns (d, k), in O(d k^2)."""
+    q, r = np.linalg.qr(rng.standard_normal((d, k)))
+    return q * np.sign(np.diag(r))
+
+
+def value_aligned_basis(v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A dense random orthogonal d x d matrix whose columns all have a_k^T v = |v| / sqrt(d).
+
+    Used where a dense basis is wanted (the affine bias read, small heads); the adaptive
+    extractor uses the structured `AlignedBasis` instead.
+    """
+    d = v.shape[0]
+    rotation = random_orthogonal(d, rng)
+    z = rotation.T @ v
+    z_unit = z / np.linalg.norm(z)
+    ones = np.full(d, 1.0 / np.sqrt(d))
+    w = z_unit - ones
+    norm = np.linalg.norm(w)
+    if norm < 1e-12:
+        return rotation
+    w /= norm
+    # rotation @ (I - 2 w w^T), the Householder reflection that maps z_unit to ones, in O(d^2)
+    return rotation - 2.0 * np.outer(rotation @ w, w)
