@@ -4,9 +4,10 @@
     python examples/constructions_tour.py --N 32 --q 2 --M 13
 
 1. Theorem 2: one head with random sign keys and dual-certificate queries averages exactly the q
-   positions each token points to. We search the smallest width, verify it on the qSA task (random
-   and adversarial inputs) and look at one row of its attention matrix.
-2. Match2 with one unit of width 2, and Match3 with third-order attention of width 4.
+   positions each token points to. We search the smallest width for the optimised (softmax-leak)
+   certificate, verify it on the qSA task (random inputs and an adversary aimed at the head), look
+   at one row of its attention matrix, and show the least-squares certificate failing at that width.
+2. Match2 with one unit of width 3 (no residual), and Match3 with third-order attention of width 4.
 3. Theorem 4: with fewer than q one-bit numbers in a query, two inputs must collide.
 """
 
@@ -17,7 +18,8 @@ import argparse
 import numpy as np
 import torch
 
-from attnlab.constructions import Match2Construction, ThirdOrderMatch3, smallest_certificate_qsa
+from attnlab.constructions import CertificateQSA, ThirdOrderMatch3, smallest_certificate_qsa
+from attnlab.constructions.match2 import Match2WidthThree
 from attnlab.constructions.lower_bound import measure_disjointness
 from attnlab.tasks import get_task
 
@@ -42,11 +44,16 @@ def main() -> None:
     with torch.no_grad():
         weights = head.model().heads[0].attention_weights(head.tokens(batch.inputs))[0, 0].numpy()
     top = np.argsort(weights)[::-1][: args.q + 1]
+    baseline = CertificateQSA.build(args.N, args.q, 4, head.eps, head.key_dim, head.precision, args.seed,
+                                    certificate="least-squares")
+    attack = baseline.adversarial_sets(rng, 16)
+    print(f"  least-squares certificate at the same width, against its adversary: worst error "
+          f"{baseline.worst_case_errors(attack).max():.3f} (eps {head.eps:.3f})")
     print(f"  token 0 points to {batch.inputs['y'][0, 0].tolist()}; its largest attention weights: "
           + ", ".join(f"{j}: {weights[j]:.4f}" for j in top))
 
     # 2. Match2 and Match3
-    for name, construction in (("match2", Match2Construction.build(args.N, args.M)),
+    for name, construction in (("match2", Match2WidthThree.build(args.N, args.M)),
                                ("match3", ThirdOrderMatch3.build(min(args.N, 32), args.M))):
         v = construction.verify(rng=rng, n=8)
         print(f"{name} N={construction.N} M={args.M}: width m={construction.m}, "

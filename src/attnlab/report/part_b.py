@@ -7,65 +7,58 @@ import math
 import numpy as np
 
 from attnlab.report.claims import Context, Measurement, claim
-from attnlab.report.figures import line_plot
 
 
-@claim("qsa-width-q-log-n", "B", "qSA with one head at width O(q log N) on typical index sets (Thm 2)",
-       "q-sparse averaging is eps-approximated by one attention head with embedding dimension "
-       "m = O(d' + q log N) and p = O(log(q log N / eps)) bits (random keys, dual-certificate queries).")
+@claim("qsa-width-q-log-n", "B", "qSA with one head at width O(q log N), worst case over index sets (Thm 2)",
+       "q-sparse averaging is eps-approximated (worst case over every input) by one attention head with "
+       "embedding dimension m = O(d' + q log N) and p = O(log(q log N / eps)) bits (random keys, "
+       "dual-certificate queries).")
 def qsa_width(ctx: Context) -> Measurement:
+    from itertools import combinations
+
     from attnlab.constructions import CertificateQSA, smallest_certificate_qsa
     from attnlab.constructions.qsa_certificates import certificate_precision
-    from attnlab.tasks import distinct_indices
 
-    cases = ([(64, 2), (256, 2), (1024, 2), (256, 4), (1024, 4)] if ctx.quick else
-             [(N, q) for q in (2, 4, 8) for N in (64, 256, 1024, 4096)])
-    fresh_sets = 2048
-    rows, xs, widths, ok = [], [], [], True
-    for N, q in cases:
+    # Exhaustive: every q-subset of [N] (the theorem's worst case over index sets, exact over z).
+    # Adversarial: larger N, sets from an adversary aimed at the head's program (a weaker check).
+    exhaustive = [(32, 2), (64, 2)] if ctx.quick else [(32, 2), (64, 2), (32, 3), (128, 2)]
+    adversarial = [(256, 4)] if ctx.quick else [(256, 4), (1024, 4), (1024, 8)]
+    rows, ok = [], True
+    for N, q in exhaustive + adversarial:
         eps = 1.0 / (2 * q)
         bits = certificate_precision(N, q, eps)
-        head = smallest_certificate_qsa(N, q, 4, eps, bits, ctx.seed, random_sets=fresh_sets, adversarial_targets=0)
-        searched = head.key_dim
-        # The search fits the sets it saw; widen (10% a step) until 4x as many unseen sets B pass
-        # with a 5% margin, then judge on sets C that neither step saw. Errors are exact worst cases over z.
-        check_sets, final_sets = (distinct_indices(np.random.default_rng([ctx.seed, tag, N, q]), (size,), q, N)
-                                  for tag, size in ((98, 4 * fresh_sets), (99, fresh_sets)))
-        while head.key_dim < N and float(head.worst_case_errors(check_sets).max()) > 0.95 * eps:
-            head = CertificateQSA.build(N, q, 4, eps, min(N, math.ceil(1.1 * head.key_dim)), bits, ctx.seed)
-        final_errors = head.worst_case_errors(final_sets)
-        fresh_error = float(final_errors.max())
-        within = float(np.mean(final_errors <= eps))
-        one_hot = head.key_dim >= N
-        verified = within >= 0.999
-        ok &= verified
-        if not one_hot:
-            xs.append(q * math.log2(N))
-            widths.append(head.key_dim)
-        rows.append({"N": N, "q": q, "p (bits)": bits, "m' found by search": searched, "key width m'": head.key_dim,
-                     "m = d' + m'": head.m, "q log2 N": q * math.log2(N),
-                     "m' / (q log2 N)": head.key_dim / (q * math.log2(N)),
-                     "worst error on unseen sets": fresh_error, "eps = 1/(2q)": eps,
-                     "unseen sets within eps": within, "verified (>= 99.9% within eps)": verified,
-                     "one-hot (m' = N, trivial)": one_hot})
-    x, y = np.array(xs), np.array(widths, dtype=float)
-    C = float(x @ y / (x @ x))
-    residual = float(np.max(np.abs(y - C * x) / y))
-    ok &= len(xs) >= 3 and residual <= 0.5
-    fig = line_plot(ctx.figure_path("qsa_width_vs_qlogn.png"), {
-        "smallest verified m' (random keys)": tuple(map(list, zip(*sorted(zip(x, y))))),
-        f"fit m' = {C:.2f} q log2 N": (sorted(x), [C * t for t in sorted(x)]),
-    }, "q log2 N", "key width m'", "Theorem 2: width needed vs q log N (eps = 1/(2q))")
+        head = smallest_certificate_qsa(N, q, 4, eps, bits, ctx.seed, random_sets=128, adversarial_targets=32)
+        if (N, q) in exhaustive:
+            every = np.array(list(combinations(range(N), q)), dtype=np.int64)
+            errors = head.worst_case_errors(every)
+            while errors.max() > eps and head.key_dim < N:  # widen until every set passes
+                head = CertificateQSA.build(N, q, 4, eps, min(N, math.ceil(1.1 * head.key_dim)), bits, ctx.seed)
+                errors = head.worst_case_errors(every)
+            check, checked = float(errors.max()), f"all {len(every)} index sets"
+        else:
+            attack = head.adversarial_sets(np.random.default_rng([ctx.seed, 77]), 32)
+            check, checked = float(head.worst_case_errors(attack).max()), "32 sets from an unseen adversary"
+        nontrivial = head.key_dim < N
+        ok &= check <= eps and nontrivial
+        rows.append({"N": N, "q": q, "p (bits)": bits, "key width m'": head.key_dim, "m = d' + m'": head.m,
+                     "m' / (q log2 N)": head.key_dim / (q * math.log2(N)), "checked on": checked,
+                     "worst error (sup over z)": check, "eps = 1/(2q)": eps, "passes": check <= eps,
+                     "m' < N (not one-hot)": nontrivial})
+    ratio_key = "m' / (q log2 N)"
+    ok &= max(r[ratio_key] for r in rows) <= 4.0
+    exhaustive_ratios = ", ".join(f"{r[ratio_key]:.2f}" for r in rows[:len(exhaustive)])
+    adversarial_ratios = ", ".join(f"{r[ratio_key]:.2f}" for r in rows[len(exhaustive):])
     return Measurement(
-        measured=f"On {fresh_sets} unseen index sets per head (exact worst case over z), at least "
-                 f"{min(r['unseen sets within eps'] for r in rows):.2%} are within eps = 1/(2q) (worst single set: "
-                 f"{max(r['worst error on unseen sets'] / r['eps = 1/(2q)'] for r in rows):.3f} eps). Outside the trivial "
-                 f"one-hot regime the width follows m' = {C:.2f} q log2 N (largest relative residual {residual:.0%}). "
-                 f"The theorem's worst case over ALL sets is harder: an adversary choosing sets for the drawn keys "
-                 f"needs widths growing like q^2 log N (benchmarks/results/constructions.md).",
-        reproduced=ok, table=rows, figures=[fig],
-        config={"cases_N_q": cases, "d_prime": 4, "seed": ctx.seed, "fresh_sets": fresh_sets,
-                "search": "random index sets only (adversarial_targets=0)"},
+        measured=f"Optimised (softmax-leak) certificates. Worst case over EVERY index set, exact over z, at "
+                 f"{', '.join(f'N={N} q={q}' for N, q in exhaustive)}: within eps at m' / (q log2 N) = "
+                 f"{exhaustive_ratios}. At {', '.join(f'N={N} q={q}' for N, q in adversarial)} only against an "
+                 f"adversary aimed at the head (sampled, not every set: a weaker check): within eps at "
+                 f"m' / (q log2 N) = {adversarial_ratios}. O(q log N) is a statement for all N; this checks the "
+                 "sizes listed. The least-squares certificate needs several times the width against the same kind "
+                 "of adversary (benchmarks/results/constructions.md).",
+        reproduced=bool(ok), table=rows,
+        config={"exhaustive_N_q": exhaustive, "adversarial_N_q": adversarial, "d_prime": 4, "seed": ctx.seed,
+                "certificate": "softmax-leak"},
     )
 
 
@@ -94,45 +87,66 @@ def qsa_moment_curve(ctx: Context) -> Measurement:
        "No one-head attention layer with m p <= c q reaches error 1/(2q) on qSA: its output at Alice's "
        "position would solve set disjointness on q bits with fewer than q bits of communication.")
 def qsa_lower_bound(ctx: Context) -> Measurement:
+    from attnlab.constructions.communication import disjointness_rows
     from attnlab.constructions.lower_bound import measure_disjointness
 
-    qs = [4, 6] if ctx.quick else [4, 6, 8]
+    qs = [4, 6] if ctx.quick else [4, 6, 8, 10]
     rows, ok = [], True
     for q in qs:
+        exact = disjointness_rows(q)
         below = [measure_disjointness(q, k, p, ctx.seed, "random") for k in range(1, q + 1) for p in (1, 2)
                  if k * p < q]
         at = measure_disjointness(q, q, 1, ctx.seed, "pair-code")
         none_below = not any(m.solves for m in below)
-        ok &= none_below and at.solves
-        rows.append({"q": q, "(m', p) pairs tried with m' p < q": len(below), "any of them solves DISJ_q": not none_below,
-                     "most distinct messages below q bits": max(m.distinct_messages for m in below),
-                     "inputs 2^q": 2 ** q, "pair-code head at m' p = q solves": at.solves})
+        ok &= exact["distinct_rows"] == 2 ** q and exact["fooling_set_ok"] and none_below and at.solves
+        rows.append({"q": q, "distinct rows of DISJ_q (all 4^q pairs)": exact["distinct_rows"],
+                     "bits any head needs": exact["one_way_bits_needed"],
+                     "random-key heads tried with m' p < q": len(below), "any of them solves": not none_below,
+                     "pair-code head at m' p = q solves": at.solves})
     return Measurement(
-        measured="Below q query bits no head solved every DISJ_q instance (too few distinct messages for 2^q "
-                 "inputs); a head built for the instance solves it at exactly q bits.",
-        reproduced=ok, table=rows, config={"qs": qs, "precisions": [1, 2], "seed": ctx.seed},
+        measured="Every head: the DISJ_q matrix has 2^q distinct rows on all 4^q pairs (exhaustive), so no message "
+                 "of fewer than q bits -- Alice's query, key and value together, any maps, any readout -- decides "
+                 "it; this is the exact optimum of a search over all (message, decoder) pairs, so m p >= q/3 for "
+                 f"one head at q = {', '.join(map(str, qs))}. Concrete heads agree: none of the random-key heads "
+                 "below q query bits solves every instance, and a head built for the instance solves it at q bits. "
+                 "The theorem's 'sufficiently large q' is not checked beyond these q.",
+        reproduced=bool(ok), table=rows, config={"qs": qs, "precisions": [1, 2], "seed": ctx.seed},
     )
 
 
-@claim("match2-one-unit", "B", "Match2 with one attention unit of constant width",
+@claim("match2-one-unit", "B", "Match2 with one attention unit of width 3, no residual",
        "Match2 (is there j with x_i + x_j = 0 mod M?) is computed by one self-attention unit with m = 3 "
        "and O(log M) bits of precision.")
 def match2_one_unit(ctx: Context) -> Measurement:
-    from attnlab.constructions import Match2Construction, smallest_match_precision
+    from itertools import product
 
-    cases = [(32, 97)] if ctx.quick else [(64, 97), (256, 1009)]
+    from attnlab.constructions import smallest_match_precision
+    from attnlab.constructions.match2 import Match2WidthThree
+    from attnlab.tasks import get_task
+
+    small = [(4, 5), (5, 6)] if ctx.quick else [(4, 5), (5, 6), (6, 7)]
+    sampled = [(64, 97)] if ctx.quick else [(64, 97), (256, 1009)]
     rows, ok = [], True
-    for N, M in cases:
-        found = smallest_match_precision(lambda b: Match2Construction.build(N, M, b), ctx.seed, n=16)
+    for N, M in small:
+        inputs = {"x": np.array(list(product(range(M), repeat=N)), dtype=np.int64)}
+        wrong = int((Match2WidthThree.build(N, M).predict(inputs) != get_task("match2", N=N, M=M).solve(inputs)).sum())
+        ok &= wrong == 0
+        rows.append({"N": N, "M": M, "width m": 3, "residual": False, "bits p": "float64", "wrong bits": wrong,
+                     "checked on": f"all {M ** N} inputs"})
+    for N, M in sampled:
+        found = smallest_match_precision(lambda b: Match2WidthThree.build(N, M, b), ctx.seed, n=16)
         v = found.verify(rng=ctx.seed + 1, n=16)
-        ok &= v.bit_errors == 0 and found.m <= 3
-        rows.append({"N": N, "M": M, "width m": found.m, "bits p": found.precision, "log2 M": math.log2(M),
-                     "wrong bits": v.bit_errors, "sequences (random+adversarial)": f"{v.n_random}+{v.n_adversarial}"})
+        ok &= v.bit_errors == 0 and found.m == 3
+        rows.append({"N": N, "M": M, "width m": found.m, "residual": False, "bits p": found.precision,
+                     "wrong bits": v.bit_errors,
+                     "checked on": f"{v.n_random} sampled + {v.n_adversarial} near-miss sequences"})
     return Measurement(
-        measured="Zero wrong bits with one unit of width " + ", ".join(str(r["width m"]) for r in rows)
-                 + " (a residual readout gives psi the token's own angle) at "
-                 + ", ".join(f"{r['bits p']} bits (M={r['M']})" for r in rows) + ".",
-        reproduced=ok, table=rows, config={"cases_N_M": cases, "seed": ctx.seed},
+        measured="One unit of width 3, psi reading only the attention output: 0 wrong bits on every input at "
+                 + ", ".join(f"(N, M) = ({N}, {M})" for N, M in small) + "; 0 wrong bits on sampled and near-miss "
+                 "inputs (not every input: a weaker check) at " + ", ".join(f"({N}, {M})" for N, M in sampled)
+                 + " with p = " + ", ".join(str(r["bits p"]) for r in rows[len(small):])
+                 + " bits (the smallest the search verified; the logit gap is of order M^-4).",
+        reproduced=bool(ok), table=rows, config={"exhaustive_N_M": small, "sampled_N_M": sampled, "seed": ctx.seed},
     )
 
 
@@ -142,23 +156,51 @@ def match2_one_unit(ctx: Context) -> Measurement:
        "solved by standard attention.")
 def match3_third_order(ctx: Context) -> Measurement:
     from attnlab.constructions import ThirdOrderMatch3, smallest_local_match3, smallest_match_precision
+    from attnlab.constructions.communication import (
+        check_match3_reduction,
+        exhaustive_layer_errors,
+        indicator_layer,
+        match3_instance,
+        witness_failure,
+    )
 
     N, M = (16, 101) if ctx.quick else (32, 211)
-    # The precision search sees its own sample; a fresh sample then checks the bits it chose
-    # (with a small search sample the threshold lands a bit too low and fresh inputs catch it).
     found = smallest_match_precision(lambda b: ThirdOrderMatch3.build(N, M, b), ctx.seed, n=16 if ctx.quick else 32)
     v3 = found.verify(rng=ctx.seed + 1, n=16)
-    local = smallest_local_match3(N, M, 2, None, ctx.seed)
-    vl = local.verify(rng=ctx.seed + 1, n=16)
-    ok = v3.bit_errors == 0 and vl.bit_errors == 0
-    rows = [
-        {"model": "third-order attention, 1 unit", "N": N, "M": M, "width m": found.m, "bits p": found.precision,
-         "wrong bits": v3.bit_errors, "sequences": f"{v3.n_random}+{v3.n_adversarial}"},
-        {"model": "standard attention, 1 head, window w = 2", "N": N, "M": M, "width m": local.m, "bits p": "float64",
-         "wrong bits": vl.bit_errors, "sequences": f"{vl.n_random}+{vl.n_adversarial}"},
-    ]
+    rows = [{"model": "third-order attention, 1 unit", "N": N, "M": M, "width m": found.m, "bits p": found.precision,
+             "wrong bits": v3.bit_errors, "checked on": f"{v3.n_random}+{v3.n_adversarial} sampled+near-miss"}]
+    ok = v3.bit_errors == 0
+    local_Ns = [32, 128] if ctx.quick else [32, 128, 512]
+    local_widths = set()
+    for n_local in local_Ns:
+        local = smallest_local_match3(n_local, 97, 2, None, ctx.seed)
+        vl = local.verify(rng=ctx.seed + 1, n=8)
+        certified = bool(vl.notes["certified_all_inputs"])
+        ok &= vl.bit_errors == 0 and certified
+        local_widths.add(local.m)
+        rows.append({"model": "standard attention, 1 head, window w = 2", "N": n_local, "M": 97, "width m": local.m,
+                     "bits p": local.precision or "float64", "wrong bits": vl.bit_errors,
+                     "checked on": "every window (certified for all inputs)" if certified else "sampled only"})
+    ok &= len(local_widths) == 1
+    sizes = [3, 4] if ctx.quick else [3, 4, 5]
+    for n in sizes:
+        instance = match3_instance(n)
+        exact = check_match3_reduction(instance)["reduction_exact"]
+        solves = exhaustive_layer_errors(indicator_layer(instance), instance) == 0
+        narrow = witness_failure(indicator_layer(instance, n - 1), instance)
+        ok &= exact and solves and narrow is not None and narrow["wrong"]
+        rows.append({"model": f"standard attention on the DISJ_{n} instance", "N": instance.N, "M": instance.M,
+                     "width m": f"m_v = {n} solves every pair; m_v = {n - 1} fails",
+                     "bits p": 1, "wrong bits": 0 if solves else "some", "checked on": f"all {4 ** n} pairs"})
     return Measurement(
-        measured=f"Third-order attention of width {found.m} at {found.precision} bits: {v3.bit_errors} wrong bits; "
-                 f"windowed Match3 with one standard head: {vl.bit_errors} wrong bits.",
-        reproduced=ok, table=rows, config={"N": N, "M": M, "window": 2, "seed": ctx.seed},
+        measured=f"Third-order attention of width {found.m} at {found.precision} bits: {v3.bit_errors} wrong bits "
+                 f"(sampled and near-miss inputs, not every input). Local Match3 with one standard head: width "
+                 f"{sorted(local_widths)} at N = {', '.join(map(str, local_Ns))} (independent of N; p grows like "
+                 "2 log2 N), certified on every window, hence every input. The lower bound's instance: Match3 at one "
+                 f"token equals set disjointness on all 4^n pairs (n = {', '.join(map(str, sizes))}), so any one-layer "
+                 "standard attention whose Alice-side partial sums carry fewer than n bits (H (m_v + 1) p < n, "
+                 "N = 2n + 1) fails on some pair; a layer at m_v = n solves it and one coordinate fewer fails on a "
+                 "witness. Not measured here: the smallest TRAINED standard layer solving Match3 as N grows.",
+        reproduced=bool(ok), table=rows, config={"N": N, "M": M, "local_N": local_Ns, "window": 2,
+                                                 "disj_sizes": sizes, "seed": ctx.seed},
     )
