@@ -336,3 +336,12 @@ def test_a_target_refusing_before_answering_is_not_charged(refusal):
     with pytest.raises(type(refusal)):
         oracle(distinct((2, 1, 2)))
     assert oracle.paid == 0
+
+
+def test_a_target_s_own_timeout_error_is_not_mistaken_for_the_oracle_s():
+    def target(X):
+        raise TimeoutError("upstream read timed out")
+
+    with pytest.raises(OracleError, match="TimeoutError: upstream read timed out") as info:
+        Oracle(target, d=2, timeout=5)(distinct((2, 1, 2)))
+    assert not isinstance(info.value, OracleTimeout)
