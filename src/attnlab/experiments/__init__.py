@@ -4,7 +4,8 @@
     summary = run_sweep(default_sweep(quick=True), "results.sqlite", engine="local", workers=2)
 
 Configs are pydantic models (`RunConfig`, `SweepConfig`) stored as JSON in
-attnlab/experiments/configs; results go to a SQLite `ResultStore`.
+attnlab/experiments/configs; results go to a SQLite `ResultStore`. Layering: config and results
+(plain data) <- store <- analysis, plots; train <- sweep. The store never imports the training code.
 """
 
 from attnlab.experiments.config import (
@@ -17,10 +18,10 @@ from attnlab.experiments.config import (
     load_run_config,
     load_sweep,
 )
-from attnlab.experiments.store import ResultStore, export_csv, export_parquet
-from attnlab.experiments.sweep import SweepSummary, default_sweep, make_executor, run_sweep
 from attnlab.experiments.results import RunResult
-from attnlab.experiments.train import train
+from attnlab.experiments.store import ResultStore, export_csv, export_curves_parquet, export_parquet
+from attnlab.experiments.sweep import SweepSummary, default_sweep, make_executor, run_sweep
+from attnlab.experiments.train import TrainingDiverged, train
 
 __all__ = [
     "ModelConfig",
@@ -31,9 +32,11 @@ __all__ = [
     "SweepSummary",
     "TaskConfig",
     "TrainConfig",
+    "TrainingDiverged",
     "builtin_configs",
     "default_sweep",
     "export_csv",
+    "export_curves_parquet",
     "export_parquet",
     "load_run_config",
     "load_sweep",

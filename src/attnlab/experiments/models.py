@@ -60,7 +60,7 @@ class SummedHeads(nn.Module):
         return torch.stack([unit.attention_weights(embedded) for unit in self.layer.heads], dim=1)
 
 
-class OneLayerTransformer(nn.Module):
+class AttentionBaseline(nn.Module):
     """phi (per token) -> one attention layer (pairwise or third-order) -> psi with residual."""
 
     def __init__(self, token_dim: int, out_dim: int, config: ModelConfig):
@@ -129,7 +129,7 @@ class FlatMLP(nn.Module):
 def build_model(config: ModelConfig, seq_len: int, token_dim: int, out_dim: int) -> nn.Module:
     """The baseline named by config.arch, mapping (n, seq_len, token_dim) to (n, seq_len, out_dim)."""
     if config.arch in ("attention", "third_order"):
-        return OneLayerTransformer(token_dim, out_dim, config)
+        return AttentionBaseline(token_dim, out_dim, config)
     if config.arch in ("lstm", "gru"):
         return RecurrentBaseline(token_dim, out_dim, config)
     if config.arch == "mlp":

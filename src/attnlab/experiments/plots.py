@@ -1,5 +1,6 @@
 """PNG figures of the experiments (matplotlib, Agg backend): error vs training-set size per
-architecture, and the width one head needs vs q."""
+architecture, samples needed vs N, the width one head needs vs q and vs N (all with their
+intervals over seeds), training curves, and where a trained head looks on one qSA input."""
 
 from __future__ import annotations
 
@@ -76,6 +77,122 @@ def plot_threshold_width(width_rows: list[dict[str, Any]], path: str | Path) -> 
     ax.set_yscale("log", base=2)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _need_errorbar(ax, xs, rows, key, colour, label, marker="o"):
+    """Plot one line of needs with their intervals; censored estimates as open markers
+    (triangle up: more than the largest size tried, down: at most the smallest)."""
+    xs_m, ys, lo, hi = [], [], [], []
+    for x, row in zip(xs, rows):
+        need = row[key]
+        kinds = set(need["per_seed_kind"])
+        if need["estimate"] is None or kinds != {"measured"}:
+            value = max(need["per_seed"]) if "more than" in kinds else min(need["per_seed"])
+            ax.plot([x], [value], "^" if "more than" in kinds else "v", color=colour, mfc="none", ms=8)
+            continue
+        xs_m.append(x)
+        ys.append(need["estimate"])
+        lo.append(need["estimate"] - need["low"])
+        hi.append(need["high"] - need["estimate"])
+    if xs_m:
+        ax.errorbar(xs_m, ys, yerr=[lo, hi], fmt=marker + "-", color=colour, capsize=3, label=label)
+    else:
+        ax.plot([], [], marker + "-", color=colour, label=label)
+
+
+def plot_samples_vs_n(needs: list[dict[str, Any]], path: str | Path) -> Path:
+    """Samples needed to reach 1/(2q) against N, one line per model, one column per q; top row the
+    worst-case error (the paper's notion), bottom row the mean error. Log axes, 95% intervals over
+    seeds; open triangles are censored (up: not reached at the largest size, down: reached at the
+    smallest)."""
+    qsa = [n for n in needs if "N" in n["task_params"] and "q" in n["task_params"]]
+    if not qsa:
+        raise ValueError("no qSA sample-size runs to plot; run the qsa-samples sweep into this store first")
+    qs = sorted({n["task_params"]["q"] for n in qsa})
+    fig, axes = plt.subplots(2, len(qs), figsize=(4.8 * len(qs), 7.2), squeeze=False)
+    models = sorted({n["model"] for n in qsa})
+    for col, q in enumerate(qs):
+        for row, (key, what) in enumerate((("max", "worst-case error"), ("mean", "mean error"))):
+            ax = axes[row][col]
+            for index, model in enumerate(models):
+                line = sorted((n for n in qsa if n["model"] == model and n["task_params"]["q"] == q),
+                              key=lambda n: n["task_params"]["N"])
+                if line:
+                    _need_errorbar(ax, [n["task_params"]["N"] for n in line], line, key, f"C{index % 10}", model)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("sequence length N")
+            ax.set_ylabel(f"samples to {what} <= 1/(2q)")
+            ax.set_title(f"qSA, q = {q}", fontsize=10)
+            ax.grid(alpha=0.3, which="both")
+    axes[0][0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_width_needs(width_rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Smallest width reaching 1/(2q), against q (one line per N) and against N (one line per q),
+    with 95% intervals over seeds; open triangles are censored."""
+    rows = [r for r in width_rows if "q" in r and "N" in r]
+    if not rows:
+        raise ValueError("no qSA width runs to plot; run the qsa-width-grid sweep into this store first")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.9))
+    for ax, (line_key, x_key) in ((left, ("N", "q")), (right, ("q", "N"))):
+        for index, value in enumerate(sorted({r[line_key] for r in rows})):
+            line = sorted((r for r in rows if r[line_key] == value), key=lambda r: r[x_key])
+            shift = 1 + 0.03 * index  # coinciding lines stay visible
+            _need_errorbar(ax, [r[x_key] * shift for r in line], [{"need": r} for r in line], "need",
+                           f"C{index % 10}", f"{line_key} = {value}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log", base=2)
+        ax.set_xlabel(x_key)
+        ax.set_ylabel("smallest width m reaching 1/(2q)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    left.set_title("width vs q", fontsize=10)
+    right.set_title("width vs N", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_curves(curves: dict[str, dict[str, list[float]]], path: str | Path) -> Path:
+    """Training curves (validation loss solid, training loss dotted, against the step), one line
+    per labelled run, and the learning rate on a second panel."""
+    if not curves:
+        raise ValueError("no training curves to plot")
+    fig, (loss_ax, lr_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for index, (label, curve) in enumerate(curves.items()):
+        colour = f"C{index % 10}"
+        loss_ax.plot(curve["step"], curve["val_loss"], "-", color=colour, label=label)
+        loss_ax.plot(curve["step"], curve["train_loss"], ":", color=colour, alpha=0.7)
+        lr_ax.plot(curve["step"], curve["lr"], "-", color=colour)
+    loss_ax.set_yscale("log")
+    loss_ax.set_xlabel("step")
+    loss_ax.set_ylabel("loss (validation solid, training dotted)")
+    loss_ax.legend(fontsize=7)
+    lr_ax.set_yscale("log")
+    lr_ax.set_xlabel("step")
+    lr_ax.set_ylabel("learning rate")
+    for ax in (loss_ax, lr_ax):
+        ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)
+
+
+def plot_attention_pattern(weights, pointers, path: str | Path, title: str = "") -> Path:
+    """Row i: where token i looks (one head, one input), with the positions y_i of the qSA
+    target marked; a head that solves qSA puts its weight on exactly those."""
+    import numpy as np
+
+    weights = np.asarray(weights)
+    N = weights.shape[0]
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    image = ax.imshow(weights, cmap="viridis", vmin=0, vmax=max(float(weights.max()), 1e-12))
+    rows, cols = np.nonzero(np.asarray(pointers))
+    ax.scatter(cols, rows, s=60, facecolors="none", edgecolors="red", linewidths=1.0, label="j in y_i")
+    ax.set_xlabel("key position j")
+    ax.set_ylabel("query position i")
+    ax.set_title(title or f"trained head on one qSA input (N = {N})", fontsize=9)
+    ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="attention weight")
     return _save(fig, path)
 
 

@@ -137,7 +137,7 @@ class ResultStore:
         try:
             import pandas as pd
         except ImportError as exc:
-            raise ImportError("ResultStore.to_pandas needs pandas: pip install 'attnlab[dataframes]'") from exc
+            raise ImportError("ResultStore.to_pandas needs pandas: pip install 'attnlab[parquet]'") from exc
         return pd.DataFrame(flat_records(self.records(sweep)))
 
     def counts(self) -> dict[str, int]:
@@ -245,3 +245,31 @@ def export_curves_parquet(store: ResultStore, path: str | Path, sweep: str | Non
     """Write every stored training-curve point (run_id, step, train_loss, val_loss, lr) as Parquet;
     join on run_id with export_parquet's table for the configs. Returns the number of rows."""
     return _write_parquet(store.curves(sweep), path)
+
+
+def export_records(store: ResultStore, path: str | Path, sweep: str | None = None) -> int:
+    """Write the finished runs as JSON lines (gzip-compressed when the name ends in .gz), keeping
+    the nesting (config, metrics, timings) the analysis reads, plus `sweeps` (the sweeps each run
+    belongs to); `load_records` reads it back."""
+    import gzip
+
+    rows = store.records(sweep)
+    membership: dict[str, list[str]] = {}
+    for name, run_id in store._db.execute("SELECT sweep, run_id FROM sweep_runs ORDER BY sweep"):
+        membership.setdefault(run_id, []).append(name)
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wt") as handle:
+        for row in rows:
+            data = {k: v for k, v in row.items() if not k.endswith("_json")}
+            data["sweeps"] = membership.get(row["run_id"], [])
+            handle.write(json.dumps(data, sort_keys=True) + "\n")
+    return len(rows)
+
+
+def load_records(path: str | Path) -> list[dict[str, Any]]:
+    """The records written by `export_records`, as `ResultStore.records` returns them."""
+    import gzip
+
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
