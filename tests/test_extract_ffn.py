@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attnlab import BudgetExhausted, ExtractionError, Oracle
+from attnlab.evaluate import functional_error
 from attnlab.extract.ffn import ffn_parameter_error, relu_ffn
 from attnlab.models import ReluFFN
 
@@ -17,9 +18,8 @@ def _truth(net):
 
 
 def _functional_error(net, extraction, d, n=2000, seed=99):
-    x = 3.0 * np.random.default_rng(seed).standard_normal((n, d))
-    truth = net(torch.as_tensor(x)).detach().numpy()
-    return float(np.max(np.abs(extraction.predict(x[:, None, :]) - truth)))
+    x = 3.0 * np.random.default_rng(seed).standard_normal((n, 1, d))
+    return functional_error(net, extraction, x)
 
 
 @pytest.mark.parametrize("bias", [True, False])

@@ -6,7 +6,7 @@ import scipy.linalg
 import torch
 
 from attnlab import BudgetExhausted, ExtractionError, Oracle
-from attnlab.evaluate import relative_error
+from attnlab.evaluate import functional_error, relative_error
 from attnlab.extract.result import random_sequences
 from attnlab.extract.transformer import antisymmetric_oracle, one_layer_transformer
 from attnlab.models import OneLayerTransformer, SingleHeadAttention
@@ -14,11 +14,7 @@ from attnlab.models import OneLayerTransformer, SingleHeadAttention
 
 def _max_error_on_fresh_sequences(model, extraction, d, seed=5):
     seqs = random_sequences(np.random.default_rng(seed), d, 200, lengths=(1, 12), scale=2.0)
-    worst = 0.0
-    for X in seqs:
-        truth = model(torch.as_tensor(X[None])).detach().numpy()
-        worst = max(worst, float(np.max(np.abs(extraction.predict(X[None]) - truth))))
-    return worst
+    return functional_error(model, extraction, [X[None] for X in seqs])
 
 
 @pytest.mark.parametrize("residual", [False, True])
