@@ -135,3 +135,83 @@ class DroppingProxy:
 
     def close(self) -> None:
         self._listener.close()
+
+
+SERVER_SCRIPT = """
+import json, sys
+from attnlab.serve import KeyStore, load_target
+from attnlab.serve.app import ServeConfig, create_app
+from attnlab.serve.runner import bind, serve_foreground, url_of
+model, db, config = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+store = KeyStore(db)
+app = create_app(load_target(model), store, ServeConfig(**config))
+sock = bind("127.0.0.1", 0)
+print("serving on", url_of(sock), "refunded", app.state.refunded, file=sys.stderr, flush=True)
+serve_foreground(app, sock, log_level="warning")
+"""
+
+
+class ServerProcess:
+    """A real server process (uvicorn, its own interpreter) on 127.0.0.1 and a free port.
+
+    `config` holds ServeConfig fields. The server's stderr goes to `log`; `kill()` is kill -9.
+    """
+
+    def __init__(self, model_path: Path, db_path: Path, log: Path, start_timeout_s: float = 60.0, **config):
+        import json
+        import os
+        import re
+        import subprocess
+        import sys
+        import time
+
+        self.log = log
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        self._out = open(log, "ab")
+        self.process = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, str(model_path), str(db_path),
+                                         json.dumps(config)], stderr=self._out, env=env)
+        deadline = time.monotonic() + start_timeout_s
+        while not (match := re.search(r"serving on (http://127\.0\.0\.1:\d+) refunded (\d+)", log.read_text())):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"the test server did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.05)
+        self.url, self.refunded = match.group(1), int(match.group(2))
+        self.pid = self.process.pid
+
+    def kill(self) -> None:
+        import signal
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self._out.close()
+
+    def stop(self) -> None:
+        import signal
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except Exception:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self._out.close()
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def wait_until(condition, timeout_s: float = 10.0, every_s: float = 0.02) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(every_s)
+    return condition()

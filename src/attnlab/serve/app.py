@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,6 +68,9 @@ class ServeConfig:
     header_timeout_s: float = 10.0         # complete request headers within this of connecting
     keep_alive_s: float = 5.0              # an idle kept-alive connection is closed after this
     max_connections: int = 512             # beyond it, the longest-waiting half-sent request is dropped
+    # Fault injection for crash tests and benchmarks only: hold each charged request this long
+    # before answering it, so that a kill -9 lands between charging and answering.
+    pause_after_charge_s: float = 0.0
 
     def __post_init__(self):
         for name in ("max_batch", "max_tokens", "max_body_bytes", "max_json_bytes", "max_connections"):
@@ -77,6 +81,8 @@ class ServeConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+        if not (np.isfinite(self.pause_after_charge_s) and self.pause_after_charge_s >= 0):
+            raise ValueError(f"pause_after_charge_s must be >= 0, got {self.pause_after_charge_s!r}")
         OutputDefense(self.noise_sigma, self.round_digits)  # validates both
 
     def token_limit(self, d: int) -> int:
@@ -195,6 +201,8 @@ def create_app(target: TargetFile, store: KeyStore, config: ServeConfig = ServeC
             raise exhausted(key, held.budget, held.spent, n)
         # Charged (now, or by a server that died before answering): refund whatever goes wrong from here.
         try:
+            if config.pause_after_charge_s:
+                time.sleep(config.pause_after_charge_s)
             outputs = oracle.query_many(sequences)
             content = json.dumps({"outputs": np.asarray(outputs, dtype=np.float64).tolist(), "queries_used": n,
                                   "budget_left": held.budget_left}, allow_nan=False)

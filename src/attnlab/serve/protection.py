@@ -20,10 +20,12 @@ protocol; the tests pin the behaviour, so an upstream change that breaks it fail
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 
+import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 logger = logging.getLogger("attnlab.serve")
@@ -104,6 +106,19 @@ def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[H11P
             if self.cycle is not None and self.cycle is not self._seen_cycle:
                 self._seen_cycle = self.cycle  # a pipelined request was already buffered
                 self._headers_arrived()
+
+        def send_400_response(self, msg: str) -> None:
+            # uvicorn answers unparsable HTTP in plain text; our errors are JSON everywhere.
+            body = json.dumps({"error": "bad_http", "detail": f"{msg} Send HTTP/1.1 with headers under 16 KiB."})
+            event = h11.Response(status_code=400, reason=b"Bad Request", headers=[
+                (b"content-type", b"application/json"), (b"connection", b"close"),
+                (b"content-length", str(len(body)).encode())])
+            try:
+                for part in (event, h11.Data(data=body.encode()), h11.EndOfMessage()):
+                    self.transport.write(self.conn.send(part))
+            except h11.LocalProtocolError:
+                pass  # the connection is past the point of answering
+            self.transport.close()
 
         def connection_lost(self, exc) -> None:
             self.waiting.pop(self, None)
