@@ -21,7 +21,7 @@ def qsa_width(ctx: Context) -> Measurement:
 
     # Exhaustive: every q-subset of [N] (the theorem's worst case over index sets, exact over z).
     # Adversarial: larger N, sets from an adversary aimed at the head's program (a weaker check).
-    exhaustive = [(32, 2), (64, 2)] if ctx.quick else [(32, 2), (64, 2), (32, 3), (128, 2)]
+    exhaustive = [(64, 2), (128, 2)] if ctx.quick else [(64, 2), (128, 2), (256, 2), (48, 3)]
     adversarial = [(256, 4)] if ctx.quick else [(256, 4), (1024, 4), (1024, 8)]
     rows, ok = [], True
     for N, q in exhaustive + adversarial:
