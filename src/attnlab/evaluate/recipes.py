@@ -274,7 +274,8 @@ def orthogonal_heads_row(d: int, dims: list[int], seed: int = 0, fidelity_sample
     from attnlab.models.canonical import MultiHeadParams
 
     target, bases = random_orthogonal_heads(d, dims, seed=seed)
-    result = orthogonal_heads(Oracle(target, d=d), bases, seed=seed + 1, fidelity_samples=fidelity_samples)
+    result = orthogonal_heads(Oracle(target, d=d), bases=bases, seed=seed + 1,
+                              fidelity_samples=fidelity_samples)
     truth = MultiHeadParams.from_model(target)
     worst = max(np.max(np.abs(result.W - truth.W)), np.max(np.abs(result.v - truth.v)))
     return {
