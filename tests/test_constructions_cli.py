@@ -76,6 +76,7 @@ def test_construct_qsa_passes_its_own_verification_at_the_width_it_reports(N, q)
         assert payload["key_dim"] < N  # a real random design, not the one-hot fallback
 
 
+@pytest.mark.slow
 def test_example_runs_with_small_arguments():
     completed = subprocess.run([sys.executable, str(ROOT / "examples" / "constructions_tour.py"),
                                 "--N", "24", "--q", "2", "--M", "11"],

@@ -62,6 +62,7 @@ def test_a_witness_really_fools_the_head():
     assert max(abs(o - t) for o, t in zip(outputs, targets)) >= 1 / q - 1e-12
 
 
+@pytest.mark.slow
 def test_measured_worst_error_matches_brute_force_over_b():
     q, key_dim, bits = 4, 24, 6
     measurement = measure_disjointness(q, key_dim, bits, seed=3)

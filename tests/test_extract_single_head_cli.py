@@ -90,6 +90,7 @@ def test_saturating_paper_run_fails_cleanly():
     assert "saturated" in result.output
 
 
+@pytest.mark.slow
 def test_example_runs_with_small_arguments():
     done = subprocess.run([sys.executable, str(EXAMPLE), "--d", "8", "--rank", "2", "--fidelity-samples", "50"],
                           capture_output=True, text=True, timeout=120)
