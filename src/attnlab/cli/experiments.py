@@ -108,12 +108,14 @@ def sweep(
     any run failed or diverged (they are stored as such, and retried by the next invocation)."""
 
     def go():
+        from attnlab.experiments.config import load_sweep
         from attnlab.experiments.store import ResultStore
         from attnlab.experiments.sweep import run_sweep
 
         _not_a_file(runs_dir, "--runs-dir")
-        ResultStore(store).close()  # a bad --store fails here, before any training
-        return run_sweep(sweep_file, store, engine=engine.value, workers=workers, scheduler=scheduler,
+        spec = load_sweep(sweep_file)  # a bad config fails before the store is created
+        ResultStore(store).close()  # and a bad --store before any training
+        return run_sweep(spec, store, engine=engine.value, workers=workers, scheduler=scheduler,
                          runs_dir=runs_dir or store.with_suffix(".runs"),
                          progress=_progress_default() if progress is None else progress,
                          device=device.value if device is not None else None)
