@@ -27,7 +27,13 @@ import torch  # noqa: E402
 from attnlab import ExtractionError  # noqa: E402
 from attnlab.evaluate.recipes import noisy_head_row  # noqa: E402
 from attnlab.models import SingleHeadAttention  # noqa: E402
-from attnlab.oracle.noise import AdversarialNoise, BoundedNoise, GaussianNoise, RoundDigits, RoundFloat32  # noqa: E402
+from attnlab.oracle.noise import (  # noqa: E402
+    AdversarialNoise,
+    BoundedNoise,
+    GaussianNoise,
+    RoundDigits,
+    RoundFloat32,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NOISES = {

@@ -25,7 +25,8 @@ NUMPY = [sys.executable, "-c", "import numpy"]
 HEAVY = ("torch", "scipy", "scipy.stats", "fastapi", "dask", "distributed", "matplotlib", "pandas",
          "numpy")
 PROBE = ("import sys\nsys.argv = ['attnlab', '--help']\nfrom attnlab.cli import main\ntry:\n    main()\n"
-         "except SystemExit:\n    pass\nprint('LOADED:' + ','.join(m for m in %r if m in sys.modules))" % (HEAVY,))
+         "except SystemExit:\n    pass\n"
+         f"print('LOADED:' + ','.join(m for m in {HEAVY!r} if m in sys.modules))")
 
 
 def seconds(command: list[str]) -> float:

@@ -69,8 +69,13 @@ def test_only_model_options_besides_the_common_ones(name):
 
 def _tiny_runs():
     """name -> (a fresh oracle, keyword arguments) for a quick exact run of each extractor."""
-    from attnlab.models import MultiHeadRegressor, OneLayerTransformer, ReluFFN, SingleHeadAttention
-    from attnlab.models import random_orthogonal_heads
+    from attnlab.models import (
+        MultiHeadRegressor,
+        OneLayerTransformer,
+        ReluFFN,
+        SingleHeadAttention,
+        random_orthogonal_heads,
+    )
 
     target, bases = random_orthogonal_heads(5, [2, 2], seed=0)
     return {

@@ -45,7 +45,6 @@ def test_cli_help_lists_match_the_library():
 @pytest.mark.parametrize("blocked,argv,extra", [
     ("fastapi", ["serve", "missing.safetensors"], "serve"),
     ("jinja2", ["reproduce", "--list"], "report"),
-    ("matplotlib", ["reproduce", "--quick", "--only", "exact-single-head", "--out", "OUT"], "report"),
 ])
 def test_a_missing_extra_is_one_line_naming_the_pip_command(tmp_path, blocked, argv, extra):
     argv = [str(tmp_path) if a == "OUT" else a for a in argv]

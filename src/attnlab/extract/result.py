@@ -57,7 +57,11 @@ INFO_KEYS: dict[str, str] = {
     "neurons_found": "hidden neurons recovered",
     "neurons_unseen": "neurons never crossed by a search line (when m is known)",
     "unseen_reason": "why some neurons were not seen",
-    "orientation": "how neuron signs were resolved ('linear', 'milp', ...)",
+    "orientation": "how neuron signs were resolved ('linear', 'milp', 'unresolved')",
+    "exact": "relu_ffn: the check beside every found hyperplane and out to check_radius passed",
+    "error_bound": "relu_ffn: largest relative error the check (and fidelity check) saw",
+    "repairs": "relu_ffn: searches through wrong check points before the check passed",
+    "fidelity_relative": "relu_ffn: the fidelity check's largest relative error",
     # one_layer_transformer
     "derived_queries": "queries to the antisymmetric derived oracle (2 parent queries each)",
     "ffn": "the FFN stage's own info",
@@ -79,7 +83,7 @@ PARAM_ATTRIBUTES = ("W", "v", "u", "c", "A", "b", "w", "linear")
 
 
 def _param_property(name: str) -> property:
-    def get(self: "Extraction") -> np.ndarray:
+    def get(self: Extraction) -> np.ndarray:
         try:
             return self.params[name]
         except KeyError:

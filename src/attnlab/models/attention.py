@@ -53,7 +53,7 @@ class SingleHeadAttention(nn.Module):
 
     @classmethod
     def random(cls, d: int, rank: int | None = None, scale: float = 1.0,
-               seed: Seed = 0, dtype=torch.float64) -> "SingleHeadAttention":
+               seed: Seed = 0, dtype=torch.float64) -> SingleHeadAttention:
         """A random head: W of the given rank with entry scale `scale`, v standard normal."""
         rng = as_generator(seed)
         W = random_low_rank(d, rank, scale, rng)
@@ -96,7 +96,7 @@ class AffineHead(nn.Module):
 
     @classmethod
     def random(cls, d: int, rank: int | None = None, scale: float = 1.0,
-               seed: Seed = 0, dtype=torch.float64) -> "AffineHead":
+               seed: Seed = 0, dtype=torch.float64) -> AffineHead:
         rng = as_generator(seed)
         W = random_low_rank(d, rank, scale, rng)
         u = scale * rng.standard_normal(d)

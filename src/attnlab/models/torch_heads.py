@@ -30,7 +30,7 @@ class MultiheadReadout(nn.Module):
         self.register_buffer("readout", torch.as_tensor(readout, dtype=dtype))
 
     @classmethod
-    def random(cls, d: int, seed: int = 0, dtype=torch.float64, bias_scale: float = 1.0) -> "MultiheadReadout":
+    def random(cls, d: int, seed: int = 0, dtype=torch.float64, bias_scale: float = 1.0) -> MultiheadReadout:
         """nn.MultiheadAttention(d, 1, bias=True) with every weight and bias drawn at random.
 
         PyTorch initialises the biases to zero; they are redrawn here so the head is truly affine.

@@ -37,7 +37,7 @@ class Batch:
     def __len__(self) -> int:
         return int(self.targets.shape[0])
 
-    def select(self, index) -> "Batch":
+    def select(self, index) -> Batch:
         """The examples picked by `index` (an int, slice or index array), as a smaller batch."""
         index = [index] if isinstance(index, (int, np.integer)) else index
         return Batch({k: v[index] for k, v in self.inputs.items()}, self.targets[index])
