@@ -39,6 +39,11 @@ class Directions:
         """out[k] = scale * direction[index[k]] (out has shape (len(index), d))."""
         raise NotImplementedError
 
+    def write_plus(self, out: np.ndarray, index: np.ndarray, scale: float, plus: np.ndarray) -> None:
+        """out[k] = scale * direction[index[k]] + plus (one row added to every row)."""
+        self.write(out, index, scale)
+        out += plus
+
     def write_constant(self, out: np.ndarray, i: int, scale: float) -> None:
         """Every row of out = scale * direction[i]."""
         self.write(out[:1], np.array([i]), scale)
@@ -124,6 +129,14 @@ class AlignedBasis(Directions):
 
     def write(self, out: np.ndarray, index: np.ndarray, scale: float) -> None:
         np.matmul(self._coef[index] * (-2.0 * scale), self._basis, out=out)
+        out[np.arange(index.size), index] += scale
+
+    def write_plus(self, out: np.ndarray, index: np.ndarray, scale: float, plus: np.ndarray) -> None:
+        # one (c x 3) @ (3 x d) product writes the directions and the added row in a single pass
+        coef = np.empty((index.size, 3))
+        np.multiply(self._coef[index], -2.0 * scale, out=coef[:, :2])
+        coef[:, 2] = 1.0
+        np.matmul(coef, np.vstack([self._basis, plus]), out=out)
         out[np.arange(index.size), index] += scale
 
     def write_constant(self, out: np.ndarray, i: int, scale: float) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnlab.extract.single_head.directions import DenseDirections, Directions
+from attnlab.extract.single_head.directions import CoordinateDirections, DenseDirections, Directions
 from attnlab.extract.single_head.probes import (
     INITIAL_OFFSET_PROBE,
     INITIAL_PROBE,
@@ -63,7 +63,17 @@ class BilinearReader:
         d = v.shape[0]
         self.chunk = int(chunk) if chunk else default_chunk(d)
         self.v_norm = float(np.linalg.norm(v))
-        self._buffer = np.empty((self.chunk, 2, d))
+        device = getattr(oracle, "device", None)
+        self._device_writer = None
+        if device is not None:  # a DeviceOracle: probes are written on its device
+            import torch
+
+            from attnlab.extract.single_head.device_probes import DeviceWriter
+
+            self._device_writer = DeviceWriter(device)
+            self._buffer = torch.empty((self.chunk, 2, d), dtype=torch.float64, device=device)
+        else:
+            self._buffer = np.empty((self.chunk, 2, d))
         self.u: np.ndarray | None = None
         self.u_sigma: float | None = None
         self.w_sigma: float | None = None  # largest line spread seen so far
@@ -88,7 +98,7 @@ class BilinearReader:
             mu = tracker.next_scale()
             for first in range(done, done + take, self.chunk):
                 n = min(self.chunk, done + take - first)
-                X = self._buffer[:n]
+                X = np.empty((n, 2, self.v.shape[0]))
                 dirs.write(X[:, 0], np.arange(first, first + n), mu)
                 X[:, 1] = 0.0
                 rows = slice(first, first + n)
@@ -162,16 +172,8 @@ class BilinearReader:
                 part = slice(first, first + take)
                 ai, bi = _part(a_index, part), _part(b_index, part)
                 slot = slice(filled, filled + take)
-                X0, X1 = self._buffer[slot, 0], self._buffer[slot, 1]
-                if isinstance(bi, (int, np.integer)):
-                    b_dirs.write_constant(X1, int(bi), nu)
-                else:
-                    b_dirs.write(X1, bi, nu)
-                if isinstance(ai, (int, np.integer)):
-                    a_dirs.write_constant(X0, int(ai), mu)
-                else:
-                    a_dirs.write(X0, ai, mu)
-                X0 += X1
+                write = write_queries if self._device_writer is None else self._device_writer.write_queries
+                write(self._buffer[slot, 0], self._buffer[slot, 1], a_dirs, ai, mu, b_dirs, bi, nu)
                 scaled[0, slot] = mu * a_dot_v[ai]
                 scaled[1, slot] = nu * b_dot_v[bi]
                 scaled[2, slot] = mu * a_norms[ai]
@@ -213,6 +215,40 @@ class BilinearReader:
             mu = min(mu, TARGET_LOGIT_STD / self.u_sigma)
             nu = rho / mu
         return mu, nu
+
+
+def write_queries(X0: np.ndarray, X1: np.ndarray, a_dirs: Directions, ai: Index, mu: float,
+                  b_dirs: Directions, bi: Index, nu: float) -> None:
+    """X0 = mu a + nu b, X1 = nu b for the direction pairs (ai, bi), in as few passes as possible.
+
+    A coordinate b (nu e_j) is added to X0 as c scalars, not a pass over the rows; a constant b
+    rides along in the a-part's matrix product.
+    """
+    a_constant, b_constant = isinstance(ai, (int, np.integer)), isinstance(bi, (int, np.integer))
+    if isinstance(b_dirs, CoordinateDirections):
+        if a_constant:
+            a_dirs.write_constant(X0, int(ai), mu)
+        else:
+            a_dirs.write(X0, ai, mu)
+        rows = np.arange(X0.shape[0])
+        X0[rows, bi] += nu
+        X1.fill(0.0)
+        X1[rows, bi] = nu
+        return
+    if b_constant:
+        b_dirs.write_constant(X1, int(bi), nu)
+        if a_constant:
+            a_dirs.write_constant(X0, int(ai), mu)
+            X0 += X1
+        else:
+            a_dirs.write_plus(X0, ai, mu, X1[0])
+        return
+    b_dirs.write(X1, bi, nu)
+    if a_constant:
+        a_dirs.write_constant(X0, int(ai), mu)
+    else:
+        a_dirs.write(X0, ai, mu)
+    X0 += X1
 
 
 def _family(dirs) -> Directions:

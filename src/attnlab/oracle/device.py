@@ -1,0 +1,170 @@
+"""Targets on a torch device, and an Oracle that hands them torch queries without a host round trip.
+
+- `DeviceTarget(module, device="cuda")`: the module moved to `device` (in its own dtype, or
+  `dtype=`), answering numpy or torch batches (B, N, d) with a float64 numpy array (B,), and
+  timing itself: `seconds` is the wall time inside the module (synchronised on CUDA).
+- `TimedTarget(fn)`: any numpy target, timed the same way (what benchmarks wrap a target in to
+  split the learner's time from the target's).
+- `DeviceOracle(target, device="cuda")`: an `Oracle` whose queries may be torch tensors living on
+  `device`. They are validated, de-duplicated (identical sequences of one batch are answered and
+  paid once, as by `Oracle`), counted and budgeted on the device and handed to the target as
+  they are; only the answers (one float per query) come back to the host. The single-head
+  extractor sees `oracle.device` and writes its probes into a buffer on that device, so a
+  d = 4096 full-rank extraction moves 16.8M answers, not 1.1 TB of queries, across the bus.
+  Noise models and journals are host-side features: use `Oracle` for them.
+
+The same code runs with device="cpu" (that is what the tests exercise when no GPU is present).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from attnlab.errors import BudgetExhausted, OracleError, QueryShapeError
+from attnlab.oracle.oracle import Oracle
+from attnlab.oracle.targets import as_numpy_target, declared_width, real_answers
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class TimedTarget:
+    """A target (callable or torch module) that accumulates the wall seconds (and calls, sequences) spent inside it."""
+
+    def __init__(self, target, d: int | None = None):
+        self.d = d if d is not None else declared_width(target)
+        self.target = as_numpy_target(target)
+        self.seconds = 0.0
+        self.calls = 0
+        self.sequences = 0
+        self.largest = 0  # the largest batch it was handed
+
+    def __call__(self, X):
+        self.largest = max(self.largest, int(X.shape[0]))
+        started = time.perf_counter()
+        try:
+            return self.target(X)
+        finally:
+            self.seconds += time.perf_counter() - started
+            self.calls += 1
+            self.sequences += int(X.shape[0])
+
+
+class DeviceTarget:
+    """A torch module evaluated on `device`; numpy or torch batches in, float64 numpy answers out."""
+
+    def __init__(self, module: torch.nn.Module, device: str | torch.device = "cpu",
+                 dtype: torch.dtype | None = None):
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("DeviceTarget(device='cuda') needs a CUDA GPU, and torch sees none; "
+                               "use device='cpu' (same code path) or run on a GPU machine")
+        param = next(iter(module.parameters()), None)
+        self.dtype = dtype or (param.dtype if param is not None else torch.float64)
+        self.module = module.to(device=self.device, dtype=self.dtype).eval()
+        self.d = getattr(module, "d", None)
+        self.seconds = 0.0
+        self.calls = 0
+        self.sequences = 0
+
+    def answer_tensor(self, X: torch.Tensor) -> torch.Tensor:
+        """Answers as a tensor on the device (no host copy): the fast path's entry point."""
+        started = time.perf_counter()
+        with torch.no_grad():
+            out = self.module(X.to(device=self.device, dtype=self.dtype))
+        _sync(self.device)
+        self.seconds += time.perf_counter() - started
+        self.calls += 1
+        self.sequences += int(X.shape[0])
+        return out
+
+    def __call__(self, X) -> np.ndarray:
+        X = torch.as_tensor(X)
+        return real_answers(self.answer_tensor(X), f"the module {type(self.module).__name__}")
+
+
+class DeviceOracle(Oracle):
+    """An Oracle for a `DeviceTarget` that accepts torch queries on the target's device."""
+
+    def __init__(self, target, d: int | None = None, budget: int | None = None, *,
+                 device: str | torch.device | None = None, dtype: torch.dtype | None = None, **options):
+        for option in ("noise", "journal", "timeout"):
+            if options.get(option) is not None:
+                raise ValueError(f"DeviceOracle does not take {option}= (a host-side feature); "
+                                 f"use attnlab.Oracle for it")
+        if not isinstance(target, DeviceTarget):
+            if not isinstance(target, torch.nn.Module):
+                raise TypeError(f"DeviceOracle needs a torch.nn.Module or a DeviceTarget, got "
+                                f"{type(target).__name__}")
+            target = DeviceTarget(target, device or "cpu", dtype)
+        elif device is not None and torch.device(device) != target.device:
+            raise ValueError(f"the DeviceTarget lives on {target.device}, device={device!r} was asked for")
+        super().__init__(target, d=d, budget=budget, **options)
+        self.device_target = target
+        self.device = target.device
+        self.query_dtype = torch.float64
+
+    def __call__(self, X):
+        if not isinstance(X, torch.Tensor):
+            return super().__call__(X)
+        batch = self._validate_tensor(X)
+        single = batch.ndim == 2
+        if single:
+            batch = batch[None]
+        if batch.shape[0] == 0:
+            return np.empty(0)
+        with self._lock:
+            flat = batch.reshape(batch.shape[0], -1)
+            distinct, inverse = torch.unique(flat, dim=0, return_inverse=True)
+            fresh = int(distinct.shape[0])
+            if self.budget is not None and self._paid + fresh > self.budget:
+                raise BudgetExhausted(self._paid, self.budget, fresh)
+            queries = batch if fresh == batch.shape[0] else distinct.reshape(fresh, *batch.shape[1:])
+            step = self.max_batch or fresh
+            parts = []
+            for first in range(0, fresh, step):
+                part = queries[first:first + step]
+                self._paid += int(part.shape[0])
+                try:
+                    parts.append(self.device_target.answer_tensor(part).reshape(-1))
+                except Exception as exc:
+                    raise OracleError(f"the target raised {type(exc).__name__}: {exc} for a batch of shape "
+                                      f"{tuple(part.shape)}; its {part.shape[0]} sequences count as paid.") from exc
+            answers = torch.cat(parts)
+            if answers.shape != (fresh,):
+                raise OracleError(f"the target must return one number per sequence, shape ({fresh},); it "
+                                  f"returned shape {tuple(answers.shape)}. The sequences sent count as paid.")
+            if fresh != batch.shape[0]:
+                answers = answers[inverse]
+            y = real_answers(answers, "the target")
+            if not np.all(np.isfinite(y)):
+                i = int(np.flatnonzero(~np.isfinite(y))[0])
+                raise OracleError(f"the target answered {y[i]} for query {i} of this batch; answers must be "
+                                  f"finite. The queries were counted. Check the target's numerics.")
+            self._answered_once = True
+            self._queries += int(batch.shape[0])
+        return float(y[0]) if single else y
+
+    def _validate_tensor(self, X: torch.Tensor) -> torch.Tensor:
+        if X.is_complex():
+            raise QueryShapeError(f"a query holds complex numbers (dtype {X.dtype}); queries are real arrays")
+        if X.ndim not in (2, 3):
+            raise QueryShapeError(f"a query must have shape (N, d) or a batch (B, N, d); got shape {tuple(X.shape)}")
+        if X.shape[-1] < 1 or X.shape[-2] < 1:
+            raise QueryShapeError(f"a query needs at least one token of width >= 1; got shape {tuple(X.shape)}")
+        if self.d is None:
+            self.d = int(X.shape[-1])
+        elif X.shape[-1] != self.d:
+            raise QueryShapeError(f"tokens must have width d = {self.d}; got shape {tuple(X.shape)}")
+        X = X.to(device=self.device, dtype=self.query_dtype)
+        if not bool(torch.isfinite(X).all()):
+            raise QueryShapeError("a query contains NaN or infinite entries; queries must be finite real arrays")
+        return X
+
+
+__all__ = ["DeviceOracle", "DeviceTarget", "TimedTarget"]
