@@ -175,14 +175,14 @@ def matches(match2_sizes, match3_sizes, local_sizes):
         for kind, label in ((Match2WidthThree, "standard, 1 head, no residual"),
                             (Match2Construction, "standard, 1 head, + residual x_i")):
             start = time.perf_counter()
-            found = smallest_match_precision(lambda b: kind.build(N, M, b), SEED, n=16)
+            found = smallest_match_precision(lambda b, kind=kind, N=N, M=M: kind.build(N, M, b), SEED, n=16)
             v = found.verify(rng=SEED + 1, n=32)
             rows.append(["match2", label, N, M, found.m, found.m + found.residual_inputs, found.precision,
                          v.bit_errors, f"{v.n_random}+{v.n_adversarial}", round(math.log2(M), 1),
                          round(time.perf_counter() - start, 1)])
     for N, M in progress(match3_sizes, "match3"):
         start = time.perf_counter()
-        found = smallest_match_precision(lambda b: ThirdOrderMatch3.build(N, M, b), SEED, n=8)
+        found = smallest_match_precision(lambda b, N=N, M=M: ThirdOrderMatch3.build(N, M, b), SEED, n=8)
         v = found.verify(rng=SEED + 1, n=8)
         rows.append(["match3", "third-order, 1 head, + residual", N, M, found.m, found.m + 1, found.precision,
                      v.bit_errors, f"{v.n_random}+{v.n_adversarial}", round(math.log2(M), 1),

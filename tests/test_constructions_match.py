@@ -4,11 +4,17 @@ from itertools import product
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from attnlab.constructions import LocalMatch3, Match2Construction, ThirdOrderMatch3, smallest_local_match3
+from attnlab.constructions import (
+    LocalMatch3,
+    Match2Construction,
+    ThirdOrderMatch3,
+    smallest_local_match3,
+    smallest_match_precision,
+)
 from attnlab.constructions.match2 import Match2WidthThree
-from attnlab.constructions import smallest_match_precision
 from attnlab.constructions.match_common import near_miss_inputs
 from attnlab.tasks import get_task
 

@@ -7,7 +7,8 @@ from itertools import combinations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from attnlab.constructions import (
     CertificateQSA,
@@ -18,7 +19,11 @@ from attnlab.constructions import (
 )
 from attnlab.constructions.exact_bits import round_rational
 from attnlab.constructions.qsa_certificates import certificates, random_sign_keys
-from attnlab.constructions.qsa_moment_curve import curve_points, log_gap_floor, squared_product_coefficients
+from attnlab.constructions.qsa_moment_curve import (
+    curve_points,
+    log_gap_floor,
+    squared_product_coefficients,
+)
 from attnlab.models import round_to_bits
 from attnlab.tasks import Batch, distinct_indices, get_task
 

@@ -1,9 +1,15 @@
 """The size search every construction uses, and the verification record."""
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from attnlab.constructions.verification import ConstructionFailed, Verification, merge_scores, smallest_passing
+from attnlab.constructions.verification import (
+    ConstructionFailed,
+    Verification,
+    merge_scores,
+    smallest_passing,
+)
 
 
 @given(threshold=st.integers(1, 5000), start=st.integers(1, 64))

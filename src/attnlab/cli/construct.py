@@ -70,7 +70,10 @@ def construct_qsa(
             certificate_precision,
             verified_certificate_qsa,
         )
-        from attnlab.constructions.qsa_moment_curve import MomentCurveQSA, smallest_moment_curve_precision
+        from attnlab.constructions.qsa_moment_curve import (
+            MomentCurveQSA,
+            smallest_moment_curve_precision,
+        )
 
         _positive(N=N, q=q, d_prime=d_prime, p=p, n=n)
         _require(q <= N, f"--q must be <= --N (a token averages q of the N positions), got q={q}, N={N}")
@@ -114,7 +117,11 @@ def construct_match2(
     def run() -> None:
         import numpy as np
 
-        from attnlab.constructions.match2 import Match2Construction, Match2WidthThree, smallest_match_precision
+        from attnlab.constructions.match2 import (
+            Match2Construction,
+            Match2WidthThree,
+            smallest_match_precision,
+        )
 
         _positive(N=N, p=p, n=n)
         _require(M >= 2, f"--M must be >= 2 (residues mod M), got {M}")

@@ -35,7 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from attnlab.constructions.qsa_certificates import CertificateQSA, certificate_weight_gaps, certificates
+from attnlab.constructions.qsa_certificates import (
+    CertificateQSA,
+    certificate_weight_gaps,
+    certificates,
+)
 from attnlab.models.precision import round_to_bits
 from attnlab.tasks import QSparseAveraging
 

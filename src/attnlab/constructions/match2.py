@@ -41,7 +41,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from attnlab.constructions.match_common import AngleMatchConstruction, angles, readout_threshold, verify_match
+from attnlab.constructions.match_common import (
+    AngleMatchConstruction,
+    angles,
+    readout_threshold,
+    verify_match,
+)
 from attnlab.constructions.verification import matching_task, merge_scores, smallest_passing
 from attnlab.models.attention_unit import AttentionUnit, MultiHeadAttentionLayer
 from attnlab.tasks import Batch, as_generator

@@ -41,7 +41,12 @@ import numpy as np
 import torch
 
 from attnlab.constructions.match_common import check_modulus, verify_match
-from attnlab.constructions.verification import ConstructionFailed, Verification, matching_task, smallest_passing
+from attnlab.constructions.verification import (
+    ConstructionFailed,
+    Verification,
+    matching_task,
+    smallest_passing,
+)
 from attnlab.models.attention_unit import AttentionUnit, MultiHeadAttentionLayer
 from attnlab.tasks import Match3Local
 
@@ -68,7 +73,7 @@ class LocalMatch3:
 
     @classmethod
     def build(cls, N: int, M: int, window: int, precision: int | None = None,
-              beta: float | None = None) -> "LocalMatch3":
+              beta: float | None = None) -> LocalMatch3:
         task = Match3Local(N, check_modulus(M), window)
         reach = task._reach()
         construction = cls(int(N), int(M), int(window), precision, 1.0)

@@ -168,7 +168,7 @@ class CertificateQSA:
     @classmethod
     def build(cls, N: int, q: int, d_prime: int, eps: float, key_dim: int, precision: int | None = None,
               seed: int = 0, beta: float | None = None, certificate: str = "softmax-leak",
-              iterations: int = DEFAULT_ITERATIONS) -> "CertificateQSA":
+              iterations: int = DEFAULT_ITERATIONS) -> CertificateQSA:
         QSparseAveraging(N, q, d_prime)  # validates N, q, d'
         if not 0 < eps < 1:
             raise ValueError(f"eps must be in (0, 1), got {eps}")

@@ -94,7 +94,7 @@ class MomentCurveQSA:
 
     @classmethod
     def build(cls, N: int, q: int, d_prime: int = 4, eps: float | None = None, precision: int | None = None,
-              beta: float | None = None) -> "MomentCurveQSA":
+              beta: float | None = None) -> MomentCurveQSA:
         QSparseAveraging(N, q, d_prime)
         eps = 1.0 / (2 * q) if eps is None else float(eps)
         if not 0 < eps < 1:

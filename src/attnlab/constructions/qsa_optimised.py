@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 _REFRESH = 10
-_SET_CHUNK = 256
+_CHUNK_ELEMENTS = 1 << 21  # per chunk of sets: active keys (K x m') and scores (N), in float64s
 DEFAULT_ITERATIONS = 150
 SCREEN_ITERATIONS = 30
 
@@ -112,8 +112,10 @@ def leak_certificates(keys: torch.Tensor, sets: torch.Tensor, beta: float, itera
     active = default_active(N, q) if active is None else min(active, N - q)
     if len(flat) == 0:
         return torch.zeros(*lead, keys.shape[0], dtype=keys.dtype)
-    parts = [_leak_chunk(keys, flat[s:s + _SET_CHUNK], beta, iterations, active)
-             for s in range(0, len(flat), _SET_CHUNK)]
+    # small problems in large chunks (the loop's per-step overhead dominates them), large in small
+    chunk = int(min(8192, max(16, _CHUNK_ELEMENTS // (active * keys.shape[0] + 2 * N))))
+    parts = [_leak_chunk(keys, flat[s:s + chunk], beta, iterations, active)
+             for s in range(0, len(flat), chunk)]
     return torch.cat(parts).reshape(*lead, keys.shape[0])
 
 

@@ -134,7 +134,7 @@ def match2_one_unit(ctx: Context) -> Measurement:
         rows.append({"N": N, "M": M, "width m": 3, "residual": False, "bits p": "float64", "wrong bits": wrong,
                      "checked on": f"all {M ** N} inputs"})
     for N, M in sampled:
-        found = smallest_match_precision(lambda b: Match2WidthThree.build(N, M, b), ctx.seed, n=16)
+        found = smallest_match_precision(lambda b, N=N, M=M: Match2WidthThree.build(N, M, b), ctx.seed, n=16)
         v = found.verify(rng=ctx.seed + 1, n=16)
         ok &= v.bit_errors == 0 and found.m == 3
         rows.append({"N": N, "M": M, "width m": found.m, "residual": False, "bits p": found.precision,
@@ -155,7 +155,11 @@ def match2_one_unit(ctx: Context) -> Measurement:
        "(softmax over pairs (j1, j2), Hadamard values) solves it, and local or structured variants are "
        "solved by standard attention.")
 def match3_third_order(ctx: Context) -> Measurement:
-    from attnlab.constructions import ThirdOrderMatch3, smallest_local_match3, smallest_match_precision
+    from attnlab.constructions import (
+        ThirdOrderMatch3,
+        smallest_local_match3,
+        smallest_match_precision,
+    )
     from attnlab.constructions.communication import (
         check_match3_reduction,
         exhaustive_layer_errors,
