@@ -39,7 +39,7 @@ from tqdm import tqdm
 from attnlab import Oracle
 from attnlab.models import SingleHeadAttention
 from attnlab.serve import KeyStore, save_target
-from attnlab.serve.client import HttpTarget, ServiceBudgetExhausted
+from attnlab.oracle.http import HttpTarget, ServiceBudgetExhausted
 
 D, TOKENS = 8, 16
 RESULTS = Path(__file__).resolve().parent / "results"
