@@ -6,7 +6,7 @@ Two stages, as in the paper's reduction (Section 3 of the reference notes):
    bias-free ReLU network g(x) = w_o^T ReLU(A^T x), extracted by `relu_ffn` (bias=False).
 2. W, from the antisymmetric oracle D(X) = T(X) - T(-X). Scores are even in X, so z(-X) = -z(X),
    and ReLU(s) - ReLU(-s) = s gives D(X) = (A w_o)^T z(X): a single-head regressor with
-   v = A w_o. `antisymmetric_oracle` builds D as an Oracle over the parent; every derived query
+   v = A w_o. `oracle.derived.antisymmetric_oracle` builds D as an Oracle over the parent; every derived query
    sends X and -X, so the parent counts (and budgets) 2 queries for it.
 
 With the residual, z(X) = X^T softmax(X W x_N) + x_N:
@@ -22,59 +22,68 @@ Only when A w_o = 0 is W invisible: D is then identically zero, and the extracto
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+import warnings
+from typing import Any
 
 import numpy as np
 
+from attnlab._random import as_generator
 from attnlab.errors import ExtractionError
+from attnlab.extract.convention import resolve_method, token_width
 from attnlab.extract.ffn import relu_ffn
 from attnlab.extract.result import Extraction, measure_fidelity
 from attnlab.extract.single_head import single_head
 from attnlab.oracle import Oracle
+from attnlab.oracle.derived import antisymmetric_oracle
 
 # ||A w_o|| below this fraction of sum_j |w_j| ||a_j|| counts as A w_o = 0.
 VALUE_VECTOR_TOL = 1e-9
 
-
-def antisymmetric_oracle(parent: Oracle, correction: Callable[[np.ndarray], np.ndarray] | None = None) -> Oracle:
-    """The Oracle of D(X) = T(X) - T(-X) (minus correction(X)), asking `parent` for X and -X.
-
-    The derived oracle counts derived queries; the parent counts every real one (2 per derived
-    query), applies its noise and enforces its budget.
-    """
-
-    def target(X: np.ndarray) -> np.ndarray:
-        y = np.asarray(parent(np.concatenate([X, -X], axis=0)), dtype=np.float64)
-        out = y[: X.shape[0]] - y[X.shape[0]:]
-        return out - correction(X) if correction is not None else out
-
-    return Oracle(target, d=parent.d)
+METHODS: dict[str, dict[str, Any]] = {
+    # head_method: the single_head method of stage 2; ffn: relu_ffn's method_options for stage 1
+    "antisymmetric": {"head_method": "adaptive", "ffn": None},
+}
 
 
-def one_layer_transformer(oracle: Oracle, residual: bool = False, *, head_method: str = "adaptive",
-                          m: int | None = None, seed: int | np.random.Generator = 0,
-                          ffn_options: dict | None = None, fidelity_samples: int = 500) -> Extraction:
+def one_layer_transformer(oracle: Oracle, *, residual: bool = False, hidden: int | None = None,
+                          method: str = "antisymmetric", method_options: dict | None = None, seed=0,
+                          fidelity_samples: int = 500, progress: bool = False, m: int | None = None,
+                          head_method: str | None = None, ffn_options: dict | None = None) -> Extraction:
     """Recover (W, the FFN) of a one-layer transformer behind `oracle`.
 
     Parameters
     ----------
     residual : whether z(X) includes the residual x_N (see the module docstring).
-    head_method : the `single_head` method for stage 2.
-    m : the FFN width if known (only for reporting unseen neurons).
-    ffn_options : extra keyword arguments for `relu_ffn`.
+    hidden : the FFN width if known (only for reporting unseen neurons).
+    method, method_options : "antisymmetric", with options head_method (the `single_head`
+        method for stage 2, default "adaptive") and ffn (`relu_ffn`'s method_options).
+    seed : int or numpy Generator.
     fidelity_samples : fresh random sequences (lengths 1..32) for the fidelity check; 0 skips it.
+    progress : passed on to the FFN stage.
+    m, head_method, ffn_options : deprecated spellings of hidden and the method options.
 
     Returns an Extraction with params W, v (= A w_o), A (d, n) unit columns and w (n,) of the FFN
     as seen on z, linear (d,) (zero unless the FFN's orientation was left unresolved); stages
-    {"ffn": ..., "attention": ...} in parent queries.
+    {"ffn": ..., "attention": ...} in parent queries; dof = d^2 + the FFN's.
     """
-    if oracle.d is None:
-        raise ValueError("the oracle does not know the token width yet; create it with Oracle(target, d=d)")
-    d = oracle.d
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    legacy = {"m": m, "head_method": head_method, "ffn_options": ffn_options}
+    for name, value in legacy.items():
+        if value is not None:
+            warnings.warn(f"one_layer_transformer({name}=...) is deprecated; pass "
+                          f"{'hidden' if name == 'm' else 'method_options'}=...", DeprecationWarning, stacklevel=2)
+    hidden = m if hidden is None else hidden
+    options = dict(method_options or {})
+    if head_method is not None:
+        options.setdefault("head_method", head_method)
+    if ffn_options is not None:
+        options.setdefault("ffn", ffn_options)
+    opts = resolve_method(method, options, METHODS)
+    d = token_width(oracle)
+    rng = as_generator(seed)
     started, started_queries = time.perf_counter(), oracle.queries
 
-    ffn = relu_ffn(oracle, d, bias=False, m=m, seed=rng, fidelity_queries=0, **(ffn_options or {}))
+    ffn = relu_ffn(oracle, hidden=hidden, bias=False, method_options=opts["ffn"], seed=rng,
+                   fidelity_samples=0, progress=progress)
     after_ffn = oracle.queries
     # On one token z = 2x with the residual; g(z) = T([z/2]) = T([z]) / 2 by homogeneity.
     shrink = 0.5 if residual else 1.0
@@ -88,7 +97,7 @@ def one_layer_transformer(oracle: Oracle, residual: bool = False, *, head_method
 
     correction = (lambda X: X[:, -1, :] @ v) if residual else None
     derived = antisymmetric_oracle(oracle, correction)
-    head = single_head(derived, method=head_method, seed=rng, fidelity_samples=0)
+    head = single_head(derived, method=opts["head_method"], seed=rng, fidelity_samples=0)
     W = head.params["W"]
     consistency = float(np.linalg.norm(head.params["v"] - v) / np.linalg.norm(v))
 
@@ -108,10 +117,13 @@ def one_layer_transformer(oracle: Oracle, residual: bool = False, *, head_method
         "derived_queries": head.queries, "value_consistency": consistency,
     }
     result = Extraction(params={"W": W, "v": v, "A": A, "w": w, "linear": linear},
-                        queries=oracle.queries - started_queries, method=f"ffn+antisymmetric/{head_method}",
+                        queries=oracle.queries - started_queries, method=method,
                         dof=d * d + ffn.dof,  # W, plus the FFN modulo neuron rescaling
                         seconds=time.perf_counter() - started, stages=stages, info=info, surrogate=surrogate)
     if fidelity_samples:
         result.fidelity, result.fidelity_queries = measure_fidelity(
             oracle, surrogate, n=fidelity_samples, seed=int(rng.integers(2 ** 31)))
     return result
+
+
+__all__ = ["antisymmetric_oracle", "one_layer_transformer"]
