@@ -85,3 +85,63 @@ def gaussian_batches(d: int, n: int, lengths=(1, 1), scale: float = 1.0, seed=0)
     lo, hi = lengths
     per_length = max(1, n // (hi - lo + 1))
     return [scale * rng.standard_normal((per_length, length, d)) for length in range(lo, hi + 1)]
+
+
+# -- ReLU FFN (helper F) ------------------------------------------------------------------------
+def ffn_parameter_error(extraction, A, w, b=None, c: float = 0.0) -> dict:
+    """Compare an FFN extraction with the true network modulo neuron permutation and positive rescaling.
+
+    Neurons are matched by |cosine| of their rows; returns the largest error of the unit rows and
+    scaled biases (with orientation), of the output weights w_j ||a_j||, the number matched, and
+    how many matched rows had the wrong orientation (nonzero only when the orientation was left
+    unresolved and a linear term kept).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    A, w = np.asarray(A, dtype=np.float64), np.asarray(w, dtype=np.float64)
+    b = np.zeros(A.shape[1]) if b is None else np.asarray(b, dtype=np.float64)
+    norms = np.linalg.norm(A, axis=0)
+    alive = (norms > 0) & (w != 0)
+    true_rows = A[:, alive] / norms[alive]
+    true_b, true_w = b[alive] / norms[alive], w[alive] * norms[alive]
+    rows, offsets, weights = extraction.params["A"], extraction.params["b"], extraction.params["w"]
+    ti, ei = linear_sum_assignment(-np.abs(true_rows.T @ rows))
+    signs = np.sign(np.sum(true_rows[:, ti] * rows[:, ei], axis=0))
+    matched = bool(ti.size)
+    row_err = np.max(np.abs(rows[:, ei] * signs - true_rows[:, ti])) if matched else 0.0
+    bias_err = np.max(np.abs(offsets[ei] * signs - true_b[ti])) if matched else 0.0
+    weight_err = np.max(np.abs(weights[ei] - true_w[ti])) / np.max(np.abs(true_w)) if matched else 0.0
+    return {
+        "matched": int(ti.size), "true_alive": int(alive.sum()),
+        "row_error": float(row_err), "bias_error": float(bias_err), "weight_rel_error": float(weight_err),
+        "wrong_orientation": int(np.sum(signs < 0)), "c_error": float(abs(float(extraction.params["c"]) - c)),
+    }
+
+
+def ffn_radius_errors(model, recovered, A, radii=(1.0, 10.0, 100.0), n: int = 2000, seed=0) -> dict[float, float]:
+    """Relative functional error of an FFN at each radius, on points that cross the true hyperplanes.
+
+    At radius R, half the n points have random directions and half point along a true unit
+    normal (+- a_j / ||a_j|| plus a random perturbation of norm ~1), so they lie beyond the
+    hyperplanes at distances up to ~0.9 R. Error: max |g_hat - g| / max |g| over those points.
+    `model` is the true network (torch module or numpy callable on (B, 1, d)), `A` its (d, m)
+    first-layer matrix.
+    """
+    rng = as_generator(seed)
+    A = np.asarray(A, dtype=np.float64)
+    d = A.shape[0]
+    norms = np.linalg.norm(A, axis=0)
+    normals = A[:, norms > 0] / norms[norms > 0]
+    predict: Callable = recovered.predict if hasattr(recovered, "predict") else recovered
+    errors = {}
+    for radius in radii:
+        u = rng.standard_normal((n, d)) / np.sqrt(d)
+        if normals.shape[1]:
+            half = n // 2
+            picks = rng.integers(normals.shape[1], size=half)
+            u[:half] += rng.choice([-1.0, 1.0], (half, 1)) * normals[:, picks].T
+        X = (radius * u / np.linalg.norm(u, axis=1, keepdims=True))[:, None, :]
+        truth = model_outputs(model, X)
+        gap = np.abs(np.asarray(predict(X), dtype=np.float64) - truth)
+        errors[float(radius)] = float(np.max(gap) / max(float(np.max(np.abs(truth))), 1e-300))
+    return errors
