@@ -1,169 +1,246 @@
-"""Benchmark the canonical multi-head learner: queries and accuracy against 4Hd^2 - 2H + 1 and H(d^2 + d).
+"""Benchmark the canonical multi-head learner: failure counts, queries and accuracy per target family.
 
-    python benchmarks/multihead.py            # H = 1..4, d = 4, 8, 16, 3 targets each (a few minutes)
-    python benchmarks/multihead.py --quick    # d = 4, 8, one target each (well under a minute)
+    nice -n 10 python benchmarks/multihead.py                  # every section (long: see --budget)
+    python benchmarks/multihead.py --quick                     # a few targets per cell (a minute)
+    python benchmarks/multihead.py --sections random --per-cell 50 --budget 1200
 
-Writes benchmarks/results/multihead.md (and multihead.png; the quick run writes *_quick.*).
-Every figure is measured in this run, side by side on the same random targets:
-1. `multi_head(heads=H)` with method "continuation" (default) and "interpolation", against the
-   published count 4Hd^2 - 2H + 1 (arXiv 2608.03294) and the free parameters H(d^2 + d);
-2. the same learner told only H <= H0 = 4 (it counts the heads itself);
-3. heads in known orthogonal subspaces: `orthogonal_heads` (sum of d_h^2 + d_h) beside the
-   canonical learner, which does not use the subspaces, on the same targets.
-Errors are relative, on the canonical form, heads matched by permutation (see attnlab.multihead).
+Writes benchmarks/results/multihead.md (the quick run: multihead_quick.md) and a .json beside it.
+Every figure is measured in this run. Sections:
+  random, near-parallel, unequal-scale, unequal-rank: `multi_head(heads=H)` on targets of that
+      family (models.multihead.random_family_params); per (H, d) cell: targets run, recovered
+      (canonical error <= 1e-8), inexact (returned, error > 1e-8), raised (ExtractionError), with
+      queries / free parameters H(d^2 + d) and / the published 4Hd^2 - 2H + 1 (arXiv 2608.03294);
+  outside: targets outside the model (more heads than allowed, noisy answers): must raise;
+  affine: PyTorch's own nn.MultiheadAttention(bias=True), multi_head(affine=True);
+  lowrank: heads of rank r at (d, H, r), the full-rank learner, queries vs H(2rd - r^2 + d).
+A cell stops early when the time budget is spent; the tables say how many targets ran.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
-from attnlab import ExtractionError, Oracle
-from attnlab.extract.multihead import canonical_dof, multi_head, orthogonal_heads, published_query_bound
-from attnlab.models.multihead import MultiHeadRegressor, random_orthogonal_heads
-from attnlab.multihead import MultiHeadParams, canonical_error
+from attnlab.errors import ExtractionError
+from attnlab.extract.multihead import MAX_HEADS, canonical_dof, multi_head, published_query_bound
+from attnlab.models.canonical import MultiHeadParams, canonical_error
+from attnlab.models.multihead import MultiheadAttentionReadout, random_family_params
+from attnlab.oracle import Oracle
+from attnlab.oracle.noise import GaussianNoise
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-MAX_HEADS = 4
+EXACT = 1e-8
+FAMILY_GRID = {
+    "random": [(H, d) for H in (1, 2, 3, 4) for d in (2, 3, 4, 8, 16)],
+    "near-parallel": [(H, d) for H in (2, 3, 4) for d in (3, 4, 8, 16)],
+    "unequal-scale": [(H, d) for H in (2, 3, 4) for d in (3, 4, 8, 16)],
+    "unequal-rank": [(H, d) for H in (2, 3, 4) for d in (3, 4, 8, 16)],
+}
+LOWRANK = [(64, 4, 8), (128, 4, 16), (384, 12, 32)]
 
 
-def run_one(model, d: int, seed: int, **kwargs) -> tuple[int, float, float]:
-    """(queries, relative error, seconds) of one extraction."""
+def lowrank_dof(d: int, H: int, r: int) -> int:
+    return H * (2 * r * d - r * r + d)
+
+
+def attempt(target, d: int, heads: int, truth: MultiHeadParams, seed: int, **kwargs) -> dict:
     start = time.perf_counter()
-    result = multi_head(Oracle(model, d=d), seed=seed, fidelity_samples=0, **kwargs)
-    seconds = time.perf_counter() - start
-    error = canonical_error(MultiHeadParams(result.W, result.v), MultiHeadParams.from_model(model))
-    return result.queries, error, seconds
+    try:
+        result = multi_head(Oracle(target, d=d), heads=heads, seed=seed, fidelity_samples=0, **kwargs)
+    except ExtractionError as error:
+        return {"outcome": "raised", "message": str(error)[:160], "seconds": time.perf_counter() - start}
+    error = canonical_error(result.surrogate, truth)
+    return {"outcome": "recovered" if error <= EXACT else "inexact", "error": error,
+            "queries": result.queries, "rejected": result.stages.get("rejected", 0),
+            "seconds": time.perf_counter() - start}
 
 
-def canonical_table(heads_list, dims, seeds) -> tuple[list[str], list[dict]]:
-    rows, records = [], []
-    header = ("| H | d | 4Hd²-2H+1 | H(d²+d) | continuation: queries (mean, max) | max rel. error | "
-              "published / ours | ours / H(d²+d) | interpolation: queries | max rel. error | "
-              "counting (H0 = 4): queries | max rel. error | s per run (cont.) |")
-    rows += [header, "|" + "---|" * (header.count("|") - 1)]
-    for H in heads_list:
-        for d in dims:
-            found = {"continuation": [], "interpolation": [], "count": []}
-            seconds = []
-            for seed in seeds:
-                model = MultiHeadRegressor.random(d, H, seed=1000 * H + seed)
-                q, e, s = run_one(model, d, seed, heads=H, method="continuation")
-                found["continuation"].append((q, e))
-                seconds.append(s)
-                found["interpolation"].append(run_one(model, d, seed, heads=H, method="interpolation")[:2])
-                found["count"].append(run_one(model, d, seed, max_heads=MAX_HEADS)[:2])
-            bound, dof = published_query_bound(H, d), canonical_dof(H, d)
-            stats = {k: (float(np.mean([q for q, _ in v])), max(q for q, _ in v), max(e for _, e in v))
-                     for k, v in found.items()}
-            cont, interp, count = stats["continuation"], stats["interpolation"], stats["count"]
-            rows.append(
-                f"| {H} | {d} | {bound} | {dof} | {cont[0]:.0f}, {cont[1]} | {cont[2]:.1e} | "
-                f"{bound / cont[0]:.2f} | {cont[0] / dof:.3f} | {interp[0]:.0f} | {interp[2]:.1e} | "
-                f"{count[0]:.0f} | {count[2]:.1e} | {np.mean(seconds):.2f} |")
-            records.append({"H": H, "d": d, "bound": bound, "dof": dof, "continuation": cont[0],
-                            "interpolation": interp[0], "count": count[0],
-                            "worst_error": max(cont[2], interp[2], count[2])})
-            print(rows[-1], flush=True)
-    return rows, records
+def family_cell(family: str, H: int, d: int, n: int, deadline: float) -> dict:
+    rows = []
+    for k in range(n):
+        if time.perf_counter() > deadline:
+            break
+        seed = 100_000 * H + 1000 * d + k
+        W, v = random_family_params(family, d, H, seed=seed)
+        truth = MultiHeadParams(W, v)
+        rows.append({"seed": seed, **attempt(truth, d, H, truth, seed=seed + 1)})
+    return summarise(rows, canonical_dof(H, d), published_query_bound(H, d), planned=n)
 
 
-def orthogonal_table(cases, seeds) -> list[str]:
-    header = "| d | subspace dims | Σ(d_h²+d_h) | orthogonal_heads: queries | max abs. error | canonical learner: queries | max rel. error |"
-    rows = [header, "|" + "---|" * (header.count("|") - 1)]
-    for d, dims in cases:
-        sub_q, sub_e, can_q, can_e = [], [], [], []
-        for seed in seeds:
-            model, bases = random_orthogonal_heads(d, dims, seed=seed)
-            oracle = Oracle(model, d=d)
-            result = orthogonal_heads(oracle, bases, seed=seed, fidelity_samples=0)
-            truth = MultiHeadParams.from_model(model)
-            sub_q.append(oracle.queries)
-            sub_e.append(max(np.max(np.abs(result.W - truth.W)), np.max(np.abs(result.v - truth.v))))
-            try:
-                q, e, _ = run_one(model, d, seed, heads=len(dims))
-            except ExtractionError:  # reported, not hidden: heads of very unequal size are hard for it
-                continue
-            can_q.append(q)
-            can_e.append(e)
-        expected = sum(k * k + k for k in dims)
-        failed = len(seeds) - len(can_q)
-        canonical = (f"{np.mean(can_q):.0f} | {max(can_e):.1e}" if can_q else "— | —") + (
-            f" (failed on {failed} of {len(seeds)})" if failed else "")
-        rows.append(f"| {d} | {','.join(map(str, dims))} | {expected} | {np.mean(sub_q):.0f} | {max(sub_e):.1e} | "
-                    f"{canonical} |")
-        print(rows[-1], flush=True)
+def summarise(rows: list[dict], dof: int, bound: int, planned: int) -> dict:
+    done = [r for r in rows if "queries" in r]
+    count = {k: sum(r["outcome"] == k for r in rows) for k in ("recovered", "inexact", "raised")}
+    queries = [r["queries"] for r in done]
+    return {
+        "planned": planned, "ran": len(rows), **count,
+        "queries_mean": float(np.mean(queries)) if queries else None,
+        "queries_max": int(np.max(queries)) if queries else None,
+        "per_dof": float(np.mean(queries)) / dof if queries else None,
+        "per_bound": float(np.mean(queries)) / bound if queries else None,
+        "max_error": max((r["error"] for r in done), default=None),
+        "median_seconds": float(np.median([r["seconds"] for r in rows])) if rows else None,
+        "failures": [{k: r[k] for k in ("seed", "outcome", "message", "error") if k in r}
+                     for r in rows if r["outcome"] != "recovered"][:5],
+    }
+
+
+def outside_rows(n: int) -> list[dict]:
+    """Targets outside the model: the learner must raise (a silent wrong answer counts as a failure)."""
+    cases = []
+    for k in range(n):
+        W, v = random_family_params("random", 4, 3, seed=7000 + k)
+        target = MultiHeadParams(W, v)
+        cases.append(("3 heads, heads=2", target, {"heads": 2, "method_options": {"check_queries": 2}}))
+        cases.append(("3 heads, max_heads=2", target, {"max_heads": 2}))
+        noisy = Oracle(target, d=4, noise=GaussianNoise(1e-6), seed=k)
+        cases.append(("Gaussian noise 1e-6, heads=3", noisy, {"heads": 3, "method_options": {"check_queries": 2}}))
+    table: dict[str, dict] = {}
+    for name, target, kwargs in cases:
+        row = table.setdefault(name, {"ran": 0, "raised": 0, "returned": 0})
+        row["ran"] += 1
+        oracle = target if isinstance(target, Oracle) else Oracle(target, d=4)
+        try:
+            multi_head(oracle, fidelity_samples=0, **kwargs)
+            row["returned"] += 1
+        except ExtractionError:
+            row["raised"] += 1
+    return [{"case": name, **row} for name, row in table.items()]
+
+
+def affine_rows(shapes, seeds: int) -> list[dict]:
+    rows = []
+    for d, H in shapes:
+        results = []
+        for seed in range(seeds):
+            module = MultiheadAttentionReadout.random(d, H, bias=True, seed=seed)
+            truth = MultiHeadParams(**module.canonical_parameters())
+            results.append({"seed": seed, **attempt(module, d, H, truth, seed=seed, affine=True)})
+        rows.append({"d": d, "H": H, **summarise(results, canonical_dof(H, d, affine=True),
+                                                 published_query_bound(H, d), planned=seeds)})
     return rows
 
 
-def plot(records, path: Path) -> None:
-    import matplotlib
+def lowrank_rows(configs, deadline: float) -> list[dict]:
+    rows = []
+    for d, H, r in configs:
+        row = {"d": d, "H": H, "r": r, "dof_lowrank": lowrank_dof(d, H, r), "dof_full": canonical_dof(H, d)}
+        if H > MAX_HEADS:
+            row["status"] = f"not run: H = {H} > MAX_HEADS = {MAX_HEADS} (degree-2H rational fits in float64)"
+        elif time.perf_counter() > deadline:
+            row["status"] = "not run: time budget spent"
+        else:
+            rng = np.random.default_rng(d + H + r)
+            W = np.stack([rng.standard_normal((d, r)) @ rng.standard_normal((r, d)) / np.sqrt(r * d)
+                          for _ in range(H)])
+            truth = MultiHeadParams(W, rng.standard_normal((H, d)))
+            got = attempt(truth, d, H, truth, seed=1, rank=r)
+            row.update(got)
+            if "queries" in got:
+                row["per_dof_lowrank"] = got["queries"] / row["dof_lowrank"]
+            row["status"] = got["outcome"]
+        rows.append(row)
+    return rows
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    heads_list = sorted({r["H"] for r in records})
-    fig, axes = plt.subplots(1, len(heads_list), figsize=(3.2 * len(heads_list), 3.2), sharey=True)
-    for ax, H in zip(np.atleast_1d(axes), heads_list):
-        rs = [r for r in records if r["H"] == H]
-        d = [r["d"] for r in rs]
-        ax.plot(d, [r["bound"] for r in rs], "k--", label="4Hd²-2H+1 (published)")
-        ax.plot(d, [r["interpolation"] for r in rs], "s-", label="ours, interpolation")
-        ax.plot(d, [r["continuation"] for r in rs], "o-", label="ours, continuation")
-        ax.plot(d, [r["dof"] for r in rs], "k:", label="H(d²+d) free parameters")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_title(f"H = {H}")
-        ax.set_xlabel("d")
-    np.atleast_1d(axes)[0].set_ylabel("queries")
-    np.atleast_1d(axes)[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+def fmt(x, spec=".2f"):
+    return "-" if x is None else format(x, spec)
+
+
+def markdown(report: dict, command: str) -> str:
+    lines = [f"# Multi-head learner: failure counts, queries, accuracy", "",
+             f"`{command}` on {platform.machine()}, {report['date']}; {report['seconds']:.0f} s in all. "
+             f"Recovered = canonical error <= {EXACT:g} (heads matched by permutation); inexact = returned "
+             "with a larger error; raised = ExtractionError. Queries exclude fidelity checks.", ""]
+    for family, cells in report.get("families", {}).items():
+        total = {k: sum(c[k] for c in cells) for k in ("planned", "ran", "recovered", "inexact", "raised")}
+        lines += [f"## Family `{family}`: {total['ran']} of {total['planned']} targets ran, "
+                  f"{total['inexact'] + total['raised']} failures "
+                  f"({total['inexact']} inexact, {total['raised']} raised)", "",
+                  "| H | d | ran | recovered | inexact | raised | mean queries | / H(d²+d) | / (4Hd²-2H+1) "
+                  "| max error | median s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for c in cells:
+            lines.append(f"| {c['H']} | {c['d']} | {c['ran']}/{c['planned']} | {c['recovered']} | {c['inexact']} "
+                         f"| {c['raised']} | {fmt(c['queries_mean'], '.0f')} | {fmt(c['per_dof'])} "
+                         f"| {fmt(c['per_bound'])} | {fmt(c['max_error'], '.1e')} | {fmt(c['median_seconds'])} |")
+        fails = [f for c in cells for f in c["failures"]]
+        if fails:
+            lines += ["", "First failures: " + "; ".join(
+                f"seed {f['seed']}: {f['outcome']} {f.get('message', '') or fmt(f.get('error'), '.1e')}"
+                for f in fails[:6])]
+        lines.append("")
+    if "outside" in report:
+        lines += ["## Targets outside the model (must raise)", "", "| case | ran | raised | returned |",
+                  "|---|---|---|---|"]
+        lines += [f"| {r['case']} | {r['ran']} | {r['raised']} | {r['returned']} |" for r in report["outside"]]
+        lines.append("")
+    if "affine" in report:
+        lines += ["## Affine heads: PyTorch nn.MultiheadAttention(bias=True), multi_head(affine=True)", "",
+                  "| d | H | ran | recovered | failures | mean queries | / (H(d²+2d)+1) | max error | median s |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in report["affine"]:
+            lines.append(f"| {r['d']} | {r['H']} | {r['ran']} | {r['recovered']} | {r['inexact'] + r['raised']} "
+                         f"| {fmt(r['queries_mean'], '.0f')} | {fmt(r['per_dof'])} | {fmt(r['max_error'], '.1e')} "
+                         f"| {fmt(r['median_seconds'])} |")
+        lines.append("")
+    if "lowrank" in report:
+        lines += ["## Low-rank heads at scale (full-rank learner; no low-rank saving yet)", "",
+                  "| d | H | r | H(2rd-r²+d) | H(d²+d) | queries | / low-rank dof | error | s | status |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in report["lowrank"]:
+            lines.append(f"| {r['d']} | {r['H']} | {r['r']} | {r['dof_lowrank']} | {r['dof_full']} "
+                         f"| {r.get('queries', '-')} | {fmt(r.get('per_dof_lowrank'))} | {fmt(r.get('error'), '.1e')} "
+                         f"| {fmt(r.get('seconds'), '.0f')} | {r['status']} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="d = 4, 8 and one target per configuration")
+    parser.add_argument("--quick", action="store_true", help="2 targets per cell, small affine/outside sets")
+    parser.add_argument("--per-cell", type=int, default=None, help="targets per (H, d) cell (default 50 for "
+                        "random = 1,000 targets, 9 for the other families = 108 each)")
+    parser.add_argument("--sections", default="random,near-parallel,unequal-scale,unequal-rank,outside,affine,lowrank")
+    parser.add_argument("--budget", type=float, default=3600.0, help="seconds; cells stop early once spent")
+    parser.add_argument("--out", default=None, help="results file stem (default multihead / multihead_quick)")
     args = parser.parse_args()
-    dims = [4, 8] if args.quick else [4, 8, 16]
-    seeds = range(1) if args.quick else range(3)
-    started = time.perf_counter()
-    rows, records = canonical_table([1, 2, 3, 4], dims, seeds)
-    orth_cases = [(8, [2, 2, 2, 2])] if args.quick else [(8, [2, 2, 2, 2]), (16, [4, 4, 4, 4]), (16, [8, 4, 2, 1])]
-    orth_rows = orthogonal_table(orth_cases, seeds)
-    suffix = "_quick" if args.quick else ""
-    figure = RESULTS / f"multihead{suffix}.png"
-    lines = [
-        "# Multi-head attention: canonical heads from queries",
-        "",
-        f"`python benchmarks/multihead.py{' --quick' if args.quick else ''}` on {platform.machine()}, "
-        f"Python {platform.python_version()}, {len(seeds)} random target(s) per row (seeds fixed in the "
-        f"script), {time.perf_counter() - started:.0f} s in all. Exact float64 oracle.",
-        "",
-        "Queries for `attnlab.extract.multi_head` (extraction only; fidelity checks excluded). "
-        "'published / ours' is how many times fewer queries than 4Hd²-2H+1; 'ours / H(d²+d)' how far "
-        "above the number of free parameters of the canonical form. Errors: max entry error over the "
-        "canonical W and v divided by their largest entry, heads matched by permutation, worst target.",
-        "",
-        *rows,
-        "",
-        "Heads in known pairwise orthogonal subspaces (`orthogonal_heads`: the single-head extractor in "
-        "each subspace) beside the canonical learner, which ignores the subspaces, on the same targets.",
-        "",
-        *orth_rows,
-        "",
-        f"![queries against d]({figure.name})",
-        "",
-    ]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"multihead{suffix}.md").write_text("\n".join(lines))
-    plot(records, figure)
-    print("\n".join(lines))
+    sections = args.sections.split(",")
+    start = time.perf_counter()
+    deadline = start + args.budget
+    report: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "families": {}}
+    for family, grid in FAMILY_GRID.items():
+        if family not in sections:
+            continue
+        n = 2 if args.quick else (args.per_cell or (50 if family == "random" else 9))
+        cells = []
+        for H, d in grid:
+            cells.append({"H": H, "d": d, **family_cell(family, H, d, n, deadline)})
+            c = cells[-1]
+            print(f"{family} H={H} d={d}: {c['recovered']}/{c['ran']} recovered, {c['inexact']} inexact, "
+                  f"{c['raised']} raised, queries/dof {fmt(c['per_dof'])}, max error {fmt(c['max_error'], '.1e')}",
+                  flush=True)
+        report["families"][family] = cells
+    if "outside" in sections:
+        report["outside"] = outside_rows(2 if args.quick else 10)
+        print(report["outside"], flush=True)
+    if "affine" in sections:
+        report["affine"] = affine_rows([(4, 2), (8, 2), (8, 4), (12, 3)], 2 if args.quick else 10)
+        print(report["affine"], flush=True)
+    if "lowrank" in sections:
+        report["lowrank"] = lowrank_rows(LOWRANK[:1] if args.quick else LOWRANK, deadline)
+        print(report["lowrank"], flush=True)
+    report["seconds"] = time.perf_counter() - start
+    stem = args.out or ("multihead_quick" if args.quick else "multihead")
+    command = "python benchmarks/multihead.py " + " ".join(a for a in __import__("sys").argv[1:])
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}.md").write_text(markdown(report, command.strip()))
+    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1, default=float))
+    print(f"wrote {RESULTS / stem}.md")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import argparse
 from attnlab import Oracle
 from attnlab.extract import multi_head
 from attnlab.extract.multihead import canonical_dof, published_query_bound
-from attnlab.multihead import MultiHeadParams, canonical, canonical_error, equivalent_pair, maps_agree
+from attnlab.models.canonical import MultiHeadParams, canonical, canonical_error, equivalent_pair, maps_agree
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from attnlab import Oracle
 from attnlab.extract import single_head
 from attnlab.models import MultiHeadRegressor, SingleHeadAttention, random_orthogonal_heads
-from attnlab.multihead import (
+from attnlab.models.canonical import (
     MultiHeadParams,
     add_null_head,
     canonical,
@@ -183,3 +183,32 @@ def test_property_perturbing_a_head_breaks_equivalence(d, heads, seed, delta):
     q = MultiHeadParams(W, v)
     assert not equivalent(p, q)
     assert maps_agree(p, q, n=300, lengths=(1, 16), seed=rng) > 1e-9
+
+
+def test_affine_heads_merge_only_when_W_and_u_agree():
+    rng = np.random.default_rng(4)
+    W, v, u = rng.standard_normal((3, 3)), rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
+    same = MultiHeadParams(np.stack([W, W]), v, np.stack([u[0], u[0]]), c=0.5)
+    merged = canonical(same)
+    assert merged.heads == 1 and merged.c == 0.5
+    np.testing.assert_allclose(merged.v[0], v.sum(axis=0))
+    X = rng.standard_normal((20, 4, 3))
+    np.testing.assert_allclose(merged(X), same(X), rtol=0, atol=1e-12)
+    different = MultiHeadParams(np.stack([W, W]), v, u, c=0.5)
+    assert canonical(different).heads == 2
+    assert canonical_error(different, merged) == float("inf")
+    # the constant is part of the map: a different c is a different canonical form
+    assert canonical_error(MultiHeadParams(merged.W, merged.v, merged.u, c=0.0), merged) > 0.1
+
+
+def test_pytorch_module_and_its_canonical_parameters_compute_the_same_map():
+    import torch
+
+    from attnlab.models.multihead import MultiheadAttentionReadout
+
+    module = MultiheadAttentionReadout.random(6, 3, bias=True, seed=2)
+    params = MultiHeadParams(**module.canonical_parameters())
+    X = torch.randn(16, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(params(X.numpy()), module(X).detach().numpy(), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="heads must divide d"):
+        MultiheadAttentionReadout.random(6, 4)

@@ -11,7 +11,8 @@ from attnlab import BudgetExhausted, ExtractionError, Oracle
 from attnlab.extract import multi_head, orthogonal_heads
 from attnlab.extract.multihead import canonical_dof, published_query_bound
 from attnlab.models import MultiHeadRegressor, random_orthogonal_heads
-from attnlab.multihead import MultiHeadParams, canonical, canonical_error, equivalent_pair, match_heads
+from attnlab.models.canonical import MultiHeadParams, canonical, canonical_error, equivalent_pair, match_heads
+from attnlab.models.multihead import MultiheadAttentionReadout, random_family_params
 
 
 def truth_of(model):
@@ -33,7 +34,7 @@ def test_recovers_canonical_heads_to_1e8_with_counted_queries(heads, d, method):
     # every query is the oracle's: the extraction's plus the separate fidelity check
     assert result.queries + result.fidelity_queries == oracle.queries
     assert result.queries == sum(result.stages.values())
-    assert result.stages["values"] == d
+    assert result.stages["values"] == d and result.stages["check"] == 2
     assert result.stages.get("matching", 0) <= 4 * (d - 1) * (heads > 1)
     # never below the free parameters of the canonical form, always below the published count
     assert canonical_dof(heads, d) <= result.queries < published_query_bound(heads, d)
@@ -50,8 +51,9 @@ def test_one_head_uses_exactly_the_free_parameter_count():
     model = MultiHeadRegressor.random(6, 1, seed=0)
     oracle = Oracle(model, d=6)
     result = multi_head(oracle, heads=1, fidelity_samples=0)
-    # one head: the sigmoid is inverted exactly, one answer per entry of W and of v
-    assert result.queries == oracle.queries == 6 * 6 + 6 == result.dof
+    # one head: the sigmoid is inverted exactly, one answer per entry of W and of v (and the
+    # two fresh check queries every run ends with)
+    assert result.queries == oracle.queries == 6 * 6 + 6 + 2 == result.dof + result.stages["check"]
     assert canonical_error(recovered(result), truth_of(model)) <= 1e-10
 
 
@@ -99,7 +101,7 @@ def test_the_zero_map_has_no_canonical_heads():
 def test_too_few_heads_is_caught_by_the_check():
     model = MultiHeadRegressor.random(4, 2, seed=3)
     with pytest.raises(ExtractionError, match="misses the oracle.*raise heads / max_heads"):
-        multi_head(Oracle(model, d=4), heads=1, check_queries=2, fidelity_samples=0)
+        multi_head(Oracle(model, d=4), heads=1, fidelity_samples=0)
 
 
 def test_too_small_an_upper_bound_raises():
@@ -122,7 +124,9 @@ def test_budget_is_enforced_by_the_oracle():
     ({"heads": 3, "max_heads": 2}, "exceeds max_heads"),
     ({"heads": 1, "fidelity_samples": -1}, "fidelity_samples must be >= 0"),
     ({"heads": 1, "method": "magic"}, "unknown method 'magic'"),
-    ({"heads": 1, "anchors": 0}, "anchors must be >= 1"),
+    ({"heads": 1, "method_options": {"anchors": 0}}, "anchors must be >= 1"),
+    ({"heads": 1, "method": "interpolation", "method_options": {"anchors": 2}}, "does not take the option"),
+    ({"heads": 1, "rank": 0}, r"rank must be in \[1, d = 3\]"),
 ])
 def test_bad_arguments_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -130,19 +134,113 @@ def test_bad_arguments_raise(kwargs, message):
 
 
 def test_oracle_needs_a_token_width():
-    with pytest.raises(ValueError, match="Oracle\\(target, d=...\\)"):
+    with pytest.raises(ValueError, match="multi_head needs the token width"):
         multi_head(Oracle(lambda X: X.sum(axis=(1, 2))), heads=1)
 
 
-@settings(max_examples=8, deadline=None)
-@given(heads=st.integers(1, 3), d=st.integers(2, 4), seed=st.integers(0, 2**31 - 1))
-# A generic target the learner gives up on ("no usable probe direction"): the multi-head issue's
-# to fix. Kept visible as an expected failure until then.
-@example(heads=3, d=3, seed=3690138).xfail(raises=ExtractionError, reason="learner gives up on this generic target")
+@settings(max_examples=25, deadline=None)
+@given(heads=st.integers(1, 4), d=st.sampled_from([2, 3, 4, 8, 16]), seed=st.integers(0, 2**31 - 1))
+# formerly "no usable probe direction after 20 tries" (acceptance gates and orthogonal redraws)
+@example(heads=3, d=3, seed=3690138)
 def test_property_random_targets_are_recovered(heads, d, seed):
     model = MultiHeadRegressor.random(d, heads, seed=seed)
     result = multi_head(Oracle(model, d=d), heads=heads, seed=seed, fidelity_samples=0)
     assert canonical_error(recovered(result), truth_of(model)) <= 1e-8
+
+
+def test_formerly_failing_seed_is_recovered_below_the_published_count():
+    model = MultiHeadRegressor.random(3, 3, seed=3690138)
+    result = multi_head(Oracle(model, d=3), heads=3, seed=3690138, fidelity_samples=0)
+    assert canonical_error(recovered(result), truth_of(model)) <= 1e-8
+    assert result.queries < published_query_bound(3, 3)
+
+
+@settings(max_examples=10, deadline=None)
+@given(heads=st.integers(2, 4), d=st.sampled_from([3, 4, 8]), seed=st.integers(0, 2**31 - 1))
+def test_property_heads_of_unequal_rank_are_recovered(heads, d, seed):
+    W, v = random_family_params("unequal-rank", d, heads, seed=seed)
+    truth = MultiHeadParams(W, v)
+    result = multi_head(Oracle(truth, d=d), heads=heads, seed=seed, fidelity_samples=0)
+    assert canonical_error(result.surrogate, truth) <= 1e-8
+
+
+@pytest.mark.parametrize("heads, d, seed", [(2, 4, 0), (2, 8, 1), (2, 16, 2)])
+def test_near_parallel_heads_are_recovered(heads, d, seed):
+    # W_h within 5% of a common W_0: close poles. Two heads are recovered; three or more such
+    # heads are not yet (they raise, see docs/multihead.md and test below)
+    W, v = random_family_params("near-parallel", d, heads, seed=seed)
+    truth = MultiHeadParams(W, v)
+    result = multi_head(Oracle(truth, d=d), heads=heads, seed=seed, fidelity_samples=0)
+    assert canonical_error(result.surrogate, truth) <= 1e-8
+
+
+def test_three_near_parallel_heads_raise_or_come_back_close_never_silently_wrong():
+    W, v = random_family_params("near-parallel", 8, 3, seed=0)
+    truth = MultiHeadParams(W, v)
+    try:
+        result = multi_head(Oracle(truth, d=8), heads=3, fidelity_samples=0)
+    except ExtractionError:
+        return
+    assert canonical_error(result.surrogate, truth) <= 1e-5
+
+
+# The smallest head's logits carry errors ~ 1e-16 / gamma_small: at 1000:1 with three heads the
+# error reaches ~1e-8 (1.3e-8 measured for (3, 8, 2)), hence the looser bound there.
+@pytest.mark.parametrize("heads, d, seed, bound", [(2, 4, 0, 1e-8), (2, 8, 1, 1e-8), (3, 8, 2, 1e-7)])
+def test_heads_with_1000_to_1_value_scales_are_recovered(heads, d, seed, bound):
+    W, v = random_family_params("unequal-scale", d, heads, seed=seed)
+    truth = MultiHeadParams(W, v)
+    result = multi_head(Oracle(truth, d=d), heads=heads, seed=seed, fidelity_samples=0)
+    assert np.linalg.norm(v[0]) / np.linalg.norm(v[-1]) > 300
+    assert canonical_error(result.surrogate, truth) <= bound
+
+
+def test_noisy_answers_are_refused():
+    from attnlab.oracle.noise import GaussianNoise
+
+    W, v = random_family_params("random", 4, 2, seed=0)
+    oracle = Oracle(MultiHeadParams(W, v), d=4, noise=GaussianNoise(1e-6), seed=0)
+    with pytest.raises(ExtractionError):
+        multi_head(oracle, heads=2, fidelity_samples=0)
+
+
+# -- affine heads: PyTorch's own nn.MultiheadAttention(bias=True) ---------------------------
+@pytest.mark.parametrize("d, heads, seed", [(4, 2, 0), (6, 3, 1), (8, 2, 2)])
+def test_pytorch_multihead_attention_with_biases_is_recovered(d, heads, seed):
+    module = MultiheadAttentionReadout.random(d, heads, bias=True, seed=seed)
+    truth = MultiHeadParams(**module.canonical_parameters())
+    assert np.max(np.abs(truth.u)) > 0.1 and abs(truth.c) > 0.01  # really affine
+    oracle = Oracle(module, d=d)
+    result = multi_head(oracle, heads=heads, affine=True, seed=seed, fidelity_samples=100)
+    assert canonical_error(result.surrogate, truth) <= 1e-8
+    assert abs(result.c - truth.c) <= 1e-8 * max(1.0, abs(truth.c))
+    assert result.params["u"].shape == (heads, d)
+    assert result.dof == canonical_dof(heads, d, affine=True) == heads * (d * d + 2 * d) + 1
+    assert result.stages["values"] == d + 1
+    assert result.queries + result.fidelity_queries == oracle.queries
+    assert result.queries < published_query_bound(heads, d)
+    assert result.fidelity <= 1e-9
+
+
+def test_biased_target_without_affine_is_refused():
+    module = MultiheadAttentionReadout.random(4, 2, bias=True, seed=0)
+    with pytest.raises(ExtractionError):
+        multi_head(Oracle(module, d=4), heads=2, fidelity_samples=0)
+
+
+def test_affine_learner_on_a_bias_free_target_finds_zero_biases():
+    model = MultiHeadRegressor.random(4, 2, seed=1)
+    result = multi_head(Oracle(model, d=4), heads=2, affine=True, fidelity_samples=0)
+    assert np.max(np.abs(result.params["u"])) <= 1e-8 and abs(result.c) <= 1e-10
+    assert canonical_error(result.surrogate, truth_of(model)) <= 1e-8
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+def test_low_rank_heads_are_recovered(rank):
+    model = MultiHeadRegressor.random(8, 2, rank=rank, seed=rank)
+    result = multi_head(Oracle(model, d=8), heads=2, rank=rank, fidelity_samples=0)
+    assert canonical_error(recovered(result), truth_of(model)) <= 1e-8
+    assert np.linalg.matrix_rank(result.W[0], tol=1e-6) == rank
 
 
 # -- orthogonal subspaces with known bases -------------------------------------------------
@@ -150,7 +248,7 @@ def test_orthogonal_heads_are_recovered_exactly_with_sum_of_dh2_plus_dh_queries(
     dims = [2, 3, 1]
     model, bases = random_orthogonal_heads(8, dims, seed=4)
     oracle = Oracle(model, d=8)
-    result = orthogonal_heads(oracle, bases, fidelity_samples=100)
+    result = orthogonal_heads(oracle, bases=bases, fidelity_samples=100)
     expected = sum(k * k + k for k in dims)
     assert result.queries == expected == result.dof
     assert oracle.queries == expected + result.fidelity_queries
@@ -165,6 +263,6 @@ def test_orthogonal_heads_rejects_bases_that_are_not_orthogonal():
     model, bases = random_orthogonal_heads(5, [2, 2], seed=0)
     skewed = [bases[0], bases[1] + 0.1 * bases[0][:, :1]]
     with pytest.raises(ValueError, match="pairwise orthogonal"):
-        orthogonal_heads(Oracle(model, d=5), skewed)
+        orthogonal_heads(Oracle(model, d=5), bases=skewed)
     with pytest.raises(ValueError, match=r"bases\[0\] must have shape \(5, d_h\)"):
-        orthogonal_heads(Oracle(model, d=5), [np.ones(5)])
+        orthogonal_heads(Oracle(model, d=5), bases=[np.ones(5)])

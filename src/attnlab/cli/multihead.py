@@ -28,8 +28,8 @@ def demo_evidence(d: int, heads: int, seed: int, samples: int = 10_000) -> dict[
     """An equivalent pair (p, q) and the evidence that they compute one map."""
     import numpy as np
 
-    from attnlab.multihead import canonical, canonical_error, equivalent, equivalent_pair, maps_agree
-    from attnlab.multihead import single_head_probes
+    from attnlab.models.canonical import canonical, canonical_error, equivalent, equivalent_pair, maps_agree
+    from attnlab.models.canonical import single_head_probes
     from attnlab.oracle import Oracle
 
     if d < 1 or heads < 1:
@@ -111,7 +111,10 @@ def multi_head_command(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Learn a random multi-head regressor's canonical heads from queries (no subspace assumption)."""
-    guarded(lambda: emit(run_multi_head(d, heads, max_heads, seed, scale, fidelity_samples, not no_progress, method),
+    import sys
+
+    show = not no_progress and sys.stderr.isatty()  # a bar only for a person watching a terminal
+    guarded(lambda: emit(run_multi_head(d, heads, max_heads, seed, scale, fidelity_samples, show, method),
                          json_out, title="multi-head extraction (canonical form)"))
 
 

@@ -86,8 +86,8 @@ def multi_head(oracle: Oracle, *, heads: int | None = None, max_heads: int | Non
         rational fit per token (simpler, kept for comparison).
     method_options : dict, optional
         anchors (continuation only): tokens per direction read by a full fit (default 2);
-        check_queries: random sequences the result must match to 1e-6 before it is returned
-        (default 2 when counting heads, else 0); fit_tol, logit_tol, min_gap, max_logit: when
+        check_queries: random sequences the result must match to 1e-6 (relative) before it is
+        returned, else ExtractionError (default 2; counted in `queries`, stage "check"); fit_tol, logit_tol, min_gap, max_logit: when
         a probe's fit is trusted (see rational.Tolerances).
     seed : int or Generator
         Chooses the random probe directions (attnlab._random.as_generator).
@@ -117,9 +117,8 @@ def multi_head(oracle: Oracle, *, heads: int | None = None, max_heads: int | Non
     anchors = options.get("anchors", 2)
     if anchors < 1:
         raise ValueError(f"anchors must be >= 1, got {anchors}")
-    check_queries = options["check_queries"]
-    if check_queries is None:
-        check_queries = 2 if heads is None else 0
+    # two fresh random sequences cost almost nothing and turn a wrong model into an error
+    check_queries = 2 if options["check_queries"] is None else int(options["check_queries"])
     tol = Tolerances(options["fit_tol"], options["logit_tol"], options["min_gap"], options["max_logit"])
     rng = as_generator(seed)
     start, clock = oracle.queries, time.perf_counter()
