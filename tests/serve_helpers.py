@@ -138,6 +138,13 @@ class DroppingProxy:
 
 
 SERVER_SCRIPT = """
+import os, threading, time
+parent = os.getppid()
+def _orphaned():  # die with the benchmark or test that started us, even after its kill -9
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+threading.Thread(target=_orphaned, daemon=True).start()
 import json, sys
 from attnlab.serve import KeyStore, load_target
 from attnlab.serve.app import ServeConfig, create_app

@@ -16,7 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from attnlab import Oracle
+from attnlab import Oracle, OracleError
 from attnlab.cli import app
 from attnlab.serve import load_target
 
@@ -86,3 +86,88 @@ def test_the_serve_example_steals_a_head_exactly(monkeypatch, capsys):
     assert "budget left on the server: 0 of 32" in out
     assert "ServiceBudgetExhausted" in out
     assert float(re.search(r"relative error of W: (\S+),", out).group(1)) < 1e-9
+
+
+@pytest.mark.parametrize("args, words", [
+    (("make-target", "t.safetensors", "--scale", "nan"), "--scale must be a finite number > 0"),
+    (("make-target", "t.safetensors", "--scale", "inf"), "--scale must be a finite number > 0"),
+    (("make-target", "t.safetensors", "--d", "8", "--rank", "100"), "--rank 100 exceeds --d 8"),
+    (("make-target", "t.safetensors", "--d", "1000000"), "too large for a served target"),
+    (("make-target", "."), "is a directory"),
+    (("keys", "add", "x", "--budget", "9223372036854775808"), "beyond what the keys database stores"),
+    (("keys", "list", "--keys-db", "garbage.sqlite"), "is not an attnlab keys database"),
+    (("serve", "t0.safetensors", "--log-level", "bogus"), "--log-level must be one of"),
+    (("serve", "t0.safetensors", "--host", "0.0.0.0"), "every interface over plain HTTP"),
+    (("serve", "t0.safetensors", "--host", ""), "every interface over plain HTTP"),
+    (("serve", "t0.safetensors", "--host", "::"), "every interface over plain HTTP"),
+    (("serve", "t0.safetensors", "--host", "192.0.2.7"), "pass --tls-cert and --tls-key, or --insecure"),
+    (("serve", "t0.safetensors", "--tls-cert", "c.pem"), "--tls-cert and --tls-key go together"),
+])
+def test_bad_values_are_one_line_and_exit_2(tmp_path, args, words):
+    (tmp_path / "garbage.sqlite").write_bytes(b"this is not sqlite" * 100)
+    assert attnlab("make-target", "t0.safetensors", "--d", "3", cwd=tmp_path).exit_code == 0
+    result = attnlab(*args, cwd=tmp_path)
+    assert result.exit_code == 2, result.output
+    assert words in " ".join(result.stderr.split()) and "Traceback" not in result.output
+    assert not (tmp_path / "t.safetensors").exists()
+
+
+def test_make_target_refuses_to_overwrite_without_force(tmp_path):
+    first = last_json(attnlab("make-target", "t.safetensors", "--d", "3", "--seed", "1", "--json", cwd=tmp_path))
+    before = (tmp_path / "t.safetensors").read_bytes()
+    again = attnlab("make-target", "t.safetensors", "--d", "3", "--seed", "2", cwd=tmp_path)
+    assert again.exit_code == 2 and "--force" in again.stderr
+    assert (tmp_path / "t.safetensors").read_bytes() == before
+    forced = last_json(attnlab("make-target", "t.safetensors", "--d", "3", "--seed", "2", "--force", "--json",
+                               cwd=tmp_path))
+    assert forced["seed"] == 2 != first["seed"] and (tmp_path / "t.safetensors").read_bytes() != before
+
+
+def test_plain_http_off_loopback_is_allowed_only_when_asked_for():
+    from attnlab.cli.serve import check_binding
+
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        check_binding(host, None, None, insecure=False)
+    check_binding("0.0.0.0", None, None, insecure=True)
+    with pytest.raises(ValueError, match="every interface"):
+        check_binding("0.0.0.0", None, None, insecure=False)
+
+
+def _self_signed(tmp_path):
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True,
+                   timeout=60)
+    return cert, key
+
+
+@pytest.mark.slow
+def test_serve_over_tls(tmp_path):
+    import ssl
+
+    import httpx
+
+    cert, tls_key = _self_signed(tmp_path)
+    attnlab("make-target", "t.safetensors", "--d", "3", cwd=tmp_path)
+    key = last_json(attnlab("keys", "add", "alice", "--budget", "7", "--json", cwd=tmp_path))["key"]
+    server = subprocess.Popen([sys.executable, "-m", "attnlab", "serve", "t.safetensors", "--port", "0",
+                               "--tls-cert", str(cert), "--tls-key", str(tls_key), "--log-level", "warning"],
+                              cwd=tmp_path, env=ENV, stderr=subprocess.PIPE, text=True)
+    try:
+        seen, deadline = "", time.monotonic() + 60
+        while not (match := re.search(r"https://127\.0\.0\.1:\d+", seen)):
+            assert server.poll() is None and time.monotonic() < deadline, seen
+            seen += server.stderr.readline()
+        trusted = ssl.create_default_context(cafile=str(cert))
+        oracle = Oracle.http(match.group(0), key, transport=httpx.HTTPTransport(verify=trusted))
+        assert oracle(np.random.default_rng(0).standard_normal((2, 2, 3))).shape == (2,)
+        assert oracle.http_target.budget_left == 5
+        with pytest.raises(OracleError, match="certificate"):  # an unverified certificate is refused
+            Oracle.http(match.group(0), key, retries=0)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=20)

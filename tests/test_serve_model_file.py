@@ -115,3 +115,38 @@ def test_defense_adds_seeded_noise_then_rounds():
         OutputDefense(noise_sigma=-1.0)
     with pytest.raises(ValueError, match="round_digits"):
         OutputDefense(round_digits=0)
+
+
+def _write(path, tensors, d, dtype="float64", kind="single-head"):
+    meta = {"format": "attnlab.target/1", "kind": kind, "d": str(d), "dtype": dtype}
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+@pytest.mark.parametrize("tensors, header_dtype, words", [
+    ({"W": torch.zeros(3, 3, dtype=torch.float64), "v": torch.zeros(3, 1, dtype=torch.float64)}, "float64",
+     r"tensor 'v' has shape \(3, 1\).*needs \(3,\)"),
+    ({"W": torch.full((3, 3), float("nan"), dtype=torch.float64), "v": torch.zeros(3, dtype=torch.float64)},
+     "float64", "NaN or infinite"),
+    ({"W": torch.zeros(3, 3, dtype=torch.float64), "v": torch.tensor([1.0, float("inf"), 0], dtype=torch.float64)},
+     "float64", "NaN or infinite"),
+    ({"W": torch.zeros(3, 3, dtype=torch.float16), "v": torch.zeros(3, dtype=torch.float16)}, "float64",
+     "says dtype 'float64' but its tensors are 'float16'"),
+    ({"W": torch.zeros(3, 3, dtype=torch.float64), "v": torch.zeros(3, dtype=torch.float64),
+      "backdoor": torch.zeros(1, dtype=torch.float64)}, "float64", r"extra \['backdoor'\]"),
+    ({"W": torch.zeros(3, 3, dtype=torch.float64)}, "float64", "do not build one"),
+])
+def test_damaged_or_doctored_model_files_are_refused(tmp_path, tensors, header_dtype, words):
+    path = _write(tmp_path / "t.safetensors", tensors, 3, header_dtype)
+    with pytest.raises(ModelFileError, match=words):
+        load_target(path)
+
+
+def test_bad_weights_are_refused_on_write(tmp_path):
+    head = SingleHeadAttention(np.full((3, 3), np.nan), np.zeros(3))
+    with pytest.raises(ModelFileError, match="cannot save.*NaN or infinite"):
+        save_target(head, tmp_path / "t.safetensors")
+    odd = SingleHeadAttention(np.zeros((3, 3)), np.zeros((3, 1)))
+    with pytest.raises(ModelFileError, match=r"shape \(3, 1\)"):
+        save_target(odd, tmp_path / "t.safetensors")
+    assert not (tmp_path / "t.safetensors").exists()

@@ -166,7 +166,7 @@ def keys_add(name: str = typer.Argument(..., help="A name for the key's holder."
     """Create an API key and print it (this is the only time it is shown)."""
     from attnlab.serve import KeyStore
 
-    with KeyStore(keys_db) as store:
+    with guarded(lambda: KeyStore(keys_db)) as store:
         secret = guarded(lambda: store.add_key(name, budget))
         emit({"name": name, "key": secret, "budget": budget, "keys_db": str(keys_db)}, json_out, title="API key")
 
@@ -178,7 +178,7 @@ def keys_list(keys_db: Path = KEYS_DB, json_out: bool = JSON_OUT) -> None:
 
     from attnlab.serve import KeyStore
 
-    with KeyStore(keys_db) as store:
+    with guarded(lambda: KeyStore(keys_db)) as store:
         keys = [k.to_dict() for k in store.keys()]
     if json_out:
         emit({"keys": keys}, True)
@@ -197,7 +197,7 @@ def keys_budget(name: str = typer.Argument(...), budget: int = typer.Argument(..
     """Set a key's total budget (what it already spent still counts)."""
     from attnlab.serve import KeyStore
 
-    with KeyStore(keys_db) as store:
+    with guarded(lambda: KeyStore(keys_db)) as store:
         emit(guarded(lambda: store.set_budget(name, budget)).to_dict(), json_out, title="API key")
 
 
@@ -206,5 +206,5 @@ def keys_revoke(name: str = typer.Argument(...), keys_db: Path = KEYS_DB, json_o
     """Refuse a key from now on (403)."""
     from attnlab.serve import KeyStore
 
-    with KeyStore(keys_db) as store:
+    with guarded(lambda: KeyStore(keys_db)) as store:
         emit(guarded(lambda: store.revoke(name)).to_dict(), json_out, title="API key")

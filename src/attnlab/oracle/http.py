@@ -207,6 +207,10 @@ class HttpTarget:
             try:
                 response = self._client.request(method, path, content=body, headers=headers)
             except httpx.TransportError as exc:
+                if "CERTIFICATE_VERIFY_FAILED" in str(exc):  # retrying will not change the certificate
+                    raise OracleError(f"{self.url} presented a TLS certificate this client does not trust "
+                                      f"({exc}); pass transport=httpx.HTTPTransport(verify=ssl_context) with "
+                                      f"the server's CA") from None
                 last = f"{type(exc).__name__}: {exc or 'connection failed'}"
             else:
                 if response.status_code < 400:
