@@ -46,8 +46,9 @@ from attnlab.oracle.targets import (
 
 __all__ = ["NoiseModel", "Oracle", "Target", "as_numpy_target", "torch_target"]
 
-# Under a journal a kill -9 re-pays at most the chunk in flight; 64 costs <5% throughput on a d = 8
-# single head against one unchunked call (benchmarks/reliability.py measures it).
+# Under a journal a kill -9 re-pays at most the chunk in flight. Each chunk costs one SQLite commit
+# (~0.7 ms here): next to a cheap local target that is tens of microseconds per query, next to an
+# HTTP round trip it is noise (benchmarks/reliability.py measures the cost per chunk size).
 JOURNAL_CHUNK = 64
 
 
