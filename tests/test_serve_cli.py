@@ -171,3 +171,36 @@ def test_serve_over_tls(tmp_path):
     finally:
         server.send_signal(signal.SIGTERM)
         server.communicate(timeout=20)
+
+
+@pytest.mark.slow
+def test_the_docs_quick_start_runs_as_written_against_a_real_server(tmp_path):
+    """docs/serve.md's quick start: its shell lines (but --port 0), then its Python block verbatim."""
+    import shlex
+
+    pytest.importorskip("attnlab.extract.single_head")
+    doc = (ROOT / "docs" / "serve.md").read_text().split("## Quick start", 1)[1]
+    shell = re.search(r"```bash\n(.*?)```", doc, re.S).group(1)
+    python = re.search(r"```python\n(.*?)```", doc, re.S).group(1)
+    lines = [shlex.split(line.split("#")[0]) for line in shell.strip().splitlines()]
+    assert [line[:2] for line in lines] == [["attnlab", "make-target"], ["attnlab", "keys"], ["attnlab", "serve"]]
+    assert attnlab(*lines[0][1:], cwd=tmp_path).exit_code == 0
+    added = attnlab(*lines[1][1:], "--json", cwd=tmp_path)
+    key = last_json(added)["key"]
+    serve_args = [a if a != "8000" else "0" for a in lines[2][1:]]
+    server = subprocess.Popen([sys.executable, "-m", "attnlab", *serve_args, "--log-level", "warning"],
+                              cwd=tmp_path, env=ENV, stderr=subprocess.PIPE, text=True)
+    try:
+        seen, deadline = "", time.monotonic() + 60
+        while not (match := re.search(r"http://127\.0\.0\.1:\d+", seen)):
+            assert server.poll() is None and time.monotonic() < deadline, seen
+            seen += server.stderr.readline()
+        code = python.replace("http://127.0.0.1:8000", match.group(0)).replace('"ak_..."', repr(key))
+        printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                                 cwd=tmp_path, env=ENV)
+        assert printed.returncode == 0, printed.stderr[-3000:]
+        expected = re.search(r"print\(.*#\s*(.*)$", python, re.M).group(1).split()
+        assert printed.stdout.split() == expected  # the numbers the page promises
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=20)
