@@ -12,6 +12,7 @@ Python's own start-up. Goal (issue 14): ratio <= 2. Also lists which heavy modul
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import subprocess
@@ -55,7 +56,7 @@ def main() -> int:
         "",
         f"Command: `python benchmarks/startup.py{' --quick' if args.quick else ''}` "
         f"({repeats} interleaved runs each, median; Python {platform.python_version()}, "
-        f"{platform.machine()}, a shared 2-core machine).",
+        f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end).",
         "",
         "| command | median s | min s | max s |",
         "|---|---|---|---|",
