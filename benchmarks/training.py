@@ -2,6 +2,8 @@
 
     python benchmarks/training.py [--quick]
     attnlab sweep qsa-default --store S && python benchmarks/training.py --store S [--store S2 ...]
+    python benchmarks/training.py --grid STORE --runs-dir RUNS   # the committed grid: training-grid.md
+    python benchmarks/training.py --compile-check                # does torch.compile pay on CPU?
 
 Part 1 times the same number of optimiser steps (batch 64, one torch thread, as sweep workers run;
 CPU time, since wall time on a shared machine mostly measures the other jobs)
@@ -145,12 +147,62 @@ def sweep_sections(store_path: Path, sweep: str | None, figure: str) -> list[str
     return lines
 
 
+def compile_check(steps: int = 300) -> str:
+    """CPU ms per optimiser step of attention (N=32, q=2, m=32, batch 64), eager vs torch.compile."""
+    import time
+
+    import numpy as np
+
+    from attnlab.experiments.models import build_model
+    from attnlab.tasks import get_task
+
+    task = get_task("qsa", N=32, q=2, d_prime=4)
+    batch = task.sample(np.random.default_rng(0), 64)
+    x = torch.as_tensor(task.tokens(batch), dtype=torch.float32)
+    y = torch.as_tensor(batch.targets, dtype=torch.float32)
+
+    def cpu_seconds(model, n):
+        opt = torch.optim.AdamW(model.parameters(), 1e-3)
+        start = time.process_time()
+        for _ in range(n):
+            loss = ((model(x) - y) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return time.process_time() - start
+
+    config = ModelConfig(arch="attention", width=32, readout_hidden=32)
+    torch.manual_seed(0)
+    eager = cpu_seconds(build_model(config, 32, task.token_dim, 4), steps)
+    torch.manual_seed(0)
+    compiled_model = torch.compile(build_model(config, 32, task.token_dim, 4))
+    first = cpu_seconds(compiled_model, 1)
+    compiled = cpu_seconds(compiled_model, steps)
+    return (f"attention m=32 on qsa N=32 q=2, batch 64, one thread: eager {1000 * eager / steps:.2f} ms/step; "
+            f"torch.compile {1000 * compiled / steps:.2f} ms/step after a first (compiling) step of {first:.1f} s CPU "
+            f"(this process only; inductor's compile workers not counted).")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer steps and sizes (about a minute)")
     parser.add_argument("--store", type=Path, action="append", default=[],
                         help="results store of a finished sweep to summarise (repeatable)")
+    parser.add_argument("--grid", type=Path, help="results store of the committed grid: write training-grid.md, "
+                                                  "its exports and figures")
+    parser.add_argument("--runs-dir", type=Path, help="with --grid: the sweeps' run folders (for the attention figure)")
+    parser.add_argument("--compile-check", action="store_true", help="time torch.compile against eager on CPU")
     args = parser.parse_args()
+    if args.compile_check:
+        torch.set_num_threads(1)
+        print(compile_check())
+        return
+    if args.grid:
+        from attnlab.experiments.grid_report import write_grid_report
+
+        command = " ".join(["python benchmarks/training.py"] + sys.argv[1:])
+        print(write_grid_report(args.grid, args.runs_dir, RESULTS, command))
+        return
     steps = 30 if args.quick else 200
     sizes = [16] if args.quick else [16, 32, 64]
     torch.set_num_threads(1)
