@@ -1,6 +1,8 @@
 """Single-head extraction: queries against the information limit, accuracy, time, side by side.
 
     python benchmarks/single_head.py [--quick]
+    nice -n 10 python benchmarks/single_head.py --scale       # Llama-size heads (single_head_scale.py)
+    nice -n 10 python benchmarks/single_head.py --precision   # float32/float16 heads
 
 Writes benchmarks/results/single_head.md (and .png: nuclear-norm success rate against C).
 Three tables, all from this one run:
@@ -104,8 +106,8 @@ def threshold_study(d: int, r: int, grid: list[float], trials: int, seed: int) -
         for trial in range(trials):
             head = SingleHeadAttention.random(d, rank=r, scale=1.0, seed=seed + trial)
             oracle = Oracle(head, d=d)
-            result = single_head(oracle, rank=r, method="nuclear-norm", measurements=measurements,
-                                 seed=seed + trial, fidelity_samples=0)
+            result = single_head(oracle, rank=r, method="nuclear-norm", seed=seed + trial,
+                                 method_options={"measurements": measurements}, fidelity_samples=0)
             successes += relative_error(result.W, head.W.detach().numpy()) <= 1e-6
             seconds.append(result.seconds)
         rows.append({"C": C, "measurements": measurements, "successes": successes, "trials": trials,
@@ -121,8 +123,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scale", action="store_true",
+                        help="the scale table: d in {512, 1024, 2048, 4096}, r in {64, 128}, full rank to 2048")
+    parser.add_argument("--precision", action="store_true",
+                        help="float32/float16 heads: error reached and queries spent")
+    parser.add_argument("--case-seconds", type=float, default=400.0,
+                        help="--scale: run a case to the end when its target time is projected below this; "
+                             "else run a prefix and extrapolate (labelled)")
+    parser.add_argument("--prefix-seconds", type=float, default=120.0,
+                        help="--scale: target seconds a prefix run spends")
+    parser.add_argument("--oracle", choices=("device", "numpy"), default="device",
+                        help="--scale: DeviceOracle on the CPU (torch fast path) or the numpy Oracle")
+    parser.add_argument("--only", default=None, help="--scale: comma-separated case names (e.g. 2048/full)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.scale:
+        from single_head_scale import scale_main
+
+        return scale_main(args)
+    if args.precision:
+        from single_head_precision import precision_main
+
+        return precision_main(args)
 
     dims = [16, 64] if args.quick else [16, 64, 256, 512]
     ranks = [None, 4] if args.quick else [None, 4, 16]

@@ -117,3 +117,13 @@ def test_device_oracle_answers_repeats_once_and_keeps_the_budget():
         DeviceOracle(head, d=d, noise=lambda y, X, rng: y)
     with pytest.raises(Exception, match="width"):
         oracle(torch.randn(1, 2, d + 1, dtype=torch.float64))
+
+
+def test_device_oracle_refuses_non_finite_queries_before_paying():
+    d = 4
+    oracle = DeviceOracle(SingleHeadAttention.random(d, seed=0), d=d)
+    X = torch.randn(3, 2, d, dtype=torch.float64)
+    X[1, 0, 2] = float("nan")
+    with pytest.raises(Exception, match="NaN or infinite"):
+        oracle(X)
+    assert oracle.paid == 0

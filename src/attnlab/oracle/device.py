@@ -108,6 +108,7 @@ class DeviceOracle(Oracle):
         self.device_target = target
         self.device = target.device
         self.query_dtype = torch.float64
+        self._hash_vectors: dict[int, torch.Tensor] = {}
 
     def __call__(self, X):
         if not isinstance(X, torch.Tensor):
@@ -119,16 +120,15 @@ class DeviceOracle(Oracle):
         if batch.shape[0] == 0:
             return np.empty(0)
         with self._lock:
-            flat = batch.reshape(batch.shape[0], -1)
-            distinct, inverse = torch.unique(flat, dim=0, return_inverse=True)
-            fresh = int(distinct.shape[0])
+            first, inverse = self._distinct(batch)
+            fresh = batch.shape[0] if first is None else int(first.shape[0])
             if self.budget is not None and self._paid + fresh > self.budget:
                 raise BudgetExhausted(self._paid, self.budget, fresh)
-            queries = batch if fresh == batch.shape[0] else distinct.reshape(fresh, *batch.shape[1:])
+            queries = batch if first is None else batch[first]
             step = self.max_batch or fresh
             parts = []
-            for first in range(0, fresh, step):
-                part = queries[first:first + step]
+            for start in range(0, fresh, step):
+                part = queries[start:start + step]
                 self._paid += int(part.shape[0])
                 try:
                     parts.append(self.device_target.answer_tensor(part).reshape(-1))
@@ -139,7 +139,7 @@ class DeviceOracle(Oracle):
             if answers.shape != (fresh,):
                 raise OracleError(f"the target must return one number per sequence, shape ({fresh},); it "
                                   f"returned shape {tuple(answers.shape)}. The sequences sent count as paid.")
-            if fresh != batch.shape[0]:
+            if first is not None:
                 answers = answers[inverse]
             y = real_answers(answers, "the target")
             if not np.all(np.isfinite(y)):
@@ -149,6 +149,46 @@ class DeviceOracle(Oracle):
             self._answered_once = True
             self._queries += int(batch.shape[0])
         return float(y[0]) if single else y
+
+    def _distinct(self, batch: torch.Tensor):
+        """(first, inverse) of the distinct sequences, or (None, None) when all are distinct.
+
+        One matrix-vector product hashes every sequence; only sequences whose hashes tie are
+        compared entry by entry, so a batch of distinct probes costs one pass. Identical sequences
+        always tie (same entries, same arithmetic); a tie between different ones is resolved by the
+        comparison, so two different sequences are never merged.
+        """
+        n = batch.shape[0]
+        flat = batch.reshape(n, -1)
+        width = flat.shape[1]
+        key = self._hash_vectors.get(width)
+        if key is None:
+            g = torch.Generator().manual_seed(0x61746E)
+            key = torch.rand(width, generator=g, dtype=torch.float64).to(self.device) + 0.5
+            self._hash_vectors[width] = key
+        hashes = flat @ key
+        # a NaN or infinite entry makes its hash non-finite; only then is the batch scanned
+        if not bool(torch.isfinite(hashes).all()) and not bool(torch.isfinite(batch).all()):
+            raise QueryShapeError("a query contains NaN or infinite entries; queries must be finite real arrays")
+        if n < 2:
+            return None, None
+        order = torch.argsort(hashes)
+        sorted_hashes = hashes[order]
+        ties = torch.nonzero(sorted_hashes[1:] == sorted_hashes[:-1]).reshape(-1)
+        if ties.numel() == 0:
+            return None, None
+        same = torch.zeros(n, dtype=torch.bool, device=self.device)
+        left, right = order[ties], order[ties + 1]
+        same[ties + 1] = (flat[left] == flat[right]).all(dim=1)
+        if not bool(same.any()):
+            return None, None
+        # representative of each run of byte-identical sequences: the run's first element in order
+        group = torch.cumsum(~same, dim=0) - 1  # group id along the sorted order
+        inverse_sorted = group
+        firsts = order[~same]
+        inverse = torch.empty(n, dtype=torch.long, device=self.device)
+        inverse[order] = inverse_sorted
+        return firsts, inverse
 
     def _validate_tensor(self, X: torch.Tensor) -> torch.Tensor:
         if X.is_complex():
@@ -161,10 +201,7 @@ class DeviceOracle(Oracle):
             self.d = int(X.shape[-1])
         elif X.shape[-1] != self.d:
             raise QueryShapeError(f"tokens must have width d = {self.d}; got shape {tuple(X.shape)}")
-        X = X.to(device=self.device, dtype=self.query_dtype)
-        if not bool(torch.isfinite(X).all()):
-            raise QueryShapeError("a query contains NaN or infinite entries; queries must be finite real arrays")
-        return X
+        return X.to(device=self.device, dtype=self.query_dtype)
 
 
 __all__ = ["DeviceOracle", "DeviceTarget", "TimedTarget"]

@@ -1,0 +1,205 @@
+"""`benchmarks/single_head.py --scale`: Llama-size heads at the information limit.
+
+For d in {512, 1024, 2048, 4096}, full rank up to 2048 and r in {64, 128} (plus an affine head at
+(4096, 128)): queries / limit, max-entry relative error of W, seconds, seconds inside the target,
+the learner's fraction (everything outside the target's call, the Oracle's checks included, over
+the target's time), the Oracle's own share of that, and the learner's peak memory (tracemalloc:
+numpy allocations of learner and Oracle; torch's own buffers inside the target are not traced).
+
+Targets. Full rank: `SingleHeadAttention` (dense W, d^2 flops per query). Low rank: `FactoredHead`
+below, which computes scores the way a real head does, q = Q x_N and k_i = K x_i with r x d
+projections (O(r d) per query) — a harder test for the learner, whose work per query is O(d).
+
+The physical limit: the target alone answering the limit's number of queries in a tight batched
+loop (no learner, no Oracle), measured on `LIMIT_BATCHES` batches and scaled by queries.
+
+A case whose projected target time exceeds --case-seconds runs as a prefix under an Oracle budget
+(the extraction is stopped by BudgetExhausted); its times are extrapolated linearly in queries and
+its row says so; its error is not measured ("—").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import resource
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attnlab import BudgetExhausted, Oracle
+from attnlab.extract import single_head
+from attnlab.models import SingleHeadAttention
+from attnlab.oracle.device import DeviceOracle, DeviceTarget, TimedTarget
+
+RESULTS = Path(__file__).resolve().parent / "results"
+LIMIT_BATCHES = 8
+CASES = [(512, None, False), (512, 64, False), (512, 128, False),
+         (1024, None, False), (1024, 64, False), (1024, 128, False),
+         (2048, None, False), (2048, 64, False), (2048, 128, False),
+         (4096, 64, False), (4096, 128, False), (4096, 128, True)]
+
+
+class FactoredHead(torch.nn.Module):
+    """A head of rank r computed from its projections: scores (K x_i) . (Q x_N) [+ u . x_i]."""
+
+    def __init__(self, d: int, r: int, affine: bool = False, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        scale = 1.0 / math.sqrt(math.sqrt(r))  # W = K^T Q has entries of size ~1
+        self.Q = torch.nn.Parameter(torch.randn(r, d, generator=g, dtype=torch.float64) * scale)
+        self.K = torch.nn.Parameter(torch.randn(r, d, generator=g, dtype=torch.float64) * scale)
+        self.v = torch.nn.Parameter(torch.randn(d, generator=g, dtype=torch.float64))
+        self.u = torch.nn.Parameter(torch.randn(d, generator=g, dtype=torch.float64)) if affine else None
+        self.c = torch.nn.Parameter(torch.randn((), generator=g, dtype=torch.float64)) if affine else None
+
+    @property
+    def d(self) -> int:
+        return self.v.shape[0]
+
+    def W(self) -> np.ndarray:
+        return (self.K.T @ self.Q).detach().numpy()
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        q = X[:, -1, :] @ self.Q.T
+        scores = torch.einsum("bnr,br->bn", X @ self.K.T, q)
+        if self.u is not None:
+            scores = scores + X @ self.u
+        out = torch.einsum("bn,bn->b", torch.softmax(scores, dim=-1), X @ self.v)
+        return out + self.c if self.c is not None else out
+
+
+def limit(d: int, r: int | None, affine: bool) -> int:
+    r = d if r is None else r
+    return 2 * r * d - r * r + d + (d + 1 if affine else 0)
+
+
+def build(d: int, r: int | None, affine: bool, seed: int):
+    if r is None:
+        head = SingleHeadAttention.random(d, seed=seed)
+        return head, head.W.detach().numpy()
+    head = FactoredHead(d, r, affine, seed=seed)
+    return head, head.W()
+
+
+def target_alone(head, d: int, queries: int) -> tuple[float, int]:
+    """Seconds the target alone needs for `queries` two-token queries (projected from a sample)."""
+    batch = max(1, (4 << 20) // (16 * d))
+    X = torch.randn(batch, 2, d, dtype=torch.float64)
+    with torch.no_grad():
+        head(X)
+        started = time.perf_counter()
+        for _ in range(LIMIT_BATCHES):
+            head(X)
+        per_query = (time.perf_counter() - started) / (LIMIT_BATCHES * batch)
+    return per_query * queries, LIMIT_BATCHES * batch
+
+
+def run_case(d: int, r: int | None, affine: bool, seed: int, case_seconds: float,
+             prefix_seconds: float, oracle_kind: str = "device") -> dict:
+    head, W = build(d, r, affine, seed)
+    need = limit(d, r, affine)
+    alone, sampled = target_alone(head, d, need)
+    partial = alone > case_seconds
+    budget = None
+    if partial:  # a prefix worth about prefix_seconds of target time
+        budget = max(4 * d, int(need * prefix_seconds / alone))
+    if oracle_kind == "device":  # the torch fast path (oracle/device.py), on the CPU here
+        timed = DeviceTarget(head, "cpu")
+        oracle = DeviceOracle(timed, d=d, budget=budget)
+    else:
+        timed = TimedTarget(head)
+        oracle = Oracle(timed, d=d, budget=budget)
+    row = {"d": d, "r": "full" if r is None else r, "affine": affine, "limit": need,
+           "target_alone_s": alone, "alone_sampled": sampled, "partial": partial}
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        result = single_head(oracle, rank=r, affine=affine, seed=seed, fidelity_samples=0)
+        seconds = result.seconds
+        oracle_seconds = result.info["oracle_seconds"]
+        row.update(queries=result.queries, error=float(np.max(np.abs(result.W - W)) / np.max(np.abs(W))),
+                   max_logit=result.info["max_abs_logit"])
+        del result
+    except BudgetExhausted:
+        seconds = time.perf_counter() - started
+        oracle_seconds = float("nan")
+        row.update(queries=oracle.queries, error=None, max_logit=None)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    row.update(seconds=seconds, target_s=timed.seconds, oracle_s=oracle_seconds, peak_mib=peak / 2**20,
+               learner_fraction=(seconds - timed.seconds) / timed.seconds,
+               oracle_fraction=(oracle_seconds - timed.seconds) / timed.seconds if not partial else None,
+               maxrss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if partial:  # the whole extraction, projected from the prefix (linear in queries)
+        row.update(projected_seconds=seconds * need / row["queries"],
+                   projected_target_s=timed.seconds * need / row["queries"])
+    return row
+
+
+ORACLE_TEXT = {"device": "`DeviceOracle(DeviceTarget(head, 'cpu'))`, the torch fast path of oracle/device.py",
+               "numpy": "`Oracle(head)`, the numpy Oracle"}
+
+
+def fmt(value, spec: str) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def table(rows: list[dict], command: str) -> str:
+    lines = [
+        "# Single-head extraction at scale (`--scale`)",
+        "",
+        f"`{command}` on {platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}, "
+        f"numpy {np.__version__}; BLAS and torch single-threaded, the process niced, on a machine shared "
+        "with other jobs (load varied during the run: compare ratios within a row, not seconds across rows).",
+        "",
+        f"Oracle: {ORACLE_TEXT['device' if 'device' in command else 'numpy']}. "
+        "Full rank: `SingleHeadAttention.random(d)` (dense W). Low rank: `FactoredHead(d, r)` (scores from "
+        "r x d projections, as a real head computes them). limit = 2rd - r^2 + d (+ d + 1 affine). "
+        "error = max |W_hat - W| / max |W|. target s = seconds inside the target's calls; learner = "
+        "(seconds - target s) / target s, i.e. everything outside the target (the Oracle's checks "
+        "included); Oracle = the Oracle's own share of that. alone s = the target answering the limit's "
+        "queries by itself in a tight batched loop (projected from a few batches): the physical limit. "
+        "peak MiB = tracemalloc peak of the extraction (numpy: learner, Oracle, the d x d result).",
+        "",
+        "| d | r | affine | queries / limit | error W | seconds | target s | alone s | learner | Oracle | peak MiB |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        ratio = f"{row['queries']}/{row['limit']}"
+        if row["partial"]:
+            ratio += f" (prefix {row['queries'] / row['limit']:.0%})"
+            secs = f"{row['seconds']:.0f} -> ~{row['projected_seconds']:.0f} (extrapolated)"
+            target = f"{row['target_s']:.0f} -> ~{row['projected_target_s']:.0f}"
+        else:
+            ratio += f" = {row['queries'] / row['limit']:.3f}"
+            secs, target = f"{row['seconds']:.1f}", f"{row['target_s']:.1f}"
+        lines.append(
+            f"| {row['d']} | {row['r']} | {'yes' if row['affine'] else 'no'} | {ratio} | {fmt(row['error'], '.1e')} | "
+            f"{secs} | {target} | {row['target_alone_s']:.0f} | {row['learner_fraction']:.1%} | "
+            f"{fmt(row['oracle_fraction'], '.1%')} | {row['peak_mib']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def scale_main(args) -> None:
+    cases = CASES
+    if args.only:
+        wanted = {name.strip() for name in args.only.split(",")}
+        cases = [c for c in CASES if f"{c[0]}/{'full' if c[1] is None else c[1]}{'/affine' if c[2] else ''}" in wanted]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    log = RESULTS / "single_head_scale.json"
+    rows = []
+    command = (f"nice -n 10 python benchmarks/single_head.py --scale --case-seconds {args.case_seconds:g} "
+               f"--prefix-seconds {args.prefix_seconds:g} --oracle {args.oracle}" + (f" --only {args.only}" if args.only else ""))
+    for d, r, affine in cases:
+        row = run_case(d, r, affine, args.seed, args.case_seconds, args.prefix_seconds, args.oracle)
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        log.write_text(json.dumps({"command": command, "rows": rows}, indent=1))
+        (RESULTS / "single_head_scale.md").write_text(table(rows, command))
+    print(table(rows, command))
