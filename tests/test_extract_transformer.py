@@ -7,8 +7,9 @@ import torch
 
 from attnlab import BudgetExhausted, ExtractionError, Oracle
 from attnlab.evaluate import functional_error, relative_error
-from attnlab.extract.result import random_sequences
-from attnlab.extract.transformer import antisymmetric_oracle, one_layer_transformer
+from attnlab.oracle.sampling import random_sequences
+from attnlab.extract.transformer import one_layer_transformer
+from attnlab.oracle.derived import antisymmetric_oracle
 from attnlab.models import OneLayerTransformer, SingleHeadAttention
 
 
@@ -17,19 +18,33 @@ def _max_error_on_fresh_sequences(model, extraction, d, seed=5):
     return functional_error(model, extraction, [X[None] for X in seqs])
 
 
+@pytest.mark.parametrize("d, m", [(16, 32), (32, 64), pytest.param(64, 128, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("residual", [False, True])
-def test_exact_extraction_at_d16_m32_with_stages(residual):
-    d, m = 16, 32
+def test_exact_extraction_with_stages(d, m, residual):
     model = OneLayerTransformer.random(d, m, residual=residual, seed=3)
     oracle = Oracle(model, d=d)
-    ex = one_layer_transformer(oracle, residual=residual, m=m, seed=1)
+    ex = one_layer_transformer(oracle, residual=residual, hidden=m, seed=1)
     assert relative_error(ex.W, model.W.detach().numpy()) <= 1e-8
     assert relative_error(ex.v, model.value_vector.detach().numpy()) <= 1e-8
     assert _max_error_on_fresh_sequences(model, ex, d) <= 1e-8 and ex.fidelity <= 1e-8
     assert ex.queries == oracle.queries - ex.fidelity_queries == sum(ex.stages.values())
     assert ex.stages["attention"] == 2 * ex.info["derived_queries"] == 2 * (d * d + d)
-    assert ex.info["ffn"]["neurons_found"] == m
+    assert ex.info["ffn"]["neurons_found"] == m and ex.info["ffn"]["exact"]
+    assert ex.dof == d * d + m * d + (d if ex.info["ffn"]["linear_term_kept"] else 0)
     json.dumps(ex.to_dict())  # results serialise
+
+
+def test_convention_keyword_only_and_method_options():
+    model = OneLayerTransformer.random(4, 5, seed=0)
+    with pytest.raises(TypeError):
+        one_layer_transformer(Oracle(model, d=4), True)
+    with pytest.raises(ValueError, match="method_options are"):
+        one_layer_transformer(Oracle(model, d=4), method_options={"bogus": 1})
+    with pytest.warns(DeprecationWarning):
+        old = one_layer_transformer(Oracle(model, d=4), m=5, head_method="adaptive", seed=0)
+    new = one_layer_transformer(Oracle(model, d=4), hidden=5, method_options={"head_method": "adaptive"},
+                                seed=np.random.default_rng(0))
+    assert old.queries == new.queries and old.dof == new.dof is not None
 
 
 def test_derived_oracle_costs_two_parent_queries_and_is_a_single_head():
@@ -42,7 +57,7 @@ def test_derived_oracle_costs_two_parent_queries_and_is_a_single_head():
     np.testing.assert_allclose(derived(X), head(torch.as_tensor(X)).detach().numpy(), rtol=1e-12, atol=1e-12)
     assert derived.queries == 6 and parent.queries == 12
     with pytest.raises(BudgetExhausted):
-        derived(np.zeros((15, 2, d)))  # 30 more would pass the parent's budget of 40
+        derived(np.random.default_rng(1).standard_normal((15, 2, d)))  # 30 more pass the budget of 40
 
 
 def test_a_zero_value_vector_is_reported_not_guessed():
