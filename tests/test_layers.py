@@ -88,7 +88,7 @@ def test_no_upward_or_sideways_imports():
         if module == FACADE:
             continue
         own = layer_of(module)
-        for target, line in imports_of(module, path):
+        for target, line in sorted(set(imports_of(module, path))):
             other = layer_of(target)
             if other == own:
                 continue
