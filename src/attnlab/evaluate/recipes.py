@@ -192,12 +192,13 @@ def ffn_row(d: int, m: int, bias: bool = False, seed: int = 0, progress: bool = 
     N(0, input_scale^2), default input_scale = 3 / sqrt(d)); the extractor gets
     `extractor_seed` (default seed + 1).
     """
-    from attnlab.extract.ffn import ffn_parameter_error, relu_ffn
+    from attnlab.evaluate.truth import ffn_parameter_error
+    from attnlab.extract.ffn import relu_ffn
     from attnlab.models import ReluFFN
 
     _check_sizes(d, m)
     model = ReluFFN.random(d, m, bias=bias, seed=seed)
-    result = relu_ffn(Oracle(model, d=d), bias=bias, m=m, seed=_or(extractor_seed, seed + 1))
+    result = relu_ffn(Oracle(model, d=d), bias=bias, hidden=m, seed=_or(extractor_seed, seed + 1))
     b = model.b.detach().numpy() if bias else None
     errors = ffn_parameter_error(result, model.A.detach().numpy(), model.w.detach().numpy(), b,
                                  float(model.c.detach()))
@@ -225,7 +226,7 @@ def transformer_row(d: int, m: int, residual: bool = False, seed: int = 0, progr
 
     _check_sizes(d, m)
     model = OneLayerTransformer.random(d, m, residual=residual, seed=seed)
-    result = one_layer_transformer(Oracle(model, d=d), residual=residual, m=m,
+    result = one_layer_transformer(Oracle(model, d=d), residual=residual, hidden=m,
                                    seed=_or(extractor_seed, seed + 1))
     row: dict[str, Any] = {"d": d, "m": m, "residual": residual, "queries": result.queries}
     row.update({f"queries_{stage}": count for stage, count in result.stages.items()})
@@ -246,8 +247,8 @@ def multi_head_row(d: int, heads: int, max_heads: int | None = None, seed: int =
                    method: str = "continuation", extractor_seed: int | None = None) -> dict[str, Any]:
     """A random H-head target, its canonical form learned from queries, compared with the truth's."""
     from attnlab.extract.multihead import canonical_dof, multi_head, published_query_bound
-    from attnlab.models.multihead import MultiHeadRegressor
     from attnlab.models.canonical import MultiHeadParams, canonical_error
+    from attnlab.models.multihead import MultiHeadRegressor
 
     if d < 1 or heads < 1:
         raise ValueError(f"--d and --heads must be at least 1, got d = {d}, heads = {heads}")
@@ -270,8 +271,8 @@ def multi_head_row(d: int, heads: int, max_heads: int | None = None, seed: int =
 def orthogonal_heads_row(d: int, dims: list[int], seed: int = 0, fidelity_samples: int = 1000) -> dict[str, Any]:
     """Heads in known orthogonal subspaces, each learned with the single-head algorithm."""
     from attnlab.extract.multihead import orthogonal_heads
-    from attnlab.models.multihead import random_orthogonal_heads
     from attnlab.models.canonical import MultiHeadParams
+    from attnlab.models.multihead import random_orthogonal_heads
 
     target, bases = random_orthogonal_heads(d, dims, seed=seed)
     result = orthogonal_heads(Oracle(target, d=d), bases=bases, seed=seed + 1,
