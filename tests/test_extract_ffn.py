@@ -1,5 +1,4 @@
 import json
-import warnings
 
 import numpy as np
 import pytest
@@ -165,12 +164,9 @@ def test_convention_options_are_validated_and_old_names_warn():
         relu_ffn(Oracle(net, d=4), method_options={"if_inexact": "ignore"})
     with pytest.raises(TypeError):
         relu_ffn(Oracle(net, d=4), 4)  # everything after the oracle is keyword-only
-    with pytest.warns(DeprecationWarning, match="hidden"):
-        old = relu_ffn(Oracle(net, d=4), m=3, seed=np.random.default_rng(0))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        new = relu_ffn(Oracle(net, d=4), hidden=3, seed=np.random.default_rng(0))
-    assert old.queries == new.queries and old.info["neurons_unseen"] == new.info["neurons_unseen"]
+    first = relu_ffn(Oracle(net, d=4), hidden=3, seed=np.random.default_rng(0))
+    again = relu_ffn(Oracle(net, d=4), hidden=3, seed=0)  # an int seed is default_rng(seed)
+    assert first.queries == again.queries and first.info["neurons_unseen"] == again.info["neurons_unseen"]
 
 
 def test_relu_ffn_module_reads_one_vector_per_query():

@@ -40,11 +40,10 @@ def test_convention_keyword_only_and_method_options():
         one_layer_transformer(Oracle(model, d=4), True)
     with pytest.raises(ValueError, match="method_options are"):
         one_layer_transformer(Oracle(model, d=4), method_options={"bogus": 1})
-    with pytest.warns(DeprecationWarning):
-        old = one_layer_transformer(Oracle(model, d=4), m=5, head_method="adaptive", seed=0)
-    new = one_layer_transformer(Oracle(model, d=4), hidden=5, method_options={"head_method": "adaptive"},
-                                seed=np.random.default_rng(0))
-    assert old.queries == new.queries and old.dof == new.dof is not None
+    first = one_layer_transformer(Oracle(model, d=4), hidden=5, seed=0)
+    again = one_layer_transformer(Oracle(model, d=4), hidden=5, method_options={"head_method": "adaptive"},
+                                  seed=np.random.default_rng(0))
+    assert first.queries == again.queries and first.dof == again.dof is not None
 
 
 def test_derived_oracle_costs_two_parent_queries_and_is_a_single_head():

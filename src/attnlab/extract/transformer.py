@@ -22,7 +22,6 @@ Only when A w_o = 0 is W invisible: D is then identically zero, and the extracto
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Any
 
 import numpy as np
@@ -47,8 +46,7 @@ METHODS: dict[str, dict[str, Any]] = {
 
 def one_layer_transformer(oracle: Oracle, *, residual: bool = False, hidden: int | None = None,
                           method: str = "antisymmetric", method_options: dict | None = None, seed=0,
-                          fidelity_samples: int = 500, progress: bool = False, m: int | None = None,
-                          head_method: str | None = None, ffn_options: dict | None = None) -> Extraction:
+                          fidelity_samples: int = 500, progress: bool = False) -> Extraction:
     """Recover (W, the FFN) of a one-layer transformer behind `oracle`.
 
     Parameters
@@ -60,24 +58,12 @@ def one_layer_transformer(oracle: Oracle, *, residual: bool = False, hidden: int
     seed : int or numpy Generator.
     fidelity_samples : fresh random sequences (lengths 1..32) for the fidelity check; 0 skips it.
     progress : passed on to the FFN stage.
-    m, head_method, ffn_options : deprecated spellings of hidden and the method options.
 
     Returns an Extraction with params W, v (= A w_o), A (d, n) unit columns and w (n,) of the FFN
     as seen on z, linear (d,) (zero unless the FFN's orientation was left unresolved); stages
     {"ffn": ..., "attention": ...} in parent queries; dof = d^2 + the FFN's.
     """
-    legacy = {"m": m, "head_method": head_method, "ffn_options": ffn_options}
-    for name, value in legacy.items():
-        if value is not None:
-            warnings.warn(f"one_layer_transformer({name}=...) is deprecated; pass "
-                          f"{'hidden' if name == 'm' else 'method_options'}=...", DeprecationWarning, stacklevel=2)
-    hidden = m if hidden is None else hidden
-    options = dict(method_options or {})
-    if head_method is not None:
-        options.setdefault("head_method", head_method)
-    if ffn_options is not None:
-        options.setdefault("ffn", ffn_options)
-    opts = resolve_method(method, options, METHODS)
+    opts = resolve_method(method, method_options, METHODS)
     d = token_width(oracle)
     rng = as_generator(seed)
     started, started_queries = time.perf_counter(), oracle.queries

@@ -27,7 +27,6 @@ given, info reports how many of them were not seen.
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Any
 
 import numpy as np
@@ -64,8 +63,7 @@ METHODS: dict[str, dict[str, Any]] = {
 
 def relu_ffn(oracle: Oracle, *, hidden: int | None = None, bias: bool = True,
              method: str = "critical-points", method_options: dict | None = None, seed=0,
-             fidelity_samples: int = 500, progress: bool = False, m: int | None = None,
-             fidelity_queries: int | None = None) -> Extraction:
+             fidelity_samples: int = 500, progress: bool = False) -> Extraction:
     """Extract g(x) = w^T ReLU(A^T x + b) + c from an oracle answering one-token sequences [x].
 
     Parameters
@@ -78,19 +76,11 @@ def relu_ffn(oracle: Oracle, *, hidden: int | None = None, bias: bool = True,
     fidelity_samples : fresh points (beside every found hyperplane and out to check_radius) for
         the final fidelity check, not counted in `queries`; 0 skips it.
     progress : a tqdm bar over the search lines.
-    m, fidelity_queries : deprecated names of `hidden` and `fidelity_samples`.
 
     Returns an Extraction with params A (d, n) unit columns, b (n,), w (n,), c (), linear (d,)
     (zero unless the orientation could not be resolved), stages (queries per stage) and info
     (info["exact"]: the check passed; info["error_bound"]: the largest relative error it saw).
     """
-    if m is not None:
-        warnings.warn("relu_ffn(m=...) is deprecated; pass hidden=...", DeprecationWarning, stacklevel=2)
-        hidden = m if hidden is None else hidden
-    if fidelity_queries is not None:
-        warnings.warn("relu_ffn(fidelity_queries=...) is deprecated; pass fidelity_samples=...",
-                      DeprecationWarning, stacklevel=2)
-        fidelity_samples = fidelity_queries
     opts = resolve_method(method, method_options, METHODS)
     if opts["if_inexact"] not in ("raise", "return"):
         raise ValueError(f"method_options['if_inexact'] must be 'raise' or 'return', got {opts['if_inexact']!r}")
