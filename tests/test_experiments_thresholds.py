@@ -1,0 +1,128 @@
+"""Samples and width needed with censoring and intervals, the growth fit in N, and the training
+claim's verdict (reproduced / partly / not) on synthetic records with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attnlab.experiments.thresholds import crossing, geometric_interval, growth_fit, sample_needs, width_needs
+from attnlab.report.claims import PARTLY
+from attnlab.report.training import judge, verdict
+
+
+def record(N, q, arch, n_train, seed, max_error, mean_error=None, width=32, stop="plateau"):
+    return {"run_id": f"{N}-{q}-{arch}-{width}-{n_train}-{seed}", "seed": seed, "sweeps": ["qsa-samples"],
+            "config": {"task": {"name": "qsa", "params": {"N": N, "q": q, "d_prime": 4}},
+                       "model": {"arch": arch, "width": width, "heads": 1, "bidirectional": False, "layers": 1},
+                       "train": {"n_train": n_train, "lr": 0.003, "max_steps": 4000}},
+            "metrics": {"max_error": max_error, "mean_error": mean_error if mean_error is not None else max_error / 5,
+                        "best_val_loss": 0.1, "threshold": 1 / (2 * q), "stop_reason": stop,
+                        "reached_threshold": max_error <= 1 / (2 * q)}}
+
+
+def test_crossing_interpolates_in_log_log_and_censors_both_ends():
+    # error 1.0 at 100, 0.25 at 400: log-linear in log size, so 0.5 is crossed at exactly 200
+    assert crossing([100, 400], [1.0, 0.25], 0.5) == (pytest.approx(200.0), "measured")
+    assert crossing([100, 400], [0.4, 0.1], 0.5) == (100.0, "at most")
+    assert crossing([100, 400], [0.9, 0.6], 0.5) == (400.0, "more than")
+    # the first crossing counts, even if the curve goes back above later
+    assert crossing([10, 100, 1000], [0.9, 0.4, 0.7], 0.5)[1] == "measured"
+
+
+@settings(max_examples=40)
+@given(st.lists(st.floats(1, 1e5), min_size=2, max_size=6))
+def test_the_geometric_interval_holds_the_geometric_mean(values):
+    centre, low, high = geometric_interval(values)
+    assert low <= centre * (1 + 1e-9) and centre <= high * (1 + 1e-9)
+    assert centre == pytest.approx(math.exp(np.mean(np.log(values))), rel=1e-9)
+
+
+def test_growth_fit_tells_log_growth_from_power_growth():
+    Ns = [16, 32, 64, 128, 256]
+    rng = np.random.default_rng(0)
+    log_like = [(N, 100 * math.log2(N) * math.exp(rng.normal(0, 0.02))) for N in Ns for _ in range(3)]
+    power = [(N, 5 * N * math.exp(rng.normal(0, 0.02))) for N in Ns for _ in range(3)]
+    assert growth_fit(log_like)["verdict"] == "at most logarithmic"
+    fit = growth_fit(power)
+    assert fit["verdict"] == "faster than logarithmic" and fit["low"] < 1 < fit["high"]
+    noisy = [(N, 100 * math.exp(rng.normal(0, 1.5))) for N in (16, 32) for _ in range(2)]
+    assert growth_fit(noisy)["verdict"] == "inconclusive"
+    assert growth_fit([(16, 10), (16, 12)])["verdict"] == "too few points"
+
+
+def _grid(att_need_by_N, baseline_errors=1.2, Ns=(16, 32), q=1):
+    """Attention whose error crosses 1/(2q) at att_need_by_N[N] (error ~ need / n), baselines never."""
+    out = []
+    for N in Ns:
+        for seed in range(3):
+            for n in (16, 64, 256, 1024):
+                need = att_need_by_N[N] * (1 + 0.05 * seed)
+                out.append(record(N, q, "attention", n, seed, min(2.0, 0.5 * need / n)))
+            out.append(record(N, q, "lstm", 16384, seed, baseline_errors, width=64))
+    return out
+
+
+def test_sample_needs_per_seed_with_an_interval():
+    needs = {(n["task_params"]["N"], n["arch"]): n for n in sample_needs(_grid({16: 40, 32: 40}))}
+    attention = needs[(16, "attention")]["max"]
+    assert attention["per_seed_kind"] == ["measured"] * 3
+    assert attention["per_seed"] == pytest.approx([40, 42, 44])
+    assert attention["low"] < attention["estimate"] < attention["high"]
+    lstm = needs[(16, "lstm")]["max"]
+    assert lstm["estimate"] is None and lstm["text"].startswith("not reached")
+
+
+def test_verdict_reproduced_when_attention_wins_everywhere_and_grows_slowly():
+    status, parts = verdict(judge(_grid({16: 40, 32: 40})))
+    assert status is True, parts
+
+
+def test_verdict_partly_when_attention_wins_but_grows_like_a_power_of_n():
+    status, parts = verdict(judge(_grid({16: 20, 32: 80, 64: 320}, Ns=(16, 32, 64))))
+    assert status == PARTLY and any("faster than logarithmic" in p for p in parts), parts
+
+
+def test_verdict_not_reproduced_when_a_baseline_does_better_and_growth_is_fast():
+    records = _grid({16: 20, 32: 80, 64: 320}, Ns=(16, 32, 64))
+    records += [record(N, 1, "mlp", n, seed, 0.01, width=256) for N in (16, 32, 64) for n in (16, 64)
+                for seed in range(3)]
+    records = [r for r in records if r["config"]["model"]["arch"] != "lstm"]
+    status, parts = verdict(judge(records))
+    assert status is False, parts
+
+
+def test_width_needs_takes_the_smallest_width_within_the_threshold_per_seed():
+    records = [record(16, 2, "attention", 4096, seed, 0.1 if w >= 8 + 8 * (seed == 2) else 0.6, width=w)
+               for w in (2, 4, 8, 16, 32) for seed in range(3)]
+    (row,) = width_needs(records)
+    assert row["per_seed"] == [8, 8, 16] and row["per_seed_kind"] == ["measured"] * 3
+    assert row["widths_tried"] == [2, 4, 8, 16, 32]
+
+
+@pytest.mark.slow
+def test_quick_mode_is_a_smoke_check_that_never_claims_reproduction(tmp_path):
+    from attnlab.report.claims import CLAIMS, Context
+    from attnlab.report.reproduce import load_claims
+
+    load_claims()
+    result = CLAIMS["qsa-training-samples"].run(Context(quick=True, out_dir=tmp_path, workers=2))
+    assert result.error is None, result.measured
+    assert result.status == "not checked" and "Smoke check only" in result.measured
+
+
+def test_the_committed_grid_is_judged_without_retraining(tmp_path):
+    from attnlab.report.training import COMMITTED
+
+    if not COMMITTED.exists():
+        pytest.skip("no committed grid export")
+    from attnlab.experiments.store import load_records
+
+    judged = judge(load_records(COMMITTED))
+    status, parts = verdict(judged)
+    assert status in (True, False, PARTLY) and judged["needs"]
+    assert all(n["max"]["seeds"] >= 3 for n in judged["needs"])
