@@ -203,8 +203,10 @@ def markdown(report: dict, command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="2 targets per cell, small affine/outside sets")
-    parser.add_argument("--per-cell", type=int, default=None, help="targets per (H, d) cell (default 50 for "
-                        "random = 1,000 targets, 9 for the other families = 108 each)")
+    parser.add_argument("--random-per-cell", type=int, default=50, help="random family: targets per (H, d) "
+                        "cell (default 50: 1,000 targets)")
+    parser.add_argument("--per-cell", type=int, default=9, help="other families: targets per (H, d) cell "
+                        "(default 9: 108 each)")
     parser.add_argument("--sections", default="random,near-parallel,unequal-scale,unequal-rank,outside,affine,lowrank")
     parser.add_argument("--budget", type=float, default=3600.0, help="seconds; cells stop early once spent")
     parser.add_argument("--out", default=None, help="results file stem (default multihead / multihead_quick)")
@@ -216,7 +218,7 @@ def main() -> None:
     for family, grid in FAMILY_GRID.items():
         if family not in sections:
             continue
-        n = 2 if args.quick else (args.per_cell or (50 if family == "random" else 9))
+        n = 2 if args.quick else (args.random_per_cell if family == "random" else args.per_cell)
         cells = []
         for H, d in grid:
             cells.append({"H": H, "d": d, **family_cell(family, H, d, n, deadline)})

@@ -26,6 +26,7 @@ from attnlab.extract.multihead.rational import (
     newton_from,
     pair_queries,
     room,
+    round_center,
     separated,
 )
 from attnlab.models.canonical import MultiHeadParams
@@ -73,6 +74,8 @@ class Learner:
         self.progress = progress
         self.b_norm = 1.0
         self.C = 0.0  # the shared constant (affine heads): f of the zero token
+        self.logit_scale = 1.0  # target root-mean-square of the logits u^T W_h b
+        self.centering = False  # measure each pair around exp(-its mean logit) (see centers_for)
 
     def ask(self, stage: str, sequences: list[np.ndarray]) -> np.ndarray:
         before = self.oracle.queries
@@ -101,22 +104,49 @@ class Learner:
 
     # -- measurements
     def measure(self, pairs: list[tuple[np.ndarray, np.ndarray]], points: int, stage: str = "pairs",
-                exclude=()):
-        """(t, F, S) per (u, b) pair, from `points` queries each (ratios other than `exclude`)."""
+                exclude=(), centers=None):
+        """(t, F, S) per (u, b) pair, from `points` queries each (ratios other than `exclude`).
+
+        A pair measured around centre t0 (`centers`) gets ratios t0 * t; t is returned, so its
+        fit's logits come out shifted by log t0 (HeadFit.shift records it).
+        """
         chosen = layouts(points, exclude)
         t = np.array([c / m for c, m in chosen], dtype=np.float64)
-        answers = self.ask(stage, [q for u, b in pairs for q in pair_queries(u, b, chosen)])
+        centers = [1.0] * len(pairs) if centers is None else centers
+        answers = self.ask(stage, [q for (u, b), t0 in zip(pairs, centers) for q in pair_queries(u, b, chosen, t0)])
         answers = answers.reshape(len(pairs), points)
         return [(t, answers[k] - b @ self.V - self.C, float(u @ self.V)) for k, (u, b) in enumerate(pairs)]
+
+    def centers_for(self, pairs) -> list[float]:
+        """Centres t0 = exp(-mean logit) of pairs, from one query [b + u, b] each (when centring).
+
+        F = sum_h gamma_h sigmoid(s_h) and S = sum_h gamma_h give sigmoid(s) = F / S exactly when
+        all logits are equal, which is the case centring is for (nearly parallel heads).
+        """
+        if not self.centering:
+            return [1.0] * len(pairs)
+        measured = self.measure(pairs, 1, centers=[1.0] * len(pairs))
+        out = []
+        for t, F, S in measured:
+            q = float(F[0]) / S if S != 0 else -1.0
+            out.append(round_center(-float(np.log(q / (1 - q)))) if 0 < q < 1 else 1.0)
+        return out
+
+    def with_shift(self, fit: HeadFit | None, center: float) -> HeadFit | None:
+        if fit is not None:
+            fit.shift = float(np.log(center))
+        return fit
 
     def fit_reference(self, u: np.ndarray, b: np.ndarray, detect: bool) -> tuple[HeadFit | None, int]:
         """Fit the pair (u, b) whose gammas label the heads of direction u (None if unusable), and its cost."""
         points = 2 * self.max_heads + 1 if detect else 2 * self.heads - 1
-        t, F, S = self.measure([(u, b)], points)[0]
+        center = self.centers_for([(u, b)])[0]
+        t, F, S = self.measure([(u, b)], points, centers=[center])[0]
+        points += int(self.centering)
         if detect:
-            return fewest_heads_fit(t, F, S, self.max_heads), points
+            return self.with_shift(fewest_heads_fit(t, F, S, self.max_heads), center), points
         fit = fit_heads(t, F, S, self.heads)
-        return (fit if fit is not None and fit.residual <= self.tol.fit_tol else None), points
+        return self.with_shift(fit if fit is not None and fit.residual <= self.tol.fit_tol else None, center), points
 
     def usable(self, fit: HeadFit, reference: bool) -> bool:
         """Poles apart and not saturated; for references also gammas that tell the heads apart.
@@ -195,18 +225,39 @@ class Learner:
             self.V = self.ask("values", [eye[i][None] for i in range(d)])
         U = ortho_group.rvs(d, random_state=self.rng) if d > 1 else np.ones((1, 1))
         B = ortho_group.rvs(d, random_state=self.rng) if d > 1 else np.ones((1, 1))
-        for attempt in range(3):
+        for attempt in range(4):
             spent_before = self.stages["pairs"]
-            first, first_u = self._first_reference(U[:, 0], B[:, 0])
+            first, first_u = self._first_reference(U[:, 0] if attempt == 0 else self.random_direction(), B[:, 0])
             H = self.heads
             if H == 0:
                 return MultiHeadParams(np.zeros((0, d, d)), np.zeros((0, d)), c=self.C), {"b_norm": self.b_norm}
-            first_direction = self._pairs(first_u, first, B)
+            try:
+                first_direction = self._pairs(first_u, first, B)
+            except ExtractionError:
+                if attempt == 3:
+                    raise
+                self.reject(self.stages["pairs"] - spent_before)  # another first direction
+                continue
             # d*H logits estimate the scale far better than the H of the first pair alone
-            rms = float(np.sqrt(np.mean(first_direction[1] ** 2)))
-            if 0.5 <= rms <= 1.4 or attempt == 2:
+            logits = first_direction[1]
+            rms = float(np.sqrt(np.mean(logits ** 2)))
+            spread = float(np.sqrt(np.mean(np.var(logits, axis=1)))) if H > 1 else rms
+            common = float(np.max(np.abs(np.mean(logits, axis=1))))
+            if attempt == 3:
                 break
-            self.b_norm /= rms
+            if self.centering or spread < 0.3 * rms:
+                # nearly parallel heads: their logits share a large common part and differ little,
+                # so the poles crowd together. Longer tokens spread them; centring each pair's
+                # ratios at exp(-mean logit) keeps the common part from saturating the softmax.
+                factor = min(0.7 / max(spread, 1e-12), 5.0 / max(common, 1e-12))
+                if self.centering and 0.6 <= factor <= 1.6:
+                    break
+                self.centering = True
+                self.b_norm *= factor
+            elif 0.5 * self.logit_scale <= rms <= 1.4 * self.logit_scale:
+                break
+            else:
+                self.b_norm *= self.logit_scale / rms
             self.reject(self.stages["pairs"] - spent_before)
         directions, gammas, weights = [], [], []
         tokens, logits, gamma = first_direction
@@ -239,7 +290,7 @@ class Learner:
         -exp(-logit) are apart and no softmax saturates over the ratios t in [1/(H+1), H+1].
         """
         detect = self.heads is None
-        fallback_scales = iter([1 / 3, 3.0, 0.1, 10.0, 1 / 30, 30.0, 0.01, 100.0])
+        fallback_scales = iter([3.0, 10.0, 1 / 3, 30.0, 0.1, 1 / 30, 0.01, 100.0])
         failures, off_scale = 0, []
         for _ in range(attempts):
             fit, spent = self.fit_reference(u, self.b_norm * b, detect)
@@ -247,6 +298,8 @@ class Learner:
                 self.reject(spent)
                 failures += 1
                 if failures % 3 == 0:  # repeated failure: more likely a bad scale than bad luck
+                    # (or crowded poles: nearly parallel heads need long tokens, and centring)
+                    self.centering = True
                     self.b_norm = next(fallback_scales, self.b_norm)
                 u = self.random_direction()
                 continue
@@ -312,16 +365,18 @@ class Learner:
     def _continue(self, u: np.ndarray, ref: HeadFit, tokens: list[np.ndarray]) -> list[HeadFit | None]:
         """Logits for tokens near the reference token: H answers each, 2H - 1 where Newton is unsafe."""
         H = ref.gamma.size
-        measured = self.measure([(u, b) for b in tokens], H)
-        results = [newton_from(ref, t, F, S, self.tol) for t, F, S in measured]
+        center = float(np.exp(ref.shift))  # continued tokens share their anchor's centre
+        centers = [center] * len(tokens)
+        measured = self.measure([(u, b) for b in tokens], H, centers=centers)
+        results = [self.with_shift(newton_from(ref, t, F, S, self.tol), center) for t, F, S in measured]
         unsafe = [k for k, fit in enumerate(results) if fit is None]
         if unsafe and H > 1:
             first = layouts(H)
-            more = self.measure([(u, tokens[k]) for k in unsafe], H - 1, exclude=first)
+            more = self.measure([(u, tokens[k]) for k in unsafe], H - 1, exclude=first, centers=centers[:len(unsafe)])
             for k, (t, F, S) in zip(unsafe, more):
                 t_all = np.concatenate([measured[k][0], t])
                 F_all = np.concatenate([measured[k][1], F])
-                results[k] = fit_with_known_gammas(t_all, F_all, S, ref.gamma, self.tol)
+                results[k] = self.with_shift(fit_with_known_gammas(t_all, F_all, S, ref.gamma, self.tol), center)
                 if results[k] is None:
                     self.reject(2 * H - 1)
         elif unsafe:
@@ -364,7 +419,7 @@ class Learner:
                 count += 1
                 gamma, logits, _, bound = joint_polish(fits, S)
             best = int(np.argmax([room(row) for row in logits]))
-            anchor = HeadFit(gamma, logits[best], 0.0)
+            anchor = HeadFit(gamma, logits[best], 0.0, shift=fits[best].shift)
             # the logit shifts are ~ eps * (rms logit ~ 1): keep them well inside the pole gaps
             # and away from saturation
             self.anchor_counts.append(count)
@@ -397,6 +452,7 @@ class Learner:
         if np.linalg.cond(self.augment(tokens_matrix)) > 1e6:
             raise ExtractionError("the accepted query tokens are nearly dependent; rerun with another seed")
         gamma, logits, residual, bound = joint_polish(fits, S)
+        logits = logits - np.array([f.shift for f in fits])[:, None]  # true logits u^T W_h b
         self.error_bound = max(self.error_bound, bound)
         if residual > self.tol.fit_tol:
             raise ExtractionError(
@@ -417,8 +473,10 @@ class Learner:
             retry = []
             # later redraws are shorter: the direction left over may carry large logits
             norm = self.b_norm * 0.8 ** (attempt + 1)
-            for b, (t, F, S) in zip(todo, self.measure([(u, b) for b in todo], 2 * H - 1)):
-                fit = fit_with_known_gammas(t, F, S, ref.gamma, self.tol)
+            centers = self.centers_for([(u, b) for b in todo])
+            measured = self.measure([(u, b) for b in todo], 2 * H - 1, centers=centers)
+            for b, center, (t, F, S) in zip(todo, centers, measured):
+                fit = self.with_shift(fit_with_known_gammas(t, F, S, ref.gamma, self.tol), center)
                 if fit is None:
                     self.reject(2 * H - 1)
                     retry.append(norm * self.random_direction(avoid=list(avoid) + tokens))

@@ -46,9 +46,21 @@ def layouts(points: int, exclude=()) -> list[tuple[int, int]]:
     return sorted(chosen, key=lambda cm: cm[0] / cm[1])
 
 
-def pair_queries(u: np.ndarray, b: np.ndarray, layouts) -> list[np.ndarray]:
+def pair_queries(u: np.ndarray, b: np.ndarray, layouts, center: float = 1.0) -> list[np.ndarray]:
+    """Sequences [c copies of b + u, m copies of b] at ratios center * c / m.
+
+    `center` is K or 1/K for a whole number K: the key's (or the query token's) copies are
+    multiplied by K, so the ratios stay exact.
+    """
     key = b + u
-    return [np.vstack([np.repeat(key[None], c, 0), np.repeat(b[None], m, 0)]) for c, m in layouts]
+    up, down = (int(round(center)), 1) if center >= 1 else (1, int(round(1 / center)))
+    return [np.vstack([np.repeat(key[None], c * up, 0), np.repeat(b[None], m * down, 0)]) for c, m in layouts]
+
+
+def round_center(log_center: float, limit: float = 6.0) -> float:
+    """The centre K or 1/K (K whole, K <= e^limit) nearest to exp(log_center)."""
+    K = max(1, int(round(np.exp(min(abs(log_center), limit)))))
+    return float(K) if log_center >= 0 else 1.0 / K
 
 
 @dataclass
@@ -58,6 +70,9 @@ class HeadFit:
     residual: float  # largest misfit over the data, relative to the data's scale
     t: np.ndarray | None = None  # the data it was fitted to
     F: np.ndarray | None = None
+    # log of the pair's centre t0: measured at ratios t0 * t, the fitted s is the true logit
+    # plus shift (centring keeps s near 0 when every head's logit is large: near-parallel heads)
+    shift: float = 0.0
 
     def model(self, t: np.ndarray) -> np.ndarray:
         return expit(self.s[None, :] + np.log(t)[:, None]) @ self.gamma
@@ -98,13 +113,27 @@ def fit_heads(t: np.ndarray, F: np.ndarray, S: float, n: int) -> HeadFit | None:
     q = np.concatenate([coef[n - 1:], [1.0]])
     roots = np.roots(q[::-1])
     if np.any(np.abs(roots.imag) > 1e-6 * np.maximum(1.0, np.abs(roots.real))) or np.any(roots.real >= 0):
-        return None
-    roots = roots.real
-    mu = -roots
-    dq = np.polynomial.polynomial.polyder(q)
-    gamma = np.polynomial.polynomial.polyval(roots, p) / np.polynomial.polynomial.polyval(roots, dq)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        s = -np.log(mu)
+        # Crowded poles: rounding in the linearised fit turned nearly equal real poles into a
+        # complex pair. Start the nonlinear fit from the poles' moduli instead (a pair split by
+        # its imaginary part), with the gammas that then fit best: the polish decides.
+        if t.size < 2 * n + 1 or np.any(roots == 0) or not np.all(np.isfinite(roots)):
+            # with only 2n - 1 ratios any start that converges interpolates them exactly, a wrong
+            # solution included: only overdetermined data can vouch for the polished fit
+            return None
+        spread = np.where(roots.imag > 0, 1.0, np.where(roots.imag < 0, -1.0, 0.0)) * np.abs(roots.imag)
+        s = -np.log(np.abs(roots)) + spread / np.abs(roots)
+        sig = expit(s[None, :] + np.log(t)[:, None])
+        system = np.vstack([sig, np.ones((1, n))])
+        gamma = np.linalg.lstsq(system, np.concatenate([F, [S]]), rcond=None)[0]
+        crowded = True
+    else:
+        crowded = False
+        roots = roots.real
+        mu = -roots
+        dq = np.polynomial.polynomial.polyder(q)
+        gamma = np.polynomial.polynomial.polyval(roots, p) / np.polynomial.polynomial.polyval(roots, dq)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            s = -np.log(mu)
     if not (np.all(np.isfinite(gamma)) and np.all(np.isfinite(s))):
         return None
     gamma, s = _polish(gamma, s, t, F, S)
@@ -112,6 +141,8 @@ def fit_heads(t: np.ndarray, F: np.ndarray, S: float, n: int) -> HeadFit | None:
         return None
     fit = HeadFit(gamma, s, 0.0, t, F)
     fit.residual = max(float(np.max(np.abs(fit.model(t) - F))), abs(gamma.sum() - S)) / scale
+    if crowded and fit.residual > 1e-12:
+        return None  # the polish from the moduli did not reach an exact fit: no trustworthy start
     return fit
 
 
