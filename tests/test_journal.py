@@ -355,3 +355,16 @@ def test_a_refused_journal_is_released_at_once_and_stays_refused(tmp_path):
     with Oracle(SingleHeadAttention.random(4, seed=0), journal=path) as right:  # no lock left behind
         right(queries((2, 3, 4)))
         assert right.paid == PROBES
+
+
+def test_a_lock_file_that_cannot_be_created_is_a_clear_error(tmp_path, monkeypatch):
+    real_open = os.open
+
+    def refusing_open(path, *args, **kwargs):
+        if str(path).endswith(".lock"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    with pytest.raises(JournalError, match=r"j.sqlite.lock \(Permission denied\).*can write to"):
+        Oracle(linear_target, d=2, journal=tmp_path / "j.sqlite")
