@@ -26,6 +26,7 @@ class Neuron:
     offset: float         # b / ||a|| for that orientation
     weight: float         # w ||a||, sign(w) known exactly
     crossing: np.ndarray  # a point on the hyperplane
+    reach: float = 0.0    # refined: distance from the measuring point to the nearest other hyperplane
 
 
 @dataclass
@@ -50,9 +51,12 @@ def piece_gradient(ask: Ask, point: np.ndarray, step: float, slope: float, direc
     return None
 
 
-def same_hyperplane(a: Neuron, b: Neuron, scale: float) -> bool:
+def same_hyperplane(a: Neuron, b: Neuron, scale: float, loose: bool = False) -> bool:
+    """Whether two measured neurons are one hyperplane (loose: to refined precision, which is
+    poorer for a neuron of small weight measured among many close hyperplanes)."""
     cosine = float(a.normal @ b.normal)
-    return abs(cosine) > 1 - 1e-8 and abs(a.offset - np.sign(cosine) * b.offset) <= 1e-5 * scale
+    angle_tol, offset_tol = (1e-5, 1e-3) if loose else (1e-8, 1e-5)
+    return abs(cosine) > 1 - angle_tol and abs(a.offset - np.sign(cosine) * b.offset) <= offset_tol * scale
 
 
 class NeuronSearch:
@@ -163,6 +167,11 @@ def refine(ask: Ask, neurons: list[Neuron], others: list[Neuron], rng: np.random
     offsets = np.array([nr.offset for nr in everything])
     refined, samples, dropped = [], [], 0
     for j, nr in enumerate(neurons):
+        # Itself, and rough first-pass copies of its own hyperplane (a neuron of small weight is
+        # measured imprecisely the first time, and may be found twice): not obstacles to step past.
+        cosines = normals.T @ nr.normal
+        twins = (np.abs(cosines) > 1 - 1e-6) & (np.abs(offsets - np.sign(cosines) * nr.offset) <= 1e-2 * scale)
+        twins[j] = True
         best_r, best_x = -1.0, nr.crossing
         for _ in range(tries):
             u = rng.standard_normal(d)
@@ -170,7 +179,7 @@ def refine(ask: Ask, neurons: list[Neuron], others: list[Neuron], rng: np.random
             x = nr.crossing + scale * rng.uniform(0.2, 1.0) * u / np.linalg.norm(u)
             x -= (nr.normal @ x + nr.offset) * nr.normal  # stay on the hyperplane
             dist = np.abs(normals.T @ x + offsets)
-            dist[j] = np.inf
+            dist[twins] = np.inf
             if dist.min() > best_r:
                 best_r, best_x = float(dist.min()), x
         # plus/minus sit r from their hyperplane and best_r - r = r from any other; difference
@@ -192,6 +201,7 @@ def refine(ask: Ask, neurons: list[Neuron], others: list[Neuron], rng: np.random
         slope_plus, slope_minus = grad_plus @ n, grad_minus @ n
         s_star = (vals[d + 1] - vals[0] + (slope_plus + slope_minus) * r) / (slope_plus - slope_minus)
         crossing = x + s_star * n
-        refined.append(Neuron(normal, -float(normal @ crossing), float(np.sign(along) * size), crossing))
+        refined.append(Neuron(normal, -float(normal @ crossing), float(np.sign(along) * size), crossing,
+                              reach=best_r))
         samples += [Sample(plus, float(vals[0]), grad_plus), Sample(minus, float(vals[d + 1]), grad_minus)]
     return refined, samples, dropped
