@@ -66,6 +66,21 @@ def test_formerly_failing_bias_free_128x128_is_exact():
     assert max(_radius_errors(net, ex).values()) <= 1e-8
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("bias, seed", [(True, 3), (False, 1)])
+def test_wide_and_shallow_16x512_is_exact_with_few_queries_per_parameter(bias, seed):
+    # Issue 13: 663 queries per parameter at this shape (the kink search re-searched crowded
+    # kinks); later, spurious twin neurons made these seeds raise "not exact".
+    d, m = 16, 512
+    net = ReluFFN.random(d, m, bias=bias, seed=seed)
+    oracle = Oracle(net, d=d)
+    ex = relu_ffn(oracle, bias=bias, hidden=m, seed=seed + 1, method_options={"orientation_time_limit": 1.0})
+    assert ex.info["neurons_found"] == m and ex.info["exact"]
+    assert max(_radius_errors(net, ex).values()) <= 1e-8
+    parameters = (d + 2) * m + 1 if bias else (d + 1) * m
+    assert oracle.queries / parameters < 10  # Carlini, Jagielski, Mironov 2020: ~29.5
+
+
 def test_far_hyperplanes_are_found_by_the_check_and_its_repairs():
     # Hyperplanes 50..200 from the origin: random lines of span 20 cannot reach them, so only
     # the check (out to radius 100 * scale, along found normals) and its repair lines can.
