@@ -12,7 +12,7 @@ Every figure is measured in this run. Sections:
       queries / free parameters H(d^2 + d) and / the published 4Hd^2 - 2H + 1 (arXiv 2608.03294);
   outside: targets outside the model (more heads than allowed, noisy answers): must raise;
   affine: PyTorch's own nn.MultiheadAttention(bias=True), multi_head(affine=True);
-  lowrank: heads of rank r at (d, H, r), the full-rank learner, queries vs H(2rd - r^2 + d).
+  lowrank: heads of rank r at (d, H, r), multi_head(rank=r), queries vs H(2rd - r^2 + d).
 A cell stops early when the time budget is spent; the tables say how many targets ran.
 """
 
@@ -189,7 +189,7 @@ def markdown(report: dict, command: str) -> str:
                          f"| {fmt(r['median_seconds'])} |")
         lines.append("")
     if "lowrank" in report:
-        lines += ["## Low-rank heads at scale (full-rank learner; no low-rank saving yet)", "",
+        lines += ["## Low-rank heads at scale: multi_head(rank=r)", "",
                   "| d | H | r | H(2rd-r²+d) | H(d²+d) | queries | / low-rank dof | error | s | status |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for r in report["lowrank"]:

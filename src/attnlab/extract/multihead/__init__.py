@@ -35,12 +35,13 @@ from attnlab.extract.convention import resolve_method
 from attnlab.extract.multihead.learner import Learner, check
 from attnlab.extract.multihead.orthogonal import measure, orthogonal_heads
 from attnlab.extract.multihead.rational import Tolerances
+from attnlab.extract.multihead.refine import MAX_PARAMETERS, refine
 from attnlab.extract.result import Extraction
 from attnlab.models.canonical import MultiHeadParams, canonical_order
 from attnlab.oracle import Oracle
 
 MAX_HEADS = 6  # beyond this the degree-2H rational fits lose too many digits in float64
-_SHARED = {"check_queries": None, "fit_tol": 1e-9, "logit_tol": 1e-9, "min_gap": 0.03, "max_logit": 4.5}
+_SHARED = {"check_queries": None, "refine": True, "fit_tol": 1e-9, "logit_tol": 1e-9, "min_gap": 0.03, "max_logit": 4.5}
 METHOD_OPTIONS: dict[str, dict] = {
     "continuation": {"anchors": 2, **_SHARED},
     "interpolation": dict(_SHARED),
@@ -78,8 +79,10 @@ def multi_head(oracle: Oracle, *, heads: int | None = None, max_heads: int | Non
         u_h and the shared constant c (d + 1 more queries for the values, one more token per
         direction).
     rank : int, optional
-        Accepted for the convention; heads of rank r < d are recovered exactly by the full-rank
-        learner (at its full query count; see docs/multihead.md for what is measured at scale).
+        An upper bound r on every head's rank: r + 2 key directions are read at all d tokens,
+        which spans each head's row space (and confirms the rank: a larger one raises), and the
+        other directions at r + 2 tokens only: about H (2 r d + 4 d) queries instead of
+        H (d^2 + d). dof stays the canonical H (d^2 + d) count; see docs/multihead.md.
     method : "continuation" or "interpolation"
         How the logits of each key direction are read once its gammas are known: H queries per
         token by Newton continuation from a nearby anchor (default), or a separate (2H - 1)-point
@@ -87,7 +90,9 @@ def multi_head(oracle: Oracle, *, heads: int | None = None, max_heads: int | Non
     method_options : dict, optional
         anchors (continuation only): tokens per direction read by a full fit (default 2);
         check_queries: random sequences the result must match to 1e-6 (relative) before it is
-        returned, else ExtractionError (default 2; counted in `queries`, stage "check"); fit_tol, logit_tol, min_gap, max_logit: when
+        returned, else ExtractionError (default 2; counted in `queries`, stage "check");
+        refine: a final Gauss-Newton polish of all parameters on every answer kept (default
+        True; only up to refine.MAX_PARAMETERS parameters); fit_tol, logit_tol, min_gap, max_logit: when
         a probe's fit is trusted (see rational.Tolerances).
     seed : int or Generator
         Chooses the random probe directions (attnlab._random.as_generator).
@@ -124,7 +129,14 @@ def multi_head(oracle: Oracle, *, heads: int | None = None, max_heads: int | Non
     start, clock = oracle.queries, time.perf_counter()
     learner = Learner(oracle, rng, heads, max_heads if heads is None else heads, method, affine, anchors,
                       tol, progress)
+    learner.rank = rank
+    most = max_heads if heads is None else heads
+    learner.keep = options["refine"] and canonical_dof(most, d, affine) <= MAX_PARAMETERS
     params, extra = learner.run()
+    if learner.keep:
+        params, polish = refine(params, learner.kept_sequences, np.array(learner.kept_answers), affine)
+        extra["refine"] = polish
+        learner.kept_sequences, learner.kept_answers = [], []
     order = canonical_order(params.W, params.v)
     params = MultiHeadParams(params.W[order], params.v[order], params.u[order], params.c)
     if check_queries:

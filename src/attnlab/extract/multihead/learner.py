@@ -6,13 +6,12 @@ attnlab.extract.multihead.rational.
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 from scipy.special import expit
 from scipy.stats import ortho_group
 
 from attnlab.errors import ExtractionError
+from attnlab.extract.multihead.labels import inside_row_spaces, match_to_first, row_bases
 from attnlab.extract.multihead.rational import (
     HeadFit,
     Tolerances,
@@ -75,12 +74,19 @@ class Learner:
         self.b_norm = 1.0
         self.C = 0.0  # the shared constant (affine heads): f of the zero token
         self.logit_scale = 1.0  # target root-mean-square of the logits u^T W_h b
+        self.rank: int | None = None  # heads' rank when given (see run)
+        self.keep = False  # keep every (sequence, answer) for refine.refine
+        self.kept_sequences: list[np.ndarray] = []
+        self.kept_answers: list[float] = []
         self.centering = False  # measure each pair around exp(-its mean logit) (see centers_for)
 
     def ask(self, stage: str, sequences: list[np.ndarray]) -> np.ndarray:
         before = self.oracle.queries
         answers = self.oracle.query_many(sequences)
         self.stages[stage] += self.oracle.queries - before
+        if self.keep and stage != "check":  # every answer is exact data for the final polish
+            self.kept_sequences.extend(sequences)
+            self.kept_answers.extend(np.asarray(answers, dtype=np.float64).tolist())
         return answers
 
     def reject(self, spent: int) -> None:
@@ -177,38 +183,6 @@ class Learner:
         fit = fewest_heads_fit(t, F, S, self.max_heads)
         return self.max_heads if fit is None else fit.gamma.size
 
-    def match_to_first(self, first: HeadFit, u1: np.ndarray, fit: HeadFit, ui: np.ndarray,
-                       b: np.ndarray) -> np.ndarray | None:
-        """order with fit's head order[h] = first's head h, from added-token queries [b+u1, b+ui, b].
-
-        Each query's answer is predicted under every order of heads; an order is accepted once it
-        predicts every answer so far (to 1e-7, relative) and every other order misses some answer
-        by a thousand times more than it does. So the decision adapts to how different the orders'
-        predictions are (heads with small values differ little) instead of a fixed window.
-        """
-        H = first.gamma.size
-        if H == 1:
-            return np.zeros(1, dtype=int)
-        perms = [np.array(p) for p in itertools.permutations(range(H))]
-        lam1, lami = np.exp(first.s), np.exp(fit.s)
-        worst = np.zeros(len(perms))
-        for p, q, m in [(1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2), (3, 1, 1), (1, 3, 1)]:
-            seq = np.vstack([np.repeat((b + u1)[None], p, 0), np.repeat((b + ui)[None], q, 0),
-                             np.repeat(b[None], m, 0)])
-            F = self.ask("matching", [seq])[0] - b @ self.V - self.C
-            scale = max(abs(F), np.max(np.abs(first.gamma)), np.max(np.abs(fit.gamma)))
-            for k, perm in enumerate(perms):
-                num = p * lam1 * first.gamma + q * lami[perm] * fit.gamma[perm]
-                pred = float(np.sum(num / (p * lam1 + q * lami[perm] + m)))
-                worst[k] = max(worst[k], abs(pred - F) / scale)
-            ranked = np.argsort(worst)
-            best, runner_up = worst[ranked[0]], worst[ranked[1]]
-            if best > 1e-6:
-                return None  # no order explains the answers: the fits of this direction are off
-            if best <= 1e-7 and runner_up >= 1e3 * max(best, 1e-14):
-                return perms[ranked[0]]
-        return None
-
     def augment(self, tokens) -> np.ndarray:
         """Token rows, with a column of ones for affine heads (whose logits are affine in b)."""
         tokens = np.asarray(tokens)
@@ -262,16 +236,28 @@ class Learner:
         directions, gammas, weights = [], [], []
         tokens, logits, gamma = first_direction
         first = HeadFit(gamma, logits[0], 0.0)  # the polished reference: heads are labelled by it
+        width = d + 1 if self.affine else d  # unknowns per head and direction: W_h^T u (and u^T u_h)
+        # heads of rank r: W_h^T u lies in an r-dimensional row space (r + 1 with the key bias).
+        # r + 2 directions read in full span it (one spare confirms the rank); every later
+        # direction then needs only r + 2 tokens, solved inside the row spaces.
+        low = None if self.rank is None else self.rank + int(self.affine)
+        full = d if low is None or low + 2 >= width else low + 2
+        bases = None
         for i in progress_range(d, "multi-head directions", self.progress):
             if i == 0:
                 u, order = first_u, np.arange(H)
             else:
                 u, order, (tokens, logits, gamma) = self._direction(
-                    _unit_off(U[:, i], directions), first, first_u, B, directions)
+                    _unit_off(U[:, i], directions), first, first_u, B, directions,
+                    needed=None if i < full else low + 2)
             directions.append(u)
             gammas.append(gamma[order])
-            # column h: W_h^T u (and, for affine heads, a last row u^T u_h)
-            weights.append(np.linalg.solve(self.augment(tokens), logits[:, order]))
+            if i < full:  # column h: W_h^T u (and, for affine heads, a last row u^T u_h)
+                weights.append(np.linalg.solve(self.augment(tokens), logits[:, order]))
+                if i == full - 1 and full < d:
+                    bases = row_bases(np.array(weights), low, self.affine)
+            else:
+                weights.append(inside_row_spaces(self.augment(tokens), logits[:, order], bases, self.affine))
         Umat = np.array(directions).T  # columns u_i
         if np.linalg.cond(Umat) > 1e6:
             raise ExtractionError("the accepted key directions are nearly dependent; rerun with another seed")
@@ -334,7 +320,7 @@ class Learner:
             f"multi-head regressor with exact answers"
         )
 
-    def _direction(self, u, first: HeadFit, first_u, B, accepted, attempts: int = 20):
+    def _direction(self, u, first: HeadFit, first_u, B, accepted, attempts: int = 20, needed=None):
         """Direction u read in full, its heads matched to the first direction's.
 
         Matching comes last, on the polished gammas and logits at the shared token B[:, 0]: the
@@ -348,11 +334,12 @@ class Learner:
             fit, spent = self.fit_reference(u, b, detect=False)
             if fit is not None and self.usable(fit, reference=True):
                 try:
-                    pairs = self._pairs(u, fit, B)
+                    pairs = self._pairs(u, fit, B, needed)
                 except ExtractionError:
                     pairs = None  # this direction's tokens did not all fit: another direction will
                 if pairs is not None:
-                    order = self.match_to_first(first, first_u, HeadFit(pairs[2], pairs[1][0], 0.0), u, b)
+                    order = match_to_first(self.ask, lambda x: x @ self.V + self.C, first, first_u,
+                                           HeadFit(pairs[2], pairs[1][0], 0.0), u, b)
                     if order is not None:
                         return u, order, pairs
             self.reject(self.stages["pairs"] - spent_before)
@@ -360,7 +347,6 @@ class Learner:
         raise ExtractionError(
             f"no usable probe direction after {attempts} tries: {_not_h_heads(self.heads)}"
         )
-
 
     def _continue(self, u: np.ndarray, ref: HeadFit, tokens: list[np.ndarray]) -> list[HeadFit | None]:
         """Logits for tokens near the reference token: H answers each, 2H - 1 where Newton is unsafe."""
@@ -384,7 +370,7 @@ class Learner:
         return results
 
 
-    def _pairs(self, u: np.ndarray, ref: HeadFit, B: np.ndarray):
+    def _pairs(self, u: np.ndarray, ref: HeadFit, B: np.ndarray, needed: int | None = None):
         """Query tokens b (rows), logits u^T W_h b and gammas u^T v_h of direction u, heads in ref's order.
 
         "interpolation": every token is an anchor: a fresh orthonormal direction with its own
@@ -400,7 +386,7 @@ class Learner:
         continuation = self.method == "continuation"
         # affine heads: logits are affine in b, so d + 1 affinely independent tokens are needed
         # (-B[:, 0] completes the orthonormal B)
-        needed = d + 1 if self.affine else d
+        needed = (d + 1 if self.affine else d) if needed is None else needed
         candidates = [self.b_norm * B[:, j] for j in range(d)] + [-self.b_norm * B[:, 0]]
         # with one head a full fit costs 2H - 1 = H answers: every token is an anchor
         count = min(needed, self.anchors) if continuation and H > 1 else needed
@@ -431,7 +417,7 @@ class Learner:
                 complement = np.linalg.qr(np.array(spanned).T, mode="complete")[0][:, len(spanned):]
             else:
                 complement = np.eye(d)
-            steps = [eps * self.b_norm * complement[:, j] for j in range(complement.shape[1])]
+            steps = [eps * self.b_norm * complement[:, j] for j in range(min(complement.shape[1], needed - count))]
             for _ in range(self.attempts):
                 if not steps:
                     break

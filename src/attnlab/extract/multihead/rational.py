@@ -131,8 +131,8 @@ def fit_heads(t: np.ndarray, F: np.ndarray, S: float, n: int) -> HeadFit | None:
         roots = roots.real
         mu = -roots
         dq = np.polynomial.polynomial.polyder(q)
-        gamma = np.polynomial.polynomial.polyval(roots, p) / np.polynomial.polynomial.polyval(roots, dq)
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # judged just below
+            gamma = np.polynomial.polynomial.polyval(roots, p) / np.polynomial.polynomial.polyval(roots, dq)
             s = -np.log(mu)
     if not (np.all(np.isfinite(gamma)) and np.all(np.isfinite(s))):
         return None
