@@ -75,6 +75,7 @@ INFO_KEYS: dict[str, str] = {
     "heads_found": "number of canonical heads recovered",
     "logit_error_bound": "bound on the logit error of the rational fits",
     "published_bound": "the published query bound 4Hd^2 - 2H + 1",
+    "refine": "multi_head: the final joint polish (refined, misfit_before, misfit_after: max |f - y|)",
     "subspace_dims": "dimensions of the known orthogonal subspaces",
 }
 
