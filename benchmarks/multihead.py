@@ -153,7 +153,7 @@ def fmt(x, spec=".2f"):
 
 
 def markdown(report: dict, command: str) -> str:
-    lines = [f"# Multi-head learner: failure counts, queries, accuracy", "",
+    lines = ["# Multi-head learner: failure counts, queries, accuracy", "",
              f"`{command}` on {platform.machine()}, {report['date']}; {report['seconds']:.0f} s in all. "
              f"Recovered = canonical error <= {EXACT:g} (heads matched by permutation); inexact = returned "
              "with a larger error; raised = ExtractionError. Queries exclude fidelity checks.", ""]

@@ -1,0 +1,160 @@
+"""Reading one key direction u: anchors (full rational fits), continued tokens (Newton from a
+nearby anchor), and the joint fit of the direction's pairs. A mixin of learner.Learner, which
+owns the state it uses (oracle ledger, tolerances, token scale, centring)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from attnlab.errors import ExtractionError
+from attnlab.extract.multihead.rational import (
+    HeadFit,
+    fit_with_known_gammas,
+    joint_polish,
+    layouts,
+    newton_from,
+    room,
+)
+
+
+def _not_h_heads(heads: int) -> str:
+    return (f"the target does not behave like {heads} canonical head(s) answering exactly; if it has "
+            f"more heads, raise heads / max_heads (noisy or rounded answers are outside this learner's "
+            f"assumptions)")
+
+
+def _unit_off(x: np.ndarray, avoid) -> np.ndarray:
+    """x with its components along the vectors in `avoid` removed, normalised."""
+    if len(avoid):
+        basis = np.linalg.qr(np.array(avoid).T)[0]
+        x = x - basis @ (basis.T @ x)
+    return x / np.linalg.norm(x)
+
+
+class DirectionReader:
+    """The per-direction half of the learner (see the module docstring)."""
+
+    def _continue(self, u: np.ndarray, ref: HeadFit, tokens: list[np.ndarray]) -> list[HeadFit | None]:
+        """Logits for tokens near the reference token: H answers each, 2H - 1 where Newton is unsafe."""
+        H = ref.gamma.size
+        center = float(np.exp(ref.shift))  # continued tokens share their anchor's centre
+        centers = [center] * len(tokens)
+        measured = self.measure([(u, b) for b in tokens], H, centers=centers)
+        results = [self.with_shift(newton_from(ref, t, F, S, self.tol), center) for t, F, S in measured]
+        unsafe = [k for k, fit in enumerate(results) if fit is None]
+        if unsafe and H > 1:
+            first = layouts(H)
+            more = self.measure([(u, tokens[k]) for k in unsafe], H - 1, exclude=first, centers=centers[:len(unsafe)])
+            for k, (t, F, S) in zip(unsafe, more):
+                t_all = np.concatenate([measured[k][0], t])
+                F_all = np.concatenate([measured[k][1], F])
+                results[k] = self.with_shift(fit_with_known_gammas(t_all, F_all, S, ref.gamma, self.tol), center)
+                if results[k] is None:
+                    self.reject(2 * H - 1)
+        elif unsafe:
+            self.reject(len(unsafe) * H)
+        return results
+
+
+    def _pairs(self, u: np.ndarray, ref: HeadFit, B: np.ndarray, needed: int | None = None):
+        """Query tokens b (rows), logits u^T W_h b and gammas u^T v_h of direction u, heads in ref's order.
+
+        "interpolation": every token is an anchor: a fresh orthonormal direction with its own
+        (2H - 1)-point rational fit, matched to the reference by its gammas.
+        "continuation": `self.anchors` anchors fix the gammas (their redundant equations make
+        them accurate); the other tokens a + eps e_j stay close to the best-separated anchor a,
+        so their logits are close to a's and, the gammas known, H answers and Newton's method
+        started at a's logits find them (2H - 1 answers where that is not safe).
+        All pairs of the direction are finally refitted together with shared gammas.
+        """
+        H, d = ref.gamma.size, B.shape[1]
+        S = float(u @ self.V)
+        continuation = self.method == "continuation"
+        # affine heads: logits are affine in b, so d + 1 affinely independent tokens are needed
+        # (-B[:, 0] completes the orthonormal B)
+        needed = (d + 1 if self.affine else d) if needed is None else needed
+        candidates = [self.b_norm * B[:, j] for j in range(d)] + [-self.b_norm * B[:, 0]]
+        # with one head a full fit costs 2H - 1 = H answers: every token is an anchor
+        count = min(needed, self.anchors) if continuation and H > 1 else needed
+        tokens, fits = self._anchors(u, ref, candidates[:count])
+        if continuation and count < needed:
+            gamma, logits, _, bound = joint_polish(fits, S)
+            while count < needed and (bound > self.tol.logit_tol or (
+                    count < 2 * self.anchors and max(room(row) for row in logits) < self.anchor_gap)):
+                # one more anchor when the gammas every continued token relies on are not pinned
+                # down yet, or when no anchor's logits are far enough apart for a large step eps
+                fresh = B[:, count] if count < d else self.rng.standard_normal(d)
+                extra = self.b_norm * _unit_off(fresh, tokens if count < d else ())
+                more_tokens, more_fits = self._anchors(u, ref, [tokens[0], extra], avoid=tokens)
+                tokens.append(more_tokens[1])
+                fits.append(more_fits[1])
+                count += 1
+                gamma, logits, _, bound = joint_polish(fits, S)
+            best = int(np.argmax([room(row) for row in logits]))
+            anchor = HeadFit(gamma, logits[best], 0.0, shift=fits[best].shift)
+            # the logit shifts are ~ eps * (rms logit ~ 1): keep them well inside the pole gaps
+            # and away from saturation
+            self.anchor_counts.append(count)
+            eps = float(np.clip(0.1 * room(anchor.s), 0.01, 0.1))
+            # steps off the anchor that complete the anchors to `needed` independent tokens (for
+            # affine heads independent after subtracting the anchor: affinely independent)
+            spanned = [b - tokens[best] for k, b in enumerate(tokens) if k != best] if self.affine else tokens
+            if spanned:
+                complement = np.linalg.qr(np.array(spanned).T, mode="complete")[0][:, len(spanned):]
+            else:
+                complement = np.eye(d)
+            steps = [eps * self.b_norm * complement[:, j] for j in range(min(complement.shape[1], needed - count))]
+            for _ in range(self.attempts):
+                if not steps:
+                    break
+                retry = []
+                todo = [tokens[best] + step for step in steps]
+                for b, step, fit in zip(todo, steps, self._continue(u, anchor, todo)):
+                    if fit is None:
+                        retry.append(step / 2)  # same direction, a safer (smaller) step
+                    else:
+                        tokens.append(b)
+                        fits.append(fit)
+                steps = retry
+            todo = steps
+            if todo:
+                raise ExtractionError(
+                    f"{len(todo)} query tokens gave no usable fit after {self.attempts} redraws: {_not_h_heads(H)}")
+        tokens_matrix = np.array(tokens)
+        if np.linalg.cond(self.augment(tokens_matrix)) > 1e6:
+            raise ExtractionError("the accepted query tokens are nearly dependent; rerun with another seed")
+        gamma, logits, residual, bound = joint_polish(fits, S)
+        logits = logits - np.array([f.shift for f in fits])[:, None]  # true logits u^T W_h b
+        self.error_bound = max(self.error_bound, bound)
+        if residual > self.tol.fit_tol:
+            raise ExtractionError(
+                f"the probes of one key direction disagree by {residual:.1e} (relative): {_not_h_heads(H)}"
+            )
+        return tokens_matrix, logits, gamma
+
+    def _anchors(self, u: np.ndarray, ref: HeadFit, todo: list[np.ndarray], avoid=()):
+        """The reference pair (todo[0]) plus fully interpolated pairs at the other tokens in todo.
+
+        A token that does not work is replaced by a random one orthogonal to the accepted ones."""
+        H = ref.gamma.size
+        tokens, fits = [todo[0]], [ref]
+        todo = todo[1:]
+        for attempt in range(self.attempts):
+            if not todo:
+                return tokens, fits
+            retry = []
+            # later redraws are shorter: the direction left over may carry large logits
+            norm = self.b_norm * 0.8 ** (attempt + 1)
+            centers = self.centers_for([(u, b) for b in todo])
+            measured = self.measure([(u, b) for b in todo], 2 * H - 1, centers=centers)
+            for b, center, (t, F, S) in zip(todo, centers, measured):
+                fit = self.with_shift(fit_with_known_gammas(t, F, S, ref.gamma, self.tol), center)
+                if fit is None:
+                    self.reject(2 * H - 1)
+                    retry.append(norm * self.random_direction(avoid=list(avoid) + tokens))
+                else:
+                    tokens.append(b)
+                    fits.append(fit)
+            todo = retry
+        raise ExtractionError(
+            f"{len(todo)} query tokens gave no usable fit after {self.attempts} redraws: {_not_h_heads(H)}")
