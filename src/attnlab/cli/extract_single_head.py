@@ -7,6 +7,7 @@ The command runs the recipe in attnlab.evaluate.recipes: `build_target` (the hea
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import typer
@@ -43,7 +44,7 @@ def run_single_head(run, progress: bool = True) -> dict[str, Any]:
 
 @extract_app.command("single-head")
 def single_head_command(
-    d: int = typer.Option(..., "--d", help="Token width d of the random target."),
+    d: Optional[int] = typer.Option(None, "--d", help="Token width d of the random target (not with --target/--url)."),
     rank: Optional[str] = typer.Option("full", "--rank", help="What the extractor assumes: 'full', 'auto' or r."),
     target_rank: Optional[int] = typer.Option(None, "--target-rank", help="Rank of the target's W (default: --rank if a number, else full)."),
     method: str = typer.Option("adaptive", "--method", help=f"One of: {', '.join(METHODS)}."),
@@ -57,11 +58,30 @@ def single_head_command(
     digits: Optional[int] = typer.Option(None, "--digits", help="Significant digits for --noise digits."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No spinner on stderr."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object on the last line instead of a table."),
+    target: Optional[Path] = typer.Option(None, "--target", help="Extract from a file: a make-target model file, or a safetensors attention layer (docs/real-models.md)."),
+    url: Optional[str] = typer.Option(None, "--url", help="Extract from an `attnlab serve` endpoint (with --key)."),
+    key: Optional[str] = typer.Option(None, "--key", envvar="ATTNLAB_KEY", help="API key for --url."),
+    head: int = typer.Option(0, "--head", help="--target layer file: which head."),
+    num_heads: Optional[int] = typer.Option(None, "--num-heads", help="--target layer file: heads (default: its metadata)."),
+    save: Optional[Path] = typer.Option(None, "--save", help="With --target/--url: write the recovered head as a make-target file."),
 ) -> None:
     """Extract a random single attention head from black-box queries and report its accuracy."""
 
     def go():
         from attnlab.evaluate.recipes import SingleHeadRun
+
+        if target is not None or url is not None:  # a real source instead of a random head
+            from attnlab.cli.extract_sources import extract_from_source
+
+            if d is not None or noise is not None:
+                raise ValueError("--d and --noise describe a random target; drop them with --target/--url")
+            report = with_spinner("extracting a head", not no_progress, lambda: extract_from_source(
+                target=target, url=url, key=key, rank=parse_rank(rank), affine=affine, method=method,
+                seed=seed, fidelity_samples=fidelity_samples, head=head, num_heads=num_heads, save=save))
+            emit(report, json_out, title="single-head extraction")
+            return
+        if d is None:
+            raise ValueError("--d is required for a random target (or give --target FILE / --url URL --key KEY)")
 
         run = SingleHeadRun(d=d, rank=parse_rank(rank), target_rank=target_rank, method=method,
                             scale=scale, affine=affine, seed=seed, measurements=measurements,

@@ -145,3 +145,50 @@ def ffn_radius_errors(model, recovered, A, radii=(1.0, 10.0, 100.0), n: int = 20
         gap = np.abs(np.asarray(predict(X), dtype=np.float64) - truth)
         errors[float(radius)] = float(np.max(gap) / max(float(np.max(np.abs(truth))), 1e-300))
     return errors
+
+
+# -- real attention heads (helper W1: oracle.adapters) -------------------------------------------
+def attention_head_form(Wq, Wk, Wv, Wo_head, readout, scaling: float, bq=None, bk=None, bv=None) -> dict:
+    """(W, u, v, c) of one head, read from its weights (rows of Wq, Wk, Wv: that head's d_head outputs).
+
+    score_i = scaling (Wq x_N + bq)^T (Wk x_i + bk) = x_i^T W x_N + u^T x_i + (same for every i),
+    W = scaling Wk^T Wq, u = scaling Wk^T bq; the head's output read along w through its slice of
+    the output projection is sum_i alpha_i v^T x_i + c, v = Wv^T Wo_head^T w, c = w^T Wo_head bv.
+    """
+    f64 = lambda a: None if a is None else np.asarray(a, dtype=np.float64)
+    Wq, Wk, Wv, Wo_head, w = f64(Wq), f64(Wk), f64(Wv), f64(Wo_head), f64(readout)
+    bq = np.zeros(Wq.shape[0]) if bq is None else f64(bq)
+    bv = np.zeros(Wv.shape[0]) if bv is None else f64(bv)
+    return {"W": scaling * Wk.T @ Wq, "u": scaling * Wk.T @ bq, "v": Wv.T @ Wo_head.T @ w,
+            "c": np.float64(w @ Wo_head @ bv)}
+
+
+def hf_head_form(model, layer: int, head: int, readout) -> dict:
+    """The true (W, u, v, c) of head `head` of a BERT-, GPT-2- or Llama-style HF model's layer,
+    computed from its weights (what oracle.adapters.from_hf_attention exposes; rotary heads: the
+    offset-0 form, times the rotary attention scaling squared)."""
+    from attnlab.oracle.adapters import hf_attention_layers, out_projection_matrix
+
+    spec = hf_attention_layers(model)[layer]
+    m, dh, hidden = spec.attention, spec.head_dim, spec.hidden
+    t = lambda x: None if x is None else x.detach().double().cpu().numpy()
+    if spec.style == "bert":
+        Wq, Wk, Wv = t(m.query.weight), t(m.key.weight), t(m.value.weight)
+        bq, bk, bv = t(m.query.bias), t(m.key.bias), t(m.value.bias)
+    elif spec.style == "gpt2":
+        full, bias = t(m.c_attn.weight).T, t(m.c_attn.bias)  # Conv1D: y = x W + b
+        Wq, Wk, Wv = full[:hidden], full[hidden:2 * hidden], full[2 * hidden:]
+        bq, bk, bv = bias[:hidden], bias[hidden:2 * hidden], bias[2 * hidden:]
+    else:
+        Wq, Wk, Wv = t(m.q_proj.weight), t(m.k_proj.weight), t(m.v_proj.weight)
+        bq, bk, bv = t(m.q_proj.bias), t(m.k_proj.bias), t(m.v_proj.bias)
+    kv_heads = Wk.shape[0] // dh
+    kv = head // (spec.num_heads // kv_heads)
+    q_rows, kv_rows = slice(head * dh, (head + 1) * dh), slice(kv * dh, (kv + 1) * dh)
+    scaling = float(getattr(m, "scaling", dh ** -0.5))
+    if spec.style == "llama":
+        scaling *= float(getattr(spec.rotary, "attention_scaling", 1.0)) ** 2
+    pick = lambda b, rows: None if b is None else b[rows]
+    Wo = t(out_projection_matrix(spec.out_proj))[:, q_rows]
+    return attention_head_form(Wq[q_rows], Wk[kv_rows], Wv[kv_rows], Wo, readout, scaling,
+                               pick(bq, q_rows), pick(bk, kv_rows), pick(bv, kv_rows))

@@ -134,6 +134,35 @@ class Extraction:
         return (f"Extraction(method={self.method!r}, queries={self.queries}, dof={self.dof}, "
                 f"fidelity={fidelity}, params: {shapes})")
 
+    def to_module(self):
+        """The recovered head as a float64 torch module (models.attention): SingleHeadAttention
+        from (W, v), AffineHead from (W, u, v, c). Other extractions raise ValueError."""
+        from attnlab.models.attention import AffineHead, SingleHeadAttention
+
+        p = self.params
+        if {"W", "v"} <= set(p) and "A" not in p and np.ndim(p["W"]) == 2:
+            if "u" in p or "c" in p:
+                d = np.shape(p["v"])[0]
+                return AffineHead(p["W"], p.get("u", np.zeros(d)), p["v"], float(np.asarray(p.get("c", 0.0))))
+            return SingleHeadAttention(p["W"], p["v"])
+        raise ValueError(f"to_module builds single heads (params W, v [, u, c]); this {self.method} extraction "
+                         f"has params {', '.join(p) or 'none'}: use predict() for its outputs")
+
+    def _repr_html_(self) -> str:
+        """A short table for notebooks: counts, fidelity and parameter shapes, never the arrays."""
+        from html import escape
+
+        rows = [("method", self.method), ("queries", f"{self.queries:,}"), ("dof", self.dof),
+                ("queries / dof", f"{self.queries / self.dof:.2f}" if self.dof else "n/a"),
+                ("fidelity (max abs error)", "unchecked" if self.fidelity is None
+                 else f"{self.fidelity:.2e} on {self.fidelity_queries:,} fresh queries"),
+                ("seconds", f"{self.seconds:.2f}"),
+                ("params", ", ".join(f"{k} {tuple(np.shape(v))}" for k, v in self.params.items()))]
+        rows += [(f"stage {k}", f"{v:,} queries") for k, v in self.stages.items()]
+        body = "".join(f"<tr><th style='text-align:left'>{escape(str(k))}</th><td>{escape(str(v))}</td></tr>"
+                       for k, v in rows)
+        return f"<table><caption>Extraction</caption>{body}</table>"
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (arrays become nested lists)."""
         return {
