@@ -230,7 +230,8 @@ def out_projection_matrix(out_proj: torch.nn.Module) -> torch.Tensor:
     if isinstance(out_proj, torch.nn.Linear):
         return out_proj.weight
     if type(out_proj).__name__ == "Conv1D":  # transformers.pytorch_utils.Conv1D: y = x W + b
-        return out_proj.weight.T
+        weight: torch.Tensor = out_proj.weight  # type: ignore[assignment]
+        return weight.T
     raise TypeError(f"unknown output projection {type(out_proj).__name__}")
 
 
@@ -327,7 +328,7 @@ def _use_kernel(attention: torch.nn.Module, kernel: str) -> None:
             config.__dict__["_attn_implementation"] = name
         attention.config = config
     if getattr(attention, "reorder_and_upcast_attn", False):
-        attention.reorder_and_upcast_attn = False  # GPT-2's float32 score path; same maths
+        attention.reorder_and_upcast_attn = False  # type: ignore[assignment]  # GPT-2 float32 path; same maths
 
 
 def _register_float64_kernel() -> None:
