@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator, Literal
 
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm  # notebook widgets where available
 
 from attnlab.experiments.config import RunConfig, SweepConfig, load_sweep
 from attnlab.experiments.store import ResultStore

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm import tqdm
+from tqdm.auto import tqdm  # notebook widgets where available
 
 from attnlab.errors import AttnlabError
 from attnlab.experiments.config import RunConfig
