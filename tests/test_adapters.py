@@ -72,6 +72,10 @@ def test_rotary_heads_under_real_positions_are_refused():
     X = np.random.default_rng(0).standard_normal((1, 3, D))
     same = from_hf_attention(model, layer=0, head=0)
     assert np.allclose(same(X[:, [1, 0, 2]]), same(X))  # one position: a permutation-invariant head
+    # another shared position gives the same offset-0 form, up to HF's float32 cos/sin
+    target = from_hf_attention(model, layer=0, head=0, position_id=5)
+    ext = single_head(Oracle(target), fidelity_samples=0)
+    assert parameter_errors(ext.params, hf_head_form(model, 0, 0, target.readout))["W"] < 1e-6
 
 
 def test_non_contiguous_probes_and_the_caller_model_is_untouched():
