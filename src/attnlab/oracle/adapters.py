@@ -293,7 +293,8 @@ def from_hf_attention(model: torch.nn.Module, *, layer: int = 0, head: int | Non
                          details={"kind": "hf", "style": spec.style, "layer": layer, "heads": selected,
                                   "all_heads": all_heads, "positions": positions,
                                   "position_id": position_id, "num_heads": spec.num_heads,
-                                  "head_dim": spec.head_dim})
+                                  "head_dim": spec.head_dim},
+                         device=W_o.device)  # probes go where the layer lives (CPU or GPU)
     return target
 
 
