@@ -2,7 +2,7 @@
 
 --target FILE: a model file from `attnlab make-target` (kind, d in its header; the truth is in
 the file, so the row has parameter errors), or an attention layer saved as safetensors with the
-names of oracle.adapters.LAYER_TENSORS (one head, --head, read out along the file's `readout`
+names of oracle.layer_file.LAYER_TENSORS (one head, --head, read out along the file's `readout`
 or a seeded unit vector). --url URL --key KEY: an `attnlab serve` endpoint (no truth: the row
 has queries and fidelity; --save writes the recovered head as a make-target file to compare).
 """
@@ -42,7 +42,7 @@ def extract_from_source(*, target: Path | None, url: str | None, key: str | None
             affine = affine or loaded.kind == "affine"
             source = {"source": str(target), "kind": loaded.kind}
         else:
-            from attnlab.oracle.adapters import from_safetensors_layer
+            from attnlab.oracle.layer_file import from_safetensors_layer
 
             layer = from_safetensors_layer(target, head=head, num_heads=num_heads, seed=seed)
             oracle = Oracle(layer, d=layer.d)
