@@ -34,7 +34,11 @@ def check_points(normals: np.ndarray, offsets: np.ndarray, crossings: np.ndarray
             picks = rng.integers(n, size=int(along.sum()))
             directions[along] += rng.choice([-1.0, 1.0], (int(along.sum()), 1)) * normals[:, picks].T
         directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+        # Half log-uniform in [scale, radius], half in the outer shell [radius / 2, radius], where
+        # the points beyond a missed far hyperplane are.
         radii = scale * np.exp(rng.uniform(0.0, np.log(max(radius / scale, 1.0 + 1e-9)), (far, 1)))
+        shell = rng.random(far) < 0.5
+        radii[shell, 0] = rng.uniform(0.5 * radius, radius, int(shell.sum()))
         points.append(radii * directions)
     return np.vstack(points) if points else np.zeros((0, d))
 

@@ -152,7 +152,7 @@ class NeuronSearch:
 
 
 def refine(ask: Ask, neurons: list[Neuron], others: list[Neuron], rng: np.random.Generator,
-           scale: float, tries: int = 32) -> tuple[list[Neuron], list[Sample], int]:
+           scale: float, tries: int = 128) -> tuple[list[Neuron], list[Sample], int]:
     """Re-measure each neuron's gradient jump far from all other known hyperplanes.
 
     The first pass had to difference with steps small enough to stay inside pieces it could not
