@@ -15,11 +15,14 @@ from typing import Any
 from attnlab.oracle import Oracle
 
 
-def token_width(oracle: Oracle) -> int:
-    """oracle.d, or a ValueError saying how to give the oracle its token width."""
-    if oracle.d is None:
-        raise ValueError("the oracle does not know the token width yet; create it with "
-                         "Oracle(target, d=d) or send it one query first")
+def token_width(oracle: Oracle, who: str = "this extractor") -> int:
+    """oracle.d, or the standard ValueError; delegates to `Oracle.require_d` (the one check)."""
+    require_d = getattr(oracle, "require_d", None)
+    if require_d is not None:
+        return int(require_d(who))
+    if oracle.d is None:  # an oracle-like object without require_d (a test double, a wrapper)
+        raise ValueError(f"{who} needs the token width: Oracle(target, d=...) (this oracle was not "
+                         "told it, and its target does not state it)")
     return int(oracle.d)
 
 

@@ -103,7 +103,7 @@ def noisy_single_head(oracle: Oracle, *, method: str = "robust", method_options:
                         surrogate=surrogate)
     if fidelity_samples:
         result.fidelity, result.fidelity_queries = measure_fidelity(
-            oracle, surrogate, n=fidelity_samples, seed=int(rng.integers(2 ** 31)))
+            oracle, surrogate, n=fidelity_samples, seed=int(rng.integers(2 ** 31)), info=result.info)
     return result
 
 

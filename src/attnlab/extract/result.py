@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+import warnings
 from typing import Any
 
 import numpy as np
 
+from attnlab.errors import BudgetExhausted
 from attnlab.extract.convention import token_width
 from attnlab.oracle import Oracle
 from attnlab.oracle.sampling import apply_by_length, random_sequences
@@ -18,6 +20,8 @@ Surrogate = Callable[[np.ndarray], np.ndarray]
 # What each key of Extraction.info means, for every extractor (one meaning per key across
 # methods). tests/test_conventions.py runs each public extractor and fails on an undocumented key.
 INFO_KEYS: dict[str, str] = {
+    "fidelity_skipped": "why the fidelity check did not run or was cut short (budget ran out); fidelity is None",
+    "fidelity_note": "the fidelity check used fewer samples than asked: only that many queries were left",
     # single_head
     "rank": "rank of W the extractor assumed or found",
     "rank_mode": "'full', 'known' or 'auto': how the rank was chosen",
@@ -195,13 +199,51 @@ def _jsonable(value):
     return value
 
 
+class FidelityUnchecked(UserWarning):
+    """The extraction finished but its fidelity check could not run (the budget ran out)."""
+
+
+def fidelity_allowance(oracle: Oracle, n: int) -> int:
+    """How many of n fidelity queries the oracle's budgets (local, and a service's) leave room for."""
+    allowed = n
+    remaining = getattr(oracle, "remaining", None)
+    if isinstance(remaining, (int, np.integer)):
+        allowed = min(allowed, int(remaining))
+    service_left = getattr(getattr(oracle, "http_target", None), "budget_left", None)
+    if isinstance(service_left, (int, np.integer)):
+        allowed = min(allowed, int(service_left))
+    return max(allowed, 0)
+
+
 def measure_fidelity(oracle: Oracle, surrogate: Surrogate, n: int = 1000, lengths=(1, 32),
-                     seed: int = 12345, scale: float = 1.0) -> tuple[float, int]:
-    """Largest |surrogate - oracle| over n fresh random sequences; returns (error, queries it cost)."""
-    rng = np.random.default_rng(seed)
-    seqs = random_sequences(rng, token_width(oracle), n, lengths, scale)
+                     seed: int = 12345, scale: float = 1.0,
+                     info: dict[str, Any] | None = None) -> tuple[float | None, int]:
+    """Largest |surrogate - oracle| over n fresh random sequences; returns (error, queries it cost).
+
+    Never loses the finished extraction: the check spends at most what the budget leaves (noted in
+    `info["fidelity_note"]`), and when nothing is left or the budget runs out during it, returns
+    (None, queries spent), records why in `info["fidelity_skipped"]` and warns FidelityUnchecked.
+    """
     before = oracle.queries
-    answers = oracle.query_many(seqs)
+    allowed = fidelity_allowance(oracle, n)
+
+    def skipped(reason: str) -> tuple[None, int]:
+        if info is not None:
+            info["fidelity_skipped"] = reason
+        warnings.warn(f"fidelity unchecked: {reason}; the extraction itself is complete",
+                      FidelityUnchecked, stacklevel=3)
+        return None, oracle.queries - before
+
+    if allowed == 0:
+        return skipped(f"no queries left in the budget for the {n} fidelity samples")
+    if allowed < n and info is not None:
+        info["fidelity_note"] = f"{allowed} of {n} fidelity samples: only {allowed} queries were left"
+    rng = np.random.default_rng(seed)
+    seqs = random_sequences(rng, token_width(oracle), allowed, lengths, scale)
+    try:
+        answers = oracle.query_many(seqs)
+    except BudgetExhausted as exc:
+        return skipped(f"the budget ran out during the fidelity check ({exc})")
     spent = oracle.queries - before
     predicted = apply_by_length(surrogate, seqs)
     return float(np.max(np.abs(predicted - answers))), spent

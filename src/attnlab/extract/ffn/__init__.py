@@ -27,6 +27,7 @@ given, info reports how many of them were not seen.
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,7 @@ from attnlab.extract.ffn.neurons import Neuron, NeuronSearch, Sample, refine, sa
 from attnlab.extract.ffn.orientation import resolve_orientation
 from attnlab.extract.ffn.output_layer import Network, fit_output_layer, linear_term
 from attnlab.extract.ffn.search import Line, vector_queries
-from attnlab.extract.result import Extraction
+from attnlab.extract.result import Extraction, FidelityUnchecked, fidelity_allowance
 from attnlab.oracle import Oracle
 
 METHODS: dict[str, dict[str, Any]] = {
@@ -148,8 +149,14 @@ class _Extractor:
         queries = self.oracle.queries - started_queries
         elapsed = time.perf_counter() - started
         fidelity, fq = None, 0
-        if fidelity_samples:
-            fidelity, relative, fq = self._fidelity(net, fidelity_samples)
+        allowed = fidelity_allowance(self.oracle, fidelity_samples) if fidelity_samples else 0
+        if fidelity_samples and not allowed:
+            info["fidelity_skipped"] = f"no queries left in the budget for {fidelity_samples} fidelity samples"
+            warnings.warn(f"fidelity unchecked: {info['fidelity_skipped']}", FidelityUnchecked, stacklevel=3)
+        elif fidelity_samples:
+            if allowed < fidelity_samples:
+                info["fidelity_note"] = f"{allowed} of {fidelity_samples} fidelity samples: the rest of the budget"
+            fidelity, relative, fq = self._fidelity(net, allowed)
             info["fidelity_relative"] = relative
             if relative > self.opts["exact_tol"]:
                 exact = info["exact"] = False

@@ -23,7 +23,8 @@ def measure(result: Extraction, oracle: Oracle, rng: np.random.Generator, sample
         raise ValueError(f"fidelity_samples must be >= 0, got {samples}")
     if samples:
         result.fidelity, result.fidelity_queries = measure_fidelity(
-            oracle, result.surrogate, n=samples, lengths=(1, 32), seed=int(rng.integers(2 ** 31)))
+            oracle, result.surrogate, n=samples, lengths=(1, 32), seed=int(rng.integers(2 ** 31)),
+            info=result.info)
 
 
 def orthogonal_heads(oracle: Oracle, *, bases, method: str = "single-head", method_options: dict | None = None,
