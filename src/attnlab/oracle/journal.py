@@ -38,7 +38,7 @@ from attnlab.errors import JournalError
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: no advisory locks, documented in QueryJournal
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # checked before every use
 
 FORMAT = "attnlab-query-journal"
 SCHEMA = 2
@@ -115,7 +115,7 @@ class QueryJournal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._lock_fd = self._acquire_file_lock()
-        self._db = None
+        self._db: sqlite3.Connection | None = None
         try:
             with self._guard("open"):
                 self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -126,6 +126,12 @@ class QueryJournal:
             self.close()
             raise
         self._finalizer = weakref.finalize(self, _release, self._db, self._lock_fd)
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        # The connection lives from __init__ to close(); using a closed journal is a caller bug.
+        assert self._db is not None, f"the journal {self.path} is closed"
+        return self._db
 
     # -- opening -------------------------------------------------------------------------------
     def _acquire_file_lock(self) -> int | None:
@@ -152,30 +158,31 @@ class QueryJournal:
         return fd
 
     def _check_or_create_schema(self) -> None:
-        tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        db = self._conn
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if not tables:
-            self._db.execute("BEGIN")
-            self._db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            self._db.execute(
+            db.execute("BEGIN")
+            db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            db.execute(
                 "CREATE TABLE answers ("
                 " key BLOB PRIMARY KEY, n INTEGER NOT NULL, d INTEGER NOT NULL,"
                 " query BLOB NOT NULL, answer REAL NOT NULL, checksum BLOB NOT NULL,"
                 " created TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%f', 'now')))"
             )
-            self._db.executemany("INSERT INTO meta VALUES (?, ?)", [("format", FORMAT), ("schema", str(SCHEMA))])
-            self._db.execute("COMMIT")
+            db.executemany("INSERT INTO meta VALUES (?, ?)", [("format", FORMAT), ("schema", str(SCHEMA))])
+            db.execute("COMMIT")
             return
         if tables == {"answers"}:
             raise JournalError(f"{self.path} is a query journal from an older attnlab (no target binding, no "
                                f"checksums), so its answers cannot be trusted for this target. {_WHAT_TO_DO}.")
-        meta = dict(self._db.execute("SELECT name, value FROM meta")) if "meta" in tables else {}
+        meta = dict(db.execute("SELECT name, value FROM meta")) if "meta" in tables else {}
         if meta.get("format") != FORMAT:
             raise JournalError(f"{self.path} is a SQLite file but not an attnlab query journal (tables: "
                                f"{', '.join(sorted(tables))}). {_WHAT_TO_DO}; do not reuse other programs' files.")
         if meta.get("schema") != str(SCHEMA):
             raise JournalError(f"{self.path} is an attnlab query journal of schema {meta.get('schema')}, and this "
                                f"attnlab reads schema {SCHEMA}. {_WHAT_TO_DO}.")
-        columns = [row[1] for row in self._db.execute("PRAGMA table_info(answers)")]
+        columns = [row[1] for row in db.execute("PRAGMA table_info(answers)")]
         if columns != _ANSWER_COLUMNS:
             raise JournalError(f"{self.path}: its answers table has columns {columns}, expected "
                                f"{_ANSWER_COLUMNS}; the file was altered. {_WHAT_TO_DO}.")
@@ -194,8 +201,8 @@ class QueryJournal:
     def binding(self) -> dict | None:
         """What the journal was recorded for (None for a journal that has not been bound yet)."""
         with self._lock, self._guard("read the binding"):
-            row = self._db.execute("SELECT value FROM meta WHERE name = 'binding'").fetchone()
-            answered = self._db.execute("SELECT EXISTS (SELECT 1 FROM answers)").fetchone()[0]
+            row = self._conn.execute("SELECT value FROM meta WHERE name = 'binding'").fetchone()
+            answered = self._conn.execute("SELECT EXISTS (SELECT 1 FROM answers)").fetchone()[0]
         if row is None:
             if answered:
                 raise JournalError(f"{self.path} holds answers but no record of the target they came from; "
@@ -210,12 +217,12 @@ class QueryJournal:
     def bind(self, binding: dict) -> None:
         """Record what the journal belongs to; done once, before the first answer is recorded."""
         with self._lock, self._guard("write the binding"):
-            self._db.execute("INSERT INTO meta VALUES ('binding', ?)", (json.dumps(binding),))
+            self._conn.execute("INSERT INTO meta VALUES ('binding', ?)", (json.dumps(binding),))
 
     # -- answers ---------------------------------------------------------------------------------
     def __len__(self) -> int:
         with self._lock, self._guard("count answers"):
-            return self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+            return self._conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
 
     def lookup(self, keys: list[bytes]) -> dict[bytes, float]:
         """The recorded answers among `keys`, each verified (checksum, finite real answer)."""
@@ -224,7 +231,7 @@ class QueryJournal:
             for start in range(0, len(keys), 500):
                 chunk = keys[start:start + 500]
                 marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(
+                rows = self._conn.execute(
                     f"SELECT rowid, key, n, d, query, answer, checksum FROM answers WHERE key IN ({marks})", chunk)
                 for row in rows:
                     found[bytes(row[1])] = self._verified(*row)
@@ -255,15 +262,15 @@ class QueryJournal:
             n, d, a = int(q.shape[0]), int(q.shape[1]), float(a)
             rows.append((k, n, d, blob, a, row_checksum(k, n, d, blob, a)))
         with self._lock, self._guard("record answers"):
-            self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR IGNORE INTO answers (key, n, d, query, answer, checksum) "
+            self._conn.execute("BEGIN")
+            self._conn.executemany("INSERT OR IGNORE INTO answers (key, n, d, query, answer, checksum) "
                                  "VALUES (?, ?, ?, ?, ?, ?)", rows)
-            self._db.execute("COMMIT")
+            self._conn.execute("COMMIT")
 
     def entries(self):
         """Yield (query, answer) pairs in the order they were recorded, each verified."""
         with self._lock, self._guard("read answers"):
-            rows = self._db.execute(
+            rows = self._conn.execute(
                 "SELECT rowid, key, n, d, query, answer, checksum FROM answers ORDER BY rowid").fetchall()
         for row in rows:
             answer = self._verified(*row)
