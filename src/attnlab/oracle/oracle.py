@@ -13,7 +13,7 @@ import numbers
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, overload
 
 import numpy as np
 
@@ -44,6 +44,9 @@ from attnlab.oracle.targets import (
     torch_target,
 )
 
+if TYPE_CHECKING:
+    from attnlab.oracle.http import HttpTarget
+
 __all__ = ["NoiseModel", "Oracle", "Target", "as_numpy_target", "torch_target"]
 
 # Under a journal a kill -9 re-pays at most the chunk in flight. Each chunk costs one SQLite commit
@@ -58,6 +61,12 @@ class NoiseModel(Protocol):
     def __call__(self, y: np.ndarray, X: np.ndarray, rng: np.random.Generator) -> np.ndarray: ...
 
 
+@overload
+def _whole(name: str, value: None, minimum: int, meaning: str) -> None: ...
+@overload
+def _whole(name: str, value: int, minimum: int, meaning: str) -> int: ...
+@overload
+def _whole(name: str, value: int | None, minimum: int, meaning: str) -> int | None: ...
 def _whole(name: str, value, minimum: int, meaning: str) -> int | None:
     """`value` as an int >= minimum (None passes), or a ValueError that says what was wrong."""
     if value is None:
@@ -114,6 +123,8 @@ class Oracle:
     declares `random=True` (or declares nothing): there, every repeat is a fresh, paid draw.
     """
 
+    http_target: HttpTarget  # the service client; set only on oracles made by Oracle.http
+
     def __init__(self, target, d: int | None = None, budget: int | None = None, *,
                  noise: NoiseModel | None = None, journal: str | Path | QueryJournal | None = None,
                  seed: int | None = None, max_batch: int | None = None, journal_id: str | None = None,
@@ -152,7 +163,11 @@ class Oracle:
                              "or keep journal_probes > 0 so that probe answers identify it")
         self._owns_journal = journal is not None and not isinstance(journal, QueryJournal)
         self._journal_refused: JournalError | None = None
-        self.journal = QueryJournal(journal) if self._owns_journal else journal
+        self.journal: QueryJournal | None
+        if journal is None or isinstance(journal, QueryJournal):
+            self.journal = journal
+        else:
+            self.journal = QueryJournal(journal)
         if self.journal is not None and self.d is not None:
             try:  # the checks that cost no query fail here, at once
                 stored = self.journal.binding()
@@ -282,6 +297,7 @@ class Oracle:
                 keys = [query_key(q) for q in batch] if self.journal is not None else None
                 missing = np.arange(batch.shape[0])
                 if keys:
+                    assert self.journal is not None  # keys are made only under a journal
                     known = self.journal.lookup(keys)
                     if known:
                         hit = np.fromiter((k in known for k in keys), dtype=bool, count=len(keys))
@@ -296,6 +312,7 @@ class Oracle:
                 if missing.size == batch.shape[0]:
                     answers[:] = self._ask_target(batch, keys)
                 elif missing.size:
+                    assert keys is not None  # some were found, so there is a journal and keys
                     answers[missing] = self._ask_target(batch[missing], [keys[i] for i in missing])
                 results.append(answers if inverse is None else answers[inverse])
                 self._queries += results[-1].shape[0]
@@ -313,6 +330,7 @@ class Oracle:
                 y = self._checked(real_answers(self.noise(y, part, self.rng), "the noise model"), part, "noise model")
             good = np.isfinite(y)
             if self.journal is not None and good.any():
+                assert keys is not None  # _answer makes keys whenever there is a journal
                 part_keys = keys[start:start + step]
                 self.journal.record([k for k, g in zip(part_keys, good) if g], part[good], y[good])
             if not good.all():
@@ -374,15 +392,17 @@ class Oracle:
     # -- the journal's binding to this target ------------------------------------------------
     def _bind_journal(self) -> None:
         """Check (or, for a new journal, record) what the journal belongs to. Costs its probes."""
-        stored = self.journal.binding()
+        journal, d = self.journal, self.d
+        assert journal is not None and d is not None  # called from _answer, after _validate set d
+        stored = journal.binding()
         if stored is None:
             answers = self._probe(self.journal_probes)
-            self.journal.bind(binding_record(self.d, self.journal_id, self.noise, answers))
+            journal.bind(binding_record(d, self.journal_id, self.noise, answers))
         else:
-            check_identity(stored, self.journal.path, self.d, self.journal_id, self.noise)
-            expected, tokens = stored_probes(stored, self.journal.path)
+            check_identity(stored, journal.path, d, self.journal_id, self.noise)
+            expected, tokens = stored_probes(stored, journal.path)
             if expected.size:
-                check_probes(self.journal.path, expected, self._probe(expected.size, tokens))
+                check_probes(journal.path, expected, self._probe(expected.size, tokens))
         self._bound = True
 
     def _probe(self, count: int, tokens: int | None = None) -> np.ndarray:
@@ -391,6 +411,7 @@ class Oracle:
             return np.empty(0)
         if self.budget is not None and self._paid + count > self.budget:
             raise BudgetExhausted(self._paid, self.budget, count)
+        assert self.d is not None  # only _bind_journal probes, once d is known
         X = probe_queries(count, self.d) if tokens is None else probe_queries(count, self.d, tokens)
         y = self._send(X)
         if not np.all(np.isfinite(y)):
