@@ -64,7 +64,8 @@ def with_spinner(message: str, enabled: bool, work: Callable[[], T]) -> T:
 
 def fail(error: Exception) -> None:
     """Turn a library error into a clean message and exit code 2 (no traceback)."""
-    err_console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
+    message = " ".join(str(error).split()) or type(error).__name__  # one line, whatever it said
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code=2)
 
 
