@@ -7,7 +7,7 @@ import pytest
 
 from attnlab.extract import single_head
 from attnlab.extract.convention import token_width
-from attnlab.extract.result import FidelityUnchecked, INFO_KEYS
+from attnlab.extract.result import INFO_KEYS, FidelityUnchecked
 from attnlab.oracle import Oracle
 
 
