@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -121,6 +121,24 @@ class Extraction:
     fidelity_queries: int = 0
     info: dict[str, Any] = field(default_factory=dict)
     surrogate: Surrogate | None = field(default=None, repr=False, compare=False)
+
+    if TYPE_CHECKING:  # the PARAM_ATTRIBUTES properties, installed after the class
+        @property
+        def W(self) -> np.ndarray: ...
+        @property
+        def v(self) -> np.ndarray: ...
+        @property
+        def u(self) -> np.ndarray: ...
+        @property
+        def c(self) -> np.ndarray: ...
+        @property
+        def A(self) -> np.ndarray: ...
+        @property
+        def b(self) -> np.ndarray: ...
+        @property
+        def w(self) -> np.ndarray: ...
+        @property
+        def linear(self) -> np.ndarray: ...
 
     def predict(self, X) -> np.ndarray:
         """The recovered model's output on a batch (B, N, d)."""

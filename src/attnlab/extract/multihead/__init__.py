@@ -127,10 +127,10 @@ def multi_head(oracle: Oracle, *, heads: int | None = None, max_heads: int | Non
     tol = Tolerances(options["fit_tol"], options["logit_tol"], options["min_gap"], options["max_logit"])
     rng = as_generator(seed)
     start, clock = oracle.queries, time.perf_counter()
-    learner = Learner(oracle, rng, heads, max_heads if heads is None else heads, method, affine, anchors,
-                      tol, progress)
-    learner.rank = rank
     most = max_heads if heads is None else heads
+    assert most is not None  # heads or max_heads was required above
+    learner = Learner(oracle, rng, heads, most, method, affine, anchors, tol, progress)
+    learner.rank = rank
     learner.keep = options["refine"] and canonical_dof(most, d, affine) <= MAX_PARAMETERS
     params, extra = learner.run()
     if learner.keep:
@@ -138,12 +138,14 @@ def multi_head(oracle: Oracle, *, heads: int | None = None, max_heads: int | Non
         extra["refine"] = polish
         learner.kept_sequences, learner.kept_answers = [], []
     order = canonical_order(params.W, params.v)
+    assert params.u is not None  # MultiHeadParams.__post_init__ fills u (zeros without biases)
     params = MultiHeadParams(params.W[order], params.v[order], params.u[order], params.c)
     if check_queries:
         check(learner, params, check_queries)
     H = params.heads
     found = {"W": params.W, "v": params.v}
     if affine:
+        assert params.u is not None
         found.update(u=params.u, c=np.float64(params.c))
     result = Extraction(
         params=found,

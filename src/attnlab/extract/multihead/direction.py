@@ -4,11 +4,14 @@ owns the state it uses (oracle ledger, tolerances, token scale, centring)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from attnlab.errors import ExtractionError
 from attnlab.extract.multihead.rational import (
     HeadFit,
+    Tolerances,
     fit_with_known_gammas,
     joint_polish,
     layouts,
@@ -33,6 +36,30 @@ def _unit_off(x: np.ndarray, avoid) -> np.ndarray:
 
 class DirectionReader:
     """The per-direction half of the learner (see the module docstring)."""
+
+    # State owned (and set) by learner.Learner, declared here for the type checker.
+    rng: np.random.Generator
+    tol: Tolerances
+    method: str
+    affine: bool
+    anchors: int
+    anchor_gap: float
+    attempts: int
+    b_norm: float
+    V: np.ndarray
+    anchor_counts: list[int]
+    error_bound: float
+
+    if TYPE_CHECKING:  # measurements implemented by learner.Learner
+        def measure(self, pairs: list[tuple[np.ndarray, np.ndarray]], points: int,
+                    stage: str = "pairs", exclude=(),
+                    centers: list[float] | None = None
+                    ) -> list[tuple[np.ndarray, np.ndarray, float]]: ...
+        def centers_for(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[float]: ...
+        def with_shift(self, fit: HeadFit | None, center: float) -> HeadFit | None: ...
+        def reject(self, spent: int) -> None: ...
+        def random_direction(self, avoid=()) -> np.ndarray: ...
+        def augment(self, tokens) -> np.ndarray: ...
 
     def _continue(self, u: np.ndarray, ref: HeadFit, tokens: list[np.ndarray]) -> list[HeadFit | None]:
         """Logits for tokens near the reference token: H answers each, 2H - 1 where Newton is unsafe."""
@@ -67,7 +94,7 @@ class DirectionReader:
         started at a's logits find them (2H - 1 answers where that is not safe).
         All pairs of the direction are finally refitted together with shared gammas.
         """
-        H, d = ref.gamma.size, B.shape[1]
+        H, d = ref.gamma.size, int(B.shape[1])
         S = float(u @ self.V)
         continuation = self.method == "continuation"
         # affine heads: logits are affine in b, so d + 1 affinely independent tokens are needed

@@ -43,7 +43,7 @@ class Learner(DirectionReader):
 
     def __init__(self, oracle: Oracle, rng: np.random.Generator, heads: int | None, max_heads: int,
                  method: str, affine: bool, anchors: int, tol: Tolerances, progress: bool):
-        self.oracle, self.rng, self.d = oracle, rng, int(oracle.d)
+        self.oracle, self.rng, self.d = oracle, rng, oracle.require_d("multi_head")
         self.method, self.affine, self.anchors, self.tol = method, affine, anchors, tol
         self.attempts = 20  # redraws of one probe before the learner gives up
         self.anchor_gap = 0.25  # continued tokens step eps = gap / 10 away from an anchor: errors grow as 1/eps
@@ -60,6 +60,12 @@ class Learner(DirectionReader):
         self.kept_sequences: list[np.ndarray] = []
         self.kept_answers: list[float] = []
         self.centering = False  # measure each pair around exp(-its mean logit) (see centers_for)
+
+    @property
+    def known_heads(self) -> int:
+        """H, given or found by the first reference pair (everything after that reads it)."""
+        assert self.heads is not None, "the number of heads is not known yet"
+        return self.heads
 
     def ask(self, stage: str, sequences: list[np.ndarray]) -> np.ndarray:
         before = self.oracle.queries
@@ -126,13 +132,13 @@ class Learner(DirectionReader):
 
     def fit_reference(self, u: np.ndarray, b: np.ndarray, detect: bool) -> tuple[HeadFit | None, int]:
         """Fit the pair (u, b) whose gammas label the heads of direction u (None if unusable), and its cost."""
-        points = 2 * self.max_heads + 1 if detect else 2 * self.heads - 1
+        points = 2 * self.max_heads + 1 if detect else 2 * self.known_heads - 1
         center = self.centers_for([(u, b)])[0]
         t, F, S = self.measure([(u, b)], points, centers=[center])[0]
         points += int(self.centering)
         if detect:
             return self.with_shift(fewest_heads_fit(t, F, S, self.max_heads), center), points
-        fit = fit_heads(t, F, S, self.heads)
+        fit = fit_heads(t, F, S, self.known_heads)
         return self.with_shift(fit if fit is not None and fit.residual <= self.tol.fit_tol else None, center), points
 
     def usable(self, fit: HeadFit, reference: bool) -> bool:
@@ -149,6 +155,7 @@ class Learner(DirectionReader):
             if np.min(np.abs(fit.gamma)) <= 1e-6 * size:
                 return False  # a head (almost) invisible along u: its logits cannot be read
             if fit.t is not None:
+                assert fit.F is not None  # fits keep their data t and F together
                 sig = expit(fit.s[None, :] + np.log(fit.t)[:, None])
                 jac = np.hstack([sig, sig * (1 - sig) * fit.gamma[None, :]])
                 scale = max(float(np.max(np.abs(fit.F))), size)
@@ -183,7 +190,7 @@ class Learner(DirectionReader):
         for attempt in range(4):
             spent_before = self.stages["pairs"]
             first, first_u = self._first_reference(U[:, 0] if attempt == 0 else self.random_direction(), B[:, 0])
-            H = self.heads
+            H = self.known_heads
             if H == 0:
                 return MultiHeadParams(np.zeros((0, d, d)), np.zeros((0, d)), c=self.C), {"b_norm": self.b_norm}
             try:
@@ -214,7 +221,9 @@ class Learner(DirectionReader):
             else:
                 self.b_norm *= self.logit_scale / rms
             self.reject(self.stages["pairs"] - spent_before)
-        directions, gammas, weights = [], [], []
+        directions: list[np.ndarray] = []
+        gammas: list[np.ndarray] = []
+        weights: list[np.ndarray] = []
         tokens, logits, gamma = first_direction
         first = HeadFit(gamma, logits[0], 0.0)  # the polished reference: heads are labelled by it
         width = d + 1 if self.affine else d  # unknowns per head and direction: W_h^T u (and u^T u_h)
@@ -223,6 +232,7 @@ class Learner(DirectionReader):
         # direction then needs only r + 2 tokens, solved inside the row spaces.
         low = None if self.rank is None else self.rank + int(self.affine)
         full = d if low is None or low + 2 >= width else low + 2
+        later_tokens = None if low is None else low + 2  # tokens per direction after the first full
         bases = None
         for i in progress_range(d, "multi-head directions", self.progress):
             if i == 0:
@@ -230,12 +240,13 @@ class Learner(DirectionReader):
             else:
                 u, order, (tokens, logits, gamma) = self._direction(
                     _unit_off(U[:, i], directions), first, first_u, B, directions,
-                    needed=None if i < full else low + 2)
+                    needed=None if i < full else later_tokens)
             directions.append(u)
             gammas.append(gamma[order])
             if i < full:  # column h: W_h^T u (and, for affine heads, a last row u^T u_h)
                 weights.append(np.linalg.solve(self.augment(tokens), logits[:, order]))
                 if i == full - 1 and full < d:
+                    assert low is not None  # full < d only when a rank was given
                     bases = row_bases(np.array(weights), low, self.affine)
             else:
                 weights.append(inside_row_spaces(self.augment(tokens), logits[:, order], bases, self.affine))
@@ -326,7 +337,7 @@ class Learner(DirectionReader):
             self.reject(self.stages["pairs"] - spent_before)
             u = self.random_direction(avoid=accepted)
         raise ExtractionError(
-            f"no usable probe direction after {attempts} tries: {_not_h_heads(self.heads)}"
+            f"no usable probe direction after {attempts} tries: {_not_h_heads(self.known_heads)}"
         )
 
 

@@ -22,6 +22,7 @@ def measure(result: Extraction, oracle: Oracle, rng: np.random.Generator, sample
     if samples < 0:
         raise ValueError(f"fidelity_samples must be >= 0, got {samples}")
     if samples:
+        assert result.surrogate is not None  # both extractors here return their model
         result.fidelity, result.fidelity_queries = measure_fidelity(
             oracle, result.surrogate, n=samples, lengths=(1, 32), seed=int(rng.integers(2 ** 31)),
             info=result.info)

@@ -156,6 +156,12 @@ def fewest_heads_fit(t: np.ndarray, F: np.ndarray, S: float, max_heads: int) -> 
     return None
 
 
+def _data(fit: HeadFit) -> tuple[np.ndarray, np.ndarray]:
+    """The ratios t and answers F a fit was made from (every fit made from data keeps them)."""
+    assert fit.t is not None and fit.F is not None, "a fit without its data cannot be refitted"
+    return fit.t, fit.F
+
+
 def joint_polish(fits: list[HeadFit], S: float, iterations: int = 30):
     """Gauss-Newton over all pairs of one key direction: shared gammas, one logit per head and pair.
 
@@ -164,9 +170,10 @@ def joint_polish(fits: list[HeadFit], S: float, iterations: int = 30):
     H, P = fits[0].gamma.size, len(fits)
     gamma = np.mean([f.gamma for f in fits], axis=0)
     logits = np.array([f.s for f in fits])
-    log_t = [np.log(f.t) for f in fits]
-    rows = sum(f.t.size for f in fits) + 1
-    scale = max(abs(S), max(float(np.max(np.abs(f.F))) for f in fits))
+    data = [_data(f) for f in fits]
+    log_t = [np.log(t) for t, _ in data]
+    rows = sum(t.size for t, _ in data) + 1
+    scale = max(abs(S), max(float(np.max(np.abs(F))) for _, F in data))
 
     def residuals_and_jacobian():
         res = np.empty(rows)

@@ -21,6 +21,7 @@ MAX_PARAMETERS = 4000  # the dense Jacobian is (queries x parameters)
 def _rows(params: MultiHeadParams, X: np.ndarray, affine: bool) -> tuple[np.ndarray, np.ndarray]:
     """Predictions on a batch (B, N, d) and their Jacobian (B, parameters) in the order of `pack`."""
     q = X[:, -1, :]
+    assert params.u is not None  # MultiHeadParams.__post_init__ fills u (zeros without biases)
     z = np.einsum("bnd,hde,be->bhn", X, params.W, q) + np.einsum("bnd,hd->bhn", X, params.u)
     alpha = softmax(z, axis=-1)
     g = np.einsum("bnd,hd->bhn", X, params.v)
@@ -39,7 +40,8 @@ def _rows(params: MultiHeadParams, X: np.ndarray, affine: bool) -> tuple[np.ndar
 def pack(params: MultiHeadParams, affine: bool) -> np.ndarray:
     parts = [params.W.ravel(), params.v.ravel()]
     if affine:
-        parts += [params.u.ravel(), [params.c]]
+        assert params.u is not None  # MultiHeadParams.__post_init__ fills u
+        parts += [params.u.ravel(), np.array([params.c])]
     return np.concatenate(parts)
 
 
@@ -68,7 +70,7 @@ def refine(params: MultiHeadParams, sequences: list[np.ndarray], answers: np.nda
         for index, batch in groups:
             pred, rows = _rows(current, batch, affine)
             residual[index] = pred - y[index]
-            if with_jacobian:
+            if jac is not None:  # with_jacobian
                 jac[index] = rows
         return residual, jac
 
