@@ -111,6 +111,7 @@ def one_layer_transformer(oracle: Oracle, *, residual: bool = False, hidden: int
         "residual": residual, "ffn": ffn.info, "ffn_stages": ffn.stages, "head": head.info,
         "derived_queries": head.queries, "value_consistency": consistency,
     }
+    assert ffn.dof is not None  # relu_ffn always states its dof
     result = Extraction(params={"W": W, "v": v, "A": A, "w": w, "linear": linear},
                         queries=oracle.queries - started_queries, method=method,
                         dof=d * d + ffn.dof,  # W, plus the FFN modulo neuron rescaling
