@@ -62,3 +62,17 @@ def test_token_width_delegates_to_require_d():
 
     with pytest.raises(ValueError, match="from require_d"):
         token_width(NoWidth())
+
+
+def test_exact_extractor_warns_on_a_noisy_oracle():
+    from attnlab.extract.convention import NoisyOracleWarning
+    from attnlab.models.attention import SingleHeadAttention
+    from attnlab.oracle.noise import GaussianNoise
+
+    noisy = Oracle(SingleHeadAttention.random(d=4, seed=0), noise=GaussianNoise(1e-3))
+    with pytest.warns(NoisyOracleWarning, match="noisy_single_head"):
+        single_head(noisy, fidelity_samples=0)
+    exact = Oracle(SingleHeadAttention.random(d=4, seed=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NoisyOracleWarning)
+        single_head(exact, fidelity_samples=0)

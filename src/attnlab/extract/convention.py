@@ -26,6 +26,35 @@ def token_width(oracle: Oracle, who: str = "this extractor") -> int:
     return int(oracle.d)
 
 
+class NoisyOracleWarning(UserWarning):
+    """An exact extractor was handed an oracle with a noise model: its answers are not exact, so
+    the recovered parameters may be silently wrong; use `noisy_single_head` (the robust estimator)."""
+
+
+# Relative answer noise below this (float64 rounding, float32 rounding) leaves exact methods exact.
+NOISE_TOLERANCE = 1e-6
+
+
+def warn_if_noisy(oracle: Oracle, who: str) -> None:
+    """Warn NoisyOracleWarning when `oracle.noise` can move answers by more than NOISE_TOLERANCE."""
+    import warnings
+
+    import numpy as np
+
+    noise = getattr(oracle, "noise", None)
+    if noise is None:
+        return
+    try:
+        scale = float(np.max(noise.scale(np.ones(1))))
+    except Exception:  # a custom noise model without scale(): assume it matters
+        scale = float("inf")
+    if scale > NOISE_TOLERANCE:
+        warnings.warn(f"{who} is exact and assumes exact answers, but this oracle adds noise "
+                      f"({type(noise).__name__}, scale {scale:.1e}): the result may be silently wrong; "
+                      "use attnlab.extract.noisy_single_head (the robust estimator) for noisy answers",
+                      NoisyOracleWarning, stacklevel=3)
+
+
 def resolve_method(method: str, method_options: Mapping[str, Any] | None,
                    defaults: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The options of `method`: its defaults updated by `method_options`.
