@@ -65,8 +65,13 @@ def progress(items, desc):
 def table(header: list[str], rows: list[list]) -> str:
     def fmt(v):
         if isinstance(v, float):
-            return f"{v:.3g}" if (abs(v) < 1e-2 or abs(v) >= 1e4) and v != 0 else f"{v:.3f}".rstrip("0").rstrip(".")
+            return (
+                f"{v:.3g}"
+                if (abs(v) < 1e-2 or abs(v) >= 1e4) and v != 0
+                else f"{v:.3f}".rstrip("0").rstrip(".")
+            )
         return str(v)
+
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -82,29 +87,61 @@ def theorem2_cell(N, q, certificate, criterion, random_sets, targets):
     """One cell: search (fit + held-out widening), then a final judgement on unseen samples."""
     eps, bits = 1.0 / (2 * q), certificate_precision(N, q, 1.0 / (2 * q))
     start = time.perf_counter()
-    head = smallest_certificate_qsa(N, q, 4, eps, bits, SEED, random_sets=random_sets,
-                                    adversarial_targets=targets if criterion == "adversarial" else 0,
-                                    certificate=certificate)
+    head = smallest_certificate_qsa(
+        N,
+        q,
+        4,
+        eps,
+        bits,
+        SEED,
+        random_sets=random_sets,
+        adversarial_targets=targets if criterion == "adversarial" else 0,
+        certificate=certificate,
+    )
     fresh = distinct_indices(np.random.default_rng([SEED, 900, N, q]), (random_sets,), q, N)
     attack = head.adversarial_sets(np.random.default_rng([SEED, 901, N, q]), targets)
-    return {"N": N, "q": q, "certificate": certificate, "criterion": criterion, "p": bits, "key_dim": head.key_dim,
-            "ratio": head.key_dim / (q * math.log2(N)), "one_hot": head.key_dim >= N,
-            "unseen_random_error": float(head.worst_case_errors(fresh).max()),
-            "unseen_adversarial_error": float(head.worst_case_errors(attack).max()), "eps": eps,
-            "holdout_rounds": len(head.holdout), "seconds": time.perf_counter() - start}
+    return {
+        "N": N,
+        "q": q,
+        "certificate": certificate,
+        "criterion": criterion,
+        "p": bits,
+        "key_dim": head.key_dim,
+        "ratio": head.key_dim / (q * math.log2(N)),
+        "one_hot": head.key_dim >= N,
+        "unseen_random_error": float(head.worst_case_errors(fresh).max()),
+        "unseen_adversarial_error": float(head.worst_case_errors(attack).max()),
+        "eps": eps,
+        "holdout_rounds": len(head.holdout),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def theorem2(Ns, qs, random_sets, targets, cache_path, budget_end):
     """The grid, cheapest cells first; cached cells are reused, cells past the budget skipped."""
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-    cells = sorted([(N, q, c, k) for N in Ns for q in qs for c in ("softmax-leak", "least-squares")
-                    for k in ("random", "adversarial")], key=lambda t: (t[0] * t[1] ** 2, t[2] != "least-squares"))
+    cells = sorted(
+        [
+            (N, q, c, k)
+            for N in Ns
+            for q in qs
+            for c in ("softmax-leak", "least-squares")
+            for k in ("random", "adversarial")
+        ],
+        key=lambda t: (t[0] * t[1] ** 2, t[2] != "least-squares"),
+    )
     for N, q, certificate, criterion in progress(cells, "theorem 2"):
         name = f"{N}/{q}/{certificate}/{criterion}"
         if name in cache:
             continue
         if time.time() > budget_end:
-            cache[name] = {"N": N, "q": q, "certificate": certificate, "criterion": criterion, "skipped": True}
+            cache[name] = {
+                "N": N,
+                "q": q,
+                "certificate": certificate,
+                "criterion": criterion,
+                "skipped": True,
+            }
             continue
         cache[name] = theorem2_cell(N, q, certificate, criterion, random_sets, targets)
         cache_path.write_text(json.dumps(cache, indent=1))
@@ -125,13 +162,28 @@ def theorem2_rows(cells):
                     continue
                 worst = max(c["unseen_random_error"], c["unseen_adversarial_error"])
                 mark = "" if worst <= c["eps"] else " (fails an unseen sample)"
-                shown = f"{c['key_dim']} one-hot" if c["one_hot"] else f"{c['key_dim']} = {c['ratio']:.2f}x"
+                shown = (
+                    f"{c['key_dim']} one-hot"
+                    if c["one_hot"]
+                    else f"{c['key_dim']} = {c['ratio']:.2f}x"
+                )
                 row.append(shown + mark)
         optimised = by[(N, q, "softmax-leak", "adversarial")]
-        row.append("-" if optimised.get("skipped") else
-                   f"{optimised['unseen_random_error']:.3g} / {optimised['unseen_adversarial_error']:.3g}")
-        row.append(round(sum(by[(N, q, c, k)].get("seconds", 0.0) for c in ("softmax-leak", "least-squares")
-                             for k in ("random", "adversarial")), 1))
+        row.append(
+            "-"
+            if optimised.get("skipped")
+            else f"{optimised['unseen_random_error']:.3g} / {optimised['unseen_adversarial_error']:.3g}"
+        )
+        row.append(
+            round(
+                sum(
+                    by[(N, q, c, k)].get("seconds", 0.0)
+                    for c in ("softmax-leak", "least-squares")
+                    for k in ("random", "adversarial")
+                ),
+                1,
+            )
+        )
         rows.append(row)
     return rows
 
@@ -144,10 +196,20 @@ def theorem3(Ns, qs, random_sets):
         check = found.verify(rng=SEED + 1, n=1) if N <= 1024 else None
         x = 2 * q * math.log2(N)
         points.append((x, found.precision))
-        rows.append([N, q, found.m, f"{found.beta:.3g}", found.precision, round(found.precision / x, 2),
-                     found.search[found.precision], found.search.get(found.precision - 1, float("nan")),
-                     "-" if check is None else ("yes" if check.passed else "no"),
-                     round(time.perf_counter() - start, 1)])
+        rows.append(
+            [
+                N,
+                q,
+                found.m,
+                f"{found.beta:.3g}",
+                found.precision,
+                round(found.precision / x, 2),
+                found.search[found.precision],
+                found.search.get(found.precision - 1, float("nan")),
+                "-" if check is None else ("yes" if check.passed else "no"),
+                round(time.perf_counter() - start, 1),
+            ]
+        )
     return rows, np.array(points)
 
 
@@ -156,15 +218,42 @@ def lower_bound(qs_random, qs_code, key_dims, precisions):
     for q in progress(qs_random, "theorem 4 (random keys)"):
         N = 2 * q + 1
         best = smallest_query_bits(q, [k for k in key_dims if k < N], precisions, SEED)
-        rows.append([q, "Theorem-2 head (random keys, m' < N)", best["query_bits"], best["key_dim"], best["precision"]])
+        rows.append(
+            [
+                q,
+                "Theorem-2 head (random keys, m' < N)",
+                best["query_bits"],
+                best["key_dim"],
+                best["precision"],
+            ]
+        )
         one_hot = smallest_query_bits(q, [N], precisions, SEED)
-        rows.append([q, "one-hot keys (m' = N = 2q + 1)", one_hot["query_bits"], one_hot["key_dim"], one_hot["precision"]])
+        rows.append(
+            [
+                q,
+                "one-hot keys (m' = N = 2q + 1)",
+                one_hot["query_bits"],
+                one_hot["key_dim"],
+                one_hot["precision"],
+            ]
+        )
     for q in progress(qs_code, "theorem 4 (pair code)"):
         for k in sorted({1, q // 2, q - 1, q}):
             m = measure_disjointness(q, k, 1, SEED, design="pair-code")
-            code_rows.append([q, k, 1, m.query_bits, m.distinct_messages, 2 ** q, m.worst_error,
-                              m.wrong_decisions, "yes" if m.solves else "no",
-                              "yes" if m.witness else "no"])
+            code_rows.append(
+                [
+                    q,
+                    k,
+                    1,
+                    m.query_bits,
+                    m.distinct_messages,
+                    2**q,
+                    m.worst_error,
+                    m.wrong_decisions,
+                    "yes" if m.solves else "no",
+                    "yes" if m.witness else "no",
+                ]
+            )
         rows.append([q, "pair code (made for DISJ)", q, q, 1])
     return rows, code_rows
 
@@ -172,29 +261,70 @@ def lower_bound(qs_random, qs_code, key_dims, precisions):
 def matches(match2_sizes, match3_sizes, local_sizes):
     rows = []
     for N, M in progress(match2_sizes, "match2"):
-        for kind, label in ((Match2WidthThree, "standard, 1 head, no residual"),
-                            (Match2Construction, "standard, 1 head, + residual x_i")):
+        for kind, label in (
+            (Match2WidthThree, "standard, 1 head, no residual"),
+            (Match2Construction, "standard, 1 head, + residual x_i"),
+        ):
             start = time.perf_counter()
-            found = smallest_match_precision(lambda b, kind=kind, N=N, M=M: kind.build(N, M, b), SEED, n=16)
+            found = smallest_match_precision(
+                lambda b, kind=kind, N=N, M=M: kind.build(N, M, b), SEED, n=16
+            )
             v = found.verify(rng=SEED + 1, n=32)
-            rows.append(["match2", label, N, M, found.m, found.m + found.residual_inputs, found.precision,
-                         v.bit_errors, f"{v.n_random}+{v.n_adversarial}", round(math.log2(M), 1),
-                         round(time.perf_counter() - start, 1)])
+            rows.append(
+                [
+                    "match2",
+                    label,
+                    N,
+                    M,
+                    found.m,
+                    found.m + found.residual_inputs,
+                    found.precision,
+                    v.bit_errors,
+                    f"{v.n_random}+{v.n_adversarial}",
+                    round(math.log2(M), 1),
+                    round(time.perf_counter() - start, 1),
+                ]
+            )
     for N, M in progress(match3_sizes, "match3"):
         start = time.perf_counter()
-        found = smallest_match_precision(lambda b, N=N, M=M: ThirdOrderMatch3.build(N, M, b), SEED, n=8)
+        found = smallest_match_precision(
+            lambda b, N=N, M=M: ThirdOrderMatch3.build(N, M, b), SEED, n=8
+        )
         v = found.verify(rng=SEED + 1, n=8)
-        rows.append(["match3", "third-order, 1 head, + residual", N, M, found.m, found.m + 1, found.precision,
-                     v.bit_errors, f"{v.n_random}+{v.n_adversarial}", round(math.log2(M), 1),
-                     round(time.perf_counter() - start, 1)])
+        rows.append(
+            [
+                "match3",
+                "third-order, 1 head, + residual",
+                N,
+                M,
+                found.m,
+                found.m + 1,
+                found.precision,
+                v.bit_errors,
+                f"{v.n_random}+{v.n_adversarial}",
+                round(math.log2(M), 1),
+                round(time.perf_counter() - start, 1),
+            ]
+        )
     for N, M, w in progress(local_sizes, "match3-local"):
         start = time.perf_counter()
         found = smallest_local_match3(N, M, w, None, SEED)
         v = found.verify(rng=SEED + 1, n=8)
-        rows.append([f"match3-local (w={w})", "standard, 1 head, + residual (x_i, i)", N, M, found.m, found.m + 2,
-                     found.precision or "float64",
-                     f"{v.bit_errors} (all windows certified: {'yes' if v.notes['certified_all_inputs'] else 'no'})",
-                     f"{v.n_random}+{v.n_adversarial}", round(math.log2(M), 1), round(time.perf_counter() - start, 1)])
+        rows.append(
+            [
+                f"match3-local (w={w})",
+                "standard, 1 head, + residual (x_i, i)",
+                N,
+                M,
+                found.m,
+                found.m + 2,
+                found.precision or "float64",
+                f"{v.bit_errors} (all windows certified: {'yes' if v.notes['certified_all_inputs'] else 'no'})",
+                f"{v.n_random}+{v.n_adversarial}",
+                round(math.log2(M), 1),
+                round(time.perf_counter() - start, 1),
+            ]
+        )
     return rows
 
 
@@ -202,7 +332,15 @@ def communication(disj_ns, match3_ns):
     disj_rows = []
     for n in disj_ns:
         r = disjointness_rows(n)
-        disj_rows.append([n, r["inputs"], r["distinct_rows"], r["one_way_bits_needed"], "yes" if r["fooling_set_ok"] else "no"])
+        disj_rows.append(
+            [
+                n,
+                r["inputs"],
+                r["distinct_rows"],
+                r["one_way_bits_needed"],
+                "yes" if r["fooling_set_ok"] else "no",
+            ]
+        )
     match_rows = []
     for n in match3_ns:
         instance = match3_instance(n)
@@ -210,73 +348,140 @@ def communication(disj_ns, match3_ns):
         for width in sorted({1, max(1, n // 2), n - 1, n}):
             layer = indicator_layer(instance, width)
             witness = witness_failure(layer, instance)
-            match_rows.append([n, instance.N, instance.M, reduction["pairs"], "yes" if reduction["reduction_exact"] else "no",
-                               width, width + 1, exhaustive_layer_errors(layer, instance),
-                               "-" if witness is None else f"A={witness['A']} A'={witness['A_prime']} B={witness['B']}"])
+            match_rows.append(
+                [
+                    n,
+                    instance.N,
+                    instance.M,
+                    reduction["pairs"],
+                    "yes" if reduction["reduction_exact"] else "no",
+                    width,
+                    width + 1,
+                    exhaustive_layer_errors(layer, instance),
+                    "-"
+                    if witness is None
+                    else f"A={witness['A']} A'={witness['A_prime']} B={witness['B']}",
+                ]
+            )
     return disj_rows, match_rows
 
 
 def figure(path, thm2_points, thm3_points, lb_rows):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
     ax = axes[0]
-    for (certificate, criterion), marker in ((("softmax-leak", "adversarial"), "o"), (("softmax-leak", "random"), "^"),
-                                             (("least-squares", "adversarial"), "s"), (("least-squares", "random"), "v")):
-        pts = sorted((c["q"] * math.log2(c["N"]), c["key_dim"]) for c in thm2_points
-                     if c["certificate"] == certificate and c["criterion"] == criterion and not c.get("skipped")
-                     and not c["one_hot"])
+    for (certificate, criterion), marker in (
+        (("softmax-leak", "adversarial"), "o"),
+        (("softmax-leak", "random"), "^"),
+        (("least-squares", "adversarial"), "s"),
+        (("least-squares", "random"), "v"),
+    ):
+        pts = sorted(
+            (c["q"] * math.log2(c["N"]), c["key_dim"])
+            for c in thm2_points
+            if c["certificate"] == certificate
+            and c["criterion"] == criterion
+            and not c.get("skipped")
+            and not c["one_hot"]
+        )
         if pts:
             ax.scatter(*zip(*pts), marker=marker, label=f"{certificate}, {criterion}")
     xmax = max(c["q"] * math.log2(c["N"]) for c in thm2_points)
     for k in (1, 2, 3):
         ax.plot([0, xmax], [0, k * xmax], color="gray", lw=0.6, ls=":")
-    ax.set(xlabel="q log2 N", ylabel="smallest key width m'", yscale="log",
-           title="Theorem 2: width vs q log N (dotted: 1, 2, 3 q log2 N)")
+    ax.set(
+        xlabel="q log2 N",
+        ylabel="smallest key width m'",
+        yscale="log",
+        title="Theorem 2: width vs q log N (dotted: 1, 2, 3 q log2 N)",
+    )
     ax.legend(fontsize=7)
     ax = axes[1]
     ax.scatter(thm3_points[:, 0], thm3_points[:, 1])
     g = np.linspace(0, thm3_points[:, 0].max() * 1.05, 50)
     ax.plot(g, g, color="gray", lw=1, label="p = 2q log2 N")
-    ax.set(xlabel="2q log2 N", ylabel="bits p needed", title="Theorem 3: precision of the moment curve")
+    ax.set(
+        xlabel="2q log2 N", ylabel="bits p needed", title="Theorem 3: precision of the moment curve"
+    )
     ax.legend()
     ax = axes[2]
-    for design, marker in (("one-hot keys (m' = N = 2q + 1)", "o"), ("pair code (made for DISJ)", "s")):
+    for design, marker in (
+        ("one-hot keys (m' = N = 2q + 1)", "o"),
+        ("pair code (made for DISJ)", "s"),
+    ):
         pts = [(r[0], r[2]) for r in lb_rows if r[1] == design and np.isfinite(r[2])]
         if pts:
             ax.plot(*zip(*pts), marker=marker, label=design)
     qs = [r[0] for r in lb_rows]
     ax.plot([min(qs), max(qs)], [min(qs), max(qs)], color="gray", lw=1, label="m' p = q")
-    ax.set(xlabel="q", ylabel="smallest m' p solving every DISJ_q input", yscale="log",
-           title="Theorem 4: bits in one query")
+    ax.set(
+        xlabel="q",
+        ylabel="smallest m' p solving every DISJ_q input",
+        yscale="log",
+        title="Theorem 4: bits in one query",
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small grid (a few minutes)")
-    parser.add_argument("--max-seconds", type=float, default=math.inf,
-                        help="Theorem-2 cells not started within this many seconds are reported 'not run'")
-    parser.add_argument("--sections", default="2,3,4,7,match", help="comma-separated: 2, 3, 4, 7, match")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=math.inf,
+        help="Theorem-2 cells not started within this many seconds are reported 'not run'",
+    )
+    parser.add_argument(
+        "--sections", default="2,3,4,7,match", help="comma-separated: 2, 3, 4, 7, match"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     sections = set(args.sections.split(","))
     if args.quick:
-        config = dict(Ns=[256], qs=[2, 4], random_sets=128, targets=16, thm3_Ns=[16, 64, 256],
-                      thm3_qs=[1, 2], lb_random=[4, 6], lb_code=[4, 8], key_dims=[8, 16, 32, 64, 128],
-                      precisions=[1, 2, 4, 8], match2=[(64, 97)], match3=[(24, 211)], local=[(32, 97, 2), (128, 97, 2)],
-                      disj=[1, 2, 3, 4, 5, 6], match3_lb=[2, 3, 4])
+        config = dict(
+            Ns=[256],
+            qs=[2, 4],
+            random_sets=128,
+            targets=16,
+            thm3_Ns=[16, 64, 256],
+            thm3_qs=[1, 2],
+            lb_random=[4, 6],
+            lb_code=[4, 8],
+            key_dims=[8, 16, 32, 64, 128],
+            precisions=[1, 2, 4, 8],
+            match2=[(64, 97)],
+            match3=[(24, 211)],
+            local=[(32, 97, 2), (128, 97, 2)],
+            disj=[1, 2, 3, 4, 5, 6],
+            match3_lb=[2, 3, 4],
+        )
     else:
-        config = dict(Ns=[256, 1024, 4096], qs=[2, 4, 8, 16], random_sets=256, targets=32,
-                      thm3_Ns=[16, 64, 256, 1024, 4096], thm3_qs=[1, 2, 4, 8], lb_random=[4, 6, 8, 10],
-                      lb_code=[4, 8, 12], key_dims=[4, 8, 16, 32, 64, 128, 256],
-                      precisions=[1, 2, 3, 4, 6, 8, 12], match2=[(64, 97), (256, 1009)],
-                      match3=[(32, 211), (64, 1009)], local=[(32, 97, 2), (128, 97, 2), (512, 97, 2), (512, 97, 4)],
-                      disj=list(range(1, 11)), match3_lb=[2, 3, 4, 5, 6])
+        config = dict(
+            Ns=[256, 1024, 4096],
+            qs=[2, 4, 8, 16],
+            random_sets=256,
+            targets=32,
+            thm3_Ns=[16, 64, 256, 1024, 4096],
+            thm3_qs=[1, 2, 4, 8],
+            lb_random=[4, 6, 8, 10],
+            lb_code=[4, 8, 12],
+            key_dims=[4, 8, 16, 32, 64, 128, 256],
+            precisions=[1, 2, 3, 4, 6, 8, 12],
+            match2=[(64, 97), (256, 1009)],
+            match3=[(32, 211), (64, 1009)],
+            local=[(32, 97, 2), (128, 97, 2), (512, 97, 2), (512, 97, 4)],
+            disj=list(range(1, 11)),
+            match3_lb=[2, 3, 4, 5, 6],
+        )
     name = "constructions_quick" if args.quick else "constructions"
     RESULTS.mkdir(exist_ok=True)
     report = [
@@ -289,8 +494,14 @@ def main() -> int:
     ]
     thm2_cells = []
     if "2" in sections:
-        thm2_cells = theorem2(config["Ns"], config["qs"], config["random_sets"], config["targets"],
-                              RESULTS / f"{name}_thm2.json", time.time() + args.max_seconds)
+        thm2_cells = theorem2(
+            config["Ns"],
+            config["qs"],
+            config["random_sets"],
+            config["targets"],
+            RESULTS / f"{name}_thm2.json",
+            time.time() + args.max_seconds,
+        )
         report += [
             "## 1. Theorem 2: smallest key width m' reaching eps = 1/(2q), optimised vs least-squares certificates",
             "",
@@ -305,20 +516,44 @@ def main() -> int:
             "sample of each kind; '(fails an unseen sample)' marks a width whose final unseen random or adversarial sample exceeded eps. m = m' + d'. "
             "Optimised = the softmax-leak program (attnlab.constructions.qsa_optimised).",
             "",
-            table(["N", "q", "optimised, random", "optimised, adversarial", "least squares, random",
-                   "least squares, adversarial", "optimised adv.: unseen error random / adversarial", "s (4 cells)"],
-                  theorem2_rows(thm2_cells)),
+            table(
+                [
+                    "N",
+                    "q",
+                    "optimised, random",
+                    "optimised, adversarial",
+                    "least squares, random",
+                    "least squares, adversarial",
+                    "optimised adv.: unseen error random / adversarial",
+                    "s (4 cells)",
+                ],
+                theorem2_rows(thm2_cells),
+            ),
             "",
         ]
         ran = [c for c in thm2_cells if not c.get("skipped") and not c["one_hot"]]
         for certificate in ("softmax-leak", "least-squares"):
             for criterion in ("random", "adversarial"):
-                ratios = [c["ratio"] for c in ran if c["certificate"] == certificate and c["criterion"] == criterion]
+                ratios = [
+                    c["ratio"]
+                    for c in ran
+                    if c["certificate"] == certificate and c["criterion"] == criterion
+                ]
                 if ratios:
-                    report.append(f"- {certificate}, {criterion}: m' / (q log2 N) from {min(ratios):.2f} to "
-                                  f"{max(ratios):.2f} over {len(ratios)} cells (one-hot cells left out).")
-        skipped = [f"N={c['N']} q={c['q']} {c['certificate']} {c['criterion']}" for c in thm2_cells if c.get("skipped")]
-        report += ["", "Cells not run (time budget): " + (", ".join(skipped) if skipped else "none") + ".", ""]
+                    report.append(
+                        f"- {certificate}, {criterion}: m' / (q log2 N) from {min(ratios):.2f} to "
+                        f"{max(ratios):.2f} over {len(ratios)} cells (one-hot cells left out)."
+                    )
+        skipped = [
+            f"N={c['N']} q={c['q']} {c['certificate']} {c['criterion']}"
+            for c in thm2_cells
+            if c.get("skipped")
+        ]
+        report += [
+            "",
+            "Cells not run (time budget): " + (", ".join(skipped) if skipped else "none") + ".",
+            "",
+        ]
     thm3_rows, thm3_points = [], np.zeros((0, 2))
     if "3" in sections:
         thm3_rows, thm3_points = theorem3(config["thm3_Ns"], config["thm3_qs"], 32)
@@ -331,15 +566,30 @@ def main() -> int:
             "adversary started from blocks packed around a gap, blocks at the ends and 32 random sets. 'verified' "
             "runs the head end to end (task.score) where N <= 1024.",
             "",
-            table(["N", "q", "m = 2q + d'", "beta", "p needed", "p / (2q log2 N)", "error at p", "error at p-1",
-                   "verified", "s"], thm3_rows),
+            table(
+                [
+                    "N",
+                    "q",
+                    "m = 2q + d'",
+                    "beta",
+                    "p needed",
+                    "p / (2q log2 N)",
+                    "error at p",
+                    "error at p-1",
+                    "verified",
+                    "s",
+                ],
+                thm3_rows,
+            ),
             "",
             f"Fit p = C 2q log2 N: C = {C3:.2f} (largest relative residual {res3:.0%}).",
             "",
         ]
     lb_rows = []
     if "4" in sections:
-        lb_rows, code_rows = lower_bound(config["lb_random"], config["lb_code"], config["key_dims"], config["precisions"])
+        lb_rows, code_rows = lower_bound(
+            config["lb_random"], config["lb_code"], config["key_dims"], config["precisions"]
+        )
         disj_rows, match3_rows = communication(config["disj"], config["match3_lb"])
         report += [
             "## 3. Theorem 4: bits Alice's message needs on the set-disjointness instance",
@@ -349,7 +599,16 @@ def main() -> int:
             "any maps, any psi) solves it; the fooling set (A, complement A) is checked on all pairs too. This is "
             "the exact answer of a search over all (message map, decoder) pairs, hence over all heads, below the bound.",
             "",
-            table(["n", "inputs a", "distinct rows of DISJ_n", "bits needed (any head)", "fooling set holds"], disj_rows),
+            table(
+                [
+                    "n",
+                    "inputs a",
+                    "distinct rows of DISJ_n",
+                    "bits needed (any head)",
+                    "fooling set holds",
+                ],
+                disj_rows,
+            ),
             "",
             "Concrete heads, N = 2q + 1, eps = 1/(2q), every input a and the exact worst case over all b. Smallest "
             f"m' p solving every input over p in {config['precisions']} for random sign keys with m' < N from "
@@ -358,8 +617,21 @@ def main() -> int:
             "",
             table(["q", "head", "smallest m' p", "m'", "p"], lb_rows),
             "",
-            table(["q", "m'", "p", "m' p", "distinct queries", "inputs a", "worst error", "wrong decisions",
-                   "solves", "witness"], code_rows),
+            table(
+                [
+                    "q",
+                    "m'",
+                    "p",
+                    "m' p",
+                    "distinct queries",
+                    "inputs a",
+                    "worst error",
+                    "wrong decisions",
+                    "solves",
+                    "witness",
+                ],
+                code_rows,
+            ),
             "",
             "## 4. Theorem 7: Match3 for standard attention decides set disjointness",
             "",
@@ -371,8 +643,20 @@ def main() -> int:
             "linearly in N. The indicator layer (uniform attention, value e_s / 2 e_t, m_v value coordinates, one "
             "bit each) solves every pair at m_v = n and fails below, on the witness shown (run through the layer).",
             "",
-            table(["n", "N", "M", "pairs (A, B)", "reduction exact", "m_v", "Alice's numbers", "wrong bits (all pairs)",
-                   "witness (same message, one answer wrong)"], match3_rows),
+            table(
+                [
+                    "n",
+                    "N",
+                    "M",
+                    "pairs (A, B)",
+                    "reduction exact",
+                    "m_v",
+                    "Alice's numbers",
+                    "wrong bits (all pairs)",
+                    "witness (same message, one answer wrong)",
+                ],
+                match3_rows,
+            ),
             "",
             "What is not here: the smallest m at which a TRAINED standard layer solves Match3 as N grows, and the "
             "FFN/RNN bounds bracketed by trained baselines -- helper T's training sweeps (report/training.py).",
@@ -389,11 +673,30 @@ def main() -> int:
             "reads outside the attention. Local Match3: key width 2 (positions on a circle), value width 2W; "
             "certified on every window exhaustively (the weights depend only on positions), p searched for that.",
             "",
-            table(["task", "attention", "N", "M", "m", "width incl. residual", "p", "wrong bits",
-                   "sequences (sampled+adversarial)", "log2 M", "s"], match_rows),
+            table(
+                [
+                    "task",
+                    "attention",
+                    "N",
+                    "M",
+                    "m",
+                    "width incl. residual",
+                    "p",
+                    "wrong bits",
+                    "sequences (sampled+adversarial)",
+                    "log2 M",
+                    "s",
+                ],
+                match_rows,
+            ),
             "",
         ]
-    report += [f"Total {time.perf_counter() - started:.0f} s.", "", f"![constructions]({name}.png)", ""]
+    report += [
+        f"Total {time.perf_counter() - started:.0f} s.",
+        "",
+        f"![constructions]({name}.png)",
+        "",
+    ]
     (RESULTS / f"{name}.md").write_text("\n".join(report))
     if thm2_cells and len(thm3_points) and lb_rows:
         figure(RESULTS / f"{name}.png", thm2_cells, thm3_points, lb_rows)

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # small solves: threads only contend on a shared machine
+os.environ.setdefault(
+    "OPENBLAS_NUM_THREADS", "1"
+)  # small solves: threads only contend on a shared machine
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
@@ -31,14 +33,19 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from attnlab.errors import ExtractionError  # noqa: E402
-from attnlab.evaluate.truth import ffn_radius_errors, functional_error, gaussian_batches, relative_error  # noqa: E402
+from attnlab.evaluate.truth import (
+    ffn_radius_errors,
+    functional_error,
+    gaussian_batches,
+    relative_error,
+)  # noqa: E402
 from attnlab.extract.ffn import relu_ffn  # noqa: E402
 from attnlab.extract.transformer import one_layer_transformer  # noqa: E402
 from attnlab.models import OneLayerTransformer, ReluFFN  # noqa: E402
 from attnlab.oracle import Oracle  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CARLINI_QUERIES, CARLINI_PARAMS = 2 ** 21.5, 784 * 128 + 128 + 128 + 1
+CARLINI_QUERIES, CARLINI_PARAMS = 2**21.5, 784 * 128 + 128 + 128 + 1
 CARLINI_PER_PARAM = CARLINI_QUERIES / CARLINI_PARAMS
 SHAPES = [(32, 64), (64, 256), (128, 128), (16, 512), (256, 64)]
 FAMILIES = {"gaussian": {}, "he": {"init": "he"}, "dead": {"dead": 0.25}}
@@ -53,14 +60,28 @@ def ffn_run(d, m, bias, family, seed, options):
     started = time.perf_counter()
     row = {"d": d, "m": m, "bias": bias, "family": family, "seed": seed, "params": params}
     try:
-        ex = relu_ffn(oracle, bias=bias, hidden=m, seed=seed + 1, method_options=options, fidelity_samples=0)
+        ex = relu_ffn(
+            oracle, bias=bias, hidden=m, seed=seed + 1, method_options=options, fidelity_samples=0
+        )
     except ExtractionError as error:
-        row.update(raised=str(error)[:80], queries=oracle.queries, seconds=time.perf_counter() - started)
+        row.update(
+            raised=str(error)[:80], queries=oracle.queries, seconds=time.perf_counter() - started
+        )
         return row
-    errors = ffn_radius_errors(model, ex, model.A.detach().numpy(), radii=RADII, n=2000, seed=seed + 999)
-    row.update(raised=None, queries=ex.queries, seconds=ex.seconds, exact=ex.info["exact"],
-               orientation=ex.info["orientation"], found=ex.info["neurons_found"], errors=errors,
-               wrong=max(errors.values()) > TOL, stages=ex.stages)
+    errors = ffn_radius_errors(
+        model, ex, model.A.detach().numpy(), radii=RADII, n=2000, seed=seed + 999
+    )
+    row.update(
+        raised=None,
+        queries=ex.queries,
+        seconds=ex.seconds,
+        exact=ex.info["exact"],
+        orientation=ex.info["orientation"],
+        found=ex.info["neurons_found"],
+        errors=errors,
+        wrong=max(errors.values()) > TOL,
+        stages=ex.stages,
+    )
     return row
 
 
@@ -84,7 +105,8 @@ def summarise(rows):
         lines.append(
             f"| {d} | {m} | {'yes' if bias else 'no'} | {family} | {len(group)} | {raised + wrong} | {raised} | "
             f"{silent} | {flagged} | {q} | {ratio} | {worst[1.0]:.0e} | {worst[10.0]:.0e} | {worst[100.0]:.0e} | "
-            f"{orient} | {np.median([r['seconds'] for r in group]):.1f} |")
+            f"{orient} | {np.median([r['seconds'] for r in group]):.1f} |"
+        )
     return lines
 
 
@@ -95,33 +117,54 @@ def transformer_rows(ds, seeds):
         for residual in (False, True):
             for seed in seeds:
                 model = OneLayerTransformer.random(d, m, residual=residual, seed=seed)
-                ex = one_layer_transformer(Oracle(model, d=d), residual=residual, hidden=m, seed=seed + 1,
-                                           fidelity_samples=0)
-                inputs = gaussian_batches(d, 1000, lengths=(1, 16), scale=3.0 / np.sqrt(d), seed=seed + 999)
+                ex = one_layer_transformer(
+                    Oracle(model, d=d),
+                    residual=residual,
+                    hidden=m,
+                    seed=seed + 1,
+                    fidelity_samples=0,
+                )
+                inputs = gaussian_batches(
+                    d, 1000, lengths=(1, 16), scale=3.0 / np.sqrt(d), seed=seed + 999
+                )
                 rows.append(
                     f"| {d} | {m} | {'yes' if residual else 'no'} | {seed} | {ex.queries} | {ex.dof} | "
                     f"{ex.queries / ex.dof:.1f} | {ex.stages['ffn']} | {ex.stages['attention']} | "
                     f"{relative_error(ex.W, model.W.detach().numpy()):.0e} | "
                     f"{relative_error(ex.v, model.value_vector.detach().numpy()):.0e} | "
-                    f"{functional_error(model, ex, inputs):.0e} | {ex.seconds:.1f} |")
+                    f"{functional_error(model, ex, inputs):.0e} | {ex.seconds:.1f} |"
+                )
     return rows
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per (shape, bias, family)")
-    parser.add_argument("--orientation-time-limit", type=float, default=5.0,
-                        help="seconds for the 0/1 orientation program (library default 20)")
+    parser.add_argument(
+        "--orientation-time-limit",
+        type=float,
+        default=5.0,
+        help="seconds for the 0/1 orientation program (library default 20)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     shapes = [(8, 16), (16, 64), (32, 32)] if args.quick else SHAPES
     seeds = range(2 if args.quick else args.seeds)
     options = {"orientation_time_limit": args.orientation_time_limit}
     start = time.perf_counter()
-    rows = [ffn_run(d, m, bias, family, seed, options)
-            for d, m in shapes for bias in (True, False) for family in FAMILIES for seed in seeds]
-    t_rows = transformer_rows([8, 16] if args.quick else [16, 32, 64], range(1 if args.quick else 2))
+    rows = [
+        ffn_run(d, m, bias, family, seed, options)
+        for d, m in shapes
+        for bias in (True, False)
+        for family in FAMILIES
+        for seed in seeds
+    ]
+    t_rows = transformer_rows(
+        [8, 16] if args.quick else [16, 32, 64], range(1 if args.quick else 2)
+    )
     failures = [r for r in rows if r["raised"] is not None or r["wrong"]]
     suffix = "_quick" if args.quick else ""
     command = f"python benchmarks/ffn.py{' --quick' if args.quick else f' --seeds {args.seeds}'}"
@@ -150,8 +193,11 @@ def main() -> int:
         *summarise(rows),
         "",
         f"{len(failures)} failures in {len(rows)} runs" + (":" if failures else "."),
-        *[f"- d={r['d']}, m={r['m']}, bias={r['bias']}, {r['family']}, seed {r['seed']}: "
-          f"{r['raised'] or 'errors ' + str({k: f'{v:.1e}' for k, v in r['errors'].items()})}" for r in failures],
+        *[
+            f"- d={r['d']}, m={r['m']}, bias={r['bias']}, {r['family']}, seed {r['seed']}: "
+            f"{r['raised'] or 'errors ' + str({k: f'{v:.1e}' for k, v in r['errors'].items()})}"
+            for r in failures
+        ],
         "",
         "## T(X) = w_o^T ReLU(A^T z(X)), z = X^T softmax(X W x_N) (+ x_N), m = 2d",
         "",

@@ -52,13 +52,23 @@ def lowrank_dof(d: int, H: int, r: int) -> int:
 def attempt(target, d: int, heads: int, truth: MultiHeadParams, seed: int, **kwargs) -> dict:
     start = time.perf_counter()
     try:
-        result = multi_head(Oracle(target, d=d), heads=heads, seed=seed, fidelity_samples=0, **kwargs)
+        result = multi_head(
+            Oracle(target, d=d), heads=heads, seed=seed, fidelity_samples=0, **kwargs
+        )
     except ExtractionError as error:
-        return {"outcome": "raised", "message": str(error)[:160], "seconds": time.perf_counter() - start}
+        return {
+            "outcome": "raised",
+            "message": str(error)[:160],
+            "seconds": time.perf_counter() - start,
+        }
     error = canonical_error(result.surrogate, truth)
-    return {"outcome": "recovered" if error <= EXACT else "inexact", "error": error,
-            "queries": result.queries, "rejected": result.stages.get("rejected", 0),
-            "seconds": time.perf_counter() - start}
+    return {
+        "outcome": "recovered" if error <= EXACT else "inexact",
+        "error": error,
+        "queries": result.queries,
+        "rejected": result.stages.get("rejected", 0),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def family_cell(family: str, H: int, d: int, n: int, deadline: float) -> dict:
@@ -78,15 +88,20 @@ def summarise(rows: list[dict], dof: int, bound: int, planned: int) -> dict:
     count = {k: sum(r["outcome"] == k for r in rows) for k in ("recovered", "inexact", "raised")}
     queries = [r["queries"] for r in done]
     return {
-        "planned": planned, "ran": len(rows), **count,
+        "planned": planned,
+        "ran": len(rows),
+        **count,
         "queries_mean": float(np.mean(queries)) if queries else None,
         "queries_max": int(np.max(queries)) if queries else None,
         "per_dof": float(np.mean(queries)) / dof if queries else None,
         "per_bound": float(np.mean(queries)) / bound if queries else None,
         "max_error": max((r["error"] for r in done), default=None),
         "median_seconds": float(np.median([r["seconds"] for r in rows])) if rows else None,
-        "failures": [{k: r[k] for k in ("seed", "outcome", "message", "error") if k in r}
-                     for r in rows if r["outcome"] != "recovered"][:5],
+        "failures": [
+            {k: r[k] for k in ("seed", "outcome", "message", "error") if k in r}
+            for r in rows
+            if r["outcome"] != "recovered"
+        ][:5],
     }
 
 
@@ -96,10 +111,18 @@ def outside_rows(n: int) -> list[dict]:
     for k in range(n):
         W, v = random_family_params("random", 4, 3, seed=7000 + k)
         target = MultiHeadParams(W, v)
-        cases.append(("3 heads, heads=2", target, {"heads": 2, "method_options": {"check_queries": 2}}))
+        cases.append(
+            ("3 heads, heads=2", target, {"heads": 2, "method_options": {"check_queries": 2}})
+        )
         cases.append(("3 heads, max_heads=2", target, {"max_heads": 2}))
         noisy = Oracle(target, d=4, noise=GaussianNoise(1e-6), seed=k)
-        cases.append(("Gaussian noise 1e-6, heads=3", noisy, {"heads": 3, "method_options": {"check_queries": 2}}))
+        cases.append(
+            (
+                "Gaussian noise 1e-6, heads=3",
+                noisy,
+                {"heads": 3, "method_options": {"check_queries": 2}},
+            )
+        )
     table: dict[str, dict] = {}
     for name, target, kwargs in cases:
         row = table.setdefault(name, {"ran": 0, "raised": 0, "returned": 0})
@@ -121,23 +144,45 @@ def affine_rows(shapes, seeds: int) -> list[dict]:
             module = MultiheadAttentionReadout.random(d, H, bias=True, seed=seed)
             truth = MultiHeadParams(**module.canonical_parameters())
             results.append({"seed": seed, **attempt(module, d, H, truth, seed=seed, affine=True)})
-        rows.append({"d": d, "H": H, **summarise(results, canonical_dof(H, d, affine=True),
-                                                 published_query_bound(H, d), planned=seeds)})
+        rows.append(
+            {
+                "d": d,
+                "H": H,
+                **summarise(
+                    results,
+                    canonical_dof(H, d, affine=True),
+                    published_query_bound(H, d),
+                    planned=seeds,
+                ),
+            }
+        )
     return rows
 
 
 def lowrank_rows(configs, deadline: float) -> list[dict]:
     rows = []
     for d, H, r in configs:
-        row = {"d": d, "H": H, "r": r, "dof_lowrank": lowrank_dof(d, H, r), "dof_full": canonical_dof(H, d)}
+        row = {
+            "d": d,
+            "H": H,
+            "r": r,
+            "dof_lowrank": lowrank_dof(d, H, r),
+            "dof_full": canonical_dof(H, d),
+        }
         if H > MAX_HEADS:
-            row["status"] = f"not run: H = {H} > MAX_HEADS = {MAX_HEADS} (degree-2H rational fits in float64)"
+            row["status"] = (
+                f"not run: H = {H} > MAX_HEADS = {MAX_HEADS} (degree-2H rational fits in float64)"
+            )
         elif time.perf_counter() > deadline:
             row["status"] = "not run: time budget spent"
         else:
             rng = np.random.default_rng(d + H + r)
-            W = np.stack([rng.standard_normal((d, r)) @ rng.standard_normal((r, d)) / np.sqrt(r * d)
-                          for _ in range(H)])
+            W = np.stack(
+                [
+                    rng.standard_normal((d, r)) @ rng.standard_normal((r, d)) / np.sqrt(r * d)
+                    for _ in range(H)
+                ]
+            )
             truth = MultiHeadParams(W, rng.standard_normal((H, d)))
             got = attempt(truth, d, H, truth, seed=1, rank=r)
             row.update(got)
@@ -153,63 +198,117 @@ def fmt(x, spec=".2f"):
 
 
 def markdown(report: dict, command: str) -> str:
-    lines = ["# Multi-head learner: failure counts, queries, accuracy", "",
-             f"`{command}` on {platform.machine()}, {report['date']}; {report['seconds']:.0f} s in all. "
-             f"Recovered = canonical error <= {EXACT:g} (heads matched by permutation); inexact = returned "
-             "with a larger error; raised = ExtractionError. Queries exclude fidelity checks.", ""]
+    lines = [
+        "# Multi-head learner: failure counts, queries, accuracy",
+        "",
+        f"`{command}` on {platform.machine()}, {report['date']}; {report['seconds']:.0f} s in all. "
+        f"Recovered = canonical error <= {EXACT:g} (heads matched by permutation); inexact = returned "
+        "with a larger error; raised = ExtractionError. Queries exclude fidelity checks.",
+        "",
+    ]
     for family, cells in report.get("families", {}).items():
-        total = {k: sum(c[k] for c in cells) for k in ("planned", "ran", "recovered", "inexact", "raised")}
-        lines += [f"## Family `{family}`: {total['ran']} of {total['planned']} targets ran, "
-                  f"{total['inexact'] + total['raised']} failures "
-                  f"({total['inexact']} inexact, {total['raised']} raised)", "",
-                  "| H | d | ran | recovered | inexact | raised | mean queries | / H(d²+d) | / (4Hd²-2H+1) "
-                  "| max error | median s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        total = {
+            k: sum(c[k] for c in cells)
+            for k in ("planned", "ran", "recovered", "inexact", "raised")
+        }
+        lines += [
+            f"## Family `{family}`: {total['ran']} of {total['planned']} targets ran, "
+            f"{total['inexact'] + total['raised']} failures "
+            f"({total['inexact']} inexact, {total['raised']} raised)",
+            "",
+            "| H | d | ran | recovered | inexact | raised | mean queries | / H(d²+d) | / (4Hd²-2H+1) "
+            "| max error | median s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for c in cells:
-            lines.append(f"| {c['H']} | {c['d']} | {c['ran']}/{c['planned']} | {c['recovered']} | {c['inexact']} "
-                         f"| {c['raised']} | {fmt(c['queries_mean'], '.0f')} | {fmt(c['per_dof'])} "
-                         f"| {fmt(c['per_bound'])} | {fmt(c['max_error'], '.1e')} | {fmt(c['median_seconds'])} |")
+            lines.append(
+                f"| {c['H']} | {c['d']} | {c['ran']}/{c['planned']} | {c['recovered']} | {c['inexact']} "
+                f"| {c['raised']} | {fmt(c['queries_mean'], '.0f')} | {fmt(c['per_dof'])} "
+                f"| {fmt(c['per_bound'])} | {fmt(c['max_error'], '.1e')} | {fmt(c['median_seconds'])} |"
+            )
         fails = [f for c in cells for f in c["failures"]]
         if fails:
-            lines += ["", "First failures: " + "; ".join(
-                f"seed {f['seed']}: {f['outcome']} {f.get('message', '') or fmt(f.get('error'), '.1e')}"
-                for f in fails[:6])]
+            lines += [
+                "",
+                "First failures: "
+                + "; ".join(
+                    f"seed {f['seed']}: {f['outcome']} {f.get('message', '') or fmt(f.get('error'), '.1e')}"
+                    for f in fails[:6]
+                ),
+            ]
         lines.append("")
     if "outside" in report:
-        lines += ["## Targets outside the model (must raise)", "", "| case | ran | raised | returned |",
-                  "|---|---|---|---|"]
-        lines += [f"| {r['case']} | {r['ran']} | {r['raised']} | {r['returned']} |" for r in report["outside"]]
+        lines += [
+            "## Targets outside the model (must raise)",
+            "",
+            "| case | ran | raised | returned |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['case']} | {r['ran']} | {r['raised']} | {r['returned']} |"
+            for r in report["outside"]
+        ]
         lines.append("")
     if "affine" in report:
-        lines += ["## Affine heads: PyTorch nn.MultiheadAttention(bias=True), multi_head(affine=True)", "",
-                  "| d | H | ran | recovered | failures | mean queries | / (H(d²+2d)+1) | max error | median s |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Affine heads: PyTorch nn.MultiheadAttention(bias=True), multi_head(affine=True)",
+            "",
+            "| d | H | ran | recovered | failures | mean queries | / (H(d²+2d)+1) | max error | median s |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in report["affine"]:
-            lines.append(f"| {r['d']} | {r['H']} | {r['ran']} | {r['recovered']} | {r['inexact'] + r['raised']} "
-                         f"| {fmt(r['queries_mean'], '.0f')} | {fmt(r['per_dof'])} | {fmt(r['max_error'], '.1e')} "
-                         f"| {fmt(r['median_seconds'])} |")
+            lines.append(
+                f"| {r['d']} | {r['H']} | {r['ran']} | {r['recovered']} | {r['inexact'] + r['raised']} "
+                f"| {fmt(r['queries_mean'], '.0f')} | {fmt(r['per_dof'])} | {fmt(r['max_error'], '.1e')} "
+                f"| {fmt(r['median_seconds'])} |"
+            )
         lines.append("")
     if "lowrank" in report:
-        lines += ["## Low-rank heads at scale: multi_head(rank=r)", "",
-                  "| d | H | r | H(2rd-r²+d) | H(d²+d) | queries | / low-rank dof | error | s | status |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Low-rank heads at scale: multi_head(rank=r)",
+            "",
+            "| d | H | r | H(2rd-r²+d) | H(d²+d) | queries | / low-rank dof | error | s | status |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in report["lowrank"]:
-            lines.append(f"| {r['d']} | {r['H']} | {r['r']} | {r['dof_lowrank']} | {r['dof_full']} "
-                         f"| {r.get('queries', '-')} | {fmt(r.get('per_dof_lowrank'))} | {fmt(r.get('error'), '.1e')} "
-                         f"| {fmt(r.get('seconds'), '.0f')} | {r['status']} |")
+            lines.append(
+                f"| {r['d']} | {r['H']} | {r['r']} | {r['dof_lowrank']} | {r['dof_full']} "
+                f"| {r.get('queries', '-')} | {fmt(r.get('per_dof_lowrank'))} | {fmt(r.get('error'), '.1e')} "
+                f"| {fmt(r.get('seconds'), '.0f')} | {r['status']} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2 targets per cell, small affine/outside sets")
-    parser.add_argument("--random-per-cell", type=int, default=50, help="random family: targets per (H, d) "
-                        "cell (default 50: 1,000 targets)")
-    parser.add_argument("--per-cell", type=int, default=9, help="other families: targets per (H, d) cell "
-                        "(default 9: 108 each)")
-    parser.add_argument("--sections", default="random,near-parallel,unequal-scale,unequal-rank,outside,affine,lowrank")
-    parser.add_argument("--budget", type=float, default=3600.0, help="seconds; cells stop early once spent")
-    parser.add_argument("--out", default=None, help="results file stem (default multihead / multihead_quick)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="2 targets per cell, small affine/outside sets"
+    )
+    parser.add_argument(
+        "--random-per-cell",
+        type=int,
+        default=50,
+        help="random family: targets per (H, d) cell (default 50: 1,000 targets)",
+    )
+    parser.add_argument(
+        "--per-cell",
+        type=int,
+        default=9,
+        help="other families: targets per (H, d) cell (default 9: 108 each)",
+    )
+    parser.add_argument(
+        "--sections",
+        default="random,near-parallel,unequal-scale,unequal-rank,outside,affine,lowrank",
+    )
+    parser.add_argument(
+        "--budget", type=float, default=3600.0, help="seconds; cells stop early once spent"
+    )
+    parser.add_argument(
+        "--out", default=None, help="results file stem (default multihead / multihead_quick)"
+    )
     args = parser.parse_args()
     sections = args.sections.split(",")
     start = time.perf_counter()
@@ -223,9 +322,11 @@ def main() -> None:
         for H, d in grid:
             cells.append({"H": H, "d": d, **family_cell(family, H, d, n, deadline)})
             c = cells[-1]
-            print(f"{family} H={H} d={d}: {c['recovered']}/{c['ran']} recovered, {c['inexact']} inexact, "
-                  f"{c['raised']} raised, queries/dof {fmt(c['per_dof'])}, max error {fmt(c['max_error'], '.1e')}",
-                  flush=True)
+            print(
+                f"{family} H={H} d={d}: {c['recovered']}/{c['ran']} recovered, {c['inexact']} inexact, "
+                f"{c['raised']} raised, queries/dof {fmt(c['per_dof'])}, max error {fmt(c['max_error'], '.1e')}",
+                flush=True,
+            )
         report["families"][family] = cells
     if "outside" in sections:
         report["outside"] = outside_rows(2 if args.quick else 10)

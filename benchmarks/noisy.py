@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # small solves: threads only contend on a shared machine
+os.environ.setdefault(
+    "OPENBLAS_NUM_THREADS", "1"
+)  # small solves: threads only contend on a shared machine
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
@@ -77,22 +79,28 @@ def tau_sweep(d, seeds, taus):
                     head, W, v = target(d, s)
                     outs.append(run(method, head, W, v, make(tau, head), s))
                 ok = [o for o in outs if o is not None]
-                cell[method] = (geo([o["W_fro_error"] for o in ok]) if len(ok) == len(outs) else None,
-                                geo([o["v_l2_error"] for o in ok]) if len(ok) == len(outs) else None,
-                                ok[0]["queries"] if ok else None,
-                                geo([o["estimate_W_fro"] for o in ok]) if method == "robust" and ok else None)
+                cell[method] = (
+                    geo([o["W_fro_error"] for o in ok]) if len(ok) == len(outs) else None,
+                    geo([o["v_l2_error"] for o in ok]) if len(ok) == len(outs) else None,
+                    ok[0]["queries"] if ok else None,
+                    geo([o["estimate_W_fro"] for o in ok]) if method == "robust" and ok else None,
+                )
                 curves.setdefault((kind, method), []).append((tau, cell[method][0]))
             p, r = cell["paper"], cell["robust"]
             ratio = p[0] / r[0] if p[0] and r[0] else None
-            rows.append(f"| {kind} | {tau:.0e} | {p[2] or (d * d + d)} | {fmt(p[0])} | {fmt(r[0])} | "
-                        f"{'-' if ratio is None else f'{ratio:.0f}x'} | {fmt(p[1])} | {fmt(r[1])} | {fmt(r[3])} |")
+            rows.append(
+                f"| {kind} | {tau:.0e} | {p[2] or (d * d + d)} | {fmt(p[0])} | {fmt(r[0])} | "
+                f"{'-' if ratio is None else f'{ratio:.0f}x'} | {fmt(p[1])} | {fmt(r[1])} | {fmt(r[3])} |"
+            )
     return rows, curves
 
 
 def query_sweep(d, seeds, factors):
     rows = []
-    cases = {"gaussian sigma=1e-6": lambda head: GaussianNoise(1e-6),
-             "6 significant digits": lambda head: RoundDigits(6)}
+    cases = {
+        "gaussian sigma=1e-6": lambda head: GaussianNoise(1e-6),
+        "6 significant digits": lambda head: RoundDigits(6),
+    }
     base = d * d + d
     for name, make in cases.items():
         paper_at = {}
@@ -105,16 +113,22 @@ def query_sweep(d, seeds, factors):
                 r_out.append(run("robust", head, W, v, make(head), s, queries=f * base))
             paper_at[f] = geo([o["W_fro_error"] for o in p_out if o])
             robust_at[f] = geo([o["W_fro_error"] for o in r_out if o])
-            rows.append(f"| {name} | {f * base} | {fmt(paper_at[f])} | {fmt(robust_at[f])} | "
-                        f"{paper_at[f] / robust_at[f]:.0f}x |")
+            rows.append(
+                f"| {name} | {f * base} | {fmt(paper_at[f])} | {fmt(robust_at[f])} | "
+                f"{paper_at[f] / robust_at[f]:.0f}x |"
+            )
         # fewest robust queries reaching the paper's best error
         best_f = max(factors)
         matching = [f for f in factors if robust_at[f] <= paper_at[best_f]]
         if matching:
-            rows.append(f"| {name}: robust with {min(matching) * base} queries is below the paper's error with "
-                        f"{best_f * base} | | | | >= {best_f // min(matching)}x fewer queries |")
+            rows.append(
+                f"| {name}: robust with {min(matching) * base} queries is below the paper's error with "
+                f"{best_f * base} | | | | >= {best_f // min(matching)}x fewer queries |"
+            )
         else:
-            rows.append(f"| {name}: robust never reached the paper's error at {best_f * base} queries | | | | |")
+            rows.append(
+                f"| {name}: robust never reached the paper's error at {best_f * base} queries | | | | |"
+            )
     return rows
 
 
@@ -143,7 +157,13 @@ def plot(curves, path: Path, d: int):
     for (kind, method), points in curves.items():
         pts = [(t, e) for t, e in points if e is not None]
         if pts:
-            ax.loglog(*zip(*pts), styles[method], marker="o", color=colours[kind], label=f"{method}, {kind}")
+            ax.loglog(
+                *zip(*pts),
+                styles[method],
+                marker="o",
+                color=colours[kind],
+                label=f"{method}, {kind}",
+            )
     ax.set_xlabel("noise size tau (sigma for gaussian)")
     ax.set_ylabel("||W_hat - W||_F")
     ax.set_title(f"Noisy single-head extraction, d = {d}, d^2 + d queries")
@@ -154,7 +174,9 @@ def plot(curves, path: Path, d: int):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -49,9 +49,18 @@ from attnlab.oracle.oracle import JOURNAL_CHUNK
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-COLUMNS = ["fault", "queries lost", "queries paid twice", "server memory peak", "legitimate-client latency p99", "detail"]
+COLUMNS = [
+    "fault",
+    "queries lost",
+    "queries paid twice",
+    "server memory peak",
+    "legitimate-client latency p99",
+    "detail",
+]
 PROBES = 3  # Oracle's default journal_probes
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+ENV = dict(
+    os.environ, PYTHONPATH=os.pathsep.join(sys.path), OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1"
+)
 
 # One extraction, run by a child process: single_head on a fixed head, through a counting target
 # that can SIGKILL its own process at a given call, after computing the answers.
@@ -86,19 +95,36 @@ EXTRACTION = textwrap.dedent("""
 """)
 
 
-def run_extraction(d: int, journal: Path, chunk: int, kill_at: int = 0, timeout: float = 300.0,
-                   slow: bool = False) -> tuple[int, dict | None, list[int]]:
+def run_extraction(
+    d: int, journal: Path, chunk: int, kill_at: int = 0, timeout: float = 300.0, slow: bool = False
+) -> tuple[int, dict | None, list[int]]:
     """(return code, the child's JSON line or None, the size of every call its target was paid for)."""
     import json
 
     ledger = journal.with_suffix(f".ledger{time.monotonic_ns()}")
     env = dict(ENV, RELIABILITY_SLOW="1") if slow else ENV
-    proc = subprocess.run([sys.executable, "-c", EXTRACTION, str(d), str(journal), str(chunk), str(kill_at),
-                           str(ledger)], capture_output=True, text=True, env=env, timeout=timeout)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            EXTRACTION,
+            str(d),
+            str(journal),
+            str(chunk),
+            str(kill_at),
+            str(ledger),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
     sent = [int(line) for line in ledger.read_text().split()] if ledger.exists() else []
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode not in (0, 3, -signal.SIGKILL):
-        raise RuntimeError(f"the extraction child failed unexpectedly (rc {proc.returncode}):\n{proc.stderr[-2000:]}")
+        raise RuntimeError(
+            f"the extraction child failed unexpectedly (rc {proc.returncode}):\n{proc.stderr[-2000:]}"
+        )
     return proc.returncode, (json.loads(lines[-1]) if lines else None), sent
 
 
@@ -119,11 +145,15 @@ def kill_and_resume_row(tmp: Path, d: int, chunk: int, label: str) -> dict:
     assert rc == 0 and resumed is not None, resumed
     sent_after = sum(calls_after)
     paid_twice = sent_before + sent_after - clean_sent
-    return {"fault": label, "queries lost": lost, "queries paid twice": paid_twice,
-            "detail": f"single_head d={d}: {clean_sent} paid in a clean run; killed in call {kill_at} "
-                      f"({calls_before[-1]} sequences) after {sent_before} sent, "
-                      f"{journaled} journaled; resume paid {sent_after} ({PROBES} probes), "
-                      f"W error {resumed['W_err']:.1e}"}
+    return {
+        "fault": label,
+        "queries lost": lost,
+        "queries paid twice": paid_twice,
+        "detail": f"single_head d={d}: {clean_sent} paid in a clean run; killed in call {kill_at} "
+        f"({calls_before[-1]} sequences) after {sent_before} sent, "
+        f"{journaled} journaled; resume paid {sent_after} ({PROBES} probes), "
+        f"W error {resumed['W_err']:.1e}",
+    }
 
 
 def tamper_rows(tmp: Path, d: int) -> list[dict]:
@@ -137,18 +167,30 @@ def tamper_rows(tmp: Path, d: int) -> list[dict]:
                 db.execute("UPDATE answers SET answer = answer * 1.001 WHERE rowid = 7")
             else:
                 from attnlab.oracle.journal import row_checksum
-                key, n, dd, q = db.execute("SELECT key, n, d, query FROM answers WHERE rowid = 7").fetchone()
-                db.execute("UPDATE answers SET answer = ?, checksum = ? WHERE rowid = 7",
-                           (float("inf"), row_checksum(key, n, dd, q, float("inf"))))
+
+                key, n, dd, q = db.execute(
+                    "SELECT key, n, d, query FROM answers WHERE rowid = 7"
+                ).fetchone()
+                db.execute(
+                    "UPDATE answers SET answer = ?, checksum = ? WHERE rowid = 7",
+                    (float("inf"), row_checksum(key, n, dd, q, float("inf"))),
+                )
         rc, out, calls = run_extraction(d, journal, JOURNAL_CHUNK)
         sent = sum(calls)
         detected = rc == 3 and out is not None and out.get("error") == "JournalError"
-        what = ("one answer changed by UPDATE" if how == "update" else "+inf with a recomputed checksum")
-        rows.append({"fault": f"tampered journal ({what})", "queries lost": 0,
-                     "queries paid twice": sent,
-                     "detail": f"detected: {'yes' if detected else 'NO'}"
-                               + (f" ({out['message'][:90]}...)" if detected else "")
-                               + f"; {sent} sent before detection (the probes)"})
+        what = (
+            "one answer changed by UPDATE" if how == "update" else "+inf with a recomputed checksum"
+        )
+        rows.append(
+            {
+                "fault": f"tampered journal ({what})",
+                "queries lost": 0,
+                "queries paid twice": sent,
+                "detail": f"detected: {'yes' if detected else 'NO'}"
+                + (f" ({out['message'][:90]}...)" if detected else "")
+                + f"; {sent} sent before detection (the probes)",
+            }
+        )
     return rows
 
 
@@ -157,10 +199,25 @@ def two_processes_row(tmp: Path, d: int) -> dict:
 
     journal = tmp / "shared.sqlite"
     ledgers = [journal.with_suffix(f".ledger-{i}") for i in range(2)]
-    procs = [subprocess.Popen([sys.executable, "-c", EXTRACTION, str(d), str(journal), str(JOURNAL_CHUNK), "0",
-                               str(ledgers[i])], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=dict(ENV, RELIABILITY_SLOW="1"))
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                EXTRACTION,
+                str(d),
+                str(journal),
+                str(JOURNAL_CHUNK),
+                "0",
+                str(ledgers[i]),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(ENV, RELIABILITY_SLOW="1"),
+        )
+        for i in range(2)
+    ]
     outs = []
     for proc in procs:
         stdout, stderr = proc.communicate(timeout=300)
@@ -169,15 +226,20 @@ def two_processes_row(tmp: Path, d: int) -> dict:
     sent = [sum(int(x) for x in p.read_text().split()) if p.exists() else 0 for p in ledgers]
     refused = [i for i, (rc, out) in enumerate(outs) if out.get("error") == "JournalError"]
     finished = [i for i, (rc, out) in enumerate(outs) if rc == 0]
-    rc, again, calls_again = run_extraction(d, journal, JOURNAL_CHUNK)  # the refused one, re-run afterwards
+    rc, again, calls_again = run_extraction(
+        d, journal, JOURNAL_CHUNK
+    )  # the refused one, re-run afterwards
     assert rc == 0
     _, clean, clean_calls = run_extraction(d, tmp / "shared-clean.sqlite", JOURNAL_CHUNK)
     sent_again, clean_sent = sum(calls_again), sum(clean_calls)
     paid_twice = sum(sent) + sent_again - clean_sent
-    return {"fault": "two processes started together on one journal", "queries lost": 0,
-            "queries paid twice": paid_twice,
-            "detail": f"{len(finished)} finished, {len(refused)} refused with JournalError (sent {[sent[i] for i in refused]}); "
-                      f"re-run after the first finished paid {sent_again} ({PROBES} probes)"}
+    return {
+        "fault": "two processes started together on one journal",
+        "queries lost": 0,
+        "queries paid twice": paid_twice,
+        "detail": f"{len(finished)} finished, {len(refused)} refused with JournalError (sent {[sent[i] for i in refused]}); "
+        f"re-run after the first finished paid {sent_again} ({PROBES} probes)",
+    }
 
 
 def duplicates_row() -> dict:
@@ -190,9 +252,12 @@ def duplicates_row() -> dict:
     with torch.no_grad():
         exact = head(torch.as_tensor(batch)).numpy()
     assert np.array_equal(out, exact)
-    return {"fault": "duplicates in one batch (1,000 sequences, 100 distinct)", "queries lost": 0,
-            "queries paid twice": oracle.paid - distinct,
-            "detail": f"queries {oracle.queries}, paid {oracle.paid}; answers equal the target's"}
+    return {
+        "fault": "duplicates in one batch (1,000 sequences, 100 distinct)",
+        "queries lost": 0,
+        "queries paid twice": oracle.paid - distinct,
+        "detail": f"queries {oracle.queries}, paid {oracle.paid}; answers equal the target's",
+    }
 
 
 def chunk_cost_table(quick: bool) -> list[dict]:
@@ -205,16 +270,24 @@ def chunk_cost_table(quick: bool) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(5):
             for chunk in chunks:
-                kwargs = {} if chunk is None else {"journal": Path(tmp) / f"c{chunk}-{rep}.sqlite",
-                                                   "journal_chunk": chunk}
+                kwargs = (
+                    {}
+                    if chunk is None
+                    else {"journal": Path(tmp) / f"c{chunk}-{rep}.sqlite", "journal_chunk": chunk}
+                )
                 with Oracle(head, **kwargs) as oracle:
                     oracle(X[:1])  # opens and binds the journal outside the timing
                     start = time.perf_counter()
                     oracle(X[1:])
                     best[chunk] = min(best[chunk], time.perf_counter() - start)
-    return [{"journal_chunk": "no journal" if chunk is None else chunk,
-             "us per query": f"{best[chunk] * 1e6 / (B - 1):.1f}",
-             "re-paid on kill -9 (at most)": "n/a" if chunk is None else chunk} for chunk in chunks]
+    return [
+        {
+            "journal_chunk": "no journal" if chunk is None else chunk,
+            "us per query": f"{best[chunk] * 1e6 / (B - 1):.1f}",
+            "re-paid on kill -9 (at most)": "n/a" if chunk is None else chunk,
+        }
+        for chunk in chunks
+    ]
 
 
 def markdown(rows: list[dict], columns: list[str]) -> str:
@@ -225,8 +298,12 @@ def markdown(rows: list[dict], columns: list[str]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smaller extraction (d = 12 instead of 24)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller extraction (d = 12 instead of 24)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     d = 12 if args.quick else 24
@@ -234,10 +311,22 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        rows.append(kill_and_resume_row(tmp, d, JOURNAL_CHUNK,
-                                        label=f"kill -9 of an extraction under a journal (journal_chunk={JOURNAL_CHUNK})"))
-        rows.append(kill_and_resume_row(tmp, d, 10**9,
-                                        label="kill -9 of an extraction under an unchunked journal (the old behaviour)"))
+        rows.append(
+            kill_and_resume_row(
+                tmp,
+                d,
+                JOURNAL_CHUNK,
+                label=f"kill -9 of an extraction under a journal (journal_chunk={JOURNAL_CHUNK})",
+            )
+        )
+        rows.append(
+            kill_and_resume_row(
+                tmp,
+                d,
+                10**9,
+                label="kill -9 of an extraction under an unchunked journal (the old behaviour)",
+            )
+        )
         rows.extend(tamper_rows(tmp, d))
         rows.append(two_processes_row(tmp, d))
     rows.append(duplicates_row())
@@ -255,13 +344,15 @@ def main() -> int:
     elapsed = time.monotonic() - started
     table = markdown(rows, COLUMNS)
     cost_table = markdown(costs, ["journal_chunk", "us per query", "re-paid on kill -9 (at most)"])
-    text = (f"# Reliability under injected faults\n\n"
-            f"Command: `python benchmarks/reliability.py{' --quick' if args.quick else ''}` "
-            f"({elapsed:.0f} s; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-            f"torch {torch.__version__}). {served_note}\n\n{table}\n\n"
-            f"\"queries paid twice\" includes the {PROBES} probe queries each reopening of a journal asks.\n\n"
-            f"## What chunked journaling costs\n\nA d = 8 single head, 16-token sequences, one batch, best of 5 interleaved runs on a shared machine; "
-            f"each chunk is committed to the journal before the next is sent.\n\n{cost_table}\n")
+    text = (
+        f"# Reliability under injected faults\n\n"
+        f"Command: `python benchmarks/reliability.py{' --quick' if args.quick else ''}` "
+        f"({elapsed:.0f} s; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}). {served_note}\n\n{table}\n\n"
+        f'"queries paid twice" includes the {PROBES} probe queries each reopening of a journal asks.\n\n'
+        f"## What chunked journaling costs\n\nA d = 8 single head, 16-token sequences, one batch, best of 5 interleaved runs on a shared machine; "
+        f"each chunk is committed to the journal before the next is sent.\n\n{cost_table}\n"
+    )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "reliability.md").write_text(text)
     print(text)

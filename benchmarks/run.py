@@ -1,8 +1,8 @@
 """Run every benchmark script in this folder, one after another, and list where the results went.
 
-    python benchmarks/run.py            # full sizes (tens of minutes on 2 CPU cores)
-    python benchmarks/run.py --quick    # small sizes, a few minutes
-    python benchmarks/run.py single_head noisy   # only these
+python benchmarks/run.py            # full sizes (tens of minutes on 2 CPU cores)
+python benchmarks/run.py --quick    # small sizes, a few minutes
+python benchmarks/run.py single_head noisy   # only these
 """
 
 from __future__ import annotations
@@ -17,11 +17,15 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("names", nargs="*", help="benchmark names (file stems); default: all")
     parser.add_argument("--quick", action="store_true", help="pass --quick to every benchmark")
     args = parser.parse_args()
-    scripts = sorted(p for p in HERE.glob("*.py") if p.name != "run.py" and not p.name.startswith("_"))
+    scripts = sorted(
+        p for p in HERE.glob("*.py") if p.name != "run.py" and not p.name.startswith("_")
+    )
     if args.names:
         known = {p.stem for p in scripts}
         unknown = sorted(set(args.names) - known)

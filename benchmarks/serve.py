@@ -58,7 +58,9 @@ class LossyTransport(httpx.HTTPTransport):
             response.read()
             response.close()
             self.dropped += 1
-            raise httpx.ReadError("benchmark: response lost after the server answered", request=request)
+            raise httpx.ReadError(
+                "benchmark: response lost after the server answered", request=request
+            )
         return response
 
 
@@ -76,9 +78,24 @@ class Run:
 
 def start_server(model: Path, db: Path) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "COLUMNS": "200"}
-    server = subprocess.Popen([sys.executable, "-m", "attnlab", "serve", str(model), "--port", "0",
-                               "--keys-db", str(db), "--log-level", "warning"],
-                              env=env, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "attnlab",
+            "serve",
+            str(model),
+            "--port",
+            "0",
+            "--keys-db",
+            str(db),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen, deadline = "", time.monotonic() + 60
     while not (match := re.search(r"http://127\.0\.0\.1:\d+", seen)):
         if server.poll() is not None or time.monotonic() > deadline:
@@ -90,8 +107,15 @@ def start_server(model: Path, db: Path) -> tuple[subprocess.Popen, str]:
     return server, match.group(0)
 
 
-def load(url: str, keys: list[str], requests: int, batch_sizes: tuple[int, int], deadline: float,
-         drop_p: float, seed: int) -> Run:
+def load(
+    url: str,
+    keys: list[str],
+    requests: int,
+    batch_sizes: tuple[int, int],
+    deadline: float,
+    drop_p: float,
+    seed: int,
+) -> Run:
     """len(keys) client threads share `requests` tickets; client i uses keys[i]."""
     run, tickets = Run(), iter(range(requests))
     ticket_lock = threading.Lock()
@@ -105,7 +129,9 @@ def load(url: str, keys: list[str], requests: int, batch_sizes: tuple[int, int],
             with ticket_lock:
                 if next(tickets, None) is None:
                     break
-            X = rng.standard_normal((int(rng.integers(batch_sizes[0], batch_sizes[1] + 1)), TOKENS, D)) / np.sqrt(D)
+            X = rng.standard_normal(
+                (int(rng.integers(batch_sizes[0], batch_sizes[1] + 1)), TOKENS, D)
+            ) / np.sqrt(D)
             start = time.perf_counter()
             try:
                 outputs = target(X)
@@ -132,7 +158,9 @@ def load(url: str, keys: list[str], requests: int, batch_sizes: tuple[int, int],
     return run
 
 
-def local_rate(head: SingleHeadAttention, batch: int, seconds: float = 0.2, repeats: int = 3) -> float:
+def local_rate(
+    head: SingleHeadAttention, batch: int, seconds: float = 0.2, repeats: int = 3
+) -> float:
     """Queries/s of an in-process Oracle on the same batches (no HTTP, no JSON, no SQLite).
 
     The best of a few short runs: the machine is shared, and the best run is the least disturbed.
@@ -149,9 +177,16 @@ def local_rate(head: SingleHeadAttention, batch: int, seconds: float = 0.2, repe
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="fewer requests and client counts")
-    parser.add_argument("--time-limit", type=float, default=None, help="seconds for the whole run (default 150, quick 45)")
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="seconds for the whole run (default 150, quick 45)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     time_limit = args.time_limit or (45.0 if args.quick else 150.0)
@@ -172,20 +207,35 @@ def main() -> int:
         store = KeyStore(db)
         server, url = start_server(model, db)
         plan = [("throughput", k, b, 0.0) for b in batches for k in clients]
-        plan += [("shared budget", k, 0, 0.0) for k in clients[1:]] + [("dropped responses", clients[-1], 0, 0.1)]
+        plan += [("shared budget", k, 0, 0.0) for k in clients[1:]] + [
+            ("dropped responses", clients[-1], 0, 0.1)
+        ]
         try:
-            for n, (kind, k, batch, drop_p) in enumerate(tqdm(plan, desc="serve load", disable=None, file=sys.stderr)):
+            for n, (kind, k, batch, drop_p) in enumerate(
+                tqdm(plan, desc="serve load", disable=None, file=sys.stderr)
+            ):
                 deadline = min(end, time.monotonic() + time_limit / len(plan) * 1.5)
                 if kind == "throughput":
-                    keys = [store.add_key(f"t{n}-{i}", 10 ** 9) for i in range(k)]
+                    keys = [store.add_key(f"t{n}-{i}", 10**9) for i in range(k)]
                     # In-process rate just before and just after, so that both meet the same machine load.
                     local = local_rate(head, batch)
                     run = load(url, keys, requests, (batch, batch), deadline, 0.0, args.seed)
                     local = (local + local_rate(head, batch)) / 2
                     http_rate = run.answered / run.seconds
-                    throughput.append((k, batch, run.ok, run.seconds, run.ok / run.seconds, http_rate, local,
-                                       local / http_rate, 1e3 * np.percentile(run.latencies, 50),
-                                       1e3 * np.percentile(run.latencies, 95)))
+                    throughput.append(
+                        (
+                            k,
+                            batch,
+                            run.ok,
+                            run.seconds,
+                            run.ok / run.seconds,
+                            http_rate,
+                            local,
+                            local / http_rate,
+                            1e3 * np.percentile(run.latencies, 50),
+                            1e3 * np.percentile(run.latencies, 95),
+                        )
+                    )
                 else:
                     name = f"s{n}"
                     key = store.add_key(name, budget)
@@ -193,8 +243,20 @@ def main() -> int:
                     run = load(url, [key] * k, requests, (1, 8), deadline, drop_p, args.seed + n)
                     spent = store.get(name).spent
                     exact = spent == run.answered and spent <= budget
-                    exactness.append((kind, k, run.ok, run.refused, run.dropped, run.retries, run.answered,
-                                      spent, budget, "yes" if exact else "NO"))
+                    exactness.append(
+                        (
+                            kind,
+                            k,
+                            run.ok,
+                            run.refused,
+                            run.dropped,
+                            run.retries,
+                            run.answered,
+                            spent,
+                            budget,
+                            "yes" if exact else "NO",
+                        )
+                    )
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=20)
@@ -217,8 +279,10 @@ def main() -> int:
         "| in-process / HTTP | p50 ms | p95 ms |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    rows = [f"| {k} | {b} | {ok} | {s:.1f} | {rps:.0f} | {qps:.0f} | {lq:.0f} | {ratio:.1f}x | {p50:.1f} | {p95:.1f} |"
-            for k, b, ok, s, rps, qps, lq, ratio, p50, p95 in throughput]
+    rows = [
+        f"| {k} | {b} | {ok} | {s:.1f} | {rps:.0f} | {qps:.0f} | {lq:.0f} | {ratio:.1f}x | {p50:.1f} | {p95:.1f} |"
+        for k, b, ok, s, rps, qps, lq, ratio, p50, p95 in throughput
+    ]
     rows += [
         "",
         "## Budgets stay exact under concurrent clients (one shared key, batch sizes 1-8, demand > budget)",
@@ -227,8 +291,10 @@ def main() -> int:
         "| queries received by clients | server charged | budget | charged == received <= budget |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    rows += [f"| {kind} | {k} | {ok} | {ref} | {drop} | {retry} | {got} | {spent} | {bud} | {exact} |"
-             for kind, k, ok, ref, drop, retry, got, spent, bud, exact in exactness]
+    rows += [
+        f"| {kind} | {k} | {ok} | {ref} | {drop} | {retry} | {got} | {spent} | {bud} | {exact} |"
+        for kind, k, ok, ref, drop, retry, got, spent, bud, exact in exactness
+    ]
     table = "\n".join(header + rows) + "\n"
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -80,21 +80,37 @@ def run_case(d: int, r: int | None, method: str, seed: int) -> dict:
     head = SingleHeadAttention.random(d, rank=r, scale=1.0, seed=seed)
     target = TimedTarget(head)
     oracle = TimedOracle(target, d=d)
-    row = {"d": d, "r": "full" if r is None else r, "method": method, "limit": information_limit(d, r)}
+    row = {
+        "d": d,
+        "r": "full" if r is None else r,
+        "method": method,
+        "limit": information_limit(d, r),
+    }
     start = time.perf_counter()
     try:
         result = single_head(oracle, rank=r, method=method, seed=seed, fidelity_samples=0)
     except ExtractionError as exc:
-        row.update(queries=oracle.queries, ratio=oracle.queries / row["limit"], error=None,
-                   seconds=time.perf_counter() - start, learner=None, overhead=None,
-                   note=str(exc).split(":")[0])
+        row.update(
+            queries=oracle.queries,
+            ratio=oracle.queries / row["limit"],
+            error=None,
+            seconds=time.perf_counter() - start,
+            learner=None,
+            overhead=None,
+            note=str(exc).split(":")[0],
+        )
         return row
     learner = result.seconds - oracle.seconds
-    row.update(queries=result.queries, ratio=result.queries / row["limit"],
-               error=relative_error(result.W, head.W.detach().numpy()), seconds=result.seconds,
-               target=target.seconds, learner=learner / target.seconds,
-               overhead=(oracle.seconds - target.seconds) / target.seconds,
-               note=f"max logit {result.info.get('max_abs_logit', 0):.1f}")
+    row.update(
+        queries=result.queries,
+        ratio=result.queries / row["limit"],
+        error=relative_error(result.W, head.W.detach().numpy()),
+        seconds=result.seconds,
+        target=target.seconds,
+        learner=learner / target.seconds,
+        overhead=(oracle.seconds - target.seconds) / target.seconds,
+        note=f"max logit {result.info.get('max_abs_logit', 0):.1f}",
+    )
     return row
 
 
@@ -106,12 +122,25 @@ def threshold_study(d: int, r: int, grid: list[float], trials: int, seed: int) -
         for trial in range(trials):
             head = SingleHeadAttention.random(d, rank=r, scale=1.0, seed=seed + trial)
             oracle = Oracle(head, d=d)
-            result = single_head(oracle, rank=r, method="nuclear-norm", seed=seed + trial,
-                                 method_options={"measurements": measurements}, fidelity_samples=0)
+            result = single_head(
+                oracle,
+                rank=r,
+                method="nuclear-norm",
+                seed=seed + trial,
+                method_options={"measurements": measurements},
+                fidelity_samples=0,
+            )
             successes += relative_error(result.W, head.W.detach().numpy()) <= 1e-6
             seconds.append(result.seconds)
-        rows.append({"C": C, "measurements": measurements, "successes": successes, "trials": trials,
-                     "median_seconds": float(np.median(seconds))})
+        rows.append(
+            {
+                "C": C,
+                "measurements": measurements,
+                "successes": successes,
+                "trials": trials,
+                "median_seconds": float(np.median(seconds)),
+            }
+        )
     return rows
 
 
@@ -120,21 +149,43 @@ def fmt(value, spec: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scale", action="store_true",
-                        help="the scale table: d in {512, 1024, 2048, 4096}, r in {64, 128}, full rank to 2048")
-    parser.add_argument("--precision", action="store_true",
-                        help="float32/float16 heads: error reached and queries spent")
-    parser.add_argument("--case-seconds", type=float, default=400.0,
-                        help="--scale: run a case to the end when its target time is projected below this; "
-                             "else run a prefix and extrapolate (labelled)")
-    parser.add_argument("--prefix-seconds", type=float, default=120.0,
-                        help="--scale: target seconds a prefix run spends")
-    parser.add_argument("--oracle", choices=("device", "numpy"), default="device",
-                        help="--scale: DeviceOracle on the CPU (torch fast path) or the numpy Oracle")
-    parser.add_argument("--only", default=None, help="--scale: comma-separated case names (e.g. 2048/full)")
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="the scale table: d in {512, 1024, 2048, 4096}, r in {64, 128}, full rank to 2048",
+    )
+    parser.add_argument(
+        "--precision",
+        action="store_true",
+        help="float32/float16 heads: error reached and queries spent",
+    )
+    parser.add_argument(
+        "--case-seconds",
+        type=float,
+        default=400.0,
+        help="--scale: run a case to the end when its target time is projected below this; "
+        "else run a prefix and extrapolate (labelled)",
+    )
+    parser.add_argument(
+        "--prefix-seconds",
+        type=float,
+        default=120.0,
+        help="--scale: target seconds a prefix run spends",
+    )
+    parser.add_argument(
+        "--oracle",
+        choices=("device", "numpy"),
+        default="device",
+        help="--scale: DeviceOracle on the CPU (torch fast path) or the numpy Oracle",
+    )
+    parser.add_argument(
+        "--only", default=None, help="--scale: comma-separated case names (e.g. 2048/full)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.scale:
@@ -160,8 +211,12 @@ def main() -> None:
                 if method == "nuclear-norm" and d > 64:
                     continue
                 cases.append((d, r, method))
-    rows = [run_case(d, r, method, args.seed)
-            for d, r, method in tqdm(cases, desc="extractions", file=sys.stderr, disable=not sys.stderr.isatty())]
+    rows = [
+        run_case(d, r, method, args.seed)
+        for d, r, method in tqdm(
+            cases, desc="extractions", file=sys.stderr, disable=not sys.stderr.isatty()
+        )
+    ]
     study = threshold_study(40, 2, grid, trials, args.seed + 1000)
 
     lines = [
@@ -185,7 +240,8 @@ def main() -> None:
         lines.append(
             f"| {row['d']} | {row['r']} | {row['method']} | {row['queries']} | {row['limit']} | "
             f"{row['ratio']:.3f} | {fmt(row['error'], '.1e')} | {row['seconds']:.2f} | "
-            f"{fmt(row['learner'], '.1%')} | {fmt(row['overhead'], '.1%')} | {row['note']} |")
+            f"{fmt(row['learner'], '.1%')} | {fmt(row['overhead'], '.1%')} | {row['note']} |"
+        )
     passing = [s["C"] for s in study if s["successes"] >= math.ceil(0.95 * s["trials"])]
     lines += [
         "",
@@ -198,8 +254,14 @@ def main() -> None:
         "|---:|---:|---:|---:|",
     ]
     for s in study:
-        lines.append(f"| {s['C']} | {s['measurements']} | {s['successes']}/{s['trials']} | {s['median_seconds']:.2f} |")
-    lines += ["", f"Smallest C with >= 95% success: **{min(passing) if passing else 'none in grid'}**.", ""]
+        lines.append(
+            f"| {s['C']} | {s['measurements']} | {s['successes']}/{s['trials']} | {s['median_seconds']:.2f} |"
+        )
+    lines += [
+        "",
+        f"Smallest C with >= 95% success: **{min(passing) if passing else 'none in grid'}**.",
+        "",
+    ]
     text = "\n".join(lines)
     print(text)
 

@@ -39,10 +39,20 @@ from attnlab.oracle.device import DeviceOracle, DeviceTarget, TimedTarget
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LIMIT_BATCHES = 8
-CASES = [(512, None, False), (512, 64, False), (512, 128, False),
-         (1024, None, False), (1024, 64, False), (1024, 128, False),
-         (2048, None, False), (2048, 64, False), (2048, 128, False),
-         (4096, 64, False), (4096, 128, False), (4096, 128, True)]
+CASES = [
+    (512, None, False),
+    (512, 64, False),
+    (512, 128, False),
+    (1024, None, False),
+    (1024, 64, False),
+    (1024, 128, False),
+    (2048, None, False),
+    (2048, 64, False),
+    (2048, 128, False),
+    (4096, 64, False),
+    (4096, 128, False),
+    (4096, 128, True),
+]
 
 
 class FactoredHead(torch.nn.Module):
@@ -55,8 +65,14 @@ class FactoredHead(torch.nn.Module):
         self.Q = torch.nn.Parameter(torch.randn(r, d, generator=g, dtype=torch.float64) * scale)
         self.K = torch.nn.Parameter(torch.randn(r, d, generator=g, dtype=torch.float64) * scale)
         self.v = torch.nn.Parameter(torch.randn(d, generator=g, dtype=torch.float64))
-        self.u = torch.nn.Parameter(torch.randn(d, generator=g, dtype=torch.float64)) if affine else None
-        self.c = torch.nn.Parameter(torch.randn((), generator=g, dtype=torch.float64)) if affine else None
+        self.u = (
+            torch.nn.Parameter(torch.randn(d, generator=g, dtype=torch.float64)) if affine else None
+        )
+        self.c = (
+            torch.nn.Parameter(torch.randn((), generator=g, dtype=torch.float64))
+            if affine
+            else None
+        )
 
     @property
     def d(self) -> int:
@@ -100,8 +116,15 @@ def target_alone(head, d: int, queries: int) -> tuple[float, int]:
     return per_query * queries, LIMIT_BATCHES * batch
 
 
-def run_case(d: int, r: int | None, affine: bool, seed: int, case_seconds: float,
-             prefix_seconds: float, oracle_kind: str = "device") -> dict:
+def run_case(
+    d: int,
+    r: int | None,
+    affine: bool,
+    seed: int,
+    case_seconds: float,
+    prefix_seconds: float,
+    oracle_kind: str = "device",
+) -> dict:
     head, W = build(d, r, affine, seed)
     need = limit(d, r, affine)
     alone, sampled = target_alone(head, d, need)
@@ -115,16 +138,26 @@ def run_case(d: int, r: int | None, affine: bool, seed: int, case_seconds: float
     else:
         timed = TimedTarget(head)
         oracle = Oracle(timed, d=d, budget=budget)
-    row = {"d": d, "r": "full" if r is None else r, "affine": affine, "limit": need,
-           "target_alone_s": alone, "alone_sampled": sampled, "partial": partial}
+    row = {
+        "d": d,
+        "r": "full" if r is None else r,
+        "affine": affine,
+        "limit": need,
+        "target_alone_s": alone,
+        "alone_sampled": sampled,
+        "partial": partial,
+    }
     tracemalloc.start()
     started = time.perf_counter()
     try:
         result = single_head(oracle, rank=r, affine=affine, seed=seed, fidelity_samples=0)
         seconds = result.seconds
         oracle_seconds = result.info["oracle_seconds"]
-        row.update(queries=result.queries, error=float(np.max(np.abs(result.W - W)) / np.max(np.abs(W))),
-                   max_logit=result.info["max_abs_logit"])
+        row.update(
+            queries=result.queries,
+            error=float(np.max(np.abs(result.W - W)) / np.max(np.abs(W))),
+            max_logit=result.info["max_abs_logit"],
+        )
         del result
     except BudgetExhausted:
         seconds = time.perf_counter() - started
@@ -132,22 +165,35 @@ def run_case(d: int, r: int | None, affine: bool, seed: int, case_seconds: float
         row.update(queries=oracle.queries, error=None, max_logit=None)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    row.update(seconds=seconds, target_s=timed.seconds, oracle_s=oracle_seconds, peak_mib=peak / 2**20,
-               learner_fraction=(seconds - timed.seconds) / timed.seconds,
-               oracle_fraction=(oracle_seconds - timed.seconds) / timed.seconds if not partial else None,
-               maxrss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    row.update(
+        seconds=seconds,
+        target_s=timed.seconds,
+        oracle_s=oracle_seconds,
+        peak_mib=peak / 2**20,
+        learner_fraction=(seconds - timed.seconds) / timed.seconds,
+        oracle_fraction=(oracle_seconds - timed.seconds) / timed.seconds if not partial else None,
+        maxrss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
     if partial:  # the whole extraction, projected from the prefix (linear in queries)
-        row.update(projected_seconds=seconds * need / row["queries"],
-                   projected_target_s=timed.seconds * need / row["queries"])
+        row.update(
+            projected_seconds=seconds * need / row["queries"],
+            projected_target_s=timed.seconds * need / row["queries"],
+        )
     return row
 
 
-ORACLE_TEXT = {"device": "`DeviceOracle(DeviceTarget(head, 'cpu'))`, the torch fast path of oracle/device.py",
-               "numpy": "`Oracle(head)`, the numpy Oracle"}
+ORACLE_TEXT = {
+    "device": "`DeviceOracle(DeviceTarget(head, 'cpu'))`, the torch fast path of oracle/device.py",
+    "numpy": "`Oracle(head)`, the numpy Oracle",
+}
 
 
 def fmt(value, spec: str) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+    return (
+        "—"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else format(value, spec)
+    )
 
 
 def table(rows: list[dict], command: str) -> str:
@@ -182,7 +228,8 @@ def table(rows: list[dict], command: str) -> str:
         lines.append(
             f"| {row['d']} | {row['r']} | {'yes' if row['affine'] else 'no'} | {ratio} | {fmt(row['error'], '.1e')} | "
             f"{secs} | {target} | {row['target_alone_s']:.0f} | {row['learner_fraction']:.1%} | "
-            f"{fmt(row['oracle_fraction'], '.1%')} | {row['peak_mib']:.0f} |")
+            f"{fmt(row['oracle_fraction'], '.1%')} | {row['peak_mib']:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -190,12 +237,19 @@ def scale_main(args) -> None:
     cases = CASES
     if args.only:
         wanted = {name.strip() for name in args.only.split(",")}
-        cases = [c for c in CASES if f"{c[0]}/{'full' if c[1] is None else c[1]}{'/affine' if c[2] else ''}" in wanted]
+        cases = [
+            c
+            for c in CASES
+            if f"{c[0]}/{'full' if c[1] is None else c[1]}{'/affine' if c[2] else ''}" in wanted
+        ]
     RESULTS.mkdir(parents=True, exist_ok=True)
     log = RESULTS / "single_head_scale.json"
     rows = []
-    command = (f"nice -n 10 python benchmarks/single_head.py --scale --case-seconds {args.case_seconds:g} "
-               f"--prefix-seconds {args.prefix_seconds:g} --oracle {args.oracle}" + (f" --only {args.only}" if args.only else ""))
+    command = (
+        f"nice -n 10 python benchmarks/single_head.py --scale --case-seconds {args.case_seconds:g} "
+        f"--prefix-seconds {args.prefix_seconds:g} --oracle {args.oracle}"
+        + (f" --only {args.only}" if args.only else "")
+    )
     for d, r, affine in cases:
         row = run_case(d, r, affine, args.seed, args.case_seconds, args.prefix_seconds, args.oracle)
         rows.append(row)

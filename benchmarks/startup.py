@@ -23,11 +23,22 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 HELP = [sys.executable, "-m", "attnlab", "--help"]
 NUMPY = [sys.executable, "-c", "import numpy"]
-HEAVY = ("torch", "scipy", "scipy.stats", "fastapi", "dask", "distributed", "matplotlib", "pandas",
-         "numpy")
-PROBE = ("import sys\nsys.argv = ['attnlab', '--help']\nfrom attnlab.cli import main\ntry:\n    main()\n"
-         "except SystemExit:\n    pass\n"
-         f"print('LOADED:' + ','.join(m for m in {HEAVY!r} if m in sys.modules))")
+HEAVY = (
+    "torch",
+    "scipy",
+    "scipy.stats",
+    "fastapi",
+    "dask",
+    "distributed",
+    "matplotlib",
+    "pandas",
+    "numpy",
+)
+PROBE = (
+    "import sys\nsys.argv = ['attnlab', '--help']\nfrom attnlab.cli import main\ntry:\n    main()\n"
+    "except SystemExit:\n    pass\n"
+    f"print('LOADED:' + ','.join(m for m in {HEAVY!r} if m in sys.modules))"
+)
 
 
 def seconds(command: list[str]) -> float:
@@ -37,7 +48,9 @@ def seconds(command: list[str]) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="5 runs of each instead of 15")
     parser.add_argument("--repeats", type=int, default=None)
     args = parser.parse_args()
@@ -47,8 +60,10 @@ def main() -> int:
     for _ in range(repeats):  # interleaved, so a load spike hits both
         help_times.append(seconds(HELP))
         numpy_times.append(seconds(NUMPY))
-    out = subprocess.run([sys.executable, "-c", PROBE], check=True, capture_output=True, text=True).stdout
-    loaded = [line[len("LOADED:"):] for line in out.splitlines() if line.startswith("LOADED:")]
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], check=True, capture_output=True, text=True
+    ).stdout
+    loaded = [line[len("LOADED:") :] for line in out.splitlines() if line.startswith("LOADED:")]
     heavy = loaded[-1] if loaded and loaded[-1] else "none"
     h, n = statistics.median(help_times), statistics.median(numpy_times)
     lines = [
@@ -61,14 +76,16 @@ def main() -> int:
         "| command | median s | min s | max s |",
         "|---|---|---|---|",
         f"| `attnlab --help` | {h:.3f} | {min(help_times):.3f} | {max(help_times):.3f} |",
-        f"| `python -c \"import numpy\"` | {n:.3f} | {min(numpy_times):.3f} | {max(numpy_times):.3f} |",
+        f'| `python -c "import numpy"` | {n:.3f} | {min(numpy_times):.3f} | {max(numpy_times):.3f} |',
         "",
         f"Ratio (median help / median numpy): **{h / n:.2f}** (goal <= 2).",
         "",
         f"Heavy modules loaded by `attnlab --help`: {heavy}.",
     ]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / ("startup_quick.md" if args.quick else "startup.md")).write_text("\n".join(lines) + "\n")
+    (RESULTS / ("startup_quick.md" if args.quick else "startup.md")).write_text(
+        "\n".join(lines) + "\n"
+    )
     print("\n".join(lines))
     print(f"ratio {h / n:.2f}")
     return 0

@@ -62,13 +62,21 @@ def worker(kind: str, N: int, m: int, repeats: int) -> dict:
             times.append((time.perf_counter() - start, time.process_time() - cpu_start))
     # the first run sets the peak; later runs reuse memory the allocator kept
     peak = _status_mb("VmHWM")
-    return {"seconds": min(t[0] for t in times), "cpu_seconds": min(t[1] for t in times),
-            "peak_mb": max(0.0, peak - baseline), "checksum": float(out.sum())}
+    return {
+        "seconds": min(t[0] for t in times),
+        "cpu_seconds": min(t[1] for t in times),
+        "peak_mb": max(0.0, peak - baseline),
+        "checksum": float(out.sum()),
+    }
 
 
 def run_worker(kind: str, N: int, m: int, repeats: int) -> dict:
-    result = subprocess.run([sys.executable, __file__, "--worker", kind, str(N), str(m), str(repeats)],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, __file__, "--worker", kind, str(N), str(m), str(repeats)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -91,15 +99,20 @@ def sampling_table(quick: bool, progress) -> list[str]:
 
     n_qsa = 10_000 if quick else 100_000
     n_match = 2_000 if quick else 20_000
-    configs = [("qsa", {"N": 64, "q": 2, "d_prime": 4}, n_qsa),
-               ("qsa", {"N": 64, "q": 8, "d_prime": 4}, n_qsa),
-               ("match2", {"N": 64, "M": 4096}, n_match),
-               ("match3", {"N": 64, "M": 64}, n_match),
-               ("match3", {"N": 64, "M": 4096}, n_match),
-               ("match3", {"N": 64, "M": 10**6}, n_match),
-               ("match3-local", {"N": 64, "M": 4096, "window": 2}, n_match),
-               ("match3-structured", {"N": 64, "M": 4096}, n_match)]
-    rows = ["| task | params | n | wall s (best of 3) | CPU s (best of 3) | examples / CPU s |", "|---|---|---|---|---|---|"]
+    configs = [
+        ("qsa", {"N": 64, "q": 2, "d_prime": 4}, n_qsa),
+        ("qsa", {"N": 64, "q": 8, "d_prime": 4}, n_qsa),
+        ("match2", {"N": 64, "M": 4096}, n_match),
+        ("match3", {"N": 64, "M": 64}, n_match),
+        ("match3", {"N": 64, "M": 4096}, n_match),
+        ("match3", {"N": 64, "M": 10**6}, n_match),
+        ("match3-local", {"N": 64, "M": 4096, "window": 2}, n_match),
+        ("match3-structured", {"N": 64, "M": 4096}, n_match),
+    ]
+    rows = [
+        "| task | params | n | wall s (best of 3) | CPU s (best of 3) | examples / CPU s |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, params, n in progress(configs, desc="sampling"):
         task = get_task(name, **params)
         rng = np.random.default_rng(0)
@@ -113,10 +126,21 @@ def positive_rate_table(quick: bool, progress) -> list[str]:
     from attnlab.tasks import get_task
 
     n = 200 if quick else 1000
-    grid = [(16, 17), (16, 257), (16, 10**5), (64, 64), (64, 4096), (64, 10**6), (256, 1024), (256, 10**6)]
+    grid = [
+        (16, 17),
+        (16, 257),
+        (16, 10**5),
+        (64, 64),
+        (64, 4096),
+        (64, 10**6),
+        (256, 1024),
+        (256, 10**6),
+    ]
     names = ["match2", "match3", "match3-local", "match3-structured"]
-    rows = ["| N | M | " + " | ".join(f"{t} balanced (uniform)" for t in names) + " |",
-            "|---|---|" + "---|" * len(names)]
+    rows = [
+        "| N | M | " + " | ".join(f"{t} balanced (uniform)" for t in names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
     for N, M in progress(grid, desc="positive rates"):
         cells = []
         for name in names:
@@ -139,27 +163,45 @@ def third_order_table(quick: bool, progress) -> tuple[list[str], dict]:
     naive_sizes = [32, 64] if quick else [32, 64, 128]
     blocked_sizes = [32, 64, 128] if quick else [32, 64, 128, 256, 512]
     repeats = 3 if quick else 5
-    kinds = {"naive": "naive", "blocked": f"blocked:{DEFAULT_BLOCK_ELEMENTS}", "blocked-small": f"blocked:{SMALL_BUDGET}"}
+    kinds = {
+        "naive": "naive",
+        "blocked": f"blocked:{DEFAULT_BLOCK_ELEMENTS}",
+        "blocked-small": f"blocked:{SMALL_BUDGET}",
+    }
     measured: dict[str, dict[int, dict]] = {name: {} for name in kinds}
-    jobs = [("naive", N) for N in naive_sizes] + [(k, N) for N in blocked_sizes for k in ("blocked", "blocked-small")]
+    jobs = [("naive", N) for N in naive_sizes] + [
+        (k, N) for N in blocked_sizes for k in ("blocked", "blocked-small")
+    ]
     for name, N in progress(jobs, desc="third-order"):
         measured[name][N] = run_worker(kinds[name], N, m, 1 if N >= 512 else repeats)
-    rows = ["| N | N^3 logits MiB | naive CPU s | naive peak MiB | blocked 2^18 CPU s | blocked 2^18 peak MiB | "
-            "blocked 2^14 CPU s | blocked 2^14 peak MiB | time naive / blocked 2^18 | memory naive / blocked 2^18 |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| N | N^3 logits MiB | naive CPU s | naive peak MiB | blocked 2^18 CPU s | blocked 2^18 peak MiB | "
+        "blocked 2^14 CPU s | blocked 2^14 peak MiB | time naive / blocked 2^18 | memory naive / blocked 2^18 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for N in blocked_sizes:
         b, c = measured["blocked"][N], measured["blocked-small"][N]
         cells = [f"{N}", f"{N**3 * 8 / 2**20:.1f}"]
         if N in measured["naive"]:
             a = measured["naive"][N]
             for other in (b, c):
-                assert abs(a["checksum"] - other["checksum"]) <= 1e-9 * max(1.0, abs(a["checksum"])), (N, a, other)
+                assert abs(a["checksum"] - other["checksum"]) <= 1e-9 * max(
+                    1.0, abs(a["checksum"])
+                ), (N, a, other)
             cells += [f"{a['cpu_seconds']:.4f}", f"{a['peak_mb']:.1f}"]
         else:
             cells += ["-", "-"]
-        cells += [f"{b['cpu_seconds']:.4f}", f"{b['peak_mb']:.1f}", f"{c['cpu_seconds']:.4f}", f"{c['peak_mb']:.1f}"]
+        cells += [
+            f"{b['cpu_seconds']:.4f}",
+            f"{b['peak_mb']:.1f}",
+            f"{c['cpu_seconds']:.4f}",
+            f"{c['peak_mb']:.1f}",
+        ]
         if N in measured["naive"]:
-            cells += [f"{a['cpu_seconds'] / b['cpu_seconds']:.2f}", f"{a['peak_mb'] / max(b['peak_mb'], 0.1):.1f}"]
+            cells += [
+                f"{a['cpu_seconds'] / b['cpu_seconds']:.2f}",
+                f"{a['peak_mb'] / max(b['peak_mb'], 0.1):.1f}",
+            ]
         else:
             cells += ["-", "-"]
         rows.append("| " + " | ".join(cells) + " |")
@@ -173,11 +215,27 @@ def plot(measured: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(9, 3.6))
-    labels = {"naive": "naive einsum", "blocked": "blocked, 2^18 logits", "blocked-small": "blocked, 2^14 logits"}
+    labels = {
+        "naive": "naive einsum",
+        "blocked": "blocked, 2^18 logits",
+        "blocked-small": "blocked, 2^14 logits",
+    }
     for kind, style in (("naive", "o-"), ("blocked", "s-"), ("blocked-small", "^-")):
         sizes = sorted(measured[kind])
-        ax_time.loglog(sizes, [measured[kind][N]["cpu_seconds"] for N in sizes], style, label=labels[kind], base=2)
-        ax_mem.loglog(sizes, [max(measured[kind][N]["peak_mb"], 0.1) for N in sizes], style, label=labels[kind], base=2)
+        ax_time.loglog(
+            sizes,
+            [measured[kind][N]["cpu_seconds"] for N in sizes],
+            style,
+            label=labels[kind],
+            base=2,
+        )
+        ax_mem.loglog(
+            sizes,
+            [max(measured[kind][N]["peak_mb"], 0.1) for N in sizes],
+            style,
+            label=labels[kind],
+            base=2,
+        )
     ax_time.set(xlabel="N", ylabel="CPU seconds (1 thread)", title="third-order attention: time")
     ax_mem.set(xlabel="N", ylabel="peak extra MiB", title="peak memory")
     for ax in (ax_time, ax_mem):
@@ -188,10 +246,14 @@ def plot(measured: dict, path: Path) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--worker", nargs=4, metavar=("KIND", "N", "M", "REPEATS"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker", nargs=4, metavar=("KIND", "N", "M", "REPEATS"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.worker:
         kind, N, m, repeats = args.worker
@@ -201,7 +263,9 @@ def main() -> int:
     from tqdm import tqdm
 
     def progress(items, desc):
-        return tqdm(items, desc=desc, file=sys.stderr, disable=args.no_progress or not sys.stderr.isatty())
+        return tqdm(
+            items, desc=desc, file=sys.stderr, disable=args.no_progress or not sys.stderr.isatty()
+        )
 
     import torch
 
@@ -224,23 +288,31 @@ def main() -> int:
         "times are noisy and inflated by the load; ratios come from the same run.",
         "",
         "## Sampling throughput (draw inputs and solve them exactly)",
-        "", *sampling, "",
+        "",
+        *sampling,
+        "",
         "## Positive rate of Match targets: balanced sampling (uniform x in brackets)",
         "",
         "Fraction of target bits equal to 1. Balanced sampling aims at 1/2 from a coverage estimate;",
         "uniform x is degenerate at both ends (all ones when N^2 >> M for match3, all zeros when M >> N^2).",
-        "", *rates, "",
+        "",
+        *rates,
+        "",
         "## Third-order attention: naive einsum vs blocked (online log-sum-exp)",
         "",
         "One sequence (batch 1), m = m_v = 8, float64, no gradients; best CPU time (one thread) of 3-5 runs (one run at N = 512); peak memory is the",
         "growth of peak resident memory (VmHWM) over the resident size before the runs, in a fresh process. The naive version holds",
         "the N^3 logits and weights; the blocked one at most 2^18 logits per block (the default, 2 MiB)",
         "or 2^14 (128 KiB). Outputs of all three agree to 1e-9 relative (checked in the run).",
-        "", *third, "",
+        "",
+        *third,
+        "",
         f"![time and memory]({figure.name})",
         "",
     ]
-    (RESULTS / "tasks.json").write_text(json.dumps({"mode": mode, "third_order": measured}, indent=1))
+    (RESULTS / "tasks.json").write_text(
+        json.dumps({"mode": mode, "third_order": measured}, indent=1)
+    )
     text = "\n".join(lines)
     (RESULTS / "tasks.md").write_text(text)
     print(text)

@@ -48,15 +48,25 @@ def _third_order_available() -> bool:
 
 
 def time_run(task: TaskConfig, model: ModelConfig, steps: int) -> dict:
-    schedule = TrainConfig(n_train=64 * steps, n_val=64, n_test=64, batch_size=64, max_steps=steps,
-                           eval_every=steps, threads=1)
+    schedule = TrainConfig(
+        n_train=64 * steps,
+        n_val=64,
+        n_test=64,
+        batch_size=64,
+        max_steps=steps,
+        eval_every=steps,
+        threads=1,
+    )
     result = train(RunConfig(task=task, model=model, train=schedule, seed=0))
     t = result.timings
     # CPU time of the optimiser steps: on a shared machine wall time mostly measures the neighbours
-    return {"params": result.metrics["n_params"], "cpu_s": t["cpu_seconds"],
-            "wall_ms_per_step": 1000 * t["train_seconds"] / steps,
-            "ms_per_step": 1000 * t["train_cpu_seconds"] / steps,
-            "examples_per_s": steps * 64 / t["train_cpu_seconds"]}
+    return {
+        "params": result.metrics["n_params"],
+        "cpu_s": t["cpu_seconds"],
+        "wall_ms_per_step": 1000 * t["train_seconds"] / steps,
+        "ms_per_step": 1000 * t["train_cpu_seconds"] / steps,
+        "examples_per_s": steps * 64 / t["train_cpu_seconds"],
+    }
 
 
 def _label(model: ModelConfig) -> str:
@@ -66,16 +76,21 @@ def _label(model: ModelConfig) -> str:
 
 
 def speed_table(sizes: list[int], steps: int) -> list[str]:
-    lines = ["| task | model | params | CPU ms/step | examples/s (CPU) | throughput vs attention H=1 | "
-             "wall ms/step | run CPU s |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| task | model | params | CPU ms/step | examples/s (CPU) | throughput vs attention H=1 | "
+        "wall ms/step | run CPU s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for N in sizes:
         task = TaskConfig(name="qsa", params={"N": N, "q": 2, "d_prime": 4})
         rows = [(m, time_run(task, m, steps)) for m in BASELINES]
         reference = rows[0][1]["examples_per_s"]
         for model, row in rows:
-            lines.append(f"| qsa N={N} q=2 | {_label(model)} | {row['params']} | {row['ms_per_step']:.2f} | "
-                         f"{row['examples_per_s']:,.0f} | {row['examples_per_s'] / reference:.2f} | {row['wall_ms_per_step']:.2f} | "
-                         f"{row['cpu_s']:.1f} |")
+            lines.append(
+                f"| qsa N={N} q=2 | {_label(model)} | {row['params']} | {row['ms_per_step']:.2f} | "
+                f"{row['examples_per_s']:,.0f} | {row['examples_per_s'] / reference:.2f} | {row['wall_ms_per_step']:.2f} | "
+                f"{row['cpu_s']:.1f} |"
+            )
         print(lines[-1], file=sys.stderr)
     return lines
 
@@ -83,14 +98,19 @@ def speed_table(sizes: list[int], steps: int) -> list[str]:
 def third_order_table(sizes: list[int], steps: int) -> list[str]:
     if not _third_order_available():
         return ["(third-order attention not available: attnlab.models.third_order is missing)"]
-    lines = ["| task | model | params | CPU ms/step | examples/s (CPU) | cost vs pairwise |", "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| task | model | params | CPU ms/step | examples/s (CPU) | cost vs pairwise |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for N in sizes:
         task = TaskConfig(name="match3", params={"N": N, "M": 31})
         pair = time_run(task, ModelConfig(arch="attention", width=16), steps)
         third = time_run(task, ModelConfig(arch="third_order", width=16), steps)
         for name, row in (("attention m=16 H=1", pair), ("third_order m=16 H=1", third)):
-            lines.append(f"| match3 N={N} | {name} | {row['params']} | {row['ms_per_step']:.2f} | "
-                         f"{row['examples_per_s']:,.0f} | {row['ms_per_step'] / pair['ms_per_step']:.2f} |")
+            lines.append(
+                f"| match3 N={N} | {name} | {row['params']} | {row['ms_per_step']:.2f} | "
+                f"{row['examples_per_s']:,.0f} | {row['ms_per_step'] / pair['ms_per_step']:.2f} |"
+            )
     return lines
 
 
@@ -116,32 +136,58 @@ def sweep_sections(store_path: Path, sweep: str | None, figure: str) -> list[str
     rows = summarise(records)
     timed = [r["timings"]["cpu_seconds"] for r in records if "cpu_seconds" in r["timings"]]
     wall = sum(r["timings"]["wall_seconds"] for r in records)
-    cpu = f"{sum(timed):,.0f} s CPU over the {len(timed)} runs that recorded it" if timed else "CPU time not recorded"
-    lines = [f"## Sweep `{names}`: {len(records)} runs (`attnlab sweep {names} --store {store_path}`)", "",
-             f"Sum over runs: {wall:,.0f} s wall (on a shared, loaded machine); {cpu}.", "",
-             "Median over seeds of the test error of the run with the best validation loss over the lr grid.",
-             "qSA: max = worst case over positions and test examples of ||f(X)_i - qSA(X)_i||_2 (the paper's",
-             "eps-approximation on the test set), mean = its mean, threshold = 1/(2q). Match: max = fraction",
-             "of test sequences with a wrong bit, and the bit error rate.", "",
-             "| task | model | n_train | max error | mean error / bit error rate | threshold | reached |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    cpu = (
+        f"{sum(timed):,.0f} s CPU over the {len(timed)} runs that recorded it"
+        if timed
+        else "CPU time not recorded"
+    )
+    lines = [
+        f"## Sweep `{names}`: {len(records)} runs (`attnlab sweep {names} --store {store_path}`)",
+        "",
+        f"Sum over runs: {wall:,.0f} s wall (on a shared, loaded machine); {cpu}.",
+        "",
+        "Median over seeds of the test error of the run with the best validation loss over the lr grid.",
+        "qSA: max = worst case over positions and test examples of ||f(X)_i - qSA(X)_i||_2 (the paper's",
+        "eps-approximation on the test set), mean = its mean, threshold = 1/(2q). Match: max = fraction",
+        "of test sequences with a wrong bit, and the bit error rate.",
+        "",
+        "| task | model | n_train | max error | mean error / bit error rate | threshold | reached |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         second = r.get("mean_error", r.get("bit_error_rate", float("nan")))
-        lines.append(f"| {r['task']} | {r['model']} | {r['n_train']} | {r['max_error']:.3g} | {second:.3g} | "
-                     f"{r['threshold']:.3g} | {r['reached_fraction']:.2f} |")
+        lines.append(
+            f"| {r['task']} | {r['model']} | {r['n_train']} | {r['max_error']:.3g} | {second:.3g} | "
+            f"{r['threshold']:.3g} | {r['reached_fraction']:.2f} |"
+        )
     if _varies(rows, "n_train"):
-        lines += ["", "### Training examples needed to reach the threshold (worst-case error)", "",
-                  "| task | model | samples needed | largest tried | ratio to attention |", "|---|---|---:|---:|---:|"]
+        lines += [
+            "",
+            "### Training examples needed to reach the threshold (worst-case error)",
+            "",
+            "| task | model | samples needed | largest tried | ratio to attention |",
+            "|---|---|---:|---:|---:|",
+        ]
         for e in samples_to_threshold(rows):
-            lines.append(f"| {e['task']} | {e['model']} | {_fmt(e['samples_needed'])} | {e['largest_tried']} | "
-                         f"{_fmt(e['ratio_to_attention'])} |")
+            lines.append(
+                f"| {e['task']} | {e['model']} | {_fmt(e['samples_needed'])} | {e['largest_tried']} | "
+                f"{_fmt(e['ratio_to_attention'])} |"
+            )
         plot_error_vs_samples(rows, RESULTS / f"{figure}.png")
         lines += ["", f"![error vs training examples]({figure}.png)"]
     widths = [w for w in width_to_threshold(rows) if len(w["widths_tried"]) > 1]
     if widths:
-        lines += ["", "### Smallest attention width reaching the threshold", "",
-                  "| task | heads | width needed | widths tried |", "|---|---:|---:|---|"]
-        lines += [f"| {w['task']} | {w['heads']} | {_fmt(w['width_needed'])} | {w['widths_tried']} |" for w in widths]
+        lines += [
+            "",
+            "### Smallest attention width reaching the threshold",
+            "",
+            "| task | heads | width needed | widths tried |",
+            "|---|---:|---:|---|",
+        ]
+        lines += [
+            f"| {w['task']} | {w['heads']} | {_fmt(w['width_needed'])} | {w['widths_tried']} |"
+            for w in widths
+        ]
         plot_threshold_width(widths, RESULTS / "training-width.png")
         lines += ["", "![threshold width vs q](training-width.png)"]
     return lines
@@ -178,27 +224,47 @@ def compile_check(steps: int = 300) -> str:
     compiled_model = torch.compile(build_model(config, 32, task.token_dim, 4))
     first = cpu_seconds(compiled_model, 1)
     compiled = cpu_seconds(compiled_model, steps)
-    return (f"attention m=32 on qsa N=32 q=2, batch 64, one thread: eager {1000 * eager / steps:.2f} ms/step; "
-            f"torch.compile {1000 * compiled / steps:.2f} ms/step after a first (compiling) step of {first:.1f} s CPU "
-            f"(this process only; inductor's compile workers not counted).")
+    return (
+        f"attention m=32 on qsa N=32 q=2, batch 64, one thread: eager {1000 * eager / steps:.2f} ms/step; "
+        f"torch.compile {1000 * compiled / steps:.2f} ms/step after a first (compiling) step of {first:.1f} s CPU "
+        f"(this process only; inductor's compile workers not counted)."
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer steps and sizes (about a minute)")
-    parser.add_argument("--store", type=Path, action="append", default=[],
-                        help="results store of a finished sweep to summarise (repeatable)")
-    parser.add_argument("--grid", type=Path, help="results store of the committed grid: write training-grid.md, "
-                                                  "its exports and figures")
-    parser.add_argument("--runs-dir", type=Path, help="with --grid: the sweeps' run folders (for the attention figure)")
-    parser.add_argument("--compile-check", action="store_true", help="time torch.compile against eager on CPU")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer steps and sizes (about a minute)"
+    )
+    parser.add_argument(
+        "--store",
+        type=Path,
+        action="append",
+        default=[],
+        help="results store of a finished sweep to summarise (repeatable)",
+    )
+    parser.add_argument(
+        "--grid",
+        type=Path,
+        help="results store of the committed grid: write training-grid.md, its exports and figures",
+    )
+    parser.add_argument(
+        "--runs-dir",
+        type=Path,
+        help="with --grid: the sweeps' run folders (for the attention figure)",
+    )
+    parser.add_argument(
+        "--compile-check", action="store_true", help="time torch.compile against eager on CPU"
+    )
     args = parser.parse_args()
     if args.compile_check:
         torch.set_num_threads(1)
         print(compile_check())
         return
     if args.grid:
-        from attnlab.experiments.grid_report import write_grid_report
+        from attnlab.report.grid_report import write_grid_report
 
         command = " ".join(["python benchmarks/training.py"] + sys.argv[1:])
         print(write_grid_report(args.grid, args.runs_dir, RESULTS, command))
@@ -206,16 +272,26 @@ def main() -> None:
     steps = 30 if args.quick else 200
     sizes = [16] if args.quick else [16, 32, 64]
     torch.set_num_threads(1)
-    time_run(TaskConfig(name="qsa", params={"N": 8, "q": 1, "d_prime": 4}), BASELINES[0], 5)  # warm-up, not reported
+    time_run(
+        TaskConfig(name="qsa", params={"N": 8, "q": 1, "d_prime": 4}), BASELINES[0], 5
+    )  # warm-up, not reported
     command = " ".join(["python benchmarks/training.py"] + sys.argv[1:])
-    lines = ["# Training benchmarks", "", f"Command: `{command}`  ",
-             f"Machine: {platform.machine()}, torch {torch.__version__}, one torch thread per run, CPU, float32.", "",
-             f"## Speed per architecture ({steps} steps of batch 64, side by side in one process)", ""]
+    lines = [
+        "# Training benchmarks",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {platform.machine()}, torch {torch.__version__}, one torch thread per run, CPU, float32.",
+        "",
+        f"## Speed per architecture ({steps} steps of batch 64, side by side in one process)",
+        "",
+    ]
     lines += speed_table(sizes, steps)
     lines += ["", "## Third-order vs pairwise attention (Match3)", ""]
     lines += third_order_table([12] if args.quick else [12, 24], steps)
     for index, store in enumerate(args.store):
-        lines += [""] + sweep_sections(store, None, "training" if index == 0 else f"training-{index + 1}")
+        lines += [""] + sweep_sections(
+            store, None, "training" if index == 0 else f"training-{index + 1}"
+        )
     text = "\n".join(lines) + "\n"
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "training.md").write_text(text)

@@ -22,7 +22,9 @@ from attnlab.models import SingleHeadAttention
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--d", type=int, default=32, help="token width")
     parser.add_argument("--rank", type=int, default=4, help="rank of the random head's W")
     parser.add_argument("--seed", type=int, default=0)
@@ -32,21 +34,33 @@ def main() -> None:
 
     head = SingleHeadAttention.random(d, rank=r, scale=3.0, seed=args.seed)
     W, v = head.W.detach().numpy(), head.v.detach().numpy()
-    print(f"random head: d = {d}, rank {r}; free parameters 2rd - r^2 + d = {2 * r * d - r * r + d}")
+    print(
+        f"random head: d = {d}, rank {r}; free parameters 2rd - r^2 + d = {2 * r * d - r * r + d}"
+    )
     for rank in (r, "auto", None):
         oracle = Oracle(head, d=d)
-        result = single_head(oracle, rank=rank, seed=args.seed, fidelity_samples=args.fidelity_samples)
-        print(f"  rank={str(rank):>4}: {result.queries:6d} queries (found rank {result.info['rank']}), "
-              f"error W {relative_error(result.W, W):.1e}, v {relative_error(result.v, v):.1e}, "
-              f"fidelity {result.fidelity:.1e} on {result.fidelity_queries} fresh sequences")
+        result = single_head(
+            oracle, rank=rank, seed=args.seed, fidelity_samples=args.fidelity_samples
+        )
+        print(
+            f"  rank={str(rank):>4}: {result.queries:6d} queries (found rank {result.info['rank']}), "
+            f"error W {relative_error(result.W, W):.1e}, v {relative_error(result.v, v):.1e}, "
+            f"fidelity {result.fidelity:.1e} on {result.fidelity_queries} fresh sequences"
+        )
 
     module = MultiheadReadout.random(d, seed=args.seed)
     oracle = Oracle(module, d=d)
-    result = single_head(oracle, affine=True, seed=args.seed, fidelity_samples=args.fidelity_samples)
+    result = single_head(
+        oracle, affine=True, seed=args.seed, fidelity_samples=args.fidelity_samples
+    )
     analytic = affine_parameters(module)
-    errors = ", ".join(f"{name} {relative_error(result.params[name], analytic[name]):.1e}" for name in "Wuvc")
-    print(f"torch.nn.MultiheadAttention(d={d}, num_heads=1, bias=True): {result.queries} queries "
-          f"(d^2 + 2d + 1 = {d * d + 2 * d + 1}); error vs its weights: {errors}; fidelity {result.fidelity:.1e}")
+    errors = ", ".join(
+        f"{name} {relative_error(result.params[name], analytic[name]):.1e}" for name in "Wuvc"
+    )
+    print(
+        f"torch.nn.MultiheadAttention(d={d}, num_heads=1, bias=True): {result.queries} queries "
+        f"(d^2 + 2d + 1 = {d * d + 2 * d + 1}); error vs its weights: {errors}; fidelity {result.fidelity:.1e}"
+    )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ from attnlab.oracle.noise import RoundFloat32
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--d", type=int, default=16, help="token width")
     parser.add_argument("--m", type=int, default=32, help="FFN hidden width")
     parser.add_argument("--residual", action="store_true", help="z(X) also adds the last token x_N")
@@ -36,8 +38,10 @@ def main(argv=None) -> None:
     oracle = Oracle(model, d=args.d)
     stolen = one_layer_transformer(oracle, residual=args.residual, seed=args.seed)
     print(f"one-layer transformer, d={args.d}, m={args.m}, residual={args.residual}")
-    print(f"  queries: {stolen.queries} ({stolen.stages['ffn']} for the FFN, "
-          f"{stolen.stages['attention']} for W through T(X) - T(-X))")
+    print(
+        f"  queries: {stolen.queries} ({stolen.stages['ffn']} for the FFN, "
+        f"{stolen.stages['attention']} for W through T(X) - T(-X))"
+    )
     print(f"  FFN neurons found: {stolen.info['ffn']['neurons_found']} of {args.m}")
     print(f"  relative error of W: {relative_error(stolen.W, model.W.detach().numpy()):.1e}")
     X = torch.randn(5, 7, args.d, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -46,10 +50,14 @@ def main(argv=None) -> None:
 
     head = SingleHeadAttention.random(args.d, scale=1 / np.sqrt(args.d), seed=args.seed)
     W = head.W.detach().numpy()
-    print(f"single head behind float32-rounded answers, d={args.d}, {args.d ** 2 + args.d} queries each")
+    print(
+        f"single head behind float32-rounded answers, d={args.d}, {args.d**2 + args.d} queries each"
+    )
     for method in ("paper", "robust"):
         options = {"B": float(np.linalg.norm(W))} if method == "paper" else None
-        result = noisy_single_head(Oracle(head, noise=RoundFloat32()), method=method, method_options=options)
+        result = noisy_single_head(
+            Oracle(head, noise=RoundFloat32()), method=method, method_options=options
+        )
         print(f"  {method:>6}: relative error of W {relative_error(result.W, W):.1e}")
 
 

@@ -17,11 +17,19 @@ import argparse
 from attnlab import Oracle
 from attnlab.extract import multi_head
 from attnlab.extract.multihead import canonical_dof, published_query_bound
-from attnlab.models.canonical import MultiHeadParams, canonical, canonical_error, equivalent_pair, maps_agree
+from attnlab.models.canonical import (
+    MultiHeadParams,
+    canonical,
+    canonical_error,
+    equivalent_pair,
+    maps_agree,
+)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--d", type=int, default=6, help="token width")
     parser.add_argument("--heads", type=int, default=3, help="heads of p")
     parser.add_argument("--seed", type=int, default=0)
@@ -31,17 +39,23 @@ def main() -> None:
     print(f"p has {p.heads} heads; q was made from p by:")
     for step in steps:
         print(f"  - {step}")
-    print(f"q has {q.heads} heads, and max |p(X) - q(X)| over 10,000 random sequences = "
-          f"{maps_agree(p, q, seed=args.seed):.1e}")
-    print(f"canonical forms: {canonical(p).heads} heads each, difference {canonical_error(p, q):.1e}")
+    print(
+        f"q has {q.heads} heads, and max |p(X) - q(X)| over 10,000 random sequences = "
+        f"{maps_agree(p, q, seed=args.seed):.1e}"
+    )
+    print(
+        f"canonical forms: {canonical(p).heads} heads each, difference {canonical_error(p, q):.1e}"
+    )
 
     oracle = Oracle(q, d=args.d)  # the learner sees q only through queries
     result = multi_head(oracle, max_heads=args.heads + 1, seed=args.seed, fidelity_samples=500)
     learned = MultiHeadParams(result.W, result.v)
     H = result.info["heads_found"]
-    print(f"\nlearned {H} canonical heads from {result.queries} queries "
-          f"(free parameters H(d^2+d) = {canonical_dof(H, args.d)}, "
-          f"published algorithm 4Hd^2-2H+1 = {published_query_bound(H, args.d)})")
+    print(
+        f"\nlearned {H} canonical heads from {result.queries} queries "
+        f"(free parameters H(d^2+d) = {canonical_dof(H, args.d)}, "
+        f"published algorithm 4Hd^2-2H+1 = {published_query_bound(H, args.d)})"
+    )
     print(f"relative error against p's canonical form: {canonical_error(learned, p):.1e}")
     print(f"largest error on {result.fidelity_queries} fresh sequences: {result.fidelity:.1e}")
 

@@ -25,10 +25,14 @@ from attnlab.serve.runner import BackgroundServer
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--d", type=int, default=6, help="token width of the served head")
     parser.add_argument("--seed", type=int, default=0, help="seed of the head's weights")
-    parser.add_argument("--fidelity", type=int, default=100, help="fresh queries to check the stolen head on")
+    parser.add_argument(
+        "--fidelity", type=int, default=100, help="fresh queries to check the stolen head on"
+    )
     args = parser.parse_args()
     d = args.d
     budget = d * d + d + args.fidelity  # exactly what the extraction and its check need
@@ -44,12 +48,20 @@ def main() -> None:
             # --- the attacker: a URL and a key, nothing else ---------------------------------
             oracle = Oracle.http(url, key)
             stolen = single_head(oracle, fidelity_samples=args.fidelity)
-            print(f"served at {url}: a {oracle.http_target.info()['kind']} target with d = {oracle.d}")
-            print(f"extraction: {stolen.queries} queries (d^2 + d = {d * d + d}), "
-                  f"{oracle.http_target.requests} HTTP requests")
-            print(f"relative error of W: {relative_error(stolen.W, head.W.detach().numpy()):.1e}, "
-                  f"of v: {relative_error(stolen.v, head.v.detach().numpy()):.1e}")
-            print(f"largest |stolen - served| on {stolen.fidelity_queries} fresh queries: {stolen.fidelity:.1e}")
+            print(
+                f"served at {url}: a {oracle.http_target.info()['kind']} target with d = {oracle.d}"
+            )
+            print(
+                f"extraction: {stolen.queries} queries (d^2 + d = {d * d + d}), "
+                f"{oracle.http_target.requests} HTTP requests"
+            )
+            print(
+                f"relative error of W: {relative_error(stolen.W, head.W.detach().numpy()):.1e}, "
+                f"of v: {relative_error(stolen.v, head.v.detach().numpy()):.1e}"
+            )
+            print(
+                f"largest |stolen - served| on {stolen.fidelity_queries} fresh queries: {stolen.fidelity:.1e}"
+            )
             print(f"budget left on the server: {oracle.http_target.budget_left} of {budget}")
             try:
                 oracle(np.zeros((1, 1, d)))

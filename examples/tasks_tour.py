@@ -23,12 +23,16 @@ def qsa_part(N: int, n: int, rng: np.random.Generator) -> None:
     batch = task.sample(rng, n)
     z, y = batch.inputs["z"][0], batch.inputs["y"][0]
     print(f"qsa {task.params}: token 0 points at {y[0].tolist()}, so its target is the mean of")
-    print(f"  z_{y[0][0]} = {np.round(z[y[0][0]], 3)} and z_{y[0][1]} = {np.round(z[y[0][1]], 3)}:"
-          f" {np.round(batch.targets[0, 0], 3)}")
+    print(
+        f"  z_{y[0][0]} = {np.round(z[y[0][0]], 3)} and z_{y[0][1]} = {np.round(z[y[0][1]], 3)}:"
+        f" {np.round(batch.targets[0, 0], 3)}"
+    )
     zeros = task.score(batch, np.zeros_like(batch.targets))
     own = task.score(batch, batch.inputs["z"])  # guess: every token averages only itself
-    print(f"  predicting 0 everywhere: max error {zeros['max_error']:.3f}; predicting z_i: "
-          f"{own['max_error']:.3f}; the paper's bar is eps = 1/(2q) = {task.threshold:.3f}")
+    print(
+        f"  predicting 0 everywhere: max error {zeros['max_error']:.3f}; predicting z_i: "
+        f"{own['max_error']:.3f}; the paper's bar is eps = 1/(2q) = {task.threshold:.3f}"
+    )
 
 
 def match3_part(N: int, n: int, rng: np.random.Generator) -> None:
@@ -46,12 +50,18 @@ def match3_part(N: int, n: int, rng: np.random.Generator) -> None:
     agreement = partner_cos * c - partner_sin * s  # cos(a_i + b + c) for the best pairs
     predictions = (agreement > (1 + np.cos(2 * np.pi / M)) / 2).double()
     score = task.score(batch, predictions)
-    print(f"match3 N={N}, M={M}: {task.positive_rate(batch):.0%} of bits are 1 (balanced sampling);")
-    print(f"  one third-order unit with m = 4: {int(score['bit_errors'])} wrong bits out of {batch.targets.size}")
+    print(
+        f"match3 N={N}, M={M}: {task.positive_rate(batch):.0%} of bits are 1 (balanced sampling);"
+    )
+    print(
+        f"  one third-order unit with m = 4: {int(score['bit_errors'])} wrong bits out of {batch.targets.size}"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--N", type=int, default=16, help="sequence length")
     parser.add_argument("--n", type=int, default=200, help="examples per batch")
     parser.add_argument("--seed", type=int, default=0)

@@ -9,13 +9,22 @@ from pathlib import Path
 import pytest
 
 CHROMIUM_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
 def chromium_path() -> str:
-    path = os.environ.get("ATTNLAB_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    path = (
+        os.environ.get("ATTNLAB_CHROMIUM")
+        or shutil.which("chromium")
+        or shutil.which("chromium-browser")
+    )
     if path is None:
         if os.environ.get("CI"):
             pytest.fail("Chromium is required in CI (.ci/run installs Debian's chromium package)")
@@ -55,7 +64,9 @@ def assert_report_sound(facts: dict) -> None:
     """Every figure decodes and shows; every link points at an anchor in the page; no JS errors."""
     assert facts["images"], "the report shows no figure"
     for img in facts["images"]:
-        assert img["complete"] and img["width"] > 0 and img["height"] > 0, f"figure {img['alt']} did not render"
+        assert img["complete"] and img["width"] > 0 and img["height"] > 0, (
+            f"figure {img['alt']} did not render"
+        )
     ids = set(facts["ids"])
     for href in facts["links"]:
         assert href.startswith("#"), f"report links outside itself: {href}"

@@ -9,7 +9,12 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 
 # Property tests are derandomized by default, so neither CI nor a developer's fast loop can fail
 # by the luck of a draw. Random exploration is opt-in: HYPOTHESIS_PROFILE=explore pytest ...
-settings.register_profile("ci", derandomize=True, database=None, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 settings.register_profile("explore", derandomize=False, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

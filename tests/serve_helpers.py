@@ -57,7 +57,9 @@ class DropResponses(httpx.HTTPTransport):
             response.read()  # the server has finished: it answered and charged
             response.close()
             self.drops -= 1
-            raise httpx.ReadError("simulated connection loss after the server answered", request=request)
+            raise httpx.ReadError(
+                "simulated connection loss after the server answered", request=request
+            )
         return response
 
 
@@ -71,8 +73,12 @@ class FailFirst(httpx.HTTPTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if request.method == "POST" and self.failures > 0:
             self.failures -= 1
-            return httpx.Response(self.status, json={"error": "simulated", "detail": "simulated failure"},
-                                  headers=self.headers, request=request)
+            return httpx.Response(
+                self.status,
+                json={"error": "simulated", "detail": "simulated failure"},
+                headers=self.headers,
+                request=request,
+            )
         return super().handle_request(request)
 
 
@@ -128,7 +134,9 @@ class DroppingProxy:
         finally:
             for sock in (client, upstream):
                 try:
-                    sock.shutdown(socket.SHUT_RDWR)  # close() alone would wait for the blocked recv above
+                    sock.shutdown(
+                        socket.SHUT_RDWR
+                    )  # close() alone would wait for the blocked recv above
                 except OSError:
                     pass
                 sock.close()
@@ -164,7 +172,9 @@ class ServerProcess:
     `config` holds ServeConfig fields. The server's stderr goes to `log`; `kill()` is kill -9.
     """
 
-    def __init__(self, model_path: Path, db_path: Path, log: Path, start_timeout_s: float = 60.0, **config):
+    def __init__(
+        self, model_path: Path, db_path: Path, log: Path, start_timeout_s: float = 60.0, **config
+    ):
         import json
         import os
         import re
@@ -173,12 +183,31 @@ class ServerProcess:
         import time
 
         self.log = log
-        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        env = {
+            **os.environ,
+            "OPENBLAS_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+        }
         self._out = open(log, "ab")
-        self.process = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, str(model_path), str(db_path),
-                                         json.dumps(config)], stderr=self._out, env=env)
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                SERVER_SCRIPT,
+                str(model_path),
+                str(db_path),
+                json.dumps(config),
+            ],
+            stderr=self._out,
+            env=env,
+        )
         deadline = time.monotonic() + start_timeout_s
-        while not (match := re.search(r"serving on (http://127\.0\.0\.1:\d+) refunded (\d+)", log.read_text())):
+        while not (
+            match := re.search(
+                r"serving on (http://127\.0\.0\.1:\d+) refunded (\d+)", log.read_text()
+            )
+        ):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.kill()
                 raise RuntimeError(f"the test server did not start:\n{log.read_text()[-3000:]}")
@@ -206,7 +235,7 @@ class ServerProcess:
                 self.process.wait(timeout=10)
         self._out.close()
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -21,18 +21,41 @@ D, HEADS, HEAD_DIM = 16, 4, 4
 def tiny(name: str, bias: bool = True):
     """A 2-layer model of width 16, 4 heads; biases redrawn (HF initialises them to zero)."""
     tf = pytest.importorskip("transformers")
-    common = dict(num_hidden_layers=2, num_attention_heads=HEADS, vocab_size=50, initializer_range=0.3,
-                  attn_implementation="eager")
+    common = dict(
+        num_hidden_layers=2,
+        num_attention_heads=HEADS,
+        vocab_size=50,
+        initializer_range=0.3,
+        attn_implementation="eager",
+    )
     if name == "bert":
-        model = tf.BertModel(tf.BertConfig(hidden_size=D, intermediate_size=32, max_position_embeddings=32,
-                                           **common))
+        model = tf.BertModel(
+            tf.BertConfig(hidden_size=D, intermediate_size=32, max_position_embeddings=32, **common)
+        )
     elif name == "gpt2":
-        model = tf.GPT2Model(tf.GPT2Config(n_embd=D, n_layer=2, n_head=HEADS, vocab_size=50, n_positions=32,
-                                           initializer_range=0.3, bos_token_id=0, eos_token_id=0,
-                                           attn_implementation="eager"))
+        model = tf.GPT2Model(
+            tf.GPT2Config(
+                n_embd=D,
+                n_layer=2,
+                n_head=HEADS,
+                vocab_size=50,
+                n_positions=32,
+                initializer_range=0.3,
+                bos_token_id=0,
+                eos_token_id=0,
+                attn_implementation="eager",
+            )
+        )
     else:
-        model = tf.LlamaForCausalLM(tf.LlamaConfig(hidden_size=D, intermediate_size=32, num_key_value_heads=2,
-                                                   attention_bias=bias, **common))
+        model = tf.LlamaForCausalLM(
+            tf.LlamaConfig(
+                hidden_size=D,
+                intermediate_size=32,
+                num_key_value_heads=2,
+                attention_bias=bias,
+                **common,
+            )
+        )
     torch.manual_seed(1)
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -41,7 +64,9 @@ def tiny(name: str, bias: bool = True):
     return model.eval()
 
 
-@pytest.mark.parametrize("name, bias", [("bert", True), ("gpt2", True), ("llama", False), ("llama", True)])
+@pytest.mark.parametrize(
+    "name, bias", [("bert", True), ("gpt2", True), ("llama", False), ("llama", True)]
+)
 @pytest.mark.parametrize("rank", [None, HEAD_DIM])
 def test_a_real_head_is_recovered_exactly(name, bias, rank):
     model = tiny(name, bias)
@@ -119,8 +144,17 @@ def test_bad_requests_say_what_to_do():
 
 def test_from_module_wraps_a_one_head_gpt2_attention_module():
     tf = pytest.importorskip("transformers")
-    config = tf.GPT2Config(n_embd=8, n_layer=1, n_head=1, vocab_size=10, n_positions=16, initializer_range=0.4,
-                           bos_token_id=0, eos_token_id=0, attn_implementation="eager")
+    config = tf.GPT2Config(
+        n_embd=8,
+        n_layer=1,
+        n_head=1,
+        vocab_size=10,
+        n_positions=16,
+        initializer_range=0.4,
+        bos_token_id=0,
+        eos_token_id=0,
+        attn_implementation="eager",
+    )
     model = tf.GPT2Model(config).eval()
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -132,8 +166,12 @@ def test_from_module_wraps_a_one_head_gpt2_attention_module():
     full = attn.c_attn.weight.detach().double().numpy().T
     b = attn.c_attn.bias.detach().double().numpy()
     Wo = attn.c_proj.weight.detach().double().numpy().T
-    truth = attention_head_form(full[:8], full[8:16], full[16:], Wo, w, 8 ** -0.5, b[:8], b[8:16], b[16:])
-    truth["c"] = truth["c"] + attn.c_proj.bias.detach().double().numpy() @ w  # the layer's output bias
+    truth = attention_head_form(
+        full[:8], full[8:16], full[16:], Wo, w, 8**-0.5, b[:8], b[8:16], b[16:]
+    )
+    truth["c"] = (
+        truth["c"] + attn.c_proj.bias.detach().double().numpy() @ w
+    )  # the layer's output bias
     assert max(parameter_errors(ext.params, truth).values()) < 1e-9
 
 
@@ -161,5 +199,9 @@ def test_extraction_reprs_are_short_and_to_module_refuses_other_kinds():
     assert html.startswith("<table>") and "queries" in html and len(html) < 2000
     assert isinstance(ext.to_module(), SingleHeadAttention)
     with pytest.raises(ValueError, match="to_module builds single heads"):
-        Extraction(params={"A": np.zeros((2, 2)), "b": np.zeros(2), "w": np.zeros(2)}, queries=1,
-                   method="critical-points", dof=6).to_module()
+        Extraction(
+            params={"A": np.zeros((2, 2)), "b": np.zeros(2), "w": np.zeros(2)},
+            queries=1,
+            method="critical-points",
+            dof=6,
+        ).to_module()

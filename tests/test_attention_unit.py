@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from attnlab.models import AttentionUnit, MultiHeadAttentionLayer, is_representable, stable_softmax
 
@@ -25,8 +26,14 @@ def linear_unit(Wq, Wk, Wv, **kwargs) -> AttentionUnit:
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 2**31), B=st.integers(1, 3), N=st.integers(1, 9), m_in=st.integers(1, 5),
-       m=st.integers(1, 5), chunk=st.integers(1, 4))
+@given(
+    seed=st.integers(0, 2**31),
+    B=st.integers(1, 3),
+    N=st.integers(1, 9),
+    m_in=st.integers(1, 5),
+    m=st.integers(1, 5),
+    chunk=st.integers(1, 4),
+)
 def test_unit_equals_softmax_qk_v(seed, B, N, m_in, m, chunk):
     rng = np.random.default_rng(seed)
     E = rng.standard_normal((B, N, m_in))
@@ -62,7 +69,9 @@ def test_layer_sums_heads_and_readout_sees_the_token():
     rng = np.random.default_rng(0)
     X = torch.from_numpy(rng.standard_normal((2, 6, 3)))
     heads = [linear_unit(*(rng.standard_normal((3, 3)) for _ in range(3))) for _ in range(2)]
-    layer = MultiHeadAttentionLayer(heads, output_map=lambda attended, tokens: attended + 10 * tokens)
+    layer = MultiHeadAttentionLayer(
+        heads, output_map=lambda attended, tokens: attended + 10 * tokens
+    )
     torch.testing.assert_close(layer(X), heads[0](X) + heads[1](X) + 10 * X)
 
 
@@ -88,7 +97,9 @@ def test_bad_configurations_raise_with_a_reason():
     with pytest.raises(ValueError, match="precision"):
         AttentionUnit(identity, identity, identity, precision=0)
     with pytest.raises(ValueError, match="precision"):
-        MultiHeadAttentionLayer([AttentionUnit(identity, identity, identity, precision=8)], precision=4)
+        MultiHeadAttentionLayer(
+            [AttentionUnit(identity, identity, identity, precision=8)], precision=4
+        )
     with pytest.raises(ValueError, match="at least one head"):
         MultiHeadAttentionLayer([])
     with pytest.raises(ValueError, match="shape"):

@@ -28,8 +28,14 @@ LEAVES = list(_leaves(typer.main.get_command(app)))
 def _numeric_options():
     for path, command in LEAVES:
         for param in command.params:
-            if getattr(param, "param_type_name", "") == "option" and not param.is_flag and (
-                    getattr(getattr(param, "type_descriptor", None), "annotation", None) in (int, float)):
+            if (
+                getattr(param, "param_type_name", "") == "option"
+                and not param.is_flag
+                and (
+                    getattr(getattr(param, "type_descriptor", None), "annotation", None)
+                    in (int, float)
+                )
+            ):
                 yield path, param.opts[0]
 
 
@@ -63,7 +69,15 @@ def files(tmp_path):
 
 ISSUE_CASES = [
     lambda t, g, e: ["keys", "list", "--keys-db", str(g)],
-    lambda t, g, e: ["keys", "add", "x", "--keys-db", str(t / "k.sqlite"), "--budget", "9223372036854775808"],
+    lambda t, g, e: [
+        "keys",
+        "add",
+        "x",
+        "--keys-db",
+        str(t / "k.sqlite"),
+        "--budget",
+        "9223372036854775808",
+    ],
     lambda t, g, e: ["construct", "qsa", "--q", "0"],
     lambda t, g, e: ["construct", "qsa", "--eps", "0"],
     lambda t, g, e: ["construct", "disjointness", "--q", "0"],
@@ -103,8 +117,11 @@ def test_central_handler_maps_stray_errors(monkeypatch):
     from typer.core import TyperGroup
 
     parent = TyperGroup.__mro__[1]  # the click Group that GuardedGroup.invoke calls into
-    monkeypatch.setattr(parent, "invoke", lambda self, c: (_ for _ in ()).throw(
-        sqlite3.DatabaseError("file is not a database [x]")))
+    monkeypatch.setattr(
+        parent,
+        "invoke",
+        lambda self, c: (_ for _ in ()).throw(sqlite3.DatabaseError("file is not a database [x]")),
+    )
     with pytest.raises(BaseException) as exit_info:
         command.invoke(ctx)
     assert getattr(exit_info.value, "exit_code", None) == 2, exit_info.value
@@ -127,8 +144,11 @@ def _value_cases():
 
 def _required_arguments(path, tmp_path):
     command = dict(LEAVES)[path]
-    return [str(tmp_path / f"new-{p.name}") for p in command.params
-            if p.param_type_name == "argument" and p.required]
+    return [
+        str(tmp_path / f"new-{p.name}")
+        for p in command.params
+        if p.param_type_name == "argument" and p.required
+    ]
 
 
 @pytest.mark.parametrize("path,option,value", list(_value_cases()), ids=lambda x: str(x))
@@ -137,9 +157,15 @@ def test_bad_values_never_crash(path, option, value, tmp_path, monkeypatch):
     args = [*path, *_required_arguments(path, tmp_path), option, value]
     result = runner.invoke(app, args)
     assert "Traceback" not in result.output, (args, result.output)
-    assert result.exception is None or isinstance(result.exception, SystemExit), (args, result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        args,
+        result.exception,
+    )
     assert result.exit_code in (0, 2), (args, result.exit_code, result.output)
-    if value == "9223372036854775808" and dict(_numeric_options_with_types())[(path, option)] is int:
+    if (
+        value == "9223372036854775808"
+        and dict(_numeric_options_with_types())[(path, option)] is int
+    ):
         assert result.exit_code == 2, (args, result.output)
     if result.exit_code == 2:
         assert len(result.output.strip().splitlines()) <= 8, result.output
@@ -157,8 +183,12 @@ def _attnlab(*args, timeout=60):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-c", "from attnlab.cli import main; main()", *args],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", "from attnlab.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.slow

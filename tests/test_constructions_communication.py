@@ -17,7 +17,7 @@ from attnlab.constructions.communication import (
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6])
 def test_one_way_disjointness_needs_n_bits_for_any_protocol(n):
     rows = disjointness_rows(n)
-    assert rows["distinct_rows"] == 2 ** n and rows["one_way_bits_needed"] == n
+    assert rows["distinct_rows"] == 2**n and rows["one_way_bits_needed"] == n
     assert rows["fooling_set_ok"]
 
 
@@ -33,7 +33,7 @@ def test_a_layer_at_n_bits_solves_every_pair_and_every_narrower_one_fails_on_a_w
     instance = match3_instance(n)
     full = indicator_layer(instance, precision=8)
     assert exhaustive_layer_errors(full, instance) == 0
-    assert len(np.unique(layer_messages(full, instance, precision=1), axis=0)) == 2 ** n
+    assert len(np.unique(layer_messages(full, instance, precision=1), axis=0)) == 2**n
     for width in range(1, n):
         narrow = indicator_layer(instance, width)
         witness = witness_failure(narrow, instance)

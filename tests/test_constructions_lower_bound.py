@@ -40,7 +40,7 @@ def test_instance_shape_and_errors():
 @pytest.mark.parametrize("q", [3, 6, 9])
 def test_pair_code_solves_with_q_one_bit_numbers_and_fails_with_fewer(q):
     full = measure_disjointness(q, q, 1, design="pair-code")
-    assert full.solves and full.query_bits == q and full.distinct_messages == 2 ** q
+    assert full.solves and full.query_bits == q and full.distinct_messages == 2**q
     assert full.wrong_decisions == 0 and full.witness is None
     short = measure_disjointness(q, q - 1, 1, design="pair-code")
     assert not short.solves and short.distinct_messages == 2 ** (q - 1)
@@ -75,7 +75,7 @@ def test_measured_worst_error_matches_brute_force_over_b():
             inputs = disjointness_instance(a, b)
             worst = max(worst, abs(head.predict(inputs)[0, 2 * q, 0] - check_instance(a, b)))
     # the measurement leaves out only the rounding of values and outputs
-    assert measurement.worst_error == pytest.approx(worst, abs=2 ** -bits * 4)
+    assert measurement.worst_error == pytest.approx(worst, abs=2**-bits * 4)
 
 
 def test_unknown_design_raises():

@@ -27,14 +27,18 @@ def every_input(N: int, M: int) -> dict:
 def test_match2_is_right_on_every_input_of_a_small_size(N, M):
     construction = Match2Construction.build(N, M)
     inputs = every_input(N, M)
-    np.testing.assert_array_equal(construction.predict(inputs), get_task("match2", N=N, M=M).solve(inputs))
+    np.testing.assert_array_equal(
+        construction.predict(inputs), get_task("match2", N=N, M=M).solve(inputs)
+    )
 
 
 @pytest.mark.parametrize("N,M", [(3, 5), (4, 4)])
 def test_third_order_match3_is_right_on_every_input_of_a_small_size(N, M):
     construction = ThirdOrderMatch3.build(N, M)
     inputs = every_input(N, M)
-    np.testing.assert_array_equal(construction.predict(inputs), get_task("match3", N=N, M=M).solve(inputs))
+    np.testing.assert_array_equal(
+        construction.predict(inputs), get_task("match3", N=N, M=M).solve(inputs)
+    )
 
 
 @settings(max_examples=8, deadline=None)
@@ -61,7 +65,9 @@ def test_match2_precision_search_and_too_few_bits_fail():
 def test_near_miss_inputs_sit_next_to_a_match():
     x = near_miss_inputs(np.random.default_rng(0), 6, 10, 50, order=2)
     assert set(((x[:, 0:1] + x[:, 1:]) % 50).ravel()) <= {0, 1, 49}
-    assert ((x[1::2, 0:1] + x[1::2, 1:]) % 50 == 0).any(axis=1).all()  # odd rows plant one exact partner
+    assert (
+        ((x[1::2, 0:1] + x[1::2, 1:]) % 50 == 0).any(axis=1).all()
+    )  # odd rows plant one exact partner
 
 
 def test_local_match3_is_certified_on_every_window_and_right_on_every_small_input():
@@ -78,7 +84,10 @@ def test_local_match3_verifies_on_a_longer_sequence_and_too_few_bits_do_not_cert
     verification = construction.verify(rng=2, n=6)
     assert verification.passed and verification.notes["certified_all_inputs"]
     if construction.precision is not None:
-        assert construction.search[construction.precision - 1] > construction.search[construction.precision]
+        assert (
+            construction.search[construction.precision - 1]
+            > construction.search[construction.precision]
+        )
     coarse = LocalMatch3.build(40, 29, 2, precision=3)
     assert not coarse.certified()
 
@@ -98,14 +107,20 @@ def test_match2_width_three_without_residual_is_right_on_every_input_at_N4_M5():
     wrong = construction.predict(inputs) != get_task("match2", N=4, M=5).solve(inputs)
     assert int(wrong.sum()) == 0
     described = construction.to_dict()
-    assert described["m"] == 3 and described["residual"] is False and described["m_including_residual"] == 3
+    assert (
+        described["m"] == 3
+        and described["residual"] is False
+        and described["m_including_residual"] == 3
+    )
 
 
 @pytest.mark.parametrize("N,M", [(3, 6), (5, 7), (4, 8)])
 def test_match2_width_three_on_every_input_of_other_small_sizes(N, M):
     construction = Match2WidthThree.build(N, M)
     inputs = every_input(N, M)
-    np.testing.assert_array_equal(construction.predict(inputs), get_task("match2", N=N, M=M).solve(inputs))
+    np.testing.assert_array_equal(
+        construction.predict(inputs), get_task("match2", N=N, M=M).solve(inputs)
+    )
 
 
 def test_match2_width_three_precision_search_and_the_residual_variant_counted_honestly():
@@ -113,7 +128,11 @@ def test_match2_width_three_precision_search_and_the_residual_variant_counted_ho
     assert found.verify(rng=4, n=8).passed
     assert found.search[found.precision - 1] > 0
     residual = Match2Construction.build(16, 11).to_dict()
-    assert residual["m"] == 2 and residual["residual"] is True and residual["m_including_residual"] == 3
+    assert (
+        residual["m"] == 2
+        and residual["residual"] is True
+        and residual["m_including_residual"] == 3
+    )
 
 
 def test_local_match3_width_does_not_grow_with_N():

@@ -26,8 +26,13 @@ def test_optimised_certificate_survives_an_adversary_aimed_at_it_where_least_squ
 def test_leak_certificate_is_exact_on_its_set_and_never_leaks_more_than_least_squares():
     N, q, key_dim, beta = 128, 3, 40, 12.0
     keys = torch.from_numpy(random_sign_keys(key_dim, N, 1))
-    sets = torch.from_numpy(np.sort(distinct_indices(np.random.default_rng(2), (64,), q, N), axis=1))
-    optimised, baseline = leak_certificates(keys, sets, beta), least_squares_certificates(keys, sets)
+    sets = torch.from_numpy(
+        np.sort(distinct_indices(np.random.default_rng(2), (64,), q, N), axis=1)
+    )
+    optimised, baseline = (
+        leak_certificates(keys, sets, beta),
+        least_squares_certificates(keys, sets),
+    )
     on_set = torch.gather(optimised @ keys, 1, sets)
     torch.testing.assert_close(on_set, torch.ones_like(on_set), rtol=0, atol=1e-9)
 
@@ -44,7 +49,7 @@ def test_a_query_solved_alone_or_in_a_batch_gives_the_same_error_up_to_float_rou
     # the active-set boundary) separate the two, and the worst-case errors agree closely.
     head = CertificateQSA.build(60, 2, 2, 0.25, 30, seed=4)
     sets = np.sort(distinct_indices(np.random.default_rng(5), (20,), 2, 60), axis=1)
-    alone = np.concatenate([head.worst_case_errors(sets[i:i + 1]) for i in range(4)])
+    alone = np.concatenate([head.worst_case_errors(sets[i : i + 1]) for i in range(4)])
     np.testing.assert_allclose(head.worst_case_errors(sets)[:4], alone, rtol=1e-3, atol=1e-9)
 
 

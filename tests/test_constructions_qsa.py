@@ -60,14 +60,17 @@ def test_worst_case_formula_is_reached_by_its_worst_z_through_the_model():
         batch = task.sample(rng, 3)
         batch.inputs["y"][:, 5] = index_set
         sampled = Batch(batch.inputs, task.solve(batch.inputs))
-        errors = np.linalg.norm(construction.predict(sampled.inputs) - sampled.targets, axis=-1)[:, 5]
+        errors = np.linalg.norm(construction.predict(sampled.inputs) - sampled.targets, axis=-1)[
+            :, 5
+        ]
         assert (errors <= bound + 1e-12).all()
 
 
 @pytest.mark.parametrize("certificate", ["softmax-leak", "least-squares"])
 def test_smallest_width_passes_its_own_verification_and_the_search_saw_a_failure_below(certificate):
-    found = smallest_certificate_qsa(N=64, q=2, d_prime=3, random_sets=256, adversarial_targets=32,
-                                     certificate=certificate)
+    found = smallest_certificate_qsa(
+        N=64, q=2, d_prime=3, random_sets=256, adversarial_targets=32, certificate=certificate
+    )
     assert found.certificate == certificate
     assert found.holdout and found.holdout[-1]["key_dim"] == found.key_dim
     assert found.holdout[-1]["error"] <= found.eps  # judged on sets the fit never saw
@@ -99,7 +102,9 @@ def test_search_raises_when_nothing_in_range_passes():
 
 
 @settings(max_examples=60, deadline=None)
-@given(value=st.floats(-1e30, 1e30, allow_nan=False, allow_subnormal=False), bits=st.integers(1, 52))
+@given(
+    value=st.floats(-1e30, 1e30, allow_nan=False, allow_subnormal=False), bits=st.integers(1, 52)
+)
 def test_exact_rounding_agrees_with_round_to_bits(value, bits):
     assert float(round_rational(Fraction(value), bits)) == round_to_bits(value, bits)
 
@@ -107,7 +112,12 @@ def test_exact_rounding_agrees_with_round_to_bits(value, bits):
 @pytest.mark.parametrize("N,q", [(5, 1), (7, 2), (9, 3), (10, 4)])
 def test_gap_floor_is_the_true_minimum_over_all_sets(N, q):
     t = curve_points(N) / (N - 1)
-    smallest = min(np.prod((t[j] - t[list(S)]) ** 2) for S in combinations(range(N), q) for j in range(N) if j not in S)
+    smallest = min(
+        np.prod((t[j] - t[list(S)]) ** 2)
+        for S in combinations(range(N), q)
+        for j in range(N)
+        if j not in S
+    )
     assert math.exp(log_gap_floor(N, q)) == pytest.approx(smallest, rel=1e-9)
 
 
@@ -126,9 +136,18 @@ def test_moment_curve_is_exact_on_every_set_at_infinite_precision_and_matches_th
     assert verification.passed
     batch = construction.task().sample(np.random.default_rng(1), 2)
     with torch.no_grad():
-        float_model = construction.model()(torch.from_numpy(np.concatenate(
-            [batch.inputs["z"], batch.inputs["y"].astype(float),
-             np.broadcast_to(np.arange(16.0)[None, :, None], (2, 16, 1))], axis=-1))).numpy()
+        float_model = construction.model()(
+            torch.from_numpy(
+                np.concatenate(
+                    [
+                        batch.inputs["z"],
+                        batch.inputs["y"].astype(float),
+                        np.broadcast_to(np.arange(16.0)[None, :, None], (2, 16, 1)),
+                    ],
+                    axis=-1,
+                )
+            )
+        ).numpy()
     np.testing.assert_allclose(float_model, construction.predict(batch.inputs), atol=1e-6)
 
 

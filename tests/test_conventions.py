@@ -54,7 +54,10 @@ def test_common_options_with_their_defaults(name):
     assert isinstance(method, str) and re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", method), method
     assert params["method_options"].default is None
     assert params["seed"].default == 0
-    assert isinstance(params["fidelity_samples"].default, int) and params["fidelity_samples"].default >= 0
+    assert (
+        isinstance(params["fidelity_samples"].default, int)
+        and params["fidelity_samples"].default >= 0
+    )
     assert params["progress"].default is False
 
 
@@ -62,8 +65,10 @@ def test_common_options_with_their_defaults(name):
 def test_only_model_options_besides_the_common_ones(name):
     names = list(signature(name).parameters)[1:]
     extra = [p for p in names if p not in COMMON and p not in MODEL_OPTIONS[name]]
-    assert not extra, (f"{name}: {extra} are neither model options ({sorted(MODEL_OPTIONS[name])}) "
-                       f"nor common options; method-only options go into method_options")
+    assert not extra, (
+        f"{name}: {extra} are neither model options ({sorted(MODEL_OPTIONS[name])}) "
+        f"nor common options; method-only options go into method_options"
+    )
     assert "fidelity_queries" not in names
 
 
@@ -84,8 +89,10 @@ def _tiny_runs():
         "multi_head": (lambda: Oracle(MultiHeadRegressor.random(3, 2, seed=0), d=3), {"heads": 2}),
         "orthogonal_heads": (lambda: Oracle(target, d=5), {"bases": bases}),
         "relu_ffn": (lambda: Oracle(ReluFFN.random(4, 5, seed=0), d=4), {"hidden": 5}),
-        "one_layer_transformer": (lambda: Oracle(OneLayerTransformer.random(4, 5, seed=0), d=4),
-                                  {"hidden": 5}),
+        "one_layer_transformer": (
+            lambda: Oracle(OneLayerTransformer.random(4, 5, seed=0), d=4),
+            {"hidden": 5},
+        ),
     }
 
 
@@ -97,7 +104,9 @@ def test_result_has_dof_and_documented_info(name):
     assert isinstance(result, Extraction)
     assert isinstance(result.dof, int) and result.dof > 0, f"{name}: dof = {result.dof!r}"
     undocumented = sorted(k for k in result.info if k not in INFO_KEYS)
-    assert not undocumented, f"{name}: document info keys {undocumented} in extract/result.py INFO_KEYS"
+    assert not undocumented, (
+        f"{name}: document info keys {undocumented} in extract/result.py INFO_KEYS"
+    )
 
 
 @pytest.mark.parametrize("name", EXTRACTORS)

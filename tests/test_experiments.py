@@ -36,15 +36,29 @@ from attnlab.tasks import get_task
 
 
 def tiny(arch="attention", *, task="qsa", params=None, seed=0, **train_fields) -> RunConfig:
-    train_defaults = dict(n_train=64, n_val=32, n_test=64, batch_size=16, lr=3e-3, max_steps=24,
-                          eval_every=8, patience=10, checkpoint_every=8, threads=1)
+    train_defaults = dict(
+        n_train=64,
+        n_val=32,
+        n_test=64,
+        batch_size=16,
+        lr=3e-3,
+        max_steps=24,
+        eval_every=8,
+        patience=10,
+        checkpoint_every=8,
+        threads=1,
+    )
     train_defaults.update(train_fields)
-    return RunConfig(task=TaskConfig(name=task, params=params or {"N": 6, "q": 2, "d_prime": 3}),
-                     model=ModelConfig(arch=arch, width=8, readout_hidden=8), train=TrainConfig(**train_defaults),
-                     seed=seed)
+    return RunConfig(
+        task=TaskConfig(name=task, params=params or {"N": 6, "q": 2, "d_prime": 3}),
+        model=ModelConfig(arch=arch, width=8, readout_hidden=8),
+        train=TrainConfig(**train_defaults),
+        seed=seed,
+    )
 
 
 # --- configs ---------------------------------------------------------------------------------
+
 
 def test_run_id_is_a_function_of_config_and_seed():
     a, b = tiny(seed=0), tiny(seed=1)
@@ -56,26 +70,43 @@ def test_run_id_is_a_function_of_config_and_seed():
 
 def test_unknown_config_fields_are_rejected():
     with pytest.raises(ValueError, match="extra"):
-        RunConfig.model_validate({"task": {"name": "qsa"}, "model": {"arch": "attention", "widht": 3}})
+        RunConfig.model_validate(
+            {"task": {"name": "qsa"}, "model": {"arch": "attention", "widht": 3}}
+        )
     with pytest.raises(ValueError):
         ModelConfig(arch="transformer-xl")
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.dictionaries(st.sampled_from(["train.lr", "train.n_train", "model.width"]),
-                                st.lists(st.integers(1, 50), min_size=1, max_size=3, unique=True),
-                                max_size=3), min_size=1, max_size=3),
-       st.lists(st.integers(0, 5), min_size=1, max_size=3, unique=True))
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(["train.lr", "train.n_train", "model.width"]),
+            st.lists(st.integers(1, 50), min_size=1, max_size=3, unique=True),
+            max_size=3,
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    st.lists(st.integers(0, 5), min_size=1, max_size=3, unique=True),
+)
 def test_sweep_expands_to_the_union_of_grid_products(grids, seeds):
     base = tiny()
     sweep = SweepConfig(name="t", base=json.loads(base.canonical_json()), grids=grids, seeds=seeds)
-    defaults = {"train.lr": base.train.lr, "train.n_train": base.train.n_train, "model.width": base.model.width}
+    defaults = {
+        "train.lr": base.train.lr,
+        "train.n_train": base.train.n_train,
+        "model.width": base.model.width,
+    }
     expected = set()
     for grid in grids:
         keys = list(grid)
         for values in itertools.product(*(grid[k] for k in keys)):
             point = {**defaults, **dict(zip(keys, values))}
-            expected |= {(float(point["train.lr"]), point["train.n_train"], point["model.width"], s) for s in seeds}
+            expected |= {
+                (float(point["train.lr"]), point["train.n_train"], point["model.width"], s)
+                for s in seeds
+            }
     runs = sweep.expand()
     assert {(r.train.lr, r.train.n_train, r.model.width, r.seed) for r in runs} == expected
     assert len(runs) == len(expected) == len({r.run_id for r in runs})
@@ -108,6 +139,7 @@ def test_every_committed_config_validates_and_builds_its_tasks():
 
 
 # --- models ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("arch", ["attention", "third_order", "lstm", "gru", "mlp"])
 def test_every_baseline_maps_tokens_to_per_position_outputs(arch):
@@ -146,6 +178,7 @@ def test_flat_mlp_refuses_another_sequence_length():
 
 # --- training --------------------------------------------------------------------------------
 
+
 def test_training_is_deterministic_and_reports_consistent_metrics():
     config = tiny()
     first, second = train(config), train(config)
@@ -165,7 +198,9 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     partial = train(config, tmp_path / "resumed", step_budget=17)
     assert partial.status == "partial" and partial.metrics["steps"] == 17
     assert sorted(p.name for p in (tmp_path / "resumed").glob("ckpt-*")) == [
-        "ckpt-000000017.json", "ckpt-000000017.safetensors"]
+        "ckpt-000000017.json",
+        "ckpt-000000017.safetensors",
+    ]
     resumed = train(config, tmp_path / "resumed")
     assert resumed.metrics == straight.metrics
     a = load_file(str(tmp_path / "straight" / "model.safetensors"))
@@ -214,6 +249,7 @@ def test_learning_rate_warms_up_then_decays_to_zero(warmup, max_steps, lr):
 
 # --- store -----------------------------------------------------------------------------------
 
+
 def test_store_is_idempotent_and_keeps_finished_runs(tmp_path):
     path = tmp_path / "r.sqlite"
     result = train(tiny(max_steps=8))
@@ -226,7 +262,9 @@ def test_store_is_idempotent_and_keeps_finished_runs(tmp_path):
         assert store.put_failure(result.run_id, result.config, result.seed, "late") is False
         assert store.finished_ids() == {result.run_id}
     with sqlite3.connect(path) as raw:
-        rows = raw.execute("SELECT run_id, status, seed, metrics_json, torch_version FROM runs").fetchall()
+        rows = raw.execute(
+            "SELECT run_id, status, seed, metrics_json, torch_version FROM runs"
+        ).fetchall()
     assert rows == [(result.run_id, "ok", 0, json.dumps(result.metrics), torch.__version__)]
 
 
@@ -253,17 +291,25 @@ def test_exports_have_one_row_per_finished_run(tmp_path):
     assert table.num_rows == 2
     assert sorted(table.column("run_id").to_pylist()) == sorted(r.run_id for r in results[:2])
     by_id = {r.run_id: r.metrics["max_error"] for r in results}
-    exported = dict(zip(table.column("run_id").to_pylist(), table.column("metrics.max_error").to_pylist()))
+    exported = dict(
+        zip(table.column("run_id").to_pylist(), table.column("metrics.max_error").to_pylist())
+    )
     assert exported == {k: by_id[k] for k in exported}
 
 
 # --- analysis and plots ----------------------------------------------------------------------
 
+
 def _record(arch, n_train, lr, seed, val, max_error, width=8, q=2):
     config = tiny(arch, params={"N": 6, "q": q, "d_prime": 3}, n_train=n_train, lr=lr, seed=seed)
     config = config.model_copy(update={"model": config.model.model_copy(update={"width": width})})
-    metrics = {"best_val_loss": val, "max_error": max_error, "mean_error": max_error / 2,
-               "threshold": 1 / (2 * q), "reached_threshold": max_error <= 1 / (2 * q)}
+    metrics = {
+        "best_val_loss": val,
+        "max_error": max_error,
+        "mean_error": max_error / 2,
+        "threshold": 1 / (2 * q),
+        "reached_threshold": max_error <= 1 / (2 * q),
+    }
     return {"config": config.model_dump(mode="json"), "seed": seed, "metrics": metrics}
 
 
@@ -289,14 +335,18 @@ def test_summary_picks_the_lr_by_validation_loss_and_takes_medians_over_seeds():
 
 
 def test_width_to_threshold_and_plots(tmp_path):
-    records = [_record("attention", 500, 1e-3, 0, 0.1, err, width=w, q=q)
-               for q, errors in [(1, {4: 0.9, 8: 0.2, 16: 0.1}), (2, {4: 0.9, 8: 0.5, 16: 0.2})]
-               for w, err in errors.items()]
+    records = [
+        _record("attention", 500, 1e-3, 0, 0.1, err, width=w, q=q)
+        for q, errors in [(1, {4: 0.9, 8: 0.2, 16: 0.1}), (2, {4: 0.9, 8: 0.5, 16: 0.2})]
+        for w, err in errors.items()
+    ]
     rows = summarise(records)
     widths = {e["q"]: e["width_needed"] for e in width_to_threshold(rows)}
     assert widths == {1: 8, 2: 16}
-    for png in (plot_error_vs_samples(rows, tmp_path / "a.png"),
-                plot_threshold_width(width_to_threshold(rows), tmp_path / "b.png")):
+    for png in (
+        plot_error_vs_samples(rows, tmp_path / "a.png"),
+        plot_threshold_width(width_to_threshold(rows), tmp_path / "b.png"),
+    ):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="no finished runs"):
         plot_error_vs_samples([], tmp_path / "c.png")
@@ -305,8 +355,10 @@ def test_width_to_threshold_and_plots(tmp_path):
 def test_store_written_by_an_older_schema_gains_the_missing_columns(tmp_path):
     path = tmp_path / "old.sqlite"
     with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE runs (run_id TEXT PRIMARY KEY, status TEXT NOT NULL, config_json TEXT NOT NULL, "
-                   "seed INTEGER NOT NULL, metrics_json TEXT NOT NULL, timings_json TEXT NOT NULL)")
+        db.execute(
+            "CREATE TABLE runs (run_id TEXT PRIMARY KEY, status TEXT NOT NULL, config_json TEXT NOT NULL, "
+            "seed INTEGER NOT NULL, metrics_json TEXT NOT NULL, timings_json TEXT NOT NULL)"
+        )
     result = train(tiny(max_steps=8))
     with ResultStore(path) as store:
         assert store.put(result)

@@ -23,12 +23,22 @@ from helpers import last_json
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny_sweep(name="tiny", seeds=(0, 1), max_steps=12, grids=None, n_train=(32, 64)) -> SweepConfig:
+def tiny_sweep(
+    name="tiny", seeds=(0, 1), max_steps=12, grids=None, n_train=(32, 64)
+) -> SweepConfig:
     base = {
         "task": {"name": "qsa", "params": {"N": 6, "q": 2, "d_prime": 3}},
         "model": {"arch": "attention", "width": 8, "readout_hidden": 8},
-        "train": {"n_val": 32, "n_test": 64, "batch_size": 16, "lr": 0.003, "max_steps": max_steps,
-                  "eval_every": 4, "patience": 10, "checkpoint_every": 4},
+        "train": {
+            "n_val": 32,
+            "n_test": 64,
+            "batch_size": 16,
+            "lr": 0.003,
+            "max_steps": max_steps,
+            "eval_every": 4,
+            "patience": 10,
+            "checkpoint_every": 4,
+        },
     }
     grids = grids or [{"model.arch": ["attention", "gru"], "train.n_train": list(n_train)}]
     return SweepConfig(name=name, base=base, grids=grids, seeds=list(seeds))
@@ -91,15 +101,21 @@ def test_sweep_parent_killed_with_sigkill_resumes_without_loss_or_duplicates(tmp
     (tmp_path / "sweep.json").write_text(sweep.model_dump_json())
     (tmp_path / "killable.py").write_text(_KILLABLE)
     store = tmp_path / "r.sqlite"
-    parent = subprocess.Popen([sys.executable, str(tmp_path / "killable.py"), str(tmp_path / "sweep.json"), str(store)],
-                              start_new_session=True, stderr=subprocess.PIPE)
+    parent = subprocess.Popen(
+        [sys.executable, str(tmp_path / "killable.py"), str(tmp_path / "sweep.json"), str(store)],
+        start_new_session=True,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if store.exists():
                 with sqlite3.connect(store, timeout=5) as db:
                     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
-                    if "runs" in tables and db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] >= 2:
+                    if (
+                        "runs" in tables
+                        and db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] >= 2
+                    ):
                         break
             assert parent.poll() is None, parent.stderr.read().decode()
             time.sleep(0.05)
@@ -123,7 +139,10 @@ def test_sweep_parent_killed_with_sigkill_resumes_without_loss_or_duplicates(tmp
     assert set(after) == {c.run_id for c in sweep.expand()}
     assert {k: after[k] for k in before} == before
     with sqlite3.connect(store) as db:
-        assert db.execute("SELECT COUNT(*), COUNT(DISTINCT run_id) FROM runs").fetchone() == (total, total)
+        assert db.execute("SELECT COUNT(*), COUNT(DISTINCT run_id) FROM runs").fetchone() == (
+            total,
+            total,
+        )
 
 
 @pytest.mark.slow
@@ -149,14 +168,18 @@ def _cli(*args: str):
 def test_cli_train_sweep_results(tmp_path):
     run = tiny_sweep().expand()[0]
     (tmp_path / "run.json").write_text(run.model_dump_json())
-    code, out = _cli("train", str(tmp_path / "run.json"), "--json", "--run-dir", str(tmp_path / "run"))
+    code, out = _cli(
+        "train", str(tmp_path / "run.json"), "--json", "--run-dir", str(tmp_path / "run")
+    )
     assert code == 0, out
     trained = last_json(out)
     assert trained["run_id"] == run.run_id and trained["status"] == "ok"
 
     (tmp_path / "sweep.json").write_text(tiny_sweep(seeds=(0,)).model_dump_json())
     store = str(tmp_path / "r.sqlite")
-    code, out = _cli("sweep", str(tmp_path / "sweep.json"), "--store", store, "--workers", "2", "--json")
+    code, out = _cli(
+        "sweep", str(tmp_path / "sweep.json"), "--store", store, "--workers", "2", "--json"
+    )
     assert code == 0, out
     assert last_json(out)["completed"] == 4
     assert (tmp_path / "r.runs").is_dir()
@@ -169,16 +192,29 @@ def test_cli_train_sweep_results(tmp_path):
     for name in ("all.csv", "all.parquet"):
         code, out = _cli("results", "export", str(tmp_path / name), "--store", store, "--json")
         assert code == 0 and last_json(out)["rows"] == 4
-    code, out = _cli("results", "plot", "--store", store, "--out", str(tmp_path / "plots"), "--json")
+    code, out = _cli(
+        "results", "plot", "--store", store, "--out", str(tmp_path / "plots"), "--json"
+    )
     assert code == 0, out
     assert Path(last_json(out)["error_vs_samples"]).stat().st_size > 1000
 
 
 def test_cli_errors_are_clean(tmp_path):
-    for args in (["train", "no-such-config"], ["results", "show", "--store", str(tmp_path / "none.sqlite")],
-                 ["sweep", "qsa-quick", "--engine", "local", "--scheduler", "tcp://x:1", "--store",
-                  str(tmp_path / "r.sqlite")],
-                 ["results", "export", str(tmp_path / "x.xlsx"), "--store", str(tmp_path / "none.sqlite")]):
+    for args in (
+        ["train", "no-such-config"],
+        ["results", "show", "--store", str(tmp_path / "none.sqlite")],
+        [
+            "sweep",
+            "qsa-quick",
+            "--engine",
+            "local",
+            "--scheduler",
+            "tcp://x:1",
+            "--store",
+            str(tmp_path / "r.sqlite"),
+        ],
+        ["results", "export", str(tmp_path / "x.xlsx"), "--store", str(tmp_path / "none.sqlite")],
+    ):
         code, out = _cli(*args)
         assert code == 2, (args, out)
         assert "Traceback" not in out and "error" in out
@@ -186,21 +222,47 @@ def test_cli_errors_are_clean(tmp_path):
 
 @pytest.mark.slow
 def test_example_script_runs():
-    done = subprocess.run([sys.executable, str(REPO / "examples" / "train_qsa.py"), "--n-train", "64", "--steps", "5"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "examples" / "train_qsa.py"),
+            "--n-train",
+            "64",
+            "--steps",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "attention" in done.stdout and "lstm" in done.stdout and "mlp" in done.stdout
 
 
 def test_workers_die_with_a_sigkilled_sweep(tmp_path):
     psutil = pytest.importorskip("psutil")
-    endless = [{"model.arch": ["attention"], "train.n_train": [64], "train.max_steps": [10**7],
-                "train.patience": [10**6], "train.schedule": ["constant"]}]
+    endless = [
+        {
+            "model.arch": ["attention"],
+            "train.n_train": [64],
+            "train.max_steps": [10**7],
+            "train.patience": [10**6],
+            "train.schedule": ["constant"],
+        }
+    ]
     sweep = tiny_sweep(name="orphans", seeds=(0, 1), grids=endless)
     (tmp_path / "sweep.json").write_text(sweep.model_dump_json())
     (tmp_path / "killable.py").write_text(_KILLABLE.replace("workers=1", "workers=2"))
-    parent = subprocess.Popen([sys.executable, str(tmp_path / "killable.py"), str(tmp_path / "sweep.json"),
-                               str(tmp_path / "r.sqlite")], start_new_session=True, stderr=subprocess.DEVNULL)
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            str(tmp_path / "killable.py"),
+            str(tmp_path / "sweep.json"),
+            str(tmp_path / "r.sqlite"),
+        ],
+        start_new_session=True,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         me = psutil.Process(parent.pid)
         deadline = time.monotonic() + 90
@@ -215,7 +277,9 @@ def test_workers_die_with_a_sigkilled_sweep(tmp_path):
         parent.wait(timeout=10)
         _, alive = psutil.wait_procs(family, timeout=15)
         alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
-        assert not alive, f"left behind after kill -9 of the sweep: {[p.cmdline()[:3] for p in alive]}"
+        assert not alive, (
+            f"left behind after kill -9 of the sweep: {[p.cmdline()[:3] for p in alive]}"
+        )
     finally:
         try:
             os.killpg(parent.pid, signal.SIGKILL)
@@ -234,12 +298,20 @@ def test_cli_bad_paths_and_configs_are_one_clear_error(tmp_path):
     run = tiny_sweep().expand()[0]
     run_file = _write(tmp_path / "run.json", run.model_dump_json())
     sweep_file = _write(tmp_path / "sweep.json", tiny_sweep(seeds=(0,)).model_dump_json())
-    no_seeds = _write(tmp_path / "no-seeds.json", tiny_sweep().model_dump_json().replace('"seeds":[0,1]', '"seeds":[]'))
-    inf_lr = _write(tmp_path / "inf.json", run.model_dump_json().replace('"lr":0.003', '"lr":Infinity'))
+    no_seeds = _write(
+        tmp_path / "no-seeds.json",
+        tiny_sweep().model_dump_json().replace('"seeds":[0,1]', '"seeds":[]'),
+    )
+    inf_lr = _write(
+        tmp_path / "inf.json", run.model_dump_json().replace('"lr":0.003', '"lr":Infinity')
+    )
     cases = [
         (["sweep", sweep_file, "--store", garbage], "not an attnlab results store"),
         (["results", "show", "--store", garbage], "not an attnlab results store"),
-        (["results", "export", str(tmp_path / "missing" / "dir" / "x.csv"), "--store", garbage], "does not exist"),
+        (
+            ["results", "export", str(tmp_path / "missing" / "dir" / "x.csv"), "--store", garbage],
+            "does not exist",
+        ),
         (["results", "plot", "--out", existing, "--store", garbage], "existing file"),
         (["train", run_file, "--run-dir", existing], "existing file"),
         (["sweep", no_seeds, "--store", str(tmp_path / "r.sqlite")], "seeds is empty"),
@@ -249,20 +321,31 @@ def test_cli_bad_paths_and_configs_are_one_clear_error(tmp_path):
         code, out = _cli(*args)
         assert code == 2, (args, out)
         assert "Traceback" not in out and message in " ".join(out.split()), (args, out)
-    assert not (tmp_path / "r.sqlite").exists() and (tmp_path / "garbage.sqlite").read_text().startswith("this is")
+    assert not (tmp_path / "r.sqlite").exists() and (
+        tmp_path / "garbage.sqlite"
+    ).read_text().startswith("this is")
 
 
 def test_cli_sweep_exits_non_zero_when_runs_fail(tmp_path):
     sweep = tiny_sweep(seeds=(0,), grids=[{"task.params.q": [2, 9]}])  # q=9 > N=6 cannot be sampled
-    code, out = _cli("sweep", _write(tmp_path / "s.json", sweep.model_dump_json()), "--store",
-                     str(tmp_path / "r.sqlite"), "--workers", "1")
+    code, out = _cli(
+        "sweep",
+        _write(tmp_path / "s.json", sweep.model_dump_json()),
+        "--store",
+        str(tmp_path / "r.sqlite"),
+        "--workers",
+        "1",
+    )
     assert code == 1, out
     assert "1 of 2 runs failed" in " ".join(out.split())
 
 
 def test_results_show_fits_80_columns_and_says_not_reached(tmp_path):
-    sweep = tiny_sweep(seeds=(0, 1), max_steps=8, grids=[{"model.arch": ["attention", "mlp"],
-                                                          "train.n_train": [16, 32]}])
+    sweep = tiny_sweep(
+        seeds=(0, 1),
+        max_steps=8,
+        grids=[{"model.arch": ["attention", "mlp"], "train.n_train": [16, 32]}],
+    )
     store = str(tmp_path / "r.sqlite")
     assert run_sweep(sweep, store, workers=2).failed == 0
     code, out = _cli("results", "show", "--store", store)

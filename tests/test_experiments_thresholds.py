@@ -10,19 +10,42 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnlab.experiments.thresholds import crossing, geometric_interval, growth_fit, sample_needs, width_needs
+from attnlab.experiments.thresholds import (
+    crossing,
+    geometric_interval,
+    growth_fit,
+    sample_needs,
+    width_needs,
+)
 from attnlab.report.claims import PARTLY
 from attnlab.report.training import judge, verdict
 
 
 def record(N, q, arch, n_train, seed, max_error, mean_error=None, width=32, stop="plateau"):
-    return {"run_id": f"{N}-{q}-{arch}-{width}-{n_train}-{seed}", "seed": seed, "sweeps": ["qsa-samples"],
-            "config": {"task": {"name": "qsa", "params": {"N": N, "q": q, "d_prime": 4}},
-                       "model": {"arch": arch, "width": width, "heads": 1, "bidirectional": False, "layers": 1},
-                       "train": {"n_train": n_train, "lr": 0.003, "max_steps": 4000}},
-            "metrics": {"max_error": max_error, "mean_error": mean_error if mean_error is not None else max_error / 5,
-                        "best_val_loss": 0.1, "threshold": 1 / (2 * q), "stop_reason": stop,
-                        "reached_threshold": max_error <= 1 / (2 * q)}}
+    return {
+        "run_id": f"{N}-{q}-{arch}-{width}-{n_train}-{seed}",
+        "seed": seed,
+        "sweeps": ["qsa-samples"],
+        "config": {
+            "task": {"name": "qsa", "params": {"N": N, "q": q, "d_prime": 4}},
+            "model": {
+                "arch": arch,
+                "width": width,
+                "heads": 1,
+                "bidirectional": False,
+                "layers": 1,
+            },
+            "train": {"n_train": n_train, "lr": 0.003, "max_steps": 4000},
+        },
+        "metrics": {
+            "max_error": max_error,
+            "mean_error": mean_error if mean_error is not None else max_error / 5,
+            "best_val_loss": 0.1,
+            "threshold": 1 / (2 * q),
+            "stop_reason": stop,
+            "reached_threshold": max_error <= 1 / (2 * q),
+        },
+    }
 
 
 def test_crossing_interpolates_in_log_log_and_censors_both_ends():
@@ -45,7 +68,9 @@ def test_the_geometric_interval_holds_the_geometric_mean(values):
 def test_growth_fit_tells_log_growth_from_power_growth():
     Ns = [16, 32, 64, 128, 256]
     rng = np.random.default_rng(0)
-    log_like = [(N, 100 * math.log2(N) * math.exp(rng.normal(0, 0.02))) for N in Ns for _ in range(3)]
+    log_like = [
+        (N, 100 * math.log2(N) * math.exp(rng.normal(0, 0.02))) for N in Ns for _ in range(3)
+    ]
     power = [(N, 5 * N * math.exp(rng.normal(0, 0.02))) for N in Ns for _ in range(3)]
     assert growth_fit(log_like)["verdict"] == "at most logarithmic"
     fit = growth_fit(power)
@@ -89,16 +114,23 @@ def test_verdict_partly_when_attention_wins_but_grows_like_a_power_of_n():
 
 def test_verdict_not_reproduced_when_a_baseline_does_better_and_growth_is_fast():
     records = _grid({16: 20, 32: 80, 64: 320}, Ns=(16, 32, 64))
-    records += [record(N, 1, "mlp", n, seed, 0.01, width=256) for N in (16, 32, 64) for n in (16, 64)
-                for seed in range(3)]
+    records += [
+        record(N, 1, "mlp", n, seed, 0.01, width=256)
+        for N in (16, 32, 64)
+        for n in (16, 64)
+        for seed in range(3)
+    ]
     records = [r for r in records if r["config"]["model"]["arch"] != "lstm"]
     status, parts = verdict(judge(records))
     assert status is False, parts
 
 
 def test_width_needs_takes_the_smallest_width_within_the_threshold_per_seed():
-    records = [record(16, 2, "attention", 4096, seed, 0.1 if w >= 8 + 8 * (seed == 2) else 0.6, width=w)
-               for w in (2, 4, 8, 16, 32) for seed in range(3)]
+    records = [
+        record(16, 2, "attention", 4096, seed, 0.1 if w >= 8 + 8 * (seed == 2) else 0.6, width=w)
+        for w in (2, 4, 8, 16, 32)
+        for seed in range(3)
+    ]
     (row,) = width_needs(records)
     assert row["per_seed"] == [8, 8, 16] and row["per_seed_kind"] == ["measured"] * 3
     assert row["widths_tried"] == [2, 4, 8, 16, 32]

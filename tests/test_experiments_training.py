@@ -29,14 +29,30 @@ from attnlab.experiments.train import _LoopState, _update_stopping
 
 
 def tiny(arch="attention", *, params=None, seed=0, **train_fields) -> RunConfig:
-    fields = dict(n_train=64, n_val=32, n_test=64, batch_size=16, lr=3e-3, max_steps=48, eval_every=8,
-                  patience=10, checkpoint_every=8, threads=1, device="cpu")
+    fields = dict(
+        n_train=64,
+        n_val=32,
+        n_test=64,
+        batch_size=16,
+        lr=3e-3,
+        max_steps=48,
+        eval_every=8,
+        patience=10,
+        checkpoint_every=8,
+        threads=1,
+        device="cpu",
+    )
     fields.update(train_fields)
-    return RunConfig(task=TaskConfig(name="qsa", params=params or {"N": 6, "q": 2, "d_prime": 3}),
-                     model=ModelConfig(arch=arch, width=8, readout_hidden=8), train=TrainConfig(**fields), seed=seed)
+    return RunConfig(
+        task=TaskConfig(name="qsa", params=params or {"N": 6, "q": 2, "d_prime": 3}),
+        model=ModelConfig(arch=arch, width=8, readout_hidden=8),
+        train=TrainConfig(**fields),
+        seed=seed,
+    )
 
 
 # --- the plateau rule ------------------------------------------------------------------------
+
 
 def _replay(losses, **fields):
     """Feed a validation-loss sequence to the stopping rule; return the state after each pass."""
@@ -56,7 +72,12 @@ def test_plateau_cuts_the_rate_after_lr_patience_and_stops_after_patience():
     scales = [s for s, _, _ in trace]
     # passes 3 and 4 do not improve: the rate halves after the second; 5, 6: again; 7: stop
     assert scales == [1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
-    assert state.stopped_early and state.bad_evals == 5 and state.best_step == 2 * 8 and state.lr_cuts == 2
+    assert (
+        state.stopped_early
+        and state.bad_evals == 5
+        and state.best_step == 2 * 8
+        and state.lr_cuts == 2
+    )
 
 
 def test_an_improvement_resets_both_counters():
@@ -65,14 +86,16 @@ def test_an_improvement_resets_both_counters():
 
 
 def test_min_delta_makes_tiny_improvements_count_as_a_plateau():
-    losses = [1.0 * 0.999 ** k for k in range(20)]
+    losses = [1.0 * 0.999**k for k in range(20)]
     assert _replay(losses, patience=4, lr_patience=2, min_delta=0.01)[0].stopped_early
     assert not _replay(losses, patience=4, lr_patience=2, min_delta=0.0)[0].stopped_early
 
 
 def test_no_cut_and_no_stop_before_min_steps():
     state, trace = _replay([1.0] * 12, patience=2, lr_patience=1, min_steps=80)
-    assert all(scale == 1.0 for scale, _, _ in trace[:9])  # passes at steps 8..72 are before step 80
+    assert all(
+        scale == 1.0 for scale, _, _ in trace[:9]
+    )  # passes at steps 8..72 are before step 80
     assert state.stopped_early and state.step == 80
 
 
@@ -94,11 +117,14 @@ def test_a_trained_run_reports_what_stopped_it_and_its_curve():
 
 
 def test_the_plateau_schedule_does_not_depend_on_the_step_budget():
-    short, long = (train(tiny(max_steps=m, patience=50, lr_patience=2, min_delta=0.5)) for m in (24, 48))
-    assert short.curve["lr"] == long.curve["lr"][:len(short.curve["lr"])]
+    short, long = (
+        train(tiny(max_steps=m, patience=50, lr_patience=2, min_delta=0.5)) for m in (24, 48)
+    )
+    assert short.curve["lr"] == long.curve["lr"][: len(short.curve["lr"])]
 
 
 # --- curves in the store -------------------------------------------------------------------
+
 
 def test_curves_are_stored_with_each_run_and_export_to_parquet(tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
@@ -126,6 +152,7 @@ def test_to_pandas_gives_one_row_per_finished_run(tmp_path):
 
 # --- device --------------------------------------------------------------------------------
 
+
 def test_device_is_an_execution_setting_recorded_with_the_result(tmp_path):
     config = tiny()
     assert set(EXECUTION_FIELDS) == {"device", "threads"}
@@ -133,8 +160,11 @@ def test_device_is_an_execution_setting_recorded_with_the_result(tmp_path):
     assert config.on_device("cuda").train.device == "cuda"
     result = train(config)
     assert result.versions["device"] == "cpu"
-    sweep = SweepConfig(name="dev", base={k: v for k, v in config.model_dump(mode="json").items() if k != "seed"},
-                        seeds=[0])
+    sweep = SweepConfig(
+        name="dev",
+        base={k: v for k, v in config.model_dump(mode="json").items() if k != "seed"},
+        seeds=[0],
+    )
     summary = run_sweep(sweep, tmp_path / "r.sqlite", workers=1, device="cpu")
     assert summary.device == "cpu" and summary.completed == 1
     with ResultStore(tmp_path / "r.sqlite") as store:
@@ -150,20 +180,32 @@ def test_cuda_without_a_gpu_is_a_clear_error():
 
 # --- divergence and validation --------------------------------------------------------------
 
+
 def test_a_diverging_run_raises_and_a_sweep_stores_it_as_diverged(tmp_path):
     exploding = dict(lr=1e30, grad_clip=None, schedule="constant")
     with pytest.raises(TrainingDiverged, match="diverged at step"):
         train(tiny(**exploding))
     base = tiny(**exploding).model_dump(mode="json")
     base.pop("seed")
-    summary = run_sweep(SweepConfig(name="boom", base=base, seeds=[0]), tmp_path / "r.sqlite", workers=1)
+    summary = run_sweep(
+        SweepConfig(name="boom", base=base, seeds=[0]), tmp_path / "r.sqlite", workers=1
+    )
     assert (summary.completed, summary.failed, summary.diverged) == (0, 1, 1)
     with ResultStore(tmp_path / "r.sqlite") as store:
         assert store.counts() == {"diverged": 1} and store.records() == []
 
 
-@pytest.mark.parametrize("field, value", [("lr", math.inf), ("lr", math.nan), ("weight_decay", math.inf),
-                                          ("grad_clip", math.inf), ("min_delta", math.nan), ("lr_decay", 1.0)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("lr", math.inf),
+        ("lr", math.nan),
+        ("weight_decay", math.inf),
+        ("grad_clip", math.inf),
+        ("min_delta", math.nan),
+        ("lr_decay", 1.0),
+    ],
+)
 def test_non_finite_or_out_of_range_numbers_are_rejected(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
@@ -175,6 +217,7 @@ def test_a_sweep_without_seeds_is_an_error():
 
 
 # --- logging hook --------------------------------------------------------------------------
+
 
 def test_the_logger_sees_every_validation_pass():
     seen = []
@@ -199,6 +242,7 @@ def test_logger_specs():
 
 
 # --- layering ------------------------------------------------------------------------------
+
 
 def test_the_store_loads_without_torch_or_the_training_code():
     code = textwrap.dedent("""
@@ -228,7 +272,9 @@ def test_trained_attention_is_built_from_the_attention_unit_layer():
 
     model = build_model(ModelConfig(arch="attention", width=8, heads=3), 6, 15, 3)
     assert isinstance(model.attend.layer, MultiHeadAttentionLayer)
-    assert len(model.attend.layer.heads) == 3 and all(isinstance(h, AttentionUnit) for h in model.attend.layer.heads)
+    assert len(model.attend.layer.heads) == 3 and all(
+        isinstance(h, AttentionUnit) for h in model.attend.layer.heads
+    )
     tokens = torch.randn(2, 6, 15)
     weights = model.attention_weights(tokens)
     assert weights.shape == (2, 3, 6, 6)

@@ -19,15 +19,18 @@ from attnlab.serve import load_target
 
 from helpers import last_json as _last_json
 
-ENV = {k: v for k, v in os.environ.items() if k not in ("ATTNLAB_KEYS_DB", "ATTNLAB_KEY")} | {"COLUMNS": "200"}
+ENV = {k: v for k, v in os.environ.items() if k not in ("ATTNLAB_KEYS_DB", "ATTNLAB_KEY")} | {
+    "COLUMNS": "200"
+}
 
 
 def attnlab(*args, cwd):
     previous = os.getcwd()
     os.chdir(cwd)
     try:
-        return CliRunner().invoke(app, list(args), env={"ATTNLAB_KEYS_DB": None, "ATTNLAB_KEY": None,
-                                                        "COLUMNS": "200"})
+        return CliRunner().invoke(
+            app, list(args), env={"ATTNLAB_KEYS_DB": None, "ATTNLAB_KEY": None, "COLUMNS": "200"}
+        )
     finally:
         os.chdir(previous)
 
@@ -42,10 +45,33 @@ def weights(path) -> dict:
 
 
 def test_target_file_from_make_target(tmp_path):
-    last_json(attnlab("make-target", "t.safetensors", "--kind", "affine", "--d", "6", "--seed", "3", "--json",
-                      cwd=tmp_path))
-    row = last_json(attnlab("extract", "single-head", "--target", "t.safetensors", "--save", "got.safetensors",
-                            "--json", "--no-progress", cwd=tmp_path))
+    last_json(
+        attnlab(
+            "make-target",
+            "t.safetensors",
+            "--kind",
+            "affine",
+            "--d",
+            "6",
+            "--seed",
+            "3",
+            "--json",
+            cwd=tmp_path,
+        )
+    )
+    row = last_json(
+        attnlab(
+            "extract",
+            "single-head",
+            "--target",
+            "t.safetensors",
+            "--save",
+            "got.safetensors",
+            "--json",
+            "--no-progress",
+            cwd=tmp_path,
+        )
+    )
     assert row["kind"] == "affine" and row["d"] == 6
     assert max(row[f"rel_error_{n}"] for n in "Wuvc") < 1e-10 and row["fidelity"] < 1e-10
     truth, got = weights(tmp_path / "t.safetensors"), weights(tmp_path / "got.safetensors")
@@ -56,23 +82,46 @@ def test_target_file_from_make_target(tmp_path):
 def test_target_file_with_a_named_attention_layer(tmp_path):
     rng = np.random.default_rng(0)
     d, heads, dh = 8, 2, 4
-    layer = {"q_proj.weight": rng.standard_normal((heads * dh, d)), "k_proj.weight": rng.standard_normal((dh, d)),
-             "v_proj.weight": rng.standard_normal((dh, d)), "q_proj.bias": rng.standard_normal(heads * dh),
-             "k_proj.bias": rng.standard_normal(dh), "v_proj.bias": rng.standard_normal(dh),
-             "o_proj.weight": rng.standard_normal((d, heads * dh)), "readout": rng.standard_normal(d)}
+    layer = {
+        "q_proj.weight": rng.standard_normal((heads * dh, d)),
+        "k_proj.weight": rng.standard_normal((dh, d)),
+        "v_proj.weight": rng.standard_normal((dh, d)),
+        "q_proj.bias": rng.standard_normal(heads * dh),
+        "k_proj.bias": rng.standard_normal(dh),
+        "v_proj.bias": rng.standard_normal(dh),
+        "o_proj.weight": rng.standard_normal((d, heads * dh)),
+        "readout": rng.standard_normal(d),
+    }
     save_file(layer, str(tmp_path / "layer.safetensors"), metadata={"num_heads": "2"})
-    row = last_json(attnlab("extract", "single-head", "--target", "layer.safetensors", "--head", "1",
-                            "--rank", "4", "--json", "--no-progress", cwd=tmp_path))
+    row = last_json(
+        attnlab(
+            "extract",
+            "single-head",
+            "--target",
+            "layer.safetensors",
+            "--head",
+            "1",
+            "--rank",
+            "4",
+            "--json",
+            "--no-progress",
+            cwd=tmp_path,
+        )
+    )
     assert row["kind"] == "safetensors-layer" and row["rank"] == 4
     assert max(row[f"rel_error_{n}"] for n in "Wuvc") < 1e-9, row
-    bad = attnlab("extract", "single-head", "--target", "layer.safetensors", "--head", "5", cwd=tmp_path)
+    bad = attnlab(
+        "extract", "single-head", "--target", "layer.safetensors", "--head", "5", cwd=tmp_path
+    )
     assert bad.exit_code == 2 and "head must be in 0..1" in bad.stderr
 
 
 def test_source_options_are_checked(tmp_path):
-    for args, words in [(("--target", "missing.safetensors"), "does not exist"),
-                        (("--target", "x", "--url", "http://127.0.0.1:1"), "exactly one source"),
-                        (("--url", "http://127.0.0.1:1"), "--url needs --key")]:
+    for args, words in [
+        (("--target", "missing.safetensors"), "does not exist"),
+        (("--target", "x", "--url", "http://127.0.0.1:1"), "exactly one source"),
+        (("--url", "http://127.0.0.1:1"), "--url needs --key"),
+    ]:
         result = attnlab("extract", "single-head", *args, "--no-progress", cwd=tmp_path)
         assert result.exit_code == 2 and words in result.stderr, result.output
 
@@ -81,20 +130,65 @@ def test_source_options_are_checked(tmp_path):
 def test_make_target_serve_extract_over_http(tmp_path):
     """The loop a user runs: make-target -> keys add -> serve (a subprocess) -> extract --url."""
     pytest.importorskip("fastapi")
-    last_json(attnlab("make-target", "t.safetensors", "--kind", "affine", "--d", "5", "--seed", "7", "--json",
-                      cwd=tmp_path))
-    key = last_json(attnlab("keys", "add", "alice", "--budget", "5000", "--json", cwd=tmp_path))["key"]
-    server = subprocess.Popen([sys.executable, "-m", "attnlab", "serve", "t.safetensors", "--host", "127.0.0.1",
-                               "--port", "0", "--log-level", "warning"],
-                              cwd=tmp_path, env=ENV, stderr=subprocess.PIPE, text=True)
+    last_json(
+        attnlab(
+            "make-target",
+            "t.safetensors",
+            "--kind",
+            "affine",
+            "--d",
+            "5",
+            "--seed",
+            "7",
+            "--json",
+            cwd=tmp_path,
+        )
+    )
+    key = last_json(attnlab("keys", "add", "alice", "--budget", "5000", "--json", cwd=tmp_path))[
+        "key"
+    ]
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "attnlab",
+            "serve",
+            "t.safetensors",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--log-level",
+            "warning",
+        ],
+        cwd=tmp_path,
+        env=ENV,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         seen, deadline = "", time.monotonic() + 60
         while not (match := re.search(r"http://127\.0\.0\.1:\d+", seen)):
             assert server.poll() is None and time.monotonic() < deadline, seen
             seen += server.stderr.readline()
-        row = last_json(attnlab("extract", "single-head", "--url", match.group(0), "--key", key, "--affine",
-                                "--fidelity-samples", "100", "--save", "stolen.safetensors", "--json",
-                                "--no-progress", cwd=tmp_path))
+        row = last_json(
+            attnlab(
+                "extract",
+                "single-head",
+                "--url",
+                match.group(0),
+                "--key",
+                key,
+                "--affine",
+                "--fidelity-samples",
+                "100",
+                "--save",
+                "stolen.safetensors",
+                "--json",
+                "--no-progress",
+                cwd=tmp_path,
+            )
+        )
     finally:
         server.send_signal(signal.SIGTERM)
         server.communicate(timeout=20)

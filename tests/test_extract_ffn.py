@@ -38,7 +38,9 @@ def test_exact_extraction_at_d32_m64_out_to_radius_100(bias):
     assert ex.dof == (m * (d + 1) + 1 if bias else m * d)
     err = ffn_parameter_error(ex, *_truth(net))
     assert err["matched"] == m and err["wrong_orientation"] == 0
-    assert err["row_error"] <= 1e-8 and err["bias_error"] <= 1e-8 and err["weight_rel_error"] <= 1e-8
+    assert (
+        err["row_error"] <= 1e-8 and err["bias_error"] <= 1e-8 and err["weight_rel_error"] <= 1e-8
+    )
     assert err["c_error"] <= 1e-8
     json.dumps(ex.to_dict())  # results serialise
     if not bias:
@@ -52,8 +54,13 @@ def test_formerly_wrong_d64_m256_is_exact_out_to_radius_100(bias):
     # bias-free, the kink search did not converge.
     d, m = 64, 256
     net = ReluFFN.random(d, m, bias=bias, seed=0)
-    ex = relu_ffn(Oracle(net, d=d), bias=bias, hidden=m, seed=1,
-                  method_options={"orientation_time_limit": 2.0})
+    ex = relu_ffn(
+        Oracle(net, d=d),
+        bias=bias,
+        hidden=m,
+        seed=1,
+        method_options={"orientation_time_limit": 2.0},
+    )
     assert ex.info["neurons_found"] == m and ex.info["exact"]
     assert max(_radius_errors(net, ex).values()) <= 1e-8
 
@@ -74,7 +81,9 @@ def test_wide_and_shallow_16x512_is_exact_with_few_queries_per_parameter(bias, s
     d, m = 16, 512
     net = ReluFFN.random(d, m, bias=bias, seed=seed)
     oracle = Oracle(net, d=d)
-    ex = relu_ffn(oracle, bias=bias, hidden=m, seed=seed + 1, method_options={"orientation_time_limit": 1.0})
+    ex = relu_ffn(
+        oracle, bias=bias, hidden=m, seed=seed + 1, method_options={"orientation_time_limit": 1.0}
+    )
     assert ex.info["neurons_found"] == m and ex.info["exact"]
     assert max(_radius_errors(net, ex).values()) <= 1e-8
     parameters = (d + 2) * m + 1 if bias else (d + 1) * m
@@ -86,7 +95,12 @@ def test_far_hyperplanes_are_found_by_the_check_and_its_repairs():
     # the check (out to radius 100 * scale, along found normals) and its repair lines can.
     d, m = 6, 10
     net = ReluFFN.random(d, m, bias=True, seed=2, far=3)
-    ex = relu_ffn(Oracle(net, d=d), hidden=m, seed=0, method_options={"span": 20.0, "check_radius": 250.0, "check_points": 400})
+    ex = relu_ffn(
+        Oracle(net, d=d),
+        hidden=m,
+        seed=0,
+        method_options={"span": 20.0, "check_radius": 250.0, "check_points": 400},
+    )
     assert ex.info["exact"]
     errors = ffn_radius_errors(net, ex, net.A.detach().numpy(), radii=(1.0, 10.0, 100.0, 250.0))
     assert max(errors.values()) <= 1e-8
@@ -121,8 +135,14 @@ def test_dead_neurons_and_he_init_are_exact(init):
     assert max(_radius_errors(net, ex).values()) <= 1e-8
 
 
-@given(d=st.integers(2, 8), m=st.integers(1, 12), bias=st.booleans(), init=st.sampled_from(["gaussian", "he"]),
-       dead=st.sampled_from([0.0, 0.25]), seed=st.integers(0, 10_000))
+@given(
+    d=st.integers(2, 8),
+    m=st.integers(1, 12),
+    bias=st.booleans(),
+    init=st.sampled_from(["gaussian", "he"]),
+    dead=st.sampled_from([0.0, 0.25]),
+    seed=st.integers(0, 10_000),
+)
 @settings(max_examples=25, deadline=None)
 def test_small_random_networks_are_exact_out_to_radius_100(d, m, bias, init, dead, seed):
     net = ReluFFN.random(d, m, bias=bias, seed=seed, init=init, dead=dead)
@@ -142,7 +162,7 @@ def test_dead_and_duplicate_neurons_are_reported_not_hidden():
     A = rng.standard_normal((d, 5))
     w = rng.standard_normal(5)
     b = rng.standard_normal(5)
-    w[1] = 0.0                          # dead: no effect on g
+    w[1] = 0.0  # dead: no effect on g
     A[:, 4], b[4] = 2.5 * A[:, 3], 2.5 * b[3]  # duplicate hyperplane of neuron 3
     net = ReluFFN(A, w, b, c=0.3)
     ex = relu_ffn(Oracle(net, d=d), hidden=5, seed=1)
@@ -181,7 +201,10 @@ def test_convention_options_are_validated_and_old_names_warn():
         relu_ffn(Oracle(net, d=4), 4)  # everything after the oracle is keyword-only
     first = relu_ffn(Oracle(net, d=4), hidden=3, seed=np.random.default_rng(0))
     again = relu_ffn(Oracle(net, d=4), hidden=3, seed=0)  # an int seed is default_rng(seed)
-    assert first.queries == again.queries and first.info["neurons_unseen"] == again.info["neurons_unseen"]
+    assert (
+        first.queries == again.queries
+        and first.info["neurons_unseen"] == again.info["neurons_unseen"]
+    )
 
 
 def test_relu_ffn_module_reads_one_vector_per_query():

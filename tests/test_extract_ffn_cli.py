@@ -8,7 +8,9 @@ runner = CliRunner()
 
 
 def test_extract_ffn_json_reports_exact_recovery():
-    result = runner.invoke(app, ["extract", "ffn", "--d", "6", "--m", "9", "--bias", "--seed", "2", "--json"])
+    result = runner.invoke(
+        app, ["extract", "ffn", "--d", "6", "--m", "9", "--bias", "--seed", "2", "--json"]
+    )
     assert result.exit_code == 0, result.output
     report = last_json(result.output)
     assert report["neurons_found"] == 9 and report["orientation"] in ("linear", "milp")
@@ -18,7 +20,9 @@ def test_extract_ffn_json_reports_exact_recovery():
 
 
 def test_extract_transformer_json_splits_queries_by_stage():
-    result = runner.invoke(app, ["extract", "transformer", "--d", "5", "--m", "6", "--residual", "--json"])
+    result = runner.invoke(
+        app, ["extract", "transformer", "--d", "5", "--m", "6", "--residual", "--json"]
+    )
     assert result.exit_code == 0, result.output
     report = last_json(result.output)
     assert report["queries_attention"] == 2 * (5 * 5 + 5)
@@ -28,4 +32,8 @@ def test_extract_transformer_json_splits_queries_by_stage():
 
 def test_cli_errors_are_clean():
     result = runner.invoke(app, ["extract", "ffn", "--d", "0"])
-    assert result.exit_code == 2 and "--d and --m" in result.output and "Traceback" not in result.output
+    assert (
+        result.exit_code == 2
+        and "--d and --m" in result.output
+        and "Traceback" not in result.output
+    )

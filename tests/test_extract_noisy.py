@@ -9,11 +9,19 @@ from attnlab import ExtractionError, Oracle
 from attnlab.evaluate import relative_error
 from attnlab.extract.noisy import noisy_single_head
 from attnlab.models import SingleHeadAttention
-from attnlab.oracle.noise import AdversarialNoise, BoundedNoise, GaussianNoise, RoundDigits, RoundFloat32
+from attnlab.oracle.noise import (
+    AdversarialNoise,
+    BoundedNoise,
+    GaussianNoise,
+    RoundDigits,
+    RoundFloat32,
+)
 
 
 def _head(d, seed=1, scale=None):
-    head = SingleHeadAttention.random(d, scale=scale if scale is not None else 1 / np.sqrt(d), seed=seed)
+    head = SingleHeadAttention.random(
+        d, scale=scale if scale is not None else 1 / np.sqrt(d), seed=seed
+    )
     return head, head.W.detach().numpy(), head.v.detach().numpy()
 
 
@@ -35,9 +43,14 @@ def test_paper_estimator_is_exact_without_noise_and_spends_d2_plus_d():
     assert relative_error(ex.W, W) <= 1e-9 and ex.info["clipped"] == 0
 
 
-@pytest.mark.parametrize("noise_factory", [lambda head: BoundedNoise(1e-6),
-                                           lambda head: AdversarialNoise(1e-6, target=head),
-                                           lambda head: RoundDigits(7)])
+@pytest.mark.parametrize(
+    "noise_factory",
+    [
+        lambda head: BoundedNoise(1e-6),
+        lambda head: AdversarialNoise(1e-6, target=head),
+        lambda head: RoundDigits(7),
+    ],
+)
 def test_robust_beats_the_paper_tenfold_at_equal_queries(noise_factory):
     head, W, v = _head(16)
     errors = {}
@@ -50,9 +63,15 @@ def test_robust_beats_the_paper_tenfold_at_equal_queries(noise_factory):
     assert errors["robust"] * 10 <= errors["paper"]
 
 
-@pytest.mark.parametrize("noise_factory", [lambda head: BoundedNoise(1e-5),
-                                           lambda head: AdversarialNoise(1e-5, target=head),
-                                           lambda head: GaussianNoise(1e-5), lambda head: RoundFloat32()])
+@pytest.mark.parametrize(
+    "noise_factory",
+    [
+        lambda head: BoundedNoise(1e-5),
+        lambda head: AdversarialNoise(1e-5, target=head),
+        lambda head: GaussianNoise(1e-5),
+        lambda head: RoundFloat32(),
+    ],
+)
 def test_error_estimate_is_honest(noise_factory):
     head, W, v = _head(16, seed=4)
     ex = noisy_single_head(Oracle(head, noise=noise_factory(head), seed=5), seed=6)
@@ -83,10 +102,16 @@ def test_more_queries_buy_accuracy_for_random_noise_and_rounding(noise):
 
 def test_repeats_are_used_only_where_they_give_fresh_noise(tmp_path):
     head, _, _ = _head(6)
-    assert noisy_single_head(Oracle(head, noise=GaussianNoise(1e-6)), method_options={"queries": 84}).info["repeats"]
-    assert not noisy_single_head(Oracle(head, noise=RoundDigits(8)), method_options={"queries": 84}).info["repeats"]
+    assert noisy_single_head(
+        Oracle(head, noise=GaussianNoise(1e-6)), method_options={"queries": 84}
+    ).info["repeats"]
+    assert not noisy_single_head(
+        Oracle(head, noise=RoundDigits(8)), method_options={"queries": 84}
+    ).info["repeats"]
     journaled = Oracle(head, noise=GaussianNoise(1e-6), journal=tmp_path / "j.sqlite")
-    assert not noisy_single_head(journaled, method_options={"queries": 84}).info["repeats"]  # the journal would replay them
+    assert not noisy_single_head(journaled, method_options={"queries": 84}).info[
+        "repeats"
+    ]  # the journal would replay them
 
 
 def test_noise_beyond_any_guarantee_raises_instead_of_returning_garbage():
@@ -103,9 +128,12 @@ def test_paper_estimator_refuses_a_value_coordinate_below_the_noise():
     v[2] = 1e-7
     head = SingleHeadAttention(W, v)
     with pytest.raises(ExtractionError, match="min \\|v_i\\|"):
-        noisy_single_head(Oracle(head, noise=BoundedNoise(1e-6)), method="paper",
-                          method_options={"B": 10.0})
-    ex = noisy_single_head(Oracle(head, noise=BoundedNoise(1e-6)))  # no per-coordinate margin needed
+        noisy_single_head(
+            Oracle(head, noise=BoundedNoise(1e-6)), method="paper", method_options={"B": 10.0}
+        )
+    ex = noisy_single_head(
+        Oracle(head, noise=BoundedNoise(1e-6))
+    )  # no per-coordinate margin needed
     assert np.linalg.norm(ex.W - W) <= 1e-2
 
 
@@ -117,7 +145,9 @@ def test_arguments_are_checked():
         noisy_single_head(Oracle(head), method_options={"queries": 10})
     with pytest.raises(ValueError, match="unknown method"):
         noisy_single_head(Oracle(head), method="magic")
-    with pytest.raises(ValueError, match="does not take the option.*repeats.*B, max_token_norm, noise, queries"):
+    with pytest.raises(
+        ValueError, match="does not take the option.*repeats.*B, max_token_norm, noise, queries"
+    ):
         noisy_single_head(Oracle(head), method_options={"repeats": 3})
     with pytest.raises(ValueError, match="does not take the option.*queries"):
         noisy_single_head(Oracle(head), method="paper", method_options={"B": 1.0, "queries": 30})

@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from attnlab import BudgetExhausted, ExtractionError, Oracle
 from attnlab.evaluate import relative_error
 from attnlab.extract import single_head
+from attnlab.extract.single_head import METHODS, NUCLEAR_NORM_C
 from attnlab.extract.single_head.directions import AlignedBasis, value_aligned_basis
 from attnlab.extract.single_head.probes import bilinear_probe
-from attnlab.extract.single_head import METHODS, NUCLEAR_NORM_C
-from attnlab.models.torch_heads import MultiheadReadout, affine_parameters
 from attnlab.models import AffineHead, SingleHeadAttention
+from attnlab.models.torch_heads import MultiheadReadout, affine_parameters
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -49,6 +49,7 @@ def extract(head, d, **kwargs):
 
 
 # -- full rank, method="adaptive" ----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("d", [8, 64, 256])
 @pytest.mark.parametrize("scale", [0.01, 1.0, 10.0])
@@ -90,11 +91,14 @@ def test_fidelity_is_measured_on_fresh_queries_counted_apart():
     assert oracle.queries == d * d + d + 300
     assert result.fidelity <= 1e-10
     X = np.random.default_rng(1).standard_normal((20, 7, d))
-    np.testing.assert_allclose(result.predict(X), head(torch.as_tensor(X)).detach().numpy(), atol=1e-9)
+    np.testing.assert_allclose(
+        result.predict(X), head(torch.as_tensor(X)).detach().numpy(), atol=1e-9
+    )
     json.dumps(result.to_dict())
 
 
 # -- known and detected rank -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("d,r,scale", [(256, 8, 1.0), (256, 8, 10.0), (512, 16, 1.0)])
 def test_known_rank_reaches_the_information_limit(d, r, scale):
@@ -120,11 +124,15 @@ def test_auto_rank_finds_the_rank_within_two_queries_of_the_limit(d, r):
 
 
 @settings(max_examples=25, deadline=None)
-@given(d=st.integers(2, 14), rank_fraction=st.floats(0.0, 1.0), log_scale=st.floats(-2.0, 1.0),
-       seed=st.integers(0, 2 ** 16))
+@given(
+    d=st.integers(2, 14),
+    rank_fraction=st.floats(0.0, 1.0),
+    log_scale=st.floats(-2.0, 1.0),
+    seed=st.integers(0, 2**16),
+)
 def test_any_rank_any_scale_is_recovered_exactly(d, rank_fraction, log_scale, seed):
     r = max(1, round(rank_fraction * d))
-    head = SingleHeadAttention.random(d, rank=r, scale=10.0 ** log_scale, seed=seed)
+    head = SingleHeadAttention.random(d, rank=r, scale=10.0**log_scale, seed=seed)
     result, spent = extract(head, d, rank=r, seed=seed)
     assert spent == low_rank_limit(d, r)
     assert relative_error(result.W, truth(head)["W"]) <= 1e-8
@@ -133,6 +141,7 @@ def test_any_rank_any_scale_is_recovered_exactly(d, rank_fraction, log_scale, se
 
 
 # -- the paper's algorithm, and nuclear-norm recovery --------------------------------------------
+
 
 def test_paper_method_spends_d2_plus_d_and_is_exact_at_small_scale():
     d = 16
@@ -165,8 +174,9 @@ def test_nuclear_norm_recovers_low_rank_from_compressed_measurements():
 def test_nuclear_norm_with_explicit_measurement_count_and_auto_rank():
     d = 16
     head = SingleHeadAttention.random(d, rank=1, scale=1.0, seed=4)
-    result, spent = extract(head, d, rank="auto", method="nuclear-norm",
-                           method_options={"measurements": 120})
+    result, spent = extract(
+        head, d, rank="auto", method="nuclear-norm", method_options={"measurements": 120}
+    )
     assert spent == 120 + d
     assert result.info["rank"] == 1
     assert relative_error(result.W, truth(head)["W"]) <= 1e-8
@@ -174,14 +184,24 @@ def test_nuclear_norm_with_explicit_measurement_count_and_auto_rank():
 
 # -- affine heads --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("rank,method", [(None, "adaptive"), (3, "adaptive"), ("auto", "adaptive"),
-                                         (None, "paper"), (3, "nuclear-norm")])
+
+@pytest.mark.parametrize(
+    "rank,method",
+    [
+        (None, "adaptive"),
+        (3, "adaptive"),
+        ("auto", "adaptive"),
+        (None, "paper"),
+        (3, "nuclear-norm"),
+    ],
+)
 def test_affine_costs_d_plus_one_more_queries(rank, method):
     d = 24
     target_rank = None if rank in (None, "auto") else rank
     head = AffineHead.random(d, rank=target_rank, scale=0.5, seed=6)
-    plain, plain_spent = extract(SingleHeadAttention(head.W.detach(), head.v.detach()), d,
-                                 rank=rank, method=method)
+    plain, plain_spent = extract(
+        SingleHeadAttention(head.W.detach(), head.v.detach()), d, rank=rank, method=method
+    )
     result, spent = extract(head, d, rank=rank, affine=True, method=method)
     assert spent == plain_spent + d + 1
     assert result.dof == plain.dof + d + 1
@@ -213,6 +233,7 @@ def test_multihead_readout_matches_its_analytic_affine_head():
 
 
 # -- errors --------------------------------------------------------------------------------------
+
 
 def test_zero_value_vector_is_not_identifiable():
     d = 6
@@ -287,6 +308,8 @@ def test_measurements_only_apply_to_nuclear_norm():
 
 def test_oracle_must_know_its_token_width():
     head = SingleHeadAttention.random(4, seed=0)
-    oracle = Oracle(lambda X: head(torch.as_tensor(X)).detach().numpy())  # a bare callable: d unknown
+    oracle = Oracle(
+        lambda X: head(torch.as_tensor(X)).detach().numpy()
+    )  # a bare callable: d unknown
     with pytest.raises(ValueError, match="token width"):
         single_head(oracle)

@@ -35,7 +35,9 @@ def test_full_rank_json_report():
 
 
 def test_auto_rank_finds_the_target_rank():
-    report = run_json("--d", "24", "--rank", "auto", "--target-rank", "3", "--fidelity-samples", "0")
+    report = run_json(
+        "--d", "24", "--rank", "auto", "--target-rank", "3", "--fidelity-samples", "0"
+    )
     assert report["rank"] == 3
     assert report["dof"] == 2 * 3 * 24 - 9 + 24
     assert report["queries"] == report["dof"] + 2
@@ -50,33 +52,50 @@ def test_known_rank_defaults_the_target_to_that_rank():
 
 
 def test_affine_reports_bias_errors():
-    report = run_json("--d", "8", "--affine", "--method", "paper", "--scale", "0.2", "--fidelity-samples", "0")
+    report = run_json(
+        "--d", "8", "--affine", "--method", "paper", "--scale", "0.2", "--fidelity-samples", "0"
+    )
     assert report["queries"] == report["dof"] == 64 + 8 + 9
     for name in ("W", "v", "u", "c"):
         assert report[f"rel_error_{name}"] <= 1e-9
 
 
 def test_nuclear_norm_with_measurements():
-    report = run_json("--d", "12", "--rank", "1", "--method", "nuclear-norm", "--measurements", "80",
-                      "--fidelity-samples", "0")
+    report = run_json(
+        "--d",
+        "12",
+        "--rank",
+        "1",
+        "--method",
+        "nuclear-norm",
+        "--measurements",
+        "80",
+        "--fidelity-samples",
+        "0",
+    )
     assert report["queries"] == 80 + 12
     assert report["rel_error_W"] <= 1e-8
 
 
 def test_table_output_names_the_quantities():
-    result = runner.invoke(app, ["extract", "single-head", "--d", "4", "--fidelity-samples", "0", "--no-progress"])
+    result = runner.invoke(
+        app, ["extract", "single-head", "--d", "4", "--fidelity-samples", "0", "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     for word in ("queries", "dof", "rel_error_W", "fidelity"):
         assert word in result.stdout
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--d", "6", "--method", "magic"], "nuclear-norm"),
-    (["--d", "6", "--rank", "7"], "--rank"),
-    (["--d", "6", "--rank", "lots"], "--rank"),
-    (["--d", "6", "--target-rank", "0"], "--target-rank"),
-    (["--d", "6", "--method", "paper", "--measurements", "5"], "measurements"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--d", "6", "--method", "magic"], "nuclear-norm"),
+        (["--d", "6", "--rank", "7"], "--rank"),
+        (["--d", "6", "--rank", "lots"], "--rank"),
+        (["--d", "6", "--target-rank", "0"], "--target-rank"),
+        (["--d", "6", "--method", "paper", "--measurements", "5"], "measurements"),
+    ],
+)
 def test_bad_options_fail_cleanly(args, message):
     result = runner.invoke(app, ["extract", "single-head", *args, "--json"])
     assert result.exit_code == 2
@@ -85,15 +104,21 @@ def test_bad_options_fail_cleanly(args, message):
 
 
 def test_saturating_paper_run_fails_cleanly():
-    result = runner.invoke(app, ["extract", "single-head", "--d", "48", "--method", "paper", "--scale", "10"])
+    result = runner.invoke(
+        app, ["extract", "single-head", "--d", "48", "--method", "paper", "--scale", "10"]
+    )
     assert result.exit_code == 2
     assert "saturated" in result.output
 
 
 @pytest.mark.slow
 def test_example_runs_with_small_arguments():
-    done = subprocess.run([sys.executable, str(EXAMPLE), "--d", "8", "--rank", "2", "--fidelity-samples", "50"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--d", "8", "--rank", "2", "--fidelity-samples", "50"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "found rank 2" in done.stdout
     assert "MultiheadAttention" in done.stdout

@@ -42,8 +42,14 @@ def test_chunked_probes_give_the_same_W_as_one_batch(rank, affine):
     results = {}
     for chunk in (7, 100_000):
         timed = TimedTarget(head)
-        result = single_head(Oracle(timed, d=d), rank=rank, affine=affine, seed=2, fidelity_samples=0,
-                             method_options={"chunk": chunk})
+        result = single_head(
+            Oracle(timed, d=d),
+            rank=rank,
+            affine=affine,
+            seed=2,
+            fidelity_samples=0,
+            method_options={"chunk": chunk},
+        )
         results[chunk], calls[chunk] = result, timed.calls
         assert max(timed.largest, 0) <= max(chunk, d + 1)
     small, big = results[7], results[100_000]
@@ -79,8 +85,21 @@ def test_oracle_seconds_is_reported_and_bounded_by_seconds():
 
 
 def test_cli_json_reports_oracle_seconds_beside_seconds():
-    run = CliRunner().invoke(app, ["extract", "single-head", "--d", "12", "--rank", "3", "--json",
-                                   "--no-progress", "--fidelity-samples", "0"])
+    run = CliRunner().invoke(
+        app,
+        [
+            "extract",
+            "single-head",
+            "--d",
+            "12",
+            "--rank",
+            "3",
+            "--json",
+            "--no-progress",
+            "--fidelity-samples",
+            "0",
+        ],
+    )
     assert run.exit_code == 0, run.output
     report = last_json(run.stdout)
     assert 0 < report["oracle_seconds"] <= report["seconds"]
@@ -94,7 +113,11 @@ def test_device_oracle_on_cpu_recovers_the_same_head(rank, affine):
     host = single_head(Oracle(head, d=d), rank=rank, affine=affine, fidelity_samples=0)
     oracle = DeviceOracle(head, d=d, device="cpu")
     device = single_head(oracle, rank=rank, affine=affine, fidelity_samples=200)
-    assert device.queries == host.queries == limit(d, device.info["rank"], affine) + (2 if rank == "auto" else 0)
+    assert (
+        device.queries
+        == host.queries
+        == limit(d, device.info["rank"], affine) + (2 if rank == "auto" else 0)
+    )
     assert oracle.paid == device.queries + device.fidelity_queries
     np.testing.assert_allclose(device.W, host.W, rtol=0, atol=1e-11 * np.abs(host.W).max())
     assert device.fidelity <= 1e-9

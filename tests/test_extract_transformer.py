@@ -7,10 +7,10 @@ import torch
 
 from attnlab import BudgetExhausted, ExtractionError, Oracle
 from attnlab.evaluate import functional_error, relative_error
-from attnlab.oracle.sampling import random_sequences
 from attnlab.extract.transformer import one_layer_transformer
-from attnlab.oracle.derived import antisymmetric_oracle
 from attnlab.models import OneLayerTransformer, SingleHeadAttention
+from attnlab.oracle.derived import antisymmetric_oracle
+from attnlab.oracle.sampling import random_sequences
 
 
 def _max_error_on_fresh_sequences(model, extraction, d, seed=5):
@@ -18,7 +18,9 @@ def _max_error_on_fresh_sequences(model, extraction, d, seed=5):
     return functional_error(model, extraction, [X[None] for X in seqs])
 
 
-@pytest.mark.parametrize("d, m", [(16, 32), (32, 64), pytest.param(64, 128, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "d, m", [(16, 32), (32, 64), pytest.param(64, 128, marks=pytest.mark.slow)]
+)
 @pytest.mark.parametrize("residual", [False, True])
 def test_exact_extraction_with_stages(d, m, residual):
     model = OneLayerTransformer.random(d, m, residual=residual, seed=3)
@@ -41,8 +43,12 @@ def test_convention_keyword_only_and_method_options():
     with pytest.raises(ValueError, match="method_options are"):
         one_layer_transformer(Oracle(model, d=4), method_options={"bogus": 1})
     first = one_layer_transformer(Oracle(model, d=4), hidden=5, seed=0)
-    again = one_layer_transformer(Oracle(model, d=4), hidden=5, method_options={"head_method": "adaptive"},
-                                  seed=np.random.default_rng(0))
+    again = one_layer_transformer(
+        Oracle(model, d=4),
+        hidden=5,
+        method_options={"head_method": "adaptive"},
+        seed=np.random.default_rng(0),
+    )
     assert first.queries == again.queries and first.dof == again.dof is not None
 
 
@@ -53,10 +59,14 @@ def test_derived_oracle_costs_two_parent_queries_and_is_a_single_head():
     derived = antisymmetric_oracle(parent)
     X = np.random.default_rng(0).standard_normal((6, 3, d))
     head = SingleHeadAttention(model.W.detach(), model.value_vector.detach())
-    np.testing.assert_allclose(derived(X), head(torch.as_tensor(X)).detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        derived(X), head(torch.as_tensor(X)).detach().numpy(), rtol=1e-12, atol=1e-12
+    )
     assert derived.queries == 6 and parent.queries == 12
     with pytest.raises(BudgetExhausted):
-        derived(np.random.default_rng(1).standard_normal((15, 2, d)))  # 30 more pass the budget of 40
+        derived(
+            np.random.default_rng(1).standard_normal((15, 2, d))
+        )  # 30 more pass the budget of 40
 
 
 def test_a_zero_value_vector_is_reported_not_guessed():

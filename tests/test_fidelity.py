@@ -20,7 +20,12 @@ def _cases():
 
     return [
         ("single_head", lambda: SingleHeadAttention.random(d=4, seed=0), single_head, {}),
-        ("multi_head", lambda: MultiHeadRegressor.random(d=4, heads=2, seed=0), multi_head, {"heads": 2}),
+        (
+            "multi_head",
+            lambda: MultiHeadRegressor.random(d=4, heads=2, seed=0),
+            multi_head,
+            {"heads": 2},
+        ),
         ("relu_ffn", lambda: ReluFFN.random(d=3, m=4, seed=0), relu_ffn, {}),
     ]
 

@@ -73,7 +73,9 @@ def test_a_journal_is_bound_to_its_target(tmp_path):
     with Oracle(SingleHeadAttention.random(8, seed=0), journal=path) as first:
         first(X)
     other = Oracle(SingleHeadAttention.random(8, seed=1), journal=path)
-    with pytest.raises(JournalMismatch, match=rf"(?s){path}.*another target.*probe queries.*new journal="):
+    with pytest.raises(
+        JournalMismatch, match=rf"(?s){path}.*another target.*probe queries.*new journal="
+    ):
         other(X)
     assert other.queries == 0 and other.paid == PROBES  # only the probes were asked
     other.close()
@@ -89,7 +91,10 @@ def test_width_identity_and_noise_mismatches_fail_before_any_query(tmp_path):
     target, sent = counting(linear_target)
     for kwargs, message in [
         ({"d": 4, "journal_id": "head-A"}, "width d = 3, this oracle's are d = 4"),
-        ({"d": 3, "journal_id": "head-B"}, "journal_id = 'head-A', this oracle has journal_id = 'head-B'"),
+        (
+            {"d": 3, "journal_id": "head-B"},
+            "journal_id = 'head-A', this oracle has journal_id = 'head-B'",
+        ),
         ({"d": 3}, "journal_id = 'head-A', this oracle has journal_id = None"),
         ({"d": 3, "journal_id": "head-A", "noise": GaussianNoise(0.01)}, "noise model none"),
     ]:
@@ -142,6 +147,7 @@ def test_the_fingerprint_goes_through_the_http_door(tmp_path):
 
 # -- checksums and answer checks on replay ---------------------------------------------------
 
+
 def _journal_with_rows(path, rows=5):
     with Oracle(linear_target, d=2, journal=path) as oracle:
         X = queries((rows, 1, 2))
@@ -154,7 +160,9 @@ def test_a_tampered_answer_is_detected_on_replay_naming_file_and_row(tmp_path):
     X = _journal_with_rows(path)
     with sqlite3.connect(path) as db:
         db.execute("UPDATE answers SET answer = answer + 1e-9 WHERE rowid = 3")
-    with pytest.raises(JournalError, match=rf"row 3 \(rowid\) of the journal {path} fails its checksum"):
+    with pytest.raises(
+        JournalError, match=rf"row 3 \(rowid\) of the journal {path} fails its checksum"
+    ):
         Oracle(linear_target, d=2, journal=path)(X)
     with pytest.raises(JournalError, match="row 3"):
         list(QueryJournal(path).entries())
@@ -164,9 +172,13 @@ def test_a_stored_infinite_answer_is_refused_even_with_a_valid_checksum(tmp_path
     path = tmp_path / "j.sqlite"
     X = _journal_with_rows(path)
     with sqlite3.connect(path) as db:
-        key, n, d, query = db.execute("SELECT key, n, d, query FROM answers WHERE rowid = 2").fetchone()
-        db.execute("UPDATE answers SET answer = ?, checksum = ? WHERE rowid = 2",
-                   (float("inf"), row_checksum(key, n, d, query, float("inf"))))
+        key, n, d, query = db.execute(
+            "SELECT key, n, d, query FROM answers WHERE rowid = 2"
+        ).fetchone()
+        db.execute(
+            "UPDATE answers SET answer = ?, checksum = ? WHERE rowid = 2",
+            (float("inf"), row_checksum(key, n, d, query, float("inf"))),
+        )
     with pytest.raises(JournalError, match="row 2 .* not finite"):
         Oracle(linear_target, d=2, journal=path)(X)
 
@@ -191,6 +203,7 @@ def test_answers_without_a_binding_are_refused(tmp_path):
 
 # -- files that are not (or no longer) journals ------------------------------------------------
 
+
 def _garbage(path):
     path.write_bytes(b"this is not a database\n" * 200)
 
@@ -210,8 +223,10 @@ def _foreign(path):
 
 def _legacy(path):
     with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE answers (key BLOB PRIMARY KEY, n INTEGER, d INTEGER, query BLOB, answer REAL,"
-                   " created TEXT)")
+        db.execute(
+            "CREATE TABLE answers (key BLOB PRIMARY KEY, n INTEGER, d INTEGER, query BLOB, answer REAL,"
+            " created TEXT)"
+        )
 
 
 def _wrong_columns(path):
@@ -220,13 +235,16 @@ def _wrong_columns(path):
         db.execute("ALTER TABLE answers ADD COLUMN extra TEXT")
 
 
-@pytest.mark.parametrize("make, message", [
-    (_garbage, "truncated, corrupt or not an SQLite file"),
-    (_truncated, "truncated, corrupt or not an SQLite file"),
-    (_foreign, "not an attnlab query journal .tables: users"),
-    (_legacy, "from an older attnlab"),
-    (_wrong_columns, "columns"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (_garbage, "truncated, corrupt or not an SQLite file"),
+        (_truncated, "truncated, corrupt or not an SQLite file"),
+        (_foreign, "not an attnlab query journal .tables: users"),
+        (_legacy, "from an older attnlab"),
+        (_wrong_columns, "columns"),
+    ],
+)
 def test_unusable_files_raise_a_journal_error_naming_the_file(tmp_path, make, message):
     path = tmp_path / "j.sqlite"
     make(path)
@@ -243,10 +261,13 @@ def test_a_directory_is_not_a_journal(tmp_path):
 
 # -- one process at a time, and kill -9 -----------------------------------------------------------
 
+
 def test_a_second_opener_in_the_same_process_is_refused(tmp_path):
     path = tmp_path / "j.sqlite"
     first = Oracle(linear_target, d=2, journal=path)
-    with pytest.raises(JournalError, match=rf"{path} is open in another Oracle \(pid {os.getpid()}\)"):
+    with pytest.raises(
+        JournalError, match=rf"{path} is open in another Oracle \(pid {os.getpid()}\)"
+    ):
         Oracle(linear_target, d=2, journal=path)
     first.close()
     Oracle(linear_target, d=2, journal=path).close()
@@ -254,23 +275,37 @@ def test_a_second_opener_in_the_same_process_is_refused(tmp_path):
 
 def test_a_second_process_is_refused_until_the_first_dies(tmp_path):
     path = tmp_path / "j.sqlite"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, numpy as np
         from attnlab import Oracle
         oracle = Oracle(lambda X: X.sum(axis=(1, 2)), d=2, journal={str(path)!r})
         oracle(np.ones((1, 2)))
         print("holding", flush=True)
         sys.stdin.read()
-    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV)
+    """),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     try:
         assert holder.stdout.readline().strip() == "holding"
-        with pytest.raises(JournalError, match=rf"open in another Oracle \(pid {holder.pid}\).*its own journal="):
+        with pytest.raises(
+            JournalError, match=rf"open in another Oracle \(pid {holder.pid}\).*its own journal="
+        ):
             Oracle(linear_target, d=2, journal=path)
         holder.send_signal(signal.SIGKILL)
         holder.wait(30)
     finally:
         holder.kill()
-    with Oracle(linear_target, d=2, journal=path) as oracle:  # the kernel dropped the dead holder's lock
+    with Oracle(
+        linear_target, d=2, journal=path
+    ) as oracle:  # the kernel dropped the dead holder's lock
         oracle(np.ones((1, 2)))
         assert oracle.paid == PROBES
 
@@ -292,7 +327,9 @@ def test_kill_9_in_the_middle_of_a_batch_re_pays_at_most_the_chunk_in_flight(tmp
         oracle = Oracle(target, d=2, journal={str(path)!r}, journal_chunk=64)
         oracle(np.load({str(tmp_path / "X.npy")!r}))
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=ENV, timeout=120
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     sent_before = int(proc.stdout.split()[-1])
     assert sent_before == PROBES + 5 * 64
@@ -317,7 +354,9 @@ def test_journal_keeps_answers_when_the_process_is_killed(tmp_path):
         print("answered", flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=ENV, timeout=120
+    )
     assert proc.returncode == -signal.SIGKILL and "answered" in proc.stdout
     journal = QueryJournal(path)
     answers = sorted(a for _, a in journal.entries())
@@ -336,7 +375,9 @@ def test_noise_model_applies_to_fresh_answers_and_is_journaled(tmp_path):
 
 def test_repeats_under_a_journal_are_merged_even_for_random_noise(tmp_path):
     target, sent = counting(linear_target)
-    with Oracle(target, d=2, noise=GaussianNoise(0.1), seed=0, journal=tmp_path / "j.sqlite") as oracle:
+    with Oracle(
+        target, d=2, noise=GaussianNoise(0.1), seed=0, journal=tmp_path / "j.sqlite"
+    ) as oracle:
         out = oracle(np.ones((4, 1, 2)))
         assert sent == [PROBES, 1] and np.all(out == out[0])
 
@@ -352,7 +393,9 @@ def test_a_refused_journal_is_released_at_once_and_stays_refused(tmp_path):
     assert wrong.paid == PROBES  # the probes once; the second refusal asks nothing
     with pytest.raises(JournalMismatch):
         Oracle(linear_target, d=5, journal=path)
-    with Oracle(SingleHeadAttention.random(4, seed=0), journal=path) as right:  # no lock left behind
+    with Oracle(
+        SingleHeadAttention.random(4, seed=0), journal=path
+    ) as right:  # no lock left behind
         right(queries((2, 3, 4)))
         assert right.paid == PROBES
 

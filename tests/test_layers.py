@@ -78,8 +78,10 @@ def imports_of(module: str, path: Path, module_level_only: bool = False):
 
 def test_every_module_is_in_a_known_layer():
     unknown = sorted(m for m in MODULES if m != FACADE and layer_of(m) not in RANK)
-    assert not unknown, (f"modules outside every layer: {unknown}; move them into a layer package "
-                         f"or add their layer to LAYERS in tests/test_layers.py and docs/architecture.md")
+    assert not unknown, (
+        f"modules outside every layer: {unknown}; move them into a layer package "
+        f"or add their layer to LAYERS in tests/test_layers.py and docs/architecture.md"
+    )
 
 
 def test_no_upward_or_sideways_imports():
@@ -94,7 +96,9 @@ def test_no_upward_or_sideways_imports():
                 continue
             rel = path.relative_to(PACKAGE.parent)
             if other == FACADE:
-                bad.append(f"{rel}:{line} imports the package root {target!r}; import from its layer")
+                bad.append(
+                    f"{rel}:{line} imports the package root {target!r}; import from its layer"
+                )
             elif own in RANK and other in RANK and RANK[other] >= RANK[own]:
                 kind = "up" if RANK[other] > RANK[own] else "sideways"
                 bad.append(f"{rel}:{line} ({own}) imports {target} ({other}): {kind}")
@@ -102,8 +106,10 @@ def test_no_upward_or_sideways_imports():
 
 
 def test_no_import_cycles():
-    graph = {m: {t for t, _ in imports_of(m, p, module_level_only=True) if t in MODULES and t != m}
-             for m, p in MODULES.items()}
+    graph = {
+        m: {t for t, _ in imports_of(m, p, module_level_only=True) if t in MODULES and t != m}
+        for m, p in MODULES.items()
+    }
     cycles, state, stack = [], {}, []
 
     def visit(node):
@@ -111,7 +117,7 @@ def test_no_import_cycles():
         stack.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt)
         stack.pop()
@@ -123,11 +129,14 @@ def test_no_import_cycles():
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
-@pytest.mark.parametrize("source,expected", [
-    ("from attnlab.serve.client import HttpTarget\n", ["attnlab.serve.client"]),
-    ("def f():\n    from attnlab.report import CLAIMS\n", ["attnlab.report"]),
-    ("import numpy\nimport attnlab.models\n", ["attnlab.models"]),
-])
+@pytest.mark.parametrize(
+    "source,expected",
+    [
+        ("from attnlab.serve.client import HttpTarget\n", ["attnlab.serve.client"]),
+        ("def f():\n    from attnlab.report import CLAIMS\n", ["attnlab.report"]),
+        ("import numpy\nimport attnlab.models\n", ["attnlab.models"]),
+    ],
+)
 def test_the_parser_sees_deferred_and_plain_imports(tmp_path, source, expected):
     path = tmp_path / "probe.py"
     path.write_text(source)

@@ -24,7 +24,9 @@ def test_single_head_matches_the_formula():
 def test_one_token_query_reads_v():
     head = SingleHeadAttention.random(5, seed=3)
     e = torch.eye(5, dtype=torch.float64)[:, None, :]
-    np.testing.assert_allclose(head(e).detach().numpy(), head.v.detach().numpy(), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(
+        head(e).detach().numpy(), head.v.detach().numpy(), rtol=0, atol=1e-15
+    )
 
 
 def test_random_low_rank_has_requested_rank_and_scale():

@@ -17,8 +17,8 @@ from attnlab.models.canonical import (
     canonical_error,
     equivalent,
     equivalent_pair,
-    match_heads,
     maps_agree,
+    match_heads,
     permute_heads,
     resplit_shared,
     single_head_probes,
@@ -39,7 +39,9 @@ def test_model_is_the_sum_of_its_single_heads_and_matches_numpy():
     out = model(X)
     assert out.shape == (7,) and out.dtype == torch.float64
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-13)
-    np.testing.assert_allclose(MultiHeadParams.from_model(model)(X.numpy()), out.detach().numpy(), rtol=0, atol=1e-13)
+    np.testing.assert_allclose(
+        MultiHeadParams.from_model(model)(X.numpy()), out.detach().numpy(), rtol=0, atol=1e-13
+    )
 
 
 def test_model_random_low_rank_and_shape_errors():
@@ -66,12 +68,15 @@ def test_orthogonal_heads_live_in_their_subspaces():
 
 
 # -- each symmetry preserves the map and the canonical form ------------------------------------
-@pytest.mark.parametrize("transform", [
-    lambda p: split_head(p, head=1, parts=3, seed=5),
-    lambda p: permute_heads(p, order=[2, 0, 1]),
-    lambda p: add_null_head(p, seed=6, scale=4.0),
-    lambda p: resplit_shared(split_head(p, 0, 2, seed=1), seed=7),
-])
+@pytest.mark.parametrize(
+    "transform",
+    [
+        lambda p: split_head(p, head=1, parts=3, seed=5),
+        lambda p: permute_heads(p, order=[2, 0, 1]),
+        lambda p: add_null_head(p, seed=6, scale=4.0),
+        lambda p: resplit_shared(split_head(p, 0, 2, seed=1), seed=7),
+    ],
+)
 def test_symmetry_changes_parameters_but_not_the_map(transform):
     p = random_params(4, 3, seed=2)
     q = transform(p)
@@ -155,8 +160,13 @@ def test_the_single_head_extractor_returns_the_same_head_for_both():
 
 # -- properties -----------------------------------------------------------------------------
 @settings(max_examples=25, deadline=None)
-@given(d=st.integers(1, 5), heads=st.integers(1, 4), seed=st.integers(0, 2**31 - 1),
-       parts=st.integers(1, 3), scale=st.floats(0.1, 3.0))
+@given(
+    d=st.integers(1, 5),
+    heads=st.integers(1, 4),
+    seed=st.integers(0, 2**31 - 1),
+    parts=st.integers(1, 3),
+    scale=st.floats(0.1, 3.0),
+)
 def test_property_random_symmetries_preserve_map_and_canonical_form(d, heads, seed, parts, scale):
     rng = np.random.default_rng(seed)
     p = random_params(d, heads, rng, scale=scale)
@@ -169,8 +179,12 @@ def test_property_random_symmetries_preserve_map_and_canonical_form(d, heads, se
 
 
 @settings(max_examples=25, deadline=None)
-@given(d=st.integers(1, 5), heads=st.integers(1, 3), seed=st.integers(0, 2**31 - 1),
-       delta=st.floats(1e-3, 1.0))
+@given(
+    d=st.integers(1, 5),
+    heads=st.integers(1, 3),
+    seed=st.integers(0, 2**31 - 1),
+    delta=st.floats(1e-3, 1.0),
+)
 def test_property_perturbing_a_head_breaks_equivalence(d, heads, seed, delta):
     rng = np.random.default_rng(seed)
     p = random_params(d, heads, rng)

@@ -16,7 +16,9 @@ runner = CliRunner()
 
 
 def test_demo_prints_an_equivalent_pair_and_the_evidence():
-    result = runner.invoke(app, ["multihead", "demo", "--d", "3", "--heads", "2", "--samples", "500", "--json"])
+    result = runner.invoke(
+        app, ["multihead", "demo", "--d", "3", "--heads", "2", "--samples", "500", "--json"]
+    )
     assert result.exit_code == 0, result.output
     out = last_json(result.output)
     assert out["heads_p"] == 2 and out["heads_q"] == 4 and out["canonical_heads"] == 2
@@ -32,8 +34,21 @@ def test_demo_table_output():
 
 
 def test_extract_multi_head_reports_queries_error_and_bound():
-    result = runner.invoke(app, ["extract", "multi-head", "--d", "4", "--heads", "2", "--fidelity-samples", "100",
-                                 "--no-progress", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "extract",
+            "multi-head",
+            "--d",
+            "4",
+            "--heads",
+            "2",
+            "--fidelity-samples",
+            "100",
+            "--no-progress",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     out = last_json(result.output)
     assert {"queries", "heads_found", "rel_error", "seconds", "bound"} <= out.keys()
@@ -42,8 +57,22 @@ def test_extract_multi_head_reports_queries_error_and_bound():
 
 
 def test_extract_multi_head_interpolation_method():
-    result = runner.invoke(app, ["extract", "multi-head", "--d", "3", "--heads", "2", "--method", "interpolation",
-                                 "--fidelity-samples", "0", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "extract",
+            "multi-head",
+            "--d",
+            "3",
+            "--heads",
+            "2",
+            "--method",
+            "interpolation",
+            "--fidelity-samples",
+            "0",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     out = last_json(result.output)
     assert out["method"] == "interpolation" and out["rel_error"] <= 1e-8
@@ -51,15 +80,41 @@ def test_extract_multi_head_interpolation_method():
 
 
 def test_extract_multi_head_counting_heads():
-    result = runner.invoke(app, ["extract", "multi-head", "--d", "3", "--heads", "2", "--max-heads", "3",
-                                 "--fidelity-samples", "0", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "extract",
+            "multi-head",
+            "--d",
+            "3",
+            "--heads",
+            "2",
+            "--max-heads",
+            "3",
+            "--fidelity-samples",
+            "0",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert last_json(result.output)["heads_found"] == 2
 
 
 def test_extract_orthogonal_heads():
-    result = runner.invoke(app, ["extract", "orthogonal-heads", "--d", "6", "--dims", "2,3", "--fidelity-samples", "50",
-                                 "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "extract",
+            "orthogonal-heads",
+            "--d",
+            "6",
+            "--dims",
+            "2,3",
+            "--fidelity-samples",
+            "50",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     out = last_json(result.output)
     assert out["queries"] == out["expected_queries"] == 6 + 12
@@ -68,7 +123,18 @@ def test_extract_orthogonal_heads():
 
 def test_errors_exit_2_with_a_message_and_no_traceback():
     cases = [
-        ["extract", "multi-head", "--d", "4", "--heads", "3", "--max-heads", "2", "--fidelity-samples", "0"],
+        [
+            "extract",
+            "multi-head",
+            "--d",
+            "4",
+            "--heads",
+            "3",
+            "--max-heads",
+            "2",
+            "--fidelity-samples",
+            "0",
+        ],
         ["extract", "orthogonal-heads", "--d", "4", "--dims", "3,x"],
         ["extract", "orthogonal-heads", "--d", "4", "--dims", "3,2"],
         ["multihead", "demo", "--d", "0"],
@@ -82,8 +148,20 @@ def test_errors_exit_2_with_a_message_and_no_traceback():
 
 @pytest.mark.slow
 def test_example_runs(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "multihead_canonical.py"), "--d", "3", "--heads", "2"],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "multihead_canonical.py"),
+            "--d",
+            "3",
+            "--heads",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "learned 2 canonical heads" in proc.stdout
     error = float(proc.stdout.split("relative error against p's canonical form: ")[1].split()[0])

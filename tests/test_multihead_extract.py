@@ -11,7 +11,13 @@ from attnlab import BudgetExhausted, ExtractionError, Oracle
 from attnlab.extract import multi_head, orthogonal_heads
 from attnlab.extract.multihead import canonical_dof, published_query_bound
 from attnlab.models import MultiHeadRegressor, random_orthogonal_heads
-from attnlab.models.canonical import MultiHeadParams, canonical, canonical_error, equivalent_pair, match_heads
+from attnlab.models.canonical import (
+    MultiHeadParams,
+    canonical,
+    canonical_error,
+    equivalent_pair,
+    match_heads,
+)
 from attnlab.models.multihead import MultiheadAttentionReadout, random_family_params
 
 
@@ -118,16 +124,22 @@ def test_budget_is_enforced_by_the_oracle():
     assert oracle.paid <= 30
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({}, "give heads=H"),
-    ({"heads": 7}, r"heads must be in \[0, 6\]"),
-    ({"heads": 3, "max_heads": 2}, "exceeds max_heads"),
-    ({"heads": 1, "fidelity_samples": -1}, "fidelity_samples must be >= 0"),
-    ({"heads": 1, "method": "magic"}, "unknown method 'magic'"),
-    ({"heads": 1, "method_options": {"anchors": 0}}, "anchors must be >= 1"),
-    ({"heads": 1, "method": "interpolation", "method_options": {"anchors": 2}}, "does not take the option"),
-    ({"heads": 1, "rank": 0}, r"rank must be in \[1, d = 3\]"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({}, "give heads=H"),
+        ({"heads": 7}, r"heads must be in \[0, 6\]"),
+        ({"heads": 3, "max_heads": 2}, "exceeds max_heads"),
+        ({"heads": 1, "fidelity_samples": -1}, "fidelity_samples must be >= 0"),
+        ({"heads": 1, "method": "magic"}, "unknown method 'magic'"),
+        ({"heads": 1, "method_options": {"anchors": 0}}, "anchors must be >= 1"),
+        (
+            {"heads": 1, "method": "interpolation", "method_options": {"anchors": 2}},
+            "does not take the option",
+        ),
+        ({"heads": 1, "rank": 0}, r"rank must be in \[1, d = 3\]"),
+    ],
+)
 def test_bad_arguments_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         multi_head(Oracle(MultiHeadRegressor.random(3, 1), d=3), **kwargs)
@@ -186,7 +198,9 @@ def test_three_near_parallel_heads_raise_or_come_back_close_never_silently_wrong
 
 
 # (3, 8, 2) came back at 1.3e-8 before the final joint polish (refine.py)
-@pytest.mark.parametrize("heads, d, seed, bound", [(2, 4, 0, 1e-8), (2, 8, 1, 1e-8), (3, 8, 2, 1e-8)])
+@pytest.mark.parametrize(
+    "heads, d, seed, bound", [(2, 4, 0, 1e-8), (2, 8, 1, 1e-8), (3, 8, 2, 1e-8)]
+)
 def test_heads_with_1000_to_1_value_scales_are_recovered(heads, d, seed, bound):
     W, v = random_family_params("unequal-scale", d, heads, seed=seed)
     truth = MultiHeadParams(W, v)
@@ -221,13 +235,17 @@ def test_property_near_parallel_heads_are_recovered_or_refused_never_silently_wr
 
 @pytest.mark.slow
 @settings(max_examples=8, deadline=None)
-@given(shape=st.sampled_from([(4, 1), (4, 2), (6, 2), (6, 3), (8, 2), (8, 4), (12, 3)]),
-       seed=st.integers(0, 2**31 - 1))
+@given(
+    shape=st.sampled_from([(4, 1), (4, 2), (6, 2), (6, 3), (8, 2), (8, 4), (12, 3)]),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_property_pytorch_biased_attention_is_recovered(shape, seed):
     d, heads = shape
     module = MultiheadAttentionReadout.random(d, heads, bias=True, seed=seed % 10_000)
     truth = MultiHeadParams(**module.canonical_parameters())
-    result = multi_head(Oracle(module, d=d), heads=heads, affine=True, seed=seed, fidelity_samples=0)
+    result = multi_head(
+        Oracle(module, d=d), heads=heads, affine=True, seed=seed, fidelity_samples=0
+    )
     # 1e-8 is the goal and holds for the benchmark's 40 modules; hypothesis found (12, 3) with
     # module seed 513 at 4.6e-8, so the property is checked at 1e-7
     assert canonical_error(result.surrogate, truth) <= 1e-7
@@ -283,7 +301,9 @@ def test_low_rank_heads_are_recovered_with_fewer_queries(rank):
     full = multi_head(Oracle(model, d=d), heads=heads, fidelity_samples=0)
     # r + 2 directions at d tokens, the others at r + 2 tokens: well under the full-rank count
     assert result.queries < 0.75 * full.queries
-    assert result.stages["pairs"] <= 2 * heads * (d * (rank + 2) + (d - rank - 2) * (rank + 2)) + 8 * d
+    assert (
+        result.stages["pairs"] <= 2 * heads * (d * (rank + 2) + (d - rank - 2) * (rank + 2)) + 8 * d
+    )
 
 
 def test_a_head_of_larger_rank_than_given_raises():

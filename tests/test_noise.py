@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 from attnlab import Oracle, OracleError
 from attnlab.models import SingleHeadAttention
 from attnlab.oracle.noise import (
-    AdversarialNoise, BoundedNoise, GaussianNoise, RoundDigits, RoundFloat16, RoundFloat32, make_noise,
+    AdversarialNoise,
+    BoundedNoise,
+    GaussianNoise,
+    RoundDigits,
+    RoundFloat16,
+    RoundFloat32,
+    make_noise,
     noise_bound,
 )
 
@@ -18,11 +24,15 @@ Y = RNG.standard_normal(4000) * 10.0 ** RNG.integers(-3, 4, size=4000)
 X = np.zeros((4000, 1, 2))
 
 
-@pytest.mark.parametrize("noise", [BoundedNoise(1e-3), RoundDigits(4), RoundFloat32(), RoundFloat16(),
-                                   AdversarialNoise(1e-3)])
+@pytest.mark.parametrize(
+    "noise",
+    [BoundedNoise(1e-3), RoundDigits(4), RoundFloat32(), RoundFloat16(), AdversarialNoise(1e-3)],
+)
 def test_every_answer_stays_within_the_advertised_bound(noise):
     out = noise(Y, X, np.random.default_rng(1))
-    assert np.all(np.abs(out - Y) <= noise.bound(Y) * (1 + 1e-12) + 1e-15 * np.abs(Y))  # float subtraction
+    assert np.all(
+        np.abs(out - Y) <= noise.bound(Y) * (1 + 1e-12) + 1e-15 * np.abs(Y)
+    )  # float subtraction
     assert np.any(out != Y)
 
 
@@ -53,8 +63,12 @@ def test_round_digits_keeps_k_significant_digits(value, digits):
 
 def test_float_rounding_matches_numpy_casts_and_repeats_identically():
     y = np.array([1 / 3, math.pi, -2.5e-7])
-    np.testing.assert_array_equal(RoundFloat32()(y, None, None), y.astype(np.float32).astype(np.float64))
-    np.testing.assert_array_equal(RoundFloat16()(y, None, None), y.astype(np.float16).astype(np.float64))
+    np.testing.assert_array_equal(
+        RoundFloat32()(y, None, None), y.astype(np.float32).astype(np.float64)
+    )
+    np.testing.assert_array_equal(
+        RoundFloat16()(y, None, None), y.astype(np.float16).astype(np.float64)
+    )
     assert not RoundFloat32().random and not RoundDigits(3).random
 
 
@@ -103,7 +117,9 @@ def test_make_noise_builds_each_kind_and_explains_missing_arguments():
     assert isinstance(make_noise("adversarial", tau=1e-3), AdversarialNoise)
     assert make_noise("gaussian", tau=0.1).sigma == 0.1
     assert make_noise("digits", digits=5).digits == 5
-    assert isinstance(make_noise("float32"), RoundFloat32) and isinstance(make_noise("float16"), RoundFloat16)
+    assert isinstance(make_noise("float32"), RoundFloat32) and isinstance(
+        make_noise("float16"), RoundFloat16
+    )
     with pytest.raises(ValueError, match="--tau"):
         make_noise("bounded")
     with pytest.raises(ValueError, match="--digits"):

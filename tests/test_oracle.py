@@ -96,15 +96,18 @@ def _raises_after_answering(X):
     raise RuntimeError("connection reset after the answer was computed")
 
 
-@pytest.mark.parametrize("target, message", [
-    (lambda X: np.zeros((X.shape[0], 2)), "one number per sequence"),
-    (lambda X: np.zeros(X.shape[0] + 1), "one number per sequence"),
-    (_raises_after_answering, "RuntimeError: connection reset"),
-    (lambda X: linear_target(X) + 1j, "complex"),
-    (lambda X: torch.as_tensor(linear_target(X)) * (1 + 1j), "complex"),
-    (lambda X: np.full(X.shape[0], np.nan), "not finite"),
-    (lambda X: [["x"]] * X.shape[0], "not real numbers"),
-])
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        (lambda X: np.zeros((X.shape[0], 2)), "one number per sequence"),
+        (lambda X: np.zeros(X.shape[0] + 1), "one number per sequence"),
+        (_raises_after_answering, "RuntimeError: connection reset"),
+        (lambda X: linear_target(X) + 1j, "complex"),
+        (lambda X: torch.as_tensor(linear_target(X)) * (1 + 1j), "complex"),
+        (lambda X: np.full(X.shape[0], np.nan), "not finite"),
+        (lambda X: [["x"]] * X.shape[0], "not real numbers"),
+    ],
+)
 def test_every_sequence_handed_to_the_target_is_paid_whatever_it_answers(target, message):
     sent = []
     oracle = Oracle(lambda X: sent.append(X.shape[0]) or target(X), d=2, budget=10)
@@ -116,12 +119,15 @@ def test_every_sequence_handed_to_the_target_is_paid_whatever_it_answers(target,
     assert sent == [4]
 
 
-@pytest.mark.parametrize("X", [
-    np.ones((2, 3)) * (1 + 2j),
-    np.ones((4, 2, 3), dtype=np.complex64),
-    [[1 + 0j, 2.0, 3.0]],
-    torch.ones(2, 3, dtype=torch.complex128),
-])
+@pytest.mark.parametrize(
+    "X",
+    [
+        np.ones((2, 3)) * (1 + 2j),
+        np.ones((4, 2, 3), dtype=np.complex64),
+        [[1 + 0j, 2.0, 3.0]],
+        torch.ones(2, 3, dtype=torch.complex128),
+    ],
+)
 def test_complex_queries_are_refused_not_truncated(X):
     target, calls = counting(linear_target)
     oracle = Oracle(target, d=3)
@@ -132,17 +138,20 @@ def test_complex_queries_are_refused_not_truncated(X):
     assert calls == [] and oracle.paid == 0
 
 
-@pytest.mark.parametrize("X, message", [
-    (np.ones(3), "shape"),
-    (np.ones((2, 2, 2, 2)), "shape"),
-    (np.ones((0, 3)), "at least one token"),
-    (np.ones((2, 4)), "width d = 3"),
-    (np.ones((2, 0)), "width d >= 1"),
-    (np.ones((4, 2, 0)), "width d >= 1"),
-    (np.array([[1.0, np.nan, 0.0]]), "NaN"),
-    ([["a", "b", "c"]], "real array"),
-    ([[1.0, 2.0], [1.0]], "real array"),
-])
+@pytest.mark.parametrize(
+    "X, message",
+    [
+        (np.ones(3), "shape"),
+        (np.ones((2, 2, 2, 2)), "shape"),
+        (np.ones((0, 3)), "at least one token"),
+        (np.ones((2, 4)), "width d = 3"),
+        (np.ones((2, 0)), "width d >= 1"),
+        (np.ones((4, 2, 0)), "width d >= 1"),
+        (np.array([[1.0, np.nan, 0.0]]), "NaN"),
+        ([["a", "b", "c"]], "real array"),
+        ([[1.0, 2.0], [1.0]], "real array"),
+    ],
+)
 def test_bad_queries_raise_before_any_query(X, message):
     calls = []
     oracle = Oracle(lambda X: calls.append(1) or linear_target(X), d=3)
@@ -158,18 +167,35 @@ def test_tokens_of_width_zero_are_refused_before_d_is_fixed_by_them():
     assert oracle.d is None
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    ({"budget": True}, "budget"), ({"budget": False}, "budget"), ({"budget": float("nan")}, "budget"),
-    ({"budget": float("inf")}, "budget"), ({"budget": -1}, "budget"), ({"budget": 2.5}, "budget"),
-    ({"budget": "10"}, "budget"),
-    ({"max_batch": 2.5}, "max_batch"), ({"max_batch": 0}, "max_batch"), ({"max_batch": True}, "max_batch"),
-    ({"max_batch": float("inf")}, "max_batch"),
-    ({"d": True}, "d"), ({"d": 0}, "d"), ({"d": 2.5}, "d"), ({"d": float("nan")}, "d"),
-    ({"timeout": 0}, "timeout"), ({"timeout": -1.0}, "timeout"), ({"timeout": float("nan")}, "timeout"),
-    ({"timeout": float("inf")}, "timeout"), ({"timeout": True}, "timeout"),
-    ({"journal_chunk": 0}, "journal_chunk"), ({"journal_probes": -1}, "journal_probes"),
-    ({"journal_id": ""}, "journal_id"), ({"journal_id": 7}, "journal_id"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"budget": True}, "budget"),
+        ({"budget": False}, "budget"),
+        ({"budget": float("nan")}, "budget"),
+        ({"budget": float("inf")}, "budget"),
+        ({"budget": -1}, "budget"),
+        ({"budget": 2.5}, "budget"),
+        ({"budget": "10"}, "budget"),
+        ({"max_batch": 2.5}, "max_batch"),
+        ({"max_batch": 0}, "max_batch"),
+        ({"max_batch": True}, "max_batch"),
+        ({"max_batch": float("inf")}, "max_batch"),
+        ({"d": True}, "d"),
+        ({"d": 0}, "d"),
+        ({"d": 2.5}, "d"),
+        ({"d": float("nan")}, "d"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": -1.0}, "timeout"),
+        ({"timeout": float("nan")}, "timeout"),
+        ({"timeout": float("inf")}, "timeout"),
+        ({"timeout": True}, "timeout"),
+        ({"journal_chunk": 0}, "journal_chunk"),
+        ({"journal_probes": -1}, "journal_probes"),
+        ({"journal_id": ""}, "journal_id"),
+        ({"journal_id": 7}, "journal_id"),
+    ],
+)
 def test_bad_settings_raise_clear_errors(kwargs, name):
     with pytest.raises(ValueError, match=rf"^{name} must be"):
         Oracle(linear_target, **kwargs)
@@ -189,7 +215,9 @@ def test_declared_width_contradicting_an_attnlab_model_names_both_widths():
 def test_declared_width_contradicting_a_plain_callable_is_reported_on_the_first_call():
     w = np.arange(4.0)
     oracle = Oracle(lambda X: (X @ w).sum(axis=1), d=5, budget=100)
-    with pytest.raises(OracleError, match=r"ValueError.*has not answered.*another width than d = 5"):
+    with pytest.raises(
+        OracleError, match=r"ValueError.*has not answered.*another width than d = 5"
+    ):
         oracle(distinct((3, 2, 5)))
     assert oracle.paid == 3
 
@@ -221,7 +249,9 @@ def test_identical_queries_in_one_batch_are_answered_once_and_paid_once():
     out = oracle(batch)
     np.testing.assert_array_equal(out, linear_target(batch))
     assert oracle.queries == 7 and oracle.paid == 3
-    assert len(calls) == 1 and np.array_equal(calls[0], base)  # distinct ones, first-appearance order
+    assert len(calls) == 1 and np.array_equal(
+        calls[0], base
+    )  # distinct ones, first-appearance order
     with pytest.raises(BudgetExhausted):
         oracle(np.ones((1, 2)))
 
@@ -276,7 +306,9 @@ def test_token_width_is_read_from_attnlab_models():
 
 def test_require_d_gives_the_standard_message():
     assert Oracle(linear_target, d=3).require_d("single_head") == 3
-    with pytest.raises(ValueError, match=r"^single_head needs the token width: Oracle\(target, d=\.\.\.\)"):
+    with pytest.raises(
+        ValueError, match=r"^single_head needs the token width: Oracle\(target, d=\.\.\.\)"
+    ):
         Oracle(linear_target).require_d("single_head")
 
 
@@ -296,7 +328,9 @@ def test_a_slow_call_times_out_is_paid_and_the_oracle_stays_usable():
         oracle(distinct((4, 1, 2)))
     assert time.monotonic() - start < 5
     assert oracle.paid == 4 and oracle.queries == 0
-    np.testing.assert_array_equal(oracle(distinct((2, 1, 2), seed=1)), linear_target(distinct((2, 1, 2), seed=1)))
+    np.testing.assert_array_equal(
+        oracle(distinct((2, 1, 2), seed=1)), linear_target(distinct((2, 1, 2), seed=1))
+    )
     assert oracle.paid == 6
     release.set()
 
@@ -322,12 +356,16 @@ def test_a_hung_target_does_not_keep_the_process_alive(tmp_path):
             print("timed out, paid", oracle.paid, flush=True)
     """)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert "timed out, paid 1" in proc.stdout  # three identical sequences: one paid query
 
 
-@pytest.mark.parametrize("refusal", [BudgetExhausted(5, 5, 2), QueryShapeError("too many tokens for the service")])
+@pytest.mark.parametrize(
+    "refusal", [BudgetExhausted(5, 5, 2), QueryShapeError("too many tokens for the service")]
+)
 def test_a_target_refusing_before_answering_is_not_charged(refusal):
     def target(X):
         raise refusal

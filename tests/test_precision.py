@@ -9,7 +9,9 @@ from attnlab.models.precision import is_representable, round_to_bits
 
 FAST = settings(max_examples=60, deadline=None)
 # normal float64 magnitudes, where the relative error bound holds exactly
-normal_floats = st.floats(min_value=-1e300, max_value=1e300, allow_nan=False).filter(lambda v: v == 0 or abs(v) > 1e-300)
+normal_floats = st.floats(min_value=-1e300, max_value=1e300, allow_nan=False).filter(
+    lambda v: v == 0 or abs(v) > 1e-300
+)
 bits = st.integers(1, 60)
 
 
@@ -18,7 +20,7 @@ bits = st.integers(1, 60)
 def test_relative_error_is_at_most_two_to_the_minus_p(x, p):
     rounded = round_to_bits(x, p)
     assert rounded.dtype == np.float64 and rounded.shape == x.shape
-    assert np.all(np.abs(rounded - x) <= 2.0 ** -p * np.abs(x))
+    assert np.all(np.abs(rounded - x) <= 2.0**-p * np.abs(x))
 
 
 @FAST
@@ -30,7 +32,7 @@ def test_rounding_is_idempotent_and_leaves_p_significant_bits(x, p):
     mantissa, _ = np.frexp(rounded)
     scaled = np.ldexp(mantissa, p)  # an integer below 2^p in magnitude when p bits suffice
     np.testing.assert_array_equal(scaled, np.round(scaled))
-    assert np.all(np.abs(scaled) <= 2.0 ** p)
+    assert np.all(np.abs(scaled) <= 2.0**p)
 
 
 @FAST
@@ -78,7 +80,7 @@ def test_float32_tensors_keep_their_dtype_and_round_within_bound():
     x = torch.linspace(-5, 5, 101, dtype=torch.float32)
     out = round_to_bits(x, 5)
     assert out.dtype == torch.float32
-    assert torch.all((out - x).abs() <= 2.0 ** -5 * x.abs())
+    assert torch.all((out - x).abs() <= 2.0**-5 * x.abs())
     assert torch.equal(round_to_bits(x, 24), x)
 
 
@@ -90,7 +92,9 @@ def test_gradient_passes_straight_through():
     torch.testing.assert_close(x.grad, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
 
 
-@pytest.mark.parametrize("p, error", [(0, ValueError), (-3, ValueError), (2.5, TypeError), (True, TypeError)])
+@pytest.mark.parametrize(
+    "p, error", [(0, ValueError), (-3, ValueError), (2.5, TypeError), (True, TypeError)]
+)
 def test_invalid_precision_raises(p, error):
     with pytest.raises(error, match="precision p"):
         round_to_bits(np.ones(3), p)
@@ -100,7 +104,7 @@ def test_invalid_precision_raises(p, error):
 def test_rounding_past_the_float64_range_raises_instead_of_returning_inf(p):
     # 1.5 * 2^1023 (printed 1.348e308) rounds, ties to even, up to 2^1024 at one bit: not a
     # float64, so no value keeps the 2^-p bound
-    huge = np.array([1.5 * 2.0 ** 1023 if p == 1 else np.finfo(np.float64).max])
+    huge = np.array([1.5 * 2.0**1023 if p == 1 else np.finfo(np.float64).max])
     with pytest.raises(OverflowError, match="float64 range"):
         round_to_bits(huge, p)
     with pytest.raises(OverflowError, match="float64 range"):

@@ -14,8 +14,12 @@ def _claims(tmp_path):
 
     def good(ctx):
         x = np.arange(1, 5)
-        fig = line_plot(ctx.figure_path("demo.png"), {"y = x^2": (list(x), list(x ** 2))}, "x", "y", "demo")
-        return Measurement("4 points", True, table=[{"x": 1, "y": 1.0}], figures=[fig], config={"seed": 3})
+        fig = line_plot(
+            ctx.figure_path("demo.png"), {"y = x^2": (list(x), list(x**2))}, "x", "y", "demo"
+        )
+        return Measurement(
+            "4 points", True, table=[{"x": 1, "y": 1.0}], figures=[fig], config={"seed": 3}
+        )
 
     def broken(ctx):
         raise RuntimeError("solver diverged")
@@ -23,9 +27,11 @@ def _claims(tmp_path):
     def missed(ctx):
         return Measurement("error 0.3 > 0.1", False)
 
-    return ctx, [Claim("good", "A", "A good claim", "x squared", good).run(ctx),
-                 Claim("broken", "B", "A broken check", "s", broken).run(ctx),
-                 Claim("missed", "B", "A missed claim", "s", missed).run(ctx)]
+    return ctx, [
+        Claim("good", "A", "A good claim", "x squared", good).run(ctx),
+        Claim("broken", "B", "A broken check", "s", broken).run(ctx),
+        Claim("missed", "B", "A missed claim", "s", missed).run(ctx),
+    ]
 
 
 def test_claim_runner_records_status_and_errors(tmp_path):
@@ -39,7 +45,7 @@ def test_report_is_self_contained_and_renders_in_chromium(tmp_path):
     ctx, results = _claims(tmp_path)
     path = write_report(results, ctx.out_dir, quick=True, command="attnlab reproduce --quick")
     html = path.read_text()
-    assert "data:image/png;base64," in html and "src=\"figures/" not in html
+    assert "data:image/png;base64," in html and 'src="figures/' not in html
     data = json.loads((tmp_path / "report.json").read_text())
     assert [c["status"] for c in data["claims"]] == ["reproduced", "error", "not reproduced"]
     facts = inspect_page(path, screenshot=tmp_path / "shot.png")

@@ -9,13 +9,14 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from serve_helpers import DroppingProxy, DropResponses, FailFirst, serve
 
 from attnlab import BudgetExhausted, Oracle, OracleError, QueryShapeError
 from attnlab.models import AffineHead, SingleHeadAttention
 from attnlab.serve import round_significant, save_target
 from attnlab.serve.app import ServeConfig
 from attnlab.serve.client import HttpTarget, ServiceBudgetExhausted
+
+from serve_helpers import DroppingProxy, DropResponses, FailFirst, serve
 
 D = 4
 
@@ -50,7 +51,9 @@ def test_one_token_probes_read_v_exactly_and_two_token_probes_read_w(model_path,
         a, b = 0.3 * np.eye(D)[0], 0.2 * np.eye(D)[2]
         y = oracle(np.stack([a + b, b]))
         alpha = (y - b @ v) / (a @ v)
-        assert np.log(alpha / (1 - alpha)) == pytest.approx(a @ head.W.detach().numpy() @ b, abs=1e-12)
+        assert np.log(alpha / (1 - alpha)) == pytest.approx(
+            a @ head.W.detach().numpy() @ b, abs=1e-12
+        )
         assert oracle.queries == D + 1 == oracle.http_target.charged == srv.spent() == srv.answered
         assert oracle.http_target.budget_left == 1000 - (D + 1)
 
@@ -59,8 +62,11 @@ def test_ragged_batch_in_one_request_matches_the_model(model_path, tmp_path, hea
     rng = np.random.default_rng(0)
     sequences = [rng.standard_normal((n, D)) for n in (1, 5, 2, 5)]
     with serve(model_path, tmp_path / "keys.sqlite") as srv:
-        r = httpx.post(f"{srv.url}/v1/query", headers={"X-API-Key": srv.key},
-                       json={"sequences": [s.tolist() for s in sequences]})
+        r = httpx.post(
+            f"{srv.url}/v1/query",
+            headers={"X-API-Key": srv.key},
+            json={"sequences": [s.tolist() for s in sequences]},
+        )
         assert r.status_code == 200, r.text
         body = r.json()
         np.testing.assert_array_equal(body["outputs"], truth(head, sequences))
@@ -69,17 +75,26 @@ def test_ragged_batch_in_one_request_matches_the_model(model_path, tmp_path, hea
 
 def test_info_tells_kind_and_limits_but_not_weights(tmp_path):
     path = save_target(AffineHead.random(3, seed=1), tmp_path / "affine.safetensors")
-    with serve(path, tmp_path / "keys.sqlite", config=ServeConfig(max_batch=7, max_tokens=50)) as srv:
+    with serve(
+        path, tmp_path / "keys.sqlite", config=ServeConfig(max_batch=7, max_tokens=50)
+    ) as srv:
         info = httpx.get(f"{srv.url}/v1/info", headers={"X-API-Key": srv.key}).json()
-        assert {k: info[k] for k in ("kind", "d", "dtype", "max_batch", "max_tokens")} == \
-            {"kind": "affine", "d": 3, "dtype": "float64", "max_batch": 7, "max_tokens": 50}
+        assert {k: info[k] for k in ("kind", "d", "dtype", "max_batch", "max_tokens")} == {
+            "kind": "affine",
+            "d": 3,
+            "dtype": "float64",
+            "max_batch": 7,
+            "max_tokens": 50,
+        }
         assert not {"W", "u", "v", "c", "weights"} & set(info)
         assert httpx.get(f"{srv.url}/healthz").json() == {"status": "ok"}
 
 
 def test_client_splits_batches_to_the_servers_limits(model_path, tmp_path, head):
     X = np.random.default_rng(1).standard_normal((23, 3, D))
-    with serve(model_path, tmp_path / "keys.sqlite", config=ServeConfig(max_batch=5, max_tokens=12)) as srv:
+    with serve(
+        model_path, tmp_path / "keys.sqlite", config=ServeConfig(max_batch=5, max_tokens=12)
+    ) as srv:
         oracle = Oracle.http(srv.url, srv.key)
         np.testing.assert_array_equal(oracle(X), truth(head, list(X)))
         assert oracle.http_target.requests == 6  # 4 sequences of 3 tokens fit in 12 tokens
@@ -97,7 +112,9 @@ def test_budget_persists_across_a_restart_and_is_never_overspent(model_path, tmp
     with serve(model_path, db) as srv:
         oracle = Oracle.http(srv.url, key)
         assert oracle.http_target.budget_left == 4
-        with pytest.raises(BudgetExhausted, match="4 of 10 queries left and this request needs 5") as err:
+        with pytest.raises(
+            BudgetExhausted, match="4 of 10 queries left and this request needs 5"
+        ) as err:
             oracle(distinct(5, 2))
         assert isinstance(err.value, ServiceBudgetExhausted)
         assert (err.value.spent, err.value.budget, err.value.requested) == (6, 10, 5)
@@ -116,7 +133,9 @@ def test_a_dropped_response_is_retried_and_charged_once(model_path, tmp_path, he
         assert srv.spent() == 8 == srv.answered == oracle.paid == client.charged
 
 
-def test_a_connection_cut_by_the_network_after_the_answer_is_not_charged_twice(model_path, tmp_path, head):
+def test_a_connection_cut_by_the_network_after_the_answer_is_not_charged_twice(
+    model_path, tmp_path, head
+):
     X = np.random.default_rng(6).standard_normal((5, 4, D))
     with serve(model_path, tmp_path / "keys.sqlite") as srv:
         proxy = DroppingProxy(srv.url, drops=1)
@@ -125,7 +144,11 @@ def test_a_connection_cut_by_the_network_after_the_answer_is_not_charged_twice(m
             np.testing.assert_array_equal(oracle(X), truth(head, list(X)))
         finally:
             proxy.close()
-        assert proxy.dropped == 1 and oracle.http_target.retried == 1 and oracle.http_target.replayed == 1
+        assert (
+            proxy.dropped == 1
+            and oracle.http_target.retried == 1
+            and oracle.http_target.replayed == 1
+        )
         assert srv.spent() == 5 == srv.answered == oracle.paid
 
 
@@ -142,9 +165,13 @@ def test_5xx_and_in_flight_answers_are_retried_and_charged_once(model_path, tmp_
 def test_retries_give_up_with_a_clear_error(model_path, tmp_path):
     with serve(model_path, tmp_path / "keys.sqlite") as srv:
         oracle = Oracle.http(srv.url, srv.key, retries=1, transport=FailFirst(failures=5))
-        with pytest.raises(OracleError, match="failed 2 times, last with HTTP 503: simulated failure"):
+        with pytest.raises(
+            OracleError, match="failed 2 times, last with HTTP 503: simulated failure"
+        ):
             oracle(np.ones((1, 1, D)))
-        assert srv.spent() == 0 == oracle.http_target.charged  # the local Oracle counts what it sent
+        assert (
+            srv.spent() == 0 == oracle.http_target.charged
+        )  # the local Oracle counts what it sent
 
 
 def test_an_unreachable_server_is_an_oracle_error():
@@ -161,7 +188,9 @@ def test_replaying_an_idempotency_key_returns_the_same_noisy_answer(model_path, 
         again = httpx.post(f"{srv.url}/v1/query", headers=headers, json=body)
         assert first.json() == again.json() and again.headers["Idempotent-Replayed"] == "true"
         assert srv.spent() == 3
-        other = httpx.post(f"{srv.url}/v1/query", headers=headers, json={"sequences": [[[2.0, 0, 0, 0]]]})
+        other = httpx.post(
+            f"{srv.url}/v1/query", headers=headers, json={"sequences": [[[2.0, 0, 0, 0]]]}
+        )
         assert other.status_code == 422 and other.json()["error"] == "idempotency_key_reused"
         assert srv.spent() == 3
 
@@ -171,7 +200,9 @@ def test_rounding_and_noise_defenses(model_path, tmp_path, head):
     exact = truth(head, list(X))
     with serve(model_path, tmp_path / "r.sqlite", config=ServeConfig(round_digits=3)) as srv:
         np.testing.assert_array_equal(Oracle.http(srv.url, srv.key)(X), round_significant(exact, 3))
-    with serve(model_path, tmp_path / "n.sqlite", config=ServeConfig(noise_sigma=0.01, seed=7)) as srv:
+    with serve(
+        model_path, tmp_path / "n.sqlite", config=ServeConfig(noise_sigma=0.01, seed=7)
+    ) as srv:
         error = Oracle.http(srv.url, srv.key)(X) - exact
     assert 0.008 < error.std() < 0.012 and abs(error.mean()) < 0.003
 
@@ -215,17 +246,50 @@ BAD = [
     (json.dumps({"sequences": [[[0] * 4]] * 9}), {}, 413, "too_many_sequences", "max_batch = 8"),
     (json.dumps({"sequences": [[[0] * 4] * 11]}), {}, 413, "too_many_tokens", "max_tokens = 10"),
     (" " * 2_000_000, {}, 413, "body_too_large", "split the batch"),
-    (json.dumps({"sequences": [[[0] * 4]]}), {"X-API-Key": ""}, 401, "missing_api_key", "X-API-Key header"),
-    (json.dumps({"sequences": [[[0] * 4]]}), {"X-API-Key": "ak_wrong"}, 401, "unknown_api_key", "no key"),
-    (json.dumps({"sequences": [[[0] * 4]] * 6}), {}, 402, "budget_exhausted", "quota, not a rate limit"),
-    (json.dumps({"sequences": [[[0] * 4]]}), {"Idempotency-Key": "x" * 300}, 400, "bad_idempotency_key", "255"),
+    (
+        json.dumps({"sequences": [[[0] * 4]]}),
+        {"X-API-Key": ""},
+        401,
+        "missing_api_key",
+        "X-API-Key header",
+    ),
+    (
+        json.dumps({"sequences": [[[0] * 4]]}),
+        {"X-API-Key": "ak_wrong"},
+        401,
+        "unknown_api_key",
+        "no key",
+    ),
+    (
+        json.dumps({"sequences": [[[0] * 4]] * 6}),
+        {},
+        402,
+        "budget_exhausted",
+        "quota, not a rate limit",
+    ),
+    (
+        json.dumps({"sequences": [[[0] * 4]]}),
+        {"Idempotency-Key": "x" * 300},
+        400,
+        "bad_idempotency_key",
+        "255",
+    ),
 ]
 
 
 @pytest.mark.parametrize("body, headers, status, code, words", BAD, ids=[b[3] for b in BAD])
-def test_each_error_has_its_status_code_and_says_what_to_fix(model_path, tmp_path, body, headers, status, code, words):
-    with serve(model_path, tmp_path / "keys.sqlite", budget=5, config=ServeConfig(max_batch=8, max_tokens=10)) as srv:
-        r = httpx.post(f"{srv.url}/v1/query", content=body.encode(), headers={"X-API-Key": srv.key, **headers})
+def test_each_error_has_its_status_code_and_says_what_to_fix(
+    model_path, tmp_path, body, headers, status, code, words
+):
+    with serve(
+        model_path,
+        tmp_path / "keys.sqlite",
+        budget=5,
+        config=ServeConfig(max_batch=8, max_tokens=10),
+    ) as srv:
+        r = httpx.post(
+            f"{srv.url}/v1/query", content=body.encode(), headers={"X-API-Key": srv.key, **headers}
+        )
         assert r.status_code == status, r.text
         assert r.json()["error"] == code and words in r.json()["detail"]
         assert srv.spent() == 0 and srv.answered == 0
@@ -265,12 +329,20 @@ def test_an_extractor_recovers_the_served_head_as_it_would_locally(tmp_path, aff
     with serve(path, tmp_path / "keys.sqlite") as srv:
         oracle = Oracle.http(srv.url, srv.key)
         result = single_head(oracle, affine=affine, fidelity_samples=50)
-        assert oracle.queries == result.queries + 50 == srv.spent() == srv.answered == oracle.http_target.charged
+        assert (
+            oracle.queries
+            == result.queries + 50
+            == srv.spent()
+            == srv.answered
+            == oracle.http_target.charged
+        )
     assert result.queries == local.queries == D * D + D + (D + 1 if affine else 0)
     # JSON carries float64 exactly (shortest round-trip repr), so HTTP changes no bit of the answer.
     for name in local.params:
         np.testing.assert_array_equal(result.params[name], local.params[name])
-        assert relative_error(result.params[name], getattr(module, name).detach().numpy()) < 1e-6, name
+        assert relative_error(result.params[name], getattr(module, name).detach().numpy()) < 1e-6, (
+            name
+        )
 
 
 def test_a_429_from_anywhere_is_budget_exhaustion_and_not_retried(model_path, tmp_path):
@@ -285,7 +357,11 @@ def test_an_input_the_model_cannot_answer_is_refunded(model_path, tmp_path):
     with serve(model_path, tmp_path / "keys.sqlite") as srv:
         huge = {"sequences": [[[1e200] * D, [1e200] * D]]}
         r = httpx.post(f"{srv.url}/v1/query", headers={"X-API-Key": srv.key}, json=huge)
-        assert r.status_code == 422 and r.json()["error"] == "unanswerable" and "Scale the inputs down" in r.text
+        assert (
+            r.status_code == 422
+            and r.json()["error"] == "unanswerable"
+            and "Scale the inputs down" in r.text
+        )
         assert srv.spent() == 0
         with pytest.raises(OracleError, match="HTTP 422: .*could not answer") as err:
             HttpTarget(srv.url, srv.key)(np.full((1, 2, D), 1e200))
@@ -305,6 +381,7 @@ def test_two_servers_sharing_one_keys_database_never_overspend(model_path, tmp_p
     apps = [create_app(load_target(model_path), store) for store in stores]
     received = []
     with BackgroundServer(apps[0]) as url_a, BackgroundServer(apps[1]) as url_b:
+
         def client(url, seed):
             oracle, rng = Oracle.http(url, key), np.random.default_rng(seed)
             try:
@@ -313,7 +390,10 @@ def test_two_servers_sharing_one_keys_database_never_overspend(model_path, tmp_p
             except BudgetExhausted:
                 received.append(oracle.paid)
 
-        threads = [threading.Thread(target=client, args=(url, s)) for s, url in enumerate([url_a, url_b] * 3)]
+        threads = [
+            threading.Thread(target=client, args=(url, s))
+            for s, url in enumerate([url_a, url_b] * 3)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -321,6 +401,8 @@ def test_two_servers_sharing_one_keys_database_never_overspend(model_path, tmp_p
     answered = sum(app.state.oracle.queries for app in apps)
     with KeyStore(db) as admin:
         assert sum(received) == answered == admin.get("alice").spent <= budget
-        assert admin.get("alice").spent >= budget - 2  # stopped only when no batch of 1-3 could be paid
+        assert (
+            admin.get("alice").spent >= budget - 2
+        )  # stopped only when no batch of 1-3 could be paid
     for store in stores:
         store.close()

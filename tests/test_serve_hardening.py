@@ -17,7 +17,6 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from serve_helpers import ServerProcess, serve, wait_until
 
 from attnlab import Oracle, OracleError, QueryShapeError
 from attnlab.models import SingleHeadAttention
@@ -30,6 +29,8 @@ from attnlab.oracle.http import (
 )
 from attnlab.serve import KeyStore, save_target
 from attnlab.serve.app import ServeConfig
+
+from serve_helpers import ServerProcess, serve, wait_until
 
 D = 4
 
@@ -49,7 +50,9 @@ def truth(module, X):
         return module(torch.as_tensor(np.asarray(X))).numpy()
 
 
-def raw_exchange(url: str, head: bytes, body: bytes = b"", timeout_s: float = 5.0) -> tuple[int, dict, float]:
+def raw_exchange(
+    url: str, head: bytes, body: bytes = b"", timeout_s: float = 5.0
+) -> tuple[int, dict, float]:
     """Send raw bytes, read one response: (status, JSON body, seconds until the status line)."""
     host, port = url.removeprefix("http://").split(":")
     start = time.monotonic()
@@ -63,8 +66,16 @@ def raw_exchange(url: str, head: bytes, body: bytes = b"", timeout_s: float = 5.
             data += chunk
         elapsed = time.monotonic() - start
         header, _, rest = data.partition(b"\r\n\r\n")
-        length = int(next((line.split(b":")[1] for line in header.split(b"\r\n")
-                           if line.lower().startswith(b"content-length")), b"0"))
+        length = int(
+            next(
+                (
+                    line.split(b":")[1]
+                    for line in header.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                ),
+                b"0",
+            )
+        )
         while len(rest) < length:
             chunk = sock.recv(65536)
             if not chunk:
@@ -88,7 +99,9 @@ def test_oracle_http_loads_neither_fastapi_nor_the_server():
                         or m.startswith("attnlab.serve"))
         print("LOADED", loaded)
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert "LOADED []" in out.stdout, out.stdout
 
@@ -97,13 +110,25 @@ def test_oracle_http_loads_neither_fastapi_nor_the_server():
 def test_a_zero_budget_key_gets_402_before_sending_its_body(model_path, tmp_path):
     with serve(model_path, tmp_path / "keys.sqlite", budget=0) as srv:
         host = srv.url.removeprefix("http://")
-        for length, extra in ((5_000_000, b""), (300_000_000, b""), (2_000_000, b"X-Attnlab-Shape: 256,256,4\r\n")):
+        for length, extra in (
+            (5_000_000, b""),
+            (300_000_000, b""),
+            (2_000_000, b"X-Attnlab-Shape: 256,256,4\r\n"),
+        ):
             # Headers announce a large body (within the server's size limits); not one byte of it
             # is sent. The answer must come anyway.
-            head = (f"POST /v1/query HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {srv.key}\r\n"
-                    f"Content-Type: application/json\r\nContent-Length: {length}\r\n").encode() + extra + b"\r\n"
+            head = (
+                (
+                    f"POST /v1/query HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {srv.key}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {length}\r\n"
+                ).encode()
+                + extra
+                + b"\r\n"
+            )
             status, body, elapsed = raw_exchange(srv.url, head)
-            assert status == 402 and body["error"] == "budget_exhausted" and body["budget_left"] == 0
+            assert (
+                status == 402 and body["error"] == "budget_exhausted" and body["budget_left"] == 0
+            )
             assert elapsed < 2.0
         assert srv.spent() == 0 and srv.answered == 0
 
@@ -111,8 +136,10 @@ def test_a_zero_budget_key_gets_402_before_sending_its_body(model_path, tmp_path
 def test_a_declared_batch_beyond_the_budget_is_refused_unread(model_path, tmp_path):
     with serve(model_path, tmp_path / "keys.sqlite", budget=3) as srv:
         host = srv.url.removeprefix("http://")
-        head = (f"POST /v1/query HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {srv.key}\r\nX-Attnlab-Shape: 4,2,4\r\n"
-                f"Content-Type: {BINARY_MEDIA}\r\nContent-Length: 256\r\n\r\n").encode()
+        head = (
+            f"POST /v1/query HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {srv.key}\r\nX-Attnlab-Shape: 4,2,4\r\n"
+            f"Content-Type: {BINARY_MEDIA}\r\nContent-Length: 256\r\n\r\n"
+        ).encode()
         status, body, _ = raw_exchange(srv.url, head)
         assert status == 402 and body["requested"] == 4 and body["budget_left"] == 3
         # A body larger than its declared shape is refused from Content-Length alone.
@@ -133,25 +160,34 @@ def test_binary_bodies_are_bit_exact_and_checked_against_their_shape(model_path,
         headers = {"X-API-Key": srv.key, "Content-Type": BINARY_MEDIA}
         r = httpx.post(f"{srv.url}/v1/query", content=encode_binary(X[:2]), headers=headers)
         assert r.status_code == 400 and r.json()["error"] == "missing_shape_header"
-        r = httpx.post(f"{srv.url}/v1/query", content=encode_binary(X[:2])[:-8],
-                       headers={**headers, "X-Attnlab-Shape": "2,30,4"})
+        r = httpx.post(
+            f"{srv.url}/v1/query",
+            content=encode_binary(X[:2])[:-8],
+            headers={**headers, "X-Attnlab-Shape": "2,30,4"},
+        )
         assert r.status_code == 422 and r.json()["error"] == "body_shape_mismatch"
-        r = httpx.post(f"{srv.url}/v1/query", json={"sequences": X[:3, :2].tolist()},
-                       headers={"X-API-Key": srv.key, "X-Attnlab-Shape": "2,2,4"})
+        r = httpx.post(
+            f"{srv.url}/v1/query",
+            json={"sequences": X[:3, :2].tolist()},
+            headers={"X-API-Key": srv.key, "X-Attnlab-Shape": "2,2,4"},
+        )
         assert r.status_code == 422 and r.json()["error"] == "body_shape_mismatch"
         assert srv.spent() == 45
 
 
 # -- 5. JSON errors everywhere, clear client errors -----------------------------------------------------
-@pytest.mark.parametrize("body, status, code", [
-    (b"[" * 100_000 + b"]" * 100_000, 400, "invalid_json"),
-    (b'{"sequences": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", 400, "invalid_json"),
-    (b'{"sequences": [[[' + b"7" * 5000 + b', 0, 0, 0]]]}', 400, "invalid_json"),
-    (b'{"sequences": [[[' + b"7" * 4000 + b', 0, 0, 0]]]}', 422, "bad_shape"),
-    (b'{"sequences": [[[true, 0, 0, 0]]]}', 422, "bad_shape"),
-    (b'{"sequences": [[[1e400, 0, 0, 0]]]}', 422, "not_finite"),
-    (b"\xff\xfe garbage", 400, "invalid_json"),
-])
+@pytest.mark.parametrize(
+    "body, status, code",
+    [
+        (b"[" * 100_000 + b"]" * 100_000, 400, "invalid_json"),
+        (b'{"sequences": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", 400, "invalid_json"),
+        (b'{"sequences": [[[' + b"7" * 5000 + b", 0, 0, 0]]]}", 400, "invalid_json"),
+        (b'{"sequences": [[[' + b"7" * 4000 + b", 0, 0, 0]]]}", 422, "bad_shape"),
+        (b'{"sequences": [[[true, 0, 0, 0]]]}', 422, "bad_shape"),
+        (b'{"sequences": [[[1e400, 0, 0, 0]]]}', 422, "not_finite"),
+        (b"\xff\xfe garbage", 400, "invalid_json"),
+    ],
+)
 def test_malformed_bodies_get_a_json_4xx(model_path, tmp_path, body, status, code):
     with serve(model_path, tmp_path / "keys.sqlite", config=ServeConfig(max_tokens=200_000)) as srv:
         r = httpx.post(f"{srv.url}/v1/query", content=body, headers={"X-API-Key": srv.key})
@@ -165,8 +201,11 @@ def test_protocol_garbage_and_unknown_routes_are_answered_in_json(model_path, tm
         assert status == 400 and body["error"] == "bad_http"
         for r in (httpx.get(f"{srv.url}/nowhere"), httpx.get(f"{srv.url}/v1/query")):
             assert r.status_code in (404, 405) and "POST /v1/query" in r.json()["detail"]
-        r = httpx.post(f"{srv.url}/v1/query", content=b"x", headers={"X-API-Key": srv.key,
-                                                                     "Content-Type": "text/csv"})
+        r = httpx.post(
+            f"{srv.url}/v1/query",
+            content=b"x",
+            headers={"X-API-Key": srv.key, "Content-Type": "text/csv"},
+        )
         assert r.status_code == 415 and r.json()["error"] == "unsupported_media_type"
 
 
@@ -194,7 +233,9 @@ def test_oracle_http_against_a_foreign_server_is_a_clear_error(page):
         transport = None
     else:
         server, url = None, "http://127.0.0.1:1"
-        transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"hello": "world"}))
+        transport = httpx.MockTransport(
+            lambda request: httpx.Response(200, json={"hello": "world"})
+        )
     try:
         with pytest.raises(NotAnAttnlabService, match="not an attnlab serve endpoint"):
             Oracle.http(url, "ak_x", retries=0, transport=transport)
@@ -206,10 +247,23 @@ def test_oracle_http_against_a_foreign_server_is_a_clear_error(page):
 # -- 6. zero sequences ----------------------------------------------------------------------------------
 def test_a_batch_of_zero_sequences_gets_an_empty_answer(model_path, tmp_path):
     with serve(model_path, tmp_path / "keys.sqlite", budget=0) as srv:
-        r = httpx.post(f"{srv.url}/v1/query", json={"sequences": []}, headers={"X-API-Key": srv.key})
-        assert r.status_code == 200 and r.json() == {"outputs": [], "queries_used": 0, "budget_left": 0}
-        r = httpx.post(f"{srv.url}/v1/query", content=b"", headers={
-            "X-API-Key": srv.key, "Content-Type": BINARY_MEDIA, "X-Attnlab-Shape": "0,3,4"})
+        r = httpx.post(
+            f"{srv.url}/v1/query", json={"sequences": []}, headers={"X-API-Key": srv.key}
+        )
+        assert r.status_code == 200 and r.json() == {
+            "outputs": [],
+            "queries_used": 0,
+            "budget_left": 0,
+        }
+        r = httpx.post(
+            f"{srv.url}/v1/query",
+            content=b"",
+            headers={
+                "X-API-Key": srv.key,
+                "Content-Type": BINARY_MEDIA,
+                "X-Attnlab-Shape": "0,3,4",
+            },
+        )
         assert r.status_code == 200 and r.json()["outputs"] == []
         target = HttpTarget(srv.url, srv.key)
         assert target(np.empty((0, 3, D))).shape == (0,) and target.requests == 0
@@ -273,8 +327,12 @@ def _closed_by_peer(sock: socket.socket) -> bool:
         return True
 
 
-def test_a_slow_loris_on_a_kept_alive_connection_is_cut_at_the_header_deadline(model_path, tmp_path):
-    with serve(model_path, tmp_path / "keys.sqlite", config=ServeConfig(header_timeout_s=1.0)) as srv:
+def test_a_slow_loris_on_a_kept_alive_connection_is_cut_at_the_header_deadline(
+    model_path, tmp_path
+):
+    with serve(
+        model_path, tmp_path / "keys.sqlite", config=ServeConfig(header_timeout_s=1.0)
+    ) as srv:
         host, port = srv.url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=5) as sock:
             sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
@@ -290,13 +348,23 @@ def test_a_slow_loris_on_a_kept_alive_connection_is_cut_at_the_header_deadline(m
 
 # -- 4. kill -9 of the server -----------------------------------------------------------------------------
 def _post(url: str, key: str, X: np.ndarray, idempotency_key: str) -> httpx.Response:
-    return httpx.post(f"{url}/v1/query", content=encode_binary(X), timeout=30, headers={
-        "X-API-Key": key, "Idempotency-Key": idempotency_key, "Content-Type": BINARY_MEDIA,
-        "X-Attnlab-Shape": ",".join(map(str, X.shape))})
+    return httpx.post(
+        f"{url}/v1/query",
+        content=encode_binary(X),
+        timeout=30,
+        headers={
+            "X-API-Key": key,
+            "Idempotency-Key": idempotency_key,
+            "Content-Type": BINARY_MEDIA,
+            "X-Attnlab-Shape": ",".join(map(str, X.shape)),
+        },
+    )
 
 
 @pytest.mark.slow
-def test_kill_9_after_charging_loses_nothing_and_a_retry_after_restart_is_answered(model_path, tmp_path, head):
+def test_kill_9_after_charging_loses_nothing_and_a_retry_after_restart_is_answered(
+    model_path, tmp_path, head
+):
     db = tmp_path / "keys.sqlite"
     with KeyStore(db) as admin:
         key = admin.add_key("alice", 100)
@@ -307,7 +375,9 @@ def test_kill_9_after_charging_loses_nothing_and_a_retry_after_restart_is_answer
     client = threading.Thread(target=lambda: failed.append(_safe_post(server.url, key, X, idem)))
     client.start()
     with KeyStore(db) as admin:
-        assert wait_until(lambda: admin.get("alice").spent == 7, timeout_s=20)  # charged, not answered
+        assert wait_until(
+            lambda: admin.get("alice").spent == 7, timeout_s=20
+        )  # charged, not answered
     server.kill()
     client.join(timeout=30)
     assert failed == ["transport error"]
@@ -323,7 +393,9 @@ def test_kill_9_after_charging_loses_nothing_and_a_retry_after_restart_is_answer
 
 
 @pytest.mark.slow
-def test_a_live_server_takes_over_a_dead_servers_request_without_waiting(model_path, tmp_path, head):
+def test_a_live_server_takes_over_a_dead_servers_request_without_waiting(
+    model_path, tmp_path, head
+):
     db = tmp_path / "keys.sqlite"
     with KeyStore(db) as admin:
         key = admin.add_key("alice", 100)
@@ -358,7 +430,9 @@ def test_a_failed_request_is_resent_with_its_idempotency_key(model_path, tmp_pat
         from serve_helpers import DropResponses
 
         target = HttpTarget(srv.url, srv.key, retries=0, transport=DropResponses(drops=1))
-        with pytest.raises(OracleError, match="sending the same batch again reuses its Idempotency-Key"):
+        with pytest.raises(
+            OracleError, match="sending the same batch again reuses its Idempotency-Key"
+        ):
             target(X)
         assert srv.spent() == 3  # charged, the answer lost on the way
         np.testing.assert_array_equal(target(X), truth(head, X))

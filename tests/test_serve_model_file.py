@@ -24,17 +24,22 @@ from attnlab.serve import (
 )
 
 
-@pytest.mark.parametrize("module, kind", [
-    (SingleHeadAttention.random(5, rank=2, seed=0), "single-head"),
-    (AffineHead.random(5, seed=1), "affine"),
-    (SingleHeadAttention.random(3, seed=2, dtype=torch.float32), "single-head"),
-])
+@pytest.mark.parametrize(
+    "module, kind",
+    [
+        (SingleHeadAttention.random(5, rank=2, seed=0), "single-head"),
+        (AffineHead.random(5, seed=1), "affine"),
+        (SingleHeadAttention.random(3, seed=2, dtype=torch.float32), "single-head"),
+    ],
+)
 def test_a_saved_target_answers_exactly_as_before(tmp_path, module, kind):
     path = save_target(module, tmp_path / "t.safetensors")
     loaded = load_target(path)
     assert (loaded.kind, loaded.d) == (kind, module.d)
     assert read_metadata(path)["dtype"] == str(module.v.dtype).removeprefix("torch.")
-    X = torch.as_tensor(np.random.default_rng(0).standard_normal((6, 4, module.d)), dtype=module.v.dtype)
+    X = torch.as_tensor(
+        np.random.default_rng(0).standard_normal((6, 4, module.d)), dtype=module.v.dtype
+    )
     with torch.no_grad():
         assert torch.equal(loaded.module(X), module(X))
 
@@ -42,7 +47,9 @@ def test_a_saved_target_answers_exactly_as_before(tmp_path, module, kind):
 def test_files_are_safetensors_without_pickle(tmp_path):
     path = save_target(SingleHeadAttention.random(2, seed=0), tmp_path / "t.safetensors")
     header_length = int.from_bytes(path.read_bytes()[:8], "little")
-    assert path.read_bytes()[8:9] == b"{" and header_length < 1000  # a JSON header, then raw tensors
+    assert (
+        path.read_bytes()[8:9] == b"{" and header_length < 1000
+    )  # a JSON header, then raw tensors
 
 
 def test_unreadable_or_foreign_files_are_refused_with_a_reason(tmp_path):
@@ -58,8 +65,11 @@ def test_unreadable_or_foreign_files_are_refused_with_a_reason(tmp_path):
     save_file({"W": torch.zeros(2, 2)}, str(tmp_path / "mystery.safetensors"), metadata=meta)
     with pytest.raises(ModelFileError, match="kind 'mystery'.*known: single-head, affine"):
         load_target(tmp_path / "mystery.safetensors")
-    save_file({"W": torch.zeros(3, 3), "v": torch.zeros(3)}, str(tmp_path / "lying.safetensors"),
-              metadata={**meta, "kind": "single-head"})
+    save_file(
+        {"W": torch.zeros(3, 3), "v": torch.zeros(3)},
+        str(tmp_path / "lying.safetensors"),
+        metadata={**meta, "kind": "single-head"},
+    )
     with pytest.raises(ModelFileError, match="says d = 2 but its weights have d = 3"):
         load_target(tmp_path / "lying.safetensors")
 
@@ -90,7 +100,10 @@ def test_new_kinds_join_through_the_registry(tmp_path):
         del TARGET_KINDS["test-linear"]
 
 
-@given(st.floats(allow_nan=False, allow_infinity=False, min_value=-1e300, max_value=1e300), st.integers(1, 15))
+@given(
+    st.floats(allow_nan=False, allow_infinity=False, min_value=-1e300, max_value=1e300),
+    st.integers(1, 15),
+)
 def test_rounding_keeps_the_nearest_value_with_that_many_significant_digits(y, digits):
     r = float(round_significant(np.array([y]), digits)[0])
     if y == 0:
@@ -123,19 +136,50 @@ def _write(path, tensors, d, dtype="float64", kind="single-head"):
     return path
 
 
-@pytest.mark.parametrize("tensors, header_dtype, words", [
-    ({"W": torch.zeros(3, 3, dtype=torch.float64), "v": torch.zeros(3, 1, dtype=torch.float64)}, "float64",
-     r"tensor 'v' has shape \(3, 1\).*needs \(3,\)"),
-    ({"W": torch.full((3, 3), float("nan"), dtype=torch.float64), "v": torch.zeros(3, dtype=torch.float64)},
-     "float64", "NaN or infinite"),
-    ({"W": torch.zeros(3, 3, dtype=torch.float64), "v": torch.tensor([1.0, float("inf"), 0], dtype=torch.float64)},
-     "float64", "NaN or infinite"),
-    ({"W": torch.zeros(3, 3, dtype=torch.float16), "v": torch.zeros(3, dtype=torch.float16)}, "float64",
-     "says dtype 'float64' but its tensors are 'float16'"),
-    ({"W": torch.zeros(3, 3, dtype=torch.float64), "v": torch.zeros(3, dtype=torch.float64),
-      "backdoor": torch.zeros(1, dtype=torch.float64)}, "float64", r"extra \['backdoor'\]"),
-    ({"W": torch.zeros(3, 3, dtype=torch.float64)}, "float64", "do not build one"),
-])
+@pytest.mark.parametrize(
+    "tensors, header_dtype, words",
+    [
+        (
+            {
+                "W": torch.zeros(3, 3, dtype=torch.float64),
+                "v": torch.zeros(3, 1, dtype=torch.float64),
+            },
+            "float64",
+            r"tensor 'v' has shape \(3, 1\).*needs \(3,\)",
+        ),
+        (
+            {
+                "W": torch.full((3, 3), float("nan"), dtype=torch.float64),
+                "v": torch.zeros(3, dtype=torch.float64),
+            },
+            "float64",
+            "NaN or infinite",
+        ),
+        (
+            {
+                "W": torch.zeros(3, 3, dtype=torch.float64),
+                "v": torch.tensor([1.0, float("inf"), 0], dtype=torch.float64),
+            },
+            "float64",
+            "NaN or infinite",
+        ),
+        (
+            {"W": torch.zeros(3, 3, dtype=torch.float16), "v": torch.zeros(3, dtype=torch.float16)},
+            "float64",
+            "says dtype 'float64' but its tensors are 'float16'",
+        ),
+        (
+            {
+                "W": torch.zeros(3, 3, dtype=torch.float64),
+                "v": torch.zeros(3, dtype=torch.float64),
+                "backdoor": torch.zeros(1, dtype=torch.float64),
+            },
+            "float64",
+            r"extra \['backdoor'\]",
+        ),
+        ({"W": torch.zeros(3, 3, dtype=torch.float64)}, "float64", "do not build one"),
+    ],
+)
 def test_damaged_or_doctored_model_files_are_refused(tmp_path, tensors, header_dtype, words):
     path = _write(tmp_path / "t.safetensors", tensors, 3, header_dtype)
     with pytest.raises(ModelFileError, match=words):

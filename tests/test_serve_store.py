@@ -99,7 +99,9 @@ def test_budgets_and_records_survive_reopening(tmp_path):
 
 @settings(max_examples=40, deadline=None)
 @given(budget=st.integers(0, 50), sizes=st.lists(st.integers(1, 12), max_size=30))
-def test_spent_is_exactly_what_was_granted_and_never_exceeds_the_budget(tmp_path_factory, budget, sizes):
+def test_spent_is_exactly_what_was_granted_and_never_exceeds_the_budget(
+    tmp_path_factory, budget, sizes
+):
     with KeyStore(tmp_path_factory.mktemp("prop") / "k.sqlite") as store:
         store.add_key("k", budget)
         key_id = store.get("k").id

@@ -25,6 +25,7 @@ FAST = settings(max_examples=40, deadline=None)
 
 # --- brute-force references (tests only) -------------------------------------------------
 
+
 def brute_qsa(z, y):
     n, N, _ = z.shape
     return np.array([[z[b, list(y[b, i])].mean(axis=0) for i in range(N)] for b in range(n)])
@@ -35,7 +36,9 @@ def brute_match2(x, M):
 
 
 def brute_match3(x, M):
-    return np.array([[int(any((xi + a + b) % M == 0 for a in row for b in row)) for xi in row] for row in x])
+    return np.array(
+        [[int(any((xi + a + b) % M == 0 for a in row for b in row)) for xi in row] for row in x]
+    )
 
 
 def brute_match3_local(x, M, w):
@@ -43,22 +46,30 @@ def brute_match3_local(x, M, w):
     out = np.zeros(x.shape, dtype=int)
     for b, row in enumerate(x):
         for i in range(N):
-            near = row[max(0, i - w):i + w + 1]
+            near = row[max(0, i - w) : i + w + 1]
             out[b, i] = any((row[i] + a + c) % M == 0 for a in near for c in near)
     return out
 
 
 def brute_match3_structured(x, partner, M):
-    return np.array([[int(any((xi + row[j] + row[p[j]]) % M == 0 for j in range(len(row)))) for xi in row]
-                     for row, p in zip(x, partner)])
+    return np.array(
+        [
+            [int(any((xi + row[j] + row[p[j]]) % M == 0 for j in range(len(row)))) for xi in row]
+            for row, p in zip(x, partner)
+        ]
+    )
 
 
 def residues(N_max=9, M_max=40):
     return st.tuples(st.integers(1, N_max), st.integers(2, M_max), st.integers(1, 3)).flatmap(
-        lambda t: st.tuples(arrays(np.int64, (t[2], t[0]), elements=st.integers(0, t[1] - 1)), st.just(t[1])))
+        lambda t: st.tuples(
+            arrays(np.int64, (t[2], t[0]), elements=st.integers(0, t[1] - 1)), st.just(t[1])
+        )
+    )
 
 
 # --- registry --------------------------------------------------------------------------
+
 
 def test_registry_lists_the_five_tasks():
     assert set(list_tasks()) >= {"qsa", "match2", "match3", "match3-local", "match3-structured"}
@@ -68,7 +79,9 @@ def test_registry_lists_the_five_tasks():
 
 
 def _small_params(name):
-    return {"qsa": {"N": 6, "q": 2}, "match3-local": {"N": 6, "M": 5, "window": 1}}.get(name, {"N": 6, "M": 5})
+    return {"qsa": {"N": 6, "q": 2}, "match3-local": {"N": 6, "M": 5, "window": 1}}.get(
+        name, {"N": 6, "M": 5}
+    )
 
 
 def test_get_task_rejects_unknown_names_and_parameters():
@@ -88,12 +101,15 @@ def test_register_task_refuses_a_second_class_under_a_taken_name():
         register_task("not-a-task")(int)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"N": 4, "q": 5}, "q <= N"),
-    ({"N": 0, "q": 1}, "N must be >= 1"),
-    ({"N": 4, "q": 2, "d_prime": 0}, "d_prime must be >= 1"),
-    ({"N": 4.0, "q": 2}, "N must be an integer"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"N": 4, "q": 5}, "q <= N"),
+        ({"N": 0, "q": 1}, "N must be >= 1"),
+        ({"N": 4, "q": 2, "d_prime": 0}, "d_prime must be >= 1"),
+        ({"N": 4.0, "q": 2}, "N must be an integer"),
+    ],
+)
 def test_qsa_validates_its_parameters(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
         get_task("qsa", **kwargs)
@@ -108,8 +124,15 @@ def test_match_validates_its_parameters():
 
 # --- qSA ---------------------------------------------------------------------------------
 
+
 @FAST
-@given(N=st.integers(1, 12), q_frac=st.floats(0, 1), d=st.integers(1, 5), n=st.integers(1, 4), seed=st.integers(0, 2**32 - 1))
+@given(
+    N=st.integers(1, 12),
+    q_frac=st.floats(0, 1),
+    d=st.integers(1, 5),
+    n=st.integers(1, 4),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_qsa_samples_have_the_contracted_form_and_brute_force_targets(N, q_frac, d, n, seed):
     q = 1 + int(q_frac * (N - 1))
     task = get_task("qsa", N=N, q=q, d_prime=d)
@@ -145,7 +168,9 @@ def test_qsa_tokens_encode_data_pointers_and_position():
     np.testing.assert_array_equal(tokens[..., :2], batch.inputs["z"])
     pointers = tokens[..., 2:8]
     assert np.all(pointers.sum(-1) == 3)
-    np.testing.assert_array_equal(np.sort(np.argsort(-pointers, axis=-1)[..., :3], axis=-1), batch.inputs["y"])
+    np.testing.assert_array_equal(
+        np.sort(np.argsort(-pointers, axis=-1)[..., :3], axis=-1), batch.inputs["y"]
+    )
     np.testing.assert_array_equal(tokens[0, :, 8:], np.eye(6))
 
 
@@ -205,11 +230,14 @@ def test_batch_select_and_to_dict():
 
 # --- Match solvers against brute force ---------------------------------------------------
 
+
 @FAST
 @given(residues())
 def test_match2_solver_equals_brute_force(data):
     x, M = data
-    np.testing.assert_array_equal(get_task("match2", N=x.shape[1], M=M).solve({"x": x}), brute_match2(x, M))
+    np.testing.assert_array_equal(
+        get_task("match2", N=x.shape[1], M=M).solve({"x": x}), brute_match2(x, M)
+    )
 
 
 @FAST
@@ -217,7 +245,9 @@ def test_match2_solver_equals_brute_force(data):
 def test_match3_solver_equals_brute_force_on_both_paths(data):
     # 2M <= N^2 takes the FFT path, larger M the pair-sum path; M up to 120 with N <= 9 hits both.
     x, M = data
-    np.testing.assert_array_equal(get_task("match3", N=x.shape[1], M=M).solve({"x": x}), brute_match3(x, M))
+    np.testing.assert_array_equal(
+        get_task("match3", N=x.shape[1], M=M).solve({"x": x}), brute_match3(x, M)
+    )
 
 
 @FAST
@@ -234,16 +264,21 @@ def test_match3_structured_solver_equals_brute_force(data, draw):
     x, M = data
     partner = draw.draw(arrays(np.int64, x.shape, elements=st.integers(0, x.shape[1] - 1)))
     task = get_task("match3-structured", N=x.shape[1], M=M)
-    np.testing.assert_array_equal(task.solve({"x": x, "partner": partner}), brute_match3_structured(x, partner, M))
+    np.testing.assert_array_equal(
+        task.solve({"x": x, "partner": partner}), brute_match3_structured(x, partner, M)
+    )
 
 
 def test_match3_local_with_a_window_covering_everything_is_match3():
     x = np.random.default_rng(0).integers(0, 31, size=(20, 7))
-    np.testing.assert_array_equal(get_task("match3-local", N=7, M=31, window=6).solve({"x": x}),
-                                  get_task("match3", N=7, M=31).solve({"x": x}))
+    np.testing.assert_array_equal(
+        get_task("match3-local", N=7, M=31, window=6).solve({"x": x}),
+        get_task("match3", N=7, M=31).solve({"x": x}),
+    )
 
 
 # --- Match symmetry facts ------------------------------------------------------------------
+
 
 @FAST
 @given(residues())
@@ -275,22 +310,38 @@ def test_match3_contains_match2_when_zero_is_present():
     rng = np.random.default_rng(4)
     x = rng.integers(0, 23, size=(200, 8))
     x[:, 0] = 0
-    assert np.all(get_task("match3", N=8, M=23).solve({"x": x}) >= get_task("match2", N=8, M=23).solve({"x": x}))
+    assert np.all(
+        get_task("match3", N=8, M=23).solve({"x": x})
+        >= get_task("match2", N=8, M=23).solve({"x": x})
+    )
 
 
 # --- balanced sampling ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, N, M", [
-    ("match2", 16, 7), ("match2", 64, 4096), ("match2", 64, 10**6),
-    ("match3", 16, 97), ("match3", 64, 64), ("match3", 64, 4096), ("match3", 32, 10**6),
-    ("match3-local", 64, 64), ("match3-local", 32, 10**5),
-    ("match3-structured", 64, 64), ("match3-structured", 64, 4096),
-])
+
+@pytest.mark.parametrize(
+    "name, N, M",
+    [
+        ("match2", 16, 7),
+        ("match2", 64, 4096),
+        ("match2", 64, 10**6),
+        ("match3", 16, 97),
+        ("match3", 64, 64),
+        ("match3", 64, 4096),
+        ("match3", 32, 10**6),
+        ("match3-local", 64, 64),
+        ("match3-local", 32, 10**5),
+        ("match3-structured", 64, 64),
+        ("match3-structured", 64, 4096),
+    ],
+)
 def test_balanced_sampling_makes_positives_and_negatives_common(name, N, M):
     task = get_task(name, N=N, M=M)
     batch = task.sample(5, 300)
     assert 0.3 <= task.positive_rate(batch) <= 0.7
-    np.testing.assert_array_equal(batch.targets, task.solve(batch.inputs))  # labels are the solver's
+    np.testing.assert_array_equal(
+        batch.targets, task.solve(batch.inputs)
+    )  # labels are the solver's
     assert batch.targets.dtype == np.int8 and set(np.unique(batch.targets)) <= {0, 1}
     assert batch.inputs["x"].min() >= 0 and batch.inputs["x"].max() < M
 
@@ -299,15 +350,28 @@ BRUTE = {
     "match2": lambda inputs, M, w: brute_match2(inputs["x"], M),
     "match3": lambda inputs, M, w: brute_match3(inputs["x"], M),
     "match3-local": lambda inputs, M, w: brute_match3_local(inputs["x"], M, w),
-    "match3-structured": lambda inputs, M, w: brute_match3_structured(inputs["x"], inputs["partner"], M),
+    "match3-structured": lambda inputs, M, w: brute_match3_structured(
+        inputs["x"], inputs["partner"], M
+    ),
 }
 
 
 @FAST
-@given(name=st.sampled_from(sorted(BRUTE)), N=st.integers(1, 10), M=st.integers(2, 3000), window=st.integers(0, 3),
-       balanced=st.booleans(), n=st.integers(1, 4), seed=st.integers(0, 2**32 - 1))
-def test_match_samplers_give_valid_inputs_and_brute_force_targets(name, N, M, window, balanced, n, seed):
-    params = {"N": N, "M": M, "balanced": balanced} | ({"window": window} if name == "match3-local" else {})
+@given(
+    name=st.sampled_from(sorted(BRUTE)),
+    N=st.integers(1, 10),
+    M=st.integers(2, 3000),
+    window=st.integers(0, 3),
+    balanced=st.booleans(),
+    n=st.integers(1, 4),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_match_samplers_give_valid_inputs_and_brute_force_targets(
+    name, N, M, window, balanced, n, seed
+):
+    params = {"N": N, "M": M, "balanced": balanced} | (
+        {"window": window} if name == "match3-local" else {}
+    )
     task = get_task(name, **params)
     batch = task.sample(np.random.default_rng(seed), n)
     x = batch.inputs["x"]
@@ -342,7 +406,9 @@ def test_structured_tokens_carry_the_pair_sum_angle():
     tokens = task.tokens(batch)
     sums = task.pair_sums(batch.inputs)
     np.testing.assert_allclose(tokens[..., 2], np.cos(2 * np.pi * sums / 11), atol=1e-15)
-    np.testing.assert_allclose(tokens[..., 0], np.cos(2 * np.pi * batch.inputs["x"] / 11), atol=1e-15)
+    np.testing.assert_allclose(
+        tokens[..., 0], np.cos(2 * np.pi * batch.inputs["x"] / 11), atol=1e-15
+    )
     assert tokens.shape == (2, 5, task.token_dim)
     local = get_task("match3-local", N=5, M=11, window=1)
     assert local.tokens(local.sample(0, 2)).shape == (2, 5, local.token_dim) == (2, 5, 7)
@@ -352,11 +418,19 @@ def test_match_score_counts_wrong_bits_after_rounding():
     task = get_task("match2", N=6, M=7)
     batch = task.sample(1, 4)
     predictions = batch.targets.astype(float) * 0.8 + 0.1  # 0.1 / 0.9: all correct after rounding
-    assert task.score(batch, predictions) == {"bit_errors": 0.0, "bit_error_rate": 0.0, "max_error": 0.0}
+    assert task.score(batch, predictions) == {
+        "bit_errors": 0.0,
+        "bit_error_rate": 0.0,
+        "max_error": 0.0,
+    }
     predictions[0, 1] = 1 - batch.targets[0, 1]
     predictions[0, 2] = 1 - batch.targets[0, 2]
     predictions[3, 0] = 1 - batch.targets[3, 0]
-    assert task.score(batch, predictions) == {"bit_errors": 3.0, "bit_error_rate": 3 / 24, "max_error": 0.5}
+    assert task.score(batch, predictions) == {
+        "bit_errors": 3.0,
+        "bit_error_rate": 3 / 24,
+        "max_error": 0.5,
+    }
     assert task.threshold == 0.5
 
 

@@ -1,4 +1,3 @@
-
 import numpy as np
 from typer.testing import CliRunner
 
@@ -20,8 +19,25 @@ def test_tasks_list_json_names_every_task_with_parameters():
 
 
 def test_tasks_sample_json_is_the_library_batch_for_the_same_seed():
-    result = runner.invoke(app, ["tasks", "sample", "qsa", "--N", "8", "--q", "3", "--d-prime", "2",
-                                 "--n", "2", "--seed", "5", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "tasks",
+            "sample",
+            "qsa",
+            "--N",
+            "8",
+            "--q",
+            "3",
+            "--d-prime",
+            "2",
+            "--n",
+            "2",
+            "--seed",
+            "5",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = last_json(result.output)
     batch = get_task("qsa", N=8, q=3, d_prime=2).sample(np.random.default_rng(5), 2)
@@ -34,12 +50,30 @@ def test_tasks_sample_match_tables_and_positive_rate():
     result = runner.invoke(app, ["tasks", "sample", "match3", "--N", "10", "--M", "31", "--n", "2"])
     assert result.exit_code == 0, result.output
     assert "match3 example 1" in result.output and "positive_rate" in result.output
-    data = last_json(runner.invoke(app, ["tasks", "sample", "match3-local", "--N", "10", "--M", "31",
-                                         "--window", "1", "--unbalanced", "--json"]).output)
+    data = last_json(
+        runner.invoke(
+            app,
+            [
+                "tasks",
+                "sample",
+                "match3-local",
+                "--N",
+                "10",
+                "--M",
+                "31",
+                "--window",
+                "1",
+                "--unbalanced",
+                "--json",
+            ],
+        ).output
+    )
     assert data["balanced"] is False and data["window"] == 1
     targets = np.array(data["examples"]["targets"])
     assert data["positive_rate"] == targets.mean()
-    structured = runner.invoke(app, ["tasks", "sample", "match3-structured", "--N", "6", "--M", "11", "--n", "1"])
+    structured = runner.invoke(
+        app, ["tasks", "sample", "match3-structured", "--N", "6", "--M", "11", "--n", "1"]
+    )
     assert "partner p(i)" in structured.output
 
 

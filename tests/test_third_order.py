@@ -31,7 +31,9 @@ def loop_reference(Q, K1, K2, V1, V2):
     out = np.zeros((B, N, V1.shape[-1]))
     for b in range(B):
         for i in range(N):
-            logits = np.array([[Q[b, i] @ (K1[b, j] * K2[b, k]) for k in range(N)] for j in range(N)])
+            logits = np.array(
+                [[Q[b, i] @ (K1[b, j] * K2[b, k]) for k in range(N)] for j in range(N)]
+            )
             w = np.exp(logits - logits.max())
             w /= w.sum()
             out[b, i] = sum(w[j, k] * V1[b, j] * V2[b, k] for j in range(N) for k in range(N))
@@ -40,19 +42,30 @@ def loop_reference(Q, K1, K2, V1, V2):
 
 def test_naive_einsum_matches_the_definition_loop():
     inputs = random_inputs(0, (2,), 5, 3, 2)
-    np.testing.assert_allclose(third_order_attention_naive(*inputs).numpy(), loop_reference(*inputs), rtol=0, atol=1e-13)
+    np.testing.assert_allclose(
+        third_order_attention_naive(*inputs).numpy(), loop_reference(*inputs), rtol=0, atol=1e-13
+    )
 
 
 @FAST
-@given(seed=st.integers(0, 10**6), lead=st.sampled_from([(1,), (3,), (2, 2)]), N=st.integers(1, 10),
-       m=st.integers(1, 5), m_v=st.integers(1, 4), chunk=st.one_of(st.none(), st.integers(1, 11)),
-       key_chunk=st.one_of(st.none(), st.integers(1, 11)), scale=st.sampled_from([0.1, 1.0, 8.0]))
+@given(
+    seed=st.integers(0, 10**6),
+    lead=st.sampled_from([(1,), (3,), (2, 2)]),
+    N=st.integers(1, 10),
+    m=st.integers(1, 5),
+    m_v=st.integers(1, 4),
+    chunk=st.one_of(st.none(), st.integers(1, 11)),
+    key_chunk=st.one_of(st.none(), st.integers(1, 11)),
+    scale=st.sampled_from([0.1, 1.0, 8.0]),
+)
 def test_chunked_equals_naive_for_any_blocking(seed, lead, N, m, m_v, chunk, key_chunk, scale):
     inputs = random_inputs(seed, lead, N, m, m_v, scale)
     out = third_order_attention(*inputs, chunk=chunk, key_chunk=key_chunk)
     assert out.shape == (*lead, N, m_v) and out.dtype == torch.float64
     ref = third_order_attention_naive(*inputs)
-    assert torch.max(torch.abs(out - ref)).item() <= 1e-12 * max(1.0, torch.max(torch.abs(ref)).item())
+    assert torch.max(torch.abs(out - ref)).item() <= 1e-12 * max(
+        1.0, torch.max(torch.abs(ref)).item()
+    )
 
 
 def test_memory_budget_forces_many_blocks_and_still_matches():
@@ -83,7 +96,9 @@ def test_huge_logits_stay_finite_across_blocks():
 
 def test_gradients_flow_through_the_blocked_and_unblocked_paths():
     inputs = [t.detach().requires_grad_() for t in random_inputs(1, (1,), 4, 2, 2)]
-    assert torch.autograd.gradcheck(lambda *t: third_order_attention(*t, chunk=3, key_chunk=2), inputs)
+    assert torch.autograd.gradcheck(
+        lambda *t: third_order_attention(*t, chunk=3, key_chunk=2), inputs
+    )
     assert torch.autograd.gradcheck(lambda *t: third_order_attention(*t), inputs)
     blocked = third_order_attention(*inputs, chunk=1, key_chunk=1).square().sum()
     grads = torch.autograd.grad(blocked, inputs)
@@ -101,8 +116,12 @@ def test_precision_rounds_inputs_logits_and_output():
     # only the logits' and the output's own rounding separate the two
     assert torch.max(torch.abs(out - exact_on_rounded)).item() < 0.2
     assert not torch.equal(out, third_order_attention(*inputs))
-    torch.testing.assert_close(third_order_attention(*inputs, precision=None), third_order_attention_naive(*inputs),
-                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        third_order_attention(*inputs, precision=None),
+        third_order_attention_naive(*inputs),
+        rtol=0,
+        atol=1e-12,
+    )
 
 
 def test_shape_errors_name_the_problem():
@@ -154,7 +173,9 @@ def test_module_shapes_heads_and_training_step():
         loss = (layer(X) - target).square().mean()
         optimiser.zero_grad()
         loss.backward()
-        assert all(p.grad is not None and torch.all(torch.isfinite(p.grad)) for p in layer.parameters())
+        assert all(
+            p.grad is not None and torch.all(torch.isfinite(p.grad)) for p in layer.parameters()
+        )
         optimiser.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
@@ -166,14 +187,22 @@ def test_module_shapes_heads_and_training_step():
 
 def test_module_heads_equal_per_head_functional_calls():
     torch.manual_seed(1)
-    layer = ThirdOrderAttention(4, 2, 3, heads=2, value_dim=3, bias=False, scale=1.0, dtype=torch.float64)
+    layer = ThirdOrderAttention(
+        4, 2, 3, heads=2, value_dim=3, bias=False, scale=1.0, dtype=torch.float64
+    )
     X = torch.randn(2, 5, 4, dtype=torch.float64)
     parts = []
     for h in range(2):
         rows, vrows = slice(2 * h, 2 * h + 2), slice(3 * h, 3 * h + 3)
-        parts.append(third_order_attention_naive(
-            X @ layer.query.weight[rows].T, X @ layer.key1.weight[rows].T, X @ layer.key2.weight[rows].T,
-            X @ layer.value1.weight[vrows].T, X @ layer.value2.weight[vrows].T))
+        parts.append(
+            third_order_attention_naive(
+                X @ layer.query.weight[rows].T,
+                X @ layer.key1.weight[rows].T,
+                X @ layer.key2.weight[rows].T,
+                X @ layer.value1.weight[vrows].T,
+                X @ layer.value2.weight[vrows].T,
+            )
+        )
     expected = torch.cat(parts, dim=-1) @ layer.out.weight.T
     torch.testing.assert_close(layer(X), expected, rtol=0, atol=1e-12)
 

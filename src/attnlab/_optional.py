@@ -9,10 +9,16 @@ from attnlab.errors import MissingDependency
 
 # top-level module name -> the attnlab extra that installs it
 EXTRA_OF = {
-    "fastapi": "serve", "starlette": "serve", "uvicorn": "serve", "httpx": "serve",
-    "dask": "sweep", "distributed": "sweep",
-    "matplotlib": "report", "jinja2": "report",
-    "pyarrow": "parquet", "pandas": "parquet",
+    "fastapi": "serve",
+    "starlette": "serve",
+    "uvicorn": "serve",
+    "httpx": "serve",
+    "dask": "sweep",
+    "distributed": "sweep",
+    "matplotlib": "report",
+    "jinja2": "report",
+    "pyarrow": "parquet",
+    "pandas": "parquet",
     "transformers": "hf",
 }
 

@@ -50,4 +50,6 @@ class MissingDependency(AttnlabError, ImportError):
     def __init__(self, module: str, extra: str, purpose: str = ""):
         self.module, self.extra = module, extra
         what = f" ({purpose})" if purpose else ""
-        super().__init__(f"{module} is not installed{what}; install it with: pip install 'attnlab[{extra}]'")
+        super().__init__(
+            f"{module} is not installed{what}; install it with: pip install 'attnlab[{extra}]'"
+        )

@@ -23,7 +23,9 @@ def main() -> None:
 
     try:
         app()
-    except ModuleNotFoundError as exc:  # an optional extra that a command imported outside `guarded`
+    except (
+        ModuleNotFoundError
+    ) as exc:  # an optional extra that a command imported outside `guarded`
         missing = as_missing_dependency(exc)
         if missing is None:
             raise

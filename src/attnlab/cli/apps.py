@@ -28,16 +28,24 @@ if not getattr(TyperOption.display_type_rich, "_attnlab_flags", False):
     TyperOption.display_type_rich = _flags_without_type(TyperOption.display_type_rich)
     TyperOption.display_type_rich._attnlab_flags = True  # type: ignore[attr-defined]
 
+
 def _known_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input or a bad file, not a bug: one line on stderr and exit 2."""
     import sqlite3
 
     from attnlab.errors import AttnlabError
 
-    known: list[type[BaseException]] = [AttnlabError, ValueError, OSError, sqlite3.DatabaseError,
-                                        ArithmeticError, MemoryError]
+    known: list[type[BaseException]] = [
+        AttnlabError,
+        ValueError,
+        OSError,
+        sqlite3.DatabaseError,
+        ArithmeticError,
+        MemoryError,
+    ]
     try:
         from pydantic import ValidationError
+
         known.append(ValidationError)
     except ImportError:
         pass
@@ -63,7 +71,7 @@ class GuardedGroup(TyperGroup):
             fail(exc)
 
 
-INT64_LIMIT = 2 ** 63
+INT64_LIMIT = 2**63
 
 
 def _bounded_values(original):
@@ -74,9 +82,13 @@ def _bounded_values(original):
         value = original(self, ctx, value)
         for item in value if isinstance(value, (list, tuple)) else (value,):
             if isinstance(item, int) and not isinstance(item, bool) and abs(item) >= INT64_LIMIT:
-                raise typer.BadParameter(f"{item} is too large (at most 2**63 - 1)", ctx=ctx, param=self)
+                raise typer.BadParameter(
+                    f"{item} is too large (at most 2**63 - 1)", ctx=ctx, param=self
+                )
             if isinstance(item, float) and item != item:
-                raise typer.BadParameter("nan is not a number; give a finite value", ctx=ctx, param=self)
+                raise typer.BadParameter(
+                    "nan is not a number; give a finite value", ctx=ctx, param=self
+                )
         return value
 
     process_value._attnlab_bounded = True  # type: ignore[attr-defined]
@@ -96,7 +108,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-extract_app = typer.Typer(help="Build a random target, learn it from black-box queries, report.", no_args_is_help=True)
+extract_app = typer.Typer(
+    help="Build a random target, learn it from black-box queries, report.", no_args_is_help=True
+)
 app.add_typer(extract_app, name="extract")
 
 
@@ -108,7 +122,12 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                 help="Print attnlab's version and exit."),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print attnlab's version and exit.",
+    ),
 ) -> None:
     """attnlab: learn attention from queries, and test what attention can represent."""

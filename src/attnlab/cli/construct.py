@@ -9,12 +9,18 @@ import typer
 from attnlab.cli.apps import app
 from attnlab.cli.output import emit, guarded, spinner
 
-construct_app = typer.Typer(help="Build the explicit constructions of Sanford-Hsu-Telgarsky and verify them.",
-                            no_args_is_help=True)
+construct_app = typer.Typer(
+    help="Build the explicit constructions of Sanford-Hsu-Telgarsky and verify them.",
+    no_args_is_help=True,
+)
 app.add_typer(construct_app, name="construct")
 
-JSON_OPTION = typer.Option(False, "--json", help="One JSON object on the last line instead of a table.")
-SEED_OPTION = typer.Option(0, "--seed", help="Seed of the random keys and of the verification inputs.")
+JSON_OPTION = typer.Option(
+    False, "--json", help="One JSON object on the last line instead of a table."
+)
+SEED_OPTION = typer.Option(
+    0, "--seed", help="Seed of the random keys and of the verification inputs."
+)
 
 
 def _working(message: str):
@@ -30,16 +36,22 @@ def _require(condition: bool, message: str) -> None:
 
 def _positive(**values: int | None) -> None:
     for name, value in values.items():
-        _require(value is None or value >= 1, f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        _require(
+            value is None or value >= 1, f"--{name.replace('_', '-')} must be >= 1, got {value}"
+        )
 
 
 def _report(construction: Any, verification: Any) -> dict[str, Any]:
     built = construction.to_dict()
     built.pop("search", None)
-    result = {**built, "max_error": verification.max_error, "threshold": verification.threshold,
-              "passed": verification.passed,
-              "random_max_error": verification.random["max_error"],
-              "adversarial_max_error": verification.adversarial.get("max_error", 0.0)}
+    result = {
+        **built,
+        "max_error": verification.max_error,
+        "threshold": verification.threshold,
+        "passed": verification.passed,
+        "random_max_error": verification.random["max_error"],
+        "adversarial_max_error": verification.adversarial.get("max_error", 0.0),
+    }
     if verification.bit_errors is not None:
         result["bit_errors"] = verification.bit_errors
     for key, value in verification.notes.items():
@@ -53,11 +65,20 @@ def construct_qsa(
     N: int = typer.Option(256, "--N", help="Sequence length."),
     q: int = typer.Option(4, "--q", help="Sparsity: each token averages q positions."),
     d_prime: int = typer.Option(4, "--d-prime", help="Dimension d' of the averaged vectors."),
-    eps: float = typer.Option(None, "--eps", help="Target worst-case error, in (0, 1) (default 1/(2q))."),
-    p: int = typer.Option(None, "--p", help="Bits of precision (default: Thm 2 formula; Thm 3 searches)."),
-    theorem: int = typer.Option(2, "--theorem", help="2: random keys + certificates; 3: moment curve."),
-    certificate: str = typer.Option("softmax-leak", "--certificate",
-                                    help="Thm 2 query program: 'softmax-leak' (optimised) or 'least-squares'."),
+    eps: float = typer.Option(
+        None, "--eps", help="Target worst-case error, in (0, 1) (default 1/(2q))."
+    ),
+    p: int = typer.Option(
+        None, "--p", help="Bits of precision (default: Thm 2 formula; Thm 3 searches)."
+    ),
+    theorem: int = typer.Option(
+        2, "--theorem", help="2: random keys + certificates; 3: moment curve."
+    ),
+    certificate: str = typer.Option(
+        "softmax-leak",
+        "--certificate",
+        help="Thm 2 query program: 'softmax-leak' (optimised) or 'least-squares'.",
+    ),
     n: int = typer.Option(1, "--n", help="Sampled sequences to verify on."),
     seed: int = SEED_OPTION,
     json_out: bool = JSON_OPTION,
@@ -76,24 +97,32 @@ def construct_qsa(
         )
 
         _positive(N=N, q=q, d_prime=d_prime, p=p, n=n)
-        _require(q <= N, f"--q must be <= --N (a token averages q of the N positions), got q={q}, N={N}")
+        _require(
+            q <= N, f"--q must be <= --N (a token averages q of the N positions), got q={q}, N={N}"
+        )
         _require(eps is None or 0 < eps < 1, f"--eps must be in (0, 1), got {eps}")
         _require(theorem in (2, 3), f"--theorem must be 2 or 3, got {theorem}")
-        _require(certificate in CERTIFICATES, f"--certificate must be one of {', '.join(CERTIFICATES)}, "
-                                              f"got {certificate!r}")
+        _require(
+            certificate in CERTIFICATES,
+            f"--certificate must be one of {', '.join(CERTIFICATES)}, got {certificate!r}",
+        )
         target = 1.0 / (2 * q) if eps is None else eps
         if theorem == 2:
             bits = certificate_precision(N, q, target) if p is None else p
             with _working(f"searching the smallest key width for N={N}, q={q}"):
                 construction, verification, tried = verified_certificate_qsa(
-                    N, q, d_prime, target, bits, seed, n=n, certificate=certificate)
+                    N, q, d_prime, target, bits, seed, n=n, certificate=certificate
+                )
             result = _report(construction, verification)
             result["widths_verified"] = len(tried)
             result["holdout"] = [f"{h['key_dim']}: {h['error']:.3g}" for h in construction.holdout]
         else:
             with _working(f"searching the precision for N={N}, q={q}"):
-                construction = (smallest_moment_curve_precision(N, q, d_prime, target, seed=seed) if p is None
-                                else MomentCurveQSA.build(N, q, d_prime, target, p))
+                construction = (
+                    smallest_moment_curve_precision(N, q, d_prime, target, seed=seed)
+                    if p is None
+                    else MomentCurveQSA.build(N, q, d_prime, target, p)
+                )
                 verification = construction.verify(rng=seed, n=n)
             result = _report(construction, verification)
         emit(result, json_out, title=f"qSA, Theorem {theorem}")
@@ -105,9 +134,14 @@ def construct_qsa(
 def construct_match2(
     N: int = typer.Option(64, "--N", help="Sequence length."),
     M: int = typer.Option(97, "--M", help="Modulus: residues in [0, M)."),
-    p: int = typer.Option(None, "--p", help="Bits of precision (default: the smallest that verifies)."),
-    residual: bool = typer.Option(False, "--residual/--no-residual",
-                                  help="Width 2 plus a residual (psi sees x_i) instead of width 3 without."),
+    p: int = typer.Option(
+        None, "--p", help="Bits of precision (default: the smallest that verifies)."
+    ),
+    residual: bool = typer.Option(
+        False,
+        "--residual/--no-residual",
+        help="Width 2 plus a residual (psi sees x_i) instead of width 3 without.",
+    ),
     n: int = typer.Option(32, "--n", help="Sampled (and near-miss) sequences to verify on."),
     seed: int = SEED_OPTION,
     json_out: bool = JSON_OPTION,
@@ -127,11 +161,18 @@ def construct_match2(
         _require(M >= 2, f"--M must be >= 2 (residues mod M), got {M}")
         kind = Match2Construction if residual else Match2WidthThree
         with _working("verifying"):
-            construction = (smallest_match_precision(lambda bits: kind.build(N, M, bits), seed, n)
-                            if p is None else kind.build(N, M, p))
+            construction = (
+                smallest_match_precision(lambda bits: kind.build(N, M, bits), seed, n)
+                if p is None
+                else kind.build(N, M, p)
+            )
             verification = construction.verify(rng=np.random.default_rng([seed, 1]), n=n)
-        emit(_report(construction, verification), json_out,
-             title="Match2, one unit" + (" (width 2 + residual)" if residual else " (width 3, no residual)"))
+        emit(
+            _report(construction, verification),
+            json_out,
+            title="Match2, one unit"
+            + (" (width 2 + residual)" if residual else " (width 3, no residual)"),
+        )
 
     guarded(run)
 
@@ -142,8 +183,12 @@ def construct_match3(
     M: int = typer.Option(211, "--M", help="Modulus: residues in [0, M)."),
     local: bool = typer.Option(False, "--local", help="Windowed Match3 with one standard head."),
     window: int = typer.Option(2, "--window", help="Window half-width w (with --local)."),
-    p: int = typer.Option(None, "--p", help="Bits of precision (default: the smallest that verifies; "
-                                            "with --local the smallest that certifies every window)."),
+    p: int = typer.Option(
+        None,
+        "--p",
+        help="Bits of precision (default: the smallest that verifies; "
+        "with --local the smallest that certifies every window).",
+    ),
     n: int = typer.Option(16, "--n", help="Sampled (and near-miss) sequences to verify on."),
     seed: int = SEED_OPTION,
     json_out: bool = JSON_OPTION,
@@ -163,8 +208,13 @@ def construct_match3(
                 construction = smallest_local_match3(N, M, window, p, seed)
                 title = "local Match3, one standard head"
             else:
-                construction = (smallest_match_precision(lambda bits: ThirdOrderMatch3.build(N, M, bits), seed, n)
-                                if p is None else ThirdOrderMatch3.build(N, M, p))
+                construction = (
+                    smallest_match_precision(
+                        lambda bits: ThirdOrderMatch3.build(N, M, bits), seed, n
+                    )
+                    if p is None
+                    else ThirdOrderMatch3.build(N, M, p)
+                )
                 title = "Match3, third-order attention"
             verification = construction.verify(rng=seed, n=n)
         emit(_report(construction, verification), json_out, title=title)
@@ -177,7 +227,9 @@ def construct_disjointness(
     q: int = typer.Option(8, "--q", help="DISJ size: Alice and Bob hold q bits each (q <= 16)."),
     m: int = typer.Option(8, "--m", help="Query (key) width m'."),
     p: int = typer.Option(1, "--p", help="Bits of precision."),
-    design: str = typer.Option("pair-code", "--design", help="'pair-code' (made for DISJ) or 'random' (Thm 2)."),
+    design: str = typer.Option(
+        "pair-code", "--design", help="'pair-code' (made for DISJ) or 'random' (Thm 2)."
+    ),
     seed: int = SEED_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
@@ -187,9 +239,14 @@ def construct_disjointness(
         from attnlab.constructions.lower_bound import MAX_ENUMERATED_Q, measure_disjointness
 
         _positive(m=m, p=p)
-        _require(1 <= q <= MAX_ENUMERATED_Q, f"--q must be in [1, {MAX_ENUMERATED_Q}] (all 2^q inputs are "
-                                             f"enumerated), got {q}")
-        _require(design in ("pair-code", "random"), f"--design must be 'pair-code' or 'random', got {design!r}")
+        _require(
+            1 <= q <= MAX_ENUMERATED_Q,
+            f"--q must be in [1, {MAX_ENUMERATED_Q}] (all 2^q inputs are enumerated), got {q}",
+        )
+        _require(
+            design in ("pair-code", "random"),
+            f"--design must be 'pair-code' or 'random', got {design!r}",
+        )
         measurement = measure_disjointness(q, m, p, seed, design)
         result = measurement.to_dict()
         witness = result.pop("witness")
@@ -204,8 +261,12 @@ def construct_disjointness(
 
 @construct_app.command("match3-lower-bound")
 def construct_match3_lower_bound(
-    n: int = typer.Option(4, "--n", help="DISJ size: Alice and Bob each hold a subset of [n] (N = 2n + 1)."),
-    m: int = typer.Option(None, "--m", help="Value width of the indicator layer (default n; below n it must fail)."),
+    n: int = typer.Option(
+        4, "--n", help="DISJ size: Alice and Bob each hold a subset of [n] (N = 2n + 1)."
+    ),
+    m: int = typer.Option(
+        None, "--m", help="Value width of the indicator layer (default n; below n it must fail)."
+    ),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Theorem 7's instance: Match3 at one token decides set disjointness; checked on all 4^n pairs."""
@@ -221,17 +282,25 @@ def construct_match3_lower_bound(
             witness_failure,
         )
 
-        _require(1 <= n <= MAX_ENUMERATED, f"--n must be in [1, {MAX_ENUMERATED}] (all 4^n pairs are run), got {n}")
+        _require(
+            1 <= n <= MAX_ENUMERATED,
+            f"--n must be in [1, {MAX_ENUMERATED}] (all 4^n pairs are run), got {n}",
+        )
         _require(m is None or 1 <= m <= n, f"--m must be in [1, n={n}], got {m}")
         instance = match3_instance(n)
         layer = indicator_layer(instance, m)
         witness = witness_failure(layer, instance)
-        result = {**check_match3_reduction(instance), **disjointness_rows(n), "m_v": n if m is None else m,
-                  "message_numbers": (n if m is None else m) + 1,
-                  "wrong_bits_all_pairs": exhaustive_layer_errors(layer, instance),
-                  "witness": None if witness is None else
-                  f"A={witness['A']} A'={witness['A_prime']} B={witness['B']} layer={witness['layer_bits']} "
-                  f"truth={witness['true_bits']}"}
+        result = {
+            **check_match3_reduction(instance),
+            **disjointness_rows(n),
+            "m_v": n if m is None else m,
+            "message_numbers": (n if m is None else m) + 1,
+            "wrong_bits_all_pairs": exhaustive_layer_errors(layer, instance),
+            "witness": None
+            if witness is None
+            else f"A={witness['A']} A'={witness['A_prime']} B={witness['B']} layer={witness['layer_bits']} "
+            f"truth={witness['true_bits']}",
+        }
         emit(result, json_out, title=f"Match3 disjointness instance, n = {n}")
 
     guarded(run)

@@ -31,9 +31,14 @@ class DeviceChoice(str, Enum):
 
 
 _STORE_OPTION = typer.Option(DEFAULT_STORE, "--store", help="SQLite results file.")
-_JSON_OPTION = typer.Option(False, "--json", help="One JSON object on the last line instead of tables.")
-_DEVICE_OPTION = typer.Option(None, "--device", help="Compute every run here (default: the config's "
-                                                      "train.device); run ids do not change.")
+_JSON_OPTION = typer.Option(
+    False, "--json", help="One JSON object on the last line instead of tables."
+)
+_DEVICE_OPTION = typer.Option(
+    None,
+    "--device",
+    help="Compute every run here (default: the config's train.device); run ids do not change.",
+)
 
 
 def _progress_default() -> bool:
@@ -47,18 +52,30 @@ def _not_a_file(path: Path | None, what: str) -> None:
 
 def _existing_store(store: Path) -> Path:
     if not store.exists():
-        raise ValueError(f"no results store at {store}; run `attnlab sweep ... --store {store}` first")
+        raise ValueError(
+            f"no results store at {store}; run `attnlab sweep ... --store {store}` first"
+        )
     return store
 
 
 @app.command()
 def train(
-    config: str = typer.Argument(..., help="A run config JSON file, or a built-in name (e.g. run-qsa-attention)."),
-    run_dir: Path = typer.Option(None, "--run-dir", help="Checkpoint here and resume from it if it has a checkpoint."),
+    config: str = typer.Argument(
+        ..., help="A run config JSON file, or a built-in name (e.g. run-qsa-attention)."
+    ),
+    run_dir: Path = typer.Option(
+        None, "--run-dir", help="Checkpoint here and resume from it if it has a checkpoint."
+    ),
     device: DeviceChoice = _DEVICE_OPTION,
-    log: str = typer.Option(None, "--log", help="Also log the curve: tensorboard:DIR or mlflow[:EXPERIMENT] "
-                                                 "(needs that package installed)."),
-    progress: bool = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr (default: when a TTY)."),
+    log: str = typer.Option(
+        None,
+        "--log",
+        help="Also log the curve: tensorboard:DIR or mlflow[:EXPERIMENT] "
+        "(needs that package installed).",
+    ),
+    progress: bool = typer.Option(
+        None, "--progress/--no-progress", help="Progress bar on stderr (default: when a TTY)."
+    ),
     json_out: bool = _JSON_OPTION,
 ) -> None:
     """Train one model on one task from a config file; print its test metrics."""
@@ -80,28 +97,54 @@ def train(
         else:
             logger_cm = nullcontext()
         with logger_cm as logger:
-            result = train_run(run, run_dir, progress=_progress_default() if progress is None else progress,
-                               logger=logger)
+            result = train_run(
+                run,
+                run_dir,
+                progress=_progress_default() if progress is None else progress,
+                logger=logger,
+            )
         if json_out:
             emit(result.to_dict(), True)
         else:
-            emit({"run_id": result.run_id, "status": result.status, "device": result.versions.get("device"),
-                  **result.metrics, **result.timings}, False,
-                 title=f"{run.model.arch} on {run.task.name} (seed {run.seed})")
+            emit(
+                {
+                    "run_id": result.run_id,
+                    "status": result.status,
+                    "device": result.versions.get("device"),
+                    **result.metrics,
+                    **result.timings,
+                },
+                False,
+                title=f"{run.model.arch} on {run.task.name} (seed {run.seed})",
+            )
 
     guarded(go)
 
 
 @app.command()
 def sweep(
-    sweep_file: str = typer.Argument(..., metavar="SWEEP", help="A sweep JSON file, or a built-in name (qsa-quick, qsa-samples, ...)."),
-    engine: EngineChoice = typer.Option(EngineChoice.local, "--engine", help="local processes, or dask."),
-    scheduler: str = typer.Option(None, "--scheduler", help="Dask scheduler address (default: start a LocalCluster)."),
-    workers: int = typer.Option(None, "--workers", min=1, help="Parallel runs (default: number of cores)."),
+    sweep_file: str = typer.Argument(
+        ...,
+        metavar="SWEEP",
+        help="A sweep JSON file, or a built-in name (qsa-quick, qsa-samples, ...).",
+    ),
+    engine: EngineChoice = typer.Option(
+        EngineChoice.local, "--engine", help="local processes, or dask."
+    ),
+    scheduler: str = typer.Option(
+        None, "--scheduler", help="Dask scheduler address (default: start a LocalCluster)."
+    ),
+    workers: int = typer.Option(
+        None, "--workers", min=1, help="Parallel runs (default: number of cores)."
+    ),
     device: DeviceChoice = _DEVICE_OPTION,
     store: Path = _STORE_OPTION,
-    runs_dir: Path = typer.Option(None, "--runs-dir", help="Per-run checkpoint dirs (default: STORE with .runs suffix)."),
-    progress: bool = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr (default: when a TTY)."),
+    runs_dir: Path = typer.Option(
+        None, "--runs-dir", help="Per-run checkpoint dirs (default: STORE with .runs suffix)."
+    ),
+    progress: bool = typer.Option(
+        None, "--progress/--no-progress", help="Progress bar on stderr (default: when a TTY)."
+    ),
     json_out: bool = _JSON_OPTION,
 ) -> None:
     """Run every not-yet-finished run of a sweep, writing results into the store. Exits 1 when
@@ -115,10 +158,16 @@ def sweep(
         _not_a_file(runs_dir, "--runs-dir")
         spec = load_sweep(sweep_file)  # a bad config fails before the store is created
         ResultStore(store).close()  # and a bad --store before any training
-        return run_sweep(spec, store, engine=engine.value, workers=workers, scheduler=scheduler,
-                         runs_dir=runs_dir or store.with_suffix(".runs"),
-                         progress=_progress_default() if progress is None else progress,
-                         device=device.value if device is not None else None)
+        return run_sweep(
+            spec,
+            store,
+            engine=engine.value,
+            workers=workers,
+            scheduler=scheduler,
+            runs_dir=runs_dir or store.with_suffix(".runs"),
+            progress=_progress_default() if progress is None else progress,
+            device=device.value if device is not None else None,
+        )
 
     summary = guarded(go)
     data = summary.to_dict()
@@ -130,9 +179,11 @@ def sweep(
         for failure in failures:
             console.print(f"[red]failed[/] {failure['run_id']}: {failure['error']}")
     if summary.failed:
-        err_console.print(f"[bold red]error:[/] {summary.failed} of {summary.total} runs failed "
-                          f"({summary.diverged} diverged); they are stored with their errors "
-                          f"(`attnlab results show --store {store}`) and rerun next time")
+        err_console.print(
+            f"[bold red]error:[/] {summary.failed} of {summary.total} runs failed "
+            f"({summary.diverged} diverged); they are stored with their errors "
+            f"(`attnlab results show --store {store}`) and rerun next time"
+        )
         raise typer.Exit(code=1)
 
 
@@ -153,7 +204,9 @@ def short_task(label: str) -> str:
 def _table(title: str, header: list[str], rows: list[list[str]]) -> None:
     if not rows:
         return
-    table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    table = Table(
+        title=title, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1)
+    )
     for name in header:
         table.add_column(name, overflow="fold")
     for row in rows:
@@ -178,19 +231,56 @@ def show(
         rows = summarise(records)
         needs, widths = sample_needs(records), width_needs(records)
         if json_out:
-            emit({"statuses": counts, "summary": rows, "samples_needed": needs, "width_needed": widths}, True)
+            emit(
+                {
+                    "statuses": counts,
+                    "summary": rows,
+                    "samples_needed": needs,
+                    "width_needed": widths,
+                },
+                True,
+            )
             return
         console.print("runs by status: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-        _table("test error (median over seeds)", ["task", "model", "n", "seeds", "max err", "mean err", "reached"],
-               [[short_task(r["task"]), r["model"], str(r["n_train"]), str(r["seeds"]), format_value(r["max_error"]),
-                 format_value(r.get("mean_error", r.get("bit_error_rate", float("nan")))),
-                 f"{r['reached_fraction']:.0%}"] for r in rows])
-        _table("samples to reach the threshold [95% interval]", ["task", "model", "worst case", "mean error"],
-               [[short_task(n["task"]), n["model"], n["max"]["text"], n["mean"]["text"]] for n in needs
-                if len(n["sizes_tried"]) > 1])
-        _table("smallest width reaching the threshold", ["task", "heads", "width", "tried"],
-               [[short_task(w["task"]), str(w["heads"]), w["text"], ",".join(map(str, w["widths_tried"]))]
-                for w in widths if len(w["widths_tried"]) > 1])
+        _table(
+            "test error (median over seeds)",
+            ["task", "model", "n", "seeds", "max err", "mean err", "reached"],
+            [
+                [
+                    short_task(r["task"]),
+                    r["model"],
+                    str(r["n_train"]),
+                    str(r["seeds"]),
+                    format_value(r["max_error"]),
+                    format_value(r.get("mean_error", r.get("bit_error_rate", float("nan")))),
+                    f"{r['reached_fraction']:.0%}",
+                ]
+                for r in rows
+            ],
+        )
+        _table(
+            "samples to reach the threshold [95% interval]",
+            ["task", "model", "worst case", "mean error"],
+            [
+                [short_task(n["task"]), n["model"], n["max"]["text"], n["mean"]["text"]]
+                for n in needs
+                if len(n["sizes_tried"]) > 1
+            ],
+        )
+        _table(
+            "smallest width reaching the threshold",
+            ["task", "heads", "width", "tried"],
+            [
+                [
+                    short_task(w["task"]),
+                    str(w["heads"]),
+                    w["text"],
+                    ",".join(map(str, w["widths_tried"])),
+                ]
+                for w in widths
+                if len(w["widths_tried"]) > 1
+            ],
+        )
 
     guarded(go)
 
@@ -200,14 +290,23 @@ def export(
     path: Path = typer.Argument(..., help="Output file; .csv or .parquet."),
     store: Path = _STORE_OPTION,
     sweep_name: str = typer.Option(None, "--sweep", help="Only this sweep's runs."),
-    curves: bool = typer.Option(False, "--curves", help="Export the training curves (one row per validation "
-                                                          "pass) instead of one row per run; Parquet only."),
+    curves: bool = typer.Option(
+        False,
+        "--curves",
+        help="Export the training curves (one row per validation "
+        "pass) instead of one row per run; Parquet only.",
+    ),
     json_out: bool = _JSON_OPTION,
 ) -> None:
     """Write one row per finished run (config, metrics, timings, versions) as CSV or Parquet."""
 
     def go():
-        from attnlab.experiments.store import ResultStore, export_csv, export_curves_parquet, export_parquet
+        from attnlab.experiments.store import (
+            ResultStore,
+            export_csv,
+            export_curves_parquet,
+            export_parquet,
+        )
 
         writers = {".csv": export_csv, ".parquet": export_parquet}
         if path.suffix not in writers:
@@ -215,7 +314,9 @@ def export(
         if curves and path.suffix != ".parquet":
             raise ValueError("--curves writes Parquet; name the file *.parquet")
         if not path.parent.is_dir():
-            raise ValueError(f"folder {path.parent} does not exist; create it first or write elsewhere")
+            raise ValueError(
+                f"folder {path.parent} does not exist; create it first or write elsewhere"
+            )
         if path.is_dir():
             raise ValueError(f"{path} is a folder; give a file name ending in {path.suffix}")
         with ResultStore(_existing_store(store)) as results:
@@ -238,12 +339,20 @@ def plot(
 
     def go():
         from attnlab.experiments.analysis import summarise
-        from attnlab.experiments.plots import plot_error_vs_samples, plot_samples_vs_n, plot_width_needs
+        from attnlab.experiments.plots import (
+            plot_error_vs_samples,
+            plot_samples_vs_n,
+            plot_width_needs,
+        )
         from attnlab.experiments.thresholds import sample_needs, width_needs
 
         _not_a_file(out, "--out")
         records, _ = _records(store, sweep_name)
-        written = {"error_vs_samples": str(plot_error_vs_samples(summarise(records), out / "error_vs_samples.png"))}
+        written = {
+            "error_vs_samples": str(
+                plot_error_vs_samples(summarise(records), out / "error_vs_samples.png")
+            )
+        }
         needs = [n for n in sample_needs(records) if len(n["sizes_tried"]) > 1]
         if any("q" in n["task_params"] for n in needs):
             written["samples_vs_n"] = str(plot_samples_vs_n(needs, out / "samples_vs_n.png"))

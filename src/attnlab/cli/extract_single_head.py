@@ -37,33 +37,73 @@ def run_single_head(run, progress: bool = True) -> dict[str, Any]:
     """The recipe evaluate.recipes.run_single_head, under a spinner."""
     from attnlab.evaluate import recipes
 
-    return with_spinner(f"extracting a d={run.d} head with method={run.method}", progress,
-                        lambda: recipes.run_single_head(run))
-
+    return with_spinner(
+        f"extracting a d={run.d} head with method={run.method}",
+        progress,
+        lambda: recipes.run_single_head(run),
+    )
 
 
 @extract_app.command("single-head")
 def single_head_command(
-    d: Optional[int] = typer.Option(None, "--d", help="Token width d of the random target (not with --target/--url)."),
-    rank: Optional[str] = typer.Option("full", "--rank", help="What the extractor assumes: 'full', 'auto' or r."),
-    target_rank: Optional[int] = typer.Option(None, "--target-rank", help="Rank of the target's W (default: --rank if a number, else full)."),
+    d: Optional[int] = typer.Option(
+        None, "--d", help="Token width d of the random target (not with --target/--url)."
+    ),
+    rank: Optional[str] = typer.Option(
+        "full", "--rank", help="What the extractor assumes: 'full', 'auto' or r."
+    ),
+    target_rank: Optional[int] = typer.Option(
+        None,
+        "--target-rank",
+        help="Rank of the target's W (default: --rank if a number, else full).",
+    ),
     method: str = typer.Option("adaptive", "--method", help=f"One of: {', '.join(METHODS)}."),
-    scale: float = typer.Option(1.0, "--scale", help="Standard deviation of the target's W entries."),
-    affine: bool = typer.Option(False, "--affine", help="Target and extract an affine head (biases u, c)."),
+    scale: float = typer.Option(
+        1.0, "--scale", help="Standard deviation of the target's W entries."
+    ),
+    affine: bool = typer.Option(
+        False, "--affine", help="Target and extract an affine head (biases u, c)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seeds the target and the extractor's probes."),
-    measurements: Optional[int] = typer.Option(None, "--measurements", help="Rank-one measurements for --method nuclear-norm."),
-    fidelity_samples: int = typer.Option(1000, "--fidelity-samples", help="Fresh sequences for the fidelity check (0 skips)."),
-    noise: Optional[str] = typer.Option(None, "--noise", help=f"Noisy oracle: {'|'.join(NOISE_KINDS)} (uses the robust noisy extractor)."),
-    tau: Optional[float] = typer.Option(None, "--tau", help="Noise size for bounded/adversarial (bound) and gaussian (sigma)."),
-    digits: Optional[int] = typer.Option(None, "--digits", help="Significant digits for --noise digits."),
+    measurements: Optional[int] = typer.Option(
+        None, "--measurements", help="Rank-one measurements for --method nuclear-norm."
+    ),
+    fidelity_samples: int = typer.Option(
+        1000, "--fidelity-samples", help="Fresh sequences for the fidelity check (0 skips)."
+    ),
+    noise: Optional[str] = typer.Option(
+        None,
+        "--noise",
+        help=f"Noisy oracle: {'|'.join(NOISE_KINDS)} (uses the robust noisy extractor).",
+    ),
+    tau: Optional[float] = typer.Option(
+        None, "--tau", help="Noise size for bounded/adversarial (bound) and gaussian (sigma)."
+    ),
+    digits: Optional[int] = typer.Option(
+        None, "--digits", help="Significant digits for --noise digits."
+    ),
     no_progress: bool = typer.Option(False, "--no-progress", help="No spinner on stderr."),
-    json_out: bool = typer.Option(False, "--json", help="One JSON object on the last line instead of a table."),
-    target: Optional[Path] = typer.Option(None, "--target", help="Extract from a file: a make-target model file, or a safetensors attention layer (docs/real-models.md)."),
-    url: Optional[str] = typer.Option(None, "--url", help="Extract from an `attnlab serve` endpoint (with --key)."),
-    key: Optional[str] = typer.Option(None, "--key", envvar="ATTNLAB_KEY", help="API key for --url."),
+    json_out: bool = typer.Option(
+        False, "--json", help="One JSON object on the last line instead of a table."
+    ),
+    target: Optional[Path] = typer.Option(
+        None,
+        "--target",
+        help="Extract from a file: a make-target model file, or a safetensors attention layer (docs/real-models.md).",
+    ),
+    url: Optional[str] = typer.Option(
+        None, "--url", help="Extract from an `attnlab serve` endpoint (with --key)."
+    ),
+    key: Optional[str] = typer.Option(
+        None, "--key", envvar="ATTNLAB_KEY", help="API key for --url."
+    ),
     head: int = typer.Option(0, "--head", help="--target layer file: which head."),
-    num_heads: Optional[int] = typer.Option(None, "--num-heads", help="--target layer file: heads (default: its metadata)."),
-    save: Optional[Path] = typer.Option(None, "--save", help="With --target/--url: write the recovered head as a make-target file."),
+    num_heads: Optional[int] = typer.Option(
+        None, "--num-heads", help="--target layer file: heads (default: its metadata)."
+    ),
+    save: Optional[Path] = typer.Option(
+        None, "--save", help="With --target/--url: write the recovered head as a make-target file."
+    ),
 ) -> None:
     """Extract a random single attention head from black-box queries and report its accuracy."""
 
@@ -74,18 +114,47 @@ def single_head_command(
             from attnlab.cli.extract_sources import extract_from_source
 
             if d is not None or noise is not None:
-                raise ValueError("--d and --noise describe a random target; drop them with --target/--url")
-            report = with_spinner("extracting a head", not no_progress, lambda: extract_from_source(
-                target=target, url=url, key=key, rank=parse_rank(rank), affine=affine, method=method,
-                seed=seed, fidelity_samples=fidelity_samples, head=head, num_heads=num_heads, save=save))
+                raise ValueError(
+                    "--d and --noise describe a random target; drop them with --target/--url"
+                )
+            report = with_spinner(
+                "extracting a head",
+                not no_progress,
+                lambda: extract_from_source(
+                    target=target,
+                    url=url,
+                    key=key,
+                    rank=parse_rank(rank),
+                    affine=affine,
+                    method=method,
+                    seed=seed,
+                    fidelity_samples=fidelity_samples,
+                    head=head,
+                    num_heads=num_heads,
+                    save=save,
+                ),
+            )
             emit(report, json_out, title="single-head extraction")
             return
         if d is None:
-            raise ValueError("--d is required for a random target (or give --target FILE / --url URL --key KEY)")
+            raise ValueError(
+                "--d is required for a random target (or give --target FILE / --url URL --key KEY)"
+            )
 
-        run = SingleHeadRun(d=d, rank=parse_rank(rank), target_rank=target_rank, method=method,
-                            scale=scale, affine=affine, seed=seed, measurements=measurements,
-                            fidelity_samples=fidelity_samples, noise=noise, tau=tau, digits=digits)
+        run = SingleHeadRun(
+            d=d,
+            rank=parse_rank(rank),
+            target_rank=target_rank,
+            method=method,
+            scale=scale,
+            affine=affine,
+            seed=seed,
+            measurements=measurements,
+            fidelity_samples=fidelity_samples,
+            noise=noise,
+            tau=tau,
+            digits=digits,
+        )
         report = run_single_head(run, progress=not no_progress)
         emit(report, json_out, title="single-head extraction")
 

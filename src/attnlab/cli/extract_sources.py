@@ -13,9 +13,20 @@ from pathlib import Path
 from typing import Any
 
 
-def extract_from_source(*, target: Path | None, url: str | None, key: str | None, rank, affine: bool,
-                        method: str, seed: int, fidelity_samples: int, head: int = 0,
-                        num_heads: int | None = None, save: Path | None = None) -> dict[str, Any]:
+def extract_from_source(
+    *,
+    target: Path | None,
+    url: str | None,
+    key: str | None,
+    rank,
+    affine: bool,
+    method: str,
+    seed: int,
+    fidelity_samples: int,
+    head: int = 0,
+    num_heads: int | None = None,
+    save: Path | None = None,
+) -> dict[str, Any]:
     """Build the oracle from the source, run single_head, and return the flat row."""
     from attnlab.evaluate.recipes import SingleHeadRun, single_head_row
     from attnlab.evaluate.truth import attention_head_form
@@ -27,7 +38,9 @@ def extract_from_source(*, target: Path | None, url: str | None, key: str | None
     truth, source = None, {}
     if url is not None:
         if not key:
-            raise ValueError("--url needs --key KEY (an API key of the service: `attnlab keys add NAME`)")
+            raise ValueError(
+                "--url needs --key KEY (an API key of the service: `attnlab keys add NAME`)"
+            )
         oracle = Oracle.http(url, key)
         source = {"source": url}
     else:
@@ -47,18 +60,33 @@ def extract_from_source(*, target: Path | None, url: str | None, key: str | None
             layer = from_safetensors_layer(target, head=head, num_heads=num_heads, seed=seed)
             oracle = Oracle(layer, d=layer.d)
             truth = _layer_truth(target, layer, attention_head_form)
-            affine = affine or bool(abs(truth["u"]).max() > 0 or truth["c"] != 0)  # the file has biases
+            affine = affine or bool(
+                abs(truth["u"]).max() > 0 or truth["c"] != 0
+            )  # the file has biases
             source = {"source": str(target), "kind": "safetensors-layer", "head": head}
-    result = single_head(oracle, rank=rank, affine=affine, method=method, seed=seed,
-                         fidelity_samples=fidelity_samples)
+    result = single_head(
+        oracle,
+        rank=rank,
+        affine=affine,
+        method=method,
+        seed=seed,
+        fidelity_samples=fidelity_samples,
+    )
     run = SingleHeadRun(d=oracle.d, rank=rank, method=method, affine=affine, seed=seed)
     if truth is not None:
         row = single_head_row(result, _ParamsOnly(truth), run)
     else:
-        row = {"method": result.method, "d": oracle.d, "rank": result.info.get("rank"),
-               "queries": result.queries, "dof": result.dof, "queries_per_dof": result.queries / result.dof,
-               "fidelity": result.fidelity, "fidelity_queries": result.fidelity_queries,
-               "seconds": result.seconds}
+        row = {
+            "method": result.method,
+            "d": oracle.d,
+            "rank": result.info.get("rank"),
+            "queries": result.queries,
+            "dof": result.dof,
+            "queries_per_dof": result.queries / result.dof,
+            "fidelity": result.fidelity,
+            "fidelity_queries": result.fidelity_queries,
+            "seconds": result.seconds,
+        }
     row.update(source)
     if save is not None:
         from attnlab.serve.model_file import save_target
@@ -74,7 +102,9 @@ def _header_format(path: Path) -> str | None:
         with safe_open(str(path), framework="pt") as f:
             return (f.metadata() or {}).get("format")
     except (SafetensorError, OSError) as exc:
-        raise ValueError(f"--target {str(path)!r} is not a readable safetensors file ({exc})") from None
+        raise ValueError(
+            f"--target {str(path)!r} is not a readable safetensors file ({exc})"
+        ) from None
 
 
 def _layer_truth(path: Path, layer, attention_head_form) -> dict:
@@ -90,9 +120,17 @@ def _layer_truth(path: Path, layer, attention_head_form) -> dict:
 
     Wo = t.get("o_proj.weight", np.eye(t["q_proj.weight"].shape[0]))[:, q]
     get = lambda name, rows: t[name][rows] if name in t else None
-    return attention_head_form(t["q_proj.weight"][q], t["k_proj.weight"][k], t["v_proj.weight"][k], Wo,
-                               layer.readout, dh ** -0.5, get("q_proj.bias", q), get("k_proj.bias", k),
-                               get("v_proj.bias", k))
+    return attention_head_form(
+        t["q_proj.weight"][q],
+        t["k_proj.weight"][k],
+        t["v_proj.weight"][k],
+        Wo,
+        layer.readout,
+        dh**-0.5,
+        get("q_proj.bias", q),
+        get("k_proj.bias", k),
+        get("v_proj.bias", k),
+    )
 
 
 class _ParamsOnly:

@@ -17,10 +17,14 @@ from attnlab.cli.output import console, emit, guarded
 # A literal copy so `--help` needs no torch; tests/test_startup.py checks it against the library.
 METHODS = ("continuation", "interpolation")
 
-multihead_app = typer.Typer(help="Multi-head attention: why its parameters are not identifiable.", no_args_is_help=True)
+multihead_app = typer.Typer(
+    help="Multi-head attention: why its parameters are not identifiable.", no_args_is_help=True
+)
 app.add_typer(multihead_app, name="multihead")
 
-JSON_OPTION = typer.Option(False, "--json", help="One JSON object on the last line instead of tables.")
+JSON_OPTION = typer.Option(
+    False, "--json", help="One JSON object on the last line instead of tables."
+)
 
 
 # -- the non-identifiability demo -------------------------------------------------------------
@@ -28,8 +32,14 @@ def demo_evidence(d: int, heads: int, seed: int, samples: int = 10_000) -> dict[
     """An equivalent pair (p, q) and the evidence that they compute one map."""
     import numpy as np
 
-    from attnlab.models.canonical import canonical, canonical_error, equivalent, equivalent_pair, maps_agree
-    from attnlab.models.canonical import single_head_probes
+    from attnlab.models.canonical import (
+        canonical,
+        canonical_error,
+        equivalent,
+        equivalent_pair,
+        maps_agree,
+        single_head_probes,
+    )
     from attnlab.oracle import Oracle
 
     if d < 1 or heads < 1:
@@ -38,7 +48,9 @@ def demo_evidence(d: int, heads: int, seed: int, samples: int = 10_000) -> dict[
     probes = single_head_probes(d, seed=seed)
     probe_answers = [Oracle(x, d=d).query_many(probes) for x in (p, q)]
     return {
-        "p": p, "q": q, "steps": steps,
+        "p": p,
+        "q": q,
+        "steps": steps,
         "heads_p": p.heads,
         "heads_q": q.heads,
         "canonical_heads": canonical(p).heads,
@@ -58,9 +70,12 @@ def _heads_table(name: str, params) -> Table:
     for column in ("head", "||W_h||_F", "W_h[0, :3]", "v_h"):
         table.add_column(column)
     for h in range(params.heads):
-        table.add_row(str(h), f"{np.linalg.norm(params.W[h]):.4f}",
-                      np.array2string(params.W[h, 0, :3], precision=3),
-                      np.array2string(params.v[h], precision=3))
+        table.add_row(
+            str(h),
+            f"{np.linalg.norm(params.W[h]):.4f}",
+            np.array2string(params.W[h, 0, :3], precision=3),
+            np.array2string(params.v[h], precision=3),
+        )
     return table
 
 
@@ -68,8 +83,12 @@ def _heads_table(name: str, params) -> Table:
 def demo_command(
     d: int = typer.Option(4, "--d", help="Token width."),
     heads: int = typer.Option(2, "--heads", help="Heads of the first parameterisation."),
-    seed: int = typer.Option(0, "--seed", help="Seeds both parameterisations and the test queries."),
-    samples: int = typer.Option(10_000, "--samples", help="Random sequences (lengths 1..64) compared."),
+    seed: int = typer.Option(
+        0, "--seed", help="Seeds both parameterisations and the test queries."
+    ),
+    samples: int = typer.Option(
+        10_000, "--samples", help="Random sequences (lengths 1..64) compared."
+    ),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Show two different multi-head parameterisations that compute the same map, with the evidence."""
@@ -88,25 +107,46 @@ def demo_command(
 
 
 # -- extraction -------------------------------------------------------------------------------
-def run_multi_head(d: int, heads: int, max_heads: int | None = None, seed: int = 0, scale: float = 1.0,
-                   fidelity_samples: int = 1000, progress: bool = False,
-                   method: str = "continuation") -> dict[str, Any]:
+def run_multi_head(
+    d: int,
+    heads: int,
+    max_heads: int | None = None,
+    seed: int = 0,
+    scale: float = 1.0,
+    fidelity_samples: int = 1000,
+    progress: bool = False,
+    method: str = "continuation",
+) -> dict[str, Any]:
     """Build a random H-head target, learn its canonical form, compare with the truth's."""
     from attnlab.evaluate.recipes import multi_head_row
 
-    return multi_head_row(d, heads, max_heads=max_heads, seed=seed, scale=scale,
-                          fidelity_samples=fidelity_samples, progress=progress, method=method)
+    return multi_head_row(
+        d,
+        heads,
+        max_heads=max_heads,
+        seed=seed,
+        scale=scale,
+        fidelity_samples=fidelity_samples,
+        progress=progress,
+        method=method,
+    )
 
 
 @extract_app.command("multi-head")
 def multi_head_command(
     d: int = typer.Option(..., "--d", help="Token width d of the random target."),
     heads: int = typer.Option(..., "--heads", help="Heads H of the random target."),
-    max_heads: Optional[int] = typer.Option(None, "--max-heads", help="Tell the learner only H <= H0 (it counts the heads)."),
+    max_heads: Optional[int] = typer.Option(
+        None, "--max-heads", help="Tell the learner only H <= H0 (it counts the heads)."
+    ),
     method: str = typer.Option("continuation", "--method", help=f"One of: {', '.join(METHODS)}."),
     seed: int = typer.Option(0, "--seed", help="Seeds the target and the learner's probes."),
-    scale: float = typer.Option(1.0, "--scale", help="Standard deviation of the target's W entries."),
-    fidelity_samples: int = typer.Option(1000, "--fidelity-samples", help="Fresh sequences for the fidelity check (0 skips)."),
+    scale: float = typer.Option(
+        1.0, "--scale", help="Standard deviation of the target's W entries."
+    ),
+    fidelity_samples: int = typer.Option(
+        1000, "--fidelity-samples", help="Fresh sequences for the fidelity check (0 skips)."
+    ),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar on stderr."),
     json_out: bool = JSON_OPTION,
 ) -> None:
@@ -114,21 +154,30 @@ def multi_head_command(
     import sys
 
     show = not no_progress and sys.stderr.isatty()  # a bar only for a person watching a terminal
-    guarded(lambda: emit(run_multi_head(d, heads, max_heads, seed, scale, fidelity_samples, show, method),
-                         json_out, title="multi-head extraction (canonical form)"))
+    guarded(
+        lambda: emit(
+            run_multi_head(d, heads, max_heads, seed, scale, fidelity_samples, show, method),
+            json_out,
+            title="multi-head extraction (canonical form)",
+        )
+    )
 
 
 def parse_dims(text: str) -> list[int]:
     try:
         dims = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise ValueError(f"--dims must be comma-separated integers such as 2,3,2; got {text!r}") from None
+        raise ValueError(
+            f"--dims must be comma-separated integers such as 2,3,2; got {text!r}"
+        ) from None
     if not dims:
         raise ValueError("--dims needs at least one subspace dimension")
     return dims
 
 
-def run_orthogonal_heads(d: int, dims: list[int], seed: int = 0, fidelity_samples: int = 1000) -> dict[str, Any]:
+def run_orthogonal_heads(
+    d: int, dims: list[int], seed: int = 0, fidelity_samples: int = 1000
+) -> dict[str, Any]:
     from attnlab.evaluate.recipes import orthogonal_heads_row
 
     return orthogonal_heads_row(d, dims, seed=seed, fidelity_samples=fidelity_samples)
@@ -137,14 +186,23 @@ def run_orthogonal_heads(d: int, dims: list[int], seed: int = 0, fidelity_sample
 @extract_app.command("orthogonal-heads")
 def orthogonal_heads_command(
     d: int = typer.Option(..., "--d", help="Token width d."),
-    dims: str = typer.Option(..., "--dims", help="Subspace dimensions, comma-separated (sum <= d), e.g. 2,3,2."),
+    dims: str = typer.Option(
+        ..., "--dims", help="Subspace dimensions, comma-separated (sum <= d), e.g. 2,3,2."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seeds the target and the probes."),
-    fidelity_samples: int = typer.Option(1000, "--fidelity-samples", help="Fresh sequences for the fidelity check (0 skips)."),
+    fidelity_samples: int = typer.Option(
+        1000, "--fidelity-samples", help="Fresh sequences for the fidelity check (0 skips)."
+    ),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Learn heads in known pairwise orthogonal subspaces with the single-head algorithm in each."""
-    guarded(lambda: emit(run_orthogonal_heads(d, parse_dims(dims), seed, fidelity_samples), json_out,
-                         title="multi-head extraction (orthogonal subspaces)"))
+    guarded(
+        lambda: emit(
+            run_orthogonal_heads(d, parse_dims(dims), seed, fidelity_samples),
+            json_out,
+            title="multi-head extraction (orthogonal subspaces)",
+        )
+    )
 
 
 __all__ = ["demo_evidence", "multihead_app", "parse_dims", "run_multi_head", "run_orthogonal_heads"]

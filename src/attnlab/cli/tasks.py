@@ -12,11 +12,15 @@ from rich.table import Table
 from attnlab.cli.apps import app
 from attnlab.cli.output import console, emit, guarded
 
-tasks_app = typer.Typer(help="Synthetic tasks (qSA, Match2, Match3 and variants): list them, sample examples.",
-                        no_args_is_help=True)
+tasks_app = typer.Typer(
+    help="Synthetic tasks (qSA, Match2, Match3 and variants): list them, sample examples.",
+    no_args_is_help=True,
+)
 app.add_typer(tasks_app, name="tasks")
 
-JSON_OPTION = typer.Option(False, "--json", help="One JSON object on the last line instead of tables.")
+JSON_OPTION = typer.Option(
+    False, "--json", help="One JSON object on the last line instead of tables."
+)
 
 
 def _parameter_text(default: Any) -> str:
@@ -30,8 +34,13 @@ def list_command(json_out: bool = JSON_OPTION) -> None:
 
     rows = []
     for name in list_tasks():
-        parameters = {k: (None if v is inspect.Parameter.empty else v) for k, v in task_parameters(name).items()}
-        rows.append({"name": name, "description": task_class(name).description, "parameters": parameters})
+        parameters = {
+            k: (None if v is inspect.Parameter.empty else v)
+            for k, v in task_parameters(name).items()
+        }
+        rows.append(
+            {"name": name, "description": task_class(name).description, "parameters": parameters}
+        )
     if json_out:
         typer.echo(json.dumps({"tasks": rows}))
         return
@@ -58,8 +67,12 @@ def _example_table(task, batch, index: int) -> Table:
         for column in ("z_i", "y_i", "target_i = mean z_j, j in y_i"):
             table.add_column(column)
         for i in range(task.N):
-            table.add_row(str(i), _fmt_vector(inputs["z"][i]), str(inputs["y"][i].tolist()),
-                          _fmt_vector(batch.targets[index, i]))
+            table.add_row(
+                str(i),
+                _fmt_vector(inputs["z"][i]),
+                str(inputs["y"][i].tolist()),
+                _fmt_vector(batch.targets[index, i]),
+            )
         return table
     table.add_column("x_i", justify="right")
     if "partner" in inputs:
@@ -80,10 +93,14 @@ def sample_command(
     name: str = typer.Argument(..., help="Task name (see `attnlab tasks list`)."),
     N: int = typer.Option(16, "--N", help="Sequence length."),
     q: Optional[int] = typer.Option(None, "--q", help="qsa: pointers per token."),
-    d_prime: Optional[int] = typer.Option(None, "--d-prime", help="qsa: data dimension d' (default 4)."),
+    d_prime: Optional[int] = typer.Option(
+        None, "--d-prime", help="qsa: data dimension d' (default 4)."
+    ),
     M: Optional[int] = typer.Option(None, "--M", help="match*: the modulus."),
     window: Optional[int] = typer.Option(None, "--window", help="match3-local: window radius w."),
-    unbalanced: bool = typer.Option(False, "--unbalanced", help="match*: uniform x instead of balanced sampling."),
+    unbalanced: bool = typer.Option(
+        False, "--unbalanced", help="match*: uniform x instead of balanced sampling."
+    ),
     n: int = typer.Option(3, "--n", help="Number of examples."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     json_out: bool = JSON_OPTION,
@@ -101,8 +118,14 @@ def sample_command(
             params["balanced"] = False
         task = get_task(name, **params)
         batch = task.sample(np.random.default_rng(seed), n)
-        summary: dict[str, Any] = {"task": task.name, **task.params, "n": n, "seed": seed,
-                                   "token_dim": task.token_dim, "threshold": task.threshold}
+        summary: dict[str, Any] = {
+            "task": task.name,
+            **task.params,
+            "n": n,
+            "seed": seed,
+            "token_dim": task.token_dim,
+            "threshold": task.threshold,
+        }
         if batch.targets.dtype == np.int8:
             summary["positive_rate"] = float(batch.targets.mean())
         if json_out:
@@ -110,6 +133,10 @@ def sample_command(
             return
         for index in range(min(n, 5)):
             console.print(_example_table(task, batch, index))
-        emit(summary, False, title=f"{task.name}: {n} example(s)" + (" (first 5 shown)" if n > 5 else ""))
+        emit(
+            summary,
+            False,
+            title=f"{task.name}: {n} example(s)" + (" (first 5 shown)" if n > 5 else ""),
+        )
 
     guarded(run)

@@ -47,14 +47,16 @@ MAX_ENUMERATED = 10
 
 def _check_size(n: int) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_ENUMERATED:
-        raise ValueError(f"the exhaustive check needs an int 1 <= n <= {MAX_ENUMERATED} (4^n input pairs), got {n!r}")
+        raise ValueError(
+            f"the exhaustive check needs an int 1 <= n <= {MAX_ENUMERATED} (4^n input pairs), got {n!r}"
+        )
     return int(n)
 
 
 def all_subsets(n: int) -> np.ndarray:
     """Every subset of [n] as a 0/1 row: (2^n, n)."""
     n = _check_size(n)
-    return ((np.arange(2 ** n)[:, None] >> np.arange(n)[None, :]) & 1).astype(np.int64)
+    return ((np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1).astype(np.int64)
 
 
 def disjointness_rows(n: int) -> dict[str, Any]:
@@ -62,8 +64,13 @@ def disjointness_rows(n: int) -> dict[str, Any]:
     sets = all_subsets(n)
     matrix = (sets @ sets.T) == 0
     distinct = len(np.unique(matrix, axis=0))
-    return {"n": n, "inputs": len(sets), "distinct_rows": int(distinct),
-            "one_way_bits_needed": math.log2(distinct), "fooling_set_ok": bool(fooling_set_holds(sets))}
+    return {
+        "n": n,
+        "inputs": len(sets),
+        "distinct_rows": int(distinct),
+        "one_way_bits_needed": math.log2(distinct),
+        "fooling_set_ok": bool(fooling_set_holds(sets)),
+    }
 
 
 def fooling_set_holds(sets: np.ndarray) -> bool:
@@ -112,7 +119,9 @@ def _only_cross_triples(n: int, M: int, c: int, da: int, db: int) -> bool:
     bob = {(-(c + t + 1)) % M: t for t in range(n)}
     for u, v in product(values, repeat=2):
         if (c + u + v) % M == 0:
-            cross = (u in alice and v in bob and alice[u] == bob[v]) or (v in alice and u in bob and alice[v] == bob[u])
+            cross = (u in alice and v in bob and alice[u] == bob[v]) or (
+                v in alice and u in bob and alice[v] == bob[u]
+            )
             if not cross:
                 return False
     return True
@@ -128,7 +137,9 @@ def match3_instance(n: int) -> Match3Instance:
                 for db in range(M):
                     if _only_cross_triples(n, M, c, da, db):
                         return Match3Instance(n, M, c, da, db)
-    raise RuntimeError(f"no instance found for n={n}")  # pragma: no cover - the scan always succeeds
+    raise RuntimeError(
+        f"no instance found for n={n}"
+    )  # pragma: no cover - the scan always succeeds
 
 
 def check_match3_reduction(instance: Match3Instance) -> dict[str, Any]:
@@ -139,12 +150,18 @@ def check_match3_reduction(instance: Match3Instance) -> dict[str, Any]:
     task = get_task("match3", N=instance.N, M=instance.M)
     bits = task.solve({"x": x})[:, 0]
     truth = np.array([bool((sets[a] * sets[b]).sum()) for a, b in pairs])
-    return {"n": instance.n, "N": instance.N, "M": instance.M, "pairs": len(pairs),
-            "reduction_exact": bool((bits.astype(bool) == truth).all())}
+    return {
+        "n": instance.n,
+        "N": instance.N,
+        "M": instance.M,
+        "pairs": len(pairs),
+        "reduction_exact": bool((bits.astype(bool) == truth).all()),
+    }
 
 
-def indicator_layer(instance: Match3Instance, value_dim: int | None = None,
-                    precision: int | None = None) -> MultiHeadAttentionLayer:
+def indicator_layer(
+    instance: Match3Instance, value_dim: int | None = None, precision: int | None = None
+) -> MultiHeadAttentionLayer:
     """One head, constant logits (uniform attention), value e_s for Alice's a_s, 2 e_t for Bob's
     b_t, 0 otherwise; psi: 1 iff some coordinate exceeds 2.5 / N. With value_dim = n it solves
     the instance (Alice's message: her indicator vector, n one-bit numbers). With value_dim < n
@@ -174,30 +191,42 @@ def indicator_layer(instance: Match3Instance, value_dim: int | None = None,
 
 def run_layer(layer: MultiHeadAttentionLayer, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return layer(torch.from_numpy(np.asarray(x, dtype=np.float64)[..., None])).numpy()  # (B, N) bits
+        return layer(
+            torch.from_numpy(np.asarray(x, dtype=np.float64)[..., None])
+        ).numpy()  # (B, N) bits
 
 
-def layer_messages(layer: MultiHeadAttentionLayer, instance: Match3Instance, precision: int | None = None) -> np.ndarray:
+def layer_messages(
+    layer: MultiHeadAttentionLayer, instance: Match3Instance, precision: int | None = None
+) -> np.ndarray:
     """Alice's message for every A (with B empty: her sums do not depend on B): per head the
     exp-weighted value sum and weight sum over her tokens, relative to token 0's own logit, each
     rounded to `precision` bits (None: exact float64). Shape (2^n, H (m_v + 1))."""
     sets = all_subsets(instance.n)
     empty = np.zeros(instance.n, dtype=np.int64)
-    x = torch.from_numpy(np.stack([instance.sequence(A, empty) for A in sets]).astype(np.float64)[..., None])
+    x = torch.from_numpy(
+        np.stack([instance.sequence(A, empty) for A in sets]).astype(np.float64)[..., None]
+    )
     alice = slice(1, instance.n + 1)
     parts = []
     with torch.no_grad():
         embedded = layer.input_map(x)
         for head in layer.heads:
             queries, keys, values = head.projections(embedded)
-            logits = round_to_bits(queries[:, :1] @ keys.transpose(-1, -2), head.precision)[:, 0]  # (2^n, N)
+            logits = round_to_bits(queries[:, :1] @ keys.transpose(-1, -2), head.precision)[
+                :, 0
+            ]  # (2^n, N)
             weights = torch.exp(logits - logits[:, :1])[:, alice]
-            parts += [(weights[..., None] * values[:, alice]).sum(dim=1), weights.sum(dim=1, keepdim=True)]
+            parts += [
+                (weights[..., None] * values[:, alice]).sum(dim=1),
+                weights.sum(dim=1, keepdim=True),
+            ]
     return round_to_bits(torch.cat(parts, dim=-1), precision).numpy()
 
 
-def witness_failure(layer: MultiHeadAttentionLayer, instance: Match3Instance,
-                    precision: int | None = None) -> dict[str, Any] | None:
+def witness_failure(
+    layer: MultiHeadAttentionLayer, instance: Match3Instance, precision: int | None = None
+) -> dict[str, Any] | None:
     """A collision of Alice's messages, the fooling-set B, and the layer's bits on both inputs
     (run through the layer): None when all 2^n messages differ."""
     sets = all_subsets(instance.n)
@@ -212,8 +241,14 @@ def witness_failure(layer: MultiHeadAttentionLayer, instance: Match3Instance,
     x = np.stack([instance.sequence(A, B), instance.sequence(A_prime, B)])
     bits = run_layer(layer, x)[:, 0]
     truth = get_task("match3", N=instance.N, M=instance.M).solve({"x": x})[:, 0]
-    return {"A": A.tolist(), "A_prime": A_prime.tolist(), "B": B.tolist(), "layer_bits": bits.astype(int).tolist(),
-            "true_bits": truth.astype(int).tolist(), "wrong": bool((bits != truth).any())}
+    return {
+        "A": A.tolist(),
+        "A_prime": A_prime.tolist(),
+        "B": B.tolist(),
+        "layer_bits": bits.astype(int).tolist(),
+        "true_bits": truth.astype(int).tolist(),
+        "wrong": bool((bits != truth).any()),
+    }
 
 
 def exhaustive_layer_errors(layer: MultiHeadAttentionLayer, instance: Match3Instance) -> int:

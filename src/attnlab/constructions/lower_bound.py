@@ -84,7 +84,7 @@ def disjoint_from_output(output_at_alice: np.ndarray, q: int) -> np.ndarray:
 def all_bit_vectors(q: int) -> np.ndarray:
     if not 1 <= q <= MAX_ENUMERATED_Q:
         raise ValueError(f"enumerating {{0,1}}^q needs 1 <= q <= {MAX_ENUMERATED_Q}, got q={q}")
-    return ((np.arange(2 ** q)[:, None] >> np.arange(q)[None, :]) & 1).astype(np.int64)
+    return ((np.arange(2**q)[:, None] >> np.arange(q)[None, :]) & 1).astype(np.int64)
 
 
 @dataclass
@@ -123,8 +123,9 @@ def pair_code_keys(q: int, key_dim: int | None = None) -> np.ndarray:
     return keys
 
 
-def measure_disjointness(q: int, key_dim: int, precision: int, seed: int = 0,
-                         design: str = "random") -> DisjointnessMeasurement:
+def measure_disjointness(
+    q: int, key_dim: int, precision: int, seed: int = 0, design: str = "random"
+) -> DisjointnessMeasurement:
     """Run a certificate head (N = 2q + 1, eps = 1/(2q)) on all DISJ_q instances; see module doc.
 
     design "random": the Theorem-2 head with random sign keys of width key_dim; "pair-code": the
@@ -140,7 +141,9 @@ def measure_disjointness(q: int, key_dim: int, precision: int, seed: int = 0,
         construction.keys = pair_code_keys(q, key_dim)
     a_all = all_bit_vectors(q)
     sets = 2 * np.arange(q)[None, :] + a_all
-    gaps = certificate_weight_gaps(construction.keys, sets, construction.beta, precision)  # w - 1_S/q
+    gaps = certificate_weight_gaps(
+        construction.keys, sets, construction.beta, precision
+    )  # w - 1_S/q
     d = gaps[:, 2 * np.arange(q) + 1]  # weight on 1-slots minus a_k / q
     worst = 2.0 * np.maximum(np.clip(d, 0, None).sum(axis=1), np.clip(-d, 0, None).sum(axis=1))
     # every (a, b): output e_1 coordinate -1 + 2 sum_{b_k=1} w_{2k+1}
@@ -149,12 +152,15 @@ def measure_disjointness(q: int, key_dim: int, precision: int, seed: int = 0,
     wrong_count = 0
     rows_per_block = max(1, (1 << 22) >> q)  # keeps each (a, b) block at <= 4M entries
     for start in range(0, len(a_all), rows_per_block):
-        output = -1.0 + 2.0 * weights_one_slots[start:start + rows_per_block] @ b_all
-        truly_disjoint = (a_all[start:start + rows_per_block] @ b_all) == 0
+        output = -1.0 + 2.0 * weights_one_slots[start : start + rows_per_block] @ b_all
+        truly_disjoint = (a_all[start : start + rows_per_block] @ b_all) == 0
         wrong_count += int(np.count_nonzero((output < -1.0 + 1.0 / q) != truly_disjoint))
     wrong = wrong_count / float(len(a_all)) ** 2
-    queries = round_to_bits(construction.beta * certificates(torch.from_numpy(construction.keys),
-                                                             torch.from_numpy(sets)), precision).numpy()
+    queries = round_to_bits(
+        construction.beta
+        * certificates(torch.from_numpy(construction.keys), torch.from_numpy(sets)),
+        precision,
+    ).numpy()
     _, first, inverse = np.unique(queries, axis=0, return_index=True, return_inverse=True)
     inverse = inverse.reshape(-1)
     witness = None
@@ -164,13 +170,26 @@ def measure_disjointness(q: int, key_dim: int, precision: int, seed: int = 0,
         extra = np.where((this == 1) & (other == 0))[0]
         b = np.zeros(q, dtype=np.int64)
         b[extra[:1] if len(extra) else np.where((other == 1) & (this == 0))[0][:1]] = 1
-        witness = {"a": this.tolist(), "a_prime": other.tolist(), "b": b.tolist(),
-                   "disjoint": [bool(this @ b == 0), bool(other @ b == 0)],
-                   "note": "a and a' send the same rounded query, so the head's outputs at Alice's "
-                           "token agree for every b, yet DISJ(a, b) != DISJ(a', b)"}
-    return DisjointnessMeasurement(q=q, key_dim=key_dim, precision=precision, query_bits=key_dim * precision,
-                                   worst_error=float(worst.max()), threshold=eps, wrong_decisions=wrong,
-                                   distinct_messages=int(len(first)), inputs=int(len(a_all)), witness=witness)
+        witness = {
+            "a": this.tolist(),
+            "a_prime": other.tolist(),
+            "b": b.tolist(),
+            "disjoint": [bool(this @ b == 0), bool(other @ b == 0)],
+            "note": "a and a' send the same rounded query, so the head's outputs at Alice's "
+            "token agree for every b, yet DISJ(a, b) != DISJ(a', b)",
+        }
+    return DisjointnessMeasurement(
+        q=q,
+        key_dim=key_dim,
+        precision=precision,
+        query_bits=key_dim * precision,
+        worst_error=float(worst.max()),
+        threshold=eps,
+        wrong_decisions=wrong,
+        distinct_messages=int(len(first)),
+        inputs=int(len(a_all)),
+        witness=witness,
+    )
 
 
 def check_instance(a, b) -> float:
@@ -181,11 +200,16 @@ def check_instance(a, b) -> float:
     return float(task.solve(inputs)[0, 2 * len(a), 0])
 
 
-def smallest_query_bits(q: int, key_dims: list[int], precisions: list[int], seed: int = 0,
-                        design: str = "random") -> dict[str, Any]:
+def smallest_query_bits(
+    q: int, key_dims: list[int], precisions: list[int], seed: int = 0, design: str = "random"
+) -> dict[str, Any]:
     """Over a grid of (m', p), the smallest m' p at which the head solves every DISJ_q instance."""
-    passing = [(k * p, k, p) for k in key_dims for p in precisions
-               if measure_disjointness(q, k, p, seed, design).solves]
+    passing = [
+        (k * p, k, p)
+        for k in key_dims
+        for p in precisions
+        if measure_disjointness(q, k, p, seed, design).solves
+    ]
     if not passing:
         return {"q": q, "query_bits": math.inf, "key_dim": None, "precision": None}
     bits, k, p = min(passing)

@@ -144,10 +144,12 @@ class Match2WidthThree(AngleMatchConstruction):
         beta, threshold = self.beta, ratio_threshold(self.N)
 
         def query(e: torch.Tensor) -> torch.Tensor:
-            return beta * torch.stack([2.0 * e[..., 0], torch.ones_like(e[..., 0]), torch.zeros_like(e[..., 0])], -1)
+            return beta * torch.stack(
+                [2.0 * e[..., 0], torch.ones_like(e[..., 0]), torch.zeros_like(e[..., 0])], -1
+            )
 
         def key(e: torch.Tensor) -> torch.Tensor:
-            return torch.stack([e[..., 0], -e[..., 0] ** 2, torch.zeros_like(e[..., 0])], dim=-1)
+            return torch.stack([e[..., 0], -(e[..., 0] ** 2), torch.zeros_like(e[..., 0])], dim=-1)
 
         def value(e: torch.Tensor) -> torch.Tensor:
             return e
@@ -155,11 +157,13 @@ class Match2WidthThree(AngleMatchConstruction):
         def readout(attended: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
             del tokens  # no residual: psi reads the attention output only
             cos, sin, flag = attended.unbind(-1)
-            ratio = sin ** 2 / torch.clamp(1.0 - cos ** 2, min=1e-300)
+            ratio = sin**2 / torch.clamp(1.0 - cos**2, min=1e-300)
             return ((flag > 0.5) | (ratio < threshold)).to(attended.dtype)
 
         head = AttentionUnit(query, key, value, precision=self.precision)
-        return MultiHeadAttentionLayer([head], input_map=self.embed, output_map=readout, precision=self.precision)
+        return MultiHeadAttentionLayer(
+            [head], input_map=self.embed, output_map=readout, precision=self.precision
+        )
 
     def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         tokens = torch.from_numpy(np.asarray(inputs["x"], dtype=np.float64)[..., None])
@@ -174,20 +178,27 @@ class Match2WidthThree(AngleMatchConstruction):
         verification = verify_match(task, self.predict, rng, n, order=2)
         x = np.empty((n, self.N), dtype=np.int64)
         for row in range(n):
-            a = int(rng.choice([1, self.M - 1, self.M // 2 - 1, (self.M + 1) // 2, int(rng.integers(self.M))]))
+            a = int(
+                rng.choice(
+                    [1, self.M - 1, self.M // 2 - 1, (self.M + 1) // 2, int(rng.integers(self.M))]
+                )
+            )
             x[row] = a
             if row % 2 == 1 and self.N > 1:
                 x[row, rng.integers(1, self.N)] = (-a) % self.M
             x[row, rng.random(self.N) < 0.1] = (a + rng.choice([-1, 1])) % self.M
         inputs = {"x": x}
         extra = task.score(Batch(inputs, task.solve(inputs)), self.predict(inputs))
-        verification.adversarial = merge_scores([verification.adversarial, extra], [verification.n_adversarial, n])
+        verification.adversarial = merge_scores(
+            [verification.adversarial, extra], [verification.n_adversarial, n]
+        )
         verification.n_adversarial += n
         return verification
 
 
-def smallest_match_precision(build: Callable[[int | None], Any], rng_seed: int = 0, n: int = 16,
-                             limit: int = 53):
+def smallest_match_precision(
+    build: Callable[[int | None], Any], rng_seed: int = 0, n: int = 16, limit: int = 53
+):
     """The construction build(p) at the smallest p whose verification has no wrong bit (p >= 53
     is float64 itself). Every candidate p is verified on the same sampled and near-miss inputs."""
 

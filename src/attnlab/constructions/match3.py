@@ -40,7 +40,9 @@ class ThirdOrderMatch3(AngleMatchConstruction):
         query = self.beta * torch.stack([cos, -cos, -sin, -sin], dim=-1)
         first = torch.stack([cos, sin, cos, sin], dim=-1)
         second = torch.stack([cos, sin, sin, cos], dim=-1)
-        attended = third_order_attention(query, first, second, first, second, precision=self.precision)
+        attended = third_order_attention(
+            query, first, second, first, second, precision=self.precision
+        )
         pair_cos = round_to_bits(attended[..., 0] - attended[..., 1], self.precision)
         pair_sin = round_to_bits(attended[..., 2] + attended[..., 3], self.precision)
         own_cos, own_sin = round_to_bits(cos, self.precision), round_to_bits(sin, self.precision)

@@ -57,7 +57,7 @@ def window_tolerance(M: int) -> float:
 
 
 def rounding_slack(precision: int | None) -> float:
-    return 0.0 if precision is None or precision >= 53 else 4.0 * 2.0 ** -precision
+    return 0.0 if precision is None or precision >= 53 else 4.0 * 2.0**-precision
 
 
 @dataclass
@@ -72,14 +72,17 @@ class LocalMatch3:
     search: dict[int, float] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, N: int, M: int, window: int, precision: int | None = None,
-              beta: float | None = None) -> LocalMatch3:
+    def build(
+        cls, N: int, M: int, window: int, precision: int | None = None, beta: float | None = None
+    ) -> LocalMatch3:
         task = Match3Local(N, check_modulus(M), window)
         reach = task._reach()
         construction = cls(int(N), int(M), int(window), precision, 1.0)
         if beta is None:
             period = construction.period
-            gap = math.cos(2 * math.pi * reach / period) - math.cos(2 * math.pi * (reach + 1) / period)
+            gap = math.cos(2 * math.pi * reach / period) - math.cos(
+                2 * math.pi * (reach + 1) / period
+            )
             others = max(1, math.ceil(N / (2 * reach + 1)))
             beta = math.log(others / (window_tolerance(M) / 4)) / gap if reach < N - 1 else 0.0
         construction.beta = float(beta)
@@ -111,7 +114,10 @@ class LocalMatch3:
         return 1
 
     def windows(self) -> list[np.ndarray]:
-        return [np.arange(max(0, i - self.reach), min(self.N, i + self.reach + 1)) for i in range(self.N)]
+        return [
+            np.arange(max(0, i - self.reach), min(self.N, i + self.reach + 1))
+            for i in range(self.N)
+        ]
 
     def _position_angles(self, position: torch.Tensor) -> torch.Tensor:
         phase = 2.0 * math.pi * position.to(torch.float64) / self.period
@@ -129,14 +135,20 @@ class LocalMatch3:
             pair = torch.stack([torch.cos(theta), torch.sin(theta)], dim=-1)
             return (blocks[..., :, None] * pair[..., None, :]).flatten(-2)
 
-        return AttentionUnit(lambda x: self.beta * self._position_angles(position(x)),
-                             lambda x: self._position_angles(position(x)), value, precision=self.precision)
+        return AttentionUnit(
+            lambda x: self.beta * self._position_angles(position(x)),
+            lambda x: self._position_angles(position(x)),
+            value,
+            precision=self.precision,
+        )
 
     def window_errors(self) -> np.ndarray:
         """Per position, the largest L / a over the residues its window holds, plus the rounding
         slack (module doc): (N,), exhaustive over all positions (the weights ignore x)."""
-        tokens = torch.stack([torch.zeros(self.N, dtype=torch.float64),
-                              torch.arange(self.N, dtype=torch.float64)], dim=-1)[None]
+        tokens = torch.stack(
+            [torch.zeros(self.N, dtype=torch.float64), torch.arange(self.N, dtype=torch.float64)],
+            dim=-1,
+        )[None]
         with torch.no_grad():
             weights = self._head().attention_weights(tokens)[0].numpy()  # (N, N)
         residues = np.arange(self.N) % self.width
@@ -164,7 +176,12 @@ class LocalMatch3:
         def readout(attended: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
             i = tokens[..., 1].round().long()
             blocks = attended.unflatten(-1, (W, 2))
-            gathered = torch.round(torch.atan2(blocks[..., 1], blocks[..., 0]) * M / (2.0 * math.pi)).long() % M
+            gathered = (
+                torch.round(
+                    torch.atan2(blocks[..., 1], blocks[..., 0]) * M / (2.0 * math.pi)
+                ).long()
+                % M
+            )
             own = tokens[..., 0].round().long()
             total = (own[..., None, None] + gathered[..., :, None] + gathered[..., None, :]) % M
             valid = present[i][..., :, None] & present[i][..., None, :]
@@ -174,7 +191,9 @@ class LocalMatch3:
 
     def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         x = np.asarray(inputs["x"], dtype=np.float64)
-        tokens = np.stack([x, np.broadcast_to(np.arange(self.N, dtype=np.float64), x.shape)], axis=-1)
+        tokens = np.stack(
+            [x, np.broadcast_to(np.arange(self.N, dtype=np.float64), x.shape)], axis=-1
+        )
         with torch.no_grad():
             return self.model()(torch.from_numpy(tokens)).numpy().astype(np.int8)
 
@@ -185,20 +204,36 @@ class LocalMatch3:
         task = matching_task(task, self.task())
         verification = verify_match(task, self.predict, rng, n, order=3)
         errors = self.window_errors()
-        verification.notes.update({"window_error_max": float(errors.max()),
-                                   "window_tolerance": window_tolerance(self.M),
-                                   "certified_all_inputs": bool(errors.max() <= window_tolerance(self.M))})
+        verification.notes.update(
+            {
+                "window_error_max": float(errors.max()),
+                "window_tolerance": window_tolerance(self.M),
+                "certified_all_inputs": bool(errors.max() <= window_tolerance(self.M)),
+            }
+        )
         return verification
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": "match3-local", "attention": "standard", "N": self.N, "M": self.M,
-                "window": self.window, "m": self.m, "key_dim": self.key_dim, "value_dim": 2 * self.width,
-                "heads": self.heads, "p": self.precision, "beta": self.beta, "residual": True,
-                "search": {str(k): v for k, v in sorted(self.search.items())}}
+        return {
+            "task": "match3-local",
+            "attention": "standard",
+            "N": self.N,
+            "M": self.M,
+            "window": self.window,
+            "m": self.m,
+            "key_dim": self.key_dim,
+            "value_dim": 2 * self.width,
+            "heads": self.heads,
+            "p": self.precision,
+            "beta": self.beta,
+            "residual": True,
+            "search": {str(k): v for k, v in sorted(self.search.items())},
+        }
 
 
-def smallest_local_match3(N: int, M: int, window: int, precision: int | None = None, seed: int = 0,
-                          limit: int = 53) -> LocalMatch3:
+def smallest_local_match3(
+    N: int, M: int, window: int, precision: int | None = None, seed: int = 0, limit: int = 53
+) -> LocalMatch3:
     """The local-Match3 head at the smallest precision p (p >= 53: float64) whose every window is
     certified; with `precision` given, that head (raising if it does not certify). `seed` is
     accepted for a uniform signature: the construction has no randomness."""
@@ -207,15 +242,21 @@ def smallest_local_match3(N: int, M: int, window: int, precision: int | None = N
     if precision is not None:
         found = LocalMatch3.build(N, M, window, precision)
         if found.window_errors().max() > tolerance:
-            raise ConstructionFailed(f"local Match3 N={N}, M={M}, window={window}: p={precision} bits do not "
-                                     "certify every window; give more precision (or omit --p to search it)")
+            raise ConstructionFailed(
+                f"local Match3 N={N}, M={M}, window={window}: p={precision} bits do not "
+                "certify every window; give more precision (or omit --p to search it)"
+            )
         return found
 
     def error_at(bits: int) -> float:
-        return float(LocalMatch3.build(N, M, window, None if bits >= 53 else bits).window_errors().max())
+        return float(
+            LocalMatch3.build(N, M, window, None if bits >= 53 else bits).window_errors().max()
+        )
 
     try:
-        bits, history = smallest_passing(error_at, tolerance, start=2, limit=limit, what="precision p")
+        bits, history = smallest_passing(
+            error_at, tolerance, start=2, limit=limit, what="precision p"
+        )
     except ConstructionFailed as exc:
         raise ConstructionFailed(f"local Match3 N={N}, M={M}, window={window}: {exc}") from None
     found = LocalMatch3.build(N, M, window, None if bits >= 53 else bits)

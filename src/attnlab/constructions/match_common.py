@@ -68,7 +68,9 @@ def near_miss_inputs(rng: np.random.Generator, n: int, N: int, M: int, order: in
     return x
 
 
-def verify_match(task: MatchTask, predict, rng, n: int, order: int, n_adversarial: int | None = None) -> Verification:
+def verify_match(
+    task: MatchTask, predict, rng, n: int, order: int, n_adversarial: int | None = None
+) -> Verification:
     """Score `predict` (inputs -> (n, N) bits) on n sampled sequences and n near-miss sequences."""
     rng = as_generator(rng)
     batch = task.sample(rng, n)
@@ -80,11 +82,19 @@ def verify_match(task: MatchTask, predict, rng, n: int, order: int, n_adversaria
         inputs.update(extra(rng, n_adversarial))
     adversarial = Batch(inputs, task.solve(inputs))
     adversarial_score = task.score(adversarial, predict(adversarial.inputs))
-    return Verification(task=task.name, params=task.params, threshold=task.threshold,
-                        random=random_score, adversarial=merge_scores([adversarial_score], [n_adversarial]),
-                        n_random=n, n_adversarial=n_adversarial,
-                        notes={"positive_rate_random": float(batch.targets.mean()),
-                               "positive_rate_adversarial": float(adversarial.targets.mean())})
+    return Verification(
+        task=task.name,
+        params=task.params,
+        threshold=task.threshold,
+        random=random_score,
+        adversarial=merge_scores([adversarial_score], [n_adversarial]),
+        n_random=n,
+        n_adversarial=n_adversarial,
+        notes={
+            "positive_rate_random": float(batch.targets.mean()),
+            "positive_rate_adversarial": float(adversarial.targets.mean()),
+        },
+    )
 
 
 @dataclass
@@ -127,11 +137,22 @@ class AngleMatchConstruction:
 
     def verify(self, task: MatchTask | None = None, rng=0, n: int = 16) -> Verification:
         """No wrong bit allowed on n sampled and n near-miss sequences (task.score)."""
-        return verify_match(matching_task(task, self.task()), self.predict, rng, n, order=self.order)
+        return verify_match(
+            matching_task(task, self.task()), self.predict, rng, n, order=self.order
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task_name, "attention": self.attention, "N": self.N, "M": self.M, "m": self.m,
-                "heads": self.heads, "p": self.precision, "beta": self.beta,
-                "residual": self.residual_inputs > 0, "residual_inputs": self.residual_inputs,
-                "m_including_residual": self.m + self.residual_inputs,
-                "search": {str(k): v for k, v in sorted(self.search.items())}}
+        return {
+            "task": self.task_name,
+            "attention": self.attention,
+            "N": self.N,
+            "M": self.M,
+            "m": self.m,
+            "heads": self.heads,
+            "p": self.precision,
+            "beta": self.beta,
+            "residual": self.residual_inputs > 0,
+            "residual_inputs": self.residual_inputs,
+            "m_including_residual": self.m + self.residual_inputs,
+            "search": {str(k): v for k, v in sorted(self.search.items())},
+        }

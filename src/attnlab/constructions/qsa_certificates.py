@@ -81,8 +81,10 @@ def random_sign_keys(key_dim: int, N: int, seed: int) -> np.ndarray:
     """U in {+-1/sqrt(key_dim)}^{key_dim x N}. Rows come in blocks of 64 drawn from (seed, block),
     so the keys of width m' are the first m' rows of those of any larger width: the search over
     m' compares nested designs, not unrelated draws."""
-    blocks = [np.random.default_rng([seed, block]).choice(np.array([-1.0, 1.0]), size=(_KEY_BLOCK, N))
-              for block in range(-(-key_dim // _KEY_BLOCK))]
+    blocks = [
+        np.random.default_rng([seed, block]).choice(np.array([-1.0, 1.0]), size=(_KEY_BLOCK, N))
+        for block in range(-(-key_dim // _KEY_BLOCK))
+    ]
     return np.concatenate(blocks)[:key_dim] / math.sqrt(key_dim)
 
 
@@ -97,20 +99,33 @@ def certificate_keys(key_dim: int, N: int, seed: int) -> np.ndarray:
 
 def check_certificate(certificate: str) -> str:
     if certificate not in CERTIFICATES:
-        raise ValueError(f"certificate must be one of {', '.join(CERTIFICATES)}, got {certificate!r}")
+        raise ValueError(
+            f"certificate must be one of {', '.join(CERTIFICATES)}, got {certificate!r}"
+        )
     return certificate
 
 
-def certificate_vectors(keys: torch.Tensor, sets: torch.Tensor, beta: float, certificate: str,
-                        iterations: int = DEFAULT_ITERATIONS) -> torch.Tensor:
+def certificate_vectors(
+    keys: torch.Tensor,
+    sets: torch.Tensor,
+    beta: float,
+    certificate: str,
+    iterations: int = DEFAULT_ITERATIONS,
+) -> torch.Tensor:
     """The certificate w_S of every set (..., q) under the named program: (..., m')."""
     if check_certificate(certificate) == "least-squares":
         return least_squares_certificates(keys, sets)
     return leak_certificates(keys, sets, beta, iterations)
 
 
-def certificate_weight_gaps(keys: np.ndarray, sets: np.ndarray, beta: float, precision: int | None,
-                            certificate: str = "least-squares", iterations: int = DEFAULT_ITERATIONS) -> np.ndarray:
+def certificate_weight_gaps(
+    keys: np.ndarray,
+    sets: np.ndarray,
+    beta: float,
+    precision: int | None,
+    certificate: str = "least-squares",
+    iterations: int = DEFAULT_ITERATIONS,
+) -> np.ndarray:
     """a - 1_S/|S| for the attention weights a of a certificate query on each set: (k, N).
 
     All sets have one size s = sets.shape[1]; queries, keys and logits are rounded to `precision`
@@ -139,8 +154,12 @@ def greedy_least_squares_sets(keys: np.ndarray, targets: np.ndarray, q: int) -> 
     current = pool[:, :0]
     for _ in range(q):
         taken = (pool[:, :, None] == current[:, None, :]).any(dim=-1)  # (T, P)
-        trial = torch.cat([current[:, None, :].expand(-1, pool.shape[1], -1), pool[:, :, None]], dim=-1)
-        score = (least_squares_certificates(key_tensor, trial) * target_keys[:, None, :]).sum(dim=-1)
+        trial = torch.cat(
+            [current[:, None, :].expand(-1, pool.shape[1], -1), pool[:, :, None]], dim=-1
+        )
+        score = (least_squares_certificates(key_tensor, trial) * target_keys[:, None, :]).sum(
+            dim=-1
+        )
         score[taken] = -math.inf
         best = score.argmax(dim=1)
         current = trial[torch.arange(len(trial)), best]
@@ -166,31 +185,59 @@ class CertificateQSA:
     holdout: list[dict[str, float]] = field(default_factory=list)
 
     @classmethod
-    def build(cls, N: int, q: int, d_prime: int, eps: float, key_dim: int, precision: int | None = None,
-              seed: int = 0, beta: float | None = None, certificate: str = "softmax-leak",
-              iterations: int = DEFAULT_ITERATIONS) -> CertificateQSA:
+    def build(
+        cls,
+        N: int,
+        q: int,
+        d_prime: int,
+        eps: float,
+        key_dim: int,
+        precision: int | None = None,
+        seed: int = 0,
+        beta: float | None = None,
+        certificate: str = "softmax-leak",
+        iterations: int = DEFAULT_ITERATIONS,
+    ) -> CertificateQSA:
         QSparseAveraging(N, q, d_prime)  # validates N, q, d'
         if not 0 < eps < 1:
             raise ValueError(f"eps must be in (0, 1), got {eps}")
         if key_dim < 1:
             raise ValueError(f"key_dim must be >= 1, got {key_dim}")
         beta = certificate_temperature(N, q, eps) if beta is None else float(beta)
-        return cls(N, q, d_prime, float(eps), int(key_dim), precision, beta, int(seed),
-                   certificate_keys(key_dim, N, seed), check_certificate(certificate), int(iterations))
+        return cls(
+            N,
+            q,
+            d_prime,
+            float(eps),
+            int(key_dim),
+            precision,
+            beta,
+            int(seed),
+            certificate_keys(key_dim, N, seed),
+            check_certificate(certificate),
+            int(iterations),
+        )
 
     @property
     def m(self) -> int:
         return self.key_dim + self.d_prime
 
     def vectors(self, sets: torch.Tensor, iterations: int | None = None) -> torch.Tensor:
-        return certificate_vectors(torch.from_numpy(self.keys), sets, self.beta, self.certificate,
-                                   self.iterations if iterations is None else iterations)
+        return certificate_vectors(
+            torch.from_numpy(self.keys),
+            sets,
+            self.beta,
+            self.certificate,
+            self.iterations if iterations is None else iterations,
+        )
 
     # --- the model ------------------------------------------------------------------------
     def tokens(self, inputs: dict[str, np.ndarray]) -> torch.Tensor:
         """The paper's literal tokens x_i = (z_i, y_i, i): (n, N, d' + q + 1) float64."""
         z, y = np.asarray(inputs["z"], dtype=np.float64), np.asarray(inputs["y"])
-        position = np.broadcast_to(np.arange(self.N, dtype=np.float64)[None, :, None], (*z.shape[:2], 1))
+        position = np.broadcast_to(
+            np.arange(self.N, dtype=np.float64)[None, :, None], (*z.shape[:2], 1)
+        )
         return torch.from_numpy(np.concatenate([z, y.astype(np.float64), position], axis=-1))
 
     def model(self) -> MultiHeadAttentionLayer:
@@ -198,7 +245,7 @@ class CertificateQSA:
         keys = torch.from_numpy(self.keys)
 
         def query(x: torch.Tensor) -> torch.Tensor:
-            sets = torch.sort(x[..., d:d + q].round().long(), dim=-1).values
+            sets = torch.sort(x[..., d : d + q].round().long(), dim=-1).values
             return self.beta * self.vectors(sets)
 
         def key(x: torch.Tensor) -> torch.Tensor:
@@ -218,14 +265,25 @@ class CertificateQSA:
 
     # --- exact worst case over z, for given index sets -------------------------------------------
     def _weights_minus_target(self, sets: np.ndarray, iterations: int | None = None) -> np.ndarray:
-        return certificate_weight_gaps(self.keys, sets, self.beta, self.precision, self.certificate,
-                                       self.iterations if iterations is None else iterations)
+        return certificate_weight_gaps(
+            self.keys,
+            sets,
+            self.beta,
+            self.precision,
+            self.certificate,
+            self.iterations if iterations is None else iterations,
+        )
 
     def worst_case_errors(self, sets: np.ndarray, iterations: int | None = None) -> np.ndarray:
         """sup over z in the unit ball of the error at a token with index set S, for each S: (k,)."""
         sets = np.asarray(sets).reshape(-1, self.q)
-        return np.concatenate([np.abs(self._weights_minus_target(sets[s:s + _SET_CHUNK], iterations)).sum(axis=1)
-                               for s in range(0, len(sets), _SET_CHUNK)] or [np.zeros(0)])
+        return np.concatenate(
+            [
+                np.abs(self._weights_minus_target(sets[s : s + _SET_CHUNK], iterations)).sum(axis=1)
+                for s in range(0, len(sets), _SET_CHUNK)
+            ]
+            or [np.zeros(0)]
+        )
 
     def worst_values(self, index_set: np.ndarray) -> np.ndarray:
         """The z (N, d') that maximises the error at a token pointing to `index_set`."""
@@ -234,15 +292,23 @@ class CertificateQSA:
         z[:, 0] = np.where(signs == 0, 1.0, signs)
         return z
 
-    def adversarial_sets(self, rng: np.random.Generator, targets: int = 32, moves: int = 32,
-                         rounds: int = 3) -> np.ndarray:
+    def adversarial_sets(
+        self, rng: np.random.Generator, targets: int = 32, moves: int = 32, rounds: int = 3
+    ) -> np.ndarray:
         """Index sets chosen against this head: for `targets` keys u_t, the greedy least-squares
         set around u_t, improved by swap local search on this head's own worst-case error (the
         softmax-leak program screened at a few iterations; verification re-scores in full)."""
         screen = SCREEN_ITERATIONS if self.certificate == "softmax-leak" else None
-        return local_search_sets(lambda sets: self.worst_case_errors(sets, screen), self.keys, self.q, rng,
-                                 targets, lambda t: greedy_least_squares_sets(self.keys, t, self.q),
-                                 moves=moves, rounds=rounds)
+        return local_search_sets(
+            lambda sets: self.worst_case_errors(sets, screen),
+            self.keys,
+            self.q,
+            rng,
+            targets,
+            lambda t: greedy_least_squares_sets(self.keys, t, self.q),
+            moves=moves,
+            rounds=rounds,
+        )
 
     # --- verification ------------------------------------------------------------------------
     def task(self) -> QSparseAveraging:
@@ -253,16 +319,21 @@ class CertificateQSA:
         each with the z that is worst for the worst set it carries."""
         task, batches = self.task(), []
         for start in range(0, len(sets), self.N):
-            chunk = sets[start:start + self.N]
+            chunk = sets[start : start + self.N]
             y = distinct_indices(rng, (1, self.N), self.q, self.N)
-            y[0, :len(chunk)] = chunk
+            y[0, : len(chunk)] = chunk
             worst = chunk[int(np.argmax(self.worst_case_errors(chunk)))]
             inputs = {"z": self.worst_values(worst)[None], "y": y}
             batches.append(Batch(inputs, task.solve(inputs)))
         return batches
 
-    def verify(self, task: QSparseAveraging | None = None, rng: int | np.random.Generator | None = 0,
-               n: int = 4, adversarial_targets: int = 32) -> Verification:
+    def verify(
+        self,
+        task: QSparseAveraging | None = None,
+        rng: int | np.random.Generator | None = 0,
+        n: int = 4,
+        adversarial_targets: int = 32,
+    ) -> Verification:
         """Run the head on n sampled sequences and on adversarial sequences; score with task.score."""
         task = matching_task(task, self.task())
         rng = as_generator(rng)
@@ -273,33 +344,63 @@ class CertificateQSA:
         scores = [task.score(b, self.predict(b.inputs)) for b in adversarial]
         set_errors = self.worst_case_errors(sets)
         return Verification(
-            task=task.name, params=task.params, threshold=self.eps,
-            random=random_score, adversarial=merge_scores(scores, [len(b) for b in adversarial]),
-            n_random=n, n_adversarial=len(adversarial),
-            notes={"adversarial_sets": int(len(sets)),
-                   "adversarial_sup_over_z": float(set_errors.max()) if len(sets) else 0.0},
+            task=task.name,
+            params=task.params,
+            threshold=self.eps,
+            random=random_score,
+            adversarial=merge_scores(scores, [len(b) for b in adversarial]),
+            n_random=n,
+            n_adversarial=len(adversarial),
+            notes={
+                "adversarial_sets": int(len(sets)),
+                "adversarial_sup_over_z": float(set_errors.max()) if len(sets) else 0.0,
+            },
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"theorem": 2, "N": self.N, "q": self.q, "d_prime": self.d_prime, "eps": self.eps,
-                "m": self.m, "key_dim": self.key_dim, "p": self.precision, "beta": self.beta,
-                "seed": self.seed, "certificate": self.certificate,
-                "search": {str(k): v for k, v in sorted(self.search.items())},
-                "holdout": list(self.holdout)}
+        return {
+            "theorem": 2,
+            "N": self.N,
+            "q": self.q,
+            "d_prime": self.d_prime,
+            "eps": self.eps,
+            "m": self.m,
+            "key_dim": self.key_dim,
+            "p": self.precision,
+            "beta": self.beta,
+            "seed": self.seed,
+            "certificate": self.certificate,
+            "search": {str(k): v for k, v in sorted(self.search.items())},
+            "holdout": list(self.holdout),
+        }
 
 
-def sampled_error(construction: CertificateQSA, random_sets: np.ndarray, rng_seed, adversarial_targets: int) -> float:
+def sampled_error(
+    construction: CertificateQSA, random_sets: np.ndarray, rng_seed, adversarial_targets: int
+) -> float:
     """The worst error (exact sup over z) over the given random sets and the adversary's sets."""
-    adversarial = construction.adversarial_sets(np.random.default_rng(rng_seed), adversarial_targets)
+    adversarial = construction.adversarial_sets(
+        np.random.default_rng(rng_seed), adversarial_targets
+    )
     return float(construction.worst_case_errors(np.concatenate([random_sets, adversarial])).max())
 
 
-def smallest_certificate_qsa(N: int, q: int, d_prime: int = 4, eps: float | None = None,
-                             precision: int | None = None, seed: int = 0, random_sets: int = 256,
-                             adversarial_targets: int = 32, limit: int | None = None,
-                             certificate: str = "softmax-leak", holdout_rounds: int = 8,
-                             resolution: float = 0.02, fit_margin: float = 0.5,
-                             judge_margin: float = 0.8) -> CertificateQSA:
+def smallest_certificate_qsa(
+    N: int,
+    q: int,
+    d_prime: int = 4,
+    eps: float | None = None,
+    precision: int | None = None,
+    seed: int = 0,
+    random_sets: int = 256,
+    adversarial_targets: int = 32,
+    limit: int | None = None,
+    certificate: str = "softmax-leak",
+    holdout_rounds: int = 8,
+    resolution: float = 0.02,
+    fit_margin: float = 0.5,
+    judge_margin: float = 0.8,
+) -> CertificateQSA:
     """The Theorem-2 head with the smallest key width m' that the search verifies.
 
     Fit: candidate m' (keys from (seed, m')) passes when the exact worst case over z is <= fit_margin * eps on
@@ -321,15 +422,22 @@ def smallest_certificate_qsa(N: int, q: int, d_prime: int = 4, eps: float | None
     limit = N if limit is None else limit
 
     def build(key_dim: int) -> CertificateQSA:
-        return CertificateQSA.build(N, q, d_prime, eps, key_dim, precision, seed, certificate=certificate)
+        return CertificateQSA.build(
+            N, q, d_prime, eps, key_dim, precision, seed, certificate=certificate
+        )
 
     def error_at(key_dim: int) -> float:
         return sampled_error(build(key_dim), sets, [seed, 2], adversarial_targets)
 
     try:
-        key_dim, history = smallest_passing(error_at, fit_margin * eps, start=max(1, q), limit=limit,
-                                            what="key width m'",
-                                            resolution=resolution)
+        key_dim, history = smallest_passing(
+            error_at,
+            fit_margin * eps,
+            start=max(1, q),
+            limit=limit,
+            what="key width m'",
+            resolution=resolution,
+        )
     except ConstructionFailed as exc:
         raise ConstructionFailed(f"qSA N={N}, q={q}, p={precision}: {exc}") from None
     judged = []
@@ -346,22 +454,46 @@ def smallest_certificate_qsa(N: int, q: int, d_prime: int = 4, eps: float | None
     return found
 
 
-def verified_certificate_qsa(N: int, q: int, d_prime: int = 4, eps: float | None = None,
-                             precision: int | None = None, seed: int = 0, n: int = 1,
-                             certificate: str = "softmax-leak", attempts: int = 6,
-                             **search) -> tuple[CertificateQSA, Verification, list[dict[str, Any]]]:
+def verified_certificate_qsa(
+    N: int,
+    q: int,
+    d_prime: int = 4,
+    eps: float | None = None,
+    precision: int | None = None,
+    seed: int = 0,
+    n: int = 1,
+    certificate: str = "softmax-leak",
+    attempts: int = 6,
+    **search,
+) -> tuple[CertificateQSA, Verification, list[dict[str, Any]]]:
     """`smallest_certificate_qsa`, then the end-to-end verification (fresh seed); while it fails,
     widen m' by 10% and verify again. Returns the head, its (passing, unless m' = N was reached
     and still failed) verification, and every width tried with its result."""
-    head = smallest_certificate_qsa(N, q, d_prime, eps, precision, seed, certificate=certificate, **search)
+    head = smallest_certificate_qsa(
+        N, q, d_prime, eps, precision, seed, certificate=certificate, **search
+    )
     tried = []
     for attempt in range(attempts):
         verification = head.verify(rng=np.random.default_rng([seed, 300 + attempt]), n=n)
-        tried.append({"key_dim": head.key_dim, "max_error": verification.max_error, "passed": verification.passed})
+        tried.append(
+            {
+                "key_dim": head.key_dim,
+                "max_error": verification.max_error,
+                "passed": verification.passed,
+            }
+        )
         if verification.passed or head.key_dim >= N:
             break
-        widened = CertificateQSA.build(N, q, d_prime, head.eps, min(N, math.ceil(1.1 * head.key_dim)), precision,
-                                       seed, certificate=certificate)
+        widened = CertificateQSA.build(
+            N,
+            q,
+            d_prime,
+            head.eps,
+            min(N, math.ceil(1.1 * head.key_dim)),
+            precision,
+            seed,
+            certificate=certificate,
+        )
         widened.search, widened.holdout = head.search, head.holdout
         head = widened
     return head, verification, tried

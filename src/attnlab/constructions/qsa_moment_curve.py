@@ -74,8 +74,10 @@ def squared_product_coefficients(roots: list[int]) -> list[int]:
     for root in roots:
         for _ in range(2):
             shifted = [0] + coefficients  # s * poly
-            coefficients = [shifted[k] - root * (coefficients[k] if k < len(coefficients) else 0)
-                            for k in range(len(shifted))]
+            coefficients = [
+                shifted[k] - root * (coefficients[k] if k < len(coefficients) else 0)
+                for k in range(len(shifted))
+            ]
     return coefficients
 
 
@@ -93,8 +95,15 @@ class MomentCurveQSA:
     _rounded_keys: Any = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def build(cls, N: int, q: int, d_prime: int = 4, eps: float | None = None, precision: int | None = None,
-              beta: float | None = None) -> MomentCurveQSA:
+    def build(
+        cls,
+        N: int,
+        q: int,
+        d_prime: int = 4,
+        eps: float | None = None,
+        precision: int | None = None,
+        beta: float | None = None,
+    ) -> MomentCurveQSA:
         QSparseAveraging(N, q, d_prime)
         eps = 1.0 / (2 * q) if eps is None else float(eps)
         if not 0 < eps < 1:
@@ -120,17 +129,26 @@ class MomentCurveQSA:
         a = squared_product_coefficients([int(s[l]) for l in index_set])
         beta = Fraction(self.beta)
         exact = [-beta * a[k] * Fraction(D) ** (k - 2 * self.q) for k in range(1, 2 * self.q + 1)]
-        return exact if self.precision is None else [round_rational(v, self.precision) for v in exact]
+        return (
+            exact if self.precision is None else [round_rational(v, self.precision) for v in exact]
+        )
 
     def _keys_scaled(self) -> tuple[np.ndarray, int]:
         """Rounded keys as integers KI (N, 2q) (object) with K = KI / 2^F."""
         if self._rounded_keys is None:
             D, s = _denominator(self.N), curve_points(self.N)
-            rounded = [[round_rational(Fraction(int(sj) ** k, D ** k), self.precision)
-                        for k in range(1, 2 * self.q + 1)] for sj in s]
+            rounded = [
+                [
+                    round_rational(Fraction(int(sj) ** k, D**k), self.precision)
+                    for k in range(1, 2 * self.q + 1)
+                ]
+                for sj in s
+            ]
             scale = max(v.denominator for row in rounded for v in row).bit_length() - 1
-            ints = np.array([[v.numerator * ((1 << scale) // v.denominator) for v in row] for row in rounded],
-                            dtype=object)
+            ints = np.array(
+                [[v.numerator * ((1 << scale) // v.denominator) for v in row] for row in rounded],
+                dtype=object,
+            )
             self._rounded_keys = (ints, scale)
         return self._rounded_keys
 
@@ -150,8 +168,10 @@ class MomentCurveQSA:
             return 0.0
         D, s = _denominator(self.N), curve_points(self.N)
         a = squared_product_coefficients([int(s[l]) for l in index_set])
-        total = sum(abs(Fraction(a[k]) * Fraction(D) ** (k - 2 * self.q)) for k in range(1, 2 * self.q + 1))
-        return 4.0 * 2.0 ** -self.precision * self.beta * to_float(total)
+        total = sum(
+            abs(Fraction(a[k]) * Fraction(D) ** (k - 2 * self.q)) for k in range(1, 2 * self.q + 1)
+        )
+        return 4.0 * 2.0**-self.precision * self.beta * to_float(total)
 
     def attention(self, index_set) -> tuple[np.ndarray, np.ndarray, float]:
         """(candidate keys, their weights, bound on the mass of the dropped keys) for one set."""
@@ -167,11 +187,14 @@ class MomentCurveQSA:
             keys, key_scale = self._keys_scaled()
             queries = self._query_fractions(index_set)
             query_scale = max(v.denominator for v in queries).bit_length() - 1
-            query_ints = np.array([v.numerator * ((1 << query_scale) // v.denominator) for v in queries],
-                                  dtype=object)
+            query_ints = np.array(
+                [v.numerator * ((1 << query_scale) // v.denominator) for v in queries], dtype=object
+            )
             denominator = 1 << (key_scale + query_scale)
-            rounded = [round_rational(Fraction(int(v), denominator), self.precision)
-                       for v in keys[candidates].dot(query_ints)]
+            rounded = [
+                round_rational(Fraction(int(v), denominator), self.precision)
+                for v in keys[candidates].dot(query_ints)
+            ]
             top = max(rounded)
             logits = np.array([to_float(v - top) for v in rounded])
         weights = np.exp(logits - logits.max())
@@ -190,9 +213,15 @@ class MomentCurveQSA:
         """The sets of `adversarial_search`, worst first."""
         return self.adversarial_search(rng, **search)[0]
 
-    def adversarial_search(self, rng: np.random.Generator | None = None, limit: int = 5000,
-                           random_starts: int = 32, rounds: int = 3, keep: int = 12,
-                           stop_above: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
+    def adversarial_search(
+        self,
+        rng: np.random.Generator | None = None,
+        limit: int = 5000,
+        random_starts: int = 32,
+        rounds: int = 3,
+        keep: int = 12,
+        stop_above: float = math.inf,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Every q-set when there are at most `limit`. Otherwise a search at this precision:
         start from the sets that are worst by construction (blocks packed on both sides of a gap,
         which attain gap_min, at the left end, the middle and the right end; blocks at the two
@@ -212,9 +241,17 @@ class MomentCurveQSA:
         starts = []
         for gap in (left, N // 2, N - 1 - right):
             starts.append(list(range(gap - left, gap)) + list(range(gap + 1, gap + 1 + right)))
-        starts += [list(range(q)), list(range(N - q, N)), list(range(left)) + list(range(N - right, N))]
-        pool = np.unique(np.concatenate([sorted_sets(np.array(starts)),
-                                         distinct_indices(rng, (random_starts,), q, N)]), axis=0)
+        starts += [
+            list(range(q)),
+            list(range(N - q, N)),
+            list(range(left)) + list(range(N - right, N)),
+        ]
+        pool = np.unique(
+            np.concatenate(
+                [sorted_sets(np.array(starts)), distinct_indices(rng, (random_starts,), q, N)]
+            ),
+            axis=0,
+        )
         errors = self.worst_case_errors(pool)
         for _ in range(rounds):
             if errors.max() > stop_above:
@@ -231,7 +268,10 @@ class MomentCurveQSA:
             fresh = fresh[~(fresh[:, None, :] == pool[None, :, :]).all(-1).any(-1)]
             if len(fresh) == 0:
                 break
-            pool, errors = np.concatenate([pool, fresh]), np.concatenate([errors, self.worst_case_errors(fresh)])
+            pool, errors = (
+                np.concatenate([pool, fresh]),
+                np.concatenate([errors, self.worst_case_errors(fresh)]),
+            )
         order = np.argsort(errors)[::-1]
         return pool[order], errors[order]
 
@@ -240,7 +280,9 @@ class MomentCurveQSA:
         """The head's output on raw qSA inputs (exact arithmetic on the rounded numbers)."""
         z, y = np.asarray(inputs["z"], dtype=np.float64), np.asarray(inputs["y"])
         if self.precision is not None:
-            z = np.vectorize(lambda v: to_float(round_rational(Fraction(float(v)), self.precision)))(z)
+            z = np.vectorize(
+                lambda v: to_float(round_rational(Fraction(float(v)), self.precision))
+            )(z)
         out = np.zeros(z.shape)
         for b in range(z.shape[0]):
             for i in range(self.N):
@@ -256,12 +298,14 @@ class MomentCurveQSA:
         powers = torch.arange(1, 2 * q + 1, dtype=torch.float64)
 
         def query(x: torch.Tensor) -> torch.Tensor:
-            roots = t[x[..., d:d + q].round().long()]  # (..., q)
+            roots = t[x[..., d : d + q].round().long()]  # (..., q)
             poly = torch.ones(*roots.shape[:-1], 1, dtype=torch.float64)
             for c in range(q):
                 for _ in range(2):  # multiply by (t - root)
-                    r = roots[..., c:c + 1]
-                    poly = torch.cat([-r * poly, torch.zeros_like(r)], -1) + torch.cat([torch.zeros_like(r), poly], -1)
+                    r = roots[..., c : c + 1]
+                    poly = torch.cat([-r * poly, torch.zeros_like(r)], -1) + torch.cat(
+                        [torch.zeros_like(r), poly], -1
+                    )
             return -self.beta * poly[..., 1:]
 
         def key(x: torch.Tensor) -> torch.Tensor:
@@ -273,8 +317,12 @@ class MomentCurveQSA:
     def task(self) -> QSparseAveraging:
         return QSparseAveraging(self.N, self.q, self.d_prime)
 
-    def verify(self, task: QSparseAveraging | None = None, rng: int | np.random.Generator | None = 0,
-               n: int = 2) -> Verification:
+    def verify(
+        self,
+        task: QSparseAveraging | None = None,
+        rng: int | np.random.Generator | None = 0,
+        n: int = 2,
+    ) -> Verification:
         """Sampled sequences plus, per adversarial set, a sequence with the z worst for it."""
         task = matching_task(task, self.task())
         rng = as_generator(rng)
@@ -294,20 +342,44 @@ class MomentCurveQSA:
             inputs = {"z": z, "y": y}
             batches.append(Batch(inputs, task.solve(inputs)))
         scores = [task.score(b, self.predict(b.inputs)) for b in batches]
-        return Verification(task=task.name, params=task.params, threshold=self.eps, random=random_score,
-                            adversarial=merge_scores(scores, [1] * len(batches)), n_random=n,
-                            n_adversarial=len(batches),
-                            notes={"adversarial_sets": int(len(sets)),
-                                   "adversarial_sup_over_z": float(errors.max())})
+        return Verification(
+            task=task.name,
+            params=task.params,
+            threshold=self.eps,
+            random=random_score,
+            adversarial=merge_scores(scores, [1] * len(batches)),
+            n_random=n,
+            n_adversarial=len(batches),
+            notes={
+                "adversarial_sets": int(len(sets)),
+                "adversarial_sup_over_z": float(errors.max()),
+            },
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"theorem": 3, "N": self.N, "q": self.q, "d_prime": self.d_prime, "eps": self.eps,
-                "m": self.m, "key_dim": self.key_dim, "p": self.precision, "beta": self.beta,
-                "search": {str(k): v for k, v in sorted(self.search.items())}}
+        return {
+            "theorem": 3,
+            "N": self.N,
+            "q": self.q,
+            "d_prime": self.d_prime,
+            "eps": self.eps,
+            "m": self.m,
+            "key_dim": self.key_dim,
+            "p": self.precision,
+            "beta": self.beta,
+            "search": {str(k): v for k, v in sorted(self.search.items())},
+        }
 
 
-def smallest_moment_curve_precision(N: int, q: int, d_prime: int = 4, eps: float | None = None,
-                                    random_sets: int = 64, seed: int = 0, limit: int = 1024) -> MomentCurveQSA:
+def smallest_moment_curve_precision(
+    N: int,
+    q: int,
+    d_prime: int = 4,
+    eps: float | None = None,
+    random_sets: int = 64,
+    seed: int = 0,
+    limit: int = 1024,
+) -> MomentCurveQSA:
     """The Theorem-3 head at the smallest precision p the search verifies: worst case over z
     <= eps on `random_sets` uniform sets plus the adversarial sets found at that p."""
     exact = MomentCurveQSA.build(N, q, d_prime, eps)
@@ -318,11 +390,15 @@ def smallest_moment_curve_precision(N: int, q: int, d_prime: int = 4, eps: float
         random_error = float(candidate.worst_case_errors(sets).max())
         if random_error > exact.eps:
             return random_error
-        _, errors = candidate.adversarial_search(np.random.default_rng([seed, bits]), stop_above=exact.eps)
+        _, errors = candidate.adversarial_search(
+            np.random.default_rng([seed, bits]), stop_above=exact.eps
+        )
         return max(random_error, float(errors[0]))
 
     try:
-        bits, history = smallest_passing(error_at, exact.eps, start=4, limit=limit, what="precision p")
+        bits, history = smallest_passing(
+            error_at, exact.eps, start=4, limit=limit, what="precision p"
+        )
     except ConstructionFailed as exc:
         raise ConstructionFailed(f"moment curve N={N}, q={q}: {exc}") from None
     found = MomentCurveQSA.build(N, q, d_prime, exact.eps, bits)

@@ -51,7 +51,9 @@ def least_squares_certificates(keys: torch.Tensor, sets: torch.Tensor) -> torch.
     coefficients, info = torch.linalg.solve_ex(gram, ones)
     singular = info != 0
     if bool(singular.any()):
-        coefficients[singular] = torch.linalg.pinv(gram[singular], hermitian=True).sum(dim=-1, keepdim=True)
+        coefficients[singular] = torch.linalg.pinv(gram[singular], hermitian=True).sum(
+            dim=-1, keepdim=True
+        )
     return (coefficients * chosen).sum(dim=-2)
 
 
@@ -59,7 +61,9 @@ def default_active(N: int, q: int) -> int:
     return min(N - q, 8 * q + 32)
 
 
-def _leak_chunk(keys: torch.Tensor, sets: torch.Tensor, beta: float, iterations: int, active: int) -> torch.Tensor:
+def _leak_chunk(
+    keys: torch.Tensor, sets: torch.Tensor, beta: float, iterations: int, active: int
+) -> torch.Tensor:
     B, q = sets.shape
     N = keys.shape[1]
     chosen = keys.T[sets]  # (B, q, m')
@@ -70,7 +74,12 @@ def _leak_chunk(keys: torch.Tensor, sets: torch.Tensor, beta: float, iterations:
         return start  # singular sets (m' < q): no feasible direction to optimise along
 
     def project(g: torch.Tensor) -> torch.Tensor:
-        return g - (chosen.transpose(-1, -2) @ torch.cholesky_solve(chosen @ g[..., None], factor))[..., 0]
+        return (
+            g
+            - (chosen.transpose(-1, -2) @ torch.cholesky_solve(chosen @ g[..., None], factor))[
+                ..., 0
+            ]
+        )
 
     member = torch.zeros(B, N, dtype=torch.bool)
     member[torch.arange(B)[:, None], sets] = True
@@ -103,8 +112,13 @@ def _leak_chunk(keys: torch.Tensor, sets: torch.Tensor, beta: float, iterations:
     return best
 
 
-def leak_certificates(keys: torch.Tensor, sets: torch.Tensor, beta: float, iterations: int = DEFAULT_ITERATIONS,
-                      active: int | None = None) -> torch.Tensor:
+def leak_certificates(
+    keys: torch.Tensor,
+    sets: torch.Tensor,
+    beta: float,
+    iterations: int = DEFAULT_ITERATIONS,
+    active: int | None = None,
+) -> torch.Tensor:
     """The softmax-leak certificate of every set in `sets` (..., q): shape (..., m'). See module doc."""
     lead, q = sets.shape[:-1], sets.shape[-1]
     flat = sets.reshape(-1, q)
@@ -114,13 +128,24 @@ def leak_certificates(keys: torch.Tensor, sets: torch.Tensor, beta: float, itera
         return torch.zeros(*lead, keys.shape[0], dtype=keys.dtype)
     # small problems in large chunks (the loop's per-step overhead dominates them), large in small
     chunk = int(min(8192, max(16, _CHUNK_ELEMENTS // (active * keys.shape[0] + 2 * N))))
-    parts = [_leak_chunk(keys, flat[s:s + chunk], beta, iterations, active)
-             for s in range(0, len(flat), chunk)]
+    parts = [
+        _leak_chunk(keys, flat[s : s + chunk], beta, iterations, active)
+        for s in range(0, len(flat), chunk)
+    ]
     return torch.cat(parts).reshape(*lead, keys.shape[0])
 
 
-def local_search_sets(errors_of, keys: np.ndarray, q: int, rng: np.random.Generator, targets: int,
-                      start_sets, pool_size: int | None = None, moves: int = 32, rounds: int = 3) -> np.ndarray:
+def local_search_sets(
+    errors_of,
+    keys: np.ndarray,
+    q: int,
+    rng: np.random.Generator,
+    targets: int,
+    start_sets,
+    pool_size: int | None = None,
+    moves: int = 32,
+    rounds: int = 3,
+) -> np.ndarray:
     """Index sets chosen against a certificate program by swap local search.
 
     For each of `targets` target keys t (drawn by rng), start from start_sets(t) (a q-set
@@ -141,7 +166,9 @@ def local_search_sets(errors_of, keys: np.ndarray, q: int, rng: np.random.Genera
     score = errors_of(current)
     for _ in range(rounds):
         slot = rng.integers(0, q, size=(len(chosen), moves))
-        incoming = pools[np.arange(len(chosen))[:, None], rng.integers(0, pool_size, size=(len(chosen), moves))]
+        incoming = pools[
+            np.arange(len(chosen))[:, None], rng.integers(0, pool_size, size=(len(chosen), moves))
+        ]
         trial = np.repeat(current[:, None, :], moves, axis=1)
         trial[np.arange(len(chosen))[:, None], np.arange(moves)[None, :], slot] = incoming
         valid = np.array([[len(set(s)) == q for s in row] for row in trial])

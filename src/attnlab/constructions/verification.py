@@ -70,8 +70,10 @@ def matching_task(given, own):
     if given is None:
         return own
     if given.name != own.name or given.params != own.params:
-        raise ValueError(f"this construction is for {own.name} {own.params}, not {given.name} {given.params}; "
-                         "build one for that task")
+        raise ValueError(
+            f"this construction is for {own.name} {own.params}, not {given.name} {given.params}; "
+            "build one for that task"
+        )
     return given
 
 
@@ -92,8 +94,14 @@ def merge_scores(scores: list[dict[str, float]], sizes: list[int]) -> dict[str, 
     return merged
 
 
-def smallest_passing(error_at: Callable[[int], float], tolerance: float, start: int, limit: int,
-                     what: str = "size", resolution: float = 0.0) -> tuple[int, dict[int, float]]:
+def smallest_passing(
+    error_at: Callable[[int], float],
+    tolerance: float,
+    start: int,
+    limit: int,
+    what: str = "size",
+    resolution: float = 0.0,
+) -> tuple[int, dict[int, float]]:
     """The smallest integer k in [start, limit] found with error_at(k) <= tolerance.
 
     Doubles k from `start` until it passes, then bisects between the last failure and the first
@@ -117,7 +125,8 @@ def smallest_passing(error_at: Callable[[int], float], tolerance: float, start: 
         if k >= limit:
             raise ConstructionFailed(
                 f"no {what} up to {limit} reached error {tolerance:g} (error at {limit}: {history[k]:.3g}); "
-                f"raise the limit, or relax eps / give more precision")
+                f"raise the limit, or relax eps / give more precision"
+            )
         failed, k = k, min(2 * k, limit)
     while k - failed > max(1.0, resolution * k):
         mid = (k + failed) // 2

@@ -16,6 +16,11 @@ from attnlab.evaluate.truth import (
 )
 
 __all__ = [
-    "frobenius_error", "functional_error", "gaussian_batches", "model_outputs", "parameter_errors", "relative_error",
+    "frobenius_error",
+    "functional_error",
+    "gaussian_batches",
+    "model_outputs",
+    "parameter_errors",
+    "relative_error",
     "true_parameters",
 ]

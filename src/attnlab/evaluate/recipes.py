@@ -53,7 +53,9 @@ def build_target(run: SingleHeadRun):
     if run.d < 1:
         raise ValueError(f"--d must be at least 1, got {run.d}")
     if isinstance(run.rank, int) and not 1 <= run.rank <= run.d:
-        raise ValueError(f"--rank must be between 1 and d = {run.d}, got {run.rank}; use 'full' or 'auto'")
+        raise ValueError(
+            f"--rank must be between 1 and d = {run.d}, got {run.rank}; use 'full' or 'auto'"
+        )
     target_rank = run.target_rank
     if target_rank is None and isinstance(run.rank, int):
         target_rank = run.rank
@@ -82,13 +84,23 @@ def extract_single_head(oracle: Oracle, run: SingleHeadRun, progress: bool = Fal
 
     if oracle.noise is not None:
         if run.affine or run.rank is not None:
-            raise ValueError("--noise extracts full-rank, non-affine heads (robust noisy extractor); "
-                             "drop --affine and --rank")
-        return noisy_single_head(oracle, method="robust", seed=run.seed,
-                                 fidelity_samples=run.fidelity_samples)
+            raise ValueError(
+                "--noise extracts full-rank, non-affine heads (robust noisy extractor); "
+                "drop --affine and --rank"
+            )
+        return noisy_single_head(
+            oracle, method="robust", seed=run.seed, fidelity_samples=run.fidelity_samples
+        )
     method_options = {"measurements": run.measurements} if run.measurements is not None else None
-    return single_head(oracle, rank=run.rank, affine=run.affine, method=run.method, seed=run.seed,
-                       method_options=method_options, fidelity_samples=run.fidelity_samples)
+    return single_head(
+        oracle,
+        rank=run.rank,
+        affine=run.affine,
+        method=run.method,
+        seed=run.seed,
+        method_options=method_options,
+        fidelity_samples=run.fidelity_samples,
+    )
 
 
 def single_head_row(result, target, run: SingleHeadRun) -> dict[str, Any]:
@@ -123,8 +135,9 @@ def run_single_head(run: SingleHeadRun, progress: bool = False) -> dict[str, Any
     return single_head_row(result, target, run)
 
 
-def head_recovery(d: int, target_rank: int | None = None, scale: float = 1.0, seed: int = 0,
-                  **extractor_options):
+def head_recovery(
+    d: int, target_rank: int | None = None, scale: float = 1.0, seed: int = 0, **extractor_options
+):
     """A random (W, v) head extracted exactly: (Extraction, rel. error of W, rel. error of v)."""
     from attnlab.extract.single_head import single_head
     from attnlab.models import SingleHeadAttention
@@ -148,8 +161,14 @@ def torch_mha_recovery(d: int, seed: int = 0, fidelity_samples: int = 1000):
 
 
 # -- noisy single head ----------------------------------------------------------------------------
-def noisy_head_row(target, noise, method: str = "robust", seed: int = 0, oracle_seed: int | None = None,
-                   **method_options) -> dict[str, Any]:
+def noisy_head_row(
+    target,
+    noise,
+    method: str = "robust",
+    seed: int = 0,
+    oracle_seed: int | None = None,
+    **method_options,
+) -> dict[str, Any]:
     """One noisy extraction of a (W, v) head: queries and Frobenius / l2 / relative errors.
 
     For method="paper" the norm bound B defaults to ||W||_F exactly (the estimator's best case).
@@ -164,9 +183,13 @@ def noisy_head_row(target, noise, method: str = "robust", seed: int = 0, oracle_
     oracle = Oracle(target, noise=noise, seed=seed if oracle_seed is None else oracle_seed)
     ext = noisy_single_head(oracle, method=method, method_options=method_options or None, seed=seed)
     row = {
-        "method": method, "d": int(W.shape[0]), "queries": ext.queries,
-        "W_fro_error": float(np.linalg.norm(ext.W - W)), "v_l2_error": float(np.linalg.norm(ext.v - v)),
-        "rel_error_W": relative_error(ext.W, W), "rel_error_v": relative_error(ext.v, v),
+        "method": method,
+        "d": int(W.shape[0]),
+        "queries": ext.queries,
+        "W_fro_error": float(np.linalg.norm(ext.W - W)),
+        "v_l2_error": float(np.linalg.norm(ext.v - v)),
+        "rel_error_W": relative_error(ext.W, W),
+        "rel_error_v": relative_error(ext.v, v),
         "rel_fro_error_W": frobenius_error(ext.W, W),
     }
     if "error_estimate" in ext.info:
@@ -184,8 +207,15 @@ def _check_sizes(d: int, m: int) -> None:
         raise ValueError(f"--d and --m must be at least 1, got d={d}, m={m}")
 
 
-def ffn_row(d: int, m: int, bias: bool = False, seed: int = 0, progress: bool = False,
-            extractor_seed: int | None = None, input_scale: float | None = None) -> dict[str, Any]:
+def ffn_row(
+    d: int,
+    m: int,
+    bias: bool = False,
+    seed: int = 0,
+    progress: bool = False,
+    extractor_seed: int | None = None,
+    input_scale: float | None = None,
+) -> dict[str, Any]:
     """A random d-m-1 ReLU network extracted by critical points, compared modulo symmetries.
 
     `seed` draws the network (and the 2000 fresh inputs of the functional check, entries
@@ -200,34 +230,47 @@ def ffn_row(d: int, m: int, bias: bool = False, seed: int = 0, progress: bool = 
     model = ReluFFN.random(d, m, bias=bias, seed=seed)
     result = relu_ffn(Oracle(model, d=d), bias=bias, hidden=m, seed=_or(extractor_seed, seed + 1))
     b = model.b.detach().numpy() if bias else None
-    errors = ffn_parameter_error(result, model.A.detach().numpy(), model.w.detach().numpy(), b,
-                                 float(model.c.detach()))
+    errors = ffn_parameter_error(
+        result, model.A.detach().numpy(), model.w.detach().numpy(), b, float(model.c.detach())
+    )
     row: dict[str, Any] = {"d": d, "m": m, "bias": bias, "queries": result.queries}
     row.update({f"queries_{stage}": count for stage, count in result.stages.items()})
     row.update(
-        neurons_found=result.info["neurons_found"], neurons_unseen=result.info.get("neurons_unseen", 0),
-        orientation=result.info["orientation"], rel_error_rows=errors["row_error"],
+        neurons_found=result.info["neurons_found"],
+        neurons_unseen=result.info.get("neurons_unseen", 0),
+        orientation=result.info["orientation"],
+        rel_error_rows=errors["row_error"],
         rel_error_w=errors["weight_rel_error"],
     )
     if bias:
         row.update(rel_error_b=errors["bias_error"], error_c=errors["c_error"])
     scale = 3.0 / np.sqrt(d) if input_scale is None else input_scale
     inputs = gaussian_batches(d, 2000, lengths=(1, 1), scale=scale, seed=seed + 7919)
-    row.update(functional_error=functional_error(model, result, inputs),
-               fidelity=result.fidelity, seconds=result.seconds)
+    row.update(
+        functional_error=functional_error(model, result, inputs),
+        fidelity=result.fidelity,
+        seconds=result.seconds,
+    )
     return row
 
 
-def transformer_row(d: int, m: int, residual: bool = False, seed: int = 0, progress: bool = False,
-                    extractor_seed: int | None = None) -> dict[str, Any]:
+def transformer_row(
+    d: int,
+    m: int,
+    residual: bool = False,
+    seed: int = 0,
+    progress: bool = False,
+    extractor_seed: int | None = None,
+) -> dict[str, Any]:
     """A random one-layer transformer: its FFN, then W from T(X) - T(-X); errors and queries."""
     from attnlab.extract.transformer import one_layer_transformer
     from attnlab.models import OneLayerTransformer
 
     _check_sizes(d, m)
     model = OneLayerTransformer.random(d, m, residual=residual, seed=seed)
-    result = one_layer_transformer(Oracle(model, d=d), residual=residual, hidden=m,
-                                   seed=_or(extractor_seed, seed + 1))
+    result = one_layer_transformer(
+        Oracle(model, d=d), residual=residual, hidden=m, seed=_or(extractor_seed, seed + 1)
+    )
     row: dict[str, Any] = {"d": d, "m": m, "residual": residual, "queries": result.queries}
     row.update({f"queries_{stage}": count for stage, count in result.stages.items()})
     inputs = gaussian_batches(d, 2000, lengths=(1, 8), scale=3.0 / np.sqrt(d), seed=seed + 7919)
@@ -236,15 +279,24 @@ def transformer_row(d: int, m: int, residual: bool = False, seed: int = 0, progr
         rel_error_v=relative_error(result.params["v"], model.value_vector.detach().numpy()),
         neurons_found=result.info["ffn"]["neurons_found"],
         functional_error=functional_error(model, result, inputs),
-        fidelity=result.fidelity, seconds=result.seconds,
+        fidelity=result.fidelity,
+        seconds=result.seconds,
     )
     return row
 
 
 # -- multi-head -----------------------------------------------------------------------------------
-def multi_head_row(d: int, heads: int, max_heads: int | None = None, seed: int = 0, scale: float = 1.0,
-                   fidelity_samples: int = 1000, progress: bool = False,
-                   method: str = "continuation", extractor_seed: int | None = None) -> dict[str, Any]:
+def multi_head_row(
+    d: int,
+    heads: int,
+    max_heads: int | None = None,
+    seed: int = 0,
+    scale: float = 1.0,
+    fidelity_samples: int = 1000,
+    progress: bool = False,
+    method: str = "continuation",
+    extractor_seed: int | None = None,
+) -> dict[str, Any]:
     """A random H-head target, its canonical form learned from queries, compared with the truth's."""
     from attnlab.extract.multihead import canonical_dof, multi_head, published_query_bound
     from attnlab.models.canonical import MultiHeadParams, canonical_error
@@ -254,34 +306,56 @@ def multi_head_row(d: int, heads: int, max_heads: int | None = None, seed: int =
         raise ValueError(f"--d and --heads must be at least 1, got d = {d}, heads = {heads}")
     target = MultiHeadRegressor.random(d, heads, scale=scale, seed=seed)
     known = None if max_heads is not None else heads
-    result = multi_head(Oracle(target, d=d), heads=known, max_heads=max_heads, method=method,
-                        seed=_or(extractor_seed, seed + 1), fidelity_samples=fidelity_samples,
-                        progress=progress)
+    result = multi_head(
+        Oracle(target, d=d),
+        heads=known,
+        max_heads=max_heads,
+        method=method,
+        seed=_or(extractor_seed, seed + 1),
+        fidelity_samples=fidelity_samples,
+        progress=progress,
+    )
     dof = canonical_dof(heads, d)
     return {
-        "method": method, "d": d, "heads": heads, "max_heads": max_heads,
-        "heads_found": result.info["heads_found"], "queries": result.queries,
-        "bound": published_query_bound(heads, d), "dof": dof, "queries_per_dof": result.queries / dof,
-        "rel_error": canonical_error(MultiHeadParams(result.W, result.v), MultiHeadParams.from_model(target)),
-        "fidelity": result.fidelity, "fidelity_queries": result.fidelity_queries, "seconds": result.seconds,
+        "method": method,
+        "d": d,
+        "heads": heads,
+        "max_heads": max_heads,
+        "heads_found": result.info["heads_found"],
+        "queries": result.queries,
+        "bound": published_query_bound(heads, d),
+        "dof": dof,
+        "queries_per_dof": result.queries / dof,
+        "rel_error": canonical_error(
+            MultiHeadParams(result.W, result.v), MultiHeadParams.from_model(target)
+        ),
+        "fidelity": result.fidelity,
+        "fidelity_queries": result.fidelity_queries,
+        "seconds": result.seconds,
         **{f"stage_{name}": count for name, count in result.stages.items()},
     }
 
 
-def orthogonal_heads_row(d: int, dims: list[int], seed: int = 0, fidelity_samples: int = 1000) -> dict[str, Any]:
+def orthogonal_heads_row(
+    d: int, dims: list[int], seed: int = 0, fidelity_samples: int = 1000
+) -> dict[str, Any]:
     """Heads in known orthogonal subspaces, each learned with the single-head algorithm."""
     from attnlab.extract.multihead import orthogonal_heads
     from attnlab.models.canonical import MultiHeadParams
     from attnlab.models.multihead import random_orthogonal_heads
 
     target, bases = random_orthogonal_heads(d, dims, seed=seed)
-    result = orthogonal_heads(Oracle(target, d=d), bases=bases, seed=seed + 1,
-                              fidelity_samples=fidelity_samples)
+    result = orthogonal_heads(
+        Oracle(target, d=d), bases=bases, seed=seed + 1, fidelity_samples=fidelity_samples
+    )
     truth = MultiHeadParams.from_model(target)
     worst = max(np.max(np.abs(result.W - truth.W)), np.max(np.abs(result.v - truth.v)))
     return {
-        "d": d, "dims": ",".join(map(str, dims)), "queries": result.queries,
+        "d": d,
+        "dims": ",".join(map(str, dims)),
+        "queries": result.queries,
         "expected_queries": sum(k * k + k for k in dims),
         "rel_error": float(worst / max(np.max(np.abs(truth.W)), np.max(np.abs(truth.v)))),
-        "fidelity": result.fidelity, "seconds": result.seconds,
+        "fidelity": result.fidelity,
+        "seconds": result.seconds,
     }

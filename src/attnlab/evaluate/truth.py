@@ -44,11 +44,14 @@ def true_parameters(module) -> dict[str, np.ndarray]:
     return {name: p.detach().double().cpu().numpy() for name, p in module.named_parameters()}
 
 
-def parameter_errors(estimated: Mapping[str, Any], truth: Mapping[str, Any],
-                     names: Iterable[str] | None = None) -> dict[str, float]:
+def parameter_errors(
+    estimated: Mapping[str, Any], truth: Mapping[str, Any], names: Iterable[str] | None = None
+) -> dict[str, float]:
     """relative_error per parameter present in both (restricted to `names` when given)."""
     names = [n for n in estimated if n in truth] if names is None else list(names)
-    return {n: relative_error(estimated[n], truth[n]) for n in names if n in estimated and n in truth}
+    return {
+        n: relative_error(estimated[n], truth[n]) for n in names if n in estimated and n in truth
+    }
 
 
 def model_outputs(model, X) -> np.ndarray:
@@ -79,7 +82,9 @@ def functional_error(truth, recovered, inputs) -> float:
     return worst
 
 
-def gaussian_batches(d: int, n: int, lengths=(1, 1), scale: float = 1.0, seed=0) -> list[np.ndarray]:
+def gaussian_batches(
+    d: int, n: int, lengths=(1, 1), scale: float = 1.0, seed=0
+) -> list[np.ndarray]:
     """About n Gaussian inputs N(0, scale^2) split evenly over the lengths lo..hi, one batch each."""
     rng = as_generator(seed)
     lo, hi = lengths
@@ -110,15 +115,23 @@ def ffn_parameter_error(extraction, A, w, b=None, c: float = 0.0) -> dict:
     matched = bool(ti.size)
     row_err = np.max(np.abs(rows[:, ei] * signs - true_rows[:, ti])) if matched else 0.0
     bias_err = np.max(np.abs(offsets[ei] * signs - true_b[ti])) if matched else 0.0
-    weight_err = np.max(np.abs(weights[ei] - true_w[ti])) / np.max(np.abs(true_w)) if matched else 0.0
+    weight_err = (
+        np.max(np.abs(weights[ei] - true_w[ti])) / np.max(np.abs(true_w)) if matched else 0.0
+    )
     return {
-        "matched": int(ti.size), "true_alive": int(alive.sum()),
-        "row_error": float(row_err), "bias_error": float(bias_err), "weight_rel_error": float(weight_err),
-        "wrong_orientation": int(np.sum(signs < 0)), "c_error": float(abs(float(extraction.params["c"]) - c)),
+        "matched": int(ti.size),
+        "true_alive": int(alive.sum()),
+        "row_error": float(row_err),
+        "bias_error": float(bias_err),
+        "weight_rel_error": float(weight_err),
+        "wrong_orientation": int(np.sum(signs < 0)),
+        "c_error": float(abs(float(extraction.params["c"]) - c)),
     }
 
 
-def ffn_radius_errors(model, recovered, A, radii=(1.0, 10.0, 100.0), n: int = 2000, seed=0) -> dict[float, float]:
+def ffn_radius_errors(
+    model, recovered, A, radii=(1.0, 10.0, 100.0), n: int = 2000, seed=0
+) -> dict[float, float]:
     """Relative functional error of an FFN at each radius, on points that cross the true hyperplanes.
 
     At radius R, half the n points have random directions and half point along a true unit
@@ -148,7 +161,9 @@ def ffn_radius_errors(model, recovered, A, radii=(1.0, 10.0, 100.0), n: int = 20
 
 
 # -- real attention heads (helper W1: oracle.adapters) -------------------------------------------
-def attention_head_form(Wq, Wk, Wv, Wo_head, readout, scaling: float, bq=None, bk=None, bv=None) -> dict:
+def attention_head_form(
+    Wq, Wk, Wv, Wo_head, readout, scaling: float, bq=None, bk=None, bv=None
+) -> dict:
     """(W, u, v, c) of one head, read from its weights (rows of Wq, Wk, Wv: that head's d_head outputs).
 
     score_i = scaling (Wq x_N + bq)^T (Wk x_i + bk) = x_i^T W x_N + u^T x_i + (same for every i),
@@ -159,8 +174,12 @@ def attention_head_form(Wq, Wk, Wv, Wo_head, readout, scaling: float, bq=None, b
     Wq, Wk, Wv, Wo_head, w = f64(Wq), f64(Wk), f64(Wv), f64(Wo_head), f64(readout)
     bq = np.zeros(Wq.shape[0]) if bq is None else f64(bq)
     bv = np.zeros(Wv.shape[0]) if bv is None else f64(bv)
-    return {"W": scaling * Wk.T @ Wq, "u": scaling * Wk.T @ bq, "v": Wv.T @ Wo_head.T @ w,
-            "c": np.float64(w @ Wo_head @ bv)}
+    return {
+        "W": scaling * Wk.T @ Wq,
+        "u": scaling * Wk.T @ bq,
+        "v": Wv.T @ Wo_head.T @ w,
+        "c": np.float64(w @ Wo_head @ bv),
+    }
 
 
 def hf_head_form(model, layer: int, head: int, readout) -> dict:
@@ -177,18 +196,27 @@ def hf_head_form(model, layer: int, head: int, readout) -> dict:
         bq, bk, bv = t(m.query.bias), t(m.key.bias), t(m.value.bias)
     elif spec.style == "gpt2":
         full, bias = t(m.c_attn.weight).T, t(m.c_attn.bias)  # Conv1D: y = x W + b
-        Wq, Wk, Wv = full[:hidden], full[hidden:2 * hidden], full[2 * hidden:]
-        bq, bk, bv = bias[:hidden], bias[hidden:2 * hidden], bias[2 * hidden:]
+        Wq, Wk, Wv = full[:hidden], full[hidden : 2 * hidden], full[2 * hidden :]
+        bq, bk, bv = bias[:hidden], bias[hidden : 2 * hidden], bias[2 * hidden :]
     else:
         Wq, Wk, Wv = t(m.q_proj.weight), t(m.k_proj.weight), t(m.v_proj.weight)
         bq, bk, bv = t(m.q_proj.bias), t(m.k_proj.bias), t(m.v_proj.bias)
     kv_heads = Wk.shape[0] // dh
     kv = head // (spec.num_heads // kv_heads)
     q_rows, kv_rows = slice(head * dh, (head + 1) * dh), slice(kv * dh, (kv + 1) * dh)
-    scaling = float(getattr(m, "scaling", dh ** -0.5))
+    scaling = float(getattr(m, "scaling", dh**-0.5))
     if spec.style == "llama":
         scaling *= float(getattr(spec.rotary, "attention_scaling", 1.0)) ** 2
     pick = lambda b, rows: None if b is None else b[rows]
     Wo = t(out_projection_matrix(spec.out_proj))[:, q_rows]
-    return attention_head_form(Wq[q_rows], Wk[kv_rows], Wv[kv_rows], Wo, readout, scaling,
-                               pick(bq, q_rows), pick(bk, kv_rows), pick(bv, kv_rows))
+    return attention_head_form(
+        Wq[q_rows],
+        Wk[kv_rows],
+        Wv[kv_rows],
+        Wo,
+        readout,
+        scaling,
+        pick(bq, q_rows),
+        pick(bk, kv_rows),
+        pick(bv, kv_rows),
+    )

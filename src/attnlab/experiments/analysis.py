@@ -33,7 +33,9 @@ def task_label(task: dict[str, Any]) -> str:
 
 def _group_key(config: dict[str, Any]) -> str:
     train = {k: v for k, v in config["train"].items() if k not in TUNED}
-    return json.dumps({"task": config["task"], "model": config["model"], "train": train}, sort_keys=True)
+    return json.dumps(
+        {"task": config["task"], "model": config["model"], "train": train}, sort_keys=True
+    )
 
 
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -46,22 +48,31 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if best is None or record["metrics"]["best_val_loss"] < best["metrics"]["best_val_loss"]:
             per_seed[key][seed] = record
     rows = []
-    for key, by_seed in per_seed.items():
+    for key, by_seed in per_seed.items():  # noqa: B007 (the loop counts; its variable is read after or not needed)
         chosen = [by_seed[s] for s in sorted(by_seed)]
         config = chosen[0]["config"]
         metric_names = [k for k, v in chosen[0]["metrics"].items() if isinstance(v, (int, float))]
         row = {
-            "task": task_label(config["task"]), "task_name": config["task"]["name"],
-            "task_params": config["task"]["params"], "model": model_label(config["model"]),
-            "arch": config["model"]["arch"], "width": config["model"]["width"],
-            "heads": config["model"]["heads"], "n_train": config["train"]["n_train"],
-            "seeds": len(chosen), "chosen_lr": [r["config"]["train"]["lr"] for r in chosen],
+            "task": task_label(config["task"]),
+            "task_name": config["task"]["name"],
+            "task_params": config["task"]["params"],
+            "model": model_label(config["model"]),
+            "arch": config["model"]["arch"],
+            "width": config["model"]["width"],
+            "heads": config["model"]["heads"],
+            "n_train": config["train"]["n_train"],
+            "seeds": len(chosen),
+            "chosen_lr": [r["config"]["train"]["lr"] for r in chosen],
         }
         for name in metric_names:
             row[name] = float(median(float(r["metrics"][name]) for r in chosen))
-        row["reached_fraction"] = sum(bool(r["metrics"]["reached_threshold"]) for r in chosen) / len(chosen)
+        row["reached_fraction"] = sum(
+            bool(r["metrics"]["reached_threshold"]) for r in chosen
+        ) / len(chosen)
         rows.append(row)
-    rows.sort(key=lambda r: (r["task"], r["arch"], r["width"], r["heads"], r["model"], r["n_train"]))
+    rows.sort(
+        key=lambda r: (r["task"], r["arch"], r["width"], r["heads"], r["model"], r["n_train"])
+    )
     return rows
 
 
@@ -71,17 +82,32 @@ def samples_to_threshold(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     need on the same task (a lower bound, marked '>', when the model never got there)."""
     needs: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
-        entry = needs.setdefault((row["task"], row["model"]), {
-            "task": row["task"], "model": row["model"], "arch": row["arch"], "samples_needed": None,
-            "largest_tried": 0, "threshold": row["threshold"]})
+        entry = needs.setdefault(
+            (row["task"], row["model"]),
+            {
+                "task": row["task"],
+                "model": row["model"],
+                "arch": row["arch"],
+                "samples_needed": None,
+                "largest_tried": 0,
+                "threshold": row["threshold"],
+            },
+        )
         entry["largest_tried"] = max(entry["largest_tried"], row["n_train"])
         if row["max_error"] <= row["threshold"]:
             current = entry["samples_needed"]
-            entry["samples_needed"] = row["n_train"] if current is None else min(current, row["n_train"])
+            entry["samples_needed"] = (
+                row["n_train"] if current is None else min(current, row["n_train"])
+            )
     out = list(needs.values())
     for entry in out:
-        reference = [e["samples_needed"] for e in out if e["task"] == entry["task"]
-                     and e["arch"] == "attention" and e["samples_needed"] is not None]
+        reference = [
+            e["samples_needed"]
+            for e in out
+            if e["task"] == entry["task"]
+            and e["arch"] == "attention"
+            and e["samples_needed"] is not None
+        ]
         entry["ratio_to_attention"] = None
         if reference:
             base = min(reference)
@@ -99,9 +125,16 @@ def width_to_threshold(rows: list[dict[str, Any]], arch: str = "attention") -> l
     for row in rows:
         if row["arch"] != arch:
             continue
-        entry = best.setdefault((row["task"], row["heads"]), {
-            "task": row["task"], **row["task_params"], "heads": row["heads"], "width_needed": None,
-            "widths_tried": []})
+        entry = best.setdefault(
+            (row["task"], row["heads"]),
+            {
+                "task": row["task"],
+                **row["task_params"],
+                "heads": row["heads"],
+                "width_needed": None,
+                "widths_tried": [],
+            },
+        )
         entry["widths_tried"] = sorted(set(entry["widths_tried"]) | {row["width"]})
         if row["max_error"] <= row["threshold"]:
             current = entry["width_needed"]

@@ -38,9 +38,15 @@ class ModelConfig(_Strict):
     width: int = Field(32, ge=1)
     heads: int = Field(1, ge=1, description="attention heads (summed, as in the paper)")
     bidirectional: bool = Field(False, description="LSTM/GRU only")
-    layers: int = Field(1, ge=1, description="stacked recurrent layers, or hidden layers of the MLP")
-    embed_hidden: int = Field(0, ge=0, description="hidden width of the per-token input map phi (0: linear)")
-    readout_hidden: int = Field(64, ge=1, description="hidden width of the per-token output map psi")
+    layers: int = Field(
+        1, ge=1, description="stacked recurrent layers, or hidden layers of the MLP"
+    )
+    embed_hidden: int = Field(
+        0, ge=0, description="hidden width of the per-token input map phi (0: linear)"
+    )
+    readout_hidden: int = Field(
+        64, ge=1, description="hidden width of the per-token output map psi"
+    )
 
 
 class TrainConfig(_Strict):
@@ -58,24 +64,43 @@ class TrainConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
     schedule: Literal["constant", "cosine", "plateau"] = Field(
-        "plateau", description="constant; cosine decay to 0 over max_steps; or cut by lr_decay on a "
-                               "validation plateau (the rate does not depend on the step budget)")
+        "plateau",
+        description="constant; cosine decay to 0 over max_steps; or cut by lr_decay on a "
+        "validation plateau (the rate does not depend on the step budget)",
+    )
     warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
     max_steps: int = Field(2000, ge=1)
-    min_steps: int = Field(0, ge=0, description="no plateau stop before this step (recurrent baselines sit "
-                                                "on a long initial plateau before they learn anything)")
+    min_steps: int = Field(
+        0,
+        ge=0,
+        description="no plateau stop before this step (recurrent baselines sit "
+        "on a long initial plateau before they learn anything)",
+    )
     eval_every: int = Field(100, ge=1, description="steps between validation passes")
-    patience: int = Field(5, ge=1, description="validation passes without improvement before stopping")
-    lr_patience: int = Field(2, ge=1, description="plateau schedule: passes without improvement before a cut")
-    lr_decay: float = Field(0.5, gt=0, lt=1, allow_inf_nan=False, description="plateau schedule: rate factor")
-    min_delta: float = Field(0.0, ge=0, allow_inf_nan=False,
-                             description="relative improvement of val loss that counts")
-    checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints (with a run dir)")
+    patience: int = Field(
+        5, ge=1, description="validation passes without improvement before stopping"
+    )
+    lr_patience: int = Field(
+        2, ge=1, description="plateau schedule: passes without improvement before a cut"
+    )
+    lr_decay: float = Field(
+        0.5, gt=0, lt=1, allow_inf_nan=False, description="plateau schedule: rate factor"
+    )
+    min_delta: float = Field(
+        0.0, ge=0, allow_inf_nan=False, description="relative improvement of val loss that counts"
+    )
+    checkpoint_every: int = Field(
+        500, ge=1, description="steps between checkpoints (with a run dir)"
+    )
     grad_clip: float | None = Field(1.0, gt=0, allow_inf_nan=False)
     dtype: Literal["float32", "float64"] = "float32"
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: a GPU when torch sees one, else CPU")
-    threads: int | None = Field(None, ge=1, description="torch.set_num_threads; None keeps torch's choice")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: a GPU when torch sees one, else CPU"
+    )
+    threads: int | None = Field(
+        None, ge=1, description="torch.set_num_threads; None keeps torch's choice"
+    )
 
 
 # Execution settings: where and how fast a run is computed, not what it computes. They are left
@@ -103,7 +128,7 @@ class RunConfig(_Strict):
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def on_device(self, device: str) -> "RunConfig":
+    def on_device(self, device: str) -> RunConfig:
         """The same run computed on `device` ('cpu', 'cuda' or 'auto'); the run id is unchanged."""
         train = TrainConfig.model_validate({**self.train.model_dump(), "device": device})
         return self.model_copy(update={"train": train})
@@ -115,7 +140,9 @@ def _set_dotted(target: dict, dotted: str, value: Any) -> None:
     for key in parents:
         child = node.setdefault(key, {})
         if not isinstance(child, dict):
-            raise ValueError(f"sweep key '{dotted}': '{key}' is not a section, so it cannot hold '{leaf}'")
+            raise ValueError(
+                f"sweep key '{dotted}': '{key}' is not a section, so it cannot hold '{leaf}'"
+            )
         node = child
     node[leaf] = value
 
@@ -135,7 +162,9 @@ class SweepConfig(_Strict):
     @classmethod
     def _some_seeds(cls, seeds: list[int]) -> list[int]:
         if not seeds:
-            raise ValueError("seeds is empty, so the sweep would run nothing; give at least one seed, e.g. [0, 1, 2]")
+            raise ValueError(
+                "seeds is empty, so the sweep would run nothing; give at least one seed, e.g. [0, 1, 2]"
+            )
         if any(s < 0 for s in seeds):
             raise ValueError(f"seeds must be >= 0, got {seeds}")
         return seeds
@@ -146,7 +175,9 @@ class SweepConfig(_Strict):
         for grid in grids:
             for key, values in grid.items():
                 if not values:
-                    raise ValueError(f"grid axis '{key}' has no values; give at least one or drop it")
+                    raise ValueError(
+                        f"grid axis '{key}' has no values; give at least one or drop it"
+                    )
         return grids
 
     def expand(self) -> list[RunConfig]:
@@ -163,8 +194,10 @@ class SweepConfig(_Strict):
                     try:
                         config = RunConfig.model_validate(raw)
                     except ValueError as exc:
-                        raise ValueError(f"sweep '{self.name}': grid point {dict(zip(keys, point))} "
-                                         f"does not give a valid run config: {exc}") from exc
+                        raise ValueError(
+                            f"sweep '{self.name}': grid point {dict(zip(keys, point))} "
+                            f"does not give a valid run config: {exc}"
+                        ) from exc
                     runs.setdefault(config.run_id, config)
         return list(runs.values())
 
@@ -188,8 +221,10 @@ def _resolve(source: str | Path) -> Path:
     builtin = CONFIG_DIR / f"{source}.json"
     if builtin.exists():
         return builtin
-    raise ConfigNotFoundError(f"no config file '{source}' and no built-in config of that name; "
-                            f"built-ins: {', '.join(builtin_configs())}")
+    raise ConfigNotFoundError(
+        f"no config file '{source}' and no built-in config of that name; "
+        f"built-ins: {', '.join(builtin_configs())}"
+    )
 
 
 def _read_json(source: str | Path) -> dict:

@@ -18,16 +18,26 @@ def load_trained(config: RunConfig, run_dir: str | Path) -> torch.nn.Module:
     """The model of a finished run, with the best-validation weights from run_dir/model.safetensors."""
     weights = Path(run_dir) / "model.safetensors"
     if not weights.exists():
-        raise FileNotFoundError(f"{weights} does not exist; train the run with run_dir={run_dir} to the end first")
-    task, train_batch, _, _ = sample_splits(config.model_copy(update={"train": config.train.model_copy(
-        update={"n_train": 1, "n_val": 1, "n_test": 1})}))
-    model = build_model(config.model, train_batch.targets.shape[1], task.token_dim, _output_dim(train_batch.targets))
+        raise FileNotFoundError(
+            f"{weights} does not exist; train the run with run_dir={run_dir} to the end first"
+        )
+    task, train_batch, _, _ = sample_splits(
+        config.model_copy(
+            update={
+                "train": config.train.model_copy(update={"n_train": 1, "n_val": 1, "n_test": 1})
+            }
+        )
+    )
+    model = build_model(
+        config.model, train_batch.targets.shape[1], task.token_dim, _output_dim(train_batch.targets)
+    )
     model.load_state_dict(load_file(str(weights)))
     return model.to(torch.float32).eval()
 
 
-def qsa_attention_pattern(config: RunConfig, run_dir: str | Path, example: int = 0,
-                          seed: int = 12345) -> dict[str, Any]:
+def qsa_attention_pattern(
+    config: RunConfig, run_dir: str | Path, example: int = 0, seed: int = 12345
+) -> dict[str, Any]:
     """Attention weights of a trained qSA attention run on one fresh input.
 
     Returns weights (H, N, N), pointers (N, N; 1 where j is in y_i), the input's y, and
@@ -35,12 +45,16 @@ def qsa_attention_pattern(config: RunConfig, run_dir: str | Path, example: int =
     (1.0 for a head that looks only at the positions it must average).
     """
     if config.task.name != "qsa" or config.model.arch != "attention":
-        raise ValueError(f"attention patterns are drawn for pairwise attention on qsa, not "
-                         f"{config.model.arch} on {config.task.name}")
+        raise ValueError(
+            f"attention patterns are drawn for pairwise attention on qsa, not "
+            f"{config.model.arch} on {config.task.name}"
+        )
     from attnlab.tasks import get_task
 
     task = get_task(config.task.name, **config.task.params)
-    batch = task.sample(np.random.default_rng(seed), example + 1).select(slice(example, example + 1))
+    batch = task.sample(np.random.default_rng(seed), example + 1).select(
+        slice(example, example + 1)
+    )
     model = load_trained(config, run_dir)
     tokens = torch.as_tensor(np.asarray(task.tokens(batch)), dtype=torch.float32)
     weights = model.attention_weights(tokens)[0].to(torch.float64).numpy()

@@ -25,7 +25,9 @@ class TensorBoardLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:
-            raise LoggerUnavailable("TensorBoard logging needs the tensorboard package: pip install tensorboard") from exc
+            raise LoggerUnavailable(
+                "TensorBoard logging needs the tensorboard package: pip install tensorboard"
+            ) from exc
         self._writer = SummaryWriter(str(log_dir))
 
     def __call__(self, step: int, values: dict[str, float]) -> None:
@@ -35,7 +37,7 @@ class TensorBoardLogger:
     def close(self) -> None:
         self._writer.close()
 
-    def __enter__(self) -> "TensorBoardLogger":
+    def __enter__(self) -> TensorBoardLogger:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -47,7 +49,9 @@ class MLflowLogger:
         try:
             import mlflow
         except ImportError as exc:
-            raise LoggerUnavailable("MLflow logging needs the mlflow package: pip install mlflow") from exc
+            raise LoggerUnavailable(
+                "MLflow logging needs the mlflow package: pip install mlflow"
+            ) from exc
         self._mlflow = mlflow
         mlflow.set_experiment(experiment)
         self._run = mlflow.start_run()
@@ -58,7 +62,7 @@ class MLflowLogger:
     def close(self) -> None:
         self._mlflow.end_run()
 
-    def __enter__(self) -> "MLflowLogger":
+    def __enter__(self) -> MLflowLogger:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -74,4 +78,6 @@ def make_logger(spec: str) -> TensorBoardLogger | MLflowLogger:
         return TensorBoardLogger(arg)
     if kind == "mlflow":
         return MLflowLogger(arg or "attnlab")
-    raise LoggerUnavailable(f"unknown logger {spec!r}; use 'tensorboard:DIR' or 'mlflow[:EXPERIMENT]'")
+    raise LoggerUnavailable(
+        f"unknown logger {spec!r}; use 'tensorboard:DIR' or 'mlflow[:EXPERIMENT]'"
+    )

@@ -47,8 +47,15 @@ class SummedHeads(nn.Module):
         super().__init__()
         from attnlab.models.attention_unit import AttentionUnit, MultiHeadAttentionLayer
 
-        units = [AttentionUnit.linear(width, width, seed=int(torch.randint(2**62, ()).item()),
-                                      dtype=torch.get_default_dtype()) for _ in range(heads)]
+        units = [
+            AttentionUnit.linear(
+                width,
+                width,
+                seed=int(torch.randint(2**62, ()).item()),
+                dtype=torch.get_default_dtype(),
+            )
+            for _ in range(heads)
+        ]
         self.layer = MultiHeadAttentionLayer(units)  # no input map, output = the summed heads
         self.heads, self.width = heads, width
 
@@ -83,7 +90,9 @@ class AttentionBaseline(nn.Module):
     def attention_weights(self, tokens: torch.Tensor) -> torch.Tensor:
         """(n, H, N, N) attention weights of a pairwise layer (what the pattern figure draws)."""
         if not isinstance(self.attend, SummedHeads):
-            raise ValueError("attention weights are drawn for pairwise attention only, not third-order")
+            raise ValueError(
+                "attention weights are drawn for pairwise attention only, not third-order"
+            )
         return self.attend.attention_weights(self.embed(tokens))
 
 
@@ -96,8 +105,13 @@ class RecurrentBaseline(nn.Module):
     def __init__(self, token_dim: int, out_dim: int, config: ModelConfig):
         super().__init__()
         cell = nn.LSTM if config.arch == "lstm" else nn.GRU
-        self.rnn = cell(token_dim, config.width, num_layers=config.layers, batch_first=True,
-                        bidirectional=config.bidirectional)
+        self.rnn = cell(
+            token_dim,
+            config.width,
+            num_layers=config.layers,
+            batch_first=True,
+            bidirectional=config.bidirectional,
+        )
         directions = 2 if config.bidirectional else 1
         self.readout = Readout(directions * config.width, token_dim, config.readout_hidden, out_dim)
 
@@ -121,8 +135,10 @@ class FlatMLP(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         n, N, _ = tokens.shape
         if N != self.seq_len:
-            raise ValueError(f"this MLP was built for sequences of length {self.seq_len}, got {N}; "
-                             f"build a new one for the new length")
+            raise ValueError(
+                f"this MLP was built for sequences of length {self.seq_len}, got {N}; "
+                f"build a new one for the new length"
+            )
         return self.net(tokens.reshape(n, -1)).view(n, N, self.out_dim)
 
 

@@ -45,7 +45,7 @@ def plot_error_vs_samples(rows: list[dict[str, Any]], path: str | Path) -> Path:
         ax.set_xlabel("training examples")
         ax.set_ylabel("test error (max solid, mean dotted)")
         ax.grid(alpha=0.3, which="both")
-    for ax in list(axes.flat)[len(tasks):]:
+    for ax in list(axes.flat)[len(tasks) :]:
         ax.set_visible(False)
     axes.flat[0].legend(fontsize=7)
     return _save(fig, path)
@@ -66,11 +66,21 @@ def plot_threshold_width(width_rows: list[dict[str, Any]], path: str | Path) -> 
         colour = f"C{index % 10}"
         shift = 0.04 * (index - (len(lines) - 1) / 2)  # lines that coincide stay visible
         reached = [p for p in points if p["width_needed"] is not None]
-        ax.plot([p["q"] + shift for p in reached], [p["width_needed"] for p in reached], "o-", color=colour,
-                label=f"N={N}" + (f", H={heads}" if heads > 1 else ""))
+        ax.plot(
+            [p["q"] + shift for p in reached],
+            [p["width_needed"] for p in reached],
+            "o-",
+            color=colour,
+            label=f"N={N}" + (f", H={heads}" if heads > 1 else ""),
+        )
         missed = [p for p in points if p["width_needed"] is None]
-        ax.plot([p["q"] + shift for p in missed], [max(p["widths_tried"]) for p in missed], "o", color=colour,
-                mfc="none")
+        ax.plot(
+            [p["q"] + shift for p in missed],
+            [max(p["widths_tried"]) for p in missed],
+            "o",
+            color=colour,
+            mfc="none",
+        )
     ax.set_xticks(sorted({row["q"] for rows in lines.values() for row in rows}))
     ax.set_xlabel("q")
     ax.set_ylabel("smallest width m reaching 1/(2q)")
@@ -89,7 +99,9 @@ def _need_errorbar(ax, xs, rows, key, colour, label, marker="o"):
         kinds = set(need["per_seed_kind"])
         if need["estimate"] is None or kinds != {"measured"}:
             value = max(need["per_seed"]) if "more than" in kinds else min(need["per_seed"])
-            ax.plot([x], [value], "^" if "more than" in kinds else "v", color=colour, mfc="none", ms=8)
+            ax.plot(
+                [x], [value], "^" if "more than" in kinds else "v", color=colour, mfc="none", ms=8
+            )
             continue
         xs_m.append(x)
         ys.append(need["estimate"])
@@ -108,7 +120,9 @@ def plot_samples_vs_n(needs: list[dict[str, Any]], path: str | Path) -> Path:
     smallest)."""
     qsa = [n for n in needs if "N" in n["task_params"] and "q" in n["task_params"]]
     if not qsa:
-        raise ValueError("no qSA sample-size runs to plot; run the qsa-samples sweep into this store first")
+        raise ValueError(
+            "no qSA sample-size runs to plot; run the qsa-samples sweep into this store first"
+        )
     qs = sorted({n["task_params"]["q"] for n in qsa})
     fig, axes = plt.subplots(2, len(qs), figsize=(4.8 * len(qs), 7.2), squeeze=False)
     models = sorted({n["model"] for n in qsa})
@@ -116,10 +130,19 @@ def plot_samples_vs_n(needs: list[dict[str, Any]], path: str | Path) -> Path:
         for row, (key, what) in enumerate((("max", "worst-case error"), ("mean", "mean error"))):
             ax = axes[row][col]
             for index, model in enumerate(models):
-                line = sorted((n for n in qsa if n["model"] == model and n["task_params"]["q"] == q),
-                              key=lambda n: n["task_params"]["N"])
+                line = sorted(
+                    (n for n in qsa if n["model"] == model and n["task_params"]["q"] == q),
+                    key=lambda n: n["task_params"]["N"],
+                )
                 if line:
-                    _need_errorbar(ax, [n["task_params"]["N"] for n in line], line, key, f"C{index % 10}", model)
+                    _need_errorbar(
+                        ax,
+                        [n["task_params"]["N"] for n in line],
+                        line,
+                        key,
+                        f"C{index % 10}",
+                        model,
+                    )
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel("sequence length N")
@@ -135,14 +158,22 @@ def plot_width_needs(width_rows: list[dict[str, Any]], path: str | Path) -> Path
     with 95% intervals over seeds; open triangles are censored."""
     rows = [r for r in width_rows if "q" in r and "N" in r]
     if not rows:
-        raise ValueError("no qSA width runs to plot; run the qsa-width-grid sweep into this store first")
+        raise ValueError(
+            "no qSA width runs to plot; run the qsa-width-grid sweep into this store first"
+        )
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.9))
     for ax, (line_key, x_key) in ((left, ("N", "q")), (right, ("q", "N"))):
         for index, value in enumerate(sorted({r[line_key] for r in rows})):
             line = sorted((r for r in rows if r[line_key] == value), key=lambda r: r[x_key])
             shift = 1 + 0.03 * index  # coinciding lines stay visible
-            _need_errorbar(ax, [r[x_key] * shift for r in line], [{"need": r} for r in line], "need",
-                           f"C{index % 10}", f"{line_key} = {value}")
+            _need_errorbar(
+                ax,
+                [r[x_key] * shift for r in line],
+                [{"need": r} for r in line],
+                "need",
+                f"C{index % 10}",
+                f"{line_key} = {value}",
+            )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log", base=2)
         ax.set_xlabel(x_key)
@@ -187,7 +218,9 @@ def plot_attention_pattern(weights, pointers, path: str | Path, title: str = "")
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     image = ax.imshow(weights, cmap="viridis", vmin=0, vmax=max(float(weights.max()), 1e-12))
     rows, cols = np.nonzero(np.asarray(pointers))
-    ax.scatter(cols, rows, s=60, facecolors="none", edgecolors="red", linewidths=1.0, label="j in y_i")
+    ax.scatter(
+        cols, rows, s=60, facecolors="none", edgecolors="red", linewidths=1.0, label="j in y_i"
+    )
     ax.set_xlabel("key position j")
     ax.set_ylabel("query position i")
     ax.set_title(title or f"trained head on one qSA input (N = {N})", fontsize=9)

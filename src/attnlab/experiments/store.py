@@ -13,8 +13,9 @@ from __future__ import annotations
 import csv
 import json
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from attnlab.errors import AttnlabError
 from attnlab.experiments.results import CURVE_FIELDS, RunResult
@@ -45,9 +46,22 @@ CREATE TABLE IF NOT EXISTS sweep_runs (
 );
 """
 
-COLUMNS = ("run_id", "status", "config_json", "seed", "metrics_json", "timings_json", "error",
-           "started_at", "finished_at", "wall_seconds", "attnlab_version", "torch_version", "python_version",
-           "device")
+COLUMNS = (
+    "run_id",
+    "status",
+    "config_json",
+    "seed",
+    "metrics_json",
+    "timings_json",
+    "error",
+    "started_at",
+    "finished_at",
+    "wall_seconds",
+    "attnlab_version",
+    "torch_version",
+    "python_version",
+    "device",
+)
 
 
 class StoreError(AttnlabError, ValueError):
@@ -60,8 +74,10 @@ class ResultStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if self.path.is_dir():
-            raise StoreError(f"results store {self.path} is a directory; give a file path such as "
-                             f"{self.path / 'results.sqlite'}")
+            raise StoreError(
+                f"results store {self.path} is a directory; give a file path such as "
+                f"{self.path / 'results.sqlite'}"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(self.path, timeout=30)
@@ -69,8 +85,10 @@ class ResultStore:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path} is not an attnlab results store (SQLite said: {exc}); "
-                             f"give another --store path, or move that file away") from None
+            raise StoreError(
+                f"{self.path} is not an attnlab results store (SQLite said: {exc}); "
+                f"give another --store path, or move that file away"
+            ) from None
         present = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
         for column in COLUMNS:
             if column not in present:  # a store written by an older attnlab: add what it lacks
@@ -80,7 +98,7 @@ class ResultStore:
     def close(self) -> None:
         self._db.close()
 
-    def __enter__(self) -> "ResultStore":
+    def __enter__(self) -> ResultStore:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -88,7 +106,9 @@ class ResultStore:
 
     def add_to_sweep(self, sweep: str, run_ids: list[str]) -> None:
         with self._db:
-            self._db.executemany("INSERT OR IGNORE INTO sweep_runs VALUES (?, ?)", [(sweep, r) for r in run_ids])
+            self._db.executemany(
+                "INSERT OR IGNORE INTO sweep_runs VALUES (?, ?)", [(sweep, r) for r in run_ids]
+            )
 
     def finished_ids(self) -> set[str]:
         return {row[0] for row in self._db.execute("SELECT run_id FROM runs WHERE status = 'ok'")}
@@ -96,20 +116,35 @@ class ResultStore:
     def put(self, result: RunResult) -> bool:
         """Record a finished run and its curve; False (nothing written) if already recorded as ok."""
         if result.status != "ok":
-            raise ValueError(f"run {result.run_id} has status '{result.status}'; only finished runs are "
-                             f"stored (resume it with train(config, run_dir) first)")
-        written = self._upsert(result.run_id, "ok", result.config, result.seed, result.metrics,
-                               result.timings, None, result.started_at, result.finished_at, result.versions)
+            raise ValueError(
+                f"run {result.run_id} has status '{result.status}'; only finished runs are "
+                f"stored (resume it with train(config, run_dir) first)"
+            )
+        written = self._upsert(
+            result.run_id,
+            "ok",
+            result.config,
+            result.seed,
+            result.metrics,
+            result.timings,
+            None,
+            result.started_at,
+            result.finished_at,
+            result.versions,
+        )
         if written and result.curve:
             points = zip(*(result.curve.get(name, []) for name in CURVE_FIELDS))
             with self._db:
                 self._db.execute("DELETE FROM curves WHERE run_id = ?", (result.run_id,))
-                self._db.executemany("INSERT INTO curves VALUES (?, ?, ?, ?, ?)",
-                                     [(result.run_id, int(p[0]), *map(float, p[1:])) for p in points])
+                self._db.executemany(
+                    "INSERT INTO curves VALUES (?, ?, ?, ?, ?)",
+                    [(result.run_id, int(p[0]), *map(float, p[1:])) for p in points],
+                )
         return written
 
-    def put_failure(self, run_id: str, config: dict[str, Any], seed: int, error: str,
-                    status: str = "failed") -> bool:
+    def put_failure(
+        self, run_id: str, config: dict[str, Any], seed: int, error: str, status: str = "failed"
+    ) -> bool:
         """Record that a run raised ('failed') or diverged ('diverged'); a later successful put
         replaces this row."""
         if status not in ("failed", "diverged"):
@@ -118,8 +153,10 @@ class ResultStore:
 
     def curve(self, run_id: str) -> dict[str, list[float]]:
         """One run's training curve: lists step, train_loss, val_loss, lr (empty if none stored)."""
-        rows = self._db.execute(f"SELECT {', '.join(CURVE_FIELDS)} FROM curves WHERE run_id = ? ORDER BY step",
-                                (run_id,)).fetchall()
+        rows = self._db.execute(
+            f"SELECT {', '.join(CURVE_FIELDS)} FROM curves WHERE run_id = ? ORDER BY step",
+            (run_id,),
+        ).fetchall()
         return {name: [row[i] for row in rows] for i, name in enumerate(CURVE_FIELDS)}
 
     def curves(self, sweep: str | None = None) -> list[dict[str, Any]]:
@@ -137,23 +174,44 @@ class ResultStore:
         try:
             import pandas as pd
         except ImportError as exc:
-            raise ImportError("ResultStore.to_pandas needs pandas: pip install 'attnlab[parquet]'") from exc
+            raise ImportError(
+                "ResultStore.to_pandas needs pandas: pip install 'attnlab[parquet]'"
+            ) from exc
         return pd.DataFrame(flat_records(self.records(sweep)))
 
     def counts(self) -> dict[str, int]:
         """Number of runs per status."""
-        return dict(self._db.execute("SELECT status, COUNT(*) FROM runs GROUP BY status ORDER BY status"))
+        return dict(
+            self._db.execute("SELECT status, COUNT(*) FROM runs GROUP BY status ORDER BY status")
+        )
 
-    def _upsert(self, run_id, status, config, seed, metrics, timings, error, started, finished, versions) -> bool:
-        row = (run_id, status, json.dumps(config, sort_keys=True), seed, json.dumps(metrics),
-               json.dumps(timings), error, started, finished, timings.get("wall_seconds"),
-               versions.get("attnlab"), versions.get("torch"), versions.get("python"), versions.get("device"))
+    def _upsert(
+        self, run_id, status, config, seed, metrics, timings, error, started, finished, versions
+    ) -> bool:
+        row = (
+            run_id,
+            status,
+            json.dumps(config, sort_keys=True),
+            seed,
+            json.dumps(metrics),
+            json.dumps(timings),
+            error,
+            started,
+            finished,
+            timings.get("wall_seconds"),
+            versions.get("attnlab"),
+            versions.get("torch"),
+            versions.get("python"),
+            versions.get("device"),
+        )
         with self._db:
             cursor = self._db.execute(
                 f"INSERT INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
                 "ON CONFLICT(run_id) DO UPDATE SET "
                 + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[1:])
-                + " WHERE runs.status != 'ok'", row)
+                + " WHERE runs.status != 'ok'",
+                row,
+            )
             return cursor.rowcount == 1
 
     def records(self, sweep: str | None = None, status: str | None = "ok") -> list[dict[str, Any]]:
@@ -182,10 +240,14 @@ class ResultStore:
         return out
 
     def sweeps(self) -> dict[str, int]:
-        return dict(self._db.execute("SELECT sweep, COUNT(*) FROM sweep_runs GROUP BY sweep ORDER BY sweep"))
+        return dict(
+            self._db.execute("SELECT sweep, COUNT(*) FROM sweep_runs GROUP BY sweep ORDER BY sweep")
+        )
 
     def count(self, status: str = "ok") -> int:
-        return self._db.execute("SELECT COUNT(*) FROM runs WHERE status = ?", (status,)).fetchone()[0]
+        return self._db.execute("SELECT COUNT(*) FROM runs WHERE status = ?", (status,)).fetchone()[
+            0
+        ]
 
 
 def _flatten(prefix: str, value: Any) -> Iterator[tuple[str, Any]]:
@@ -231,29 +293,44 @@ def _write_parquet(rows: list[dict[str, Any]], path: str | Path) -> int:
     except ImportError as exc:
         raise ImportError("Parquet export needs pyarrow: pip install 'attnlab[parquet]'") from exc
     columns = _columns(rows)
-    table = pa.table({name: [row.get(name) for row in rows] for name in columns}) if rows else pa.table({})
+    table = (
+        pa.table({name: [row.get(name) for row in rows] for name in columns})
+        if rows
+        else pa.table({})
+    )
     pq.write_table(table, str(path))
     return len(rows)
 
 
-def export_parquet(store: ResultStore, path: str | Path, sweep: str | None = None) -> int:
-    """Write the store's finished runs as a Parquet file (needs pyarrow); returns the number of rows."""
-    return _write_parquet(flat_records(store.records(sweep)), path)
+def _only(rows: list[dict[str, Any]], only: set[str] | None) -> list[dict[str, Any]]:
+    return rows if only is None else [r for r in rows if r["run_id"] in only]
 
 
-def export_curves_parquet(store: ResultStore, path: str | Path, sweep: str | None = None) -> int:
+def export_parquet(
+    store: ResultStore, path: str | Path, sweep: str | None = None, only: set[str] | None = None
+) -> int:
+    """Write the store's finished runs (those in `only`, if given) as a Parquet file (needs
+    pyarrow); returns the number of rows."""
+    return _write_parquet(flat_records(_only(store.records(sweep), only)), path)
+
+
+def export_curves_parquet(
+    store: ResultStore, path: str | Path, sweep: str | None = None, only: set[str] | None = None
+) -> int:
     """Write every stored training-curve point (run_id, step, train_loss, val_loss, lr) as Parquet;
     join on run_id with export_parquet's table for the configs. Returns the number of rows."""
-    return _write_parquet(store.curves(sweep), path)
+    return _write_parquet(_only(store.curves(sweep), only), path)
 
 
-def export_records(store: ResultStore, path: str | Path, sweep: str | None = None) -> int:
+def export_records(
+    store: ResultStore, path: str | Path, sweep: str | None = None, only: set[str] | None = None
+) -> int:
     """Write the finished runs as JSON lines (gzip-compressed when the name ends in .gz), keeping
     the nesting (config, metrics, timings) the analysis reads, plus `sweeps` (the sweeps each run
     belongs to); `load_records` reads it back."""
     import gzip
 
-    rows = store.records(sweep)
+    rows = _only(store.records(sweep), only)
     membership: dict[str, list[str]] = {}
     for name, run_id in store._db.execute("SELECT sweep, run_id FROM sweep_runs ORDER BY sweep"):
         membership.setdefault(run_id, []).append(name)

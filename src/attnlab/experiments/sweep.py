@@ -15,11 +15,12 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm  # notebook widgets where available
@@ -95,7 +96,9 @@ def execute_run(config_json: str, runs_dir: str | None, threads: int) -> dict[st
 
 
 def _available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
 
 
 def _process_context() -> multiprocessing.context.BaseContext:
@@ -110,8 +113,12 @@ def _process_context() -> multiprocessing.context.BaseContext:
 
 
 @contextmanager
-def make_executor(engine: Engine = "local", workers: int | None = None, scheduler: str | None = None,
-                  dask_processes: bool = True) -> Iterator[Executor]:
+def make_executor(
+    engine: Engine = "local",
+    workers: int | None = None,
+    scheduler: str | None = None,
+    dask_processes: bool = True,
+) -> Iterator[Executor]:
     """An Executor for `engine`. local: a ProcessPoolExecutor (forkserver or spawn workers, so no
     torch state is forked). dask: `Client(scheduler).get_executor()`, or a LocalCluster of `workers` single-
     threaded workers when no scheduler address is given (closed again on exit)."""
@@ -119,8 +126,12 @@ def make_executor(engine: Engine = "local", workers: int | None = None, schedule
     if engine == "local":
         if scheduler is not None:
             raise ValueError("--scheduler is only used with --engine dask")
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=_process_context(),
-                                   initializer=_die_with, initargs=(os.getpid(),))
+        pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=_process_context(),
+            initializer=_die_with,
+            initargs=(os.getpid(),),
+        )
         try:
             yield pool
         finally:
@@ -130,8 +141,12 @@ def make_executor(engine: Engine = "local", workers: int | None = None, schedule
 
         cluster = None
         if scheduler is None:
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=dask_processes,
-                                   dashboard_address=None)
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=dask_processes,
+                dashboard_address=None,
+            )
             client = Client(cluster)
         else:
             client = Client(scheduler, timeout=30)
@@ -145,11 +160,20 @@ def make_executor(engine: Engine = "local", workers: int | None = None, schedule
         raise ValueError(f"unknown engine '{engine}'; use 'local' or 'dask'")
 
 
-def run_sweep(sweep: SweepConfig | str | Path, store: ResultStore | str | Path, *, engine: Engine = "local",
-              workers: int | None = None, scheduler: str | None = None, progress: bool = False,
-              runs_dir: str | Path | None = None, executor: Executor | None = None,
-              threads_per_run: int = 1, dask_processes: bool = True,
-              device: str | None = None) -> SweepSummary:
+def run_sweep(
+    sweep: SweepConfig | str | Path,
+    store: ResultStore | str | Path,
+    *,
+    engine: Engine = "local",
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: bool = False,
+    runs_dir: str | Path | None = None,
+    executor: Executor | None = None,
+    threads_per_run: int = 1,
+    dask_processes: bool = True,
+    device: str | None = None,
+) -> SweepSummary:
     """Run every run of `sweep` not yet finished in `store`; return counts and timings.
 
     `sweep` is a SweepConfig, a sweep file or a built-in name; `store` a ResultStore or a path.
@@ -170,9 +194,18 @@ def run_sweep(sweep: SweepConfig | str | Path, store: ResultStore | str | Path, 
         results.add_to_sweep(sweep.name, [c.run_id for c in configs])
         done = results.finished_ids()
         pending = [c for c in configs if c.run_id not in done]
-        summary = SweepSummary(sweep.name, str(results.path), "custom" if executor else engine,
-                               workers or _available_cores(), len(configs), len(configs) - len(pending), 0, 0, 0.0,
-                               device=device)
+        summary = SweepSummary(
+            sweep.name,
+            str(results.path),
+            "custom" if executor else engine,
+            workers or _available_cores(),
+            len(configs),
+            len(configs) - len(pending),
+            0,
+            0,
+            0.0,
+            device=device,
+        )
         if pending:
             runs = str(runs_dir) if runs_dir is not None else None
             if executor is not None:
@@ -187,12 +220,25 @@ def run_sweep(sweep: SweepConfig | str | Path, store: ResultStore | str | Path, 
             results.close()
 
 
-def _collect(executor: Executor, pending: list[RunConfig], runs_dir: str | None, threads: int,
-             store: ResultStore, summary: SweepSummary, progress: bool) -> None:
+def _collect(
+    executor: Executor,
+    pending: list[RunConfig],
+    runs_dir: str | None,
+    threads: int,
+    store: ResultStore,
+    summary: SweepSummary,
+    progress: bool,
+) -> None:
     futures: dict[Future, RunConfig] = {
-        executor.submit(execute_run, c.canonical_json(), runs_dir, threads): c for c in pending}
-    bar = tqdm(total=len(pending), desc=f"sweep {summary.sweep}", unit="run", file=sys.stderr,
-               disable=not progress or not sys.stderr.isatty())
+        executor.submit(execute_run, c.canonical_json(), runs_dir, threads): c for c in pending
+    }
+    bar = tqdm(
+        total=len(pending),
+        desc=f"sweep {summary.sweep}",
+        unit="run",
+        file=sys.stderr,
+        disable=not progress or not sys.stderr.isatty(),
+    )
     try:
         for future in as_completed(futures):
             config = futures[future]
@@ -202,8 +248,13 @@ def _collect(executor: Executor, pending: list[RunConfig], runs_dir: str | None,
             except Exception as exc:  # a failed run is recorded and reported, the sweep goes on
                 message = f"{type(exc).__name__}: {exc}"
                 diverged = isinstance(exc, TrainingDiverged)
-                store.put_failure(config.run_id, config.model_dump(mode="json"), config.seed, message,
-                                  status="diverged" if diverged else "failed")
+                store.put_failure(
+                    config.run_id,
+                    config.model_dump(mode="json"),
+                    config.seed,
+                    message,
+                    status="diverged" if diverged else "failed",
+                )
                 summary.failed += 1
                 summary.diverged += diverged
                 summary.failures.append({"run_id": config.run_id, "error": message})

@@ -24,16 +24,25 @@ from attnlab.experiments.analysis import TUNED, model_label, task_label
 LEVEL = 0.95
 
 
-def _best_per_seed(records: list[dict[str, Any]], axis: str) -> dict[tuple, dict[int, dict[float, dict]]]:
+def _best_per_seed(
+    records: list[dict[str, Any]], axis: str
+) -> dict[tuple, dict[int, dict[float, dict]]]:
     """{(task, model, fixed training setup): {seed: {axis value: best-by-validation record}}}."""
     out: dict[tuple, dict[int, dict[float, dict]]] = defaultdict(lambda: defaultdict(dict))
     for record in records:
         config = record["config"]
-        train = {k: v for k, v in config["train"].items() if k not in TUNED and k != axis
-                 and k not in ("device", "threads")}
+        train = {
+            k: v
+            for k, v in config["train"].items()
+            if k not in TUNED and k != axis and k not in ("device", "threads")
+        }
         model = dict(config["model"])
         value = config["train"][axis] if axis in config["train"] else model.pop(axis)
-        key = (task_label(config["task"]), json.dumps(model, sort_keys=True), json.dumps(train, sort_keys=True))
+        key = (
+            task_label(config["task"]),
+            json.dumps(model, sort_keys=True),
+            json.dumps(train, sort_keys=True),
+        )
         slot = out[key][record["seed"]]
         best = slot.get(value)
         if best is None or record["metrics"]["best_val_loss"] < best["metrics"]["best_val_loss"]:
@@ -61,9 +70,11 @@ def geometric_interval(values: list[float], level: float = LEVEL) -> tuple[float
     logs = np.log2(np.asarray(values, dtype=float))
     centre = float(logs.mean())
     if len(logs) < 2:
-        return 2 ** centre, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.5 + level / 2, len(logs) - 1) * logs.std(ddof=1) / math.sqrt(len(logs)))
-    return 2 ** centre, 2 ** (centre - half), 2 ** (centre + half)
+        return 2**centre, float("nan"), float("nan")
+    half = float(
+        stats.t.ppf(0.5 + level / 2, len(logs) - 1) * logs.std(ddof=1) / math.sqrt(len(logs))
+    )
+    return 2**centre, 2 ** (centre - half), 2 ** (centre + half)
 
 
 def mean_interval(values: list[float], level: float = LEVEL) -> tuple[float, float, float]:
@@ -78,8 +89,12 @@ def mean_interval(values: list[float], level: float = LEVEL) -> tuple[float, flo
 def _summary(per_seed: list[tuple[float, str]]) -> dict[str, Any]:
     values = [v for v, _ in per_seed]
     kinds = [k for _, k in per_seed]
-    out: dict[str, Any] = {"per_seed": values, "per_seed_kind": kinds, "seeds": len(values),
-                           "censored": sum(k != "measured" for k in kinds)}
+    out: dict[str, Any] = {
+        "per_seed": values,
+        "per_seed_kind": kinds,
+        "seeds": len(values),
+        "censored": sum(k != "measured" for k in kinds),
+    }
     if all(k == "more than" for k in kinds):
         out.update(estimate=None, low=None, high=None, text=f"not reached (> {max(values):g})")
         return out
@@ -90,8 +105,10 @@ def _summary(per_seed: list[tuple[float, str]]) -> dict[str, Any]:
     elif all(k == "at most" for k in kinds):
         out.update(estimate=None, low=None, high=None, text=f"<= {min(values):g} (all seeds)")
     else:
-        marks = " ".join(f"{'<=' if k == 'at most' else '>' if k == 'more than' else ''}{v:.3g}"
-                         for v, k in per_seed)
+        marks = " ".join(
+            f"{'<=' if k == 'at most' else '>' if k == 'more than' else ''}{v:.3g}"
+            for v, k in per_seed
+        )
         out["text"] = f"seeds {marks}"
     return out
 
@@ -104,9 +121,14 @@ def sample_needs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         model = json.loads(model_json)
         first = next(iter(next(iter(by_seed.values())).values()))
         threshold = float(first["metrics"]["threshold"])
-        row: dict[str, Any] = {"task": task, "task_params": first["config"]["task"]["params"],
-                               "model": model_label(model), "arch": model["arch"], "width": model["width"],
-                               "threshold": threshold}
+        row: dict[str, Any] = {
+            "task": task,
+            "task_params": first["config"]["task"]["params"],
+            "model": model_label(model),
+            "arch": model["arch"],
+            "width": model["width"],
+            "threshold": threshold,
+        }
         budget_stops = 0
         # the mean error for qSA; Match tasks have no mean, their second error is the bit error rate
         second = "mean_error" if "mean_error" in first["metrics"] else "bit_error_rate"
@@ -118,7 +140,9 @@ def sample_needs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 per_seed.append(crossing(sizes, errors, threshold))
             row[key] = _summary(per_seed)
         for seed_runs in by_seed.values():
-            budget_stops += sum(r["metrics"].get("stop_reason") == "budget" for r in seed_runs.values())
+            budget_stops += sum(
+                r["metrics"].get("stop_reason") == "budget" for r in seed_runs.values()
+            )
         row["sizes_tried"] = sorted({s for runs in by_seed.values() for s in runs})
         row["runs"] = sum(len(runs) for runs in by_seed.values())
         row["budget_stops"] = budget_stops
@@ -137,13 +161,26 @@ def width_needs(records: list[dict[str, Any]], arch: str = "attention") -> list[
         per_seed = []
         for seed in sorted(by_seed):
             widths = sorted(by_seed[seed])
-            reached = [w for w in widths if float(by_seed[seed][w]["metrics"]["max_error"]) <= threshold]
-            per_seed.append((float(reached[0]), "at most" if reached[0] == widths[0] else "measured")
-                            if reached else (float(widths[-1]), "more than"))
+            reached = [
+                w for w in widths if float(by_seed[seed][w]["metrics"]["max_error"]) <= threshold
+            ]
+            per_seed.append(
+                (float(reached[0]), "at most" if reached[0] == widths[0] else "measured")
+                if reached
+                else (float(widths[-1]), "more than")
+            )
         summary = _summary(per_seed)
-        rows.append({"task": task, **first["config"]["task"]["params"], "heads": json.loads(model_json)["heads"],
-                     "n_train": json.loads(train_json)["n_train"], "threshold": threshold,
-                     "widths_tried": sorted({w for runs in by_seed.values() for w in runs}), **summary})
+        rows.append(
+            {
+                "task": task,
+                **first["config"]["task"]["params"],
+                "heads": json.loads(model_json)["heads"],
+                "n_train": json.loads(train_json)["n_train"],
+                "threshold": threshold,
+                "widths_tried": sorted({w for runs in by_seed.values() for w in runs}),
+                **summary,
+            }
+        )
     return sorted(rows, key=lambda r: (r["task"], r["heads"]))
 
 
@@ -156,7 +193,12 @@ def growth_fit(points: list[tuple[float, float]], level: float = LEVEL) -> dict[
     y = np.log2([p[1] for p in points])
     distinct = len(set(x.tolist()))
     if distinct < 2 or len(points) < 3:
-        return {"points": len(points), "distinct_N": distinct, "exponent": None, "verdict": "too few points"}
+        return {
+            "points": len(points),
+            "distinct_N": distinct,
+            "exponent": None,
+            "verdict": "too few points",
+        }
     design = np.column_stack([np.ones_like(x), x])
     coef, *_ = np.linalg.lstsq(design, y, rcond=None)
     residual = y - design @ coef
@@ -172,5 +214,12 @@ def growth_fit(points: list[tuple[float, float]], level: float = LEVEL) -> dict[
         verdict = "faster than logarithmic"
     else:
         verdict = "inconclusive"
-    return {"points": len(points), "distinct_N": distinct, "exponent": b, "low": b - half, "high": b + half,
-            "log_growth_exponent": log_exponent, "verdict": verdict}
+    return {
+        "points": len(points),
+        "distinct_N": distinct,
+        "exponent": b,
+        "low": b - half,
+        "high": b + half,
+        "log_growth_exponent": log_exponent,
+        "verdict": verdict,
+    }

@@ -28,7 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -85,7 +84,9 @@ class _Split:
         self._targets = torch.as_tensor(batch.targets, device=device).to(dtype)
 
     def _encode(self, batch) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(self.task.tokens(batch)), device=self.device).to(self.dtype)
+        return torch.as_tensor(np.asarray(self.task.tokens(batch)), device=self.device).to(
+            self.dtype
+        )
 
     def tokens(self, index: torch.Tensor | slice) -> torch.Tensor:
         if self._tokens is not None:
@@ -183,11 +184,15 @@ class _Checkpoints:
         return steps[-1] if steps else None
 
     def save(self, model, best_weights, optimizer, order, generator, state: _LoopState) -> None:
-        tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+        tensors = {
+            f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()
+        }
         tensors.update({f"best.{k}": v.clone().contiguous() for k, v in best_weights.items()})
         for index, slots in optimizer.state_dict()["state"].items():
             for name, value in slots.items():
-                tensors[f"optim.{index}.{name}"] = torch.as_tensor(value).detach().clone().contiguous()
+                tensors[f"optim.{index}.{name}"] = (
+                    torch.as_tensor(value).detach().clone().contiguous()
+                )
         tensors["order"] = order.clone()
         stem = self.run_dir / f"ckpt-{state.step:09d}"
         tmp = stem.with_suffix(".safetensors.tmp")
@@ -201,7 +206,9 @@ class _Checkpoints:
                 old.unlink(missing_ok=True)
                 old.with_suffix(".safetensors").unlink(missing_ok=True)
 
-    def load(self, step: int, model, optimizer, generator, device) -> tuple[dict, torch.Tensor, _LoopState]:
+    def load(
+        self, step: int, model, optimizer, generator, device
+    ) -> tuple[dict, torch.Tensor, _LoopState]:
         stem = self.run_dir / f"ckpt-{step:09d}"
         meta = json.loads(stem.with_suffix(".json").read_text())
         tensors = load_file(str(stem.with_suffix(".safetensors")), device=str(device))
@@ -224,12 +231,21 @@ def _update_stopping(state: _LoopState, t, val_loss: float) -> None:
     """The plateau criterion: count passes without a relative improvement of min_delta; after
     lr_patience of them cut the rate (schedule "plateau"), after patience stop (from min_steps on)."""
     if val_loss < state.best_val * (1 - t.min_delta):
-        state.best_val, state.best_step, state.bad_evals, state.lr_bad_evals = val_loss, state.step, 0, 0
+        state.best_val, state.best_step, state.bad_evals, state.lr_bad_evals = (
+            val_loss,
+            state.step,
+            0,
+            0,
+        )
         return
     state.bad_evals += 1
     state.lr_bad_evals += 1
     # Before min_steps neither cut nor stop: a model still on its initial plateau is not converged.
-    if t.schedule == "plateau" and state.lr_bad_evals >= t.lr_patience and state.step >= t.min_steps:
+    if (
+        t.schedule == "plateau"
+        and state.lr_bad_evals >= t.lr_patience
+        and state.step >= t.min_steps
+    ):
         state.lr_scale *= t.lr_decay
         state.lr_cuts += 1
         state.lr_bad_evals = 0
@@ -248,8 +264,10 @@ def _prepare_run_dir(run_dir: Path, config: RunConfig) -> None:
     if config_file.exists():
         stored = RunConfig.model_validate_json(config_file.read_text())
         if stored.run_id != config.run_id:
-            raise ValueError(f"{run_dir} holds run {stored.run_id}, not {config.run_id}; give each "
-                             f"config its own run directory (e.g. <runs>/<run_id>)")
+            raise ValueError(
+                f"{run_dir} holds run {stored.run_id}, not {config.run_id}; give each "
+                f"config its own run directory (e.g. <runs>/<run_id>)"
+            )
     else:
         _atomic_write(config_file, config.canonical_json())
 
@@ -260,18 +278,30 @@ def sample_splits(config: RunConfig):
     from attnlab.tasks import get_task
 
     task = get_task(config.task.name, **config.task.params)
-    train_rng, val_rng, test_rng = (np.random.default_rng(s)
-                                    for s in np.random.SeedSequence(config.seed).spawn(3))
+    train_rng, val_rng, test_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(3)
+    )
     t = config.train
-    return task, task.sample(train_rng, t.n_train), task.sample(val_rng, t.n_val), task.sample(test_rng, t.n_test)
+    return (
+        task,
+        task.sample(train_rng, t.n_train),
+        task.sample(val_rng, t.n_val),
+        task.sample(test_rng, t.n_test),
+    )
 
 
 def _curve(history: list[list[float]]) -> dict[str, list[float]]:
     return {name: [point[i] for point in history] for i, name in enumerate(CURVE_FIELDS)}
 
 
-def train(config: RunConfig, run_dir: str | Path | None = None, *, progress: bool = False,
-          step_budget: int | None = None, logger: Logger | None = None) -> RunResult:
+def train(
+    config: RunConfig,
+    run_dir: str | Path | None = None,
+    *,
+    progress: bool = False,
+    step_budget: int | None = None,
+    logger: Logger | None = None,
+) -> RunResult:
     """Train config.model on config.task; return test metrics, timings and the training curve.
 
     With `run_dir`, checkpoints every `train.checkpoint_every` steps (and on Ctrl-C) and resumes
@@ -292,7 +322,9 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, progress: boo
     device, dtype = _device(t.device), getattr(torch, t.dtype)
 
     task, train_batch, val_batch, test_batch = sample_splits(config)
-    train_split, val_split, test_split = (_Split(task, b, dtype, device) for b in (train_batch, val_batch, test_batch))
+    train_split, val_split, test_split = (
+        _Split(task, b, dtype, device) for b in (train_batch, val_batch, test_batch)
+    )
     binary = train_split.binary
     seq_len = train_batch.targets.shape[1]
 
@@ -313,20 +345,29 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, progress: boo
         order, state = torch.randperm(train_split.size, generator=generator), _LoopState()
 
     stop_at = t.max_steps if step_budget is None else min(t.max_steps, state.step + step_budget)
-    bar = tqdm(total=t.max_steps, initial=state.step, desc=f"train {config.model.arch}", unit="step",
-               file=sys.stderr, disable=not progress or not sys.stderr.isatty(), leave=False)
+    bar = tqdm(
+        total=t.max_steps,
+        initial=state.step,
+        desc=f"train {config.model.arch}",
+        unit="step",
+        file=sys.stderr,
+        disable=not progress or not sys.stderr.isatty(),
+        leave=False,
+    )
     model.train()
     try:
         while state.step < stop_at and not state.stopped_early:
             if state.position >= train_split.size:
                 order = torch.randperm(train_split.size, generator=generator)
                 state.epoch, state.position = state.epoch + 1, 0
-            index = order[state.position:state.position + t.batch_size]
+            index = order[state.position : state.position + t.batch_size]
             state.position += t.batch_size
             tick, cpu_tick = time.perf_counter(), time.process_time()
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, state.step, state.lr_scale)
-            loss = loss_fn(_outputs(model, train_split.tokens(index), binary), train_split.targets(index))
+            loss = loss_fn(
+                _outputs(model, train_split.tokens(index), binary), train_split.targets(index)
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if t.grad_clip is not None:
@@ -345,9 +386,12 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, progress: boo
                 state.history.append([state.step, train_loss, val_loss, rate])
                 state.loss_sum, state.loss_count = 0.0, 0
                 if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-                    raise TrainingDiverged(f"run {config.run_id} diverged at step {state.step}: training loss "
-                                           f"{train_loss}, validation loss {val_loss} (lr {rate:g}); lower "
-                                           f"train.lr or set train.grad_clip", state.step)
+                    raise TrainingDiverged(
+                        f"run {config.run_id} diverged at step {state.step}: training loss "
+                        f"{train_loss}, validation loss {val_loss} (lr {rate:g}); lower "
+                        f"train.lr or set train.grad_clip",
+                        state.step,
+                    )
                 if logger is not None:
                     logger(state.step, {"train_loss": train_loss, "val_loss": val_loss, "lr": rate})
                 _update_stopping(state, t, val_loss)
@@ -367,35 +411,69 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, progress: boo
     if not finished:
         if checkpoints:
             checkpoints.save(model, best_weights, optimizer, order, generator, state)
-        return RunResult(config.run_id, config.model_dump(mode="json"), config.seed, "partial",
-                         {"steps": state.step}, {"train_seconds": state.train_seconds},
-                         versions={**versions(), "device": str(device)},
-                         started_at=started_at, finished_at=_now(), curve=_curve(state.history))
+        return RunResult(
+            config.run_id,
+            config.model_dump(mode="json"),
+            config.seed,
+            "partial",
+            {"steps": state.step},
+            {"train_seconds": state.train_seconds},
+            versions={**versions(), "device": str(device)},
+            started_at=started_at,
+            finished_at=_now(),
+            curve=_curve(state.history),
+        )
 
     model.load_state_dict(best_weights)
     eval_start = time.perf_counter()
     test_loss, test_out = _evaluate(model, test_split)
     scores = task.score(test_batch, _predictions(test_out, binary))
-    train_probe = _Split(task, train_batch.select(slice(0, min(train_split.size, t.n_val))), dtype, device)
+    train_probe = _Split(
+        task, train_batch.select(slice(0, min(train_split.size, t.n_val))), dtype, device
+    )
     train_loss, _ = _evaluate(model, train_probe)
     eval_seconds = time.perf_counter() - eval_start
-    metrics = {**{k: float(v) for k, v in scores.items()},
-               "test_loss": test_loss, "train_loss": train_loss, "best_val_loss": state.best_val,
-               "steps": state.step, "best_step": state.best_step, "epochs": state.epoch,
-               "stopped_early": bool(state.stopped_early),
-               "stop_reason": "plateau" if state.stopped_early else "budget", "lr_cuts": state.lr_cuts, "threshold": float(task.threshold),
-               "reached_threshold": bool(float(scores["max_error"]) <= float(task.threshold)),
-               "n_params": count_parameters(model)}
-    result = RunResult(config.run_id, config.model_dump(mode="json"), config.seed, "ok", metrics,
-                       {"train_seconds": state.train_seconds, "train_cpu_seconds": state.train_cpu_seconds,
-                        "eval_seconds": eval_seconds,
-                        "wall_seconds": time.perf_counter() - wall_start,
-                        # CPU time of this process: what the run costs on an idle machine
-                        "cpu_seconds": time.process_time() - cpu_start,
-                        "train_examples_per_second": state.step * t.batch_size / max(state.train_seconds, 1e-12)},
-                       versions={**versions(), "device": str(device)}, started_at=started_at, finished_at=_now(),
-                       curve=_curve(state.history))
+    metrics = {
+        **{k: float(v) for k, v in scores.items()},
+        "test_loss": test_loss,
+        "train_loss": train_loss,
+        "best_val_loss": state.best_val,
+        "steps": state.step,
+        "best_step": state.best_step,
+        "epochs": state.epoch,
+        "stopped_early": bool(state.stopped_early),
+        "stop_reason": "plateau" if state.stopped_early else "budget",
+        "lr_cuts": state.lr_cuts,
+        "threshold": float(task.threshold),
+        "reached_threshold": bool(float(scores["max_error"]) <= float(task.threshold)),
+        "n_params": count_parameters(model),
+    }
+    result = RunResult(
+        config.run_id,
+        config.model_dump(mode="json"),
+        config.seed,
+        "ok",
+        metrics,
+        {
+            "train_seconds": state.train_seconds,
+            "train_cpu_seconds": state.train_cpu_seconds,
+            "eval_seconds": eval_seconds,
+            "wall_seconds": time.perf_counter() - wall_start,
+            # CPU time of this process: what the run costs on an idle machine
+            "cpu_seconds": time.process_time() - cpu_start,
+            "train_examples_per_second": state.step
+            * t.batch_size
+            / max(state.train_seconds, 1e-12),
+        },
+        versions={**versions(), "device": str(device)},
+        started_at=started_at,
+        finished_at=_now(),
+        curve=_curve(state.history),
+    )
     if run_path is not None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in best_weights.items()}, str(run_path / "model.safetensors"))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in best_weights.items()},
+            str(run_path / "model.safetensors"),
+        )
         _atomic_write(run_path / "result.json", json.dumps(result.to_dict()))
     return result

@@ -21,8 +21,10 @@ def token_width(oracle: Oracle, who: str = "this extractor") -> int:
     if require_d is not None:
         return int(require_d(who))
     if oracle.d is None:  # an oracle-like object without require_d (a test double, a wrapper)
-        raise ValueError(f"{who} needs the token width: Oracle(target, d=...) (this oracle was not "
-                         "told it, and its target does not state it)")
+        raise ValueError(
+            f"{who} needs the token width: Oracle(target, d=...) (this oracle was not "
+            "told it, and its target does not state it)"
+        )
     return int(oracle.d)
 
 
@@ -49,14 +51,18 @@ def warn_if_noisy(oracle: Oracle, who: str) -> None:
     except Exception:  # a custom noise model without scale(): assume it matters
         scale = float("inf")
     if scale > NOISE_TOLERANCE:
-        warnings.warn(f"{who} is exact and assumes exact answers, but this oracle adds noise "
-                      f"({type(noise).__name__}, scale {scale:.1e}): the result may be silently wrong; "
-                      "use attnlab.extract.noisy_single_head (the robust estimator) for noisy answers",
-                      NoisyOracleWarning, stacklevel=3)
+        warnings.warn(
+            f"{who} is exact and assumes exact answers, but this oracle adds noise "
+            f"({type(noise).__name__}, scale {scale:.1e}): the result may be silently wrong; "
+            "use attnlab.extract.noisy_single_head (the robust estimator) for noisy answers",
+            NoisyOracleWarning,
+            stacklevel=3,
+        )
 
 
-def resolve_method(method: str, method_options: Mapping[str, Any] | None,
-                   defaults: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def resolve_method(
+    method: str, method_options: Mapping[str, Any] | None, defaults: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
     """The options of `method`: its defaults updated by `method_options`.
 
     `defaults` maps each method name to its options and their default values. An unknown
@@ -64,12 +70,16 @@ def resolve_method(method: str, method_options: Mapping[str, Any] | None,
     allowed.
     """
     if method not in defaults:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(map(repr, defaults))}")
+        raise ValueError(
+            f"unknown method {method!r}; choose one of {', '.join(map(repr, defaults))}"
+        )
     allowed = defaults[method]
     given = dict(method_options or {})
     unknown = sorted(set(given) - set(allowed))
     if unknown:
         names = ", ".join(sorted(allowed)) or "none"
-        raise ValueError(f"method={method!r} does not take the option(s) {', '.join(unknown)}; "
-                         f"its method_options are: {names}")
+        raise ValueError(
+            f"method={method!r} does not take the option(s) {', '.join(unknown)}; "
+            f"its method_options are: {names}"
+        )
     return {**allowed, **given}

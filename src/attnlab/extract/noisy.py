@@ -35,9 +35,9 @@ import numpy as np
 from attnlab._random import Seed, as_generator
 from attnlab.errors import ExtractionError
 from attnlab.extract.convention import resolve_method, token_width
-from attnlab.extract.single_head.directions import random_orthogonal
 from attnlab.extract.result import Extraction, measure_fidelity
 from attnlab.extract.single_head import head_function
+from attnlab.extract.single_head.directions import random_orthogonal
 from attnlab.oracle import Oracle
 from attnlab.oracle.noise import noise_bound, noise_scale
 
@@ -67,8 +67,15 @@ METHOD_OPTIONS: dict[str, dict] = {
 METHODS = tuple(METHOD_OPTIONS)
 
 
-def noisy_single_head(oracle: Oracle, *, method: str = "robust", method_options: dict | None = None,
-                      seed: Seed = 0, fidelity_samples: int = 0, progress: bool = False) -> Extraction:
+def noisy_single_head(
+    oracle: Oracle,
+    *,
+    method: str = "robust",
+    method_options: dict | None = None,
+    seed: Seed = 0,
+    fidelity_samples: int = 0,
+    progress: bool = False,
+) -> Extraction:
     """Recover (W, v) of a full-rank single head from an oracle whose answers are noisy or rounded.
 
     Parameters
@@ -95,36 +102,51 @@ def noisy_single_head(oracle: Oracle, *, method: str = "robust", method_options:
     if method == "paper":
         W, v, stages, info = _paper(oracle, d, options["B"], options["repeats"], noise)
     else:
-        W, v, stages, info = _robust(oracle, d, options["queries"], options["B"],
-                                     options["max_token_norm"], noise, rng)
+        W, v, stages, info = _robust(
+            oracle, d, options["queries"], options["B"], options["max_token_norm"], noise, rng
+        )
     surrogate = head_function(W, v)
-    result = Extraction(params={"W": W, "v": v}, queries=oracle.queries - started_queries, method=method,
-                        dof=d * d + d, seconds=time.perf_counter() - started, stages=stages, info=info,
-                        surrogate=surrogate)
+    result = Extraction(
+        params={"W": W, "v": v},
+        queries=oracle.queries - started_queries,
+        method=method,
+        dof=d * d + d,
+        seconds=time.perf_counter() - started,
+        stages=stages,
+        info=info,
+        surrogate=surrogate,
+    )
     if fidelity_samples:
         result.fidelity, result.fidelity_queries = measure_fidelity(
-            oracle, surrogate, n=fidelity_samples, seed=int(rng.integers(2 ** 31)), info=result.info)
+            oracle, surrogate, n=fidelity_samples, seed=int(rng.integers(2**31)), info=result.info
+        )
     return result
 
 
 # -- the paper's estimator ----------------------------------------------------------------------
 
+
 def _paper(oracle, d, B, repeats, noise):
     if B is None or not B > 0:
-        raise ValueError("method='paper' needs the norm bound B >= ||W||_F (Theorem 6.1); pass B=...")
+        raise ValueError(
+            "method='paper' needs the norm bound B >= ||W||_F (Theorem 6.1); pass B=..."
+        )
     if int(repeats) != repeats or repeats < 1:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
     before = oracle.queries
     tokens = np.repeat(np.eye(d), repeats, axis=0)
     v = np.asarray(oracle(tokens[:, None, :])).reshape(d, repeats).mean(axis=1)
     stages = {"values": oracle.queries - before}
-    bound = float(np.max(noise_bound(noise, v))) / (math.sqrt(repeats) if getattr(noise, "random", False) else 1.0)
+    bound = float(np.max(noise_bound(noise, v))) / (
+        math.sqrt(repeats) if getattr(noise, "random", False) else 1.0
+    )
     mu = float(np.min(np.abs(v)))
     if mu <= 2.0 * bound:
         raise ExtractionError(
             f"the paper's estimator needs every |v_i| well above the noise (Theorem 6.1: tau = O(mu)); "
             f"here min |v_i| = {mu:.3e} against a noise bound of {bound:.3e}. Use method='robust', "
-            f"which divides by |a^T v| for directions a aligned with v instead of by single coordinates.")
+            f"which divides by |a^T v| for directions a aligned with v instead of by single coordinates."
+        )
     a, b = 0.5, 1.0 / B
     i, j = np.meshgrid(np.arange(d), np.arange(d), indexing="ij")
     i, j = i.ravel(), j.ravel()
@@ -141,17 +163,29 @@ def _paper(oracle, d, B, repeats, noise):
     low = float(_sigmoid(-0.5))
     t = _logit(np.clip(alpha, low, 1.0 - low))
     W = (t / (a * b)).reshape(d, d)
-    return W, v, stages, {"B": float(B), "mu": mu, "repeats": int(repeats),
-                          "clipped": int(np.sum((alpha < low) | (alpha > 1 - low)))}
+    return (
+        W,
+        v,
+        stages,
+        {
+            "B": float(B),
+            "mu": mu,
+            "repeats": int(repeats),
+            "clipped": int(np.sum((alpha < low) | (alpha > 1 - low))),
+        },
+    )
 
 
 # -- the robust estimator -----------------------------------------------------------------------
+
 
 def _robust(oracle, d, queries, B, R, noise, rng):
     minimum = d * d + d
     queries = minimum if queries is None else int(queries)
     if queries < minimum:
-        raise ValueError(f"the robust method needs at least d^2 + d = {minimum} queries, got {queries}")
+        raise ValueError(
+            f"the robust method needs at least d^2 + d = {minimum} queries, got {queries}"
+        )
     if not R > 0:
         raise ValueError(f"max_token_norm must be positive, got {R!r}")
     repeat_ok = bool(getattr(noise, "random", False)) and oracle.journal is None
@@ -164,7 +198,8 @@ def _robust(oracle, d, queries, B, R, noise, rng):
         raise ExtractionError(
             f"the noise is as large as the value signal: |v| read as {v_norm:.3e}, with a worst-case "
             f"error of {v_bound:.3e}. W is only visible through a^T v, so nothing can be guaranteed; "
-            f"lower the noise or allow larger tokens (max_token_norm).")
+            f"lower the noise or allow larger tokens (max_token_norm)."
+        )
 
     rows_per_column = (queries - blocks * d) // d
     columns = random_orthogonal(d, rng)
@@ -182,10 +217,13 @@ def _robust(oracle, d, queries, B, R, noise, rng):
             rho = R / 3.0 if B is None else _best_rho(R, float(B))
         while True:
             s = R - rho
-            t, sigma_t, bound_t, alpha = _probe(oracle, s * directions, rho * columns[:, col], v, v_sigma,
-                                                v_bound, noise)
+            t, sigma_t, bound_t, alpha = _probe(
+                oracle, s * directions, rho * columns[:, col], v, v_sigma, v_bound, noise
+            )
             if col == 0 and pilot_retries < 6 and np.mean((alpha < 0.02) | (alpha > 0.98)) > 0.05:
-                rho /= 8.0  # the pilot saturated the softmax: W is larger than a unit probe can read
+                rho /= (
+                    8.0  # the pilot saturated the softmax: W is larger than a unit probe can read
+                )
                 pilot_retries += 1
                 continue
             break
@@ -193,7 +231,7 @@ def _robust(oracle, d, queries, B, R, noise, rng):
         solution, cov, worst = _weighted_solve(design, t, 1.0 / sigma_t, bound_t)
         W_cols[:, col] = solution
         var_w += float(np.trace(cov))
-        bound_w2 += worst ** 2
+        bound_w2 += worst**2
         # The typical unit measurement |a_hat^T W b_hat| seen so far sets the next probe size.
         unit_sum_sq += float(np.sum((directions @ solution) ** 2))
         unit_count += directions.shape[0]
@@ -203,12 +241,20 @@ def _robust(oracle, d, queries, B, R, noise, rng):
         raise ExtractionError(
             f"the noise swamps W: the expected error of W ({math.sqrt(var_w):.3e} in Frobenius norm) is as large "
             f"as W itself ({np.linalg.norm(W):.3e}); the softmax barely moves at the probe sizes that keep it "
-            f"unsaturated. Lower the noise, allow more queries (random noise), or larger tokens (max_token_norm).")
+            f"unsaturated. Lower the noise, allow more queries (random noise), or larger tokens (max_token_norm)."
+        )
     info = {
-        "error_estimate": {"W_fro": math.sqrt(var_w), "v_l2": v_sigma, "W_fro_bound": math.sqrt(bound_w2),
-                           "v_l2_bound": v_bound},
-        "rows_per_column": rows_per_column, "value_designs": blocks, "repeats": repeat_ok,
-        "max_token_norm": R, "pilot_retries": pilot_retries,
+        "error_estimate": {
+            "W_fro": math.sqrt(var_w),
+            "v_l2": v_sigma,
+            "W_fro_bound": math.sqrt(bound_w2),
+            "v_l2_bound": v_bound,
+        },
+        "rows_per_column": rows_per_column,
+        "value_designs": blocks,
+        "repeats": repeat_ok,
+        "max_token_norm": R,
+        "pilot_retries": pilot_retries,
     }
     return W, v, stages, info
 
@@ -230,7 +276,7 @@ def _read_values(oracle, d, blocks, R, noise, repeat_ok, rng, stages):
     tokens = R * np.vstack([H.T for H in designs])  # rows are tokens
     y = np.asarray(oracle(tokens[:, None, :]))
     stages["values"] = oracle.queries - before
-    v = np.mean([H @ y[k * d:(k + 1) * d] for k, H in enumerate(designs)], axis=0) / R
+    v = np.mean([H @ y[k * d : (k + 1) * d] for k, H in enumerate(designs)], axis=0) / R
     # Orthonormal designs: each one's l2 error is |eta| / R; the designs are averaged.
     sigma = float(np.sqrt(np.sum(noise_scale(noise, y) ** 2))) / (R * blocks)
     worst = float(np.mean(np.linalg.norm(noise_bound(noise, y).reshape(blocks, d), axis=1))) / R
@@ -275,7 +321,9 @@ def _probe(oracle, u, z, v, v_sigma, v_bound, noise):
     slope = alpha * (1.0 - alpha)
     # Answer noise, plus the error of v entering through z^T v and a^T v.
     # (typically a random direction sees |v error| / sqrt(d); the worst case sees all of it)
-    v_effect_typ = (np.linalg.norm(z) + alpha * np.linalg.norm(u, axis=1)) * v_sigma / math.sqrt(v.shape[0])
+    v_effect_typ = (
+        (np.linalg.norm(z) + alpha * np.linalg.norm(u, axis=1)) * v_sigma / math.sqrt(v.shape[0])
+    )
     v_effect_max = (np.linalg.norm(z) + alpha * np.linalg.norm(u, axis=1)) * v_bound
     alpha_sigma = np.hypot(noise_scale(noise, y), v_effect_typ) / np.abs(denominator)
     alpha_bound = (noise_bound(noise, y) + v_effect_max) / np.abs(denominator)
@@ -285,14 +333,21 @@ def _probe(oracle, u, z, v, v_sigma, v_bound, noise):
             f"{float(np.median(noise_bound(noise, y))):.3e} while the probe signal |a^T v| is only "
             f"{float(np.median(np.abs(denominator))):.3e} (attention error up to "
             f"{float(np.median(alpha_bound)):.2f}); no estimate of W can be guaranteed. Lower the noise or "
-            f"allow larger tokens (max_token_norm).")
+            f"allow larger tokens (max_token_norm)."
+        )
     if getattr(noise, "random", False) and np.median(alpha_sigma) > MAX_ALPHA_ERROR:
         raise ExtractionError(
             f"the noise (typical {float(np.median(noise_scale(noise, y))):.3e} per answer) is comparable to "
             f"the probe signal |a^T v| = {float(np.median(np.abs(denominator))):.3e}; give more queries so "
-            f"repeats can average it, or lower the noise.")
+            f"repeats can average it, or lower the noise."
+        )
     floor = 1e-16 * (np.abs(y) + np.abs(z @ v)) / np.abs(denominator)
-    return (_logit(alpha), np.maximum(alpha_sigma, floor) / slope, (alpha_bound + floor) / slope, alpha_raw)
+    return (
+        _logit(alpha),
+        np.maximum(alpha_sigma, floor) / slope,
+        (alpha_bound + floor) / slope,
+        alpha_raw,
+    )
 
 
 def _weighted_solve(design, t, weights, bound_t):

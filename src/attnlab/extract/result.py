@@ -37,7 +37,7 @@ INFO_KEYS: dict[str, str] = {
     "relative_residual": "nuclear-norm: relative residual of the measurements",
     "solver": "nuclear-norm: the solver used",
     "oracle_seconds": "wall seconds spent inside oracle calls (target + Oracle checks); seconds minus "
-                      "this is the learner's own time",
+    "this is the learner's own time",
     "answer_precision": "adaptive: relative precision of the answers (given, or read off their mantissas)",
     "estimated_error": "adaptive: a-priori relative error of W from the answer precision",
     "rank_tol": "rank=auto: relative mismatch below which a column counts as dependent",
@@ -92,8 +92,10 @@ def _param_property(name: str) -> property:
         try:
             return self.params[name]
         except KeyError:
-            raise AttributeError(f"this {self.method} extraction has no parameter {name!r}; "
-                                 f"it has {', '.join(self.params) or 'none'}") from None
+            raise AttributeError(
+                f"this {self.method} extraction has no parameter {name!r}; "
+                f"it has {', '.join(self.params) or 'none'}"
+            ) from None
 
     return property(get, doc=f"params[{name!r}]")
 
@@ -123,6 +125,7 @@ class Extraction:
     surrogate: Surrogate | None = field(default=None, repr=False, compare=False)
 
     if TYPE_CHECKING:  # the PARAM_ATTRIBUTES properties, installed after the class
+
         @property
         def W(self) -> np.ndarray: ...
         @property
@@ -153,8 +156,10 @@ class Extraction:
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}{tuple(np.shape(v))}" for k, v in self.params.items())
         fidelity = "unchecked" if self.fidelity is None else f"{self.fidelity:.1e}"
-        return (f"Extraction(method={self.method!r}, queries={self.queries}, dof={self.dof}, "
-                f"fidelity={fidelity}, params: {shapes})")
+        return (
+            f"Extraction(method={self.method!r}, queries={self.queries}, dof={self.dof}, "
+            f"fidelity={fidelity}, params: {shapes})"
+        )
 
     def to_module(self):
         """The recovered head as a float64 torch module (models.attention): SingleHeadAttention
@@ -165,24 +170,38 @@ class Extraction:
         if {"W", "v"} <= set(p) and "A" not in p and np.ndim(p["W"]) == 2:
             if "u" in p or "c" in p:
                 d = np.shape(p["v"])[0]
-                return AffineHead(p["W"], p.get("u", np.zeros(d)), p["v"], float(np.asarray(p.get("c", 0.0))))
+                return AffineHead(
+                    p["W"], p.get("u", np.zeros(d)), p["v"], float(np.asarray(p.get("c", 0.0)))
+                )
             return SingleHeadAttention(p["W"], p["v"])
-        raise ValueError(f"to_module builds single heads (params W, v [, u, c]); this {self.method} extraction "
-                         f"has params {', '.join(p) or 'none'}: use predict() for its outputs")
+        raise ValueError(
+            f"to_module builds single heads (params W, v [, u, c]); this {self.method} extraction "
+            f"has params {', '.join(p) or 'none'}: use predict() for its outputs"
+        )
 
     def _repr_html_(self) -> str:
         """A short table for notebooks: counts, fidelity and parameter shapes, never the arrays."""
         from html import escape
 
-        rows = [("method", self.method), ("queries", f"{self.queries:,}"), ("dof", self.dof),
-                ("queries / dof", f"{self.queries / self.dof:.2f}" if self.dof else "n/a"),
-                ("fidelity (max abs error)", "unchecked" if self.fidelity is None
-                 else f"{self.fidelity:.2e} on {self.fidelity_queries:,} fresh queries"),
-                ("seconds", f"{self.seconds:.2f}"),
-                ("params", ", ".join(f"{k} {tuple(np.shape(v))}" for k, v in self.params.items()))]
+        rows = [
+            ("method", self.method),
+            ("queries", f"{self.queries:,}"),
+            ("dof", self.dof),
+            ("queries / dof", f"{self.queries / self.dof:.2f}" if self.dof else "n/a"),
+            (
+                "fidelity (max abs error)",
+                "unchecked"
+                if self.fidelity is None
+                else f"{self.fidelity:.2e} on {self.fidelity_queries:,} fresh queries",
+            ),
+            ("seconds", f"{self.seconds:.2f}"),
+            ("params", ", ".join(f"{k} {tuple(np.shape(v))}" for k, v in self.params.items())),
+        ]
         rows += [(f"stage {k}", f"{v:,} queries") for k, v in self.stages.items()]
-        body = "".join(f"<tr><th style='text-align:left'>{escape(str(k))}</th><td>{escape(str(v))}</td></tr>"
-                       for k, v in rows)
+        body = "".join(
+            f"<tr><th style='text-align:left'>{escape(str(k))}</th><td>{escape(str(v))}</td></tr>"
+            for k, v in rows
+        )
         return f"<table><caption>Extraction</caption>{body}</table>"
 
     def to_dict(self) -> dict[str, Any]:
@@ -233,9 +252,15 @@ def fidelity_allowance(oracle: Oracle, n: int) -> int:
     return max(allowed, 0)
 
 
-def measure_fidelity(oracle: Oracle, surrogate: Surrogate, n: int = 1000, lengths=(1, 32),
-                     seed: int = 12345, scale: float = 1.0,
-                     info: dict[str, Any] | None = None) -> tuple[float | None, int]:
+def measure_fidelity(
+    oracle: Oracle,
+    surrogate: Surrogate,
+    n: int = 1000,
+    lengths=(1, 32),
+    seed: int = 12345,
+    scale: float = 1.0,
+    info: dict[str, Any] | None = None,
+) -> tuple[float | None, int]:
     """Largest |surrogate - oracle| over n fresh random sequences; returns (error, queries it cost).
 
     Never loses the finished extraction: the check spends at most what the budget leaves (noted in
@@ -248,14 +273,19 @@ def measure_fidelity(oracle: Oracle, surrogate: Surrogate, n: int = 1000, length
     def skipped(reason: str) -> tuple[None, int]:
         if info is not None:
             info["fidelity_skipped"] = reason
-        warnings.warn(f"fidelity unchecked: {reason}; the extraction itself is complete",
-                      FidelityUnchecked, stacklevel=3)
+        warnings.warn(
+            f"fidelity unchecked: {reason}; the extraction itself is complete",
+            FidelityUnchecked,
+            stacklevel=3,
+        )
         return None, oracle.queries - before
 
     if allowed == 0:
         return skipped(f"no queries left in the budget for the {n} fidelity samples")
     if allowed < n and info is not None:
-        info["fidelity_note"] = f"{allowed} of {n} fidelity samples: only {allowed} queries were left"
+        info["fidelity_note"] = (
+            f"{allowed} of {n} fidelity samples: only {allowed} queries were left"
+        )
     rng = np.random.default_rng(seed)
     seqs = random_sequences(rng, token_width(oracle), allowed, lengths, scale)
     try:

@@ -44,9 +44,17 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 
 
-def one_layer_transformer(oracle: Oracle, *, residual: bool = False, hidden: int | None = None,
-                          method: str = "antisymmetric", method_options: dict | None = None, seed=0,
-                          fidelity_samples: int = 500, progress: bool = False) -> Extraction:
+def one_layer_transformer(
+    oracle: Oracle,
+    *,
+    residual: bool = False,
+    hidden: int | None = None,
+    method: str = "antisymmetric",
+    method_options: dict | None = None,
+    seed=0,
+    fidelity_samples: int = 500,
+    progress: bool = False,
+) -> Extraction:
     """Recover (W, the FFN) of a one-layer transformer behind `oracle`.
 
     Parameters
@@ -68,8 +76,15 @@ def one_layer_transformer(oracle: Oracle, *, residual: bool = False, hidden: int
     rng = as_generator(seed)
     started, started_queries = time.perf_counter(), oracle.queries
 
-    ffn = relu_ffn(oracle, hidden=hidden, bias=False, method_options=opts["ffn"], seed=rng,
-                   fidelity_samples=0, progress=progress)
+    ffn = relu_ffn(
+        oracle,
+        hidden=hidden,
+        bias=False,
+        method_options=opts["ffn"],
+        seed=rng,
+        fidelity_samples=0,
+        progress=progress,
+    )
     after_ffn = oracle.queries
     # On one token z = 2x with the residual; g(z) = T([z/2]) = T([z]) / 2 by homogeneity.
     shrink = 0.5 if residual else 1.0
@@ -87,13 +102,16 @@ def one_layer_transformer(oracle: Oracle, *, residual: bool = False, hidden: int
         raise ExtractionError(
             f"A w_o = 0 (|A w_o| = {np.linalg.norm(v):.2e}): T(X) - T(-X) vanishes, so the attention weights "
             f"never reach the output through an odd part and W is not identifiable by this reduction. "
-            f"The FFN was recovered ({ffn.info['neurons_found']} neurons) but W cannot be.")
+            f"The FFN was recovered ({ffn.info['neurons_found']} neurons) but W cannot be."
+        )
 
     correction = (lambda X: X[:, -1, :] @ v) if residual else None
     derived = antisymmetric_oracle(oracle, correction)
     head = single_head(derived, method=opts["head_method"], seed=rng, fidelity_samples=0)
     W = head.params["W"]
-    consistency = float(max(np.linalg.norm(head.params["v"] - v), np.linalg.norm(v_ffn - v)) / np.linalg.norm(v))
+    consistency = float(
+        max(np.linalg.norm(head.params["v"] - v), np.linalg.norm(v_ffn - v)) / np.linalg.norm(v)
+    )
 
     def surrogate(X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
@@ -105,20 +123,33 @@ def one_layer_transformer(oracle: Oracle, *, residual: bool = False, hidden: int
         z = np.einsum("bn,bnd->bd", weights, X) + (query if residual else 0.0)
         return np.maximum(z @ A, 0.0) @ w + z @ linear
 
-    stages = {"ffn": after_ffn - started_queries + value_queries,
-              "attention": oracle.queries - after_ffn - value_queries}
+    stages = {
+        "ffn": after_ffn - started_queries + value_queries,
+        "attention": oracle.queries - after_ffn - value_queries,
+    }
     info = {
-        "residual": residual, "ffn": ffn.info, "ffn_stages": ffn.stages, "head": head.info,
-        "derived_queries": head.queries, "value_consistency": consistency,
+        "residual": residual,
+        "ffn": ffn.info,
+        "ffn_stages": ffn.stages,
+        "head": head.info,
+        "derived_queries": head.queries,
+        "value_consistency": consistency,
     }
     assert ffn.dof is not None  # relu_ffn always states its dof
-    result = Extraction(params={"W": W, "v": v, "A": A, "w": w, "linear": linear},
-                        queries=oracle.queries - started_queries, method=method,
-                        dof=d * d + ffn.dof,  # W, plus the FFN modulo neuron rescaling
-                        seconds=time.perf_counter() - started, stages=stages, info=info, surrogate=surrogate)
+    result = Extraction(
+        params={"W": W, "v": v, "A": A, "w": w, "linear": linear},
+        queries=oracle.queries - started_queries,
+        method=method,
+        dof=d * d + ffn.dof,  # W, plus the FFN modulo neuron rescaling
+        seconds=time.perf_counter() - started,
+        stages=stages,
+        info=info,
+        surrogate=surrogate,
+    )
     if fidelity_samples:
         result.fidelity, result.fidelity_queries = measure_fidelity(
-            oracle, surrogate, n=fidelity_samples, seed=int(rng.integers(2 ** 31)))
+            oracle, surrogate, n=fidelity_samples, seed=int(rng.integers(2**31))
+        )
     return result
 
 

@@ -37,13 +37,17 @@ def _as_batch(X: torch.Tensor) -> torch.Tensor:
 class SingleHeadAttention(nn.Module):
     """f(X) = softmax(X W x_N)^T X v, with W = K^T Q merged and v = V^T w_o merged."""
 
-    def __init__(self, W: torch.Tensor | np.ndarray, v: torch.Tensor | np.ndarray, dtype=torch.float64):
+    def __init__(
+        self, W: torch.Tensor | np.ndarray, v: torch.Tensor | np.ndarray, dtype=torch.float64
+    ):
         super().__init__()
         W = torch.as_tensor(W, dtype=dtype)
         v = torch.as_tensor(v, dtype=dtype)
         d = v.shape[0]
         if W.shape != (d, d):
-            raise ValueError(f"W must have shape ({d}, {d}) to match v of length {d}, got {tuple(W.shape)}")
+            raise ValueError(
+                f"W must have shape ({d}, {d}) to match v of length {d}, got {tuple(W.shape)}"
+            )
         self.W = nn.Parameter(W)
         self.v = nn.Parameter(v)
 
@@ -52,8 +56,14 @@ class SingleHeadAttention(nn.Module):
         return self.v.shape[0]
 
     @classmethod
-    def random(cls, d: int, rank: int | None = None, scale: float = 1.0,
-               seed: Seed = 0, dtype=torch.float64) -> SingleHeadAttention:
+    def random(
+        cls,
+        d: int,
+        rank: int | None = None,
+        scale: float = 1.0,
+        seed: Seed = 0,
+        dtype=torch.float64,
+    ) -> SingleHeadAttention:
         """A random head: W of the given rank with entry scale `scale`, v standard normal."""
         rng = as_generator(seed)
         W = random_low_rank(d, rank, scale, rng)
@@ -84,7 +94,9 @@ class AffineHead(nn.Module):
         W = torch.as_tensor(W, dtype=dtype)
         u = torch.as_tensor(u, dtype=dtype)
         if W.shape != (d, d) or u.shape != (d,):
-            raise ValueError(f"expected W ({d}, {d}) and u ({d},), got {tuple(W.shape)} and {tuple(u.shape)}")
+            raise ValueError(
+                f"expected W ({d}, {d}) and u ({d},), got {tuple(W.shape)} and {tuple(u.shape)}"
+            )
         self.W = nn.Parameter(W)
         self.u = nn.Parameter(u)
         self.v = nn.Parameter(v)
@@ -95,8 +107,14 @@ class AffineHead(nn.Module):
         return self.v.shape[0]
 
     @classmethod
-    def random(cls, d: int, rank: int | None = None, scale: float = 1.0,
-               seed: Seed = 0, dtype=torch.float64) -> AffineHead:
+    def random(
+        cls,
+        d: int,
+        rank: int | None = None,
+        scale: float = 1.0,
+        seed: Seed = 0,
+        dtype=torch.float64,
+    ) -> AffineHead:
         rng = as_generator(seed)
         W = random_low_rank(d, rank, scale, rng)
         u = scale * rng.standard_normal(d)

@@ -34,8 +34,12 @@ Readout = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _check_precision(precision: int | None) -> int | None:
-    if precision is not None and (isinstance(precision, bool) or int(precision) != precision or precision < 1):
-        raise ValueError(f"precision must be a positive number of bits or None (no rounding), got {precision!r}")
+    if precision is not None and (
+        isinstance(precision, bool) or int(precision) != precision or precision < 1
+    ):
+        raise ValueError(
+            f"precision must be a positive number of bits or None (no rounding), got {precision!r}"
+        )
     return None if precision is None else int(precision)
 
 
@@ -44,8 +48,13 @@ def _torch_generator(seed: int | np.random.Generator | None) -> torch.Generator:
     return torch.Generator().manual_seed(int(rng.integers(2**62)))
 
 
-def seeded_linear(d_in: int, d_out: int, generator: torch.Generator, bias: bool = True,
-                  dtype: torch.dtype = torch.float64) -> nn.Linear:
+def seeded_linear(
+    d_in: int,
+    d_out: int,
+    generator: torch.Generator,
+    bias: bool = True,
+    dtype: torch.dtype = torch.float64,
+) -> nn.Linear:
     """nn.Linear with torch's default uniform(-1/sqrt(d_in), 1/sqrt(d_in)) initialisation drawn
     from `generator`, so building a model never touches torch's global random state."""
     layer = torch.nn.utils.skip_init(nn.Linear, d_in, d_out, bias=bias, dtype=dtype)
@@ -72,8 +81,14 @@ class AttentionUnit(nn.Module):
     long the sequence (N = 4096 verifications run in a few hundred MB).
     """
 
-    def __init__(self, query: TokenMap, key: TokenMap, value: TokenMap, precision: int | None = None,
-                 query_chunk: int = 1024):
+    def __init__(
+        self,
+        query: TokenMap,
+        key: TokenMap,
+        value: TokenMap,
+        precision: int | None = None,
+        query_chunk: int = 1024,
+    ):
         super().__init__()
         if query_chunk < 1:
             raise ValueError(f"query_chunk must be >= 1, got {query_chunk}")
@@ -82,13 +97,22 @@ class AttentionUnit(nn.Module):
         self.query_chunk = int(query_chunk)
 
     @classmethod
-    def linear(cls, m_in: int, m: int, m_value: int | None = None, bias: bool = True,
-               precision: int | None = None, seed: int | np.random.Generator | None = 0,
-               dtype: torch.dtype = torch.float64) -> "AttentionUnit":
+    def linear(
+        cls,
+        m_in: int,
+        m: int,
+        m_value: int | None = None,
+        bias: bool = True,
+        precision: int | None = None,
+        seed: int | np.random.Generator | None = 0,
+        dtype: torch.dtype = torch.float64,
+    ) -> AttentionUnit:
         """A trainable unit with linear Q, K (width m) and V (width m_value, default m)."""
         generator = _torch_generator(seed)
-        maps = [seeded_linear(m_in, width, generator, bias, dtype)
-                for width in (m, m, m if m_value is None else m_value)]
+        maps = [
+            seeded_linear(m_in, width, generator, bias, dtype)
+            for width in (m, m, m if m_value is None else m_value)
+        ]
         return cls(*maps, precision=precision)
 
     def projections(self, E: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -99,8 +123,10 @@ class AttentionUnit(nn.Module):
         keys = round_to_bits(self.key(E), self.precision)
         values = round_to_bits(self.value(E), self.precision)
         if queries.shape[-1] != keys.shape[-1]:
-            raise ValueError(f"queries have width {queries.shape[-1]} but keys {keys.shape[-1]}: "
-                             "Q and K must map to the same dimension")
+            raise ValueError(
+                f"queries have width {queries.shape[-1]} but keys {keys.shape[-1]}: "
+                "Q and K must map to the same dimension"
+            )
         return queries, keys, values
 
     def attention_weights(self, E: torch.Tensor) -> torch.Tensor:
@@ -111,16 +137,27 @@ class AttentionUnit(nn.Module):
     def forward(self, E: torch.Tensor) -> torch.Tensor:
         queries, keys, values = self.projections(E)
         keys_t = keys.transpose(-1, -2)
-        parts = [stable_softmax(round_to_bits(queries[:, start:start + self.query_chunk] @ keys_t, self.precision)) @ values
-                 for start in range(0, queries.shape[1], self.query_chunk)]
+        parts = [
+            stable_softmax(
+                round_to_bits(queries[:, start : start + self.query_chunk] @ keys_t, self.precision)
+            )
+            @ values
+            for start in range(0, queries.shape[1], self.query_chunk)
+        ]
         return round_to_bits(torch.cat(parts, dim=1), self.precision)
 
 
 class ResidualReadout(nn.Module):
     """A trainable psi: one linear map of (attention output, the token's own input)."""
 
-    def __init__(self, m: int, d_in: int, d_out: int, seed: int | np.random.Generator | None = 0,
-                 dtype: torch.dtype = torch.float64):
+    def __init__(
+        self,
+        m: int,
+        d_in: int,
+        d_out: int,
+        seed: int | np.random.Generator | None = 0,
+        dtype: torch.dtype = torch.float64,
+    ):
         super().__init__()
         self.linear = seeded_linear(m + d_in, d_out, _torch_generator(seed), dtype=dtype)
 
@@ -144,25 +181,39 @@ class MultiHeadAttentionLayer(nn.Module):
     the same precision (or both None), so that one number fixes the model's bit budget.
     """
 
-    def __init__(self, heads: Sequence[AttentionUnit], input_map: TokenMap | None = None,
-                 output_map: Readout | None = None, precision: int | None = None):
+    def __init__(
+        self,
+        heads: Sequence[AttentionUnit],
+        input_map: TokenMap | None = None,
+        output_map: Readout | None = None,
+        precision: int | None = None,
+    ):
         super().__init__()
         if len(heads) == 0:
             raise ValueError("a layer needs at least one head")
         precision = _check_precision(precision)
         mismatched = [h.precision for h in heads if h.precision != precision]
         if mismatched:
-            raise ValueError(f"the layer has precision {precision} but some heads have {mismatched}: "
-                             "build every head with the layer's precision")
+            raise ValueError(
+                f"the layer has precision {precision} but some heads have {mismatched}: "
+                "build every head with the layer's precision"
+            )
         self.heads = nn.ModuleList(heads)
         self.input_map = input_map if input_map is not None else _identity
         self.output_map = output_map if output_map is not None else _attended_only
         self.precision = precision
 
     @classmethod
-    def trainable(cls, d_in: int, m: int, d_out: int, heads: int = 1, residual: bool = True,
-                  seed: int | np.random.Generator | None = 0,
-                  dtype: torch.dtype = torch.float64) -> "MultiHeadAttentionLayer":
+    def trainable(
+        cls,
+        d_in: int,
+        m: int,
+        d_out: int,
+        heads: int = 1,
+        residual: bool = True,
+        seed: int | np.random.Generator | None = 0,
+        dtype: torch.dtype = torch.float64,
+    ) -> MultiHeadAttentionLayer:
         """Linear phi (d_in -> m), `heads` linear units of width m, linear psi (with residual)."""
         if heads < 1:
             raise ValueError(f"heads must be >= 1, got {heads}")
@@ -176,7 +227,9 @@ class MultiHeadAttentionLayer(nn.Module):
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         # Raw tokens are inputs, not produced numbers: only a real input map's output is rounded
         # (rounding the identity would corrupt integer fields such as positions when p < log2 N).
-        embedded = X if self.input_map is _identity else round_to_bits(self.input_map(X), self.precision)
+        embedded = (
+            X if self.input_map is _identity else round_to_bits(self.input_map(X), self.precision)
+        )
         attended = self.heads[0](embedded)
         for head in self.heads[1:]:
             attended = attended + head(embedded)

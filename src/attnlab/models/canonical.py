@@ -40,10 +40,14 @@ class MultiHeadParams:
         W = np.asarray(self.W, dtype=np.float64)
         v = np.asarray(self.v, dtype=np.float64)
         if v.ndim != 2 or W.shape != (v.shape[0], v.shape[1], v.shape[1]):
-            raise ValueError(f"expected W of shape (H, d, d) and v of shape (H, d); got {W.shape} and {v.shape}")
+            raise ValueError(
+                f"expected W of shape (H, d, d) and v of shape (H, d); got {W.shape} and {v.shape}"
+            )
         u = np.zeros_like(v) if self.u is None else np.asarray(self.u, dtype=np.float64)
         if u.shape != v.shape:
-            raise ValueError(f"expected u of shape {v.shape} (one key bias term per head), got {u.shape}")
+            raise ValueError(
+                f"expected u of shape {v.shape} (one key bias term per head), got {u.shape}"
+            )
         object.__setattr__(self, "W", W)
         object.__setattr__(self, "v", v)
         object.__setattr__(self, "u", u)
@@ -62,15 +66,19 @@ class MultiHeadParams:
         return bool(np.any(self.u != 0) or self.c != 0)
 
     @classmethod
-    def from_model(cls, model) -> "MultiHeadParams":
+    def from_model(cls, model) -> MultiHeadParams:
         """Read (Ws, vs) from a MultiHeadRegressor."""
-        return cls(model.Ws.detach().cpu().double().numpy(), model.vs.detach().cpu().double().numpy())
+        return cls(
+            model.Ws.detach().cpu().double().numpy(), model.vs.detach().cpu().double().numpy()
+        )
 
     def to_model(self):
         from attnlab.models.multihead import MultiHeadRegressor
 
         if self.affine:
-            raise ValueError("MultiHeadRegressor has no biases; evaluate affine parameters by calling them")
+            raise ValueError(
+                "MultiHeadRegressor has no biases; evaluate affine parameters by calling them"
+            )
         return MultiHeadRegressor(self.W, self.v)
 
     def __call__(self, X) -> np.ndarray:
@@ -80,7 +88,9 @@ class MultiHeadParams:
             raise ValueError(f"expected a batch of shape (B, N, {self.d}), got shape {X.shape}")
         if self.heads == 0:
             return np.full(X.shape[0], self.c)
-        scores = np.einsum("bnd,hde,be->bhn", X, self.W, X[:, -1, :]) + np.einsum("bnd,hd->bhn", X, self.u)
+        scores = np.einsum("bnd,hde,be->bhn", X, self.W, X[:, -1, :]) + np.einsum(
+            "bnd,hd->bhn", X, self.u
+        )
         values = np.einsum("bnd,hd->bhn", X, self.v)
         return self.c + (softmax(scores, axis=-1) * values).sum(axis=(1, 2))
 
@@ -101,7 +111,9 @@ def split_head(params: MultiHeadParams, head: int, parts: int = 2, seed=0) -> Mu
     rng = as_generator(seed)
     pieces = rng.standard_normal((parts - 1, params.d))
     pieces = np.vstack([pieces, params.v[head] - pieces.sum(axis=0)])
-    W = np.concatenate([np.delete(params.W, head, axis=0), np.repeat(params.W[head][None], parts, axis=0)])
+    W = np.concatenate(
+        [np.delete(params.W, head, axis=0), np.repeat(params.W[head][None], parts, axis=0)]
+    )
     v = np.concatenate([np.delete(params.v, head, axis=0), pieces])
     return MultiHeadParams(W, v)
 
@@ -121,17 +133,25 @@ def permute_heads(params: MultiHeadParams, order=None, seed=0) -> MultiHeadParam
     """The same heads in another order (a random one unless `order` is given)."""
     order = as_generator(seed).permutation(params.heads) if order is None else np.asarray(order)
     if sorted(order.tolist()) != list(range(params.heads)):
-        raise ValueError(f"order must be a permutation of 0..{params.heads - 1}, got {order.tolist()}")
+        raise ValueError(
+            f"order must be a permutation of 0..{params.heads - 1}, got {order.tolist()}"
+        )
     return MultiHeadParams(params.W[order], params.v[order], params.u[order], params.c)
 
 
 def add_null_head(params: MultiHeadParams, W=None, seed=0, scale: float = 1.0) -> MultiHeadParams:
     """Add a head with v = 0 and an arbitrary W (random with entry scale `scale` unless given)."""
     d = params.d
-    W_new = scale * as_generator(seed).standard_normal((d, d)) if W is None else np.asarray(W, dtype=np.float64)
+    W_new = (
+        scale * as_generator(seed).standard_normal((d, d))
+        if W is None
+        else np.asarray(W, dtype=np.float64)
+    )
     if W_new.shape != (d, d):
         raise ValueError(f"the added head's W must have shape ({d}, {d}), got {W_new.shape}")
-    return MultiHeadParams(np.concatenate([params.W, W_new[None]]), np.concatenate([params.v, np.zeros((1, d))]))
+    return MultiHeadParams(
+        np.concatenate([params.W, W_new[None]]), np.concatenate([params.v, np.zeros((1, d))])
+    )
 
 
 # -- canonical form and equivalence -------------------------------------------------------------
@@ -206,9 +226,15 @@ def match_heads(estimate: MultiHeadParams, truth: MultiHeadParams) -> tuple[np.n
     rows, cols = linear_sum_assignment(np.maximum(np.maximum(diff_W, diff_v), diff_u))
     order = np.empty(truth.heads, dtype=int)
     order[cols] = rows
-    worst = max(np.max(np.abs(estimate.W[order] - truth.W)), np.max(np.abs(estimate.v[order] - truth.v)),
-                np.max(np.abs(estimate.u[order] - truth.u)), abs(estimate.c - truth.c))
-    scale = max(np.max(np.abs(truth.W)), np.max(np.abs(truth.v)), np.max(np.abs(truth.u)), abs(truth.c))
+    worst = max(
+        np.max(np.abs(estimate.W[order] - truth.W)),
+        np.max(np.abs(estimate.v[order] - truth.v)),
+        np.max(np.abs(estimate.u[order] - truth.u)),
+        abs(estimate.c - truth.c),
+    )
+    scale = max(
+        np.max(np.abs(truth.W)), np.max(np.abs(truth.v)), np.max(np.abs(truth.u)), abs(truth.c)
+    )
     return order, float(worst / scale) if scale > 0 else float(worst)
 
 
@@ -225,8 +251,14 @@ def equivalent(p: MultiHeadParams, q: MultiHeadParams, tol: float = 1e-9) -> boo
     return canonical_error(p, q, tol) <= tol
 
 
-def maps_agree(p: MultiHeadParams, q: MultiHeadParams, n: int = 10_000, lengths=(1, 64),
-               seed=0, scale: float = 1.0) -> float:
+def maps_agree(
+    p: MultiHeadParams,
+    q: MultiHeadParams,
+    n: int = 10_000,
+    lengths=(1, 64),
+    seed=0,
+    scale: float = 1.0,
+) -> float:
     """Largest |p(X) - q(X)| over n random sequences with lengths in [lengths[0], lengths[1]]."""
     if p.d != q.d:
         raise ValueError(f"the two parameterisations have different token widths {p.d} and {q.d}")
@@ -240,7 +272,9 @@ def maps_agree(p: MultiHeadParams, q: MultiHeadParams, n: int = 10_000, lengths=
 
 
 # -- the demonstration --------------------------------------------------------------------------
-def equivalent_pair(d: int, heads: int = 2, seed=0, scale: float = 1.0) -> tuple[MultiHeadParams, MultiHeadParams, list[str]]:
+def equivalent_pair(
+    d: int, heads: int = 2, seed=0, scale: float = 1.0
+) -> tuple[MultiHeadParams, MultiHeadParams, list[str]]:
     """A random parameterisation p and a different-looking q computing the same map, with the steps used."""
     from attnlab.models.multihead import MultiHeadRegressor
 

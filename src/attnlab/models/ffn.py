@@ -19,7 +19,9 @@ class ReluFFN(nn.Module):
         A = torch.as_tensor(A, dtype=dtype)
         w = torch.as_tensor(w, dtype=dtype)
         if A.ndim != 2 or w.shape != (A.shape[1],):
-            raise ValueError(f"A must be (d, m) and w (m,); got A {tuple(A.shape)} and w {tuple(w.shape)}")
+            raise ValueError(
+                f"A must be (d, m) and w (m,); got A {tuple(A.shape)} and w {tuple(w.shape)}"
+            )
         self.A = nn.Parameter(A)
         self.w = nn.Parameter(w)
         self.has_bias = b is not None
@@ -38,8 +40,18 @@ class ReluFFN(nn.Module):
         return self.A.shape[1]
 
     @classmethod
-    def random(cls, d: int, m: int, bias: bool = True, seed: int | np.random.Generator | None = 0,
-               dtype=torch.float64, *, init: str = "gaussian", dead: float = 0.0, far: int = 0) -> "ReluFFN":
+    def random(
+        cls,
+        d: int,
+        m: int,
+        bias: bool = True,
+        seed: int | np.random.Generator | None = 0,
+        dtype=torch.float64,
+        *,
+        init: str = "gaussian",
+        dead: float = 0.0,
+        far: int = 0,
+    ) -> ReluFFN:
         """Random weights.
 
         init="gaussian": A entries N(0, 1/d), w N(0, 1/m), b and c N(0, 1) when `bias`.
@@ -87,8 +99,11 @@ class ReluFFN(nn.Module):
         if x.ndim == 3:
             if x.shape[1] != 1:
                 raise ValueError(
-                    f"a ReLU FFN reads one vector per query; send one-token sequences (B, 1, d), got {tuple(x.shape)}")
+                    f"a ReLU FFN reads one vector per query; send one-token sequences (B, 1, d), got {tuple(x.shape)}"
+                )
             x = x[:, 0, :]
         if x.ndim != 2 or x.shape[1] != self.d:
-            raise ValueError(f"expected inputs (B, {self.d}) or (B, 1, {self.d}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected inputs (B, {self.d}) or (B, 1, {self.d}), got {tuple(x.shape)}"
+            )
         return self.hidden(x) @ self.w + self.c

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
 from scipy.stats import ortho_group
+from torch import nn
 
 from attnlab.models.attention import random_low_rank
 
@@ -20,10 +20,16 @@ def _generator(seed: int | np.random.Generator | None) -> np.random.Generator:
 class MultiHeadRegressor(nn.Module):
     """A sum of single-head regressors sharing the query token: heads (W_h, v_h), h = 1..H."""
 
-    def __init__(self, Ws: torch.Tensor | np.ndarray, vs: torch.Tensor | np.ndarray, dtype=torch.float64):
+    def __init__(
+        self, Ws: torch.Tensor | np.ndarray, vs: torch.Tensor | np.ndarray, dtype=torch.float64
+    ):
         super().__init__()
-        Ws = torch.as_tensor(np.asarray(Ws) if not isinstance(Ws, torch.Tensor) else Ws, dtype=dtype)
-        vs = torch.as_tensor(np.asarray(vs) if not isinstance(vs, torch.Tensor) else vs, dtype=dtype)
+        Ws = torch.as_tensor(
+            np.asarray(Ws) if not isinstance(Ws, torch.Tensor) else Ws, dtype=dtype
+        )
+        vs = torch.as_tensor(
+            np.asarray(vs) if not isinstance(vs, torch.Tensor) else vs, dtype=dtype
+        )
         if vs.ndim != 2:
             raise ValueError(f"vs must have shape (H, d), got {tuple(vs.shape)}")
         heads, d = vs.shape
@@ -44,8 +50,15 @@ class MultiHeadRegressor(nn.Module):
         return self.vs.shape[0]
 
     @classmethod
-    def random(cls, d: int, heads: int, rank: int | None = None, scale: float = 1.0,
-               seed: int | np.random.Generator | None = 0, dtype=torch.float64) -> "MultiHeadRegressor":
+    def random(
+        cls,
+        d: int,
+        heads: int,
+        rank: int | None = None,
+        scale: float = 1.0,
+        seed: int | np.random.Generator | None = 0,
+        dtype=torch.float64,
+    ) -> MultiHeadRegressor:
         """Independent random heads: each W_h of the given rank with entry scale `scale`, v_h standard normal."""
         if heads < 1:
             raise ValueError(f"heads must be >= 1, got {heads}")
@@ -66,9 +79,13 @@ class MultiHeadRegressor(nn.Module):
         return (weights * values).sum(dim=(1, 2))
 
 
-def random_orthogonal_heads(d: int, dims: list[int] | tuple[int, ...], scale: float = 1.0,
-                            seed: int | np.random.Generator | None = 0,
-                            dtype=torch.float64) -> tuple[MultiHeadRegressor, list[np.ndarray]]:
+def random_orthogonal_heads(
+    d: int,
+    dims: list[int] | tuple[int, ...],
+    scale: float = 1.0,
+    seed: int | np.random.Generator | None = 0,
+    dtype=torch.float64,
+) -> tuple[MultiHeadRegressor, list[np.ndarray]]:
     """Heads living in pairwise orthogonal subspaces of R^d, and those subspaces' bases.
 
     Head h acts only inside span(bases[h]) (a (d, dims[h]) matrix with orthonormal columns):
@@ -81,7 +98,7 @@ def random_orthogonal_heads(d: int, dims: list[int] | tuple[int, ...], scale: fl
     frame = ortho_group.rvs(d, random_state=rng) if d > 1 else np.ones((1, 1))
     bases, Ws, vs, start = [], [], [], 0
     for k in dims:
-        basis = frame[:, start:start + k]
+        basis = frame[:, start : start + k]
         start += k
         bases.append(basis)
         Ws.append(basis @ (scale * rng.standard_normal((k, k))) @ basis.T)
@@ -93,8 +110,9 @@ def random_orthogonal_heads(d: int, dims: list[int] | tuple[int, ...], scale: fl
 FAMILIES = ("random", "near-parallel", "unequal-scale", "unequal-rank")
 
 
-def random_family_params(family: str, d: int, heads: int, seed=0, spread: float = 0.05,
-                         scale_ratio: float = 1000.0) -> tuple[np.ndarray, np.ndarray]:
+def random_family_params(
+    family: str, d: int, heads: int, seed=0, spread: float = 0.05, scale_ratio: float = 1000.0
+) -> tuple[np.ndarray, np.ndarray]:
     """(Ws, vs) of H random heads from one of FAMILIES.
 
     "random": independent Gaussian heads (entries of W with standard deviation 1, v standard normal).
@@ -135,16 +153,29 @@ class MultiheadAttentionReadout(nn.Module):
         if not attention.batch_first:
             raise ValueError("create the module with batch_first=True so inputs are (B, N, d)")
         if not attention._qkv_same_embed_dim:
-            raise ValueError("key, query and value must share the embedding width (kdim = vdim = embed_dim)")
+            raise ValueError(
+                "key, query and value must share the embedding width (kdim = vdim = embed_dim)"
+            )
         self.attention = attention
-        self.register_buffer("readout", torch.as_tensor(readout, dtype=attention.in_proj_weight.dtype))
+        self.register_buffer(
+            "readout", torch.as_tensor(readout, dtype=attention.in_proj_weight.dtype)
+        )
 
     @classmethod
-    def random(cls, d: int, heads: int, bias: bool = True, seed: int = 0, bias_scale: float = 1.0,
-               dtype=torch.float64) -> "MultiheadAttentionReadout":
+    def random(
+        cls,
+        d: int,
+        heads: int,
+        bias: bool = True,
+        seed: int = 0,
+        bias_scale: float = 1.0,
+        dtype=torch.float64,
+    ) -> MultiheadAttentionReadout:
         """nn.MultiheadAttention(d, heads, bias=bias) with every weight and bias redrawn at random."""
         if heads < 1 or d % heads:
-            raise ValueError(f"heads must divide d = {d} (PyTorch splits d into equal head widths), got {heads}")
+            raise ValueError(
+                f"heads must divide d = {d} (PyTorch splits d into equal head widths), got {heads}"
+            )
         generator = torch.Generator().manual_seed(seed)
         attention = nn.MultiheadAttention(d, heads, bias=bias, batch_first=True, dtype=dtype)
         with torch.no_grad():
@@ -173,7 +204,11 @@ class MultiheadAttentionReadout(nn.Module):
         else:
             bq = bv = np.zeros(d)
         Wo = att.out_proj.weight.detach().double().numpy()
-        bo = att.out_proj.bias.detach().double().numpy() if att.out_proj.bias is not None else np.zeros(d)
+        bo = (
+            att.out_proj.bias.detach().double().numpy()
+            if att.out_proj.bias is not None
+            else np.zeros(d)
+        )
         w = self.readout.detach().double().numpy()
         Ws, us, vs = [], [], []
         for h in range(H):
@@ -181,4 +216,9 @@ class MultiheadAttentionReadout(nn.Module):
             Ws.append(Wk[rows].T @ Wq[rows] / np.sqrt(dh))
             us.append(Wk[rows].T @ bq[rows] / np.sqrt(dh))
             vs.append(Wv[rows].T @ Wo[:, rows].T @ w)
-        return {"W": np.stack(Ws), "u": np.stack(us), "v": np.stack(vs), "c": np.float64(w @ (Wo @ bv + bo))}
+        return {
+            "W": np.stack(Ws),
+            "u": np.stack(us),
+            "v": np.stack(vs),
+            "c": np.float64(w @ (Wo @ bv + bo)),
+        }

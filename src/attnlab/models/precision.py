@@ -33,7 +33,8 @@ class PrecisionOverflowError(OverflowError, ValueError):
 def _overflow(x, p: int) -> PrecisionOverflowError:
     return PrecisionOverflowError(
         f"rounding {x!r} to {p} significant bits lands past the float64 range (> 1.797e308): no float "
-        "keeps the bound |error| <= 2^-p |x|; scale the numbers down (e.g. a smaller temperature) or use more bits")
+        "keeps the bound |error| <= 2^-p |x|; scale the numbers down (e.g. a smaller temperature) or use more bits"
+    )
 
 
 def _check_bits(p) -> int:
@@ -62,7 +63,9 @@ def _round_torch(x: torch.Tensor, p: int) -> torch.Tensor:
         return x
     value = x.detach()
     mantissa, exponent = torch.frexp(value)
-    rounded = torch.ldexp(torch.round(torch.ldexp(mantissa, torch.full_like(exponent, p))), exponent - p)
+    rounded = torch.ldexp(
+        torch.round(torch.ldexp(mantissa, torch.full_like(exponent, p))), exponent - p
+    )
     finite = torch.isfinite(value)
     overflowed = finite & torch.isinf(rounded)
     if bool(overflowed.any()):
@@ -100,6 +103,8 @@ def round_to_bits(x, p: int | None):
 def is_representable(x, p: int) -> np.ndarray | bool:
     """Whether each entry of x already has at most p significant bits (round_to_bits leaves it)."""
     p = _check_bits(p)
-    array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
+    array = (
+        x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
+    )
     same = np.asarray(_round_numpy(array.astype(np.float64), p) == array) | np.isnan(array)
     return same if same.ndim else bool(same)

@@ -46,24 +46,37 @@ def _check_inputs(Q, K1, K2, V1, V2) -> None:
         if tensor.ndim < 2:
             raise ValueError(f"{name} must have shape (..., N, dim), got {tuple(tensor.shape)}")
     if not (Q.shape == K1.shape == K2.shape):
-        raise ValueError(f"Q, K1 and K2 must share one shape (..., N, m), got {tuple(Q.shape)}, "
-                         f"{tuple(K1.shape)} and {tuple(K2.shape)}")
+        raise ValueError(
+            f"Q, K1 and K2 must share one shape (..., N, m), got {tuple(Q.shape)}, "
+            f"{tuple(K1.shape)} and {tuple(K2.shape)}"
+        )
     if V1.shape != V2.shape or V1.shape[:-1] != Q.shape[:-1]:
-        raise ValueError(f"V1 and V2 must both have shape {tuple(Q.shape[:-1])} + (m_v,), got "
-                         f"{tuple(V1.shape)} and {tuple(V2.shape)}")
+        raise ValueError(
+            f"V1 and V2 must both have shape {tuple(Q.shape[:-1])} + (m_v,), got "
+            f"{tuple(V1.shape)} and {tuple(V2.shape)}"
+        )
     for name, size in (("N", Q.shape[-2]), ("m", Q.shape[-1]), ("m_v", V1.shape[-1])):
         if size == 0:
-            raise ValueError(f"third-order attention needs {name} >= 1, got {name} = 0 (shapes Q "
-                             f"{tuple(Q.shape)}, V1 {tuple(V1.shape)}): pass at least one token, one "
-                             "query/key coordinate and one value coordinate")
+            raise ValueError(
+                f"third-order attention needs {name} >= 1, got {name} = 0 (shapes Q "
+                f"{tuple(Q.shape)}, V1 {tuple(V1.shape)}): pass at least one token, one "
+                "query/key coordinate and one value coordinate"
+            )
 
 
-def block_sizes(batch: int, N: int, chunk: int | None = None, key_chunk: int | None = None,
-                max_elements: int = DEFAULT_BLOCK_ELEMENTS) -> tuple[int, int]:
+def block_sizes(
+    batch: int,
+    N: int,
+    chunk: int | None = None,
+    key_chunk: int | None = None,
+    max_elements: int = DEFAULT_BLOCK_ELEMENTS,
+) -> tuple[int, int]:
     """(queries per block, first keys per block) so one block of logits has <= max_elements
     entries where possible (never below one query and one key)."""
     for name, value in (("chunk", chunk), ("key_chunk", key_chunk)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
             raise ValueError(f"{name} must be a positive int (or None to choose it), got {value!r}")
     per_pair_row = batch * N  # logits for one query and one first key
     if chunk is None and key_chunk is None:
@@ -94,10 +107,17 @@ def _block(Q_block, K1_block, K2, V1_block, V2, precision):
     return top, total, numerator
 
 
-def third_order_attention(Q: torch.Tensor, K1: torch.Tensor, K2: torch.Tensor, V1: torch.Tensor,
-                          V2: torch.Tensor, chunk: int | None = None, precision: int | None = None,
-                          key_chunk: int | None = None,
-                          max_elements: int = DEFAULT_BLOCK_ELEMENTS) -> torch.Tensor:
+def third_order_attention(
+    Q: torch.Tensor,
+    K1: torch.Tensor,
+    K2: torch.Tensor,
+    V1: torch.Tensor,
+    V2: torch.Tensor,
+    chunk: int | None = None,
+    precision: int | None = None,
+    key_chunk: int | None = None,
+    max_elements: int = DEFAULT_BLOCK_ELEMENTS,
+) -> torch.Tensor:
     """Third-order attention of (..., N, m) queries/keys and (..., N, m_v) values -> (..., N, m_v).
 
     `chunk` queries and `key_chunk` first keys per block (None: chosen from `max_elements`);
@@ -109,13 +129,24 @@ def third_order_attention(Q: torch.Tensor, K1: torch.Tensor, K2: torch.Tensor, V
     V1, V2 = (round_to_bits(t, precision).reshape(-1, N, m_v) for t in (V1, V2))
     batch = Q.shape[0]
     a, c = block_sizes(batch, N, chunk, key_chunk, max_elements)
-    recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (Q, K1, K2, V1, V2)) and (a < N or c < N)
+    recompute = (
+        torch.is_grad_enabled()
+        and any(t.requires_grad for t in (Q, K1, K2, V1, V2))
+        and (a < N or c < N)
+    )
     outputs = []
     for start in range(0, N, a):
-        Q_block = Q[:, start:start + a]
+        Q_block = Q[:, start : start + a]
         running_max = running_total = numerator = None
         for key_start in range(0, N, c):
-            args = (Q_block, K1[:, key_start:key_start + c], K2, V1[:, key_start:key_start + c], V2, precision)
+            args = (
+                Q_block,
+                K1[:, key_start : key_start + c],
+                K2,
+                V1[:, key_start : key_start + c],
+                V2,
+                precision,
+            )
             if recompute:
                 top, total, part = checkpoint(_block, *args, use_reentrant=False)
             else:
@@ -152,9 +183,19 @@ class ThirdOrderAttention(nn.Module):
     Parameters use torch's default dtype unless `dtype` is given.
     """
 
-    def __init__(self, d_in: int, m: int, d_out: int, heads: int = 1, value_dim: int | None = None,
-                 bias: bool = True, scale: float | None = None, chunk: int | None = None,
-                 precision: int | None = None, dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        d_in: int,
+        m: int,
+        d_out: int,
+        heads: int = 1,
+        value_dim: int | None = None,
+        bias: bool = True,
+        scale: float | None = None,
+        chunk: int | None = None,
+        precision: int | None = None,
+        dtype: torch.dtype | None = None,
+    ):
         super().__init__()
         for name, value in (("d_in", d_in), ("m", m), ("d_out", d_out), ("heads", heads)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -181,6 +222,11 @@ class ThirdOrderAttention(nn.Module):
         B, N, _ = X.shape
         Q = self._split(self.query(X) * self.scale, self.m)
         K1, K2 = self._split(self.key1(X), self.m), self._split(self.key2(X), self.m)
-        V1, V2 = self._split(self.value1(X), self.value_dim), self._split(self.value2(X), self.value_dim)
-        attended = third_order_attention(Q, K1, K2, V1, V2, chunk=self.chunk, precision=self.precision)
+        V1, V2 = (
+            self._split(self.value1(X), self.value_dim),
+            self._split(self.value2(X), self.value_dim),
+        )
+        attended = third_order_attention(
+            Q, K1, K2, V1, V2, chunk=self.chunk, precision=self.precision
+        )
         return self.out(attended.transpose(1, 2).reshape(B, N, self.heads * self.value_dim))

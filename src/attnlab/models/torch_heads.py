@@ -21,8 +21,10 @@ class MultiheadReadout(nn.Module):
     def __init__(self, attention: nn.MultiheadAttention, readout: torch.Tensor | np.ndarray):
         super().__init__()
         if attention.num_heads != 1:
-            raise ValueError(f"MultiheadReadout wraps one-head attention; this module has "
-                             f"{attention.num_heads} heads (a sum of heads is not a single head)")
+            raise ValueError(
+                f"MultiheadReadout wraps one-head attention; this module has "
+                f"{attention.num_heads} heads (a sum of heads is not a single head)"
+            )
         if not attention.batch_first:
             raise ValueError("create the module with batch_first=True so inputs are (B, N, d)")
         dtype = attention.in_proj_weight.dtype
@@ -30,7 +32,9 @@ class MultiheadReadout(nn.Module):
         self.register_buffer("readout", torch.as_tensor(readout, dtype=dtype))
 
     @classmethod
-    def random(cls, d: int, seed: int = 0, dtype=torch.float64, bias_scale: float = 1.0) -> MultiheadReadout:
+    def random(
+        cls, d: int, seed: int = 0, dtype=torch.float64, bias_scale: float = 1.0
+    ) -> MultiheadReadout:
         """nn.MultiheadAttention(d, 1, bias=True) with every weight and bias drawn at random.
 
         PyTorch initialises the biases to zero; they are redrawn here so the head is truly affine.

@@ -24,7 +24,9 @@ class OneLayerTransformer(nn.Module):
         self.ffn = ReluFFN(A, w_o, dtype=dtype)
         d = self.ffn.d
         if W.shape != (d, d):
-            raise ValueError(f"W must be ({d}, {d}) to match A of shape {tuple(self.ffn.A.shape)}, got {tuple(W.shape)}")
+            raise ValueError(
+                f"W must be ({d}, {d}) to match A of shape {tuple(self.ffn.A.shape)}, got {tuple(W.shape)}"
+            )
         self.W = nn.Parameter(W)
         self.residual = bool(residual)
 
@@ -38,8 +40,16 @@ class OneLayerTransformer(nn.Module):
         return self.ffn.A @ self.ffn.w
 
     @classmethod
-    def random(cls, d: int, m: int, rank: int | None = None, scale: float = 1.0, residual: bool = False,
-               seed: int | np.random.Generator | None = 0, dtype=torch.float64) -> "OneLayerTransformer":
+    def random(
+        cls,
+        d: int,
+        m: int,
+        rank: int | None = None,
+        scale: float = 1.0,
+        residual: bool = False,
+        seed: int | np.random.Generator | None = 0,
+        dtype=torch.float64,
+    ) -> OneLayerTransformer:
         """W of the given rank with entries N(0, scale^2/d), A entries N(0, 1/d), w_o N(0, 1/m)."""
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         W = random_low_rank(d, rank, scale / np.sqrt(d), rng)

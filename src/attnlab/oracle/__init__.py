@@ -14,6 +14,16 @@ from attnlab.oracle.noise import (
 from attnlab.oracle.oracle import NoiseModel, Oracle, torch_target
 
 __all__ = [
-    "AdversarialNoise", "BoundedNoise", "GaussianNoise", "JournalMismatch", "NoiseModel", "Oracle",
-    "QueryJournal", "RoundDigits", "RoundFloat16", "RoundFloat32", "make_noise", "torch_target",
+    "AdversarialNoise",
+    "BoundedNoise",
+    "GaussianNoise",
+    "JournalMismatch",
+    "NoiseModel",
+    "Oracle",
+    "QueryJournal",
+    "RoundDigits",
+    "RoundFloat16",
+    "RoundFloat32",
+    "make_noise",
+    "torch_target",
 ]

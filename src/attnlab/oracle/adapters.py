@@ -84,16 +84,22 @@ class LayerTarget:
         return real_answers(out, self.description or "the layer")
 
 
-def _readout_vector(readout, width: int, seed: int, dtype, device) -> tuple[torch.Tensor, np.ndarray]:
+def _readout_vector(
+    readout, width: int, seed: int, dtype, device
+) -> tuple[torch.Tensor, np.ndarray]:
     if readout is None:
         w = np.random.default_rng(seed).standard_normal(width)
         w /= np.linalg.norm(w)
     else:
-        w = np.asarray(readout.detach().cpu() if isinstance(readout, torch.Tensor) else readout,
-                       dtype=np.float64)
+        w = np.asarray(
+            readout.detach().cpu() if isinstance(readout, torch.Tensor) else readout,
+            dtype=np.float64,
+        )
         if w.shape != (width,):
-            raise ValueError(f"readout must be a vector of length {width} (the layer's output width), "
-                             f"got shape {w.shape}")
+            raise ValueError(
+                f"readout must be a vector of length {width} (the layer's output width), "
+                f"got shape {w.shape}"
+            )
         if not np.all(np.isfinite(w)) or not np.any(w):
             raise ValueError("readout must be finite and not all zero")
     return torch.as_tensor(w, dtype=dtype, device=device), w
@@ -113,12 +119,22 @@ def _first_tensor(out) -> torch.Tensor:
     if hasattr(out, "last_hidden_state"):
         out = out.last_hidden_state
     if not isinstance(out, torch.Tensor):
-        raise TypeError(f"the module returned {type(out).__name__}, not a tensor (or a tuple starting with one)")
+        raise TypeError(
+            f"the module returned {type(out).__name__}, not a tensor (or a tuple starting with one)"
+        )
     return out
 
 
-def from_module(module: torch.nn.Module, *, readout=None, position: int = -1, d: int | None = None,
-                upcast: bool = True, forward_kwargs: dict | None = None, seed: int = 0) -> LayerTarget:
+def from_module(
+    module: torch.nn.Module,
+    *,
+    readout=None,
+    position: int = -1,
+    d: int | None = None,
+    upcast: bool = True,
+    forward_kwargs: dict | None = None,
+    seed: int = 0,
+) -> LayerTarget:
     """A target from any module mapping (B, N, d) -> (B, N, d_out) (read out at `position` along
     `readout`) or (B, N, d) -> (B,) (answered as is).
 
@@ -144,12 +160,21 @@ def from_module(module: torch.nn.Module, *, readout=None, position: int = -1, d:
         if out.ndim == 1:
             return out
         if out.ndim != 3 or out.shape[-1] != w_t.shape[0]:
-            raise ValueError(f"the module answered shape {tuple(out.shape)}; expected (B,) or (B, N, "
-                             f"{w_t.shape[0]}) to match the readout (pass readout= of the output width)")
+            raise ValueError(
+                f"the module answered shape {tuple(out.shape)}; expected (B,) or (B, N, "
+                f"{w_t.shape[0]}) to match the readout (pass readout= of the output width)"
+            )
         return out[:, position, :] @ w_t
 
-    return LayerTarget(forward, width, readout=w, description=f"{type(module).__name__} at position {position}",
-                       details={"kind": "module", "position": position}, dtype=dtype, device=device)
+    return LayerTarget(
+        forward,
+        width,
+        readout=w,
+        description=f"{type(module).__name__} at position {position}",
+        details={"kind": "module", "position": position},
+        dtype=dtype,
+        device=device,
+    )
 
 
 def _input_width(module: torch.nn.Module) -> int:
@@ -177,9 +202,9 @@ def _output_width(module: torch.nn.Module, d: int) -> int:
 class HFAttention:
     """Where one HF attention layer keeps what the adapter needs (found by attribute names)."""
 
-    style: str                      # "bert", "gpt2" or "llama"
-    attention: torch.nn.Module      # the module to call on hidden states
-    out_proj: torch.nn.Module       # Linear or Conv1D whose input is the concatenated heads
+    style: str  # "bert", "gpt2" or "llama"
+    attention: torch.nn.Module  # the module to call on hidden states
+    out_proj: torch.nn.Module  # Linear or Conv1D whose input is the concatenated heads
     num_heads: int
     head_dim: int
     hidden: int
@@ -191,36 +216,58 @@ def _is_llama(m) -> bool:
 
 
 def _is_gpt2(m) -> bool:
-    return hasattr(m, "c_attn") and hasattr(m, "c_proj") and hasattr(m, "head_dim") and hasattr(m, "split_size")
+    return (
+        hasattr(m, "c_attn")
+        and hasattr(m, "c_proj")
+        and hasattr(m, "head_dim")
+        and hasattr(m, "split_size")
+    )
 
 
 def _is_bert(m) -> bool:
     sub = getattr(m, "self", None)
-    return (isinstance(sub, torch.nn.Module) and all(hasattr(sub, a) for a in ("query", "key", "value"))
-            and hasattr(getattr(m, "output", None), "dense"))
+    return (
+        isinstance(sub, torch.nn.Module)
+        and all(hasattr(sub, a) for a in ("query", "key", "value"))
+        and hasattr(getattr(m, "output", None), "dense")
+    )
 
 
 def hf_attention_layers(model: torch.nn.Module) -> list[HFAttention]:
     """Every self-attention layer of a BERT-, GPT-2- or Llama-style model, in module order."""
     config = getattr(model, "config", None)
-    rotary = next((m for name, m in model.named_modules() if name.split(".")[-1] == "rotary_emb"), None)
+    rotary = next(
+        (m for name, m in model.named_modules() if name.split(".")[-1] == "rotary_emb"), None
+    )
     found: list[HFAttention] = []
     for _, m in model.named_modules():
         if getattr(m, "is_cross_attention", False):
             continue
         if _is_llama(m):
             n_heads = m.q_proj.out_features // m.head_dim
-            found.append(HFAttention("llama", m, m.o_proj, n_heads, m.head_dim, m.q_proj.in_features, rotary))
+            found.append(
+                HFAttention("llama", m, m.o_proj, n_heads, m.head_dim, m.q_proj.in_features, rotary)
+            )
         elif _is_gpt2(m):
             found.append(HFAttention("gpt2", m, m.c_proj, m.num_heads, m.head_dim, m.embed_dim))
         elif _is_bert(m):
             s = m.self
-            found.append(HFAttention("bert", s, m.output.dense, s.num_attention_heads,
-                                     s.attention_head_size, s.query.in_features))
+            found.append(
+                HFAttention(
+                    "bert",
+                    s,
+                    m.output.dense,
+                    s.num_attention_heads,
+                    s.attention_head_size,
+                    s.query.in_features,
+                )
+            )
     if not found:
-        raise ValueError(f"found no BERT-, GPT-2- or Llama-style self-attention in {type(model).__name__} "
-                         f"(config: {type(config).__name__ if config is not None else 'none'}); wrap the "
-                         f"layer with from_module, or see docs/real-models.md for hook-based targets")
+        raise ValueError(
+            f"found no BERT-, GPT-2- or Llama-style self-attention in {type(model).__name__} "
+            f"(config: {type(config).__name__ if config is not None else 'none'}); wrap the "
+            f"layer with from_module, or see docs/real-models.md for hook-based targets"
+        )
     return found
 
 
@@ -234,10 +281,18 @@ def out_projection_matrix(out_proj: torch.nn.Module) -> torch.Tensor:
     raise TypeError(f"unknown output projection {type(out_proj).__name__}")
 
 
-def from_hf_attention(model: torch.nn.Module, *, layer: int = 0, head: int | None = None,
-                      heads: int | Sequence[int] | str | None = None, readout=None,
-                      positions: str = "same", position_id: int = 0, kernel: str = "float64",
-                      seed: int = 0) -> LayerTarget:
+def from_hf_attention(
+    model: torch.nn.Module,
+    *,
+    layer: int = 0,
+    head: int | None = None,
+    heads: int | Sequence[int] | str | None = None,
+    readout=None,
+    positions: str = "same",
+    position_id: int = 0,
+    kernel: str = "float64",
+    seed: int = 0,
+) -> LayerTarget:
     """A target from head `head` (or `heads`: a list, or "all") of self-attention layer `layer`.
 
     The probes are the attention module's input hidden states (after any LayerNorm); the answer
@@ -256,7 +311,9 @@ def from_hf_attention(model: torch.nn.Module, *, layer: int = 0, head: int | Non
         raise ValueError("pass head=H or heads=[...]/'all', not both")
     layers = hf_attention_layers(model)
     if not 0 <= layer < len(layers):
-        raise ValueError(f"layer must be in 0..{len(layers) - 1} ({len(layers)} self-attention layers), got {layer}")
+        raise ValueError(
+            f"layer must be in 0..{len(layers) - 1} ({len(layers)} self-attention layers), got {layer}"
+        )
     spec = layers[layer]
     selected = _select_heads(head, heads, spec.num_heads)
     if positions not in ("same", "sequential"):
@@ -266,17 +323,22 @@ def from_hf_attention(model: torch.nn.Module, *, layer: int = 0, head: int | Non
             "a rotary (Llama-style) head under positions 0..N-1 scores x_i against x_N with a rotation "
             "that depends on N-1-i: a different bilinear form for every offset, not one single head. "
             "Use positions='same' (every token at one position: the rotations cancel and the target is "
-            "the head's offset-0 form), or extract per offset with your own from_module wrapper.")
+            "the head's offset-0 form), or extract per offset with your own from_module wrapper."
+        )
     if spec.style == "llama" and spec.rotary is None:
-        raise ValueError("this Llama-style layer needs rotary embeddings, but the model has no `rotary_emb` "
-                         "module; pass the whole model (e.g. LlamaForCausalLM), not the layer alone")
+        raise ValueError(
+            "this Llama-style layer needs rotary embeddings, but the model has no `rotary_emb` "
+            "module; pass the whole model (e.g. LlamaForCausalLM), not the layer alone"
+        )
     attention = _float64_copy(spec.attention, upcast=True)
     _use_kernel(attention, kernel)
     W_o = out_projection_matrix(_float64_copy(spec.out_proj, upcast=True)).detach()
     out_bias = getattr(spec.out_proj, "bias", None)
     all_heads = heads == "all"
     w_t, w = _readout_vector(readout, W_o.shape[0], seed, torch.float64, W_o.device)
-    columns = torch.cat([torch.arange(h * spec.head_dim, (h + 1) * spec.head_dim) for h in selected])
+    columns = torch.cat(
+        [torch.arange(h * spec.head_dim, (h + 1) * spec.head_dim) for h in selected]
+    )
     w_eff = W_o[:, columns].T @ w_t  # readout pulled back through the selected heads' projection
     c_out = float(out_bias.detach().double() @ w_t) if (all_heads and out_bias is not None) else 0.0
     rotary = copy.deepcopy(spec.rotary) if spec.rotary is not None else None
@@ -285,22 +347,38 @@ def from_hf_attention(model: torch.nn.Module, *, layer: int = 0, head: int | Non
         z = _concatenated_heads(spec.style, attention, X, rotary, positions, position_id)
         return z[:, -1, columns] @ w_eff + c_out
 
-    target = LayerTarget(forward, spec.hidden, readout=w,
-                         description=f"{spec.style} layer {layer} head{'s' if len(selected) > 1 else ''} "
-                                     f"{'all' if all_heads else ','.join(map(str, selected))}",
-                         details={"kind": "hf", "style": spec.style, "layer": layer, "heads": selected,
-                                  "all_heads": all_heads, "positions": positions,
-                                  "position_id": position_id, "num_heads": spec.num_heads,
-                                  "head_dim": spec.head_dim},
-                         device=W_o.device)  # probes go where the layer lives (CPU or GPU)
+    target = LayerTarget(
+        forward,
+        spec.hidden,
+        readout=w,
+        description=f"{spec.style} layer {layer} head{'s' if len(selected) > 1 else ''} "
+        f"{'all' if all_heads else ','.join(map(str, selected))}",
+        details={
+            "kind": "hf",
+            "style": spec.style,
+            "layer": layer,
+            "heads": selected,
+            "all_heads": all_heads,
+            "positions": positions,
+            "position_id": position_id,
+            "num_heads": spec.num_heads,
+            "head_dim": spec.head_dim,
+        },
+        device=W_o.device,
+    )  # probes go where the layer lives (CPU or GPU)
     return target
 
 
 def _select_heads(head, heads, n_heads: int) -> list[int]:
     if head is None and heads is None:
         raise ValueError(f"pass head=H (0..{n_heads - 1}) or heads='all'")
-    chosen = list(range(n_heads)) if heads == "all" else [head] if head is not None else (
-        [heads] if isinstance(heads, int) else list(heads))
+    chosen = (
+        list(range(n_heads))
+        if heads == "all"
+        else [head]
+        if head is not None
+        else ([heads] if isinstance(heads, int) else list(heads))
+    )
     bad = [h for h in chosen if not (isinstance(h, int) and 0 <= h < n_heads)]
     if bad or not chosen:
         raise ValueError(f"heads must be in 0..{n_heads - 1}, got {bad or chosen}")
@@ -313,8 +391,10 @@ FLOAT64_KERNEL = "attnlab_float64"
 def _use_kernel(attention: torch.nn.Module, kernel: str) -> None:
     """Point the copy's own config at `kernel` (the caller's model keeps its own)."""
     if kernel not in ("float64", "eager"):
-        raise ValueError(f"kernel must be 'float64' (attnlab's float64 kernel) or 'eager' (the model's "
-                         f"own eager kernel), got {kernel!r}")
+        raise ValueError(
+            f"kernel must be 'float64' (attnlab's float64 kernel) or 'eager' (the model's "
+            f"own eager kernel), got {kernel!r}"
+        )
     name = "eager"
     if kernel == "float64":
         _register_float64_kernel()
@@ -343,7 +423,9 @@ def float64_attention(module, query, key, value, attention_mask, scaling=None, d
 
     query (B, H, N, d_head), key/value (B, H_kv, N, d_head); returns ((B, N, H, d_head), weights).
     """
-    groups = query.shape[1] // key.shape[1]  # grouped-query attention: each k/v head serves `groups`
+    groups = (
+        query.shape[1] // key.shape[1]
+    )  # grouped-query attention: each k/v head serves `groups`
     if groups > 1:
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
@@ -364,10 +446,15 @@ def _concatenated_heads(style, attention, X, rotary, positions, position_id) -> 
     try:
         if style == "llama":
             B, N, _ = X.shape
-            ids = (torch.full((B, N), position_id, dtype=torch.long, device=X.device) if positions == "same"
-                   else torch.arange(N, device=X.device).expand(B, N))
+            ids = (
+                torch.full((B, N), position_id, dtype=torch.long, device=X.device)
+                if positions == "same"
+                else torch.arange(N, device=X.device).expand(B, N)
+            )
             cos, sin = rotary(X, ids)
-            attention(X, position_embeddings=(cos.to(X.dtype), sin.to(X.dtype)), attention_mask=None)
+            attention(
+                X, position_embeddings=(cos.to(X.dtype), sin.to(X.dtype)), attention_mask=None
+            )
         else:
             attention(X)
     finally:

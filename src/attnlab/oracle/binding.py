@@ -29,30 +29,45 @@ def describe_noise(noise) -> str:
         return "none"
     text = repr(noise)
     if " at 0x" in text:  # a plain function or object: its address changes from run to run
-        return f"{type(noise).__module__}.{getattr(noise, '__qualname__', type(noise).__qualname__)}"
+        return (
+            f"{type(noise).__module__}.{getattr(noise, '__qualname__', type(noise).__qualname__)}"
+        )
     return text
 
 
 def binding_record(d: int, journal_id: str | None, noise, probe_answers: np.ndarray) -> dict:
-    return {"d": d, "journal_id": journal_id, "noise": describe_noise(noise), "probe_tokens": PROBE_TOKENS,
-            "probes": [float(a) for a in probe_answers]}
+    return {
+        "d": d,
+        "journal_id": journal_id,
+        "noise": describe_noise(noise),
+        "probe_tokens": PROBE_TOKENS,
+        "probes": [float(a) for a in probe_answers],
+    }
 
 
 def check_identity(stored: dict, path, d: int, journal_id: str | None, noise) -> None:
     """Raise JournalMismatch if the stored binding names another width, identity or noise model."""
     problems = []
     if stored.get("d") != d:
-        problems.append(f"it was recorded for tokens of width d = {stored.get('d')}, this oracle's are d = {d}")
+        problems.append(
+            f"it was recorded for tokens of width d = {stored.get('d')}, this oracle's are d = {d}"
+        )
     if stored.get("journal_id") != journal_id:
-        problems.append(f"it was recorded with journal_id = {stored.get('journal_id')!r}, this oracle has "
-                        f"journal_id = {journal_id!r}")
+        problems.append(
+            f"it was recorded with journal_id = {stored.get('journal_id')!r}, this oracle has "
+            f"journal_id = {journal_id!r}"
+        )
     if stored.get("noise") != describe_noise(noise):
-        problems.append(f"its answers were seen through the noise model {stored.get('noise')}, this oracle "
-                        f"applies {describe_noise(noise)}")
+        problems.append(
+            f"its answers were seen through the noise model {stored.get('noise')}, this oracle "
+            f"applies {describe_noise(noise)}"
+        )
     if problems:
-        raise JournalMismatch(f"the journal {path} belongs to another target: {'; '.join(problems)}. Replaying it "
-                              f"would hand this target's learner another target's answers. Use a new journal= "
-                              f"file for this target, or open this one with the oracle it was recorded for.")
+        raise JournalMismatch(
+            f"the journal {path} belongs to another target: {'; '.join(problems)}. Replaying it "
+            f"would hand this target's learner another target's answers. Use a new journal= "
+            f"file for this target, or open this one with the oracle it was recorded for."
+        )
 
 
 def stored_probes(stored: dict, path) -> tuple[np.ndarray, int]:
@@ -61,11 +76,15 @@ def stored_probes(stored: dict, path) -> tuple[np.ndarray, int]:
         answers = np.asarray(stored.get("probes", []), dtype=np.float64).reshape(-1)
         tokens = int(stored.get("probe_tokens", PROBE_TOKENS))
     except (TypeError, ValueError):
-        raise JournalError(f"{path}: its target binding is malformed; the file was altered. Move it away "
-                           f"to start a fresh journal.") from None
+        raise JournalError(
+            f"{path}: its target binding is malformed; the file was altered. Move it away "
+            f"to start a fresh journal."
+        ) from None
     if tokens < 1 or not np.all(np.isfinite(answers)):
-        raise JournalError(f"{path}: its target binding is malformed; the file was altered. Move it away "
-                           f"to start a fresh journal.")
+        raise JournalError(
+            f"{path}: its target binding is malformed; the file was altered. Move it away "
+            f"to start a fresh journal."
+        )
     return answers, tokens
 
 

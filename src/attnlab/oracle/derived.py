@@ -25,7 +25,9 @@ def subspace_oracle(parent: Oracle, basis) -> Oracle:
 
 
 # -- antisymmetric oracle (one-layer transformer: W from T(X) - T(-X)) -------------------------
-def antisymmetric_oracle(parent: Oracle, correction: Callable[[np.ndarray], np.ndarray] | None = None) -> Oracle:
+def antisymmetric_oracle(
+    parent: Oracle, correction: Callable[[np.ndarray], np.ndarray] | None = None
+) -> Oracle:
     """The Oracle of D(X) = T(X) - T(-X) (minus correction(X)), asking `parent` for X and -X.
 
     The derived oracle counts derived queries; the parent counts every real one (2 per derived
@@ -35,7 +37,7 @@ def antisymmetric_oracle(parent: Oracle, correction: Callable[[np.ndarray], np.n
     def target(X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
         y = np.asarray(parent(np.concatenate([X, -X], axis=0)), dtype=np.float64)
-        out = y[: X.shape[0]] - y[X.shape[0]:]
+        out = y[: X.shape[0]] - y[X.shape[0] :]
         return out - correction(X) if correction is not None else out
 
     return Oracle(target, d=parent.d)

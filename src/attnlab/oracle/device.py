@@ -58,12 +58,18 @@ class TimedTarget:
 class DeviceTarget:
     """A torch module evaluated on `device`; numpy or torch batches in, float64 numpy answers out."""
 
-    def __init__(self, module: torch.nn.Module, device: str | torch.device = "cpu",
-                 dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+    ):
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("DeviceTarget(device='cuda') needs a CUDA GPU, and torch sees none; "
-                               "use device='cpu' (same code path) or run on a GPU machine")
+            raise RuntimeError(
+                "DeviceTarget(device='cuda') needs a CUDA GPU, and torch sees none; "
+                "use device='cpu' (same code path) or run on a GPU machine"
+            )
         param = next(iter(module.parameters()), None)
         self.dtype = dtype or (param.dtype if param is not None else torch.float64)
         self.module = module.to(device=self.device, dtype=self.dtype).eval()
@@ -91,19 +97,33 @@ class DeviceTarget:
 class DeviceOracle(Oracle):
     """An Oracle for a `DeviceTarget` that accepts torch queries on the target's device."""
 
-    def __init__(self, target, d: int | None = None, budget: int | None = None, *,
-                 device: str | torch.device | None = None, dtype: torch.dtype | None = None, **options):
+    def __init__(
+        self,
+        target,
+        d: int | None = None,
+        budget: int | None = None,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        **options,
+    ):
         for option in ("noise", "journal", "timeout"):
             if options.get(option) is not None:
-                raise ValueError(f"DeviceOracle does not take {option}= (a host-side feature); "
-                                 f"use attnlab.Oracle for it")
+                raise ValueError(
+                    f"DeviceOracle does not take {option}= (a host-side feature); "
+                    f"use attnlab.Oracle for it"
+                )
         if not isinstance(target, DeviceTarget):
             if not isinstance(target, torch.nn.Module):
-                raise TypeError(f"DeviceOracle needs a torch.nn.Module or a DeviceTarget, got "
-                                f"{type(target).__name__}")
+                raise TypeError(
+                    f"DeviceOracle needs a torch.nn.Module or a DeviceTarget, got "
+                    f"{type(target).__name__}"
+                )
             target = DeviceTarget(target, device or "cpu", dtype)
         elif device is not None and torch.device(device) != target.device:
-            raise ValueError(f"the DeviceTarget lives on {target.device}, device={device!r} was asked for")
+            raise ValueError(
+                f"the DeviceTarget lives on {target.device}, device={device!r} was asked for"
+            )
         super().__init__(target, d=d, budget=budget, **options)
         self.device_target = target
         self.device = target.device
@@ -128,24 +148,30 @@ class DeviceOracle(Oracle):
             step = self.max_batch or fresh
             parts = []
             for start in range(0, fresh, step):
-                part = queries[start:start + step]
+                part = queries[start : start + step]
                 self._paid += int(part.shape[0])
                 try:
                     parts.append(self.device_target.answer_tensor(part).reshape(-1))
                 except Exception as exc:
-                    raise OracleError(f"the target raised {type(exc).__name__}: {exc} for a batch of shape "
-                                      f"{tuple(part.shape)}; its {part.shape[0]} sequences count as paid.") from exc
+                    raise OracleError(
+                        f"the target raised {type(exc).__name__}: {exc} for a batch of shape "
+                        f"{tuple(part.shape)}; its {part.shape[0]} sequences count as paid."
+                    ) from exc
             answers = torch.cat(parts)
             if answers.shape != (fresh,):
-                raise OracleError(f"the target must return one number per sequence, shape ({fresh},); it "
-                                  f"returned shape {tuple(answers.shape)}. The sequences sent count as paid.")
+                raise OracleError(
+                    f"the target must return one number per sequence, shape ({fresh},); it "
+                    f"returned shape {tuple(answers.shape)}. The sequences sent count as paid."
+                )
             if first is not None:
                 answers = answers[inverse]
             y = real_answers(answers, "the target")
             if not np.all(np.isfinite(y)):
                 i = int(np.flatnonzero(~np.isfinite(y))[0])
-                raise OracleError(f"the target answered {y[i]} for query {i} of this batch; answers must be "
-                                  f"finite. The queries were counted. Check the target's numerics.")
+                raise OracleError(
+                    f"the target answered {y[i]} for query {i} of this batch; answers must be "
+                    f"finite. The queries were counted. Check the target's numerics."
+                )
             self._answered_once = True
             self._queries += int(batch.shape[0])
         return float(y[0]) if single else y
@@ -169,7 +195,9 @@ class DeviceOracle(Oracle):
         hashes = flat @ key
         # a NaN or infinite entry makes its hash non-finite; only then is the batch scanned
         if not bool(torch.isfinite(hashes).all()) and not bool(torch.isfinite(batch).all()):
-            raise QueryShapeError("a query contains NaN or infinite entries; queries must be finite real arrays")
+            raise QueryShapeError(
+                "a query contains NaN or infinite entries; queries must be finite real arrays"
+            )
         if n < 2:
             return None, None
         order = torch.argsort(hashes)
@@ -192,15 +220,23 @@ class DeviceOracle(Oracle):
 
     def _validate_tensor(self, X: torch.Tensor) -> torch.Tensor:
         if X.is_complex():
-            raise QueryShapeError(f"a query holds complex numbers (dtype {X.dtype}); queries are real arrays")
+            raise QueryShapeError(
+                f"a query holds complex numbers (dtype {X.dtype}); queries are real arrays"
+            )
         if X.ndim not in (2, 3):
-            raise QueryShapeError(f"a query must have shape (N, d) or a batch (B, N, d); got shape {tuple(X.shape)}")
+            raise QueryShapeError(
+                f"a query must have shape (N, d) or a batch (B, N, d); got shape {tuple(X.shape)}"
+            )
         if X.shape[-1] < 1 or X.shape[-2] < 1:
-            raise QueryShapeError(f"a query needs at least one token of width >= 1; got shape {tuple(X.shape)}")
+            raise QueryShapeError(
+                f"a query needs at least one token of width >= 1; got shape {tuple(X.shape)}"
+            )
         if self.d is None:
             self.d = int(X.shape[-1])
         elif X.shape[-1] != self.d:
-            raise QueryShapeError(f"tokens must have width d = {self.d}; got shape {tuple(X.shape)}")
+            raise QueryShapeError(
+                f"tokens must have width d = {self.d}; got shape {tuple(X.shape)}"
+            )
         return X.to(device=self.device, dtype=self.query_dtype)
 
 

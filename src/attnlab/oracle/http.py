@@ -65,15 +65,19 @@ def parse_shape_header(value: str) -> tuple[int, int, int]:
     """(B, N, d) from an `X-Attnlab-Shape` value such as "32,16,8"."""
     parts = value.split(",")
     if len(parts) != 3 or not all(p.strip().isdigit() and len(p.strip()) <= 12 for p in parts):
-        raise WireFormatError(f"{SHAPE_HEADER} must be three whole numbers B,N,d (sequences, tokens per "
-                              f"sequence, token width), e.g. '32,16,8'; got {value[:60]!r}")
+        raise WireFormatError(
+            f"{SHAPE_HEADER} must be three whole numbers B,N,d (sequences, tokens per "
+            f"sequence, token width), e.g. '32,16,8'; got {value[:60]!r}"
+        )
     b, n, d = (int(p) for p in parts)
     return b, n, d
 
 
 def encode_json(batch: np.ndarray) -> bytes:
     # Shortest round-trip repr: float64 values arrive bit-exact.
-    return json.dumps({"sequences": np.asarray(batch, dtype=np.float64).tolist()}, allow_nan=False).encode()
+    return json.dumps(
+        {"sequences": np.asarray(batch, dtype=np.float64).tolist()}, allow_nan=False
+    ).encode()
 
 
 def encode_binary(batch: np.ndarray) -> bytes:
@@ -84,8 +88,10 @@ def decode_binary(body: bytes, shape: tuple[int, int, int]) -> np.ndarray:
     """The (B, N, d) float64 batch in a binary body (a view of `body`, no copy)."""
     expected = shape[0] * shape[1] * shape[2] * 8
     if len(body) != expected:
-        raise WireFormatError(f"a binary body of shape {shape} holds exactly {expected} bytes "
-                              f"(B * N * d float64 values), got {len(body)}")
+        raise WireFormatError(
+            f"a binary body of shape {shape} holds exactly {expected} bytes "
+            f"(B * N * d float64 values), got {len(body)}"
+        )
     return np.frombuffer(body, dtype="<f8").reshape(shape)
 
 
@@ -108,9 +114,19 @@ class HttpTarget:
     twice.
     """
 
-    def __init__(self, url: str, key: str, *, timeout: float = 30.0, retries: int = 5,
-                 backoff_s: float = 0.05, max_backoff_s: float = 5.0, wire: str = "auto",
-                 transport: httpx.BaseTransport | None = None, seed: int | None = None):
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        *,
+        timeout: float = 30.0,
+        retries: int = 5,
+        backoff_s: float = 0.05,
+        max_backoff_s: float = 5.0,
+        wire: str = "auto",
+        transport: httpx.BaseTransport | None = None,
+        seed: int | None = None,
+    ):
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be a whole number >= 0, got {retries!r}")
         if wire not in ("auto", "json", "binary"):
@@ -118,8 +134,9 @@ class HttpTarget:
         self.url = url.rstrip("/")
         self.wire = wire
         self.retries_allowed, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
-        self._client = httpx.Client(base_url=self.url, headers={API_KEY_HEADER: key}, timeout=timeout,
-                                    transport=transport)
+        self._client = httpx.Client(
+            base_url=self.url, headers={API_KEY_HEADER: key}, timeout=timeout, transport=transport
+        )
         self._closer = weakref.finalize(self, self._client.close)
         self._jitter = np.random.default_rng(seed)
         self._info: dict | None = None
@@ -133,10 +150,13 @@ class HttpTarget:
         if self._info is None or refresh:
             response = self._send("GET", "/v1/info")
             info = _json_of(response, self.url)
-            if not isinstance(info, dict) or not all(_is_count(info.get(k)) for k in ("d", "max_batch",
-                                                                                      "max_tokens")):
-                raise NotAnAttnlabService(f"{self.url}/v1/info answered JSON without d, max_batch and "
-                                          f"max_tokens: this is not an attnlab serve endpoint (check the URL)")
+            if not isinstance(info, dict) or not all(
+                _is_count(info.get(k)) for k in ("d", "max_batch", "max_tokens")
+            ):
+                raise NotAnAttnlabService(
+                    f"{self.url}/v1/info answered JSON without d, max_batch and "
+                    f"max_tokens: this is not an attnlab serve endpoint (check the URL)"
+                )
             self._info = info
             self.budget_left = info.get("budget_left")
         return self._info
@@ -149,21 +169,26 @@ class HttpTarget:
     def __call__(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 3:
-            raise QueryShapeError(f"an HTTP target takes a batch of shape (B, N, d); got shape {X.shape}")
+            raise QueryShapeError(
+                f"an HTTP target takes a batch of shape (B, N, d); got shape {X.shape}"
+            )
         if X.shape[0] == 0:
             return np.empty(0)  # nothing to ask: no request, nothing charged
         if X.shape[1] == 0:
-            raise QueryShapeError("every sequence needs at least one token; got a batch of shape "
-                                  f"{X.shape}")
+            raise QueryShapeError(
+                f"every sequence needs at least one token; got a batch of shape {X.shape}"
+            )
         info = self.info()
         n_tokens = X.shape[1]
         if n_tokens > info["max_tokens"]:
-            raise QueryShapeError(f"a sequence of {n_tokens} tokens exceeds the service's max_tokens = "
-                                  f"{info['max_tokens']} per request; send shorter sequences")
+            raise QueryShapeError(
+                f"a sequence of {n_tokens} tokens exceeds the service's max_tokens = "
+                f"{info['max_tokens']} per request; send shorter sequences"
+            )
         step = max(1, min(info["max_batch"], info["max_tokens"] // n_tokens))
         out = np.empty(X.shape[0])
         for start in range(0, X.shape[0], step):
-            out[start:start + step] = self._query(X[start:start + step])
+            out[start : start + step] = self._query(X[start : start + step])
         return out
 
     def _encode(self, batch: np.ndarray) -> tuple[bytes, str]:
@@ -176,8 +201,11 @@ class HttpTarget:
         digest = body_digest(body, media)
         # Random on purpose, not seeded: two clients must never share an idempotency key.
         idempotency_key = self._unsettled.get(digest) or str(uuid.uuid4())
-        headers = {IDEMPOTENCY_HEADER: idempotency_key, "Content-Type": media,
-                   SHAPE_HEADER: shape_header(batch.shape)}
+        headers = {
+            IDEMPOTENCY_HEADER: idempotency_key,
+            "Content-Type": media,
+            SHAPE_HEADER: shape_header(batch.shape),
+        }
         try:
             response = self._send("POST", "/v1/query", body, headers)
         except OracleError as exc:
@@ -186,12 +214,15 @@ class HttpTarget:
             raise
         self._unsettled.pop(digest, None)
         payload = _json_of(response, self.url)
-        outputs = np.asarray(payload.get("outputs", []) if isinstance(payload, dict) else [],
-                             dtype=np.float64)
+        outputs = np.asarray(
+            payload.get("outputs", []) if isinstance(payload, dict) else [], dtype=np.float64
+        )
         if outputs.shape != (batch.shape[0],):
-            raise NotAnAttnlabService(f"the service answered {outputs.shape} outputs for {batch.shape[0]} "
-                                      f"sequences; it is not an attnlab serve endpoint, or a proxy "
-                                      f"altered the response")
+            raise NotAnAttnlabService(
+                f"the service answered {outputs.shape} outputs for {batch.shape[0]} "
+                f"sequences; it is not an attnlab serve endpoint, or a proxy "
+                f"altered the response"
+            )
         self.requests += 1
         self.charged += int(payload.get("queries_used", batch.shape[0]))
         self.budget_left = payload.get("budget_left")
@@ -199,18 +230,23 @@ class HttpTarget:
             self.replayed += 1
         return outputs
 
-    def _send(self, method: str, path: str, body: bytes | None = None,
-              headers: dict | None = None) -> httpx.Response:
+    def _send(
+        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
+    ) -> httpx.Response:
         last = ""
         for attempt in range(self.retries_allowed + 1):
             retry_after = None
             try:
                 response = self._client.request(method, path, content=body, headers=headers)
             except httpx.TransportError as exc:
-                if "CERTIFICATE_VERIFY_FAILED" in str(exc):  # retrying will not change the certificate
-                    raise OracleError(f"{self.url} presented a TLS certificate this client does not trust "
-                                      f"({exc}); pass transport=httpx.HTTPTransport(verify=ssl_context) with "
-                                      f"the server's CA") from None
+                if "CERTIFICATE_VERIFY_FAILED" in str(
+                    exc
+                ):  # retrying will not change the certificate
+                    raise OracleError(
+                        f"{self.url} presented a TLS certificate this client does not trust "
+                        f"({exc}); pass transport=httpx.HTTPTransport(verify=ssl_context) with "
+                        f"the server's CA"
+                    ) from None
                 last = f"{type(exc).__name__}: {exc or 'connection failed'}"
             else:
                 if response.status_code < 400:
@@ -222,13 +258,21 @@ class HttpTarget:
             if attempt == self.retries_allowed:
                 break
             self.retried += 1
-            delay = self.backoff_s * 2 ** attempt * (0.5 + self._jitter.random())
+            delay = self.backoff_s * 2**attempt * (0.5 + self._jitter.random())
             time.sleep(min(self.max_backoff_s, max(delay, retry_after or 0.0)))
-        again = (" The request may have been charged: sending the same batch again reuses its "
-                 "Idempotency-Key, so it is not charged twice.") if method == "POST" else ""
-        raise OracleError(f"{method} {self.url}{path} failed {self.retries_allowed + 1} times, last with "
-                          f"{last}. Check that `attnlab serve` is running at {self.url} (GET /healthz), "
-                          f"or raise retries=.{again}")
+        again = (
+            (
+                " The request may have been charged: sending the same batch again reuses its "
+                "Idempotency-Key, so it is not charged twice."
+            )
+            if method == "POST"
+            else ""
+        )
+        raise OracleError(
+            f"{method} {self.url}{path} failed {self.retries_allowed + 1} times, last with "
+            f"{last}. Check that `attnlab serve` is running at {self.url} (GET /healthz), "
+            f"or raise retries=.{again}"
+        )
 
     def close(self) -> None:
         self._closer()
@@ -245,7 +289,8 @@ def _json_of(response: httpx.Response, url: str):
         kind = response.headers.get("content-type", "no content type")
         raise NotAnAttnlabService(
             f"{url} answered HTTP {response.status_code} with {kind} ({response.text[:80]!r}), not "
-            f"attnlab's JSON: it is not an attnlab serve endpoint; check the URL and port") from None
+            f"attnlab's JSON: it is not an attnlab serve endpoint; check the URL and port"
+        ) from None
 
 
 def _detail(response: httpx.Response) -> str:
@@ -274,11 +319,14 @@ def _error_from(response: httpx.Response, url: str) -> Exception:
         if status == 429:
             return ServiceBudgetExhausted(-1, -1, -1, detail)
         kind = response.headers.get("content-type", "no content type")
-        return NotAnAttnlabService(f"{url} answered HTTP {status} with {kind} ({detail[:80]!r}), not "
-                                   f"attnlab's JSON error: check that the URL points at `attnlab serve`")
+        return NotAnAttnlabService(
+            f"{url} answered HTTP {status} with {kind} ({detail[:80]!r}), not "
+            f"attnlab's JSON error: check that the URL points at `attnlab serve`"
+        )
     if status in (402, 429):
-        return ServiceBudgetExhausted(_int(body.get("spent")), _int(body.get("budget")),
-                                      _int(body.get("requested")), detail)
+        return ServiceBudgetExhausted(
+            _int(body.get("spent")), _int(body.get("budget")), _int(body.get("requested")), detail
+        )
     if status in (400, 413, 422) and body.get("error") != "unanswerable":
         return QueryShapeError(f"the service rejected the query (HTTP {status}): {detail}")
     return OracleError(f"the service answered HTTP {status}: {detail}")

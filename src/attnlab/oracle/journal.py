@@ -82,8 +82,12 @@ def distinct_queries(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     width = bits.shape[1]
     if width not in _MULTIPLIERS:
         rng = np.random.default_rng(0x6A6F75726E616C)
-        _MULTIPLIERS[width] = rng.integers(0, 2**63, size=width, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-    _, first, inverse = np.unique(bits @ _MULTIPLIERS[width], return_index=True, return_inverse=True)
+        _MULTIPLIERS[width] = rng.integers(0, 2**63, size=width, dtype=np.uint64) * np.uint64(
+            2
+        ) + np.uint64(1)
+    _, first, inverse = np.unique(
+        bits @ _MULTIPLIERS[width], return_index=True, return_inverse=True
+    )
     inverse = inverse.reshape(-1)
     representative = first[inverse]
     dup = np.flatnonzero(representative != np.arange(B))
@@ -98,7 +102,9 @@ def distinct_queries(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _distinct_by_bytes(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     seen: dict[bytes, int] = {}
     inverse = np.array([seen.setdefault(row.tobytes(), len(seen)) for row in bits], dtype=np.int64)
-    return np.unique(inverse, return_index=True)[1], inverse  # labels are in order of first appearance
+    return np.unique(inverse, return_index=True)[
+        1
+    ], inverse  # labels are in order of first appearance
 
 
 class QueryJournal:
@@ -110,8 +116,10 @@ class QueryJournal:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if self.path.is_dir():
-            raise JournalError(f"the journal path {self.path} is a directory; pass a file path such as "
-                               f"{self.path / 'queries.sqlite'}")
+            raise JournalError(
+                f"the journal path {self.path} is a directory; pass a file path such as "
+                f"{self.path / 'queries.sqlite'}"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._lock_fd = self._acquire_file_lock()
@@ -141,8 +149,10 @@ class QueryJournal:
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise JournalError(f"cannot open the journal's lock file {lock_path} ({exc.strerror}); put the "
-                               f"journal in a directory this process can write to") from None
+            raise JournalError(
+                f"cannot open the journal's lock file {lock_path} ({exc.strerror}); put the "
+                f"journal in a directory this process can write to"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -159,7 +169,9 @@ class QueryJournal:
 
     def _check_or_create_schema(self) -> None:
         db = self._conn
-        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = {
+            name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
         if not tables:
             db.execute("BEGIN")
             db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -169,23 +181,33 @@ class QueryJournal:
                 " query BLOB NOT NULL, answer REAL NOT NULL, checksum BLOB NOT NULL,"
                 " created TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%f', 'now')))"
             )
-            db.executemany("INSERT INTO meta VALUES (?, ?)", [("format", FORMAT), ("schema", str(SCHEMA))])
+            db.executemany(
+                "INSERT INTO meta VALUES (?, ?)", [("format", FORMAT), ("schema", str(SCHEMA))]
+            )
             db.execute("COMMIT")
             return
         if tables == {"answers"}:
-            raise JournalError(f"{self.path} is a query journal from an older attnlab (no target binding, no "
-                               f"checksums), so its answers cannot be trusted for this target. {_WHAT_TO_DO}.")
+            raise JournalError(
+                f"{self.path} is a query journal from an older attnlab (no target binding, no "
+                f"checksums), so its answers cannot be trusted for this target. {_WHAT_TO_DO}."
+            )
         meta = dict(db.execute("SELECT name, value FROM meta")) if "meta" in tables else {}
         if meta.get("format") != FORMAT:
-            raise JournalError(f"{self.path} is a SQLite file but not an attnlab query journal (tables: "
-                               f"{', '.join(sorted(tables))}). {_WHAT_TO_DO}; do not reuse other programs' files.")
+            raise JournalError(
+                f"{self.path} is a SQLite file but not an attnlab query journal (tables: "
+                f"{', '.join(sorted(tables))}). {_WHAT_TO_DO}; do not reuse other programs' files."
+            )
         if meta.get("schema") != str(SCHEMA):
-            raise JournalError(f"{self.path} is an attnlab query journal of schema {meta.get('schema')}, and this "
-                               f"attnlab reads schema {SCHEMA}. {_WHAT_TO_DO}.")
+            raise JournalError(
+                f"{self.path} is an attnlab query journal of schema {meta.get('schema')}, and this "
+                f"attnlab reads schema {SCHEMA}. {_WHAT_TO_DO}."
+            )
         columns = [row[1] for row in db.execute("PRAGMA table_info(answers)")]
         if columns != _ANSWER_COLUMNS:
-            raise JournalError(f"{self.path}: its answers table has columns {columns}, expected "
-                               f"{_ANSWER_COLUMNS}; the file was altered. {_WHAT_TO_DO}.")
+            raise JournalError(
+                f"{self.path}: its answers table has columns {columns}, expected "
+                f"{_ANSWER_COLUMNS}; the file was altered. {_WHAT_TO_DO}."
+            )
 
     @contextlib.contextmanager
     def _guard(self, action: str):
@@ -205,14 +227,18 @@ class QueryJournal:
             answered = self._conn.execute("SELECT EXISTS (SELECT 1 FROM answers)").fetchone()[0]
         if row is None:
             if answered:
-                raise JournalError(f"{self.path} holds answers but no record of the target they came from; "
-                                   f"it was altered. {_WHAT_TO_DO}.")
+                raise JournalError(
+                    f"{self.path} holds answers but no record of the target they came from; "
+                    f"it was altered. {_WHAT_TO_DO}."
+                )
             return None
         try:
             return json.loads(row[0])
         except ValueError:
-            raise JournalError(f"{self.path}: its target binding is not readable JSON; the file was altered. "
-                               f"{_WHAT_TO_DO}.") from None
+            raise JournalError(
+                f"{self.path}: its target binding is not readable JSON; the file was altered. "
+                f"{_WHAT_TO_DO}."
+            ) from None
 
     def bind(self, binding: dict) -> None:
         """Record what the journal belongs to; done once, before the first answer is recorded."""
@@ -229,10 +255,12 @@ class QueryJournal:
         found: dict[bytes, float] = {}
         with self._lock, self._guard("look up answers"):
             for start in range(0, len(keys), 500):
-                chunk = keys[start:start + 500]
+                chunk = keys[start : start + 500]
                 marks = ",".join("?" * len(chunk))
                 rows = self._conn.execute(
-                    f"SELECT rowid, key, n, d, query, answer, checksum FROM answers WHERE key IN ({marks})", chunk)
+                    f"SELECT rowid, key, n, d, query, answer, checksum FROM answers WHERE key IN ({marks})",
+                    chunk,
+                )
                 for row in rows:
                     found[bytes(row[1])] = self._verified(*row)
         return found
@@ -240,18 +268,26 @@ class QueryJournal:
     def _verified(self, rowid, key, n, d, query, answer, checksum) -> float:
         where = f"row {rowid} (rowid) of the journal {self.path}"
         if not isinstance(answer, float) or not isinstance(n, int) or not isinstance(d, int):
-            raise JournalError(f"{where} holds a {type(answer).__name__} answer where a real number belongs; "
-                               f"the file was altered. {_WHAT_TO_DO}.")
-        if not isinstance(query, bytes) or not isinstance(key, bytes) or not isinstance(checksum, bytes) \
-                or row_checksum(key, n, d, query, answer) != checksum:
+            raise JournalError(
+                f"{where} holds a {type(answer).__name__} answer where a real number belongs; "
+                f"the file was altered. {_WHAT_TO_DO}."
+            )
+        if (
+            not isinstance(query, bytes)
+            or not isinstance(key, bytes)
+            or not isinstance(checksum, bytes)
+            or row_checksum(key, n, d, query, answer) != checksum
+        ):
             raise JournalError(
                 f"{where} fails its checksum: its query or answer was changed after it was recorded. Do not "
                 f"trust this journal: {_WHAT_TO_DO[0].lower()}{_WHAT_TO_DO[1:]}, or delete that row "
                 f"(DELETE FROM answers WHERE rowid = {rowid}) to pay for that one query again."
             )
         if not math.isfinite(answer):
-            raise JournalError(f"{where} holds the answer {answer}, which is not finite; an oracle never "
-                               f"records such answers, so the file was altered. {_WHAT_TO_DO}.")
+            raise JournalError(
+                f"{where} holds the answer {answer}, which is not finite; an oracle never "
+                f"records such answers, so the file was altered. {_WHAT_TO_DO}."
+            )
         return answer
 
     def record(self, keys: list[bytes], queries: np.ndarray, answers: np.ndarray) -> None:
@@ -263,15 +299,19 @@ class QueryJournal:
             rows.append((k, n, d, blob, a, row_checksum(k, n, d, blob, a)))
         with self._lock, self._guard("record answers"):
             self._conn.execute("BEGIN")
-            self._conn.executemany("INSERT OR IGNORE INTO answers (key, n, d, query, answer, checksum) "
-                                 "VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO answers (key, n, d, query, answer, checksum) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
             self._conn.execute("COMMIT")
 
     def entries(self):
         """Yield (query, answer) pairs in the order they were recorded, each verified."""
         with self._lock, self._guard("read answers"):
             rows = self._conn.execute(
-                "SELECT rowid, key, n, d, query, answer, checksum FROM answers ORDER BY rowid").fetchall()
+                "SELECT rowid, key, n, d, query, answer, checksum FROM answers ORDER BY rowid"
+            ).fetchall()
         for row in rows:
             answer = self._verified(*row)
             yield np.frombuffer(row[4], dtype=np.float64).reshape(row[2], row[3]), answer

@@ -21,8 +21,8 @@ import numpy as np
 from attnlab.oracle.targets import as_numpy_target as _as_numpy_target
 
 # float32 / float16 unit roundoff (round to nearest) and their smallest subnormal spacing / 2.
-_F32_REL, _F32_ABS = 2.0 ** -24, 2.0 ** -150
-_F16_REL, _F16_ABS = 2.0 ** -11, 2.0 ** -25
+_F32_REL, _F32_ABS = 2.0**-24, 2.0**-150
+_F16_REL, _F16_ABS = 2.0**-11, 2.0**-25
 
 
 class Noise:
@@ -118,7 +118,7 @@ class AdversarialNoise(Noise):
         if self._answer is not None and X.ndim == 3 and X.shape[1] == 2:
             tokens = np.concatenate([X[:, :1, :], X[:, 1:, :]], axis=0)
             token_answers = self._answer(tokens)
-            y1, y2 = token_answers[: X.shape[0]], token_answers[X.shape[0]:]
+            y1, y2 = token_answers[: X.shape[0]], token_answers[X.shape[0] :]
             spread = y1 - y2
             with np.errstate(divide="ignore", invalid="ignore"):
                 alpha = np.where(spread != 0, (y - y2) / np.where(spread != 0, spread, 1.0), 0.5)
@@ -172,8 +172,12 @@ class RoundFloat16(Noise):
 NOISE_KINDS = ("bounded", "adversarial", "gaussian", "float32", "float16", "digits")
 
 
-def make_noise(kind: str | None, tau: float | None = None, digits: int | None = None,
-               target: Callable | None = None) -> Noise | None:
+def make_noise(
+    kind: str | None,
+    tau: float | None = None,
+    digits: int | None = None,
+    target: Callable | None = None,
+) -> Noise | None:
     """Build a noise model by name (used by the CLI). `kind` None or "none" means exact answers.
 
     bounded/adversarial need `tau`, gaussian takes `tau` as sigma, digits needs `digits`;
@@ -192,13 +196,17 @@ def make_noise(kind: str | None, tau: float | None = None, digits: int | None = 
         return AdversarialNoise(tau, target=target)
     if kind == "digits":
         if digits is None:
-            raise ValueError("noise 'digits' needs the number of significant digits: pass digits (--digits), e.g. 6")
+            raise ValueError(
+                "noise 'digits' needs the number of significant digits: pass digits (--digits), e.g. 6"
+            )
         return RoundDigits(digits)
     if kind == "float32":
         return RoundFloat32()
     if kind == "float16":
         return RoundFloat16()
-    raise ValueError(f"unknown noise kind {kind!r}; choose one of {', '.join(NOISE_KINDS)} (or none)")
+    raise ValueError(
+        f"unknown noise kind {kind!r}; choose one of {', '.join(NOISE_KINDS)} (or none)"
+    )
 
 
 def noise_bound(noise, y) -> np.ndarray:
@@ -220,6 +228,15 @@ def noise_scale(noise, y) -> np.ndarray:
 
 
 __all__ = [
-    "AdversarialNoise", "BoundedNoise", "GaussianNoise", "NOISE_KINDS", "Noise", "RoundDigits",
-    "RoundFloat16", "RoundFloat32", "make_noise", "noise_bound", "noise_scale",
+    "AdversarialNoise",
+    "BoundedNoise",
+    "GaussianNoise",
+    "NOISE_KINDS",
+    "Noise",
+    "RoundDigits",
+    "RoundFloat16",
+    "RoundFloat32",
+    "make_noise",
+    "noise_bound",
+    "noise_scale",
 ]

@@ -125,26 +125,49 @@ class Oracle:
 
     http_target: HttpTarget  # the service client; set only on oracles made by Oracle.http
 
-    def __init__(self, target, d: int | None = None, budget: int | None = None, *,
-                 noise: NoiseModel | None = None, journal: str | Path | QueryJournal | None = None,
-                 seed: int | None = None, max_batch: int | None = None, journal_id: str | None = None,
-                 journal_probes: int = 3, journal_chunk: int = JOURNAL_CHUNK, timeout: float | None = None):
+    def __init__(
+        self,
+        target,
+        d: int | None = None,
+        budget: int | None = None,
+        *,
+        noise: NoiseModel | None = None,
+        journal: str | Path | QueryJournal | None = None,
+        seed: int | None = None,
+        max_batch: int | None = None,
+        journal_id: str | None = None,
+        journal_probes: int = 3,
+        journal_chunk: int = JOURNAL_CHUNK,
+        timeout: float | None = None,
+    ):
         d = _whole("d", d, 1, "the token width")
         self.budget = _whole("budget", budget, 0, "queries; None for no budget")
-        self.max_batch = _whole("max_batch", max_batch, 1, "sequences per target call; None for no split")
-        self.journal_probes = _whole("journal_probes", journal_probes, 0, "probe queries binding a journal")
-        self.journal_chunk = _whole("journal_chunk", journal_chunk, 1, "sequences per call under a journal")
+        self.max_batch = _whole(
+            "max_batch", max_batch, 1, "sequences per target call; None for no split"
+        )
+        self.journal_probes = _whole(
+            "journal_probes", journal_probes, 0, "probe queries binding a journal"
+        )
+        self.journal_chunk = _whole(
+            "journal_chunk", journal_chunk, 1, "sequences per call under a journal"
+        )
         if journal_id is not None and (not isinstance(journal_id, str) or not journal_id):
-            raise ValueError(f"journal_id must be a non-empty string naming the target, got {journal_id!r}")
+            raise ValueError(
+                f"journal_id must be a non-empty string naming the target, got {journal_id!r}"
+            )
         if timeout is not None:
             ok = isinstance(timeout, numbers.Real) and not isinstance(timeout, bool)
             if not (ok and math.isfinite(timeout) and timeout > 0):
-                raise ValueError(f"timeout must be a positive, finite number of seconds or None, got {timeout!r}")
+                raise ValueError(
+                    f"timeout must be a positive, finite number of seconds or None, got {timeout!r}"
+                )
             timeout = float(timeout)
         stated = declared_width(target)
         if d is not None and stated is not None and d != stated:
-            raise QueryShapeError(f"Oracle(..., d={d}) was declared, but the target ({type(target).__name__}) "
-                                  f"takes tokens of width d = {stated}; declare d={stated} or leave d out")
+            raise QueryShapeError(
+                f"Oracle(..., d={d}) was declared, but the target ({type(target).__name__}) "
+                f"takes tokens of width d = {stated}; declare d={stated} or leave d out"
+            )
         self._target = as_numpy_target(target)
         self.d = d if d is not None else stated
         self.noise = noise
@@ -159,8 +182,10 @@ class Oracle:
         self._lock = threading.Lock()
         self._bound = False
         if journal is not None and self.journal_probes == 0 and journal_id is None:
-            raise ValueError("a journal must be bound to its target: pass journal_id='<a name for the target>', "
-                             "or keep journal_probes > 0 so that probe answers identify it")
+            raise ValueError(
+                "a journal must be bound to its target: pass journal_id='<a name for the target>', "
+                "or keep journal_probes > 0 so that probe answers identify it"
+            )
         self._owns_journal = journal is not None and not isinstance(journal, QueryJournal)
         self._journal_refused: JournalError | None = None
         self.journal: QueryJournal | None
@@ -179,8 +204,16 @@ class Oracle:
                 raise
 
     @classmethod
-    def http(cls, url: str, key: str, *, timeout: float = 30.0, retries: int = 5, transport=None,
-             **oracle_kwargs) -> Oracle:
+    def http(
+        cls,
+        url: str,
+        key: str,
+        *,
+        timeout: float = 30.0,
+        retries: int = 5,
+        transport=None,
+        **oracle_kwargs,
+    ) -> Oracle:
         """An Oracle whose target is an `attnlab serve` endpoint, reached with API key `key`.
 
         d is read from the service (GET /v1/info). The service enforces its own per-key budget and
@@ -194,7 +227,9 @@ class Oracle:
         served_d = target.d
         d = oracle_kwargs.pop("d", None)
         if d is not None and d != served_d:
-            raise QueryShapeError(f"d = {d} was asked for, but the service at {url} serves a target with d = {served_d}")
+            raise QueryShapeError(
+                f"d = {d} was asked for, but the service at {url} serves a target with d = {served_d}"
+            )
         oracle = cls(target, d=served_d, **oracle_kwargs)
         oracle.http_target = target
         return oracle
@@ -217,8 +252,10 @@ class Oracle:
     def require_d(self, who: str) -> int:
         """The token width, or the standard ValueError for an extractor (`who`) that needs it."""
         if self.d is None:
-            raise ValueError(f"{who} needs the token width: Oracle(target, d=...) (this oracle was not told it, "
-                             f"and its target does not state it)")
+            raise ValueError(
+                f"{who} needs the token width: Oracle(target, d=...) (this oracle was not told it, "
+                f"and its target does not state it)"
+            )
         return self.d
 
     def __repr__(self) -> str:
@@ -266,7 +303,9 @@ class Oracle:
         elif X.shape[-1] != self.d:
             raise QueryShapeError(f"tokens must have width d = {self.d}; got shape {X.shape}")
         if not np.all(np.isfinite(X)):
-            raise QueryShapeError("a query contains NaN or infinite entries; queries must be finite real arrays")
+            raise QueryShapeError(
+                "a query contains NaN or infinite entries; queries must be finite real arrays"
+            )
         return X
 
     def _answer(self, groups: list[np.ndarray]) -> list[np.ndarray]:
@@ -324,14 +363,18 @@ class Oracle:
             step = min(step, self.journal_chunk)
         out = np.empty(batch.shape[0])
         for start in range(0, batch.shape[0], step):
-            part = batch[start:start + step]
+            part = batch[start : start + step]
             y = self._send(part)
             if self.noise is not None:
-                y = self._checked(real_answers(self.noise(y, part, self.rng), "the noise model"), part, "noise model")
+                y = self._checked(
+                    real_answers(self.noise(y, part, self.rng), "the noise model"),
+                    part,
+                    "noise model",
+                )
             good = np.isfinite(y)
             if self.journal is not None and good.any():
                 assert keys is not None  # _answer makes keys whenever there is a journal
-                part_keys = keys[start:start + step]
+                part_keys = keys[start : start + step]
                 self.journal.record([k for k, g in zip(part_keys, good) if g], part[good], y[good])
             if not good.all():
                 bad = np.flatnonzero(~good)
@@ -342,7 +385,7 @@ class Oracle:
                     f"and {bad.size} answer(s) in the batch were not finite. The queries were counted; "
                     f"finite answers were kept. Check the target's numerics (e.g. overflow in its scores)."
                 )
-            out[start:start + step] = y
+            out[start : start + step] = y
         return out
 
     def _send(self, X: np.ndarray) -> np.ndarray:
@@ -351,17 +394,23 @@ class Oracle:
         try:
             y = self._call_target(X)
         except (BudgetExhausted, QueryShapeError):
-            self._paid -= X.shape[0]  # by contract raised before anything was answered (HTTP 402, 413)
+            self._paid -= X.shape[
+                0
+            ]  # by contract raised before anything was answered (HTTP 402, 413)
             raise
         except AttnlabError:
             raise
         except Exception as exc:
             hint = ""
             if not self._answered_once:
-                hint = (f" The target has not answered this oracle yet: if it takes tokens of another width "
-                        f"than d = {self.d}, declare that one (Oracle(target, d=...)).")
-            raise OracleError(f"the target raised {type(exc).__name__}: {exc} for a batch of shape {X.shape}; "
-                              f"its {X.shape[0]} sequences count as paid.{hint}") from exc
+                hint = (
+                    f" The target has not answered this oracle yet: if it takes tokens of another width "
+                    f"than d = {self.d}, declare that one (Oracle(target, d=...))."
+                )
+            raise OracleError(
+                f"the target raised {type(exc).__name__}: {exc} for a batch of shape {X.shape}; "
+                f"its {X.shape[0]} sequences count as paid.{hint}"
+            ) from exc
         y = self._checked(y, X, "target")
         self._answered_once = True
         return y
@@ -415,8 +464,10 @@ class Oracle:
         X = probe_queries(count, self.d) if tokens is None else probe_queries(count, self.d, tokens)
         y = self._send(X)
         if not np.all(np.isfinite(y)):
-            raise OracleError(f"the target answered {y} to the journal's probe queries; answers must be finite. "
-                              f"Check the target's numerics.")
+            raise OracleError(
+                f"the target answered {y} to the journal's probe queries; answers must be finite. "
+                f"Check the target's numerics."
+            )
         return y
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -430,4 +481,3 @@ class Oracle:
 
     def __exit__(self, *exc) -> None:
         self.close()
-

@@ -13,7 +13,9 @@ import numpy as np
 from attnlab._random import Seed, as_generator
 
 
-def random_sequences(rng: Seed, d: int, n: int, lengths=(1, 32), scale: float = 1.0) -> list[np.ndarray]:
+def random_sequences(
+    rng: Seed, d: int, n: int, lengths=(1, 32), scale: float = 1.0
+) -> list[np.ndarray]:
     """n sequences, lengths uniform in [lengths[0], lengths[1]], entries N(0, scale^2 / d)."""
     rng = as_generator(rng)
     lo, hi = lengths

@@ -36,30 +36,40 @@ def real_queries(X, what: str) -> np.ndarray:
 
 
 def _complex_query(dtype) -> str:
-    return (f"a query holds complex numbers (dtype {dtype}); queries are real arrays, and the oracle will "
-            f"not drop imaginary parts for you. Pass X.real if that is what you mean.")
+    return (
+        f"a query holds complex numbers (dtype {dtype}); queries are real arrays, and the oracle will "
+        f"not drop imaginary parts for you. Pass X.real if that is what you mean."
+    )
 
 
 def real_answers(out, who: str = "the target") -> np.ndarray:
     """`out` as a float64 array, or an OracleError if it does not hold real numbers."""
     if isinstance(out, torch.Tensor):
         if out.is_complex():
-            raise OracleError(f"{who} answered complex numbers (dtype {out.dtype}); an oracle answers one real "
-                              f"number per sequence. Return the real quantity you mean (e.g. .real or .abs()).")
+            raise OracleError(
+                f"{who} answered complex numbers (dtype {out.dtype}); an oracle answers one real "
+                f"number per sequence. Return the real quantity you mean (e.g. .real or .abs())."
+            )
         out = out.detach().to("cpu", torch.float64).numpy()
     try:
         arr = np.asarray(out)
     except ValueError as exc:  # ragged nested lists
-        raise OracleError(f"{who} answered something that is not an array of numbers ({exc})") from None
+        raise OracleError(
+            f"{who} answered something that is not an array of numbers ({exc})"
+        ) from None
     if arr.dtype.kind == "c":
-        raise OracleError(f"{who} answered complex numbers (dtype {arr.dtype}); an oracle answers one real "
-                          f"number per sequence. Return the real quantity you mean (e.g. .real or abs()).")
+        raise OracleError(
+            f"{who} answered complex numbers (dtype {arr.dtype}); an oracle answers one real "
+            f"number per sequence. Return the real quantity you mean (e.g. .real or abs())."
+        )
     if arr.dtype.kind not in "biuf":
         try:
             arr = arr.astype(np.float64)
         except (TypeError, ValueError):
-            raise OracleError(f"{who} answered values of dtype {arr.dtype}, not real numbers; "
-                              f"return a float array of shape (B,)") from None
+            raise OracleError(
+                f"{who} answered values of dtype {arr.dtype}, not real numbers; "
+                f"return a float array of shape (B,)"
+            ) from None
     return arr.astype(np.float64, copy=False)
 
 
@@ -82,7 +92,9 @@ def as_numpy_target(target) -> Target:
     if isinstance(target, torch.nn.Module):
         return torch_target(target)
     if not callable(target):
-        raise TypeError(f"an oracle's target must be callable or a torch.nn.Module, got {type(target).__name__}")
+        raise TypeError(
+            f"an oracle's target must be callable or a torch.nn.Module, got {type(target).__name__}"
+        )
 
     def answer(X: np.ndarray) -> np.ndarray:
         return real_answers(target(X))

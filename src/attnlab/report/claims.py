@@ -49,8 +49,12 @@ class ClaimResult:
     def status(self) -> str:
         if self.error is not None:
             return "error"
-        return {True: "reproduced", False: "not reproduced", None: "not checked",
-                PARTLY: "partly reproduced"}[self.reproduced]
+        return {
+            True: "reproduced",
+            False: "not reproduced",
+            None: "not checked",
+            PARTLY: "partly reproduced",
+        }[self.reproduced]
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

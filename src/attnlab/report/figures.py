@@ -10,8 +10,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def line_plot(path: Path, series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str,
-              logx: bool = False, logy: bool = False, markers: bool = True) -> str:
+def line_plot(
+    path: Path,
+    series: dict[str, tuple[list, list]],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    logx: bool = False,
+    logy: bool = False,
+    markers: bool = True,
+) -> str:
     """Plot named (x, y) series to `path`; return the file name for the report."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     for name, (x, y) in series.items():

@@ -74,7 +74,11 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")):
             return str(value)
-        return f"{value:.3e}" if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5) else f"{value:.4g}"
+        return (
+            f"{value:.3e}"
+            if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5)
+            else f"{value:.4g}"
+        )
     return str(value)
 
 
@@ -103,22 +107,41 @@ def write_report(results: list[ClaimResult], out_dir: Path, quick: bool, command
             data = base64.b64encode((out_dir / "figures" / name).read_bytes()).decode("ascii")
             figures.append({"name": name, "data": data})
         short = r.error or r.measured
-        views.append({
-            "key": r.key, "title": r.title, "part": r.part, "status": r.status, "paper": r.paper,
-            "measured": r.measured, "error": r.error, "seconds": r.seconds,
-            "measured_short": short if len(short) <= 140 else short[:137] + "...",
-            "table": r.table, "columns": _columns(r.table), "figures": figures,
-            "config_json": json.dumps(r.config, indent=2, sort_keys=True, default=str),
-        })
+        views.append(
+            {
+                "key": r.key,
+                "title": r.title,
+                "part": r.part,
+                "status": r.status,
+                "paper": r.paper,
+                "measured": r.measured,
+                "error": r.error,
+                "seconds": r.seconds,
+                "measured_short": short if len(short) <= 140 else short[:137] + "...",
+                "table": r.table,
+                "columns": _columns(r.table),
+                "figures": figures,
+                "config_json": json.dumps(r.config, indent=2, sort_keys=True, default=str),
+            }
+        )
     html = TEMPLATE.render(
-        results=views, mode="quick" if quick else "default",
+        results=views,
+        mode="quick" if quick else "default",
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        version=__version__, python=platform.python_version(), torch=torch.__version__,
-        n_reproduced=sum(r.reproduced is True and r.error is None for r in results), command=command,
+        version=__version__,
+        python=platform.python_version(),
+        torch=torch.__version__,
+        n_reproduced=sum(r.reproduced is True and r.error is None for r in results),
+        command=command,
     )
     path = out_dir / "report.html"
     path.write_text(html, encoding="utf-8")
-    (out_dir / "report.json").write_text(json.dumps(
-        {"quick": quick, "command": command, "claims": [r.to_dict() for r in results]},
-        indent=2, default=str), encoding="utf-8")
+    (out_dir / "report.json").write_text(
+        json.dumps(
+            {"quick": quick, "command": command, "claims": [r.to_dict() for r in results]},
+            indent=2,
+            default=str,
+        ),
+        encoding="utf-8",
+    )
     return path

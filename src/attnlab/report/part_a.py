@@ -17,9 +17,13 @@ from attnlab.report.claims import Context, Measurement, claim
 from attnlab.report.figures import line_plot
 
 
-@claim("exact-single-head", "A", "Exact single-head recovery with d^2 + d queries (Thm 4.1)",
-       "Given a value oracle for f(X) = softmax(X W x_N)^T X v with v != 0, (W, v) is recovered exactly "
-       "from d^2 + d queries of length at most 2.")
+@claim(
+    "exact-single-head",
+    "A",
+    "Exact single-head recovery with d^2 + d queries (Thm 4.1)",
+    "Given a value oracle for f(X) = softmax(X W x_N)^T X v with v != 0, (W, v) is recovered exactly "
+    "from d^2 + d queries of length at most 2.",
+)
 def exact_single_head(ctx: Context) -> Measurement:
     dims = [8, 16] if ctx.quick else [16, 64, 128]
     scales = [0.01, 1.0, 10.0]
@@ -29,19 +33,38 @@ def exact_single_head(ctx: Context) -> Measurement:
             ext, err_w, err_v = head_recovery(d, None, scale, ctx.seed + d)
             good = ext.queries == d * d + d and err_w <= 1e-9 and err_v <= 1e-9
             ok &= good
-            rows.append({"d": d, "W scale": scale, "queries": ext.queries, "d^2+d": d * d + d,
-                         "rel error W": err_w, "rel error v": err_v, "ok": good})
+            rows.append(
+                {
+                    "d": d,
+                    "W scale": scale,
+                    "queries": ext.queries,
+                    "d^2+d": d * d + d,
+                    "rel error W": err_w,
+                    "rel error v": err_v,
+                    "ok": good,
+                }
+            )
     worst = max(max(r["rel error W"], r["rel error v"]) for r in rows)
     return Measurement(
         measured=f"{len(rows)} targets: queries = d^2 + d in every case; worst relative error {worst:.1e} (bound 1e-9).",
-        reproduced=ok, table=rows,
-        config={"dims": dims, "scales": scales, "seeds": [ctx.seed + d for d in dims], "method": "adaptive"},
+        reproduced=ok,
+        table=rows,
+        config={
+            "dims": dims,
+            "scales": scales,
+            "seeds": [ctx.seed + d for d in dims],
+            "method": "adaptive",
+        },
     )
 
 
-@claim("low-rank-single-head", "A", "Low-rank heads from O(rd) queries (Thm 5.1), at the information limit",
-       "With rank(W) <= r, O(rd) queries suffice (m >= C r 2d rank-one measurements and nuclear-norm "
-       "minimisation). The information limit is the number of free parameters, 2rd - r^2 + d.")
+@claim(
+    "low-rank-single-head",
+    "A",
+    "Low-rank heads from O(rd) queries (Thm 5.1), at the information limit",
+    "With rank(W) <= r, O(rd) queries suffice (m >= C r 2d rank-one measurements and nuclear-norm "
+    "minimisation). The information limit is the number of free parameters, 2rd - r^2 + d.",
+)
 def low_rank_single_head(ctx: Context) -> Measurement:
     cases = [(32, 2), (64, 4)] if ctx.quick else [(64, 4), (256, 8), (512, 16)]
     rows, ok = [], True
@@ -50,60 +73,137 @@ def low_rank_single_head(ctx: Context) -> Measurement:
         ext, err_w, err_v = head_recovery(d, r, 1.0, ctx.seed + d + r, rank=r)
         good = ext.queries == limit and err_w <= 1e-8 and err_v <= 1e-8
         ok &= good
-        rows.append({"method": "adaptive", "d": d, "r": r, "queries": ext.queries, "limit 2rd-r^2+d": limit,
-                     "d^2+d": d * d + d, "rel error W": err_w, "ok": good})
+        rows.append(
+            {
+                "method": "adaptive",
+                "d": d,
+                "r": r,
+                "queries": ext.queries,
+                "limit 2rd-r^2+d": limit,
+                "d^2+d": d * d + d,
+                "rel error W": err_w,
+                "ok": good,
+            }
+        )
         ext, err_w, _ = head_recovery(d, r, 1.0, ctx.seed + d + r, rank="auto")
         good = ext.queries <= limit + 2 * d + 2 and err_w <= 1e-8
         ok &= good
-        rows.append({"method": "adaptive, rank=auto", "d": d, "r": r, "queries": ext.queries,
-                     "limit 2rd-r^2+d": limit, "d^2+d": d * d + d, "rel error W": err_w, "ok": good})
+        rows.append(
+            {
+                "method": "adaptive, rank=auto",
+                "d": d,
+                "r": r,
+                "queries": ext.queries,
+                "limit 2rd-r^2+d": limit,
+                "d^2+d": d * d + d,
+                "rel error W": err_w,
+                "ok": good,
+            }
+        )
     d, r = (24, 2) if ctx.quick else (40, 2)
     measurements = 3 * r * 2 * d
-    ext, err_w, _ = head_recovery(d, r, 1.0, ctx.seed + 7, rank=r, method="nuclear-norm",
-                                   method_options={"measurements": measurements})
+    ext, err_w, _ = head_recovery(
+        d,
+        r,
+        1.0,
+        ctx.seed + 7,
+        rank=r,
+        method="nuclear-norm",
+        method_options={"measurements": measurements},
+    )
     good = err_w <= 1e-6
     ok &= good
-    rows.append({"method": f"nuclear-norm, {measurements} = 3*r*2d probes", "d": d, "r": r, "queries": ext.queries,
-                 "limit 2rd-r^2+d": 2 * r * d - r * r + d, "d^2+d": d * d + d, "rel error W": err_w, "ok": good})
-    fig = line_plot(ctx.figure_path("low_rank_queries.png"), {
-        "queries used (adaptive, known r)": ([x["d"] for x in rows[::2][:len(cases)]], [x["queries"] for x in rows[::2][:len(cases)]]),
-        "d^2 + d (full rank)": ([c[0] for c in cases], [c[0] ** 2 + c[0] for c in cases]),
-    }, "d", "queries", "Low-rank extraction: queries vs d", logx=True, logy=True)
+    rows.append(
+        {
+            "method": f"nuclear-norm, {measurements} = 3*r*2d probes",
+            "d": d,
+            "r": r,
+            "queries": ext.queries,
+            "limit 2rd-r^2+d": 2 * r * d - r * r + d,
+            "d^2+d": d * d + d,
+            "rel error W": err_w,
+            "ok": good,
+        }
+    )
+    fig = line_plot(
+        ctx.figure_path("low_rank_queries.png"),
+        {
+            "queries used (adaptive, known r)": (
+                [x["d"] for x in rows[::2][: len(cases)]],
+                [x["queries"] for x in rows[::2][: len(cases)]],
+            ),
+            "d^2 + d (full rank)": ([c[0] for c in cases], [c[0] ** 2 + c[0] for c in cases]),
+        },
+        "d",
+        "queries",
+        "Low-rank extraction: queries vs d",
+        logx=True,
+        logy=True,
+    )
     return Measurement(
         measured="Known rank: queries equal 2rd - r^2 + d exactly; rank=auto stays within 2d + 2 of it; "
-                 f"nuclear-norm with {measurements} rank-one probes reaches rel. error {err_w:.1e}.",
-        reproduced=ok, table=rows, figures=[fig],
-        config={"cases": cases, "scale": 1.0, "nuclear_norm": {"d": d, "r": r, "measurements": measurements}},
+        f"nuclear-norm with {measurements} rank-one probes reaches rel. error {err_w:.1e}.",
+        reproduced=ok,
+        table=rows,
+        figures=[fig],
+        config={
+            "cases": cases,
+            "scale": 1.0,
+            "nuclear_norm": {"d": d, "r": r, "measurements": measurements},
+        },
     )
 
 
-@claim("affine-pytorch-mha", "A", "Affine heads: PyTorch's own nn.MultiheadAttention, recovered",
-       "Real heads carry biases: scores x_i^T W x_N + u^T x_i, values v^T x_i + c. Query-side biases cancel "
-       "in the softmax; (W, u, v, c) is what a black box reveals.")
+@claim(
+    "affine-pytorch-mha",
+    "A",
+    "Affine heads: PyTorch's own nn.MultiheadAttention, recovered",
+    "Real heads carry biases: scores x_i^T W x_N + u^T x_i, values v^T x_i + c. Query-side biases cancel "
+    "in the softmax; (W, u, v, c) is what a black box reveals.",
+)
 def affine_pytorch_mha(ctx: Context) -> Measurement:
     d = 8 if ctx.quick else 16
     ext, errors = torch_mha_recovery(d, seed=ctx.seed, fidelity_samples=1000)
     ok = ext.queries == d * d + 2 * d + 1 and ext.fidelity <= 1e-9 and max(errors.values()) <= 1e-9
     return Measurement(
         measured=f"d = {d}: {ext.queries} queries (d^2 + 2d + 1), max |error| {ext.fidelity:.1e} on "
-                 f"{ext.fidelity_queries} fresh sequences of lengths 1..32.",
+        f"{ext.fidelity_queries} fresh sequences of lengths 1..32.",
         reproduced=ok,
-        table=[{"d": d, "queries": ext.queries, "d^2+2d+1": d * d + 2 * d + 1, "fidelity (max abs)": ext.fidelity,
-                "fresh queries": ext.fidelity_queries, **{f"rel error {k}": e for k, e in errors.items()}}],
-        config={"d": d, "module": "torch.nn.MultiheadAttention(d, 1, bias=True), all weights and biases random",
-                "seed": ctx.seed},
+        table=[
+            {
+                "d": d,
+                "queries": ext.queries,
+                "d^2+2d+1": d * d + 2 * d + 1,
+                "fidelity (max abs)": ext.fidelity,
+                "fresh queries": ext.fidelity_queries,
+                **{f"rel error {k}": e for k, e in errors.items()},
+            }
+        ],
+        config={
+            "d": d,
+            "module": "torch.nn.MultiheadAttention(d, 1, bias=True), all weights and biases random",
+            "seed": ctx.seed,
+        },
     )
 
 
-@claim("noisy-single-head", "A", "Noisy and rounded oracles: the paper's estimator vs ours (Thm 6.1)",
-       "With |eta| <= tau, ||W||_F <= B and |v_i| >= mu, d^2 + d queries give ||W_hat - W||_F <= eps_W and "
-       "||v_hat - v|| <= eps_v when tau = O(min{mu, eps_v / sqrt(d), mu eps_W / (B^2 d)}).")
+@claim(
+    "noisy-single-head",
+    "A",
+    "Noisy and rounded oracles: the paper's estimator vs ours (Thm 6.1)",
+    "With |eta| <= tau, ||W||_F <= B and |v_i| >= mu, d^2 + d queries give ||W_hat - W||_F <= eps_W and "
+    "||v_hat - v|| <= eps_v when tau = O(min{mu, eps_v / sqrt(d), mu eps_W / (B^2 d)}).",
+)
 def noisy_single_head_claim(ctx: Context) -> Measurement:
     from attnlab.errors import ExtractionError
     from attnlab.oracle.noise import BoundedNoise, RoundFloat32
 
     d = 8 if ctx.quick else 16
-    taus = [1e-10, 1e-8, 1e-6, 1e-4] if ctx.quick else [1e-10, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3]
+    taus = (
+        [1e-10, 1e-8, 1e-6, 1e-4]
+        if ctx.quick
+        else [1e-10, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3]
+    )
     target = SingleHeadAttention.random(d, seed=ctx.seed + 3)
     B = float(np.linalg.norm(target.W.detach().numpy()))
     rows = []
@@ -118,75 +218,154 @@ def noisy_single_head_claim(ctx: Context) -> Measurement:
                 row[f"{method} ||dW||_F"] = float("nan")
                 row[f"{method} queries"] = f"refused: {type(exc).__name__}"
         rows.append(row)
-    ratios = [r["paper ||dW||_F"] / r["robust ||dW||_F"] for r in rows
-              if np.isfinite(r["paper ||dW||_F"]) and r["robust ||dW||_F"] > 0]
+    ratios = [
+        r["paper ||dW||_F"] / r["robust ||dW||_F"]
+        for r in rows
+        if np.isfinite(r["paper ||dW||_F"]) and r["robust ||dW||_F"] > 0
+    ]
     d32 = 16 if ctx.quick else 64
-    row32 = noisy_head_row(SingleHeadAttention.random(d32, seed=ctx.seed + 4), RoundFloat32(), seed=ctx.seed)
+    row32 = noisy_head_row(
+        SingleHeadAttention.random(d32, seed=ctx.seed + 4), RoundFloat32(), seed=ctx.seed
+    )
     err32 = max(row32["rel_error_W"], row32["rel_error_v"])
-    fig = line_plot(ctx.figure_path("noisy_error_vs_tau.png"), {
-        "paper (Thm 6.1)": (taus, [r["paper ||dW||_F"] for r in rows]),
-        "robust (ours)": (taus, [r["robust ||dW||_F"] for r in rows]),
-    }, "noise bound tau", "||W_hat - W||_F", f"Bounded noise, d = {d}, d^2 + d queries", logx=True, logy=True)
+    fig = line_plot(
+        ctx.figure_path("noisy_error_vs_tau.png"),
+        {
+            "paper (Thm 6.1)": (taus, [r["paper ||dW||_F"] for r in rows]),
+            "robust (ours)": (taus, [r["robust ||dW||_F"] for r in rows]),
+        },
+        "noise bound tau",
+        "||W_hat - W||_F",
+        f"Bounded noise, d = {d}, d^2 + d queries",
+        logx=True,
+        logy=True,
+    )
     linear = all(r["robust ||dW||_F"] <= 1e4 * d * r["tau"] * max(B, 1.0) ** 2 for r in rows)
     ok = bool(ratios) and min(ratios) >= 10 and err32 <= 1e-4 and linear
     return Measurement(
         measured=f"At equal queries (d^2 + d = {d * d + d}) our estimator's error is {min(ratios):.0f}x to "
-                 f"{max(ratios):.0f}x lower than the paper's; both scale linearly in tau. float32-rounded "
-                 f"outputs at d = {d32}: relative error {err32:.1e} (target 1e-4).",
-        reproduced=ok, table=rows + [{"tau": "float32 rounding", "robust ||dW||_F": err32, "robust queries": row32["queries"]}],
-        figures=[fig], config={"d": d, "taus": taus, "target_seed": ctx.seed + 3, "noise": "uniform in [-tau, tau]",
-                               "float32_d": d32, "B": B},
+        f"{max(ratios):.0f}x lower than the paper's; both scale linearly in tau. float32-rounded "
+        f"outputs at d = {d32}: relative error {err32:.1e} (target 1e-4).",
+        reproduced=ok,
+        table=rows
+        + [
+            {
+                "tau": "float32 rounding",
+                "robust ||dW||_F": err32,
+                "robust queries": row32["queries"],
+            }
+        ],
+        figures=[fig],
+        config={
+            "d": d,
+            "taus": taus,
+            "target_seed": ctx.seed + 3,
+            "noise": "uniform in [-tau, tau]",
+            "float32_d": d32,
+            "B": B,
+        },
     )
 
 
-@claim("relu-ffn", "A", "Exact extraction of one-hidden-layer ReLU networks (critical points)",
-       "The one-layer-transformer result assumes an FFN learner A_FFN (Milli et al. 2019, Daniely-Granot 2023; "
-       "critical points as in Carlini-Jagielski-Mironov 2020): ReLU networks are recovered up to "
-       "permutation and positive rescaling of neurons.")
+@claim(
+    "relu-ffn",
+    "A",
+    "Exact extraction of one-hidden-layer ReLU networks (critical points)",
+    "The one-layer-transformer result assumes an FFN learner A_FFN (Milli et al. 2019, Daniely-Granot 2023; "
+    "critical points as in Carlini-Jagielski-Mironov 2020): ReLU networks are recovered up to "
+    "permutation and positive rescaling of neurons.",
+)
 def relu_ffn_claim(ctx: Context) -> Measurement:
     d, m = (16, 32) if ctx.quick else (32, 64)
     rows, ok = [], True
     for bias in (True, False):
-        got = ffn_row(d, m, bias=bias, seed=ctx.seed + 11, extractor_seed=ctx.seed + 3, input_scale=3.0)
+        got = ffn_row(
+            d, m, bias=bias, seed=ctx.seed + 11, extractor_seed=ctx.seed + 3, input_scale=3.0
+        )
         good = got["functional_error"] <= 1e-8
         ok &= good
-        params = {k: got[k] for k in ("rel_error_rows", "rel_error_w", "rel_error_b", "error_c") if k in got}
-        rows.append({"bias": bias, "d": d, "m": m, "queries": got["queries"], "neurons found": got["neurons_found"],
-                     "functional error (2000 fresh x)": got["functional_error"],
-                     **{f"param {k}": v for k, v in params.items()}, "ok": good})
+        params = {
+            k: got[k]
+            for k in ("rel_error_rows", "rel_error_w", "rel_error_b", "error_c")
+            if k in got
+        }
+        rows.append(
+            {
+                "bias": bias,
+                "d": d,
+                "m": m,
+                "queries": got["queries"],
+                "neurons found": got["neurons_found"],
+                "functional error (2000 fresh x)": got["functional_error"],
+                **{f"param {k}": v for k, v in params.items()},
+                "ok": good,
+            }
+        )
     return Measurement(
         measured=f"d = {d}, m = {m}: functional error {max(r['functional error (2000 fresh x)'] for r in rows):.1e} "
-                 f"(bound 1e-8) with and without biases; queries {', '.join(str(r['queries']) for r in rows)}.",
-        reproduced=ok, table=rows, config={"d": d, "m": m, "target_seed": ctx.seed + 11, "seed": ctx.seed + 3,
-                                           "functional_inputs": "2000 one-token x, entries N(0, 9)"},
+        f"(bound 1e-8) with and without biases; queries {', '.join(str(r['queries']) for r in rows)}.",
+        reproduced=ok,
+        table=rows,
+        config={
+            "d": d,
+            "m": m,
+            "target_seed": ctx.seed + 11,
+            "seed": ctx.seed + 3,
+            "functional_inputs": "2000 one-token x, entries N(0, 9)",
+        },
     )
 
 
-@claim("one-layer-transformer", "A", "One-layer transformers: FFN first, then W from T(X) - T(-X)",
-       "If ReLU FFNs can be learned, a one-layer transformer T(X) = w_o^T ReLU(A^T z(X)) is learned with "
-       "Q_FFN(d, m) + O(d^2) queries: the antisymmetric oracle T(X) - T(-X) is a single head with v = A w_o "
-       "(assumes A w_o != 0).")
+@claim(
+    "one-layer-transformer",
+    "A",
+    "One-layer transformers: FFN first, then W from T(X) - T(-X)",
+    "If ReLU FFNs can be learned, a one-layer transformer T(X) = w_o^T ReLU(A^T z(X)) is learned with "
+    "Q_FFN(d, m) + O(d^2) queries: the antisymmetric oracle T(X) - T(-X) is a single head with v = A w_o "
+    "(assumes A w_o != 0).",
+)
 def transformer_claim(ctx: Context) -> Measurement:
     d, m = (8, 16) if ctx.quick else (16, 32)
     rows, ok = [], True
     for residual in (False, True):
-        got = transformer_row(d, m, residual=residual, seed=ctx.seed + 3, extractor_seed=ctx.seed + 1)
-        good = (got["rel_error_W"] <= 1e-8 and got["fidelity"] <= 1e-8
-                and got["queries_attention"] == 2 * (d * d + d))
+        got = transformer_row(
+            d, m, residual=residual, seed=ctx.seed + 3, extractor_seed=ctx.seed + 1
+        )
+        good = (
+            got["rel_error_W"] <= 1e-8
+            and got["fidelity"] <= 1e-8
+            and got["queries_attention"] == 2 * (d * d + d)
+        )
         ok &= good
-        rows.append({"residual": residual, "d": d, "m": m, "FFN queries": got["queries_ffn"],
-                     "attention queries": got["queries_attention"], "2(d^2+d)": 2 * (d * d + d),
-                     "rel error W": got["rel_error_W"], "fidelity": got["fidelity"], "ok": good})
+        rows.append(
+            {
+                "residual": residual,
+                "d": d,
+                "m": m,
+                "FFN queries": got["queries_ffn"],
+                "attention queries": got["queries_attention"],
+                "2(d^2+d)": 2 * (d * d + d),
+                "rel error W": got["rel_error_W"],
+                "fidelity": got["fidelity"],
+                "ok": good,
+            }
+        )
     return Measurement(
         measured=f"d = {d}, m = {m}: W to {max(r['rel error W'] for r in rows):.1e}, output fidelity "
-                 f"{max(r['fidelity'] for r in rows):.1e}; the attention stage costs exactly 2(d^2 + d) queries.",
-        reproduced=ok, table=rows, config={"d": d, "m": m, "target_seed": ctx.seed + 3, "seed": ctx.seed + 1},
+        f"{max(r['fidelity'] for r in rows):.1e}; the attention stage costs exactly 2(d^2 + d) queries.",
+        reproduced=ok,
+        table=rows,
+        config={"d": d, "m": m, "target_seed": ctx.seed + 3, "seed": ctx.seed + 1},
     )
 
 
-@claim("multihead-nonidentifiable", "A", "Multi-head attention is not identifiable (Prop 7.1)",
-       "Distinct parameterisations induce the same map: heads sharing W with v split differently, permuted "
-       "heads, and heads with v = 0; identifiability needs extra structure.")
+@claim(
+    "multihead-nonidentifiable",
+    "A",
+    "Multi-head attention is not identifiable (Prop 7.1)",
+    "Distinct parameterisations induce the same map: heads sharing W with v split differently, permuted "
+    "heads, and heads with v = 0; identifiability needs extra structure.",
+)
 def multihead_nonidentifiable(ctx: Context) -> Measurement:
     from attnlab.models.canonical import canonical_error, equivalent_pair, maps_agree
 
@@ -198,29 +377,55 @@ def multihead_nonidentifiable(ctx: Context) -> Measurement:
     ok = gap <= 1e-12 and canon <= 1e-12
     return Measurement(
         measured=f"Two parameterisations ({p.heads} and {q.heads} heads; {'; '.join(steps)}) agree to {gap:.1e} "
-                 f"on {n} random queries of lengths 1..64, and their canonical forms agree to {canon:.1e}.",
+        f"on {n} random queries of lengths 1..64, and their canonical forms agree to {canon:.1e}.",
         reproduced=ok,
-        table=[{"heads p": p.heads, "heads q": q.heads, "max |f_p - f_q|": gap, "canonical difference": canon,
-                "queries compared": n}],
+        table=[
+            {
+                "heads p": p.heads,
+                "heads q": q.heads,
+                "max |f_p - f_q|": gap,
+                "canonical difference": canon,
+                "queries compared": n,
+            }
+        ],
         config={"d": d, "seed": ctx.seed, "n": n, "lengths": [1, 64]},
     )
 
 
-@claim("multihead-canonical", "A", "Canonical multi-head recovery with fewer queries than 4Hd^2 - 2H + 1",
-       "Kim, Kim and Guo (arXiv 2608.03294) recover the canonical heads from 4Hd^2 - 2H + 1 value queries "
-       "of length <= 2H + 1; the canonical form has H(d^2 + d) free parameters.")
+@claim(
+    "multihead-canonical",
+    "A",
+    "Canonical multi-head recovery with fewer queries than 4Hd^2 - 2H + 1",
+    "Kim, Kim and Guo (arXiv 2608.03294) recover the canonical heads from 4Hd^2 - 2H + 1 value queries "
+    "of length <= 2H + 1; the canonical form has H(d^2 + d) free parameters.",
+)
 def multihead_canonical(ctx: Context) -> Measurement:
     cases = [(2, 4), (3, 4)] if ctx.quick else [(1, 8), (2, 8), (3, 8), (4, 8), (2, 16)]
     rows, ok = [], True
     for heads, d in cases:
-        got = multi_head_row(d, heads, seed=ctx.seed + heads, extractor_seed=ctx.seed + 1, fidelity_samples=200)
+        got = multi_head_row(
+            d, heads, seed=ctx.seed + heads, extractor_seed=ctx.seed + 1, fidelity_samples=200
+        )
         bound, err = got["bound"], got["rel_error"]
         good = err <= 1e-8 and got["queries"] < bound
         ok &= good
-        rows.append({"H": heads, "d": d, "queries": got["queries"], "4Hd^2-2H+1": bound, "H(d^2+d)": got["dof"],
-                     "queries / bound": got["queries"] / bound, "canonical rel error": err, "ok": good})
+        rows.append(
+            {
+                "H": heads,
+                "d": d,
+                "queries": got["queries"],
+                "4Hd^2-2H+1": bound,
+                "H(d^2+d)": got["dof"],
+                "queries / bound": got["queries"] / bound,
+                "canonical rel error": err,
+                "ok": good,
+            }
+        )
     return Measurement(
-        measured="Canonical heads to <= 1e-8 with " + ", ".join(f"{r['queries']} (bound {r['4Hd^2-2H+1']})" for r in rows)
-                 + " queries.",
-        reproduced=ok, table=rows, config={"cases_H_d": cases, "target_seeds": [ctx.seed + h for h, _ in cases]},
+        measured="Canonical heads to <= 1e-8 with "
+        + ", ".join(f"{r['queries']} (bound {r['4Hd^2-2H+1']})" for r in rows)
+        + " queries.",
+        reproduced=ok,
+        table=rows,
+        config={"cases_H_d": cases, "target_seeds": [ctx.seed + h for h, _ in cases]},
     )

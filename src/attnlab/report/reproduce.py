@@ -25,10 +25,16 @@ def select(only: Iterable[str] | None = None, skip: Iterable[str] = ()) -> list[
     return [k for k in keys if k not in set(skip)]
 
 
-def reproduce(out_dir: str | Path, quick: bool = False, only: Iterable[str] | None = None,
-              skip: Iterable[str] = (), seed: int = 0, workers: int = 1,
-              on_claim: Callable[[str, ClaimResult | None], None] | None = None,
-              command: str = "attnlab reproduce") -> tuple[list[ClaimResult], Path]:
+def reproduce(
+    out_dir: str | Path,
+    quick: bool = False,
+    only: Iterable[str] | None = None,
+    skip: Iterable[str] = (),
+    seed: int = 0,
+    workers: int = 1,
+    on_claim: Callable[[str, ClaimResult | None], None] | None = None,
+    command: str = "attnlab reproduce",
+) -> tuple[list[ClaimResult], Path]:
     """Check the selected claims in order; `on_claim(key, None)` before and `(key, result)` after each."""
     out = Path(out_dir)
     ctx = Context(quick=quick, out_dir=out, seed=seed, workers=workers)

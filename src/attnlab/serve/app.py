@@ -42,7 +42,14 @@ from attnlab.oracle.http import (
 )
 from attnlab.serve.defenses import OutputDefense
 from attnlab.serve.model_file import TargetFile
-from attnlab.serve.requests import ApiError, Declared, body_limit, declared, parse_sequences, read_body
+from attnlab.serve.requests import (
+    ApiError,
+    Declared,
+    body_limit,
+    declared,
+    parse_sequences,
+    read_body,
+)
 from attnlab.serve.store import ApiKey, KeyStore, Outcome
 
 logger = logging.getLogger("attnlab.serve")
@@ -62,27 +69,41 @@ class ServeConfig:
     seed: int | None = None
     stale_after_s: float = 120.0
     idempotency_ttl_s: float = 24 * 3600.0
-    max_body_bytes: int = 64 * 2**20       # no request body is read beyond this
-    max_json_bytes: int = 8 * 2**20        # larger batches travel as binary
-    body_timeout_s: float = 30.0           # the whole body must arrive within this
-    header_timeout_s: float = 10.0         # complete request headers within this of connecting
-    keep_alive_s: float = 5.0              # an idle kept-alive connection is closed after this
-    max_connections: int = 512             # beyond it, the longest-waiting half-sent request is dropped
+    max_body_bytes: int = 64 * 2**20  # no request body is read beyond this
+    max_json_bytes: int = 8 * 2**20  # larger batches travel as binary
+    body_timeout_s: float = 30.0  # the whole body must arrive within this
+    header_timeout_s: float = 10.0  # complete request headers within this of connecting
+    keep_alive_s: float = 5.0  # an idle kept-alive connection is closed after this
+    max_connections: int = 4096  # beyond it, the longest-waiting half-sent request is dropped
     # Fault injection for crash tests and benchmarks only: hold each charged request this long
     # before answering it, so that a kill -9 lands between charging and answering.
     pause_after_charge_s: float = 0.0
 
     def __post_init__(self):
-        for name in ("max_batch", "max_tokens", "max_body_bytes", "max_json_bytes", "max_connections"):
+        for name in (
+            "max_batch",
+            "max_tokens",
+            "max_body_bytes",
+            "max_json_bytes",
+            "max_connections",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-        for name in ("stale_after_s", "idempotency_ttl_s", "body_timeout_s", "header_timeout_s", "keep_alive_s"):
+        for name in (
+            "stale_after_s",
+            "idempotency_ttl_s",
+            "body_timeout_s",
+            "header_timeout_s",
+            "keep_alive_s",
+        ):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
         if not (np.isfinite(self.pause_after_charge_s) and self.pause_after_charge_s >= 0):
-            raise ValueError(f"pause_after_charge_s must be >= 0, got {self.pause_after_charge_s!r}")
+            raise ValueError(
+                f"pause_after_charge_s must be >= 0, got {self.pause_after_charge_s!r}"
+            )
         OutputDefense(self.noise_sigma, self.round_digits)  # validates both
 
     def token_limit(self, d: int) -> int:
@@ -94,17 +115,29 @@ def create_app(target: TargetFile, store: KeyStore, config: ServeConfig = ServeC
     """A FastAPI app serving `target` to the keys in `store` under `config`."""
     defense = OutputDefense(config.noise_sigma, config.round_digits)
     # The server-side Oracle groups ragged lengths, applies the defenses and counts every answer.
-    oracle = Oracle(target.module, d=target.d, noise=defense if defense.active else None, seed=config.seed)
+    oracle = Oracle(
+        target.module, d=target.d, noise=defense if defense.active else None, seed=config.seed
+    )
     d, max_tokens = target.d, config.token_limit(target.d)
     store.register_server()
     refunded = store.refund_abandoned()
     if refunded:
-        logger.warning("refunded %d queries charged by a server that died before answering them", refunded)
+        logger.warning(
+            "refunded %d queries charged by a server that died before answering them", refunded
+        )
     store.purge(config.idempotency_ttl_s)
 
-    app = FastAPI(title="attnlab oracle", version="1",
-                  description=f"Black-box value queries to a {target.kind} attention target (d = {d}).")
-    app.state.oracle, app.state.store, app.state.config, app.state.target = oracle, store, config, target
+    app = FastAPI(
+        title="attnlab oracle",
+        version="1",
+        description=f"Black-box value queries to a {target.kind} attention target (d = {d}).",
+    )
+    app.state.oracle, app.state.store, app.state.config, app.state.target = (
+        oracle,
+        store,
+        config,
+        target,
+    )
     app.state.refunded = refunded
 
     @app.exception_handler(ApiError)
@@ -113,38 +146,78 @@ def create_app(target: TargetFile, store: KeyStore, config: ServeConfig = ServeC
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        hint = " (the API is POST /v1/query, GET /v1/info, GET /healthz)" if exc.status_code in (404, 405) else ""
-        return JSONResponse({"error": "http_error", "detail": f"{exc.detail}{hint}"}, status_code=exc.status_code)
+        hint = (
+            " (the API is POST /v1/query, GET /v1/info, GET /healthz)"
+            if exc.status_code in (404, 405)
+            else ""
+        )
+        return JSONResponse(
+            {"error": "http_error", "detail": f"{exc.detail}{hint}"}, status_code=exc.status_code
+        )
 
     @app.exception_handler(Exception)
     async def _server_fault(request: Request, exc: Exception) -> JSONResponse:
-        logger.error("unexpected %s while answering %s %s", type(exc).__name__, request.method, request.url.path,
-                     exc_info=exc)
-        return JSONResponse({"error": "internal_error", "detail": f"the server failed ({type(exc).__name__}); "
-                             f"nothing was charged for an unanswered request. Retry, or tell the operator."},
-                            status_code=500)
+        logger.error(
+            "unexpected %s while answering %s %s",
+            type(exc).__name__,
+            request.method,
+            request.url.path,
+            exc_info=exc,
+        )
+        return JSONResponse(
+            {
+                "error": "internal_error",
+                "detail": f"the server failed ({type(exc).__name__}); "
+                f"nothing was charged for an unanswered request. Retry, or tell the operator.",
+            },
+            status_code=500,
+        )
 
     def authenticate(request: Request) -> ApiKey:
         secret = request.headers.get(API_KEY_HEADER)
         if not secret:
-            raise ApiError(401, "missing_api_key", f"send your API key in the {API_KEY_HEADER} header; "
-                           f"the operator creates keys with `attnlab keys add NAME --budget N`", close=True)
+            raise ApiError(
+                401,
+                "missing_api_key",
+                f"send your API key in the {API_KEY_HEADER} header; "
+                f"the operator creates keys with `attnlab keys add NAME --budget N`",
+                close=True,
+            )
         key = store.authenticate(secret)
         if key is None:
-            raise ApiError(401, "unknown_api_key", f"the {API_KEY_HEADER} header holds no key this server knows; "
-                           f"check for a typo or a key from another server's keys database", close=True)
+            raise ApiError(
+                401,
+                "unknown_api_key",
+                f"the {API_KEY_HEADER} header holds no key this server knows; "
+                f"check for a typo or a key from another server's keys database",
+                close=True,
+            )
         if key.revoked:
-            raise ApiError(403, "revoked_api_key", f"key {key.name!r} was revoked; ask the operator for a new one",
-                           close=True)
+            raise ApiError(
+                403,
+                "revoked_api_key",
+                f"key {key.name!r} was revoked; ask the operator for a new one",
+                close=True,
+            )
         return key
 
-    def exhausted(key: ApiKey, budget: int, spent: int, requested: int, close: bool = False) -> ApiError:
+    def exhausted(
+        key: ApiKey, budget: int, spent: int, requested: int, close: bool = False
+    ) -> ApiError:
         left = max(budget - spent, 0)
-        return ApiError(402, "budget_exhausted", f"key {key.name!r} has {left} of {budget} queries left and "
-                        f"this request needs {requested}; nothing was charged. This is a quota, not a rate "
-                        f"limit: waiting will not help, ask the operator to raise it "
-                        f"(`attnlab keys budget {key.name} N`)", close=close,
-                        budget=budget, spent=spent, requested=requested, budget_left=left)
+        return ApiError(
+            402,
+            "budget_exhausted",
+            f"key {key.name!r} has {left} of {budget} queries left and "
+            f"this request needs {requested}; nothing was charged. This is a quota, not a rate "
+            f"limit: waiting will not help, ask the operator to raise it "
+            f"(`attnlab keys budget {key.name} N`)",
+            close=close,
+            budget=budget,
+            spent=spent,
+            requested=requested,
+            budget_left=left,
+        )
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -153,22 +226,59 @@ def create_app(target: TargetFile, store: KeyStore, config: ServeConfig = ServeC
     @app.get("/v1/info")
     def info(request: Request) -> dict:
         key = authenticate(request)
-        return {"kind": target.kind, "d": d, "dtype": target.dtype, "max_batch": config.max_batch,
-                "max_tokens": max_tokens, "max_body_bytes": config.max_body_bytes,
-                "max_json_bytes": config.max_json_bytes, "formats": [JSON_MEDIA, BINARY_MEDIA],
-                "shape_header": SHAPE_HEADER, "key": key.name, "budget": key.budget,
-                "budget_left": key.budget_left}
+        return {
+            "kind": target.kind,
+            "d": d,
+            "dtype": target.dtype,
+            "max_batch": config.max_batch,
+            "max_tokens": max_tokens,
+            "max_body_bytes": config.max_body_bytes,
+            "max_json_bytes": config.max_json_bytes,
+            "formats": [JSON_MEDIA, BINARY_MEDIA],
+            "shape_header": SHAPE_HEADER,
+            "key": key.name,
+            "budget": key.budget,
+            "budget_left": key.budget_left,
+        }
 
-    @app.post("/v1/query", openapi_extra={"requestBody": {"required": True, "content": {
-        JSON_MEDIA: {"schema": {"type": "object", "required": ["sequences"], "properties": {"sequences": {
-            "type": "array", "items": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}}}}},
-        BINARY_MEDIA: {"schema": {"type": "string", "format": "binary"}}}}})
+    @app.post(
+        "/v1/query",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    JSON_MEDIA: {
+                        "schema": {
+                            "type": "object",
+                            "required": ["sequences"],
+                            "properties": {
+                                "sequences": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "array",
+                                        "items": {"type": "array", "items": {"type": "number"}},
+                                    },
+                                }
+                            },
+                        }
+                    },
+                    BINARY_MEDIA: {"schema": {"type": "string", "format": "binary"}},
+                },
+            }
+        },
+    )
     async def query(request: Request) -> Response:
         key = await run_in_threadpool(authenticate, request)
         idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)
-        if idempotency_key is not None and not (0 < len(idempotency_key) <= 255 and idempotency_key.isprintable()):
-            raise ApiError(400, "bad_idempotency_key", f"{IDEMPOTENCY_HEADER} must be 1 to 255 printable "
-                           f"characters (a UUID is usual)", close=True)
+        if idempotency_key is not None and not (
+            0 < len(idempotency_key) <= 255 and idempotency_key.isprintable()
+        ):
+            raise ApiError(
+                400,
+                "bad_idempotency_key",
+                f"{IDEMPOTENCY_HEADER} must be 1 to 255 printable characters (a UUID is usual)",
+                close=True,
+            )
         decl = declared(request, d, config.max_batch, max_tokens)
         limit = body_limit(decl, d, max_tokens, config.max_body_bytes, config.max_json_bytes)
         # The budget is checked before the body is read, unless this is a retry (which may be a
@@ -188,15 +298,26 @@ def create_app(target: TargetFile, store: KeyStore, config: ServeConfig = ServeC
         n = len(sequences)
         if n == 0:
             return _json({"outputs": [], "queries_used": 0, "budget_left": key.budget_left})
-        held = store.reserve(key.id, n, idempotency_key, body_digest(body, decl.media), config.stale_after_s)
+        held = store.reserve(
+            key.id, n, idempotency_key, body_digest(body, decl.media), config.stale_after_s
+        )
         if held.outcome is Outcome.REPLAY:
             return Response(held.response, media_type=JSON_MEDIA, headers={REPLAYED_HEADER: "true"})
         if held.outcome is Outcome.MISMATCH:
-            raise ApiError(422, "idempotency_key_reused", f"{IDEMPOTENCY_HEADER} {idempotency_key!r} was used "
-                           f"before with a different body; use a fresh key for every new request")
+            raise ApiError(
+                422,
+                "idempotency_key_reused",
+                f"{IDEMPOTENCY_HEADER} {idempotency_key!r} was used "
+                f"before with a different body; use a fresh key for every new request",
+            )
         if held.outcome is Outcome.IN_FLIGHT:
-            raise ApiError(409, "request_in_flight", "a request with this Idempotency-Key is still being answered; "
-                           "retry in a moment to receive its answer (it is charged once)", retry_after_s=1)
+            raise ApiError(
+                409,
+                "request_in_flight",
+                "a request with this Idempotency-Key is still being answered; "
+                "retry in a moment to receive its answer (it is charged once)",
+                retry_after_s=1,
+            )
         if held.outcome is Outcome.EXHAUSTED:
             raise exhausted(key, held.budget, held.spent, n)
         # Charged (now, or by a server that died before answering): refund whatever goes wrong from here.
@@ -204,12 +325,22 @@ def create_app(target: TargetFile, store: KeyStore, config: ServeConfig = ServeC
             if config.pause_after_charge_s:
                 time.sleep(config.pause_after_charge_s)
             outputs = oracle.query_many(sequences)
-            content = json.dumps({"outputs": np.asarray(outputs, dtype=np.float64).tolist(), "queries_used": n,
-                                  "budget_left": held.budget_left}, allow_nan=False)
+            content = json.dumps(
+                {
+                    "outputs": np.asarray(outputs, dtype=np.float64).tolist(),
+                    "queries_used": n,
+                    "budget_left": held.budget_left,
+                },
+                allow_nan=False,
+            )
         except (OracleError, QueryShapeError, ValueError) as exc:
             store.release(key.id, idempotency_key, n)
-            raise ApiError(422, "unanswerable", f"the model could not answer this request ({exc}); nothing "
-                           f"was charged. Scale the inputs down.") from None
+            raise ApiError(
+                422,
+                "unanswerable",
+                f"the model could not answer this request ({exc}); nothing "
+                f"was charged. Scale the inputs down.",
+            ) from None
         except BaseException:
             store.release(key.id, idempotency_key, n)
             raise

@@ -15,7 +15,9 @@ def round_significant(y: np.ndarray, digits: int) -> np.ndarray:
     if digits < 1:
         raise ValueError(f"digits must be >= 1, got {digits}")
     flat = np.asarray(y, dtype=np.float64).ravel()
-    return np.array([float(f"{v:.{digits - 1}e}") for v in flat], dtype=np.float64).reshape(np.shape(y))
+    return np.array([float(f"{v:.{digits - 1}e}") for v in flat], dtype=np.float64).reshape(
+        np.shape(y)
+    )
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,9 @@ class OutputDefense:
         if not np.isfinite(self.noise_sigma) or self.noise_sigma < 0:
             raise ValueError(f"noise_sigma must be a finite number >= 0, got {self.noise_sigma}")
         if self.round_digits is not None and self.round_digits < 1:
-            raise ValueError(f"round_digits must be >= 1 (or None for full precision), got {self.round_digits}")
+            raise ValueError(
+                f"round_digits must be >= 1 (or None for full precision), got {self.round_digits}"
+            )
 
     @property
     def active(self) -> bool:

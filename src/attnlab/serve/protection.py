@@ -9,9 +9,10 @@ still pile up until the process runs out of file descriptors. `GuardedH11Protoco
 - every connection must deliver complete request headers within `header_timeout_s` of opening
   (or of its previous response), else it is closed;
 - at most `max_connections` connections are open; a new one beyond that evicts the connection
-  that has waited longest for its headers (a legitimate client sends its headers in well under a
-  millisecond, so under a flood of half-sent requests the oldest ones are the attacker's), and is
-  refused only if every open connection is busy with a request.
+  that has waited longest for its headers, among those that never completed a request first (a
+  half-sent request never does), then among idle kept-alive ones; it is refused only if every
+  open connection is busy with a request. A legitimate client that keeps its connection alive
+  is thus never evicted by a flood of half-sent requests.
 
 Body deadlines are enforced by the app (attnlab.serve.requests.read_body). We stay on uvicorn (over
 hypercorn) because it is already the dependency, and these two gaps are small to fill on its h11
@@ -34,45 +35,63 @@ logger = logging.getLogger("attnlab.serve")
 def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[H11Protocol]:
     """A protocol class for one server (its waiting-room bookkeeping is per server)."""
     if not header_timeout_s > 0 or max_connections < 1:
-        raise ValueError(f"header_timeout_s must be > 0 and max_connections >= 1, got {header_timeout_s} "
-                         f"and {max_connections}")
+        raise ValueError(
+            f"header_timeout_s must be > 0 and max_connections >= 1, got {header_timeout_s} "
+            f"and {max_connections}"
+        )
 
     class GuardedH11Protocol(H11Protocol):
-        # Connections waiting for request headers, oldest first (dicts keep insertion order).
-        waiting: dict[GuardedH11Protocol, float] = {}
+        # Connections waiting for request headers, oldest first (dicts keep insertion order):
+        # those that never completed a request, and idle kept-alive ones.
+        waiting_new: dict[GuardedH11Protocol, float] = {}
+        waiting_served: dict[GuardedH11Protocol, float] = {}
         evicted = timed_out = refused = 0
 
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._header_timer = None
             self._seen_cycle = None
+            self._served = False
             if len(self.connections) > max_connections and not self._evict_one():
                 type(self).refused += 1
-                logger.warning("connection cap of %d reached and every connection is busy: refusing one",
-                               max_connections)
+                logger.warning(
+                    "connection cap of %d reached and every connection is busy: refusing one",
+                    max_connections,
+                )
                 transport.close()
                 return
             self._await_headers()
 
         def _evict_one(self) -> bool:
-            for victim in self.waiting:
-                if victim is not self:
+            for pool in (self.waiting_new, self.waiting_served):
+                victim = next(iter(pool), None)
+                if victim is not None:
                     type(self).evicted += 1
-                    logger.warning("connection cap of %d reached: closing the connection that waited longest "
-                                   "for its request headers", max_connections)
+                    logger.warning(
+                        "connection cap of %d reached: closing the connection that waited longest "
+                        "for its request headers",
+                        max_connections,
+                    )
                     victim._drop()
                     return True
             return False
 
+        def _forget(self) -> None:
+            self.waiting_new.pop(self, None)
+            self.waiting_served.pop(self, None)
+
+        def _is_waiting(self) -> bool:
+            return self in self.waiting_new or self in self.waiting_served
+
         def _await_headers(self) -> None:
             self._cancel_header_timer()
-            self.waiting.pop(self, None)
-            self.waiting[self] = time.monotonic()
+            self._forget()
+            (self.waiting_served if self._served else self.waiting_new)[self] = time.monotonic()
             self._header_timer = self.loop.call_later(header_timeout_s, self._headers_too_slow)
 
         def _headers_arrived(self) -> None:
             self._cancel_header_timer()
-            self.waiting.pop(self, None)
+            self._forget()
 
         def _cancel_header_timer(self) -> None:
             if self._header_timer is not None:
@@ -81,14 +100,16 @@ def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[H11P
 
         def _headers_too_slow(self) -> None:
             self._header_timer = None
-            if self in self.waiting:
+            if self._is_waiting():
                 type(self).timed_out += 1
-                logger.warning("closed a connection that sent no complete request headers within %g s",
-                               header_timeout_s)
+                logger.warning(
+                    "closed a connection that sent no complete request headers within %g s",
+                    header_timeout_s,
+                )
                 self._drop()
 
         def _drop(self) -> None:
-            self.waiting.pop(self, None)
+            self._forget()
             self._cancel_header_timer()
             if not self.transport.is_closing():
                 self.transport.close()
@@ -100,6 +121,7 @@ def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[H11P
                 self._headers_arrived()
 
         def on_response_complete(self) -> None:
+            self._served = True
             super().on_response_complete()
             if not self.transport.is_closing() and (self.cycle is self._seen_cycle):
                 self._await_headers()
@@ -109,10 +131,18 @@ def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[H11P
 
         def send_400_response(self, msg: str) -> None:
             # uvicorn answers unparsable HTTP in plain text; our errors are JSON everywhere.
-            body = json.dumps({"error": "bad_http", "detail": f"{msg} Send HTTP/1.1 with headers under 16 KiB."})
-            event = h11.Response(status_code=400, reason=b"Bad Request", headers=[
-                (b"content-type", b"application/json"), (b"connection", b"close"),
-                (b"content-length", str(len(body)).encode())])
+            body = json.dumps(
+                {"error": "bad_http", "detail": f"{msg} Send HTTP/1.1 with headers under 16 KiB."}
+            )
+            event = h11.Response(
+                status_code=400,
+                reason=b"Bad Request",
+                headers=[
+                    (b"content-type", b"application/json"),
+                    (b"connection", b"close"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            )
             try:
                 for part in (event, h11.Data(data=body.encode()), h11.EndOfMessage()):
                     self.transport.write(self.conn.send(part))
@@ -121,7 +151,7 @@ def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[H11P
             self.transport.close()
 
         def connection_lost(self, exc) -> None:
-            self.waiting.pop(self, None)
+            self._forget()
             self._cancel_header_timer()
             super().connection_lost(exc)
 

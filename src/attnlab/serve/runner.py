@@ -29,7 +29,9 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise ValueError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port (0 = any free one)") from None
+        raise ValueError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port (0 = any free one)"
+        ) from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
@@ -45,12 +47,18 @@ def _config(app: FastAPI, log_level: str, tls: tuple[str, str] | None = None) ->
     serve = getattr(app.state, "config", None) or ServeConfig()
     max_connections = min(serve.max_connections, _raise_fd_limit() - 64)
     config = uvicorn.Config(
-        app, log_level=log_level, access_log=False, lifespan="off", timeout_graceful_shutdown=2,
+        app,
+        log_level=log_level,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=2,
         http=guarded_protocol(serve.header_timeout_s, max_connections),
         # A safety net behind the connection cap: never more requests in progress than connections.
-        limit_concurrency=max_connections + 1, timeout_keep_alive=max(1, round(serve.keep_alive_s)),
+        limit_concurrency=max_connections + 1,
+        timeout_keep_alive=max(1, round(serve.keep_alive_s)),
         h11_max_incomplete_event_size=16 * 1024,  # request line + headers
-        ssl_certfile=tls[0] if tls else None, ssl_keyfile=tls[1] if tls else None,
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
     )
     return config
 
@@ -71,8 +79,9 @@ def _raise_fd_limit() -> int:
     return soft if soft != resource.RLIM_INFINITY else 1 << 16
 
 
-def serve_foreground(app: FastAPI, sock: socket.socket, log_level: str = "info",
-                     tls: tuple[str, str] | None = None) -> None:
+def serve_foreground(
+    app: FastAPI, sock: socket.socket, log_level: str = "info", tls: tuple[str, str] | None = None
+) -> None:
     """Serve until interrupted (Ctrl-C / SIGTERM), on an already bound socket."""
     config = _config(app, log_level, tls)
     limit_repeated_logs()
@@ -82,7 +91,9 @@ def serve_foreground(app: FastAPI, sock: socket.socket, log_level: str = "info",
 class BackgroundServer:
     """`with BackgroundServer(app) as url:` serves `app` on 127.0.0.1 on a free port until the block ends."""
 
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, start_timeout_s: float = 30.0):
+    def __init__(
+        self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, start_timeout_s: float = 30.0
+    ):
         self.app, self.host, self.port, self.start_timeout_s = app, host, port, start_timeout_s
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -93,14 +104,17 @@ class BackgroundServer:
         self.url = url_of(sock)
         self._server = uvicorn.Server(_config(self.app, "warning"))
         limit_repeated_logs()
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name="attnlab-serve", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="attnlab-serve", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + self.start_timeout_s
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise AttnlabError(f"the server on {self.url} did not start within {self.start_timeout_s} s; "
-                                   f"see the uvicorn log above for why")
+                raise AttnlabError(
+                    f"the server on {self.url} did not start within {self.start_timeout_s} s; "
+                    f"see the uvicorn log above for why"
+                )
             time.sleep(0.01)
         return self.url
 

@@ -11,10 +11,10 @@ Conventions (repeated indices, sampling, encodings) are stated in each task modu
 """
 
 from attnlab.tasks.base import Batch, Task, as_generator
-from attnlab.tasks.registry import get_task, list_tasks, register_task, task_class, task_parameters
-from attnlab.tasks.qsa import QSparseAveraging, distinct_indices, uniform_ball
 from attnlab.tasks.match import Match2, Match3, MatchTask
 from attnlab.tasks.match3_variants import Match3Local, Match3Structured
+from attnlab.tasks.qsa import QSparseAveraging, distinct_indices, uniform_ball
+from attnlab.tasks.registry import get_task, list_tasks, register_task, task_class, task_parameters
 
 __all__ = [
     "Batch",

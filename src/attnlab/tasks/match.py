@@ -41,7 +41,15 @@ from typing import Any
 
 import numpy as np
 
-from attnlab.tasks.base import Batch, Seed, Task, as_generator, as_predictions, check_count, inputs_of
+from attnlab.tasks.base import (
+    Batch,
+    Seed,
+    Task,
+    as_generator,
+    as_predictions,
+    check_count,
+    inputs_of,
+)
 from attnlab.tasks.registry import register_task
 
 TARGET_POSITIVE_RATE = 0.5
@@ -122,8 +130,14 @@ class MatchTask(Task):
         return self._N
 
     @abstractmethod
-    def _plant(self, rng: np.random.Generator, x: np.ndarray, rank: np.ndarray, planted_count: int,
-               inputs: dict[str, np.ndarray]) -> None:
+    def _plant(
+        self,
+        rng: np.random.Generator,
+        x: np.ndarray,
+        rank: np.ndarray,
+        planted_count: int,
+        inputs: dict[str, np.ndarray],
+    ) -> None:
         """Overwrite x, in place, at the positions of rank < planted_count with values that match
         partners among the other (base) positions."""
 
@@ -144,7 +158,11 @@ class MatchTask(Task):
             lo, hi = 1, self.M  # expected rate increases with the support size
             while hi - lo > 1:
                 mid = (lo + hi) // 2
-                lo, hi = (mid, hi) if self.expected_positive_rate(mid) <= TARGET_POSITIVE_RATE else (lo, mid)
+                lo, hi = (
+                    (mid, hi)
+                    if self.expected_positive_rate(mid) <= TARGET_POSITIVE_RATE
+                    else (lo, mid)
+                )
             if hi > _MAX_SUPPORT_PER_POSITION * self._N:
                 return {"support": self.M, "planted_fraction": 0.0}
             return {"support": hi, "planted_fraction": 0.0}
@@ -180,8 +198,12 @@ class MatchTask(Task):
             raise ValueError(f"{self.name} inputs need the field 'x' (n, N) of residues")
         x = np.asarray(inputs["x"])
         if x.ndim != 2 or x.shape[1] != self._N:
-            raise ValueError(f"{self.name} inputs['x'] must have shape (n, {self._N}), got {x.shape}")
-        if not np.issubdtype(x.dtype, np.integer) or (x.size and (x.min() < 0 or x.max() >= self.M)):
+            raise ValueError(
+                f"{self.name} inputs['x'] must have shape (n, {self._N}), got {x.shape}"
+            )
+        if not np.issubdtype(x.dtype, np.integer) or (
+            x.size and (x.min() < 0 or x.max() >= self.M)
+        ):
             raise ValueError(f"{self.name} inputs['x'] must hold integer residues in [0, {self.M})")
         return x.astype(np.int64, copy=False)
 
@@ -202,7 +224,9 @@ class MatchTask(Task):
         }
 
 
-def _base_partners(rng: np.random.Generator, rank: np.ndarray, planted_count: int, count: int) -> np.ndarray:
+def _base_partners(
+    rng: np.random.Generator, rank: np.ndarray, planted_count: int, count: int
+) -> np.ndarray:
     """`count` partner positions per cell, uniform among the example's base (non-planted) positions,
     which are those of rank >= planted_count."""
     n, N = rank.shape
@@ -231,7 +255,9 @@ class Match2(MatchTask):
 
 @register_task("match3")
 class Match3(MatchTask):
-    description = "Match3: output_i = 1 iff some j1, j2 (repeats allowed) have x_i + x_j1 + x_j2 = 0 mod M"
+    description = (
+        "Match3: output_i = 1 iff some j1, j2 (repeats allowed) have x_i + x_j1 + x_j2 = 0 mod M"
+    )
     positives_per_plant = 3
 
     def _coverage(self, distinct: float) -> float:
@@ -239,7 +265,9 @@ class Match3(MatchTask):
 
     def _plant(self, rng, x, rank, planted_count, inputs) -> None:
         partners = _base_partners(rng, rank, planted_count, 2)
-        sums = np.take_along_axis(x, partners[..., 0], axis=1) + np.take_along_axis(x, partners[..., 1], axis=1)
+        sums = np.take_along_axis(x, partners[..., 0], axis=1) + np.take_along_axis(
+            x, partners[..., 1], axis=1
+        )
         np.copyto(x, (-sums) % self.M, where=rank < planted_count)
 
     def solve(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -252,7 +280,7 @@ class Match3(MatchTask):
         rows = max(1, _CHUNK_ELEMENTS // (M if use_fft else N * (N + 1) // 2))
         out = np.empty(x.shape, dtype=np.int8)
         for start in range(0, x.shape[0], rows):
-            out[start:start + rows] = self._solve_rows(x[start:start + rows], use_fft)
+            out[start : start + rows] = self._solve_rows(x[start : start + rows], use_fft)
         return out
 
     def _solve_rows(self, x: np.ndarray, use_fft: bool) -> np.ndarray:

@@ -14,7 +14,13 @@ from typing import Any
 import numpy as np
 
 from attnlab.tasks.base import Batch, check_count, inputs_of
-from attnlab.tasks.match import MatchTask, _base_partners, _distinct_expected, _sum_coverage, rowwise_isin
+from attnlab.tasks.match import (
+    MatchTask,
+    _base_partners,
+    _distinct_expected,
+    _sum_coverage,
+    rowwise_isin,
+)
 from attnlab.tasks.registry import register_task
 
 # Tries per planted position at finding partners that satisfy a variant's constraint; a
@@ -61,7 +67,10 @@ class Match3Local(MatchTask):
         positions = np.arange(N)[None, :, None] + rng.integers(-w, w + 1, size=(n, N, _PLANT_TRIES))
         inside = (positions >= 0) & (positions < N)
         positions = np.clip(positions, 0, N - 1)
-        is_base = np.take_along_axis(rank, positions.reshape(n, -1), axis=1).reshape(positions.shape) >= planted_count
+        is_base = (
+            np.take_along_axis(rank, positions.reshape(n, -1), axis=1).reshape(positions.shape)
+            >= planted_count
+        )
         return _first_valid(positions, inside & is_base)
 
     def _plant(self, rng, x, rank, planted_count, inputs) -> None:
@@ -79,8 +88,8 @@ class Match3Local(MatchTask):
         # Unordered offset pairs (a <= b) cover every (j1, j2) since the sum is symmetric.
         for a in range(2 * w + 1):
             for b in range(a, 2 * w + 1):
-                ok = inside[a:a + N] & inside[b:b + N]
-                hit |= ok & ((x + padded[:, a:a + N] + padded[:, b:b + N]) % M == 0)
+                ok = inside[a : a + N] & inside[b : b + N]
+                hit |= ok & ((x + padded[:, a : a + N] + padded[:, b : b + N]) % M == 0)
         return hit.astype(np.int8)
 
     def tokens(self, batch: Batch | dict[str, np.ndarray]) -> np.ndarray:
@@ -111,19 +120,30 @@ class Match3Structured(MatchTask):
         n, N, _ = candidates.shape
         partner = inputs["partner"]
         partner_of_candidate = np.take_along_axis(partner, candidates.reshape(n, -1), axis=1)
-        partner_is_base = np.take_along_axis(rank, partner_of_candidate, axis=1).reshape(candidates.shape) >= planted_count
+        partner_is_base = (
+            np.take_along_axis(rank, partner_of_candidate, axis=1).reshape(candidates.shape)
+            >= planted_count
+        )
         j, found = _first_valid(candidates, partner_is_base)
-        sums = np.take_along_axis(x, j, axis=1) + np.take_along_axis(x, np.take_along_axis(partner, j, axis=1), axis=1)
+        sums = np.take_along_axis(x, j, axis=1) + np.take_along_axis(
+            x, np.take_along_axis(partner, j, axis=1), axis=1
+        )
         np.copyto(x, (-sums) % self.M, where=(rank < planted_count) & found)
 
     def _check_partner(self, inputs: dict[str, np.ndarray], n: int) -> np.ndarray:
         if "partner" not in inputs:
-            raise ValueError("match3-structured inputs need the field 'partner' (n, N) of positions")
+            raise ValueError(
+                "match3-structured inputs need the field 'partner' (n, N) of positions"
+            )
         partner = np.asarray(inputs["partner"])
         if partner.shape != (n, self._N) or not np.issubdtype(partner.dtype, np.integer):
-            raise ValueError(f"match3-structured inputs['partner'] must be integers of shape ({n}, {self._N})")
+            raise ValueError(
+                f"match3-structured inputs['partner'] must be integers of shape ({n}, {self._N})"
+            )
         if partner.size and (partner.min() < 0 or partner.max() >= self._N):
-            raise ValueError(f"match3-structured inputs['partner'] must hold positions in [0, {self._N})")
+            raise ValueError(
+                f"match3-structured inputs['partner'] must hold positions in [0, {self._N})"
+            )
         return partner.astype(np.int64, copy=False)
 
     def pair_sums(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -138,4 +158,6 @@ class Match3Structured(MatchTask):
 
     def tokens(self, batch: Batch | dict[str, np.ndarray]) -> np.ndarray:
         inputs = inputs_of(batch)
-        return np.concatenate([super().tokens(inputs), self._angles(self.pair_sums(inputs))], axis=-1)
+        return np.concatenate(
+            [super().tokens(inputs), self._angles(self.pair_sums(inputs))], axis=-1
+        )

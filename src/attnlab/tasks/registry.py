@@ -17,7 +17,9 @@ def register_task(name: str):
         if not (isinstance(cls, type) and issubclass(cls, Task)):
             raise TypeError(f"register_task({name!r}) decorates Task subclasses, got {cls!r}")
         if name in _TASKS and _TASKS[name] is not cls:
-            raise ValueError(f"a task named {name!r} is already registered ({_TASKS[name].__name__})")
+            raise ValueError(
+                f"a task named {name!r} is already registered ({_TASKS[name].__name__})"
+            )
         cls.name = name
         _TASKS[name] = cls
         return cls
@@ -41,8 +43,11 @@ def task_class(name: str) -> type[Task]:
 def task_parameters(name: str) -> dict[str, Any]:
     """The constructor parameters of a task and their defaults (inspect.Parameter.empty if none)."""
     signature = inspect.signature(task_class(name).__init__)
-    return {p.name: p.default for p in list(signature.parameters.values())[1:]
-            if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD}
+    return {
+        p.name: p.default
+        for p in list(signature.parameters.values())[1:]
+        if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD
+    }
 
 
 def get_task(name: str, **params: Any) -> Task:
@@ -50,7 +55,9 @@ def get_task(name: str, **params: Any) -> Task:
     cls = task_class(name)
     accepted = task_parameters(name)
     unknown = sorted(set(params) - set(accepted))
-    missing = sorted(k for k, v in accepted.items() if v is inspect.Parameter.empty and k not in params)
+    missing = sorted(
+        k for k, v in accepted.items() if v is inspect.Parameter.empty and k not in params
+    )
     if unknown or missing:
         problems = []
         if unknown:

@@ -48,23 +48,32 @@ METHODS: dict[str, dict[str, Any]] = {
         # lines x0 + t dir, |x0| = scale, |t| <= span * scale; default max(500, 4 sqrt(d) check_radius),
         # so that a line crosses a hyperplane inside the checked ball with probability ~0.8
         "span": None,
-        "scale": 1.0,                   # the probe scale (lengths are in units of it)
-        "min_lines": 2, "max_lines": 12,  # stop after a line with no new kink
-        "rel_tol": 1e-7,                # slope changes below this (relative) are not kinks
-        "max_search_steps": 20000,      # per line
+        "scale": 1.0,  # the probe scale (lengths are in units of it)
+        "min_lines": 2,
+        "max_lines": 12,  # stop after a line with no new kink
+        "rel_tol": 1e-7,  # slope changes below this (relative) are not kinks
+        "max_search_steps": 20000,  # per line
         "orientation_time_limit": 20.0,  # seconds for the 0/1 program (0: never run it)
-        "check_radius": 100.0,          # the check reaches |x| = check_radius * scale
-        "check_points": None,           # default 2 * neurons + 64
-        "exact_tol": 1e-8,              # relative error the check accepts
-        "repair_rounds": 3,             # searches through wrong check points
-        "if_inexact": "raise",          # or "return": info["exact"] = False and the bound
+        "check_radius": 100.0,  # the check reaches |x| = check_radius * scale
+        "check_points": None,  # default 2 * neurons + 64
+        "exact_tol": 1e-8,  # relative error the check accepts
+        "repair_rounds": 3,  # searches through wrong check points
+        "if_inexact": "raise",  # or "return": info["exact"] = False and the bound
     },
 }
 
 
-def relu_ffn(oracle: Oracle, *, hidden: int | None = None, bias: bool = True,
-             method: str = "critical-points", method_options: dict | None = None, seed=0,
-             fidelity_samples: int = 500, progress: bool = False) -> Extraction:
+def relu_ffn(
+    oracle: Oracle,
+    *,
+    hidden: int | None = None,
+    bias: bool = True,
+    method: str = "critical-points",
+    method_options: dict | None = None,
+    seed=0,
+    fidelity_samples: int = 500,
+    progress: bool = False,
+) -> Extraction:
     """Extract g(x) = w^T ReLU(A^T x + b) + c from an oracle answering one-token sequences [x].
 
     Parameters
@@ -84,7 +93,9 @@ def relu_ffn(oracle: Oracle, *, hidden: int | None = None, bias: bool = True,
     """
     opts = resolve_method(method, method_options, METHODS)
     if opts["if_inexact"] not in ("raise", "return"):
-        raise ValueError(f"method_options['if_inexact'] must be 'raise' or 'return', got {opts['if_inexact']!r}")
+        raise ValueError(
+            f"method_options['if_inexact'] must be 'raise' or 'return', got {opts['if_inexact']!r}"
+        )
     d = token_width(oracle)
     if opts["span"] is None:
         opts["span"] = max(500.0, 4.0 * np.sqrt(d) * opts["check_radius"])
@@ -95,14 +106,22 @@ def relu_ffn(oracle: Oracle, *, hidden: int | None = None, bias: bool = True,
 class _Extractor:
     """One extraction: the search, the refined neurons, the fit, the check and its repairs."""
 
-    def __init__(self, oracle: Oracle, d: int, bias: bool, opts: dict[str, Any],
-                 rng: np.random.Generator, progress: bool):
+    def __init__(
+        self,
+        oracle: Oracle,
+        d: int,
+        bias: bool,
+        opts: dict[str, Any],
+        rng: np.random.Generator,
+        progress: bool,
+    ):
         self.oracle, self.d, self.bias, self.opts, self.rng = oracle, d, bias, opts, rng
         self.progress, self.scale = progress, float(opts["scale"])
         self.ask = vector_queries(oracle)
         self.stages = {"search": 0, "gradients": 0, "refine": 0, "fit": 0, "check": 0}
-        self.search = NeuronSearch(self.ask, oracle, self.scale, opts["rel_tol"], opts["max_search_steps"],
-                                   self.stages)
+        self.search = NeuronSearch(
+            self.ask, oracle, self.scale, opts["rel_tol"], opts["max_search_steps"], self.stages
+        )
         self.neurons: list[Neuron] = []
         self.samples: list[Sample] = []
         self.dropped = 0
@@ -119,7 +138,8 @@ class _Extractor:
             raise ExtractionError(
                 "no kink was found on any line: the target looks affine (no active ReLU neuron crosses "
                 "the searched region). Raise span in method_options, or check that the oracle answers a "
-                "ReLU network.")
+                "ReLU network."
+            )
         self._refine_new()
         self._check_bias_free()
         repairs, net, orientation, fit_residual, worst = 0, None, "", 0.0, np.inf
@@ -134,10 +154,16 @@ class _Extractor:
         exact = bool(worst <= self.opts["exact_tol"])
         n = len(self.neurons)
         info: dict[str, Any] = {
-            "neurons_found": n, "lines": self.lines, "kinks_deferred": self.search.deferred,
-            "merged_kinks_dropped": self.dropped, "orientation": orientation,
+            "neurons_found": n,
+            "lines": self.lines,
+            "kinks_deferred": self.search.deferred,
+            "merged_kinks_dropped": self.dropped,
+            "orientation": orientation,
             "linear_term_kept": bool(np.any(net.linear != 0)) or orientation == "unresolved",
-            "fit_residual": fit_residual, "repairs": repairs, "exact": exact, "error_bound": float(worst),
+            "fit_residual": fit_residual,
+            "repairs": repairs,
+            "exact": exact,
+            "error_bound": float(worst),
         }
         if hidden is not None:
             info["neurons_unseen"] = max(hidden - n, 0)
@@ -145,17 +171,24 @@ class _Extractor:
                 info["unseen_reason"] = (
                     f"{hidden - n} of {hidden} neurons showed no kink: dead (a_j = 0 or w_j = 0, no effect on "
                     "g) or exact duplicates of another neuron's hyperplane (merged into one neuron with the "
-                    "summed weight)")
+                    "summed weight)"
+                )
         queries = self.oracle.queries - started_queries
         elapsed = time.perf_counter() - started
         fidelity, fq = None, 0
         allowed = fidelity_allowance(self.oracle, fidelity_samples) if fidelity_samples else 0
         if fidelity_samples and not allowed:
-            info["fidelity_skipped"] = f"no queries left in the budget for {fidelity_samples} fidelity samples"
-            warnings.warn(f"fidelity unchecked: {info['fidelity_skipped']}", FidelityUnchecked, stacklevel=3)
+            info["fidelity_skipped"] = (
+                f"no queries left in the budget for {fidelity_samples} fidelity samples"
+            )
+            warnings.warn(
+                f"fidelity unchecked: {info['fidelity_skipped']}", FidelityUnchecked, stacklevel=3
+            )
         elif fidelity_samples:
             if allowed < fidelity_samples:
-                info["fidelity_note"] = f"{allowed} of {fidelity_samples} fidelity samples: the rest of the budget"
+                info["fidelity_note"] = (
+                    f"{allowed} of {fidelity_samples} fidelity samples: the rest of the budget"
+                )
             fidelity, relative, fq = self._fidelity(net, allowed)
             info["fidelity_relative"] = relative
             if relative > self.opts["exact_tol"]:
@@ -168,7 +201,8 @@ class _Extractor:
                 f"|x| = {self.opts['check_radius'] * self.scale:g}, after {repairs} repair searches. Raise "
                 "max_lines or repair_rounds in method_options, or pass method_options={'if_inexact': "
                 "'return'} to get the inexact network with its error bound."
-                + ("" if self.bias else " (bias=False: if the network has biases, use bias=True.)"))
+                + ("" if self.bias else " (bias=False: if the network has biases, use bias=True.)")
+            )
         params = {"A": net.A, "b": net.b, "w": net.w, "c": np.array(net.c), "linear": net.linear}
         dof = n * (self.d + 1) + 1 if self.bias else n * self.d
         if info["linear_term_kept"]:
@@ -178,9 +212,18 @@ class _Extractor:
             X = np.asarray(X, dtype=np.float64)
             return net(X[:, -1, :] if X.ndim == 3 else X)
 
-        return Extraction(params=params, queries=queries, method="critical-points", dof=dof, seconds=elapsed,
-                          stages=dict(self.stages), fidelity=fidelity, fidelity_queries=fq, info=info,
-                          surrogate=surrogate)
+        return Extraction(
+            params=params,
+            queries=queries,
+            method="critical-points",
+            dof=dof,
+            seconds=elapsed,
+            stages=dict(self.stages),
+            fidelity=fidelity,
+            fidelity_queries=fq,
+            info=info,
+            surrogate=surrogate,
+        )
 
     # -- the search ---------------------------------------------------------------------------
     def _random_line(self) -> Line:
@@ -216,7 +259,14 @@ class _Extractor:
             length = float(np.linalg.norm(direction))
             if length == 0.0:
                 continue
-            self.search.search(Line(self.ask, x0, direction / length, max(1.25 * length, self.opts["span"] * self.scale)))
+            self.search.search(
+                Line(
+                    self.ask,
+                    x0,
+                    direction / length,
+                    max(1.25 * length, self.opts["span"] * self.scale),
+                )
+            )
             self.lines += 1
         if len(self.search.neurons) == before:
             return False
@@ -226,7 +276,7 @@ class _Extractor:
 
     def _refine_new(self) -> None:
         """Refine the neurons found since the last call; keep one of each hyperplane."""
-        fresh = self.search.neurons[self.refined_upto:]
+        fresh = self.search.neurons[self.refined_upto :]
         self.refined_upto = len(self.search.neurons)
         before = self.oracle.queries
         refined, samples, dropped = refine(self.ask, fresh, self.neurons, self.rng, self.scale)
@@ -235,8 +285,14 @@ class _Extractor:
             # A neuron first seen imprecisely (merged with a near neighbour, or of small weight) may
             # repeat one found elsewhere: keep the better measured of the two (kept twice, the fit
             # would split its weight between them, wrong far out).
-            twin = next((k for k, other in enumerate(self.neurons)
-                         if same_hyperplane(nr, other, self.scale, loose=True)), None)
+            twin = next(
+                (
+                    k
+                    for k, other in enumerate(self.neurons)
+                    if same_hyperplane(nr, other, self.scale, loose=True)
+                ),
+                None,
+            )
             if twin is not None:
                 dropped += 1
                 if nr.reach > self.neurons[twin].reach:
@@ -257,18 +313,24 @@ class _Extractor:
         if missing.sum() > max(2, 0.02 * len(self.neurons)):
             raise ExtractionError(
                 f"bias=False, but {int(missing.sum())} of {len(self.neurons)} kink hyperplanes miss the origin "
-                f"(by up to {np.max(distances):.2e}): the network has biases; extract it with bias=True")
+                f"(by up to {np.max(distances):.2e}): the network has biases; extract it with bias=True"
+            )
 
     # -- the fit and the check ----------------------------------------------------------------
     def _assemble(self) -> tuple[Network, str, float]:
         normals = np.array([nr.normal for nr in self.neurons]).T
-        offsets = np.array([nr.offset for nr in self.neurons]) if self.bias else np.zeros(len(self.neurons))
+        offsets = (
+            np.array([nr.offset for nr in self.neurons])
+            if self.bias
+            else np.zeros(len(self.neurons))
+        )
         weights = np.array([nr.weight for nr in self.neurons])
         linear = linear_term(self.samples, normals, offsets, weights)
         contributions = normals * weights
         tol = 1e-6 * (np.max(np.abs(contributions)) + np.max(np.abs(linear)))
-        flipped, orientation = resolve_orientation(contributions, -linear, tol,
-                                                   self.opts["orientation_time_limit"])
+        flipped, orientation = resolve_orientation(
+            contributions, -linear, tol, self.opts["orientation_time_limit"]
+        )
         keep_linear = flipped is None
         if flipped is not None:
             normals[:, flipped] *= -1
@@ -278,19 +340,41 @@ class _Extractor:
         n = len(self.neurons)
         unknowns = n + int(self.bias) + (self.d if keep_linear else 0)
         if points.shape[0] < unknowns + 8:
-            extra = self.scale * self.rng.standard_normal((unknowns + 8 - points.shape[0], self.d)) / np.sqrt(self.d)
+            extra = (
+                self.scale
+                * self.rng.standard_normal((unknowns + 8 - points.shape[0], self.d))
+                / np.sqrt(self.d)
+            )
             before = self.oracle.queries
             points, answers = np.vstack([points, extra]), np.concatenate([answers, self.ask(extra)])
             self._spent("fit", before)
-            self.samples += [Sample(p, float(a), np.full(self.d, np.nan)) for p, a in zip(extra, answers[-len(extra):])]
-        network, residual = fit_output_layer(points, answers, normals, offsets, weights,
-                                             linear if keep_linear else np.zeros(self.d), self.bias, keep_linear)
+            self.samples += [
+                Sample(p, float(a), np.full(self.d, np.nan))
+                for p, a in zip(extra, answers[-len(extra) :])
+            ]
+        network, residual = fit_output_layer(
+            points,
+            answers,
+            normals,
+            offsets,
+            weights,
+            linear if keep_linear else np.zeros(self.d),
+            self.bias,
+            keep_linear,
+        )
         return network, orientation, residual
 
     def _check_points(self, net: Network, count: int) -> np.ndarray:
         crossings = np.array([nr.crossing for nr in self.neurons])
-        return check_points(net.A, net.b, crossings, count, self.opts["check_radius"] * self.scale, self.scale,
-                            self.rng)
+        return check_points(
+            net.A,
+            net.b,
+            crossings,
+            count,
+            self.opts["check_radius"] * self.scale,
+            self.scale,
+            self.rng,
+        )
 
     def _check(self, net: Network) -> tuple[float, np.ndarray]:
         count = self.opts["check_points"] or 2 * len(self.neurons) + 64

@@ -13,18 +13,37 @@ from __future__ import annotations
 import numpy as np
 
 
-def check_points(normals: np.ndarray, offsets: np.ndarray, crossings: np.ndarray, count: int,
-                 radius: float, scale: float, rng: np.random.Generator) -> np.ndarray:
+def check_points(
+    normals: np.ndarray,
+    offsets: np.ndarray,
+    crossings: np.ndarray,
+    count: int,
+    radius: float,
+    scale: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """`count` points: half beside found hyperplanes (both sides), half out to `radius`."""
     d, n = normals.shape
     beside = count // 2 if n else 0
     points = []
     if beside:
-        which = rng.permutation(np.resize(np.arange(n), beside)) if beside >= n else rng.choice(n, beside, replace=False)
+        which = (
+            rng.permutation(np.resize(np.arange(n), beside))
+            if beside >= n
+            else rng.choice(n, beside, replace=False)
+        )
         tangent = rng.standard_normal((beside, d))
-        tangent -= np.sum(tangent * normals[:, which].T, axis=1, keepdims=True) * normals[:, which].T
-        tangent *= scale * rng.uniform(0.0, 1.0, (beside, 1)) / np.linalg.norm(tangent, axis=1, keepdims=True)
-        side = rng.choice([-1.0, 1.0], beside)[:, None] * scale * rng.uniform(0.01, 1.0, (beside, 1))
+        tangent -= (
+            np.sum(tangent * normals[:, which].T, axis=1, keepdims=True) * normals[:, which].T
+        )
+        tangent *= (
+            scale
+            * rng.uniform(0.0, 1.0, (beside, 1))
+            / np.linalg.norm(tangent, axis=1, keepdims=True)
+        )
+        side = (
+            rng.choice([-1.0, 1.0], beside)[:, None] * scale * rng.uniform(0.01, 1.0, (beside, 1))
+        )
         points.append(crossings[which] + tangent + side * normals[:, which].T)
     far = count - beside
     if far:
@@ -32,7 +51,9 @@ def check_points(normals: np.ndarray, offsets: np.ndarray, crossings: np.ndarray
         if n:  # half of them pointing along a found normal, so they pass the far hyperplanes
             along = rng.random(far) < 0.5
             picks = rng.integers(n, size=int(along.sum()))
-            directions[along] += rng.choice([-1.0, 1.0], (int(along.sum()), 1)) * normals[:, picks].T
+            directions[along] += (
+                rng.choice([-1.0, 1.0], (int(along.sum()), 1)) * normals[:, picks].T
+            )
         directions /= np.linalg.norm(directions, axis=1, keepdims=True)
         # Half log-uniform in [scale, radius], half in the outer shell [radius / 2, radius], where
         # the points beyond a missed far hyperplane are.
@@ -43,7 +64,9 @@ def check_points(normals: np.ndarray, offsets: np.ndarray, crossings: np.ndarray
     return np.vstack(points) if points else np.zeros((0, d))
 
 
-def relative_gaps(estimate: np.ndarray, truth: np.ndarray, points: np.ndarray, scale: float) -> np.ndarray:
+def relative_gaps(
+    estimate: np.ndarray, truth: np.ndarray, points: np.ndarray, scale: float
+) -> np.ndarray:
     """|estimate - truth| over G (1 + |x| / scale), G = max |truth| / max (1 + |x| / scale)."""
     growth = 1.0 + np.linalg.norm(points, axis=1) / scale
     size = max(float(np.max(np.abs(truth) / growth)), 1e-300)

@@ -22,11 +22,11 @@ SHORTEST_ZOOM = 1e-6
 
 @dataclass
 class Neuron:
-    normal: np.ndarray    # unit row direction (orientation still a guess)
-    offset: float         # b / ||a|| for that orientation
-    weight: float         # w ||a||, sign(w) known exactly
+    normal: np.ndarray  # unit row direction (orientation still a guess)
+    offset: float  # b / ||a|| for that orientation
+    weight: float  # w ||a||, sign(w) known exactly
     crossing: np.ndarray  # a point on the hyperplane
-    reach: float = 0.0    # refined: distance from the measuring point to the nearest other hyperplane
+    reach: float = 0.0  # refined: distance from the measuring point to the nearest other hyperplane
 
 
 @dataclass
@@ -38,8 +38,9 @@ class Sample:
     gradient: np.ndarray
 
 
-def piece_gradient(ask: Ask, point: np.ndarray, step: float, slope: float, direction: np.ndarray,
-                   tol: float):
+def piece_gradient(
+    ask: Ask, point: np.ndarray, step: float, slope: float, direction: np.ndarray, tol: float
+):
     """Forward-difference gradient inside one piece, checked against the piece's exact slope."""
     d = point.shape[0]
     for _ in range(3):
@@ -56,14 +57,18 @@ def same_hyperplane(a: Neuron, b: Neuron, scale: float, loose: bool = False) -> 
     poorer for a neuron of small weight measured among many close hyperplanes)."""
     cosine = float(a.normal @ b.normal)
     angle_tol, offset_tol = (1e-5, 1e-3) if loose else (1e-8, 1e-5)
-    return abs(cosine) > 1 - angle_tol and abs(a.offset - np.sign(cosine) * b.offset) <= offset_tol * scale
+    return (
+        abs(cosine) > 1 - angle_tol
+        and abs(a.offset - np.sign(cosine) * b.offset) <= offset_tol * scale
+    )
 
 
 class NeuronSearch:
     """Collects neurons from the kinks of lines; `stages` counts the queries of each step."""
 
-    def __init__(self, ask: Ask, oracle, scale: float, rel_tol: float, max_steps: int,
-                 stages: dict[str, int]):
+    def __init__(
+        self, ask: Ask, oracle, scale: float, rel_tol: float, max_steps: int, stages: dict[str, int]
+    ):
         self.ask, self.oracle, self.scale = ask, oracle, scale
         self.rel_tol, self.max_steps, self.stages = rel_tol, max_steps, stages
         self.neurons: list[Neuron] = []
@@ -81,7 +86,9 @@ class NeuronSearch:
                 if ZOOM * parent.span < SHORTEST_ZOOM * self.scale:
                     closer.append((parent, t))
                     continue
-                found, still = self._scan(Line(self.ask, parent.point(t)[0], parent.dir, ZOOM * parent.span))
+                found, still = self._scan(
+                    Line(self.ask, parent.point(t)[0], parent.dir, ZOOM * parent.span)
+                )
                 new_count += found
                 closer += still
             pending = closer
@@ -135,7 +142,9 @@ class NeuronSearch:
                 continue
             normal = jump / size
             crossing = line.point(t)[0]
-            candidate = Neuron(normal, -float(normal @ crossing), float(np.sign(jumps[k]) * size), crossing)
+            candidate = Neuron(
+                normal, -float(normal @ crossing), float(np.sign(jumps[k]) * size), crossing
+            )
             if any(same_hyperplane(candidate, other, self.scale) for other in self.neurons):
                 continue
             self.neurons.append(candidate)
@@ -151,8 +160,14 @@ class NeuronSearch:
             return -(normals @ line.x0 + offsets) / (normals @ line.dir)
 
 
-def refine(ask: Ask, neurons: list[Neuron], others: list[Neuron], rng: np.random.Generator,
-           scale: float, tries: int = 128) -> tuple[list[Neuron], list[Sample], int]:
+def refine(
+    ask: Ask,
+    neurons: list[Neuron],
+    others: list[Neuron],
+    rng: np.random.Generator,
+    scale: float,
+    tries: int = 128,
+) -> tuple[list[Neuron], list[Sample], int]:
     """Re-measure each neuron's gradient jump far from all other known hyperplanes.
 
     The first pass had to difference with steps small enough to stay inside pieces it could not
@@ -170,7 +185,9 @@ def refine(ask: Ask, neurons: list[Neuron], others: list[Neuron], rng: np.random
         # Itself, and rough first-pass copies of its own hyperplane (a neuron of small weight is
         # measured imprecisely the first time, and may be found twice): not obstacles to step past.
         cosines = normals.T @ nr.normal
-        twins = (np.abs(cosines) > 1 - 1e-6) & (np.abs(offsets - np.sign(cosines) * nr.offset) <= 1e-2 * scale)
+        twins = (np.abs(cosines) > 1 - 1e-6) & (
+            np.abs(offsets - np.sign(cosines) * nr.offset) <= 1e-2 * scale
+        )
         twins[j] = True
         best_r, best_x = -1.0, nr.crossing
         for _ in range(tries):
@@ -188,20 +205,35 @@ def refine(ask: Ask, neurons: list[Neuron], others: list[Neuron], rng: np.random
         n, x, h = nr.normal, best_x, 0.9 * r
         plus, minus = x + r * n, x - r * n
         vals = ask(np.vstack([plus, plus + h * np.eye(d), minus, minus + h * np.eye(d)]))
-        grad_plus = (vals[1:d + 1] - vals[0]) / h
-        grad_minus = (vals[d + 2:] - vals[d + 1]) / h
+        grad_plus = (vals[1 : d + 1] - vals[0]) / h
+        grad_minus = (vals[d + 2 :] - vals[d + 1]) / h
         jump = grad_plus - grad_minus
         size = np.linalg.norm(jump)
         along = float(jump @ n)
-        if (size <= 1e-6 * abs(nr.weight) or abs(along) < (1 - 1e-6) * size
-                or np.sign(along) != np.sign(nr.weight)):
+        if (
+            size <= 1e-6 * abs(nr.weight)
+            or abs(along) < (1 - 1e-6) * size
+            or np.sign(along) != np.sign(nr.weight)
+        ):
             dropped += 1
             continue
         normal = np.sign(along) * jump / size
         slope_plus, slope_minus = grad_plus @ n, grad_minus @ n
-        s_star = (vals[d + 1] - vals[0] + (slope_plus + slope_minus) * r) / (slope_plus - slope_minus)
+        s_star = (vals[d + 1] - vals[0] + (slope_plus + slope_minus) * r) / (
+            slope_plus - slope_minus
+        )
         crossing = x + s_star * n
-        refined.append(Neuron(normal, -float(normal @ crossing), float(np.sign(along) * size), crossing,
-                              reach=best_r))
-        samples += [Sample(plus, float(vals[0]), grad_plus), Sample(minus, float(vals[d + 1]), grad_minus)]
+        refined.append(
+            Neuron(
+                normal,
+                -float(normal @ crossing),
+                float(np.sign(along) * size),
+                crossing,
+                reach=best_r,
+            )
+        )
+        samples += [
+            Sample(plus, float(vals[0]), grad_plus),
+            Sample(minus, float(vals[d + 1]), grad_minus),
+        ]
     return refined, samples, dropped

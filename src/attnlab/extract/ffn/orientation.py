@@ -23,14 +23,19 @@ def resolve_orientation(K: np.ndarray, target: np.ndarray, tol: float, time_limi
     if np.linalg.matrix_rank(K) == n:
         f = np.linalg.lstsq(K, target, rcond=None)[0]
         rounded = np.round(f)
-        if (np.all(np.abs(f - rounded) < 1e-4) and np.all((rounded == 0) | (rounded == 1))
-                and np.max(np.abs(K @ rounded - target)) <= tol):
+        if (
+            np.all(np.abs(f - rounded) < 1e-4)
+            and np.all((rounded == 0) | (rounded == 1))
+            and np.max(np.abs(K @ rounded - target)) <= tol
+        ):
             return rounded.astype(bool), "linear"
         return None, "unresolved"
     if time_limit <= 0:
         return None, "unresolved"
     result = milp(
-        c=np.zeros(n), integrality=np.ones(n), bounds=Bounds(0, 1),
+        c=np.zeros(n),
+        integrality=np.ones(n),
+        bounds=Bounds(0, 1),
         constraints=[LinearConstraint(K, target - tol, target + tol)],
         options={"time_limit": time_limit, "disp": False},
     )

@@ -30,17 +30,29 @@ class Network:
         return np.maximum(x @ self.A + self.b, 0.0) @ self.w + self.c + x @ self.linear
 
 
-def linear_term(samples: list[Sample], normals: np.ndarray, offsets: np.ndarray,
-                weights: np.ndarray) -> np.ndarray:
+def linear_term(
+    samples: list[Sample], normals: np.ndarray, offsets: np.ndarray, weights: np.ndarray
+) -> np.ndarray:
     """The gradient the guessed orientations leave unexplained, averaged over every sample."""
     contributions = normals * weights
-    estimates = [s.gradient - contributions @ (normals.T @ s.point + offsets > 0)
-                 for s in samples if np.all(np.isfinite(s.gradient))]
+    estimates = [
+        s.gradient - contributions @ (normals.T @ s.point + offsets > 0)
+        for s in samples
+        if np.all(np.isfinite(s.gradient))
+    ]
     return np.mean(estimates, axis=0)
 
 
-def fit_output_layer(points: np.ndarray, answers: np.ndarray, normals: np.ndarray, offsets: np.ndarray,
-                     weights: np.ndarray, linear: np.ndarray, bias: bool, keep_linear: bool):
+def fit_output_layer(
+    points: np.ndarray,
+    answers: np.ndarray,
+    normals: np.ndarray,
+    offsets: np.ndarray,
+    weights: np.ndarray,
+    linear: np.ndarray,
+    bias: bool,
+    keep_linear: bool,
+):
     """Least-squares correction of (w, c, linear) on measured points; returns (Network, residual).
 
     The correction is minimum-norm: directions the points do not excite keep the measured values.
@@ -56,8 +68,11 @@ def fit_output_layer(points: np.ndarray, answers: np.ndarray, normals: np.ndarra
     correction, *_ = np.linalg.lstsq(design, answers - design @ prior, rcond=None)
     solution = prior + correction
     network = Network(
-        A=normals, b=offsets, w=solution[:n], c=float(solution[n]) if bias else 0.0,
-        linear=solution[n + int(bias):] if keep_linear else np.zeros(d),
+        A=normals,
+        b=offsets,
+        w=solution[:n],
+        c=float(solution[n]) if bias else 0.0,
+        linear=solution[n + int(bias) :] if keep_linear else np.zeros(d),
     )
     residual = float(np.max(np.abs(design @ solution - answers))) if answers.size else 0.0
     return network, residual

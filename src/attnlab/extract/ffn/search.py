@@ -80,8 +80,18 @@ def rough_kinks(line: Line, rel_tol: float, max_steps: int) -> tuple[list[float]
         return 2 * floor(t, g) / h
 
     # An interval: (l, r, g(l), g(r), right-slope at l, left-slope at r, their errors).
-    stack = [(-T, T, ends[0], ends[3], (ends[1] - ends[0]) / s_left, (ends[3] - ends[2]) / s,
-              slope_error(-T, ends[0], s_left), slope_error(T, ends[3], s))]
+    stack = [
+        (
+            -T,
+            T,
+            ends[0],
+            ends[3],
+            (ends[1] - ends[0]) / s_left,
+            (ends[3] - ends[2]) / s,
+            slope_error(-T, ends[0], s_left),
+            slope_error(T, ends[3], s),
+        )
+    ]
     kinks, clusters, steps = [], [], 0
     while stack:
         l, r, gl, gr, sl, sr, el, er = stack.pop()
@@ -90,10 +100,12 @@ def rough_kinks(line: Line, rel_tol: float, max_steps: int) -> tuple[list[float]
             raise ExtractionError(
                 f"the kink search on a line did not converge after {max_steps} steps; the target may "
                 "not be a one-hidden-layer ReLU network, or it is too wide for max_search_steps "
-                "(raise it in method_options)")
+                "(raise it in method_options)"
+            )
         chord = gr - gl - sl * (r - l)
-        if (abs(sr - sl) <= rel_tol * slope_scale + el + er
-                and abs(chord) <= floor(l, gl) + floor(r, gr) + el * (r - l)):
+        if abs(sr - sl) <= rel_tol * slope_scale + el + er and abs(chord) <= floor(l, gl) + floor(
+            r, gr
+        ) + el * (r - l):
             continue
         mid = 0.5 * (l + r)
         if r - l <= 8 * step_at(mid):
@@ -120,9 +132,11 @@ def rough_kinks(line: Line, rel_tol: float, max_steps: int) -> tuple[list[float]
         ec = slope_error(c, gc, h)
         # One kink iff the points beside c lie on the outer lines (c itself may miss the kink by
         # the rounding of the end slopes, so c's own value and slopes are not compared).
-        if (testable
-                and abs(gm - (gl + sl * (c - h - l))) <= floor(l, gl) + floor(c, gm) + el * (c - h - l)
-                and abs(gp - (gr + sr * (c + h - r))) <= floor(r, gr) + floor(c, gp) + er * (r - c - h)):
+        if (
+            testable
+            and abs(gm - (gl + sl * (c - h - l))) <= floor(l, gl) + floor(c, gm) + el * (c - h - l)
+            and abs(gp - (gr + sr * (c + h - r))) <= floor(r, gr) + floor(c, gp) + er * (r - c - h)
+        ):
             kinks.append(c)
         else:
             stack.append((l, c, gl, gc, sl, left_slope, el, ec))

@@ -41,7 +41,14 @@ from attnlab.models.canonical import MultiHeadParams, canonical_order
 from attnlab.oracle import Oracle
 
 MAX_HEADS = 6  # beyond this the degree-2H rational fits lose too many digits in float64
-_SHARED = {"check_queries": None, "refine": True, "fit_tol": 1e-9, "logit_tol": 1e-9, "min_gap": 0.03, "max_logit": 4.5}
+_SHARED = {
+    "check_queries": None,
+    "refine": True,
+    "fit_tol": 1e-9,
+    "logit_tol": 1e-9,
+    "min_gap": 0.03,
+    "max_logit": 4.5,
+}
 METHOD_OPTIONS: dict[str, dict] = {
     "continuation": {"anchors": 2, **_SHARED},
     "interpolation": dict(_SHARED),
@@ -59,10 +66,19 @@ def canonical_dof(heads: int, d: int, affine: bool = False) -> int:
     return heads * (d * d + d) + (heads * d + 1 if affine else 0)
 
 
-def multi_head(oracle: Oracle, *, heads: int | None = None, max_heads: int | None = None,
-               affine: bool = False, rank: int | None = None, method: str = "continuation",
-               method_options: dict | None = None, seed=0, fidelity_samples: int = 1000,
-               progress: bool = False) -> Extraction:
+def multi_head(
+    oracle: Oracle,
+    *,
+    heads: int | None = None,
+    max_heads: int | None = None,
+    affine: bool = False,
+    rank: int | None = None,
+    method: str = "continuation",
+    method_options: dict | None = None,
+    seed=0,
+    fidelity_samples: int = 1000,
+    progress: bool = False,
+) -> Extraction:
     """Learn the canonical form of a multi-head regressor from exact value queries.
 
     Parameters
@@ -109,7 +125,9 @@ def multi_head(oracle: Oracle, *, heads: int | None = None, max_heads: int | Non
     d = oracle.require_d("multi_head")
     options = resolve_method(method, method_options, METHOD_OPTIONS)
     if heads is None and max_heads is None:
-        raise ValueError("give heads=H (number of canonical heads) or max_heads=H0 (an upper bound)")
+        raise ValueError(
+            "give heads=H (number of canonical heads) or max_heads=H0 (an upper bound)"
+        )
     for name, value in (("heads", heads), ("max_heads", max_heads)):
         if value is not None and not 0 <= value <= MAX_HEADS:
             raise ValueError(f"{name} must be in [0, {MAX_HEADS}], got {value}")
@@ -124,7 +142,9 @@ def multi_head(oracle: Oracle, *, heads: int | None = None, max_heads: int | Non
         raise ValueError(f"anchors must be >= 1, got {anchors}")
     # two fresh random sequences cost almost nothing and turn a wrong model into an error
     check_queries = 2 if options["check_queries"] is None else int(options["check_queries"])
-    tol = Tolerances(options["fit_tol"], options["logit_tol"], options["min_gap"], options["max_logit"])
+    tol = Tolerances(
+        options["fit_tol"], options["logit_tol"], options["min_gap"], options["max_logit"]
+    )
     rng = as_generator(seed)
     start, clock = oracle.queries, time.perf_counter()
     most = max_heads if heads is None else heads
@@ -134,7 +154,9 @@ def multi_head(oracle: Oracle, *, heads: int | None = None, max_heads: int | Non
     learner.keep = options["refine"] and canonical_dof(most, d, affine) <= MAX_PARAMETERS
     params, extra = learner.run()
     if learner.keep:
-        params, polish = refine(params, learner.kept_sequences, np.array(learner.kept_answers), affine)
+        params, polish = refine(
+            params, learner.kept_sequences, np.array(learner.kept_answers), affine
+        )
         extra["refine"] = polish
         learner.kept_sequences, learner.kept_answers = [], []
     order = canonical_order(params.W, params.v)
@@ -161,4 +183,11 @@ def multi_head(oracle: Oracle, *, heads: int | None = None, max_heads: int | Non
     return result
 
 
-__all__ = ["MAX_HEADS", "METHODS", "canonical_dof", "multi_head", "orthogonal_heads", "published_query_bound"]
+__all__ = [
+    "MAX_HEADS",
+    "METHODS",
+    "canonical_dof",
+    "multi_head",
+    "orthogonal_heads",
+    "published_query_bound",
+]

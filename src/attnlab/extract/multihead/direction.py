@@ -21,9 +21,11 @@ from attnlab.extract.multihead.rational import (
 
 
 def _not_h_heads(heads: int) -> str:
-    return (f"the target does not behave like {heads} canonical head(s) answering exactly; if it has "
-            f"more heads, raise heads / max_heads (noisy or rounded answers are outside this learner's "
-            f"assumptions)")
+    return (
+        f"the target does not behave like {heads} canonical head(s) answering exactly; if it has "
+        f"more heads, raise heads / max_heads (noisy or rounded answers are outside this learner's "
+        f"assumptions)"
+    )
 
 
 def _unit_off(x: np.ndarray, avoid) -> np.ndarray:
@@ -51,37 +53,52 @@ class DirectionReader:
     error_bound: float
 
     if TYPE_CHECKING:  # measurements implemented by learner.Learner
-        def measure(self, pairs: list[tuple[np.ndarray, np.ndarray]], points: int,
-                    stage: str = "pairs", exclude=(),
-                    centers: list[float] | None = None
-                    ) -> list[tuple[np.ndarray, np.ndarray, float]]: ...
+
+        def measure(
+            self,
+            pairs: list[tuple[np.ndarray, np.ndarray]],
+            points: int,
+            stage: str = "pairs",
+            exclude=(),
+            centers: list[float] | None = None,
+        ) -> list[tuple[np.ndarray, np.ndarray, float]]: ...
         def centers_for(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[float]: ...
         def with_shift(self, fit: HeadFit | None, center: float) -> HeadFit | None: ...
         def reject(self, spent: int) -> None: ...
         def random_direction(self, avoid=()) -> np.ndarray: ...
         def augment(self, tokens) -> np.ndarray: ...
 
-    def _continue(self, u: np.ndarray, ref: HeadFit, tokens: list[np.ndarray]) -> list[HeadFit | None]:
+    def _continue(
+        self, u: np.ndarray, ref: HeadFit, tokens: list[np.ndarray]
+    ) -> list[HeadFit | None]:
         """Logits for tokens near the reference token: H answers each, 2H - 1 where Newton is unsafe."""
         H = ref.gamma.size
         center = float(np.exp(ref.shift))  # continued tokens share their anchor's centre
         centers = [center] * len(tokens)
         measured = self.measure([(u, b) for b in tokens], H, centers=centers)
-        results = [self.with_shift(newton_from(ref, t, F, S, self.tol), center) for t, F, S in measured]
+        results = [
+            self.with_shift(newton_from(ref, t, F, S, self.tol), center) for t, F, S in measured
+        ]
         unsafe = [k for k, fit in enumerate(results) if fit is None]
         if unsafe and H > 1:
             first = layouts(H)
-            more = self.measure([(u, tokens[k]) for k in unsafe], H - 1, exclude=first, centers=centers[:len(unsafe)])
+            more = self.measure(
+                [(u, tokens[k]) for k in unsafe],
+                H - 1,
+                exclude=first,
+                centers=centers[: len(unsafe)],
+            )
             for k, (t, F, S) in zip(unsafe, more):
                 t_all = np.concatenate([measured[k][0], t])
                 F_all = np.concatenate([measured[k][1], F])
-                results[k] = self.with_shift(fit_with_known_gammas(t_all, F_all, S, ref.gamma, self.tol), center)
+                results[k] = self.with_shift(
+                    fit_with_known_gammas(t_all, F_all, S, ref.gamma, self.tol), center
+                )
                 if results[k] is None:
                     self.reject(2 * H - 1)
         elif unsafe:
             self.reject(len(unsafe) * H)
         return results
-
 
     def _pairs(self, u: np.ndarray, ref: HeadFit, B: np.ndarray, needed: int | None = None):
         """Query tokens b (rows), logits u^T W_h b and gammas u^T v_h of direction u, heads in ref's order.
@@ -106,8 +123,10 @@ class DirectionReader:
         tokens, fits = self._anchors(u, ref, candidates[:count])
         if continuation and count < needed:
             gamma, logits, _, bound = joint_polish(fits, S)
-            while count < needed and (bound > self.tol.logit_tol or (
-                    count < 2 * self.anchors and max(room(row) for row in logits) < self.anchor_gap)):
+            while count < needed and (
+                bound > self.tol.logit_tol
+                or (count < 2 * self.anchors and max(room(row) for row in logits) < self.anchor_gap)
+            ):
                 # one more anchor when the gammas every continued token relies on are not pinned
                 # down yet, or when no anchor's logits are far enough apart for a large step eps
                 fresh = B[:, count] if count < d else self.rng.standard_normal(d)
@@ -125,12 +144,21 @@ class DirectionReader:
             eps = float(np.clip(0.1 * room(anchor.s), 0.01, 0.1))
             # steps off the anchor that complete the anchors to `needed` independent tokens (for
             # affine heads independent after subtracting the anchor: affinely independent)
-            spanned = [b - tokens[best] for k, b in enumerate(tokens) if k != best] if self.affine else tokens
+            spanned = (
+                [b - tokens[best] for k, b in enumerate(tokens) if k != best]
+                if self.affine
+                else tokens
+            )
             if spanned:
-                complement = np.linalg.qr(np.array(spanned).T, mode="complete")[0][:, len(spanned):]
+                complement = np.linalg.qr(np.array(spanned).T, mode="complete")[0][
+                    :, len(spanned) :
+                ]
             else:
                 complement = np.eye(d)
-            steps = [eps * self.b_norm * complement[:, j] for j in range(min(complement.shape[1], needed - count))]
+            steps = [
+                eps * self.b_norm * complement[:, j]
+                for j in range(min(complement.shape[1], needed - count))
+            ]
             for _ in range(self.attempts):
                 if not steps:
                     break
@@ -146,10 +174,13 @@ class DirectionReader:
             todo = steps
             if todo:
                 raise ExtractionError(
-                    f"{len(todo)} query tokens gave no usable fit after {self.attempts} redraws: {_not_h_heads(H)}")
+                    f"{len(todo)} query tokens gave no usable fit after {self.attempts} redraws: {_not_h_heads(H)}"
+                )
         tokens_matrix = np.array(tokens)
         if np.linalg.cond(self.augment(tokens_matrix)) > 1e6:
-            raise ExtractionError("the accepted query tokens are nearly dependent; rerun with another seed")
+            raise ExtractionError(
+                "the accepted query tokens are nearly dependent; rerun with another seed"
+            )
         gamma, logits, residual, bound = joint_polish(fits, S)
         logits = logits - np.array([f.shift for f in fits])[:, None]  # true logits u^T W_h b
         self.error_bound = max(self.error_bound, bound)
@@ -184,4 +215,5 @@ class DirectionReader:
                     fits.append(fit)
             todo = retry
         raise ExtractionError(
-            f"{len(todo)} query tokens gave no usable fit after {self.attempts} redraws: {_not_h_heads(H)}")
+            f"{len(todo)} query tokens gave no usable fit after {self.attempts} redraws: {_not_h_heads(H)}"
+        )

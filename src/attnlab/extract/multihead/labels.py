@@ -11,8 +11,9 @@ from attnlab.errors import ExtractionError
 from attnlab.extract.multihead.rational import HeadFit
 
 
-def match_to_first(ask, offset, first: HeadFit, u1: np.ndarray, fit: HeadFit, ui: np.ndarray,
-                   b: np.ndarray) -> np.ndarray | None:
+def match_to_first(
+    ask, offset, first: HeadFit, u1: np.ndarray, fit: HeadFit, ui: np.ndarray, b: np.ndarray
+) -> np.ndarray | None:
     """order with fit's head order[h] = first's head h, from added-token queries [b+u1, b+ui, b].
 
     `ask(stage, sequences)` answers queries; `offset(b)` is b^T V + C, the part every answer shares.
@@ -29,8 +30,13 @@ def match_to_first(ask, offset, first: HeadFit, u1: np.ndarray, fit: HeadFit, ui
     lam1, lami = np.exp(first.s), np.exp(fit.s)
     worst = np.zeros(len(perms))
     for p, q, m in [(1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2), (3, 1, 1), (1, 3, 1)]:
-        seq = np.vstack([np.repeat((b + u1)[None], p, 0), np.repeat((b + ui)[None], q, 0),
-                         np.repeat(b[None], m, 0)])
+        seq = np.vstack(
+            [
+                np.repeat((b + u1)[None], p, 0),
+                np.repeat((b + ui)[None], q, 0),
+                np.repeat(b[None], m, 0),
+            ]
+        )
         F = ask("matching", [seq])[0] - offset(b)
         scale = max(abs(F), np.max(np.abs(first.gamma)), np.max(np.abs(fit.gamma)))
         for k, perm in enumerate(perms):
@@ -58,9 +64,11 @@ def row_bases(weights: np.ndarray, rank: int, affine: bool) -> list[np.ndarray]:
         if sing.size > rank and sing[rank] > 1e-7 * sing[0]:
             raise ExtractionError(
                 f"head {h} has rank above {rank - int(affine)} (singular values "
-                f"{sing[rank - 1]:.2e}, {sing[rank]:.2e} at the cut): give a larger rank, or rank=None")
+                f"{sing[rank - 1]:.2e}, {sing[rank]:.2e} at the cut): give a larger rank, or rank=None"
+            )
         bases.append(vt[:rank].T)
     return bases
+
 
 def inside_row_spaces(tokens: np.ndarray, logits: np.ndarray, bases, affine: bool) -> np.ndarray:
     """W_h^T u (columns) from logits at fewer tokens than unknowns, W_h^T u = basis_h c_h."""
@@ -72,6 +80,7 @@ def inside_row_spaces(tokens: np.ndarray, logits: np.ndarray, bases, affine: boo
         if misfit > 1e-7 * max(1.0, float(np.max(np.abs(logits)))):
             raise ExtractionError(
                 f"head {h}'s logits leave its row space (misfit {misfit:.1e}): its rank is above "
-                f"{basis.shape[1] - int(affine)}; give a larger rank, or rank=None")
+                f"{basis.shape[1] - int(affine)}; give a larger rank, or rank=None"
+            )
         out[:, h] = basis @ c
     return out

@@ -41,16 +41,35 @@ def progress_range(n: int, desc: str, show: bool):
 class Learner(DirectionReader):
     """State of one run of `multi_head`: the oracle, what is known so far, and the query ledger."""
 
-    def __init__(self, oracle: Oracle, rng: np.random.Generator, heads: int | None, max_heads: int,
-                 method: str, affine: bool, anchors: int, tol: Tolerances, progress: bool):
+    def __init__(
+        self,
+        oracle: Oracle,
+        rng: np.random.Generator,
+        heads: int | None,
+        max_heads: int,
+        method: str,
+        affine: bool,
+        anchors: int,
+        tol: Tolerances,
+        progress: bool,
+    ):
         self.oracle, self.rng, self.d = oracle, rng, oracle.require_d("multi_head")
         self.method, self.affine, self.anchors, self.tol = method, affine, anchors, tol
         self.attempts = 20  # redraws of one probe before the learner gives up
-        self.anchor_gap = 0.25  # continued tokens step eps = gap / 10 away from an anchor: errors grow as 1/eps
+        self.anchor_gap = (
+            0.25  # continued tokens step eps = gap / 10 away from an anchor: errors grow as 1/eps
+        )
         self.error_bound = 0.0
         self.anchor_counts: list[int] = []
         self.heads, self.max_heads = heads, max_heads
-        self.stages = {"values": 0, "pairs": 0, "count": 0, "matching": 0, "rejected": 0, "check": 0}
+        self.stages = {
+            "values": 0,
+            "pairs": 0,
+            "count": 0,
+            "matching": 0,
+            "rejected": 0,
+            "check": 0,
+        }
         self.progress = progress
         self.b_norm = 1.0
         self.C = 0.0  # the shared constant (affine heads): f of the zero token
@@ -96,8 +115,14 @@ class Learner(DirectionReader):
         return _unit_off(self.rng.standard_normal(self.d), avoid)
 
     # -- measurements
-    def measure(self, pairs: list[tuple[np.ndarray, np.ndarray]], points: int, stage: str = "pairs",
-                exclude=(), centers=None):
+    def measure(
+        self,
+        pairs: list[tuple[np.ndarray, np.ndarray]],
+        points: int,
+        stage: str = "pairs",
+        exclude=(),
+        centers=None,
+    ):
         """(t, F, S) per (u, b) pair, from `points` queries each (ratios other than `exclude`).
 
         A pair measured around centre t0 (`centers`) gets ratios t0 * t; t is returned, so its
@@ -106,9 +131,14 @@ class Learner(DirectionReader):
         chosen = layouts(points, exclude)
         t = np.array([c / m for c, m in chosen], dtype=np.float64)
         centers = [1.0] * len(pairs) if centers is None else centers
-        answers = self.ask(stage, [q for (u, b), t0 in zip(pairs, centers) for q in pair_queries(u, b, chosen, t0)])
+        answers = self.ask(
+            stage, [q for (u, b), t0 in zip(pairs, centers) for q in pair_queries(u, b, chosen, t0)]
+        )
         answers = answers.reshape(len(pairs), points)
-        return [(t, answers[k] - b @ self.V - self.C, float(u @ self.V)) for k, (u, b) in enumerate(pairs)]
+        return [
+            (t, answers[k] - b @ self.V - self.C, float(u @ self.V))
+            for k, (u, b) in enumerate(pairs)
+        ]
 
     def centers_for(self, pairs) -> list[float]:
         """Centres t0 = exp(-mean logit) of pairs, from one query [b + u, b] each (when centring).
@@ -120,7 +150,7 @@ class Learner(DirectionReader):
             return [1.0] * len(pairs)
         measured = self.measure(pairs, 1, centers=[1.0] * len(pairs))
         out = []
-        for t, F, S in measured:
+        for t, F, S in measured:  # noqa: B007 (the loop counts; its variable is read after or not needed)
             q = float(F[0]) / S if S != 0 else -1.0
             out.append(round_center(-float(np.log(q / (1 - q)))) if 0 < q < 1 else 1.0)
         return out
@@ -130,7 +160,9 @@ class Learner(DirectionReader):
             fit.shift = float(np.log(center))
         return fit
 
-    def fit_reference(self, u: np.ndarray, b: np.ndarray, detect: bool) -> tuple[HeadFit | None, int]:
+    def fit_reference(
+        self, u: np.ndarray, b: np.ndarray, detect: bool
+    ) -> tuple[HeadFit | None, int]:
         """Fit the pair (u, b) whose gammas label the heads of direction u (None if unusable), and its cost."""
         points = 2 * self.max_heads + 1 if detect else 2 * self.known_heads - 1
         center = self.centers_for([(u, b)])[0]
@@ -139,7 +171,9 @@ class Learner(DirectionReader):
         if detect:
             return self.with_shift(fewest_heads_fit(t, F, S, self.max_heads), center), points
         fit = fit_heads(t, F, S, self.known_heads)
-        return self.with_shift(fit if fit is not None and fit.residual <= self.tol.fit_tol else None, center), points
+        return self.with_shift(
+            fit if fit is not None and fit.residual <= self.tol.fit_tol else None, center
+        ), points
 
     def usable(self, fit: HeadFit, reference: bool) -> bool:
         """Poles apart and not saturated; for references also gammas that tell the heads apart.
@@ -189,10 +223,14 @@ class Learner(DirectionReader):
         B = ortho_group.rvs(d, random_state=self.rng) if d > 1 else np.ones((1, 1))
         for attempt in range(4):
             spent_before = self.stages["pairs"]
-            first, first_u = self._first_reference(U[:, 0] if attempt == 0 else self.random_direction(), B[:, 0])
+            first, first_u = self._first_reference(
+                U[:, 0] if attempt == 0 else self.random_direction(), B[:, 0]
+            )
             H = self.known_heads
             if H == 0:
-                return MultiHeadParams(np.zeros((0, d, d)), np.zeros((0, d)), c=self.C), {"b_norm": self.b_norm}
+                return MultiHeadParams(np.zeros((0, d, d)), np.zeros((0, d)), c=self.C), {
+                    "b_norm": self.b_norm
+                }
             try:
                 first_direction = self._pairs(first_u, first, B)
             except ExtractionError:
@@ -202,7 +240,7 @@ class Learner(DirectionReader):
                 continue
             # d*H logits estimate the scale far better than the H of the first pair alone
             logits = first_direction[1]
-            rms = float(np.sqrt(np.mean(logits ** 2)))
+            rms = float(np.sqrt(np.mean(logits**2)))
             spread = float(np.sqrt(np.mean(np.var(logits, axis=1)))) if H > 1 else rms
             common = float(np.max(np.abs(np.mean(logits, axis=1))))
             if attempt == 3:
@@ -226,7 +264,9 @@ class Learner(DirectionReader):
         weights: list[np.ndarray] = []
         tokens, logits, gamma = first_direction
         first = HeadFit(gamma, logits[0], 0.0)  # the polished reference: heads are labelled by it
-        width = d + 1 if self.affine else d  # unknowns per head and direction: W_h^T u (and u^T u_h)
+        width = (
+            d + 1 if self.affine else d
+        )  # unknowns per head and direction: W_h^T u (and u^T u_h)
         # heads of rank r: W_h^T u lies in an r-dimensional row space (r + 1 with the key bias).
         # r + 2 directions read in full span it (one spare confirms the rank); every later
         # direction then needs only r + 2 tokens, solved inside the row spaces.
@@ -239,8 +279,13 @@ class Learner(DirectionReader):
                 u, order = first_u, np.arange(H)
             else:
                 u, order, (tokens, logits, gamma) = self._direction(
-                    _unit_off(U[:, i], directions), first, first_u, B, directions,
-                    needed=None if i < full else later_tokens)
+                    _unit_off(U[:, i], directions),
+                    first,
+                    first_u,
+                    B,
+                    directions,
+                    needed=None if i < full else later_tokens,
+                )
             directions.append(u)
             gammas.append(gamma[order])
             if i < full:  # column h: W_h^T u (and, for affine heads, a last row u^T u_h)
@@ -249,17 +294,26 @@ class Learner(DirectionReader):
                     assert low is not None  # full < d only when a rank was given
                     bases = row_bases(np.array(weights), low, self.affine)
             else:
-                weights.append(inside_row_spaces(self.augment(tokens), logits[:, order], bases, self.affine))
+                weights.append(
+                    inside_row_spaces(self.augment(tokens), logits[:, order], bases, self.affine)
+                )
         Umat = np.array(directions).T  # columns u_i
         if np.linalg.cond(Umat) > 1e6:
-            raise ExtractionError("the accepted key directions are nearly dependent; rerun with another seed")
+            raise ExtractionError(
+                "the accepted key directions are nearly dependent; rerun with another seed"
+            )
         gam = np.array(gammas)  # (d, H): gam[i, h] = u_i^T v_h
         v = np.linalg.solve(Umat.T, gam).T
         Wt = np.array(weights)  # (d, d [+ 1], H): Wt[i, :d, h] = W_h^T u_i, Wt[i, d, h] = u_i^T u_h
-        W = np.stack([np.linalg.solve(Umat.T, Wt[:, :d, h]) for h in range(H)])  # rows u_i^T W_h -> W_h
+        W = np.stack(
+            [np.linalg.solve(Umat.T, Wt[:, :d, h]) for h in range(H)]
+        )  # rows u_i^T W_h -> W_h
         u_key = np.linalg.solve(Umat.T, Wt[:, d, :]).T if self.affine else None
-        return MultiHeadParams(W, v, u_key, self.C), {"b_norm": self.b_norm, "anchors": self.anchor_counts,
-                                       "logit_error_bound": self.error_bound}
+        return MultiHeadParams(W, v, u_key, self.C), {
+            "b_norm": self.b_norm,
+            "anchors": self.anchor_counts,
+            "logit_error_bound": self.error_bound,
+        }
 
     def _first_reference(self, u: np.ndarray, b: np.ndarray, attempts: int = 40):
         """The reference pair of the first direction; fixes H (if unknown) and the scale of b.
@@ -290,7 +344,7 @@ class Learner(DirectionReader):
                 self.heads = fit.gamma.size
             if self.heads == 0:
                 return fit, u
-            rms = float(np.sqrt(np.mean(fit.s ** 2)))
+            rms = float(np.sqrt(np.mean(fit.s**2)))
             if not 0.25 <= rms <= 4.0:
                 # one pair holds only H logits: rescale b only once three pairs agree it is off
                 off_scale.append(max(rms, 1e-3))
@@ -330,8 +384,15 @@ class Learner(DirectionReader):
                 except ExtractionError:
                     pairs = None  # this direction's tokens did not all fit: another direction will
                 if pairs is not None:
-                    order = match_to_first(self.ask, lambda x: x @ self.V + self.C, first, first_u,
-                                           HeadFit(pairs[2], pairs[1][0], 0.0), u, b)
+                    order = match_to_first(
+                        self.ask,
+                        lambda x: x @ self.V + self.C,
+                        first,
+                        first_u,
+                        HeadFit(pairs[2], pairs[1][0], 0.0),
+                        u,
+                        b,
+                    )
                     if order is not None:
                         return u, order, pairs
             self.reject(self.stages["pairs"] - spent_before)

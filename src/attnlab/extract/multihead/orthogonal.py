@@ -24,12 +24,25 @@ def measure(result: Extraction, oracle: Oracle, rng: np.random.Generator, sample
     if samples:
         assert result.surrogate is not None  # both extractors here return their model
         result.fidelity, result.fidelity_queries = measure_fidelity(
-            oracle, result.surrogate, n=samples, lengths=(1, 32), seed=int(rng.integers(2 ** 31)),
-            info=result.info)
+            oracle,
+            result.surrogate,
+            n=samples,
+            lengths=(1, 32),
+            seed=int(rng.integers(2**31)),
+            info=result.info,
+        )
 
 
-def orthogonal_heads(oracle: Oracle, *, bases, method: str = "single-head", method_options: dict | None = None,
-                     seed=0, fidelity_samples: int = 1000, progress: bool = False) -> Extraction:
+def orthogonal_heads(
+    oracle: Oracle,
+    *,
+    bases,
+    method: str = "single-head",
+    method_options: dict | None = None,
+    seed=0,
+    fidelity_samples: int = 1000,
+    progress: bool = False,
+) -> Extraction:
     """Learn heads that live in known pairwise orthogonal subspaces, one single-head run per subspace.
 
     `bases[h]` is a (d, d_h) matrix with orthonormal columns spanning head h's subspace S_h, and
@@ -53,7 +66,11 @@ def orthogonal_heads(oracle: Oracle, *, bases, method: str = "single-head", meth
             raise ValueError(f"bases[{h}] must have shape ({d}, d_h) with d_h >= 1, got {B.shape}")
     stacked = np.hstack(bases)
     gram = stacked.T @ stacked
-    deviation = "more columns than d" if stacked.shape[1] > d else f"{np.max(np.abs(gram - np.eye(gram.shape[0]))):.1e}"
+    deviation = (
+        "more columns than d"
+        if stacked.shape[1] > d
+        else f"{np.max(np.abs(gram - np.eye(gram.shape[0]))):.1e}"
+    )
     if stacked.shape[1] > d or np.max(np.abs(gram - np.eye(gram.shape[0]))) > ortho_tol:
         raise ValueError(
             "the bases must have orthonormal columns and span pairwise orthogonal subspaces "
@@ -84,5 +101,3 @@ def orthogonal_heads(oracle: Oracle, *, bases, method: str = "single-head", meth
     )
     measure(result, oracle, rng, fidelity_samples)
     return result
-
-

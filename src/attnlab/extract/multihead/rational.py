@@ -33,13 +33,16 @@ class Tolerances:
     min_gap: float = 0.03
     max_logit: float = 4.5
 
+
 def layouts(points: int, exclude=()) -> list[tuple[int, int]]:
     """(copies of b + u, copies of b) for `points` ratios t = c/m, symmetric in log t around 1.
 
     Taken in the order t = 1, 1/2, 2, 1/3, 3, ... (t = 1 left out for an even count, to keep the
     symmetry), skipping the layouts in `exclude` (a pair's ratios already measured).
     """
-    order = [(1, 1)] + [layout for k in range(2, points + len(exclude) + 3) for layout in ((1, k), (k, 1))]
+    order = [(1, 1)] + [
+        layout for k in range(2, points + len(exclude) + 3) for layout in ((1, k), (k, 1))
+    ]
     if points % 2 == 0 and not exclude:
         order = order[1:]
     chosen = [layout for layout in order if layout not in set(exclude)][:points]
@@ -54,7 +57,10 @@ def pair_queries(u: np.ndarray, b: np.ndarray, layouts, center: float = 1.0) -> 
     """
     key = b + u
     up, down = (int(round(center)), 1) if center >= 1 else (1, int(round(1 / center)))
-    return [np.vstack([np.repeat(key[None], c * up, 0), np.repeat(b[None], m * down, 0)]) for c, m in layouts]
+    return [
+        np.vstack([np.repeat(key[None], c * up, 0), np.repeat(b[None], m * down, 0)])
+        for c, m in layouts
+    ]
 
 
 def round_center(log_center: float, limit: float = 6.0) -> float:
@@ -84,10 +90,14 @@ def _polish(gamma, s, t, F, S, iterations: int = 30):
     for _ in range(iterations):
         sig = expit(s[None, :] + log_t[:, None])
         residual = np.concatenate([sig @ gamma - F, [gamma.sum() - S]])
-        jac = np.vstack([np.hstack([sig, sig * (1 - sig) * gamma[None, :]]),
-                         np.concatenate([np.ones_like(gamma), np.zeros_like(s)])])
+        jac = np.vstack(
+            [
+                np.hstack([sig, sig * (1 - sig) * gamma[None, :]]),
+                np.concatenate([np.ones_like(gamma), np.zeros_like(s)]),
+            ]
+        )
         step = np.linalg.lstsq(jac, -residual, rcond=None)[0]
-        gamma, s = gamma + step[:gamma.size], s + step[gamma.size:]
+        gamma, s = gamma + step[: gamma.size], s + step[gamma.size :]
         if np.max(np.abs(step)) <= 1e-15 * max(1.0, np.max(np.abs(np.concatenate([gamma, s])))):
             break
     return gamma, s
@@ -106,13 +116,15 @@ def fit_heads(t: np.ndarray, F: np.ndarray, S: float, n: int) -> HeadFit | None:
         return None
     R = F / t
     powers = t[:, None] ** np.arange(n)[None, :]
-    A = np.hstack([powers[:, :n - 1], -R[:, None] * powers])
-    rhs = R * t ** n - S * t ** (n - 1)
+    A = np.hstack([powers[:, : n - 1], -R[:, None] * powers])
+    rhs = R * t**n - S * t ** (n - 1)
     coef = np.linalg.lstsq(A, rhs, rcond=None)[0]
-    p = np.concatenate([coef[:n - 1], [S]])  # ascending powers
-    q = np.concatenate([coef[n - 1:], [1.0]])
+    p = np.concatenate([coef[: n - 1], [S]])  # ascending powers
+    q = np.concatenate([coef[n - 1 :], [1.0]])
     roots = np.roots(q[::-1])
-    if np.any(np.abs(roots.imag) > 1e-6 * np.maximum(1.0, np.abs(roots.real))) or np.any(roots.real >= 0):
+    if np.any(np.abs(roots.imag) > 1e-6 * np.maximum(1.0, np.abs(roots.real))) or np.any(
+        roots.real >= 0
+    ):
         # Crowded poles: rounding in the linearised fit turned nearly equal real poles into a
         # complex pair. Start the nonlinear fit from the poles' moduli instead (a pair split by
         # its imaginary part), with the gammas that then fit best: the polish decides.
@@ -120,7 +132,9 @@ def fit_heads(t: np.ndarray, F: np.ndarray, S: float, n: int) -> HeadFit | None:
             # with only 2n - 1 ratios any start that converges interpolates them exactly, a wrong
             # solution included: only overdetermined data can vouch for the polished fit
             return None
-        spread = np.where(roots.imag > 0, 1.0, np.where(roots.imag < 0, -1.0, 0.0)) * np.abs(roots.imag)
+        spread = np.where(roots.imag > 0, 1.0, np.where(roots.imag < 0, -1.0, 0.0)) * np.abs(
+            roots.imag
+        )
         s = -np.log(np.abs(roots)) + spread / np.abs(roots)
         sig = expit(s[None, :] + np.log(t)[:, None])
         system = np.vstack([sig, np.ones((1, n))])
@@ -132,7 +146,9 @@ def fit_heads(t: np.ndarray, F: np.ndarray, S: float, n: int) -> HeadFit | None:
         mu = -roots
         dq = np.polynomial.polynomial.polyder(q)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # judged just below
-            gamma = np.polynomial.polynomial.polyval(roots, p) / np.polynomial.polynomial.polyval(roots, dq)
+            gamma = np.polynomial.polynomial.polyval(roots, p) / np.polynomial.polynomial.polyval(
+                roots, dq
+            )
             s = -np.log(mu)
     if not (np.all(np.isfinite(gamma)) and np.all(np.isfinite(s))):
         return None
@@ -182,9 +198,9 @@ def joint_polish(fits: list[HeadFit], S: float, iterations: int = 30):
         for p, f in enumerate(fits):
             sig = expit(logits[p][None, :] + log_t[p][:, None])
             k = f.t.size
-            res[r:r + k] = sig @ gamma - f.F
-            jac[r:r + k, :H] = sig
-            jac[r:r + k, H + p * H:H + (p + 1) * H] = sig * (1 - sig) * gamma[None, :]
+            res[r : r + k] = sig @ gamma - f.F
+            jac[r : r + k, :H] = sig
+            jac[r : r + k, H + p * H : H + (p + 1) * H] = sig * (1 - sig) * gamma[None, :]
             r += k
         res[r] = gamma.sum() - S
         jac[r, :H] = 1.0
@@ -204,7 +220,9 @@ def joint_polish(fits: list[HeadFit], S: float, iterations: int = 30):
 def error_bound(jac: np.ndarray, scale: float) -> float:
     """How far rounding-level (1e-16 relative) errors in the answers can move the fitted parameters."""
     smallest = np.linalg.svd(jac, compute_uv=False)[-1] if jac.size else 1.0
-    return float(np.inf) if smallest == 0 else float(1e-16 * scale * np.sqrt(jac.shape[0]) / smallest)
+    return (
+        float(np.inf) if smallest == 0 else float(1e-16 * scale * np.sqrt(jac.shape[0]) / smallest)
+    )
 
 
 def logit_jacobian(gamma: np.ndarray, s: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -225,7 +243,6 @@ def separated(values: np.ndarray, gap: float) -> bool:
     return min_gap(values) >= gap
 
 
-
 def hold_gammas(fit: HeadFit, t, F, gamma: np.ndarray, iterations: int = 30) -> HeadFit:
     """Gauss-Newton on the logits alone, with the gammas held at `gamma` (heads in its order)."""
     s, log_t = fit.s.copy(), np.log(t)
@@ -233,11 +250,15 @@ def hold_gammas(fit: HeadFit, t, F, gamma: np.ndarray, iterations: int = 30) -> 
         sig = expit(s[None, :] + log_t[:, None])
         step = np.linalg.lstsq(sig * (1 - sig) * gamma[None, :], F - sig @ gamma, rcond=None)[0]
         s = s + step
-        if not np.all(np.isfinite(s)) or np.max(np.abs(step)) <= 1e-15 * max(1.0, np.max(np.abs(s))):
+        if not np.all(np.isfinite(s)) or np.max(np.abs(step)) <= 1e-15 * max(
+            1.0, np.max(np.abs(s))
+        ):
             break
     held = HeadFit(gamma, s, 0.0, t, F)
     scale = max(float(np.max(np.abs(F))), abs(float(gamma.sum())))
-    held.residual = float(np.max(np.abs(held.model(t) - F))) / scale if np.all(np.isfinite(s)) else np.inf
+    held.residual = (
+        float(np.max(np.abs(held.model(t) - F))) / scale if np.all(np.isfinite(s)) else np.inf
+    )
     return held
 
 
@@ -263,8 +284,13 @@ def fit_with_known_gammas(t, F, S, gamma: np.ndarray, tol: Tolerances) -> HeadFi
     if float(cost[rows, cols].max()) <= 0.25 * float(gaps.min()):
         held = hold_gammas(HeadFit(gamma, fit.s[order], 0.0), t, F, gamma)
     else:
-        trials = sorted((hold_gammas(HeadFit(gamma, fit.s[list(p)], 0.0), t, F, gamma)
-                         for p in itertools.permutations(range(H))), key=lambda h: h.residual)
+        trials = sorted(
+            (
+                hold_gammas(HeadFit(gamma, fit.s[list(p)], 0.0), t, F, gamma)
+                for p in itertools.permutations(range(H))
+            ),
+            key=lambda h: h.residual,
+        )
         if len(trials) > 1 and trials[1].residual < 1e3 * max(trials[0].residual, 1e-15):
             return None  # two orders explain the answers about equally well: the labels are unknown
         held = trials[0]
@@ -272,7 +298,10 @@ def fit_with_known_gammas(t, F, S, gamma: np.ndarray, tol: Tolerances) -> HeadFi
     scale = max(float(np.max(np.abs(F))), abs(S))
     if not np.all(np.isfinite(s)) or held.residual > 1e-6 or np.any(np.abs(s) > tol.max_logit):
         return None
-    if min_gap(s) < tol.min_gap / 3 or error_bound(logit_jacobian(gamma, s, t), scale) > tol.logit_tol:
+    if (
+        min_gap(s) < tol.min_gap / 3
+        or error_bound(logit_jacobian(gamma, s, t), scale) > tol.logit_tol
+    ):
         # two poles so close that the answers barely tell their logits apart (and Gauss-Newton
         # may stall in the valley between them, where the linearised bound is too optimistic)
         return None
@@ -308,10 +337,17 @@ def newton_from(ref: HeadFit, t, F, S, tol: Tolerances) -> HeadFit | None:
         s, r = trial, r_trial
         if np.max(np.abs(length * step)) <= 1e-15 * max(1.0, np.max(np.abs(s))):
             break
-    if not np.all(np.isfinite(s)) or np.max(np.abs(r)) > tol.fit_tol * scale or np.any(np.abs(s) > tol.max_logit):
+    if (
+        not np.all(np.isfinite(s))
+        or np.max(np.abs(r)) > tol.fit_tol * scale
+        or np.any(np.abs(s) > tol.max_logit)
+    ):
         return None
     if s.size > 1 and np.max(np.abs(s - ref.s)) > 0.3 * min_gap(s):
         return None
-    if min_gap(s) < tol.min_gap / 3 or error_bound(logit_jacobian(gamma, s, t), scale) > tol.logit_tol:
+    if (
+        min_gap(s) < tol.min_gap / 3
+        or error_bound(logit_jacobian(gamma, s, t), scale) > tol.logit_tol
+    ):
         return None
     return HeadFit(gamma, s, float(np.max(np.abs(r))) / scale, t, F)

@@ -46,16 +46,21 @@ def pack(params: MultiHeadParams, affine: bool) -> np.ndarray:
 
 
 def unpack(theta: np.ndarray, H: int, d: int, affine: bool) -> MultiHeadParams:
-    W = theta[:H * d * d].reshape(H, d, d)
-    v = theta[H * d * d:H * d * d + H * d].reshape(H, d)
+    W = theta[: H * d * d].reshape(H, d, d)
+    v = theta[H * d * d : H * d * d + H * d].reshape(H, d)
     if not affine:
         return MultiHeadParams(W, v)
-    rest = theta[H * d * d + H * d:]
-    return MultiHeadParams(W, v, rest[:H * d].reshape(H, d), float(rest[-1]))
+    rest = theta[H * d * d + H * d :]
+    return MultiHeadParams(W, v, rest[: H * d].reshape(H, d), float(rest[-1]))
 
 
-def refine(params: MultiHeadParams, sequences: list[np.ndarray], answers: np.ndarray, affine: bool,
-           iterations: int = 4) -> tuple[MultiHeadParams, dict]:
+def refine(
+    params: MultiHeadParams,
+    sequences: list[np.ndarray],
+    answers: np.ndarray,
+    affine: bool,
+    iterations: int = 4,
+) -> tuple[MultiHeadParams, dict]:
     """Gauss-Newton from `params` on the kept answers; returns the polished params and a summary."""
     H, d = params.heads, params.d
     theta = pack(params, affine)

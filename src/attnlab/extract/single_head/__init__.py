@@ -29,16 +29,21 @@ from collections.abc import Callable
 import numpy as np
 
 from attnlab._random import as_generator
-from attnlab.extract.convention import resolve_method
+from attnlab.extract.convention import resolve_method, warn_if_noisy
 from attnlab.extract.result import Extraction, measure_fidelity
-from attnlab.extract.single_head.adaptive import RANK_TOL, adaptive
-from attnlab.extract.single_head.baselines import NUCLEAR_NORM_C, nuclear_norm, paper
+from attnlab.extract.single_head.adaptive import adaptive
+from attnlab.extract.single_head.baselines import NUCLEAR_NORM_C, nuclear_norm, paper  # noqa: F401 (re-export)
 from attnlab.extract.single_head.directions import AlignedBasis
-from attnlab.extract.single_head.precision import WARN_ERROR, answer_precision, error_report
+from attnlab.extract.single_head.precision import (
+    COARSE_PRECISION,
+    WARN_ERROR,
+    answer_precision,
+    error_report,
+    rank_tolerance,
+)
 from attnlab.extract.single_head.probes import ProbeLog, read_values
 from attnlab.extract.single_head.reader import BilinearReader, default_chunk
 from attnlab.oracle import Oracle
-
 
 
 class PrecisionWarning(UserWarning):
@@ -58,10 +63,17 @@ METHOD_OPTIONS: dict[str, dict] = {
 FIDELITY_SEED_OFFSET = 7919
 
 
-def single_head(oracle: Oracle, *, rank: int | str | None = None, affine: bool = False,
-                method: str = "adaptive", method_options: dict | None = None,
-                seed: int | np.random.Generator | None = 0, fidelity_samples: int = 1000,
-                progress: bool = False) -> Extraction:
+def single_head(
+    oracle: Oracle,
+    *,
+    rank: int | str | None = None,
+    affine: bool = False,
+    method: str = "adaptive",
+    method_options: dict | None = None,
+    seed: int | np.random.Generator | None = 0,
+    fidelity_samples: int = 1000,
+    progress: bool = False,
+) -> Extraction:
     """Recover (W, v) (and u, c when `affine`) of a single attention head behind `oracle`.
 
     Parameters
@@ -94,14 +106,18 @@ def single_head(oracle: Oracle, *, rank: int | str | None = None, affine: bool =
     """
     options = resolve_method(method, method_options, METHOD_OPTIONS)
     d = oracle.require_d("single_head")
+    warn_if_noisy(oracle, "single_head")
     rank = _check_rank(rank, d)
     if not isinstance(fidelity_samples, (int, np.integer)) or fidelity_samples < 0:
         raise ValueError(f"fidelity_samples must be a whole number >= 0, got {fidelity_samples!r}")
     chunk = options.get("chunk")
-    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer))
-                              or chunk < 1):
-        raise ValueError(f"method_options['chunk'] must be a whole number >= 1 (queries per oracle "
-                         f"call), got {chunk!r}")
+    if chunk is not None and (
+        isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1
+    ):
+        raise ValueError(
+            f"method_options['chunk'] must be a whole number >= 1 (queries per oracle "
+            f"call), got {chunk!r}"
+        )
     rng = as_generator(seed)
 
     started_queries, started = oracle.queries, time.perf_counter()
@@ -124,13 +140,22 @@ def single_head(oracle: Oracle, *, rank: int | str | None = None, affine: bool =
         if method == "adaptive":
             precision = options["precision"]
             if precision is None:
-                precision = answer_precision(v, c)
+                precision = answer_precision(log.value_answers)
             precision_info["answer_precision"] = precision
-            W, info = adaptive(reader, A, rank, rng, rank_tol=max(RANK_TOL, 300.0 * precision))
+            W, info = adaptive(
+                reader,
+                A,
+                rank,
+                rng,
+                rank_tol=rank_tolerance(precision),
+                oversample=precision > COARSE_PRECISION,
+            )
         else:
             W, info = nuclear_norm(reader, d, rank, options["measurements"], rng)
         stages["W"] = oracle.queries - before
-        info.update(max_abs_logit=log.max_abs_logit, probe_scale_range=[log.scale_min, log.scale_max])
+        info.update(
+            max_abs_logit=log.max_abs_logit, probe_scale_range=[log.scale_min, log.scale_max]
+        )
     info.update(oracle_calls=log.calls, oracle_seconds=log.oracle_seconds)
     seconds = time.perf_counter() - started
     queries = oracle.queries - started_queries
@@ -139,27 +164,44 @@ def single_head(oracle: Oracle, *, rank: int | str | None = None, affine: bool =
     if affine:
         params.update(u=u, c=np.float64(c))
     found_rank = info.get("rank", d)
-    dof = 2 * found_rank * d - found_rank ** 2 + d + (d + 1 if affine else 0)
+    dof = 2 * found_rank * d - found_rank**2 + d + (d + 1 if affine else 0)
     if precision_info:
         info.update(precision_info)
-        info.update(error_report(precision_info["answer_precision"], log.max_abs_logit, d))
+        info.update(error_report(precision_info["answer_precision"], log.max_abs_logit, d, info))
         if info["estimated_error"] > WARN_ERROR:
-            warnings.warn(f"single_head: the oracle's answers carry about {precision_info['answer_precision']:.1e} "
-                          f"relative precision (float32/float16 arithmetic?), so W is only good to about "
-                          f"{info['estimated_error']:.1e} relative (info['estimated_error'])",
-                          PrecisionWarning, stacklevel=2)
-    result = Extraction(params=params, queries=queries, method=method, dof=dof, seconds=seconds,
-                        stages=stages, info=info,
-                        surrogate=head_function(W, v, u, c if affine else None))
+            warnings.warn(
+                f"single_head: the oracle's answers carry about {precision_info['answer_precision']:.1e} "
+                f"relative precision (float32/float16 arithmetic?), so W is only good to about "
+                f"{info['estimated_error']:.1e} relative (info['estimated_error'])",
+                PrecisionWarning,
+                stacklevel=2,
+            )
+    result = Extraction(
+        params=params,
+        queries=queries,
+        method=method,
+        dof=dof,
+        seconds=seconds,
+        stages=stages,
+        info=info,
+        surrogate=head_function(W, v, u, c if affine else None),
+    )
     if fidelity_samples:
-        fidelity_seed = int(rng.integers(2 ** 31)) + FIDELITY_SEED_OFFSET
+        fidelity_seed = int(rng.integers(2**31)) + FIDELITY_SEED_OFFSET
         result.fidelity, result.fidelity_queries = measure_fidelity(
-            oracle, result.surrogate, n=fidelity_samples, lengths=(1, 32), seed=fidelity_seed)
+            oracle,
+            result.surrogate,
+            n=fidelity_samples,
+            lengths=(1, 32),
+            seed=fidelity_seed,
+            info=result.info,
+        )
     return result
 
 
-def head_function(W: np.ndarray, v: np.ndarray, u: np.ndarray | None = None,
-                  c: float | None = None) -> Callable[[np.ndarray], np.ndarray]:
+def head_function(
+    W: np.ndarray, v: np.ndarray, u: np.ndarray | None = None, c: float | None = None
+) -> Callable[[np.ndarray], np.ndarray]:
     """The head with these parameters as a numpy function of a batch (B, N, d) -> (B,)."""
 
     def f(X: np.ndarray) -> np.ndarray:
@@ -182,7 +224,7 @@ def _check_rank(rank, d: int) -> int | str | None:
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
         raise ValueError(f"rank must be None, 'auto' or an integer in [1, {d}], got {rank!r}")
     if not 1 <= rank <= d:
-        raise ValueError(f"rank must be between 1 and d = {d}, got {rank}; use rank=None for full rank")
+        raise ValueError(
+            f"rank must be between 1 and d = {d}, got {rank}; use rank=None for full rank"
+        )
     return None if rank == d else int(rank)
-
-

@@ -18,6 +18,8 @@ to hold) with one direction b, and reads a_i^T W b.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from attnlab.errors import ExtractionError
@@ -36,17 +38,73 @@ from attnlab.extract.single_head.reader import BilinearReader
 RANK_TOL = 1e-7
 
 
-def adaptive(reader: BilinearReader, A: AlignedBasis, rank, rng: np.random.Generator,
-             rank_tol: float = RANK_TOL):
-    """(W, info) for rank None (full), an int r, or "auto"."""
+def adaptive(
+    reader: BilinearReader,
+    A: AlignedBasis,
+    rank,
+    rng: np.random.Generator,
+    rank_tol: float = RANK_TOL,
+    oversample: bool = False,
+):
+    """(W, info) for rank None (full), an int r, or "auto".
+
+    `oversample` (for coarse answers, e.g. float32): low-rank W is read with up to twice the
+    limit's queries, r + p columns and r + p full rows, and fitted by least squares (see
+    `oversampled`), instead of exactly at the limit.
+    """
     if rank is None:
         return full_rank(reader, A), {"rank": A.d, "rank_mode": "full"}
     if rank == "auto":
-        return auto_rank(reader, A, rng, rank_tol)
+        return auto_rank(reader, A, rng, rank_tol, oversample)
     Q = random_orthonormal_columns(A.d, rank, rng)
     C = read_columns(reader, A, Q)
+    if oversample and rank < A.d:
+        W, fit = oversampled(reader, A, Q, C, rank, rng)
+        return W, {"rank": rank, "rank_mode": "known", **fit}
     W = complete(reader, A, Q, C, pivot_rows(C)[:rank])
     return W, {"rank": rank, "rank_mode": "known"}
+
+
+def extra_columns(d: int, r: int) -> int:
+    """Oversampling p: r + p columns and r + p rows stay within twice the limit's queries."""
+    return max(0, min(d - r, r - math.ceil(r * r / d)))
+
+
+def oversampled(
+    reader: BilinearReader,
+    A: AlignedBasis,
+    Q: np.ndarray,
+    C: np.ndarray,
+    r: int,
+    rng: np.random.Generator,
+):
+    """Rank-r W from r + p columns and r + p rows read in full, by truncated SVD and least squares.
+
+    With answers only good to ~1e-7 (float32), the skeleton formula's r x r core amplifies their
+    errors ~20x; p extra columns give the column space by a truncated SVD (which averages the
+    errors) and p extra rows make the row fit an overdetermined, well-conditioned least squares.
+    The discarded singular values and the fit's residual measure the reading error itself.
+    """
+    d = A.d
+    p = extra_columns(d, r)
+    for _ in range(p):
+        Q = np.column_stack([Q, _next_direction(Q, rng)])
+    if p:
+        C = np.column_stack([C, read_columns(reader, A, Q[:, C.shape[1] :])])
+    U, s, _ = np.linalg.svd(C, full_matrices=False)
+    basis = U[:, :r]  # the column space of A^T W, in A's coordinates
+    rows = pivot_rows(basis)[: min(d, r + p)]
+    R = np.vstack(
+        reader.read_lines(A, CoordinateDirections(d), [(int(i), np.arange(d)) for i in rows])
+    )
+    X, *_ = np.linalg.lstsq(basis[rows], R, rcond=None)  # A^T W = basis X
+    residual = float(np.linalg.norm(basis[rows] @ X - R) / np.linalg.norm(R))
+    tail = float(s[r] / s[0]) if s.size > r else 0.0
+    return A.apply(basis) @ X, {
+        "oversampled": int(p),
+        "fit_residual": residual,
+        "discarded_singular": tail,
+    }
 
 
 def full_rank(reader: BilinearReader, A: AlignedBasis) -> np.ndarray:
@@ -60,7 +118,7 @@ def full_rank(reader: BilinearReader, A: AlignedBasis) -> np.ndarray:
     # at a time so that no second d x d array is formed
     step = max(1, (1 << 22) // (8 * d))
     for first in range(0, d, step):
-        block = Mt[first:first + step]
+        block = Mt[first : first + step]
         on_g, on_w = block @ A.g, block @ A.w
         block -= 2.0 * np.outer(on_g, A.g)
         block -= 2.0 * np.outer(on_w, A.q)
@@ -74,8 +132,14 @@ def read_columns(reader: BilinearReader, A: AlignedBasis, Q: np.ndarray) -> np.n
     return np.column_stack(reader.read_lines(A, DenseDirections(Q.T), lines))
 
 
-def complete(reader: BilinearReader, A: AlignedBasis, Q: np.ndarray, C: np.ndarray, pivots: np.ndarray,
-             partial: np.ndarray | None = None) -> np.ndarray:
+def complete(
+    reader: BilinearReader,
+    A: AlignedBasis,
+    Q: np.ndarray,
+    C: np.ndarray,
+    pivots: np.ndarray,
+    partial: np.ndarray | None = None,
+) -> np.ndarray:
     """Read the rows w_p = W^T a_p (p in pivots) and return W by the skeleton formula.
 
     Q (d, k) are the directions along which every w_p is already known: w_p . Q[:, j] = C[p, j]
@@ -96,20 +160,28 @@ def complete(reader: BilinearReader, A: AlignedBasis, Q: np.ndarray, C: np.ndarr
     try:
         R[:, T] = np.linalg.solve(Q[T].T, rhs.T).T
     except np.linalg.LinAlgError:
-        raise ExtractionError("the known probe directions are degenerate on every coordinate set; "
-                              "this should not happen with random directions: re-run with another seed") from None
+        raise ExtractionError(
+            "the known probe directions are degenerate on every coordinate set; "
+            "this should not happen with random directions: re-run with another seed"
+        ) from None
     left, right = cross_factors(C, R, pivots)
     return A.apply(left) @ right
 
 
-def auto_rank(reader: BilinearReader, A: AlignedBasis, rng: np.random.Generator, rank_tol: float):
+def auto_rank(
+    reader: BilinearReader,
+    A: AlignedBasis,
+    rng: np.random.Generator,
+    rank_tol: float,
+    oversample: bool = False,
+):
     """Read columns until one lies in the span of the previous ones (see the module docstring)."""
     d = A.d
     everything = np.arange(d)
     Q = np.empty((d, 0))
     columns = np.empty((d, 0))
     worst_independent = np.inf  # smallest mismatch of a column found independent
-    for j in range(d):
+    for j in range(d):  # noqa: B007 (the loop counts; its variable is read after or not needed)
         q = _next_direction(Q, rng)
         Q = np.column_stack([Q, q])
         b = DenseDirections(q[None, :])
@@ -119,27 +191,40 @@ def auto_rank(reader: BilinearReader, A: AlignedBasis, rng: np.random.Generator,
             continue
         order = pivot_rows(columns)
         checks = min(2, d - r)
-        head = order[:r + checks]
+        head = order[: r + checks]
         line = reader.new_line()
         head_values = reader.read(A, b, head, 0, line=line)
         coef = np.linalg.lstsq(columns[order[:r]], head_values[:r], rcond=None)[0]
-        predicted = columns[order[r:r + checks]] @ coef
-        typical = float(np.sqrt(np.mean(columns ** 2)))
+        predicted = columns[order[r : r + checks]] @ coef
+        typical = float(np.sqrt(np.mean(columns**2)))
         mismatch = float(np.max(np.abs(head_values[r:] - predicted))) / typical
         if mismatch <= rank_tol:
+            info = {
+                "rank": r,
+                "rank_mode": "auto",
+                "rank_check_mismatch": mismatch,
+                "rank_tol": rank_tol,
+                "rank_margin": worst_independent / rank_tol,
+            }
+            if oversample:
+                W, fit = oversampled(reader, A, Q[:, :r], columns, r, rng)
+                return W, {**info, **fit}
             W = complete(reader, A, Q, columns, order[:r], partial=head_values[:r])
-            return W, {"rank": r, "rank_mode": "auto", "rank_check_mismatch": mismatch,
-                       "rank_tol": rank_tol, "rank_margin": worst_independent / rank_tol}
+            return W, info
         worst_independent = min(worst_independent, mismatch)
         column = np.empty(d)
         column[head] = head_values
-        rest = order[r + checks:]
+        rest = order[r + checks :]
         if rest.size:
             column[rest] = reader.read(A, b, rest, 0, line=line)
         columns = np.column_stack([columns, column])
     # full rank: columns = A^T W Q with Q orthogonal, so W = A columns Q^T
-    return A.apply(columns) @ Q.T, {"rank": d, "rank_mode": "auto", "rank_tol": rank_tol,
-                                     "rank_margin": worst_independent / rank_tol}
+    return A.apply(columns) @ Q.T, {
+        "rank": d,
+        "rank_mode": "auto",
+        "rank_tol": rank_tol,
+        "rank_margin": worst_independent / rank_tol,
+    }
 
 
 def _next_direction(Q: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -20,8 +20,15 @@ from attnlab.oracle import Oracle
 NUCLEAR_NORM_C = 2.0
 
 
-def paper(oracle: Oracle, v: np.ndarray, c: float, affine: bool, rng: np.random.Generator,
-          stages: dict, log: ProbeLog) -> tuple[np.ndarray, np.ndarray | None, dict]:
+def paper(
+    oracle: Oracle,
+    v: np.ndarray,
+    c: float,
+    affine: bool,
+    rng: np.random.Generator,
+    stages: dict,
+    log: ProbeLog,
+) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Theorem 4.1 as written: Gaussian u_k, query token e_j, one oracle call per column."""
     d = v.shape[0]
     U = rng.standard_normal((d, d))  # rows are the u_k
@@ -41,20 +48,38 @@ def paper(oracle: Oracle, v: np.ndarray, c: float, affine: bool, rng: np.random.
     if affine:
         T -= (U @ u)[:, None]
     W = np.linalg.solve(U, T)
-    return W, u, {"rank": d, "rank_mode": "full", "max_abs_logit": max_logit,
-                  "design_condition": float(np.linalg.cond(U))}
+    return (
+        W,
+        u,
+        {
+            "rank": d,
+            "rank_mode": "full",
+            "max_abs_logit": max_logit,
+            "design_condition": float(np.linalg.cond(U)),
+        },
+    )
 
 
-def nuclear_norm(reader: BilinearReader, d: int, rank, measurements: int | None,
-                 rng: np.random.Generator):
+def nuclear_norm(
+    reader: BilinearReader, d: int, rank, measurements: int | None, rng: np.random.Generator
+):
     if measurements is None:
         if rank == "auto":
-            raise ValueError("method='nuclear-norm' with rank='auto' needs method_options={'measurements': K}: "
-                             "the number of rank-one measurements must be fixed before the rank is known")
-        measurements = d * d if rank is None else min(d * d, math.ceil(NUCLEAR_NORM_C * rank * 2 * d))
-    if isinstance(measurements, bool) or not isinstance(measurements, (int, np.integer)) \
-            or not 1 <= measurements <= d * d:
-        raise ValueError(f"measurements must be a whole number between 1 and d^2 = {d * d}, got {measurements!r}")
+            raise ValueError(
+                "method='nuclear-norm' with rank='auto' needs method_options={'measurements': K}: "
+                "the number of rank-one measurements must be fixed before the rank is known"
+            )
+        measurements = (
+            d * d if rank is None else min(d * d, math.ceil(NUCLEAR_NORM_C * rank * 2 * d))
+        )
+    if (
+        isinstance(measurements, bool)
+        or not isinstance(measurements, (int, np.integer))
+        or not 1 <= measurements <= d * d
+    ):
+        raise ValueError(
+            f"measurements must be a whole number between 1 and d^2 = {d * d}, got {measurements!r}"
+        )
     a = rng.standard_normal((measurements, d)) / np.sqrt(d)
     b = rng.standard_normal((measurements, d)) / np.sqrt(d)
     y = reader.read(a, b)
@@ -66,7 +91,12 @@ def nuclear_norm(reader: BilinearReader, d: int, rank, measurements: int | None,
         info.update(rank=d if rank in (None, "auto") else rank, solver="linear")
         return W, info
     W, report = nuclear_norm_recovery(a, b, y, rank=rank if isinstance(rank, int) else None)
-    info.update(rank=report.rank if rank in (None, "auto") else rank, rank_found=report.rank,
-                solver="admm+gauss-newton", iterations=report.iterations,
-                polish_steps=report.polish_steps, relative_residual=report.residual)
+    info.update(
+        rank=report.rank if rank in (None, "auto") else rank,
+        rank_found=report.rank,
+        solver="admm+gauss-newton",
+        iterations=report.iterations,
+        polish_steps=report.polish_steps,
+        relative_residual=report.residual,
+    )
     return W, info

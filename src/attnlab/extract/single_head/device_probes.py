@@ -61,8 +61,17 @@ class DeviceWriter:
         row[i] = 1.0
         return row
 
-    def write_queries(self, X0: torch.Tensor, X1: torch.Tensor, a_dirs: Directions, ai, mu: float,
-                      b_dirs: Directions, bi, nu: float) -> None:
+    def write_queries(
+        self,
+        X0: torch.Tensor,
+        X1: torch.Tensor,
+        a_dirs: Directions,
+        ai,
+        mu: float,
+        b_dirs: Directions,
+        bi,
+        nu: float,
+    ) -> None:
         self.write(X1, b_dirs, bi, nu)
         self.write(X0, a_dirs, ai, mu)
         X0 += X1

@@ -39,7 +39,9 @@ class Directions:
         """out[k] = scale * direction[index[k]] (out has shape (len(index), d))."""
         raise NotImplementedError
 
-    def write_plus(self, out: np.ndarray, index: np.ndarray, scale: float, plus: np.ndarray) -> None:
+    def write_plus(
+        self, out: np.ndarray, index: np.ndarray, scale: float, plus: np.ndarray
+    ) -> None:
         """out[k] = scale * direction[index[k]] + plus (one row added to every row)."""
         self.write(out, index, scale)
         out += plus
@@ -66,7 +68,9 @@ class DenseDirections(Directions):
     def write(self, out: np.ndarray, index: np.ndarray, scale: float) -> None:
         first, last = int(index[0]), int(index[-1])
         if last - first == index.size - 1 and np.all(np.diff(index) == 1):
-            np.multiply(self.rows[first:last + 1], scale, out=out)  # a run of rows: a view, no gather
+            np.multiply(
+                self.rows[first : last + 1], scale, out=out
+            )  # a run of rows: a view, no gather
         else:
             np.multiply(self.rows[index], scale, out=out)
 
@@ -131,7 +135,9 @@ class AlignedBasis(Directions):
         np.matmul(self._coef[index] * (-2.0 * scale), self._basis, out=out)
         out[np.arange(index.size), index] += scale
 
-    def write_plus(self, out: np.ndarray, index: np.ndarray, scale: float, plus: np.ndarray) -> None:
+    def write_plus(
+        self, out: np.ndarray, index: np.ndarray, scale: float, plus: np.ndarray
+    ) -> None:
         # one (c x 3) @ (3 x d) product writes the directions and the added row in a single pass
         coef = np.empty((index.size, 3))
         np.multiply(self._coef[index], -2.0 * scale, out=coef[:, :2])

@@ -20,7 +20,6 @@ import scipy.linalg
 
 from attnlab.errors import ExtractionError
 
-
 # A pivoted skeleton core this ill-conditioned means the matrix is (numerically) of lower rank.
 MAX_CORE_CONDITION = 1e12
 
@@ -67,9 +66,18 @@ def singular_value_threshold(W: np.ndarray, threshold: float) -> tuple[np.ndarra
     return (U[:, :keep] * s[:keep]) @ Vt[:keep], keep
 
 
-def nuclear_norm_recovery(a: np.ndarray, b: np.ndarray, y: np.ndarray, *, rank: int | None = None,
-                          max_iter: int = 3000, tol: float = 1e-9, rank_tol: float = 1e-6,
-                          polish_every: int = 25, exact: float = 1e-12) -> tuple[np.ndarray, RecoveryReport]:
+def nuclear_norm_recovery(
+    a: np.ndarray,
+    b: np.ndarray,
+    y: np.ndarray,
+    *,
+    rank: int | None = None,
+    max_iter: int = 3000,
+    tol: float = 1e-9,
+    rank_tol: float = 1e-6,
+    polish_every: int = 25,
+    exact: float = 1e-12,
+) -> tuple[np.ndarray, RecoveryReport]:
     """Minimum-nuclear-norm W with a_k^T W b_k = y_k, polished to float64 accuracy.
 
     Every `polish_every` ADMM iterations the current iterate is handed to the Gauss-Newton polish
@@ -124,8 +132,9 @@ def nuclear_norm_recovery(a: np.ndarray, b: np.ndarray, y: np.ndarray, *, rank: 
     return W * scale, RecoveryReport(iterations, found, residual, steps)
 
 
-def gauss_newton_polish(op: RankOneOperator, W: np.ndarray, y: np.ndarray, rank: int,
-                        max_steps: int = 30) -> tuple[np.ndarray, int]:
+def gauss_newton_polish(
+    op: RankOneOperator, W: np.ndarray, y: np.ndarray, rank: int, max_steps: int = 30
+) -> tuple[np.ndarray, int]:
     """Refine W = L R^T (rank `rank`) to fit y by Gauss-Newton; quadratic convergence near a solution."""
     U, s, Vt = np.linalg.svd(W)
     root = np.sqrt(s[:rank])
@@ -134,14 +143,18 @@ def gauss_newton_polish(op: RankOneOperator, W: np.ndarray, y: np.ndarray, rank:
     norm_y = np.linalg.norm(y)
     best = np.linalg.norm(op(L @ R.T) - y)
     steps = 0
-    for steps in range(1, max_steps + 1):
+    for steps in range(1, max_steps + 1):  # noqa: B007 (the loop counts; its variable is read after or not needed)
         aL, bR = a @ L, b @ R
         residual = np.einsum("kr,kr->k", aL, bR) - y
         # d residual_k / dL = a_k (R^T b_k)^T, d residual_k / dR = b_k (L^T a_k)^T
-        jac = np.hstack([np.einsum("kd,kr->kdr", a, bR).reshape(len(y), -1),
-                         np.einsum("kd,kr->kdr", b, aL).reshape(len(y), -1)])
+        jac = np.hstack(
+            [
+                np.einsum("kd,kr->kdr", a, bR).reshape(len(y), -1),
+                np.einsum("kd,kr->kdr", b, aL).reshape(len(y), -1),
+            ]
+        )
         step = np.linalg.lstsq(jac, -residual, rcond=None)[0]
-        dL, dR = step[:L.size].reshape(L.shape), step[L.size:].reshape(R.shape)
+        dL, dR = step[: L.size].reshape(L.shape), step[L.size :].reshape(R.shape)
         L_new, R_new = L + dL, R + dR
         new = np.linalg.norm(op(L_new @ R_new.T) - y)
         if not new < best:
@@ -161,7 +174,9 @@ def pivot_rows(columns: np.ndarray) -> np.ndarray:
     return scipy.linalg.qr(columns.T, mode="r", pivoting=True)[1]
 
 
-def cross_factors(columns: np.ndarray, rows: np.ndarray, row_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def cross_factors(
+    columns: np.ndarray, rows: np.ndarray, row_index: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """The rank-r matrix with the given r columns C (d x r) and r rows R (r x d), as factors.
 
     `row_index` says which rows of the matrix `rows` are; the core is U = C[row_index], and the

@@ -36,13 +36,29 @@ def mantissa_bits(values: np.ndarray) -> int:
     return int(used.max())
 
 
-def answer_precision(v: np.ndarray, c: float = 0.0) -> float:
-    """Relative precision of the oracle's answers, estimated from the value reads v (and c)."""
-    bits = mantissa_bits(np.append(v, c))
+# Answers coarser than this (float32 and below) switch low-rank reads to the oversampled fit.
+COARSE_PRECISION = 1e-12
+# rank="auto" on float64 answers: a dependent column's check mismatch is ~1e-13, an independent
+# one's O(1); the tolerance sits in between.
+FLOAT64_RANK_TOL = 1e-7
+
+
+def answer_precision(answers: np.ndarray | None) -> float:
+    """Relative precision of the oracle's answers, read off the raw one-token answers."""
+    bits = 52 if answers is None else mantissa_bits(answers)
     return max(FLOAT64_EPS, 2.0 ** -(bits + 1))
 
 
-def error_report(precision: float, max_abs_logit: float, d: int) -> dict:
+def rank_tolerance(precision: float) -> float:
+    """The rank check's tolerance: halfway (geometrically) between the reading error and O(1).
+
+    Readings of a float32 oracle are good to ~1e-5 relative after the logit inversion and the
+    check's least squares; independent columns of a random or trained head mismatch by ~1e-1.
+    """
+    return max(FLOAT64_RANK_TOL, 3.0 * float(np.sqrt(precision)))
+
+
+def error_report(precision: float, max_abs_logit: float, d: int, info: dict | None = None) -> dict:
     """An a-priori relative error estimate for W from the answers' precision.
 
     The logit inversion divides an answer's error by alpha (1 - alpha) (about 4.7 at the target
@@ -55,4 +71,7 @@ def error_report(precision: float, max_abs_logit: float, d: int) -> dict:
     estimate = float(precision * ARITHMETIC_SLACK * inversion * np.sqrt(d))
     if precision <= 4 * FLOAT64_EPS:
         estimate = max(estimate, 1e-14)
+    info = info or {}
+    if "fit_residual" in info:  # an oversampled fit measured its own reading error: use it
+        estimate = max(info["fit_residual"], info.get("discarded_singular", 0.0))
     return {"estimated_error": estimate}

@@ -41,8 +41,9 @@ MAX_SCALE_GROWTH = 16.0
 MIN_VALUE_ALIGNMENT = 1e-10
 
 
-def read_values(oracle: Oracle, d: int, affine: bool, log: ProbeLog | None = None,
-                chunk: int | None = None) -> tuple[np.ndarray, float]:
+def read_values(
+    oracle: Oracle, d: int, affine: bool, log: ProbeLog | None = None, chunk: int | None = None
+) -> tuple[np.ndarray, float]:
     """Read v (and c for an affine head) with one-token queries: d of them, d + 1 if affine.
 
     The one-hot queries are written `chunk` at a time into one reused buffer (never d x d at once).
@@ -59,7 +60,8 @@ def read_values(oracle: Oracle, d: int, affine: bool, log: ProbeLog | None = Non
         index = np.arange(first, first + n) - (1 if affine else 0)
         hot = index >= 0  # row -1 of an affine head is the zero token, which reads c
         X[np.flatnonzero(hot), 0, index[hot]] = 1.0
-        answers[first:first + n] = log.ask(oracle, X)
+        answers[first : first + n] = log.ask(oracle, X)
+    log.value_answers = answers
     c = float(answers[0]) if affine else 0.0
     v = answers[1:] - c if affine else answers
     if not np.any(v):
@@ -79,6 +81,9 @@ class ProbeLog:
     max_abs_logit: float = 0.0
     scale_min: float = float("inf")
     scale_max: float = 0.0
+    value_answers: np.ndarray | None = (
+        None  # the raw one-token answers (their precision is read off)
+    )
     # wall time spent waiting on the oracle (its checks and the target); the rest is the learner's
     oracle_seconds: float = 0.0
 
@@ -95,8 +100,14 @@ class ProbeLog:
             self.calls += 1
 
 
-def bilinear_probe(oracle: Oracle, a: np.ndarray, b: np.ndarray, v: np.ndarray, c: float,
-                   log: ProbeLog | None = None) -> np.ndarray:
+def bilinear_probe(
+    oracle: Oracle,
+    a: np.ndarray,
+    b: np.ndarray,
+    v: np.ndarray,
+    c: float,
+    log: ProbeLog | None = None,
+) -> np.ndarray:
     """Send the queries [(a_k + b_k); b_k] in one batch and return t_k = a_k^T W b_k (+ a_k^T u).
 
     a, b have shape (n, d) and are the actual tokens (already scaled). Raises ExtractionError
@@ -107,12 +118,28 @@ def bilinear_probe(oracle: Oracle, a: np.ndarray, b: np.ndarray, v: np.ndarray, 
     X = np.empty((a.shape[0], 2, a.shape[1]))
     X[:, 1, :] = b
     np.add(a, b, out=X[:, 0, :])
-    return invert_probes(oracle, X, a @ v, b @ v, c, np.sqrt(np.einsum("ij,ij->i", a, a)),
-                         float(np.linalg.norm(v)), log)
+    return invert_probes(
+        oracle,
+        X,
+        a @ v,
+        b @ v,
+        c,
+        np.sqrt(np.einsum("ij,ij->i", a, a)),
+        float(np.linalg.norm(v)),
+        log,
+    )
 
 
-def invert_probes(oracle: Oracle, X: np.ndarray, a_dot_v: np.ndarray, b_dot_v: np.ndarray, c: float,
-                  a_norms: np.ndarray, v_norm: float, log: ProbeLog | None = None) -> np.ndarray:
+def invert_probes(
+    oracle: Oracle,
+    X: np.ndarray,
+    a_dot_v: np.ndarray,
+    b_dot_v: np.ndarray,
+    c: float,
+    a_norms: np.ndarray,
+    v_norm: float,
+    log: ProbeLog | None = None,
+) -> np.ndarray:
     """The logits t_k of prebuilt probe queries X[k] = [(a_k + b_k); b_k], given a_k^T v and b_k^T v."""
     with np.errstate(divide="ignore", invalid="ignore"):
         alignment = np.abs(a_dot_v) / (a_norms * v_norm)
@@ -171,7 +198,7 @@ class ScaleTracker:
         unit_values = np.asarray(unit_values, dtype=np.float64)
         if unit_values.size == 0:
             return
-        self._sum_sq += float(np.sum(unit_values ** 2))
+        self._sum_sq += float(np.sum(unit_values**2))
         self.count += unit_values.size
         self._max_abs = max(self._max_abs, float(np.max(np.abs(unit_values))))
 
@@ -190,5 +217,3 @@ def split_scale(rho: float) -> tuple[float, float]:
         return 1.0, rho
     root = float(np.sqrt(rho))
     return root, root
-
-

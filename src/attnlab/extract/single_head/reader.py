@@ -58,8 +58,15 @@ class BilinearReader:
     LINE_BLOCKS = (1, 4)
     CAUTION = 0.01
 
-    def __init__(self, oracle: Oracle, v: np.ndarray, c: float, affine: bool,
-                 chunk: int | None = None, log: ProbeLog | None = None):
+    def __init__(
+        self,
+        oracle: Oracle,
+        v: np.ndarray,
+        c: float,
+        affine: bool,
+        chunk: int | None = None,
+        log: ProbeLog | None = None,
+    ):
         self.oracle, self.v, self.c, self.affine = oracle, v, c, affine
         d = v.shape[0]
         self.chunk = int(chunk) if chunk else default_chunk(d)
@@ -103,17 +110,31 @@ class BilinearReader:
                 dirs.write(X[:, 0], np.arange(first, first + n), mu)
                 X[:, 1] = 0.0
                 rows = slice(first, first + n)
-                t = invert_probes(self.oracle, X, mu * a_v[rows], np.zeros(n), self.c,
-                                  mu * a_norms[rows], self.v_norm, self.log)
+                t = invert_probes(
+                    self.oracle,
+                    X,
+                    mu * a_v[rows],
+                    np.zeros(n),
+                    self.c,
+                    mu * a_norms[rows],
+                    self.v_norm,
+                    self.log,
+                )
                 out[rows] = t / mu
             self.log.note_scales(mu, mu)
-            tracker.observe(out[done:done + take])
+            tracker.observe(out[done : done + take])
             done += take
         self.u_sigma = tracker.sigma
         return out
 
-    def read(self, a_dirs, b_dirs, a_index: Index | None = None, b_index: Index | None = None,
-             line: ScaleTracker | None = None) -> np.ndarray:
+    def read(
+        self,
+        a_dirs,
+        b_dirs,
+        a_index: Index | None = None,
+        b_index: Index | None = None,
+        line: ScaleTracker | None = None,
+    ) -> np.ndarray:
         """a_k^T W b_k for the pairs (a_dirs[a_index[k]], b_dirs[b_index[k]]), as one line.
 
         Dense arrays of directions (rows) are accepted too. Without indices the k-th rows are
@@ -122,17 +143,22 @@ class BilinearReader:
         a_dirs, b_dirs = _family(a_dirs), _family(b_dirs)
         if a_index is None:
             a_index = b_index = np.arange(a_dirs.n)
-        return self.read_lines(a_dirs, b_dirs, [(a_index, b_index)], None if line is None else [line])[0]
+        return self.read_lines(
+            a_dirs, b_dirs, [(a_index, b_index)], None if line is None else [line]
+        )[0]
 
-    def read_lines(self, a_dirs, b_dirs, lines: list[Line],
-                   trackers: list[ScaleTracker] | None = None) -> list[np.ndarray]:
+    def read_lines(
+        self, a_dirs, b_dirs, lines: list[Line], trackers: list[ScaleTracker] | None = None
+    ) -> list[np.ndarray]:
         """Read several lines side by side: each warm-up stage of every line goes in one batch.
 
         Each line keeps its own probe scale (queries in one batch may be scaled differently), so
         reading d columns costs a handful of stages, not d times as many.
         """
         if self.affine and self.u is None:
-            raise RuntimeError("read the bias term u (read_offsets) before reading W of an affine head")
+            raise RuntimeError(
+                "read the bias term u (read_offsets) before reading W of an affine head"
+            )
         a_dirs, b_dirs = _family(a_dirs), _family(b_dirs)
         a_dot_v, b_dot_v, a_norms = a_dirs.dots(self.v), b_dirs.dots(self.v), a_dirs.norms()
         a_dot_u = a_dirs.dots(self.u) if self.affine else np.zeros(a_dirs.n)
@@ -158,7 +184,7 @@ class BilinearReader:
             start = 0
             for i, rows, _, _ in pending:
                 size = rows.stop - rows.start
-                outs[i][rows] = values[start:start + size]
+                outs[i][rows] = values[start : start + size]
                 start += size
             pending.clear()
             filled = 0
@@ -173,7 +199,11 @@ class BilinearReader:
                 part = slice(first, first + take)
                 ai, bi = _part(a_index, part), _part(b_index, part)
                 slot = slice(filled, filled + take)
-                write = write_queries if self._device_writer is None else self._device_writer.write_queries
+                write = (
+                    write_queries
+                    if self._device_writer is None
+                    else self._device_writer.write_queries
+                )
                 write(self._buffer[slot, 0], self._buffer[slot, 1], a_dirs, ai, mu, b_dirs, bi, nu)
                 scaled[0, slot] = mu * a_dot_v[ai]
                 scaled[1, slot] = nu * b_dot_v[bi]
@@ -218,8 +248,16 @@ class BilinearReader:
         return mu, nu
 
 
-def write_queries(X0: np.ndarray, X1: np.ndarray, a_dirs: Directions, ai: Index, mu: float,
-                  b_dirs: Directions, bi: Index, nu: float) -> None:
+def write_queries(
+    X0: np.ndarray,
+    X1: np.ndarray,
+    a_dirs: Directions,
+    ai: Index,
+    mu: float,
+    b_dirs: Directions,
+    bi: Index,
+    nu: float,
+) -> None:
     """X0 = mu a + nu b, X1 = nu b for the direction pairs (ai, bi), in as few passes as possible.
 
     A coordinate b (nu e_j) is added to X0 as c scalars, not a pass over the rows; a constant b

@@ -1,0 +1,354 @@
+"""The committed training grid as a report: exports of the store (JSON lines for the reproduce
+claim, Parquet runs and curves), figures, and a Markdown page with every measured table.
+
+    python benchmarks/training.py --grid STORE --runs-dir RUNS
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from attnlab.experiments.analysis import model_label, summarise, task_label
+from attnlab.experiments.config import RunConfig, load_sweep
+from attnlab.experiments.store import (
+    ResultStore,
+    export_curves_parquet,
+    export_parquet,
+    export_records,
+)
+from attnlab.experiments.thresholds import mean_interval, width_needs
+
+GRID_SWEEPS = (
+    "qsa-samples",
+    "qsa-samples-n128",
+    "qsa-samples-n256",
+    "qsa-baselines-n32",
+    "qsa-width-grid",
+    "match3-widths",
+)
+MATCH_SOLVED_BIT_ERROR = 0.01
+
+
+def _sweep_members() -> dict[str, set[str]]:
+    """Run ids of each committed sweep as its config stands now (a store can also hold runs of
+    earlier versions of a config; they are left out of the report and the exports)."""
+    return {name: {c.run_id for c in load_sweep(name).expand()} for name in GRID_SWEEPS}
+
+
+def cells_table(store: ResultStore, records: list[dict[str, Any]]) -> list[str]:
+    """Which cells of each committed sweep ran: finished runs against the config's runs."""
+    finished = {r["run_id"] for r in records}
+    lines = [
+        "| sweep | runs in the config | finished | cells (task, model, size) with all seeds | not run |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name in GRID_SWEEPS:
+        configs = load_sweep(name).expand()
+        done = [c for c in configs if c.run_id in finished]
+        cells: dict[str, list[bool]] = defaultdict(list)
+        for c in configs:
+            key = f"{task_label(c.task.model_dump())} {model_label(c.model.model_dump())} n={c.train.n_train}"
+            cells[key].append(c.run_id in finished)
+        missing = sorted(k for k, v in cells.items() if not all(v))
+        shown = "; ".join(missing[:6]) + (
+            f"; and {len(missing) - 6} more" if len(missing) > 6 else ""
+        )
+        lines.append(
+            f"| {name} | {len(configs)} | {len(done)} | {sum(all(v) for v in cells.values())} of "
+            f"{len(cells)} | {shown or '-'} |"
+        )
+    return lines
+
+
+def throughput_table(records: list[dict[str, Any]]) -> tuple[list[str], dict[str, float]]:
+    """Runs per hour of one CPU core (from each run's CPU time) per architecture and N, and the
+    wall-clock rate the grid actually had on the shared machine."""
+    groups: dict[tuple[str, str, int], list[float]] = defaultdict(list)
+    for r in records:
+        if "cpu_seconds" in r["timings"]:
+            key = (
+                r["config"]["task"]["name"],
+                r["config"]["model"]["arch"],
+                r["config"]["task"]["params"]["N"],
+            )
+            groups[key].append(r["timings"]["cpu_seconds"])
+    lines = [
+        "| task | architecture | N | runs | CPU s per run (mean) | runs per CPU-core hour |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    rates = {}
+    for (task, arch, N), seconds in sorted(groups.items()):
+        mean = float(np.mean(seconds))
+        rates[f"{task} {arch} N={N}"] = 3600 / mean
+        lines.append(
+            f"| {task} | {arch} | {N} | {len(seconds)} | {mean:.1f} | {3600 / mean:,.0f} |"
+        )
+    stamps = sorted(
+        (datetime.fromisoformat(r["started_at"]), datetime.fromisoformat(r["finished_at"]))
+        for r in records
+        if r.get("started_at") and r.get("finished_at")
+    )
+    summary = {}
+    if stamps:
+        hours = (max(f for _, f in stamps) - min(s for s, _ in stamps)).total_seconds() / 3600
+        cpu = sum(r["timings"].get("cpu_seconds", 0.0) for r in records)
+        summary = {
+            "runs": len(records),
+            "wall_hours": hours,
+            "runs_per_wall_hour": len(records) / max(hours, 1e-9),
+            "cpu_hours": cpu / 3600,
+            "runs_per_cpu_hour": len(records) / max(cpu / 3600, 1e-9),
+        }
+    return lines, {**summary, "per_group": rates}
+
+
+def samples_table(needs: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| N | q | model | sizes tried | samples to worst-case error 1/(2q) [95% CI] | per seed | "
+        "samples to mean error 1/(2q) [95% CI] | stopped by budget |",
+        "|---:|---:|---|---|---|---|---|---:|",
+    ]
+    for n in sorted(
+        needs, key=lambda n: (n["task_params"]["q"], n["task_params"]["N"], n["arch"], n["width"])
+    ):
+        marks = " ".join(
+            f"{'<=' if k == 'at most' else '>' if k == 'more than' else ''}{v:.3g}"
+            for v, k in zip(n["max"]["per_seed"], n["max"]["per_seed_kind"])
+        )
+        lines.append(
+            f"| {n['task_params']['N']} | {n['task_params']['q']} | {n['model']} | "
+            f"{','.join(map(str, n['sizes_tried']))} | {n['max']['text']} | {marks} | {n['mean']['text']} | "
+            f"{n['budget_stops']} of {n['runs']} |"
+        )
+    return lines
+
+
+def width_table(widths: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| N | q | training examples | widths tried | smallest width reaching 1/(2q) [95% CI] | per seed |",
+        "|---:|---:|---:|---|---|---|",
+    ]
+    for w in sorted(widths, key=lambda w: (w["q"], w["N"])):
+        marks = " ".join(
+            f"{'<=' if k == 'at most' else '>' if k == 'more than' else ''}{v:g}"
+            for v, k in zip(w["per_seed"], w["per_seed_kind"])
+        )
+        lines.append(
+            f"| {w['N']} | {w['q']} | {w['n_train']} | {','.join(map(str, w['widths_tried']))} | "
+            f"{w['text']} | {marks} |"
+        )
+    return lines
+
+
+def match3_table(records: list[dict[str, Any]]) -> list[str]:
+    """Bit error rate over seeds per (N, H, m, architecture), and the smallest m that solves
+    Match3 (every seed at most 1% wrong bits)."""
+    cells: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        if r["config"]["task"]["name"] == "match3":
+            m = r["config"]["model"]
+            cells[(r["config"]["task"]["params"]["N"], m["arch"], m["heads"], m["width"])].append(r)
+    lines = [
+        "| N | model | heads H | width m | seeds | bit error rate, mean [95% CI] | sequences with a wrong bit "
+        "(mean) | solved (every seed <= 1% wrong bits) |",
+        "|---:|---|---:|---:|---:|---|---:|---|",
+    ]
+    for (N, arch, heads, width), runs in sorted(cells.items()):
+        rates = [r["metrics"]["bit_error_rate"] for r in runs]
+        centre, low, high = mean_interval(rates)
+        ci = f"{centre:.3f} [{low:.3f}, {high:.3f}]" if not math.isnan(low) else f"{centre:.3f}"
+        solved = all(x <= MATCH_SOLVED_BIT_ERROR for x in rates)
+        lines.append(
+            f"| {N} | {arch} | {heads} | {width} | {len(runs)} | {ci} | "
+            f"{np.mean([r['metrics']['max_error'] for r in runs]):.3f} | {'yes' if solved else 'no'} |"
+        )
+    return lines
+
+
+def _pattern_figure(records, runs_dir: Path | None, out: Path) -> str | None:
+    """Where a trained head looks on one qSA input: the best-trained N=16, q=2 attention run."""
+    if runs_dir is None:
+        return None
+    from attnlab.experiments.inspect import qsa_attention_pattern
+    from attnlab.experiments.plots import plot_attention_pattern
+
+    candidates = [
+        r
+        for r in records
+        if r["config"]["task"]["name"] == "qsa"
+        and r["config"]["model"]["arch"] == "attention"
+        and r["config"]["task"]["params"] == {"N": 16, "q": 2, "d_prime": 4}
+        and (runs_dir / r["run_id"] / "model.safetensors").exists()
+    ]
+    if not candidates:
+        return None
+    best = min(
+        candidates,
+        key=lambda r: (
+            -r["config"]["train"]["n_train"],
+            r["config"]["model"]["width"] != 32,
+            r["seed"],
+        ),
+    )
+    config = RunConfig.model_validate(best["config"])
+    pattern = qsa_attention_pattern(config, runs_dir / best["run_id"])
+    mass = pattern["mass_on_targets"][0]
+    plot_attention_pattern(
+        pattern["weights"][0],
+        pattern["pointers"],
+        out,
+        title=f"trained head ({model_label(best['config']['model'])}, n={config.train.n_train}, "
+        f"seed {config.seed}), one qSA input, N=16, q=2\n"
+        f"{mass:.1%} of each row's weight on y_i (red circles)",
+    )
+    return f"Run {best['run_id']}: on average {mass:.1%} of row i's attention weight sits on the q = 2 positions of y_i (uniform attention would put 12.5% there)."
+
+
+def write_grid_report(store_path: Path, runs_dir: Path | None, out: Path, command: str) -> str:
+    from attnlab.experiments.plots import (
+        plot_curves,
+        plot_error_vs_samples,
+        plot_samples_vs_n,
+        plot_width_needs,
+    )
+    from attnlab.report.training import QSA_SWEEPS, judge, verdict
+
+    out.mkdir(parents=True, exist_ok=True)
+    members = _sweep_members()
+    current = set().union(*members.values())
+    with ResultStore(store_path) as store:
+        records = [r for r in store.records() if r["run_id"] in current]
+        counts = store.counts()
+        stale = len(store.records()) - len(records)
+        exported = export_records(store, out / "training-grid.jsonl.gz", only=current)
+        export_parquet(store, out / "training-grid-runs.parquet", only=current)
+        curve_rows = export_curves_parquet(
+            store, out / "training-grid-curves.parquet", only=current
+        )
+        cells = cells_table(store, records)
+        curves_for = {}
+        for r in records:
+            p = r["config"]["task"]["params"]
+            if (
+                r["config"]["model"]["arch"] in ("attention", "lstm")
+                and r["seed"] == 0
+                and p.get("N") == 16
+                and p.get("q") == 1
+                and r["config"]["train"]["n_train"] in (1024, 16384)
+            ):
+                curves_for[
+                    f"{model_label(r['config']['model'])}, n={r['config']['train']['n_train']}"
+                ] = store.curve(r["run_id"])
+    in_sweeps = lambda names: [r for r in records if any(r["run_id"] in members[n] for n in names)]  # noqa: E731
+    qsa = in_sweeps(QSA_SWEEPS)
+    judged = judge(
+        [{**r, "sweeps": [n for n in QSA_SWEEPS if r["run_id"] in members[n]]} for r in qsa]
+    )
+    status, parts = verdict(judged)
+    widths = [w for w in width_needs(in_sweeps(("qsa-width-grid",))) if len(w["widths_tried"]) > 1]
+    throughput, rates = throughput_table(records)
+    budget = sum(r["metrics"].get("stop_reason") == "budget" for r in records)
+
+    figures = []
+    if judged["needs"]:
+        plot_samples_vs_n(judged["needs"], out / "training-samples-vs-n.png")
+        plot_error_vs_samples(summarise(qsa), out / "training-error-vs-samples.png")
+        figures += [
+            "![samples needed vs N](training-samples-vs-n.png)",
+            "",
+            "![error vs training examples](training-error-vs-samples.png)",
+            "",
+        ]
+    if widths:
+        plot_width_needs(widths, out / "training-width-grid.png")
+        figures += ["![width needed vs q and N](training-width-grid.png)", ""]
+    if curves_for:
+        plot_curves(dict(sorted(curves_for.items())), out / "training-curves.png")
+        figures += ["![training curves](training-curves.png)", ""]
+    pattern = _pattern_figure(records, runs_dir, out / "training-attention-pattern.png")
+    if pattern:
+        figures += [
+            "![attention pattern of a trained head](training-attention-pattern.png)",
+            "",
+            pattern,
+            "",
+        ]
+
+    lines = (
+        [
+            "# Training grid (committed results)",
+            "",
+            f"Command: `{command}`  ",
+            f"Machine: {platform.machine()}, 2 shared CPU cores, one worker at `nice -n 19`, one torch thread, float32, "
+            f"device recorded per run: {sorted({r.get('device') for r in records})}. GPU: not measured (no GPU was lent).",
+            "",
+            f"Store: {sum(counts.values())} runs ({', '.join(f'{k} {v}' for k, v in counts.items())}), of which "
+            f"{len(records)} belong to the committed configs as they stand ({stale} finished runs of earlier "
+            f"versions of them are left out); {budget} of these stopped by the step budget, the rest by the "
+            f"plateau rule. Exports: "
+            f"`training-grid.jsonl.gz` ({exported} runs; what `attnlab reproduce` reads), "
+            f"`training-grid-runs.parquet`, `training-grid-curves.parquet` ({curve_rows} curve points).",
+            "",
+            "## Which cells ran",
+            "",
+        ]
+        + cells
+        + [
+            "",
+            "## Samples needed (qSA)",
+            "",
+            "Per seed: the first training-set size whose test error is within 1/(2q), refined by log-log "
+            "interpolation with the size before it; `<=` a seed already within at the smallest size, `>` a seed "
+            "never within. Interval: 95% t-interval of the mean of log2(need) over seeds (geometric mean), "
+            "given when no seed is censored. Worst case = max over positions and 1024 test sequences (the paper's "
+            "notion); mean = mean over them.",
+            "",
+        ]
+        + samples_table(judged["needs"])
+        + [
+            "",
+            f"Claim check (`attnlab reproduce`): **{ {True: 'reproduced', False: 'not reproduced', 'partly': 'partly reproduced'}[status] }**.",
+            "",
+        ]
+    )
+    lines += [f"- {p}" for p in parts]
+    lines += ["", "## Smallest width (qSA, one head)", ""] + width_table(widths)
+    lines += [
+        "",
+        "## Match3: standard attention across N and H, beside third-order attention",
+        "",
+    ] + match3_table(records)
+    lines += [
+        "",
+        "## Runs per hour on CPU",
+        "",
+        "One worker, one torch thread; CPU seconds are the run's own "
+        "(process) time, so runs per CPU-core hour is what an idle core would do.",
+        "",
+    ] + throughput
+    if rates.get("runs"):
+        lines += [
+            "",
+            f"Whole grid: {rates['runs']} runs in {rates['wall_hours']:.2f} h wall "
+            f"({rates['runs_per_wall_hour']:.0f} runs per wall hour on the shared machine) and "
+            f"{rates['cpu_hours']:.2f} CPU-core hours ({rates['runs_per_cpu_hour']:.0f} runs per CPU-core hour).",
+        ]
+    lines += ["", "## Figures", ""] + figures
+    (out / "training-grid.json").write_text(
+        json.dumps(
+            {"throughput": rates, "fits": judged["fits"], "status": str(status)},
+            indent=1,
+            default=str,
+        )
+    )
+    text = "\n".join(lines) + "\n"
+    (out / "training-grid.md").write_text(text)
+    return text
