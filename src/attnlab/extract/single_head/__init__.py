@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -118,6 +119,7 @@ def single_head(
             f"method_options['chunk'] must be a whole number >= 1 (queries per oracle "
             f"call), got {chunk!r}"
         )
+    chunk = None if chunk is None else int(chunk)
     rng = as_generator(seed)
 
     started_queries, started = oracle.queries, time.perf_counter()
@@ -160,7 +162,7 @@ def single_head(
     seconds = time.perf_counter() - started
     queries = oracle.queries - started_queries
 
-    params = {"W": W, "v": v}
+    params: dict[str, Any] = {"W": W, "v": v}
     if affine:
         params.update(u=u, c=np.float64(c))
     found_rank = info.get("rank", d)
@@ -176,6 +178,7 @@ def single_head(
                 PrecisionWarning,
                 stacklevel=2,
             )
+    surrogate = head_function(W, v, u, c if affine else None)
     result = Extraction(
         params=params,
         queries=queries,
@@ -184,13 +187,13 @@ def single_head(
         seconds=seconds,
         stages=stages,
         info=info,
-        surrogate=head_function(W, v, u, c if affine else None),
+        surrogate=surrogate,
     )
     if fidelity_samples:
         fidelity_seed = int(rng.integers(2**31)) + FIDELITY_SEED_OFFSET
         result.fidelity, result.fidelity_queries = measure_fidelity(
             oracle,
-            result.surrogate,
+            surrogate,
             n=fidelity_samples,
             lengths=(1, 32),
             seed=fidelity_seed,

@@ -229,7 +229,7 @@ def auto_rank(
 
 def _next_direction(Q: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A random unit vector orthogonal to the columns of Q (Gram-Schmidt, twice for stability)."""
-    q = rng.standard_normal(Q.shape[0])
+    q = rng.standard_normal((Q.shape[0],))
     for _ in range(2):
         if Q.shape[1]:
             q -= Q @ (Q.T @ q)

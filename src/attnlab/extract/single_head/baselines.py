@@ -45,7 +45,7 @@ def paper(
         T[:, j] = bilinear_probe(oracle, U, np.tile(eye[j], (d, 1)), v, c, log)
         max_logit = max(max_logit, float(np.max(np.abs(T[:, j]))))
     stages["W"] = oracle.queries - before
-    if affine:
+    if u is not None:
         T -= (U @ u)[:, None]
     W = np.linalg.solve(U, T)
     return (
@@ -83,7 +83,7 @@ def nuclear_norm(
     a = rng.standard_normal((measurements, d)) / np.sqrt(d)
     b = rng.standard_normal((measurements, d)) / np.sqrt(d)
     y = reader.read(a, b)
-    info = {"measurements": int(measurements)}
+    info: dict = {"measurements": int(measurements)}
     if measurements == d * d:
         # as many generic measurements as entries: the constraints alone pin W down
         design = np.einsum("kd,ke->kde", a, b).reshape(measurements, d * d)

@@ -120,7 +120,7 @@ def nuclear_norm_recovery(
         dual += beta * (X - Z_new)
         change = np.linalg.norm(Z_new - Z) + np.linalg.norm(X - Z_new)
         Z = Z_new
-        if change <= tol * max(np.linalg.norm(Z), 1e-300):
+        if change <= tol * max(float(np.linalg.norm(Z)), 1e-300):
             break
         if iterations % polish_every == 0:
             W, found, steps, residual = polish(Z)

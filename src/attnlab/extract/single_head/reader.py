@@ -15,6 +15,9 @@ chunk. Scales are fixed per stage, so the chunk size never changes which probes 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any, cast
+
 import numpy as np
 
 from attnlab.extract.single_head.directions import CoordinateDirections, DenseDirections, Directions
@@ -73,6 +76,7 @@ class BilinearReader:
         self.v_norm = float(np.linalg.norm(v))
         device = getattr(oracle, "device", None)
         self._device_writer = None
+        self._buffer: Any  # a numpy array, or a torch tensor on the DeviceOracle's device
         if device is not None:  # a DeviceOracle: probes are written on its device
             import torch
 
@@ -143,12 +147,11 @@ class BilinearReader:
         a_dirs, b_dirs = _family(a_dirs), _family(b_dirs)
         if a_index is None:
             a_index = b_index = np.arange(a_dirs.n)
-        return self.read_lines(
-            a_dirs, b_dirs, [(a_index, b_index)], None if line is None else [line]
-        )[0]
+        pair: Line = (a_index, a_index if b_index is None else b_index)
+        return self.read_lines(a_dirs, b_dirs, [pair], None if line is None else [line])[0]
 
     def read_lines(
-        self, a_dirs, b_dirs, lines: list[Line], trackers: list[ScaleTracker] | None = None
+        self, a_dirs, b_dirs, lines: Sequence[Line], trackers: list[ScaleTracker] | None = None
     ) -> list[np.ndarray]:
         """Read several lines side by side: each warm-up stage of every line goes in one batch.
 
@@ -268,7 +271,7 @@ def write_queries(
         if a_constant:
             a_dirs.write_constant(X0, int(ai), mu)
         else:
-            a_dirs.write(X0, ai, mu)
+            a_dirs.write(X0, cast(np.ndarray, ai), mu)
         rows = np.arange(X0.shape[0])
         X0[rows, bi] += nu
         X1.fill(0.0)
@@ -280,13 +283,13 @@ def write_queries(
             a_dirs.write_constant(X0, int(ai), mu)
             X0 += X1
         else:
-            a_dirs.write_plus(X0, ai, mu, X1[0])
+            a_dirs.write_plus(X0, cast(np.ndarray, ai), mu, X1[0])
         return
-    b_dirs.write(X1, bi, nu)
+    b_dirs.write(X1, cast(np.ndarray, bi), nu)
     if a_constant:
         a_dirs.write_constant(X0, int(ai), mu)
     else:
-        a_dirs.write(X0, ai, mu)
+        a_dirs.write(X0, cast(np.ndarray, ai), mu)
     X0 += X1
 
 
