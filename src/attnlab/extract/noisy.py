@@ -15,7 +15,10 @@ method="robust" (ours), at the same largest token norm (1, the paper's e_i):
     s (q_1 + q_k)/sqrt(2) all have |a^T v| >= s|v|/sqrt(2) (no per-coordinate margin, and a
     solve whose condition number is ~2.6); the column side is a random orthonormal basis;
   - probe sizes from the measurements themselves, so logits sit near 1 where the logit
-    inversion amplifies noise least relative to the signal, with |a + b|, |b| <= 1;
+    inversion amplifies noise least relative to the signal, with |a + b|, |b| <= max_token_norm;
+    row and column directions are nearly orthogonal, so each row is sized to make |a + b| equal
+    the limit exactly, and the bilinear scale |a| |b| reaches R^2 / 2 (R / 2 each side would
+    give only R^2 / 4; the paper's e_i / B + e_j / 2 uses the same orthogonality);
   - weighted least squares; with more queries than d^2 + d, more rows per column
     (overdetermined) and more value designs; exact repeats only where noise is random (and no
     journal would replay them): rounding and adversarial noise answer a repeat identically;
@@ -216,9 +219,9 @@ def _robust(oracle, d, queries, B, R, noise, rng):
         else:  # the pilot column: safe for ||W||_2 <= B when B is known
             rho = R / 3.0 if B is None else _best_rho(R, float(B))
         while True:
-            s = R - rho
+            s = _row_sizes(directions, columns[:, col], rho, R)
             t, sigma_t, bound_t, alpha = _probe(
-                oracle, s * directions, rho * columns[:, col], v, v_sigma, v_bound, noise
+                oracle, s[:, None] * directions, rho * columns[:, col], v, v_sigma, v_bound, noise
             )
             if col == 0 and pilot_retries < 6 and np.mean((alpha < 0.02) | (alpha > 0.98)) > 0.05:
                 rho /= (
@@ -227,7 +230,7 @@ def _robust(oracle, d, queries, B, R, noise, rng):
                 pilot_retries += 1
                 continue
             break
-        design = (s * rho) * directions
+        design = (s * rho)[:, None] * directions
         solution, cov, worst = _weighted_solve(design, t, 1.0 / sigma_t, bound_t)
         W_cols[:, col] = solution
         var_w += float(np.trace(cov))
@@ -260,12 +263,23 @@ def _robust(oracle, d, queries, B, R, noise, rng):
 
 
 def _best_rho(R: float, unit: float) -> float:
-    """Column-side probe size: logit s * rho * unit near TARGET_LOGIT with s = R - rho."""
+    """Column-side probe size: logit s * rho * unit near TARGET_LOGIT with s = sqrt(R^2 - rho^2).
+
+    Row and column directions are nearly orthogonal (random in d dimensions), so the first token
+    u + z has norm about sqrt(s^2 + rho^2), not s + rho: the product s * rho can reach R^2 / 2
+    (at rho = R / sqrt(2)) instead of R^2 / 4. `_row_sizes` makes |u + z| <= R exact per row.
+    """
     product = TARGET_LOGIT / max(unit, 1e-300)
-    # rho (R - rho) = product has a real root only when product <= R^2 / 4.
-    if product >= R * R / 4.0:
-        return R / 3.0
-    return (R - math.sqrt(R * R - 4.0 * product)) / 2.0
+    # rho^2 (R^2 - rho^2) = product^2 has a real root only when product <= R^2 / 2.
+    if product >= R * R / 2.0:
+        return R / math.sqrt(2.0)
+    return math.sqrt((R * R - math.sqrt(R**4 - 4.0 * product * product)) / 2.0)
+
+
+def _row_sizes(directions: np.ndarray, z_unit: np.ndarray, rho: float, R: float) -> np.ndarray:
+    """The largest s_k with |s_k u_k + rho z| <= R for unit rows u_k (so every token stays within R)."""
+    c = directions @ z_unit
+    return np.maximum(-rho * c + np.sqrt(np.maximum(R * R - rho * rho * (1.0 - c * c), 0.0)), 0.0)
 
 
 def _read_values(oracle, d, blocks, R, noise, repeat_ok, rng, stages):
