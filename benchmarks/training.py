@@ -2,7 +2,7 @@
 
     python benchmarks/training.py [--quick]
     attnlab sweep qsa-default --store S && python benchmarks/training.py --store S [--store S2 ...]
-    python benchmarks/training.py --grid STORE --runs-dir RUNS   # the committed grid: training-grid.md
+    python benchmarks/training.py --grid STORE --runs-dir RUNS [--load-log LOG]  # training-grid.md
     python benchmarks/training.py --compile-check                # does torch.compile pay on CPU?
 
 Part 1 times the same number of optimiser steps (batch 64, one torch thread, as sweep workers run;
@@ -256,6 +256,14 @@ def main() -> None:
         help="with --grid: the sweeps' run folders (for the attention figure)",
     )
     parser.add_argument(
+        "--load-log",
+        type=Path,
+        help="with --grid: /proc/loadavg samples taken while the grid ran (the load it had)",
+    )
+    parser.add_argument(
+        "--nice", type=int, default=10, help="with --grid: the nice level the sweep ran at"
+    )
+    parser.add_argument(
         "--compile-check", action="store_true", help="time torch.compile against eager on CPU"
     )
     args = parser.parse_args()
@@ -267,7 +275,11 @@ def main() -> None:
         from attnlab.report.grid_report import write_grid_report
 
         command = " ".join(["python benchmarks/training.py"] + sys.argv[1:])
-        print(write_grid_report(args.grid, args.runs_dir, RESULTS, command))
+        print(
+            write_grid_report(
+                args.grid, args.runs_dir, RESULTS, command, load_log=args.load_log, nice=args.nice
+            )
+        )
         return
     steps = 30 if args.quick else 200
     sizes = [16] if args.quick else [16, 32, 64]

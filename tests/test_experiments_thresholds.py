@@ -147,14 +147,17 @@ def test_quick_mode_is_a_smoke_check_that_never_claims_reproduction(tmp_path):
     assert result.status == "not checked" and "Smoke check only" in result.measured
 
 
-def test_the_committed_grid_is_judged_without_retraining(tmp_path):
+def test_the_committed_grid_is_judged_without_retraining():
+    """The committed export is part of the repository (tests/test_grid_committed.py checks it in
+    depth): the claim's judge reads it, every samples-needed entry has 3 seeds, and both parts of
+    the claim get a comparison or a fit from real data."""
+    from attnlab.experiments.store import load_records
     from attnlab.report.training import COMMITTED
 
-    if not COMMITTED.exists():
-        pytest.skip("no committed grid export")
-    from attnlab.experiments.store import load_records
-
+    assert COMMITTED.exists(), f"no committed grid export at {COMMITTED}"
     judged = judge(load_records(COMMITTED))
     status, parts = verdict(judged)
     assert status in (True, False, PARTLY) and judged["needs"]
     assert all(n["max"]["seeds"] >= 3 for n in judged["needs"])
+    assert judged["comparisons"], "no baseline was compared with attention"
+    assert any(f["N values"] and len(f["N values"]) >= 3 for f in judged["fits"]), judged["fits"]

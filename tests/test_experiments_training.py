@@ -172,6 +172,43 @@ def test_device_is_an_execution_setting_recorded_with_the_result(tmp_path):
     assert record["device"] == "cpu" and record["run_id"] == config.run_id
 
 
+def test_the_cli_device_option_computes_on_cpu_and_keeps_the_run_id(tmp_path):
+    """`attnlab sweep --device cpu` over a config that asks for 'auto': same run id, the store
+    records cpu, and `attnlab train --device cpu` reports it."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from attnlab.cli import app
+
+    config = tiny(device="auto", max_steps=16)
+    sweep = SweepConfig(
+        name="dev-cli",
+        base={k: v for k, v in config.model_dump(mode="json").items() if k != "seed"},
+        seeds=[0],
+    )
+    (tmp_path / "sweep.json").write_text(sweep.model_dump_json())
+    store = tmp_path / "r.sqlite"
+    runner = CliRunner()
+    result = runner.invoke(
+        app,
+        ["sweep", str(tmp_path / "sweep.json"), "--device", "cpu", "--workers", "1"]
+        + ["--store", str(store), "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.strip().splitlines()[-1])["completed"] == 1
+    with ResultStore(store) as results:
+        (record,) = results.records()
+    assert record["device"] == "cpu" and record["run_id"] == config.run_id
+    assert record["config"]["train"]["device"] == "cpu"
+
+    (tmp_path / "run.json").write_text(config.model_dump_json())
+    result = runner.invoke(app, ["train", str(tmp_path / "run.json"), "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    trained = json.loads(result.output.strip().splitlines()[-1])
+    assert trained["versions"]["device"] == "cpu" and trained["run_id"] == config.run_id
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
 def test_cuda_without_a_gpu_is_a_clear_error():
     with pytest.raises(ValueError, match="sees no GPU"):

@@ -215,7 +215,7 @@ def plot_attention_pattern(weights, pointers, path: str | Path, title: str = "")
 
     weights = np.asarray(weights)
     N = weights.shape[0]
-    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    fig, ax = plt.subplots(figsize=(6.4, 5.0))
     image = ax.imshow(weights, cmap="viridis", vmin=0, vmax=max(float(weights.max()), 1e-12))
     rows, cols = np.nonzero(np.asarray(pointers))
     ax.scatter(
@@ -223,7 +223,7 @@ def plot_attention_pattern(weights, pointers, path: str | Path, title: str = "")
     )
     ax.set_xlabel("key position j")
     ax.set_ylabel("query position i")
-    ax.set_title(title or f"trained head on one qSA input (N = {N})", fontsize=9)
+    ax.set_title(title or f"trained head on one qSA input (N = {N})", fontsize=8, wrap=True)
     ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="attention weight")
     return _save(fig, path)

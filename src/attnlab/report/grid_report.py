@@ -71,7 +71,7 @@ def cells_table(store: ResultStore, records: list[dict[str, Any]]) -> list[str]:
 def throughput_table(records: list[dict[str, Any]]) -> tuple[list[str], dict[str, float]]:
     """Runs per hour of one CPU core (from each run's CPU time) per architecture and N, and the
     wall-clock rate the grid actually had on the shared machine."""
-    groups: dict[tuple[str, str, int], list[float]] = defaultdict(list)
+    groups: dict[tuple[str, str, int], list[tuple[float, float]]] = defaultdict(list)
     for r in records:
         if "cpu_seconds" in r["timings"]:
             key = (
@@ -79,17 +79,20 @@ def throughput_table(records: list[dict[str, Any]]) -> tuple[list[str], dict[str
                 r["config"]["model"]["arch"],
                 r["config"]["task"]["params"]["N"],
             )
-            groups[key].append(r["timings"]["cpu_seconds"])
+            wall = r.get("wall_seconds") or r["timings"].get("wall_seconds", float("nan"))
+            groups[key].append((r["timings"]["cpu_seconds"], wall))
     lines = [
-        "| task | architecture | N | runs | CPU s per run (mean) | runs per CPU-core hour |",
-        "|---|---|---:|---:|---:|---:|",
+        "| task | architecture | N | runs | CPU s per run (mean) | wall s per run (mean, shared machine) "
+        "| runs per CPU-core hour |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     rates = {}
-    for (task, arch, N), seconds in sorted(groups.items()):
-        mean = float(np.mean(seconds))
+    for (task, arch, N), pairs in sorted(groups.items()):
+        mean = float(np.mean([cpu for cpu, _ in pairs]))
+        wall = float(np.mean([w for _, w in pairs]))
         rates[f"{task} {arch} N={N}"] = 3600 / mean
         lines.append(
-            f"| {task} | {arch} | {N} | {len(seconds)} | {mean:.1f} | {3600 / mean:,.0f} |"
+            f"| {task} | {arch} | {N} | {len(pairs)} | {mean:.1f} | {wall:.1f} | {3600 / mean:,.0f} |"
         )
     stamps = sorted(
         (datetime.fromisoformat(r["started_at"]), datetime.fromisoformat(r["finished_at"]))
@@ -212,7 +215,37 @@ def _pattern_figure(records, runs_dir: Path | None, out: Path) -> str | None:
     return f"Run {best['run_id']}: on average {mass:.1%} of row i's attention weight sits on the q = 2 positions of y_i (uniform attention would put 12.5% there)."
 
 
-def write_grid_report(store_path: Path, runs_dir: Path | None, out: Path, command: str) -> str:
+def load_summary(path: Path | None) -> str:
+    """The machine's load while the grid ran, from a log of `date load1 load5 load15 ...` lines
+    (/proc/loadavg sampled every few minutes next to the sweep)."""
+    if path is None:
+        return "load not logged"
+    loads = []
+    for line in Path(path).read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 3:
+            try:
+                loads.append(float(fields[2]))
+            except ValueError:
+                continue
+    if not loads:
+        raise ValueError(
+            f"{path}: no load samples (expected lines of 'DATE load1 load5 load15 ...')"
+        )
+    return (
+        f"5-minute load average {np.mean(loads):.1f} on average (range {min(loads):.1f}-{max(loads):.1f}, "
+        f"{len(loads)} samples) on 2 cores"
+    )
+
+
+def write_grid_report(
+    store_path: Path,
+    runs_dir: Path | None,
+    out: Path,
+    command: str,
+    load_log: Path | None = None,
+    nice: int = 10,
+) -> str:
     from attnlab.experiments.plots import (
         plot_curves,
         plot_error_vs_samples,
@@ -287,8 +320,9 @@ def write_grid_report(store_path: Path, runs_dir: Path | None, out: Path, comman
             "# Training grid (committed results)",
             "",
             f"Command: `{command}`  ",
-            f"Machine: {platform.machine()}, 2 shared CPU cores, one worker at `nice -n 19`, one torch thread, float32, "
-            f"device recorded per run: {sorted({r.get('device') for r in records})}. GPU: not measured (no GPU was lent).",
+            f"Machine: {platform.machine()}, 2 CPU cores shared with other jobs ({load_summary(load_log)}); "
+            f"one sweep worker at `nice -n {nice}`, one torch thread, float32, device recorded per run: "
+            f"{sorted({r.get('device') for r in records})}. GPU: not measured (no GPU was lent to this session).",
             "",
             f"Store: {sum(counts.values())} runs ({', '.join(f'{k} {v}' for k, v in counts.items())}), of which "
             f"{len(records)} belong to the committed configs as they stand ({stale} finished runs of earlier "
