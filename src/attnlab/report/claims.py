@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 PARTLY = "partly"
 
@@ -24,11 +27,26 @@ class Context:
     out_dir: Path
     seed: int = 0
     workers: int = 1
+    # called as progress(done, total, label) inside a long check; None: no progress shown
+    progress: Callable[[int, int, str], None] | None = None
 
     def figure_path(self, name: str) -> Path:
         path = self.out_dir / "figures" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
+
+    def track(
+        self, items: Iterable[T], label: Callable[[T], str] = str, total: int | None = None
+    ) -> Iterator[T]:
+        """Yield `items`, reporting `label(item)` and the count done to `progress` before each."""
+        seq: Sequence[T] = items if isinstance(items, Sequence) else list(items)
+        n = len(seq) if total is None else total
+        for i, item in enumerate(seq):
+            if self.progress:
+                self.progress(i, n, label(item))
+            yield item
+        if self.progress:
+            self.progress(n, n, "done")
 
 
 @dataclass
@@ -44,6 +62,8 @@ class ClaimResult:
     config: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     error: str | None = None
+    finished_at: str | None = None  # UTC time the check finished (kept when read from the cache)
+    cached: bool = False  # True when this run read the result from the cache
 
     @property
     def status(self) -> str:
@@ -80,6 +100,7 @@ class Claim:
     title: str
     paper: str
     check: Callable[[Context], Measurement]
+    inputs: tuple[Path, ...] = ()  # data files the check reads; their content is in the cache key
 
     def run(self, ctx: Context) -> ClaimResult:
         result = ClaimResult(self.key, self.part, self.title, self.paper)
@@ -93,19 +114,20 @@ class Claim:
             result.error = f"{type(exc).__name__}: {exc}"
             result.measured = traceback.format_exc(limit=3)
         result.seconds = time.perf_counter() - start
+        result.finished_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         return result
 
 
 CLAIMS: dict[str, Claim] = {}
 
 
-def claim(key: str, part: str, title: str, paper: str):
-    """Register a check function as the claim `key`."""
+def claim(key: str, part: str, title: str, paper: str, inputs: Iterable[Path] = ()):
+    """Register a check function as the claim `key` (`inputs`: data files it reads)."""
 
     def register(fn: Callable[[Context], Measurement]) -> Callable[[Context], Measurement]:
         if key in CLAIMS:
             raise ValueError(f"claim {key!r} is registered twice")
-        CLAIMS[key] = Claim(key, part, title, paper, fn)
+        CLAIMS[key] = Claim(key, part, title, paper, fn, tuple(Path(p) for p in inputs))
         return fn
 
     return register

@@ -28,7 +28,8 @@ def qsa_width(ctx: Context) -> Measurement:
     exhaustive = [(64, 2), (128, 2)] if ctx.quick else [(64, 2), (128, 2), (256, 2), (48, 3)]
     adversarial = [(256, 4)] if ctx.quick else [(256, 4), (1024, 4), (1024, 8)]
     rows, ok = [], True
-    for N, q in exhaustive + adversarial:
+    cases = exhaustive + adversarial
+    for N, q in ctx.track(cases, lambda c: f"N = {c[0]}, q = {c[1]}"):
         eps = 1.0 / (2 * q)
         bits = certificate_precision(N, q, eps)
         head = smallest_certificate_qsa(
@@ -102,7 +103,7 @@ def qsa_moment_curve(ctx: Context) -> Measurement:
 
     cases = [(16, 2), (64, 2)] if ctx.quick else [(16, 2), (64, 2), (256, 2), (16, 4), (64, 4)]
     rows, ok = [], True
-    for N, q in cases:
+    for N, q in ctx.track(cases, lambda c: f"N = {c[0]}, q = {c[1]}"):
         found = smallest_moment_curve_precision(
             N, q, 4, random_sets=16 if ctx.quick else 64, seed=ctx.seed
         )
@@ -143,7 +144,7 @@ def qsa_lower_bound(ctx: Context) -> Measurement:
 
     qs = [4, 6] if ctx.quick else [4, 6, 8, 10]
     rows, ok = [], True
-    for q in qs:
+    for q in ctx.track(qs, lambda q: f"q = {q}"):
         exact = disjointness_rows(q)
         below = [
             measure_disjointness(q, k, p, ctx.seed, "random")
@@ -289,7 +290,7 @@ def match3_third_order(ctx: Context) -> Measurement:
     ok = v3.bit_errors == 0
     local_Ns = [32, 128] if ctx.quick else [32, 128, 512]
     local_widths = set()
-    for n_local in local_Ns:
+    for n_local in ctx.track(local_Ns, lambda n: f"local Match3, N = {n}"):
         local = smallest_local_match3(n_local, 97, 2, None, ctx.seed)
         vl = local.verify(rng=ctx.seed + 1, n=8)
         certified = bool(vl.notes["certified_all_inputs"])
