@@ -25,6 +25,7 @@ os.environ.setdefault(
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import platform  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -214,6 +215,10 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"ffn{suffix}.md").write_text(text)
+    # every run's row, for looking into failures after the fact
+    (RESULTS / f"ffn{suffix}_runs.json").write_text(
+        json.dumps(rows, indent=0, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+    )
     print(text)
     return 0
 
