@@ -223,6 +223,12 @@ def show(
     """Per task, model and training-set size: errors (median over seeds, best lr by validation);
     samples and width needed to reach the threshold, with 95% intervals over seeds."""
 
+    def _cell(value) -> str:
+        """An error for the table: 'n/a' where the run recorded none (never 'None' or 'nan')."""
+        if value is None or (isinstance(value, float) and value != value):
+            return "n/a"
+        return format_value(value)
+
     def go():
         from attnlab.experiments.analysis import summarise
         from attnlab.experiments.thresholds import sample_needs, width_needs
@@ -244,16 +250,17 @@ def show(
         console.print("runs by status: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         _table(
             "test error (median over seeds)",
-            ["task", "model", "n", "seeds", "max err", "mean err", "reached"],
+            ["task", "model", "n", "seeds", "max err", "mean err", "within"],
             [
                 [
                     short_task(r["task"]),
                     r["model"],
                     str(r["n_train"]),
                     str(r["seeds"]),
-                    format_value(r["max_error"]),
-                    format_value(r.get("mean_error", r.get("bit_error_rate", float("nan")))),
-                    f"{r['reached_fraction']:.0%}",
+                    _cell(r["max_error"]),
+                    _cell(r.get("mean_error", r.get("bit_error_rate"))),
+                    # seeds within the threshold as a count: a share would round 199/200 to 100%
+                    f"{round(r['reached_fraction'] * r['seeds'])}/{r['seeds']}",
                 ]
                 for r in rows
             ],
@@ -336,6 +343,12 @@ def plot(
 ) -> None:
     """Error vs training-set size per architecture; samples needed vs N and width vs q and N
     (when the store holds those sweeps)."""
+
+    def _cell(value) -> str:
+        """An error for the table: 'n/a' where the run recorded none (never 'None' or 'nan')."""
+        if value is None or (isinstance(value, float) and value != value):
+            return "n/a"
+        return format_value(value)
 
     def go():
         from attnlab.experiments.analysis import summarise
