@@ -66,6 +66,7 @@ def _logit(alpha):
 METHOD_OPTIONS: dict[str, dict] = {
     "robust": {"queries": None, "B": None, "max_token_norm": 1.0, "noise": None},
     "paper": {"B": None, "repeats": 1, "noise": None},
+    "nuclear-norm": {"measurements": None, "rank": None, "max_token_norm": 1.0, "noise": None},
 }
 METHODS = tuple(METHOD_OPTIONS)
 
@@ -83,7 +84,8 @@ def noisy_single_head(
 
     Parameters
     ----------
-    method : "robust" (default) or "paper".
+    method : "robust" (default), "paper" or "nuclear-norm" (Theorem 5.1's program on Gaussian
+        rank-one probes, for low-rank W; see _nuclear).
     method_options : for "robust": `queries`, the total to spend, >= d^2 + d (default d^2 + d;
         only when the first column saturates the softmax is it read again with smaller probes,
         d more queries each time, info["pilot_retries"]); `B`, an optional bound ||W||_F <= B
@@ -91,7 +93,10 @@ def noisy_single_head(
         `max_token_norm`, the largest token norm a probe may use (default 1, the paper's).
         For "paper": `B`, the bound ||W||_F <= B the estimator needs (required); `repeats`, ask
         every probe this many times and average (useful for random noise).
-        Both: `noise`, the noise model to plan for (default `oracle.noise`; None: exact answers).
+        For "nuclear-norm": `rank` (None: found by a chi-squared test on the residual),
+        `measurements` (rank-one probes; default ceil(2 rank 2d), required without a rank),
+        `max_token_norm`.
+        All: `noise`, the noise model to plan for (default `oracle.noise`; None: exact answers).
     seed : int or numpy Generator (robust designs and the fidelity sample).
     fidelity_samples : fresh random sequences for a fidelity check afterwards (0: none).
     progress : accepted for the common convention; both methods are a handful of batched
@@ -104,6 +109,18 @@ def noisy_single_head(
     started, started_queries = time.perf_counter(), oracle.queries
     if method == "paper":
         W, v, stages, info = _paper(oracle, d, options["B"], options["repeats"], noise)
+    elif method == "nuclear-norm":
+        from attnlab.extract.noisy_lowrank import nuclear_norm_head
+
+        W, v, stages, info = nuclear_norm_head(
+            oracle,
+            d,
+            options["measurements"],
+            options["rank"],
+            options["max_token_norm"],
+            noise,
+            rng,
+        )
     else:
         W, v, stages, info = _robust(
             oracle, d, options["queries"], options["B"], options["max_token_norm"], noise, rng
@@ -113,7 +130,9 @@ def noisy_single_head(
         params={"W": W, "v": v},
         queries=oracle.queries - started_queries,
         method=method,
-        dof=d * d + d,
+        dof=d * d + d
+        if "rank_found" not in info
+        else info["rank_found"] * (2 * d - info["rank_found"]) + d,
         seconds=time.perf_counter() - started,
         stages=stages,
         info=info,
@@ -278,7 +297,7 @@ def _best_rho(R: float, unit: float) -> float:
 
 def _row_sizes(directions: np.ndarray, z_unit: np.ndarray, rho: float, R: float) -> np.ndarray:
     """The largest s_k with |s_k u_k + rho z| <= R for unit rows u_k (so every token stays within R)."""
-    c = directions @ z_unit
+    c = np.sum(directions * z_unit, axis=-1)  # z_unit: one direction (d,) or one per row
     return np.maximum(-rho * c + np.sqrt(np.maximum(R * R - rho * rho * (1.0 - c * c), 0.0)), 0.0)
 
 
@@ -327,7 +346,7 @@ def _row_directions(basis: np.ndarray, count: int, repeat_ok: bool, rng) -> np.n
 
 def _probe(oracle, u, z, v, v_sigma, v_bound, noise):
     """Ask [(u_k + z); z] for every row u_k; return logits with their typical and worst errors."""
-    X = np.stack([u + z[None, :], np.broadcast_to(z, u.shape)], axis=1)
+    X = np.stack([u + z, np.broadcast_to(z, u.shape)], axis=1)  # z: one column (d,) or per row
     y = np.asarray(oracle(X))
     denominator = u @ v
     alpha_raw = (y - z @ v) / denominator
@@ -336,9 +355,11 @@ def _probe(oracle, u, z, v, v_sigma, v_bound, noise):
     # Answer noise, plus the error of v entering through z^T v and a^T v.
     # (typically a random direction sees |v error| / sqrt(d); the worst case sees all of it)
     v_effect_typ = (
-        (np.linalg.norm(z) + alpha * np.linalg.norm(u, axis=1)) * v_sigma / math.sqrt(v.shape[0])
+        (np.linalg.norm(z, axis=-1) + alpha * np.linalg.norm(u, axis=1))
+        * v_sigma
+        / math.sqrt(v.shape[0])
     )
-    v_effect_max = (np.linalg.norm(z) + alpha * np.linalg.norm(u, axis=1)) * v_bound
+    v_effect_max = (np.linalg.norm(z, axis=-1) + alpha * np.linalg.norm(u, axis=1)) * v_bound
     alpha_sigma = np.hypot(noise_scale(noise, y), v_effect_typ) / np.abs(denominator)
     alpha_bound = (noise_bound(noise, y) + v_effect_max) / np.abs(denominator)
     if np.median(alpha_bound) > MAX_ALPHA_ERROR and not getattr(noise, "random", False):

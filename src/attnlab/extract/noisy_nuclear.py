@@ -266,7 +266,8 @@ def _smallest_consistent_rank(op, W, y, found, scale):
     # than the signal's when the noise allows recovery at all), then walk to the smallest
     # consistent rank: usually two polishes.
     s = np.linalg.svd(W, compute_uv=False)[:found]
-    k = int(np.argmax(s[:-1] / s[1:])) + 1 if found > 1 else 1
+    s = s[s > 1e-6 * s[0]]  # components barely above the threshold make meaningless gaps
+    k = int(np.argmax(s[:-1] / s[1:])) + 1 if len(s) > 1 else 1
     results: dict[int, tuple] = {}
 
     def test(k):
@@ -274,10 +275,14 @@ def _smallest_consistent_rank(op, W, y, found, scale):
             results[k] = consistent(k)
         return results[k]
 
-    while k < found and not (test(k) and test(k)[1]):
-        k += 1
-    if not (test(k) and test(k)[1]):
-        return None
+    if not (test(k) and test(k)[1]):  # the gap misled: the smallest consistent rank from below
+        for k in range(1, found + 1):
+            if test(k) is None:
+                return None  # no slack left: larger ranks cannot be tested either
+            if test(k)[1]:
+                break
+        else:
+            return None
     while k > 1 and test(k - 1) and test(k - 1)[1]:
         k -= 1
     return k, test(k)[0]
