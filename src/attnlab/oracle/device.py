@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from attnlab.errors import BudgetExhausted, OracleError, QueryShapeError
-from attnlab.oracle.oracle import Oracle
+from attnlab.oracle.journal import distinct_queries
+from attnlab.oracle.oracle import Oracle, all_finite
 from attnlab.oracle.targets import as_numpy_target, declared_width, real_answers
 
 
@@ -185,6 +186,8 @@ class DeviceOracle(Oracle):
         comparison, so two different sequences are never merged.
         """
         n = batch.shape[0]
+        if batch.device.type == "cpu":
+            return self._distinct_on_host(batch.numpy())
         flat = batch.reshape(n, -1)
         width = flat.shape[1]
         key = self._hash_vectors.get(width)
@@ -217,6 +220,19 @@ class DeviceOracle(Oracle):
         inverse = torch.empty(n, dtype=torch.long, device=self.device)
         inverse[order] = inverse_sorted
         return firsts, inverse
+
+    def _distinct_on_host(self, batch: np.ndarray):
+        """The CPU case of `_distinct`, on a view of the tensor's memory: one BLAS pass checks
+        finiteness and numpy's exact integer hash groups the sequences (both cheaper on a CPU
+        than the torch ops, and the hash is exact, whatever order a BLAS sums in)."""
+        if not all_finite(batch):
+            raise QueryShapeError(
+                "a query contains NaN or infinite entries; queries must be finite real arrays"
+            )
+        first, inverse = distinct_queries(batch)
+        if first.size == batch.shape[0]:
+            return None, None
+        return torch.from_numpy(first), torch.from_numpy(inverse)
 
     def _validate_tensor(self, X: torch.Tensor) -> torch.Tensor:
         if X.is_complex():

@@ -72,6 +72,39 @@ class DeviceWriter:
         bi,
         nu: float,
     ) -> None:
+        """X0 = mu a + nu b, X1 = nu b, in as few passes over the buffer as `reader.write_queries`."""
+        n = X0.shape[0]
+        if isinstance(b_dirs, CoordinateDirections):
+            # nu e_j: c scalars added to X0 and written into a zeroed X1, no pass for b
+            self.write(X0, a_dirs, ai, mu)
+            rows = torch.arange(n, device=self.device)
+            cols = (
+                int(bi)
+                if isinstance(bi, (int, np.integer))
+                else torch.as_tensor(bi, device=self.device)
+            )
+            X0[rows, cols] += nu
+            X1.zero_()
+            X1[rows, cols] = nu
+            return
+        if isinstance(bi, (int, np.integer)):
+            b_row = self._row(b_dirs, int(bi)) * nu
+            X1.copy_(b_row.expand(n, -1))
+            if isinstance(ai, (int, np.integer)):
+                X0.copy_((self._row(a_dirs, int(ai)) * mu + b_row).expand(n, -1))
+            elif isinstance(a_dirs, AlignedBasis):
+                # one (n x 3) @ (3 x d) product writes the directions and the added row
+                idx = torch.as_tensor(ai, device=self.device)
+                coef = torch.empty((n, 3), dtype=torch.float64, device=self.device)
+                torch.mul(self.tensor(a_dirs._coef)[idx], -2.0 * mu, out=coef[:, :2])
+                coef[:, 2] = 1.0
+                basis = torch.cat([self.tensor(a_dirs._basis), b_row[None]])
+                torch.matmul(coef, basis, out=X0)
+                X0[torch.arange(n, device=self.device), idx] += mu
+            else:
+                self.write(X0, a_dirs, ai, mu)
+                X0 += b_row
+            return
         self.write(X1, b_dirs, bi, nu)
         self.write(X0, a_dirs, ai, mu)
         X0 += X1

@@ -77,15 +77,23 @@ class BilinearReader:
         device = getattr(oracle, "device", None)
         self._device_writer = None
         self._buffer: Any  # a numpy array, or a torch tensor on the DeviceOracle's device
+        self._view: Any  # what the probes are written through: numpy where the memory is host
         if device is not None:  # a DeviceOracle: probes are written on its device
             import torch
 
             from attnlab.extract.single_head.device_probes import DeviceWriter
 
-            self._device_writer = DeviceWriter(device)
             self._buffer = torch.empty((self.chunk, 2, d), dtype=torch.float64, device=device)
+            if self._buffer.device.type == "cpu":
+                # host memory: numpy writes straight into the tensor's storage (fewer passes
+                # than the torch ops); the oracle is still handed the tensor
+                self._view = self._buffer.numpy()
+            else:
+                self._device_writer = DeviceWriter(device)
+                self._view = self._buffer
         else:
             self._buffer = np.empty((self.chunk, 2, d))
+            self._view = self._buffer
         self.u: np.ndarray | None = None
         self.u_sigma: float | None = None
         self.w_sigma: float | None = None  # largest line spread seen so far
@@ -207,7 +215,7 @@ class BilinearReader:
                     if self._device_writer is None
                     else self._device_writer.write_queries
                 )
-                write(self._buffer[slot, 0], self._buffer[slot, 1], a_dirs, ai, mu, b_dirs, bi, nu)
+                write(self._view[slot, 0], self._view[slot, 1], a_dirs, ai, mu, b_dirs, bi, nu)
                 scaled[0, slot] = mu * a_dot_v[ai]
                 scaled[1, slot] = nu * b_dot_v[bi]
                 scaled[2, slot] = mu * a_norms[ai]
