@@ -186,8 +186,17 @@ def main() -> None:
     parser.add_argument(
         "--only", default=None, help="--scale: comma-separated case names (e.g. 2048/full)"
     )
+    parser.add_argument(
+        "--throughput",
+        action="store_true",
+        help="multi_head and relu_ffn at their benchmark sizes: seconds per query, learner vs target",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.throughput:
+        from single_head_scale import throughput_main
+
+        return throughput_main(args)
     if args.scale:
         from single_head_scale import scale_main
 

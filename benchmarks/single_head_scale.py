@@ -257,3 +257,75 @@ def scale_main(args) -> None:
         log.write_text(json.dumps({"command": command, "rows": rows}, indent=1))
         (RESULTS / "single_head_scale.md").write_text(table(rows, command))
     print(table(rows, command))
+
+
+# Multi-head and FFN throughput (issue 16): their benchmark sizes (benchmarks/multihead.py random
+# family and low-rank (128, 4, 16); benchmarks/ffn.py's d = 32, m = 64 and d = 64, m = 128, biases).
+THROUGHPUT = [
+    ("multi_head", {"d": 16, "heads": 4}),
+    ("multi_head", {"d": 128, "heads": 4, "rank": 16}),
+    ("relu_ffn", {"d": 32, "m": 64}),
+    ("relu_ffn", {"d": 64, "m": 128}),
+]
+
+
+def throughput_case(kind: str, size: dict, seed: int) -> dict:
+    """One extraction with the target timed: seconds per query, split learner vs target."""
+    from attnlab.extract import multi_head, relu_ffn
+    from attnlab.models import MultiHeadRegressor, ReluFFN
+
+    d = size["d"]
+    if kind == "multi_head":
+        model = MultiHeadRegressor.random(d, size["heads"], rank=size.get("rank"), seed=seed)
+        timed = TimedTarget(model)
+        oracle = Oracle(timed, d=d)
+        options = {"rank": size["rank"]} if "rank" in size else {}
+        result = multi_head(oracle, heads=size["heads"], seed=seed, fidelity_samples=0, **options)
+    else:
+        model = ReluFFN.random(d, size["m"], bias=True, seed=seed)
+        timed = TimedTarget(model)
+        oracle = Oracle(timed, d=d)
+        result = relu_ffn(oracle, bias=True, hidden=size["m"], seed=seed + 1, fidelity_samples=0)
+    seconds, queries = result.seconds, result.queries
+    return {
+        "extractor": kind,
+        "size": ", ".join(f"{k}={v}" for k, v in size.items()),
+        "queries": queries,
+        "seconds": seconds,
+        "target_s": timed.seconds,
+        "target_calls": timed.calls,
+        "us_per_query": 1e6 * seconds / queries,
+        "target_us_per_query": 1e6 * timed.seconds / queries,
+        "learner_fraction": (seconds - timed.seconds) / timed.seconds,
+    }
+
+
+def throughput_main(args) -> None:
+    command = "nice -n 10 python benchmarks/single_head.py --throughput"
+    rows = [throughput_case(kind, size, args.seed) for kind, size in THROUGHPUT]
+    lines = [
+        "# Multi-head and ReLU-FFN throughput: learner vs target",
+        "",
+        f"`{command}` on {platform.machine()}, Python {platform.python_version()}, torch "
+        f"{torch.__version__}, numpy {np.__version__}; BLAS and torch single-threaded, niced, on a "
+        "shared machine (compare the split within a row). The numpy `Oracle` around a `TimedTarget`; "
+        "target = seconds inside the target's calls, learner = (seconds - target) / target (the "
+        "Oracle's checks included). Fidelity checks off.",
+        "",
+        "| extractor | size | queries | seconds | us / query | target us / query | target calls | learner |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        lines.append(
+            f"| {row['extractor']} | {row['size']} | {row['queries']} | {row['seconds']:.2f} | "
+            f"{row['us_per_query']:.1f} | {row['target_us_per_query']:.1f} | {row['target_calls']} | "
+            f"{row['learner_fraction']:.0%} |"
+        )
+    text = "\n".join(lines) + "\n"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "single_head_throughput.md").write_text(text)
+    (RESULTS / "single_head_throughput.json").write_text(
+        json.dumps({"command": command, "rows": rows}, indent=1)
+    )
+    print(text)
