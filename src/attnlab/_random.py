@@ -20,3 +20,20 @@ def as_generator(seed: Seed) -> np.random.Generator:
         f"seed must be an int, None or a numpy.random.Generator, got {type(seed).__name__} "
         f"({seed!r}); pass e.g. seed=0 or seed=np.random.default_rng(0)"
     )
+
+
+def haar_orthogonal(rng: np.random.Generator, d: int) -> np.ndarray:
+    """A (d, d) orthogonal matrix drawn from the Haar (uniform) distribution on O(d).
+
+    The QR factors of a standard Gaussian matrix, with each column of Q multiplied by the sign of
+    R's matching diagonal entry: without that correction Q is not uniform (Mezzadri, 2007).
+    This is scipy.stats.ortho_group's algorithm (scipy 1.17: the same draws from the same
+    Generator, so seeded results did not move when attnlab stopped importing scipy.stats).
+    d = 1 gives [[1]] or [[-1]] (one draw).
+    """
+    if isinstance(d, bool) or int(d) != d or d < 1:
+        raise ValueError(f"d must be a positive integer (the matrix is d x d), got {d!r}")
+    Q, R = np.linalg.qr(rng.standard_normal((int(d), int(d))))
+    signs = np.sign(np.diag(R))
+    signs[signs == 0] = 1.0  # a zero diagonal has probability 0; keep Q orthogonal if it happens
+    return Q * signs[None, :]

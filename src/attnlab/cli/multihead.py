@@ -1,7 +1,8 @@
 """`attnlab multihead demo`, `attnlab extract multi-head` and `attnlab extract orthogonal-heads`.
 
-The comparison with ground truth lives here (canonical forms, heads matched by permutation);
-the extractors only ever see the oracle.
+The extraction commands call the recipes in attnlab.evaluate.recipes (the comparison with ground
+truth, in canonical form, is made there after the extractor returns); the extractors only ever
+see the oracle.
 """
 
 from __future__ import annotations
@@ -107,31 +108,6 @@ def demo_command(
 
 
 # -- extraction -------------------------------------------------------------------------------
-def run_multi_head(
-    d: int,
-    heads: int,
-    max_heads: int | None = None,
-    seed: int = 0,
-    scale: float = 1.0,
-    fidelity_samples: int = 1000,
-    progress: bool = False,
-    method: str = "continuation",
-) -> dict[str, Any]:
-    """Build a random H-head target, learn its canonical form, compare with the truth's."""
-    from attnlab.evaluate.recipes import multi_head_row
-
-    return multi_head_row(
-        d,
-        heads,
-        max_heads=max_heads,
-        seed=seed,
-        scale=scale,
-        fidelity_samples=fidelity_samples,
-        progress=progress,
-        method=method,
-    )
-
-
 @extract_app.command("multi-head")
 def multi_head_command(
     d: int = typer.Option(..., "--d", help="Token width d of the random target."),
@@ -153,10 +129,21 @@ def multi_head_command(
     """Learn a random multi-head regressor's canonical heads from queries (no subspace assumption)."""
     import sys
 
+    from attnlab.evaluate.recipes import multi_head_row
+
     show = not no_progress and sys.stderr.isatty()  # a bar only for a person watching a terminal
     guarded(
         lambda: emit(
-            run_multi_head(d, heads, max_heads, seed, scale, fidelity_samples, show, method),
+            multi_head_row(
+                d,
+                heads,
+                max_heads=max_heads,
+                seed=seed,
+                scale=scale,
+                fidelity_samples=fidelity_samples,
+                progress=show,
+                method=method,
+            ),
             json_out,
             title="multi-head extraction (canonical form)",
         )
@@ -175,14 +162,6 @@ def parse_dims(text: str) -> list[int]:
     return dims
 
 
-def run_orthogonal_heads(
-    d: int, dims: list[int], seed: int = 0, fidelity_samples: int = 1000
-) -> dict[str, Any]:
-    from attnlab.evaluate.recipes import orthogonal_heads_row
-
-    return orthogonal_heads_row(d, dims, seed=seed, fidelity_samples=fidelity_samples)
-
-
 @extract_app.command("orthogonal-heads")
 def orthogonal_heads_command(
     d: int = typer.Option(..., "--d", help="Token width d."),
@@ -196,13 +175,15 @@ def orthogonal_heads_command(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Learn heads in known pairwise orthogonal subspaces with the single-head algorithm in each."""
+    from attnlab.evaluate.recipes import orthogonal_heads_row
+
     guarded(
         lambda: emit(
-            run_orthogonal_heads(d, parse_dims(dims), seed, fidelity_samples),
+            orthogonal_heads_row(d, parse_dims(dims), seed=seed, fidelity_samples=fidelity_samples),
             json_out,
             title="multi-head extraction (orthogonal subspaces)",
         )
     )
 
 
-__all__ = ["demo_evidence", "multihead_app", "parse_dims", "run_multi_head", "run_orthogonal_heads"]
+__all__ = ["demo_evidence", "multihead_app", "parse_dims"]

@@ -207,6 +207,23 @@ def _check_sizes(d: int, m: int) -> None:
         raise ValueError(f"--d and --m must be at least 1, got d={d}, m={m}")
 
 
+def _queries_row(result, **keys: Any) -> dict[str, Any]:
+    """The row's identifying keys, then the total queries and the queries of every stage."""
+    row: dict[str, Any] = {**keys, "queries": result.queries}
+    row.update({f"queries_{stage}": count for stage, count in result.stages.items()})
+    return row
+
+
+def _fresh_input_check(model, result, d: int, lengths, scale: float, seed: int) -> dict[str, Any]:
+    """Functional error on 2000 fresh Gaussian inputs (drawn from `seed`), fidelity, seconds."""
+    inputs = gaussian_batches(d, 2000, lengths=lengths, scale=scale, seed=seed)
+    return {
+        "functional_error": functional_error(model, result, inputs),
+        "fidelity": result.fidelity,
+        "seconds": result.seconds,
+    }
+
+
 def ffn_row(
     d: int,
     m: int,
@@ -233,8 +250,7 @@ def ffn_row(
     errors = ffn_parameter_error(
         result, model.A.detach().numpy(), model.w.detach().numpy(), b, float(model.c.detach())
     )
-    row: dict[str, Any] = {"d": d, "m": m, "bias": bias, "queries": result.queries}
-    row.update({f"queries_{stage}": count for stage, count in result.stages.items()})
+    row = _queries_row(result, d=d, m=m, bias=bias)
     row.update(
         neurons_found=result.info["neurons_found"],
         neurons_unseen=result.info.get("neurons_unseen", 0),
@@ -245,12 +261,7 @@ def ffn_row(
     if bias:
         row.update(rel_error_b=errors["bias_error"], error_c=errors["c_error"])
     scale = 3.0 / np.sqrt(d) if input_scale is None else input_scale
-    inputs = gaussian_batches(d, 2000, lengths=(1, 1), scale=scale, seed=seed + 7919)
-    row.update(
-        functional_error=functional_error(model, result, inputs),
-        fidelity=result.fidelity,
-        seconds=result.seconds,
-    )
+    row.update(_fresh_input_check(model, result, d, (1, 1), scale, seed + 7919))
     return row
 
 
@@ -271,17 +282,13 @@ def transformer_row(
     result = one_layer_transformer(
         Oracle(model, d=d), residual=residual, hidden=m, seed=_or(extractor_seed, seed + 1)
     )
-    row: dict[str, Any] = {"d": d, "m": m, "residual": residual, "queries": result.queries}
-    row.update({f"queries_{stage}": count for stage, count in result.stages.items()})
-    inputs = gaussian_batches(d, 2000, lengths=(1, 8), scale=3.0 / np.sqrt(d), seed=seed + 7919)
+    row = _queries_row(result, d=d, m=m, residual=residual)
     row.update(
         rel_error_W=relative_error(result.params["W"], model.W.detach().numpy()),
         rel_error_v=relative_error(result.params["v"], model.value_vector.detach().numpy()),
         neurons_found=result.info["ffn"]["neurons_found"],
-        functional_error=functional_error(model, result, inputs),
-        fidelity=result.fidelity,
-        seconds=result.seconds,
     )
+    row.update(_fresh_input_check(model, result, d, (1, 8), 3.0 / np.sqrt(d), seed + 7919))
     return row
 
 

@@ -32,6 +32,7 @@ from attnlab.extract.convention import resolve_method, token_width
 from attnlab.extract.ffn import relu_ffn
 from attnlab.extract.result import Extraction, measure_fidelity
 from attnlab.extract.single_head import single_head
+from attnlab.models.numpy_heads import attention_weights
 from attnlab.oracle import Oracle
 from attnlab.oracle.derived import antisymmetric_oracle
 
@@ -115,12 +116,9 @@ def one_layer_transformer(
 
     def surrogate(X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
-        query = X[:, -1, :]
-        scores = np.einsum("bnd,de,be->bn", X, W, query)
-        scores -= scores.max(axis=1, keepdims=True)
-        weights = np.exp(scores)
-        weights /= weights.sum(axis=1, keepdims=True)
-        z = np.einsum("bn,bnd->bd", weights, X) + (query if residual else 0.0)
+        z = np.einsum("bn,bnd->bd", attention_weights(X, W), X)
+        if residual:
+            z = z + X[:, -1, :]
         return np.maximum(z @ A, 0.0) @ w + z @ linear
 
     stages = {
@@ -148,7 +146,7 @@ def one_layer_transformer(
     )
     if fidelity_samples:
         result.fidelity, result.fidelity_queries = measure_fidelity(
-            oracle, surrogate, n=fidelity_samples, seed=int(rng.integers(2**31))
+            oracle, surrogate, n=fidelity_samples, seed=int(rng.integers(2**31)), info=result.info
         )
     return result
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from attnlab._random import Seed, as_generator
 from attnlab.models.precision import round_to_bits
 
 TokenMap = Callable[[torch.Tensor], torch.Tensor]
@@ -43,8 +44,8 @@ def _check_precision(precision: int | None) -> int | None:
     return None if precision is None else int(precision)
 
 
-def _torch_generator(seed: int | np.random.Generator | None) -> torch.Generator:
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+def _torch_generator(seed: Seed) -> torch.Generator:
+    rng = as_generator(seed)
     return torch.Generator().manual_seed(int(rng.integers(2**62)))
 
 
@@ -104,7 +105,7 @@ class AttentionUnit(nn.Module):
         m_value: int | None = None,
         bias: bool = True,
         precision: int | None = None,
-        seed: int | np.random.Generator | None = 0,
+        seed: Seed = 0,
         dtype: torch.dtype = torch.float64,
     ) -> AttentionUnit:
         """A trainable unit with linear Q, K (width m) and V (width m_value, default m)."""
@@ -155,7 +156,7 @@ class ResidualReadout(nn.Module):
         m: int,
         d_in: int,
         d_out: int,
-        seed: int | np.random.Generator | None = 0,
+        seed: Seed = 0,
         dtype: torch.dtype = torch.float64,
     ):
         super().__init__()
@@ -211,13 +212,13 @@ class MultiHeadAttentionLayer(nn.Module):
         d_out: int,
         heads: int = 1,
         residual: bool = True,
-        seed: int | np.random.Generator | None = 0,
+        seed: Seed = 0,
         dtype: torch.dtype = torch.float64,
     ) -> MultiHeadAttentionLayer:
         """Linear phi (d_in -> m), `heads` linear units of width m, linear psi (with residual)."""
         if heads < 1:
             raise ValueError(f"heads must be >= 1, got {heads}")
-        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        rng = as_generator(seed)
         phi = seeded_linear(d_in, m, _torch_generator(rng), dtype=dtype)
         units = [AttentionUnit.linear(m, m, seed=rng, dtype=dtype) for _ in range(heads)]
         psi = ResidualReadout(m, d_in if residual else 0, d_out, seed=rng, dtype=dtype)

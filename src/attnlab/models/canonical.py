@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-from scipy.special import softmax
 
 from attnlab._random import as_generator
+from attnlab.models.numpy_heads import head_forward
 
 
 @dataclass(frozen=True)
@@ -88,11 +88,7 @@ class MultiHeadParams:
             raise ValueError(f"expected a batch of shape (B, N, {self.d}), got shape {X.shape}")
         if self.heads == 0:
             return np.full(X.shape[0], self.c)
-        scores = np.einsum("bnd,hde,be->bhn", X, self.W, X[:, -1, :]) + np.einsum(
-            "bnd,hd->bhn", X, self.u
-        )
-        values = np.einsum("bnd,hd->bhn", X, self.v)
-        return self.c + (softmax(scores, axis=-1) * values).sum(axis=(1, 2))
+        return head_forward(X, self.W, self.v, self.u, self.c)
 
     def to_dict(self) -> dict:
         out = {"W": self.W.tolist(), "v": self.v.tolist()}

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from attnlab._random import as_generator
+
 
 class ReluFFN(nn.Module):
     """g(x) = w^T ReLU(A^T x + b) + c with A in R^{d x m}; `b=None` and `c=0` give the bias-free net."""
@@ -61,8 +63,6 @@ class ReluFFN(nn.Module):
         no query can see them. far: that many neurons (with bias) get hyperplanes at distance
         50..200 from the origin (b_j = -+ distance * ||a_j||), alive only far from the data.
         """
-        from attnlab._random import as_generator
-
         if init not in ("gaussian", "he"):
             raise ValueError(f"init must be 'gaussian' or 'he', got {init!r}")
         if not 0.0 <= dead <= 1.0:

@@ -7,14 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.stats import ortho_group
 from torch import nn
 
+from attnlab._random import Seed, as_generator, haar_orthogonal
 from attnlab.models.attention import random_low_rank
-
-
-def _generator(seed: int | np.random.Generator | None) -> np.random.Generator:
-    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
 
 class MultiHeadRegressor(nn.Module):
@@ -56,13 +52,13 @@ class MultiHeadRegressor(nn.Module):
         heads: int,
         rank: int | None = None,
         scale: float = 1.0,
-        seed: int | np.random.Generator | None = 0,
+        seed: Seed = 0,
         dtype=torch.float64,
     ) -> MultiHeadRegressor:
         """Independent random heads: each W_h of the given rank with entry scale `scale`, v_h standard normal."""
         if heads < 1:
             raise ValueError(f"heads must be >= 1, got {heads}")
-        rng = _generator(seed)
+        rng = as_generator(seed)
         Ws = np.stack([random_low_rank(d, rank, scale, rng) for _ in range(heads)])
         vs = rng.standard_normal((heads, d))
         return cls(Ws, vs, dtype=dtype)
@@ -83,7 +79,7 @@ def random_orthogonal_heads(
     d: int,
     dims: list[int] | tuple[int, ...],
     scale: float = 1.0,
-    seed: int | np.random.Generator | None = 0,
+    seed: Seed = 0,
     dtype=torch.float64,
 ) -> tuple[MultiHeadRegressor, list[np.ndarray]]:
     """Heads living in pairwise orthogonal subspaces of R^d, and those subspaces' bases.
@@ -94,8 +90,8 @@ def random_orthogonal_heads(
     dims = [int(k) for k in dims]
     if any(k < 1 for k in dims) or sum(dims) > d:
         raise ValueError(f"subspace dimensions must be >= 1 and sum to at most d = {d}; got {dims}")
-    rng = _generator(seed)
-    frame = ortho_group.rvs(d, random_state=rng) if d > 1 else np.ones((1, 1))
+    rng = as_generator(seed)
+    frame = haar_orthogonal(rng, d)
     bases, Ws, vs, start = [], [], [], 0
     for k in dims:
         basis = frame[:, start : start + k]
@@ -125,7 +121,7 @@ def random_family_params(
         raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
     if heads < 1 or d < 1:
         raise ValueError(f"heads and d must be >= 1, got heads={heads}, d={d}")
-    rng = _generator(seed)
+    rng = as_generator(seed)
     vs = rng.standard_normal((heads, d))
     if family == "near-parallel":
         base = rng.standard_normal((d, d))

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from attnlab._random import Seed, as_generator
 from attnlab.models.attention import random_low_rank
 from attnlab.models.ffn import ReluFFN
 
@@ -47,11 +48,11 @@ class OneLayerTransformer(nn.Module):
         rank: int | None = None,
         scale: float = 1.0,
         residual: bool = False,
-        seed: int | np.random.Generator | None = 0,
+        seed: Seed = 0,
         dtype=torch.float64,
     ) -> OneLayerTransformer:
         """W of the given rank with entries N(0, scale^2/d), A entries N(0, 1/d), w_o N(0, 1/m)."""
-        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        rng = as_generator(seed)
         W = random_low_rank(d, rank, scale / np.sqrt(d), rng)
         A = rng.standard_normal((d, m)) / np.sqrt(d)
         w_o = rng.standard_normal(m) / np.sqrt(m)

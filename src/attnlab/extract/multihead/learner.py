@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.special import expit
-from scipy.stats import ortho_group
 
+from attnlab._random import haar_orthogonal
 from attnlab.errors import ExtractionError
 from attnlab.extract.multihead.direction import DirectionReader, _not_h_heads, _unit_off
 from attnlab.extract.multihead.labels import inside_row_spaces, match_to_first, row_bases
@@ -219,8 +219,7 @@ class Learner(DirectionReader):
             self.C, self.V = float(answers[0]), answers[1:] - answers[0]
         else:
             self.V = self.ask("values", [eye[i][None] for i in range(d)])
-        U = ortho_group.rvs(d, random_state=self.rng) if d > 1 else np.ones((1, 1))
-        B = ortho_group.rvs(d, random_state=self.rng) if d > 1 else np.ones((1, 1))
+        U, B = haar_orthogonal(self.rng, d), haar_orthogonal(self.rng, d)
         for attempt in range(4):
             spent_before = self.stages["pairs"]
             first, first_u = self._first_reference(
