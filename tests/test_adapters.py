@@ -205,3 +205,21 @@ def test_extraction_reprs_are_short_and_to_module_refuses_other_kinds():
             method="critical-points",
             dof=6,
         ).to_module()
+
+
+def test_the_hf_adapter_is_importable_from_adapters_and_from_its_own_module():
+    """oracle.hf_attention holds the HF adapter; oracle.adapters keeps its documented names (lazily,
+    so adapters, which hf_attention imports, does not import it back at load time)."""
+    import attnlab.oracle.adapters as adapters
+    import attnlab.oracle.hf_attention as hf
+
+    for name in (
+        "from_hf_attention",
+        "hf_attention_layers",
+        "out_projection_matrix",
+        "HFAttention",
+    ):
+        assert getattr(adapters, name) is getattr(hf, name)
+    assert hf.NotBilinearError is NotBilinearError
+    with pytest.raises(AttributeError, match="no attribute 'from_hf_attentoin'"):
+        adapters.from_hf_attentoin  # noqa: B018 (the attribute access is the test)

@@ -160,7 +160,7 @@ def ffn_radius_errors(
     return errors
 
 
-# -- real attention heads (helper W1: oracle.adapters) -------------------------------------------
+# -- real attention heads (oracle.hf_attention) ---------------------------------------------------
 def attention_head_form(
     Wq, Wk, Wv, Wo_head, readout, scaling: float, bq=None, bk=None, bv=None
 ) -> dict:
@@ -184,9 +184,9 @@ def attention_head_form(
 
 def hf_head_form(model, layer: int, head: int, readout) -> dict:
     """The true (W, u, v, c) of head `head` of a BERT-, GPT-2- or Llama-style HF model's layer,
-    computed from its weights (what oracle.adapters.from_hf_attention exposes; rotary heads: the
+    computed from its weights (what oracle.hf_attention.from_hf_attention exposes; rotary heads: the
     offset-0 form, times the rotary attention scaling squared)."""
-    from attnlab.oracle.adapters import hf_attention_layers, out_projection_matrix
+    from attnlab.oracle.hf_attention import hf_attention_layers, out_projection_matrix
 
     spec = hf_attention_layers(model)[layer]
     m, dh, hidden = spec.attention, spec.head_dim, spec.hidden
