@@ -37,10 +37,24 @@ GRID_SWEEPS = (
 MATCH_SOLVED_BIT_ERROR = 0.01
 
 
-def _sweep_members() -> dict[str, set[str]]:
+def _sweep_members(finished: set[str] | None = None) -> dict[str, set[str]]:
     """Run ids of each committed sweep as its config stands now (a store can also hold runs of
-    earlier versions of a config; they are left out of the report and the exports)."""
-    return {name: {c.run_id for c in load_sweep(name).expand()} for name in GRID_SWEEPS}
+    earlier versions of a config; they are left out of the report and the exports). With
+    `finished`, only the runs of cells whose every seed finished: a cell cut mid-way (an
+    interrupted sweep) stays out of the tables and exports until its last seed is in."""
+    members = {}
+    for name in GRID_SWEEPS:
+        configs = load_sweep(name).expand()
+        if finished is None:
+            members[name] = {c.run_id for c in configs}
+            continue
+        cells: dict[str, list[str]] = defaultdict(list)
+        for c in configs:
+            cells[c.model_copy(update={"seed": 0}).run_id].append(c.run_id)
+        members[name] = {
+            run_id for ids in cells.values() if all(i in finished for i in ids) for run_id in ids
+        }
+    return members
 
 
 def cells_table(store: ResultStore, records: list[dict[str, Any]]) -> list[str]:
@@ -65,6 +79,8 @@ def cells_table(store: ResultStore, records: list[dict[str, Any]]) -> list[str]:
             f"| {name} | {len(configs)} | {len(done)} | {sum(all(v) for v in cells.values())} of "
             f"{len(cells)} | {shown or '-'} |"
         )
+    lines += ["", "What each sweep is (its config's description):", ""]
+    lines += [f"- `{name}`: {load_sweep(name).description}" for name in GRID_SWEEPS]
     return lines
 
 
@@ -161,8 +177,8 @@ def match3_table(records: list[dict[str, Any]]) -> list[str]:
             cells[(r["config"]["task"]["params"]["N"], m["arch"], m["heads"], m["width"])].append(r)
     lines = [
         "| N | model | heads H | width m | seeds | bit error rate, mean [95% CI] | sequences with a wrong bit "
-        "(mean) | solved (every seed <= 1% wrong bits) |",
-        "|---:|---|---:|---:|---:|---|---:|---|",
+        "(mean) | solved (every seed <= 1% wrong bits) | steps (mean) | stopped at the min_steps floor |",
+        "|---:|---|---:|---:|---:|---|---:|---|---:|---:|",
     ]
     for (N, arch, heads, width), runs in sorted(cells.items()):
         rates = [r["metrics"]["bit_error_rate"] for r in runs]
@@ -171,7 +187,9 @@ def match3_table(records: list[dict[str, Any]]) -> list[str]:
         solved = all(x <= MATCH_SOLVED_BIT_ERROR for x in rates)
         lines.append(
             f"| {N} | {arch} | {heads} | {width} | {len(runs)} | {ci} | "
-            f"{np.mean([r['metrics']['max_error'] for r in runs]):.3f} | {'yes' if solved else 'no'} |"
+            f"{np.mean([r['metrics']['max_error'] for r in runs]):.3f} | {'yes' if solved else 'no'} | "
+            f"{np.mean([r['metrics']['steps'] for r in runs]):.0f} | "
+            f"{sum(r['metrics']['steps'] <= r['config']['train']['min_steps'] for r in runs)} of {len(runs)} |"
         )
     return lines
 
@@ -215,19 +233,28 @@ def _pattern_figure(records, runs_dir: Path | None, out: Path) -> str | None:
     return f"Run {best['run_id']}: on average {mass:.1%} of row i's attention weight sits on the q = 2 positions of y_i (uniform attention would put 12.5% there)."
 
 
-def load_summary(path: Path | None) -> str:
-    """The machine's load while the grid ran, from a log of `date load1 load5 load15 ...` lines
-    (/proc/loadavg sampled every few minutes next to the sweep)."""
+def load_summary(path: Path | None, records: list[dict[str, Any]] | None = None) -> str:
+    """The machine's load while the grid ran, from a log of `DATE load1 load5 load15 ...` lines
+    (/proc/loadavg sampled every few minutes next to the sweep); with `records`, only the samples
+    taken while one of their runs was training count."""
     if path is None:
         return "load not logged"
+    windows = [
+        (datetime.fromisoformat(r["started_at"]), datetime.fromisoformat(r["finished_at"]))
+        for r in records or []
+        if r.get("started_at") and r.get("finished_at")
+    ]
     loads = []
     for line in Path(path).read_text().splitlines():
         fields = line.split()
         if len(fields) >= 3:
             try:
-                loads.append(float(fields[2]))
+                stamp = datetime.fromisoformat(fields[0].replace("Z", "+00:00"))
+                load = float(fields[2])
             except ValueError:
                 continue
+            if not windows or any(start <= stamp <= end for start, end in windows):
+                loads.append(load)
     if not loads:
         raise ValueError(
             f"{path}: no load samples (expected lines of 'DATE load1 load5 load15 ...')"
@@ -255,9 +282,9 @@ def write_grid_report(
     from attnlab.report.training import QSA_SWEEPS, judge, verdict
 
     out.mkdir(parents=True, exist_ok=True)
-    members = _sweep_members()
-    current = set().union(*members.values())
     with ResultStore(store_path) as store:
+        members = _sweep_members(store.finished_ids())
+        current = set().union(*members.values())
         records = [r for r in store.records() if r["run_id"] in current]
         counts = store.counts()
         stale = len(store.records()) - len(records)
@@ -320,13 +347,13 @@ def write_grid_report(
             "# Training grid (committed results)",
             "",
             f"Command: `{command}`  ",
-            f"Machine: {platform.machine()}, 2 CPU cores shared with other jobs ({load_summary(load_log)}); "
+            f"Machine: {platform.machine()}, 2 CPU cores shared with other jobs ({load_summary(load_log, records)}); "
             f"one sweep worker at `nice -n {nice}`, one torch thread, float32, device recorded per run: "
             f"{sorted({r.get('device') for r in records})}. GPU: not measured (no GPU was lent to this session).",
             "",
             f"Store: {sum(counts.values())} runs ({', '.join(f'{k} {v}' for k, v in counts.items())}), of which "
             f"{len(records)} belong to the committed configs as they stand ({stale} finished runs of earlier "
-            f"versions of them are left out); {budget} of these stopped by the step budget, the rest by the "
+            f"versions of them, or of cells whose seeds have not all finished, are left out); {budget} of these stopped by the step budget, the rest by the "
             f"plateau rule. Exports: "
             f"`training-grid.jsonl.gz` ({exported} runs; what `attnlab reproduce` reads), "
             f"`training-grid-runs.parquet`, `training-grid-curves.parquet` ({curve_rows} curve points).",
