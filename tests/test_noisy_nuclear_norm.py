@@ -47,3 +47,13 @@ def test_refuses_without_a_rank_or_measurements():
         noisy_single_head(Oracle(head), method="nuclear-norm")
     with pytest.raises(ValueError, match="rank"):
         noisy_single_head(Oracle(head), method="nuclear-norm", method_options={"rank": 9})
+
+
+def test_exact_oracle_without_a_rank_finds_it():
+    d, r = 32, 3
+    head, W, _ = _head(d, r, seed=2)
+    ex = noisy_single_head(
+        Oracle(head), method="nuclear-norm", method_options={"measurements": 2 * r * 2 * d}
+    )
+    assert ex.info["rank_found"] == r
+    assert relative_error(ex.W, W) <= 1e-9

@@ -121,6 +121,7 @@ def nuclear_norm_solve(
     rank: int | None = None,
     lam: float | None = None,
     seed: int = 0,
+    exact_residual: float = EXACT_RESIDUAL,
 ) -> tuple[np.ndarray, NuclearReport]:
     """Low-rank W with a_k^T W b_k ~ y_k, matrix-free (see the module docstring).
 
@@ -134,6 +135,8 @@ def nuclear_norm_solve(
         polished low-rank fit is exact to float64 accuracy.
     rank : the rank to polish at, when known; None: the rank the thresholding keeps.
     lam : override the final lam (in units of the weighted data, as in the objective).
+    exact_residual : exact data: the relative residual below which a polished fit is accepted
+        (data read through a logit inversion are exact only to ~1e-13, not to 1e-15).
     """
     started = time.perf_counter()
     op = RankOneMeasurements(a, b, weights)
@@ -182,7 +185,14 @@ def nuclear_norm_solve(
         if not noisy and 0 < target and target not in tried and found >= target:
             tried.add(target)
             polished = _polish(op, W, yw, target, noisy=False)
-            if polished is not None and polished[2] <= EXACT_RESIDUAL:
+            if polished is not None and polished[2] <= exact_residual:
+                # the thresholded rank can jump past the true one; an exact fit at a lower rank wins
+                while rank is None and target > 1 and target - 1 not in tried:
+                    tried.add(target - 1)
+                    lower = _polish(op, W, yw, target - 1, noisy=False)
+                    if lower is None or lower[2] > exact_residual:
+                        break
+                    polished, target = lower, target - 1
                 return _done(polished, target, iterations, current / lam_top, scale, started)
         if final:
             break
