@@ -32,7 +32,8 @@ import numpy as np
 
 from attnlab._random import as_generator
 from attnlab.extract.convention import resolve_method
-from attnlab.extract.multihead.learner import Learner, check
+from attnlab.extract.multihead.assemble import check
+from attnlab.extract.multihead.learner import Learner
 from attnlab.extract.multihead.orthogonal import measure, orthogonal_heads
 from attnlab.extract.multihead.rational import Tolerances
 from attnlab.extract.multihead.refine import MAX_PARAMETERS, refine
@@ -163,7 +164,7 @@ def multi_head(
     assert params.u is not None  # MultiHeadParams.__post_init__ fills u (zeros without biases)
     params = MultiHeadParams(params.W[order], params.v[order], params.u[order], params.c)
     if check_queries:
-        check(learner, params, check_queries)
+        check(learner.ask, learner.rng, params, check_queries)
     H = params.heads
     found = {"W": params.W, "v": params.v}
     if affine:

@@ -1,7 +1,8 @@
 """The multi-head learner's state machine: probe directions, anchors, continuation, matching.
 
 See attnlab.extract.multihead for the algorithm; the numerics of one probe pair are in
-attnlab.extract.multihead.rational.
+attnlab.extract.multihead.rational, reading one direction in .direction, and turning the d
+directions' readings into the heads' parameters (and the final fresh-query check) in .assemble.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from scipy.special import expit
 
 from attnlab._random import haar_orthogonal
 from attnlab.errors import ExtractionError
+from attnlab.extract.multihead.assemble import heads_from_directions, progress_range
 from attnlab.extract.multihead.direction import DirectionReader, _not_h_heads, _unit_off
 from attnlab.extract.multihead.labels import inside_row_spaces, match_to_first, row_bases
 from attnlab.extract.multihead.rational import (
@@ -26,16 +28,6 @@ from attnlab.extract.multihead.rational import (
 )
 from attnlab.models.canonical import MultiHeadParams
 from attnlab.oracle import Oracle
-from attnlab.oracle.sampling import random_sequences
-
-
-def progress_range(n: int, desc: str, show: bool):
-    """range(n), shown as a tqdm.auto bar when `show` (library code never prints otherwise)."""
-    if not show:
-        return range(n)
-    from tqdm.auto import tqdm
-
-    return tqdm(range(n), desc=desc)
 
 
 class Learner(DirectionReader):
@@ -296,19 +288,7 @@ class Learner(DirectionReader):
                 weights.append(
                     inside_row_spaces(self.augment(tokens), logits[:, order], bases, self.affine)
                 )
-        Umat = np.array(directions).T  # columns u_i
-        if np.linalg.cond(Umat) > 1e6:
-            raise ExtractionError(
-                "the accepted key directions are nearly dependent; rerun with another seed"
-            )
-        gam = np.array(gammas)  # (d, H): gam[i, h] = u_i^T v_h
-        v = np.linalg.solve(Umat.T, gam).T
-        Wt = np.array(weights)  # (d, d [+ 1], H): Wt[i, :d, h] = W_h^T u_i, Wt[i, d, h] = u_i^T u_h
-        W = np.stack(
-            [np.linalg.solve(Umat.T, Wt[:, :d, h]) for h in range(H)]
-        )  # rows u_i^T W_h -> W_h
-        u_key = np.linalg.solve(Umat.T, Wt[:, d, :]).T if self.affine else None
-        return MultiHeadParams(W, v, u_key, self.C), {
+        return heads_from_directions(directions, gammas, weights, self.affine, self.C), {
             "b_norm": self.b_norm,
             "anchors": self.anchor_counts,
             "logit_error_bound": self.error_bound,
@@ -398,17 +378,4 @@ class Learner(DirectionReader):
             u = self.random_direction(avoid=accepted)
         raise ExtractionError(
             f"no usable probe direction after {attempts} tries: {_not_h_heads(self.known_heads)}"
-        )
-
-
-def check(learner: Learner, params: MultiHeadParams, n: int) -> None:
-    seqs = random_sequences(learner.rng, params.d, n, lengths=(2, 8))
-    answers = learner.ask("check", seqs)
-    predicted = np.array([params(s[None])[0] for s in seqs])
-    scale = max(1.0, float(np.max(np.abs(answers))))
-    worst = float(np.max(np.abs(predicted - answers))) / scale
-    if worst > 1e-6:
-        raise ExtractionError(
-            f"the recovered {params.heads}-head model misses the oracle by {worst:.2e} (relative) on fresh "
-            f"queries: {_not_h_heads(params.heads)}"
         )

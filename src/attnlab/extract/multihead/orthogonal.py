@@ -8,7 +8,7 @@ import numpy as np
 
 from attnlab._random import as_generator
 from attnlab.extract.convention import resolve_method
-from attnlab.extract.multihead.learner import progress_range
+from attnlab.extract.multihead.assemble import progress_range
 from attnlab.extract.result import Extraction, measure_fidelity
 from attnlab.models.canonical import MultiHeadParams
 from attnlab.oracle import Oracle
