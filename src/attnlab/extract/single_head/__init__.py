@@ -38,6 +38,7 @@ from attnlab.extract.single_head.directions import AlignedBasis
 from attnlab.extract.single_head.precision import (
     COARSE_PRECISION,
     WARN_ERROR,
+    PrecisionReader,
     answer_precision,
     error_report,
     rank_tolerance,
@@ -130,7 +131,13 @@ def single_head(
     if method == "paper":
         W, u, info = paper(oracle, v, c, affine, rng, stages, log)
     else:
-        reader = BilinearReader(oracle, v, c, affine, chunk=chunk, log=log)
+        precision = options.get("precision") if method == "adaptive" else None
+        if method == "adaptive" and precision is None:
+            precision = answer_precision(log.value_answers)
+        coarse = precision is not None and precision > COARSE_PRECISION
+        reader = (PrecisionReader if coarse else BilinearReader)(
+            oracle, v, c, affine, chunk=chunk, log=log
+        )
         A = AlignedBasis(v, rng)
         u = None
         if affine:
@@ -140,9 +147,7 @@ def single_head(
             stages["bias_u"] = oracle.queries - before
         before = oracle.queries
         if method == "adaptive":
-            precision = options["precision"]
-            if precision is None:
-                precision = answer_precision(log.value_answers)
+            assert precision is not None
             precision_info["answer_precision"] = precision
             W, info = adaptive(
                 reader,
@@ -150,8 +155,10 @@ def single_head(
                 rank,
                 rng,
                 rank_tol=rank_tolerance(precision),
-                oversample=precision > COARSE_PRECISION,
+                oversample=coarse,
             )
+            if isinstance(reader, PrecisionReader):
+                info["reread_queries"] = reader.rereads
         else:
             W, info = nuclear_norm(reader, d, rank, options["measurements"], rng)
         stages["W"] = oracle.queries - before

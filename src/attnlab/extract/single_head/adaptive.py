@@ -18,8 +18,6 @@ to hold) with one direction b, and reads a_i^T W b.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from attnlab.errors import ExtractionError
@@ -65,9 +63,23 @@ def adaptive(
     return W, {"rank": rank, "rank_mode": "known"}
 
 
+# What the precision-aware reader (`precision.PrecisionReader`) spends on top of the probes: the
+# warm-up entries of each line read again (~5), and of the first lines and the offsets (~90).
+REREAD_PER_LINE = 6
+REREAD_FIXED = 90
+
+
 def extra_columns(d: int, r: int) -> int:
-    """Oversampling p: r + p columns and r + p rows stay within twice the limit's queries."""
-    return max(0, min(d - r, r - math.ceil(r * r / d)))
+    """Oversampling p: r + p columns and r + p rows, re-reads included, within twice the limit.
+
+    The limit's W part is 2rd - r^2 queries; twice that plus the d spare queries of the value
+    read must cover 2 (r + p) d readings and the reader's re-reads.
+    """
+    budget = 2 * (2 * r * d - r * r) + d
+    p = max(0, min(d - r, r))
+    while p > 0 and 2 * (r + p) * (d + REREAD_PER_LINE) + REREAD_FIXED > budget:
+        p -= 1
+    return p
 
 
 def oversampled(
