@@ -174,25 +174,14 @@ def _output_width(module: torch.nn.Module, d: int) -> int:
 
 
 # The Hugging Face adapter lives in attnlab.oracle.hf_attention (which imports this module);
-# its public names stay importable from here, loaded on first use so that there is no cycle.
-_HF_NAMES = frozenset(
-    {
-        "FLOAT64_KERNEL",
-        "HFAttention",
-        "float64_attention",
-        "from_hf_attention",
-        "hf_attention_layers",
-        "out_projection_matrix",
-    }
-)
-
-
+# its public names (hf_attention.__all__) stay importable from here, loaded on first use so
+# that there is no import cycle.
 def __getattr__(name: str):
-    if name in _HF_NAMES:
-        from attnlab.oracle import hf_attention
+    from attnlab.oracle import hf_attention
 
+    if name in hf_attention.__all__:
         return getattr(hf_attention, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["LayerTarget", "NotBilinearError", "from_module", *sorted(_HF_NAMES)]
+__all__ = ["LayerTarget", "NotBilinearError", "from_module"]
