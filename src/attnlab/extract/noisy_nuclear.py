@@ -37,6 +37,8 @@ STAGE_TOL, FINAL_TOL, FINAL_TOL_NOISY = 1e-3, 1e-6, 1e-4
 CONTINUATION = 0.5
 # Exact data: a polished fit with relative residual at most this is accepted.
 EXACT_RESIDUAL = 1e-12
+# ... and one below this is nearly exact: the rank tried is at least the true one.
+NEAR_EXACT = 1e-6
 
 
 @dataclass
@@ -182,18 +184,23 @@ def nuclear_norm_solve(
         )
         iterations += its
         target = rank if rank is not None else found
-        if not noisy and 0 < target and target not in tried and found >= target:
+        if not noisy and 0 < target <= found and target not in tried:
             tried.add(target)
             polished = _polish(op, W, yw, target, noisy=False)
-            if polished is not None and polished[2] <= exact_residual:
-                # the thresholded rank can jump past the true one; an exact fit at a lower rank wins
-                while rank is None and target > 1 and target - 1 not in tried:
-                    tried.add(target - 1)
-                    lower = _polish(op, W, yw, target - 1, noisy=False)
-                    if lower is None or lower[2] > exact_residual:
-                        break
-                    polished, target = lower, target - 1
-                return _done(polished, target, iterations, current / lam_top, scale, started)
+            best = polished if polished is not None and polished[2] <= exact_residual else None
+            best_rank = target
+            # the thresholded rank can jump past the true one: a nearly exact fit means "at least
+            # this rank", so walk down while fits stay nearly exact and keep the lowest exact one
+            near = polished is not None and polished[2] <= NEAR_EXACT
+            while rank is None and near and target > 1:
+                target -= 1
+                tried.add(target)
+                lower = _polish(op, W, yw, target, noisy=False)
+                near = lower is not None and lower[2] <= NEAR_EXACT
+                if lower is not None and lower[2] <= exact_residual:
+                    best, best_rank = lower, target
+            if best is not None:
+                return _done(best, best_rank, iterations, current / lam_top, scale, started)
         if final:
             break
         current *= CONTINUATION
