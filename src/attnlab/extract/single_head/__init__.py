@@ -156,6 +156,7 @@ def single_head(
                 rng,
                 rank_tol=rank_tolerance(precision),
                 oversample=coarse,
+                query_ceiling=lambda r: started_queries + 2 * exact_limit(d, r, affine, rank),
             )
             if isinstance(reader, PrecisionReader):
                 info["reread_queries"] = reader.rereads
@@ -226,6 +227,11 @@ def head_function(
         return out + c if c is not None else out
 
     return f
+
+
+def exact_limit(d: int, r: int, affine: bool, rank) -> int:
+    """The exact (float64) path's queries at rank r: the free parameters, +2 checks for "auto"."""
+    return 2 * r * d - r * r + d + (d + 1 if affine else 0) + (2 if rank == "auto" else 0)
 
 
 def _check_rank(rank, d: int) -> int | str | None:

@@ -18,6 +18,8 @@ to hold) with one direction b, and reads a_i^T W b.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from attnlab.errors import ExtractionError
@@ -43,41 +45,44 @@ def adaptive(
     rng: np.random.Generator,
     rank_tol: float = RANK_TOL,
     oversample: bool = False,
+    query_ceiling: Callable[[int], int] | None = None,
 ):
     """(W, info) for rank None (full), an int r, or "auto".
 
     `oversample` (for coarse answers, e.g. float32): low-rank W is read with up to twice the
-    limit's queries, r + p columns and r + p full rows, and fitted by least squares (see
+    limit's queries (`query_ceiling(r)`: the oracle's query count not to pass at rank r), r + p columns and r + p full rows, and fitted by least squares (see
     `oversampled`), instead of exactly at the limit.
     """
     if rank is None:
         return full_rank(reader, A), {"rank": A.d, "rank_mode": "full"}
     if rank == "auto":
-        return auto_rank(reader, A, rng, rank_tol, oversample)
+        return auto_rank(reader, A, rng, rank_tol, oversample, query_ceiling)
     Q = random_orthonormal_columns(A.d, rank, rng)
     C = read_columns(reader, A, Q)
     if oversample and rank < A.d:
-        W, fit = oversampled(reader, A, Q, C, rank, rng)
+        W, fit = oversampled(reader, A, Q, C, rank, rng, query_ceiling)
         return W, {"rank": rank, "rank_mode": "known", **fit}
     W = complete(reader, A, Q, C, pivot_rows(C)[:rank])
     return W, {"rank": rank, "rank_mode": "known"}
 
 
 # What the precision-aware reader (`precision.PrecisionReader`) spends on top of the probes: the
-# warm-up entries of each line read again (~5), and of the first lines and the offsets (~90).
+# warm-up entries of each line read again (~5), and a few more (the reader's first lines are
+# re-read before this point and counted in the queries already spent).
 REREAD_PER_LINE = 6
-REREAD_FIXED = 90
+REREAD_FIXED = 10
 
 
-def extra_columns(d: int, r: int) -> int:
+def extra_columns(d: int, r: int, left: int | None = None) -> int:
     """Oversampling p: r + p columns and r + p rows, re-reads included, within twice the limit.
 
-    The limit's W part is 2rd - r^2 queries; twice that plus the d spare queries of the value
-    read must cover 2 (r + p) d readings and the reader's re-reads.
+    `left`: the queries still allowed (the oracle's count up to twice the exact limit); the
+    oversampled read costs p more columns and r + p rows of d readings each, plus the reader's
+    re-reads. Without it, the W part of the limit (2rd - r^2) is doubled.
     """
-    budget = 2 * (2 * r * d - r * r) + d
+    budget = 2 * (2 * r * d - r * r) + d if left is None else left
     p = max(0, min(d - r, r))
-    while p > 0 and 2 * (r + p) * (d + REREAD_PER_LINE) + REREAD_FIXED > budget:
+    while p > 0 and (r + 2 * p) * (d + REREAD_PER_LINE) + REREAD_FIXED > budget:
         p -= 1
     return p
 
@@ -89,6 +94,7 @@ def oversampled(
     C: np.ndarray,
     r: int,
     rng: np.random.Generator,
+    query_ceiling: Callable[[int], int] | None = None,
 ):
     """Rank-r W from r + p columns and r + p rows read in full, by truncated SVD and least squares.
 
@@ -98,7 +104,8 @@ def oversampled(
     The discarded singular values and the fit's residual measure the reading error itself.
     """
     d = A.d
-    p = extra_columns(d, r)
+    left = None if query_ceiling is None else query_ceiling(r) - reader.oracle.queries
+    p = extra_columns(d, r, left)
     for _ in range(p):
         Q = np.column_stack([Q, _next_direction(Q, rng)])
     if p:
@@ -186,6 +193,7 @@ def auto_rank(
     rng: np.random.Generator,
     rank_tol: float,
     oversample: bool = False,
+    query_ceiling: Callable[[int], int] | None = None,
 ):
     """Read columns until one lies in the span of the previous ones (see the module docstring)."""
     d = A.d
@@ -219,7 +227,7 @@ def auto_rank(
                 "rank_margin": worst_independent / rank_tol,
             }
             if oversample:
-                W, fit = oversampled(reader, A, Q[:, :r], columns, r, rng)
+                W, fit = oversampled(reader, A, Q[:, :r], columns, r, rng, query_ceiling)
                 return W, {**info, **fit}
             W = complete(reader, A, Q, columns, order[:r], partial=head_values[:r])
             return W, info

@@ -102,8 +102,8 @@ COARSE_FIT_FACTOR = 2.5
 # cancellation small (measured on float32 BERT heads: per-reading error 1.8e-5 at |a| = |b|,
 # 8e-6 to 1e-5 at 16:1 to 100:1; saturation beyond).
 COARSE_SPLIT = 4.0
-# Coarse answers: an entry read while its line's scale was below this fraction of the line's
-# final scale (the cautious warm-up queries, logits ~1% of the target size) is read again at
+# Coarse answers: an entry read while its line's scale was below this fraction of the scale of
+# the line's last block (the cautious warm-up queries, logits ~1% of the target size) is read again at
 # the final scale; at float32 those few entries were ~100x less accurate than the rest and
 # dominated the error of W.
 REREAD_BELOW = 0.25
@@ -143,10 +143,11 @@ class PrecisionReader(BilinearReader):
         for i, tracker in enumerate(trackers):
             if not isinstance(tracker, RecordingTracker) or not tracker.sigma:
                 continue
-            final = TARGET_LOGIT_STD / tracker.sigma
+            # the scale the line settled at: its last block's (the bulk of a long line)
+            final = tracker.blocks[-1][2]
             low = [
                 first + size - starts[i]
-                for first, size, scale in tracker.blocks
+                for first, size, scale in tracker.blocks[:-1]
                 if first >= starts[i] and scale < REREAD_BELOW * final
             ]
             if low:
