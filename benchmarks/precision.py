@@ -32,6 +32,28 @@ import torch
 from attnlab.extract.single_head import PrecisionWarning, single_head
 from attnlab.oracle import Oracle
 
+NOTES = """
+Columns: W rel. error = |W_hat - W|_F / |W|_F against the float64 value of the module's own
+(float32/float16) weights; functional error = max |f_hat - f| / std f over 2,000 random
+sequences (lengths 1..32) against the float64 computation of the same weights; the exact limit
+is what the float64 path spends at the true rank (2rd - r^2 + 2d + 1 with biases, +2 for
+rank='auto'). Heads: `lowrank64` d = 64, rank 4, biases; `bert1` a transformers
+BertSelfAttention with one head (d = 32, full rank) run in its dtype through attnlab's
+`from_module(..., upcast=False)`; `minilm head` head 0 of a randomly initialised
+all-MiniLM-L6-v2-shaped BertModel layer (hidden 384, 12 heads of 32, biases), rank 32.
+
+Before this change (the same benchmark on the previous code, same machine): lowrank64 float32
+rank='auto' 1.9e-4 at 1.64x; bert1 float32 full rank 3.0e-3, rank='auto' 8.7e-4, both with
+estimated_error 30-180x too small; minilm float32 rank='auto' found rank 35, 2.0e-5 at 2.12x;
+float16 bert1 rank='auto' found rank 6 with W error 2e4.
+
+float16: the floor reached is 5e-3 to 8e-3 relative at d = 32..64 and 7e-2 to 1.6e-1 at d = 384
+(float16's own rounding is 4.9e-4). Not solved: rank='auto' is unreliable at float16 (a
+dependent column's check mismatch, ~0.065, is within ~3x of an independent one's; the tolerance
+errs towards a larger rank: 43 for 32 at d = 384, 2.6x the queries), and the full-rank read
+along coordinates gives 0.14 where the column-by-column read gives 5.6e-3 (cause not found).
+The warning fires on every float16 row, never on float32 or float64.
+"""
 RESULTS = Path(__file__).parent / "results" / "precision.md"
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16}
 
@@ -236,7 +258,7 @@ def main(argv=None) -> int:
             f"| {r['W error']:.1e} | {r['functional error']:.1e} | {r['queries']:,} / {r['limit']:,} "
             f"= {r['ratio']:.2f}x | {r['estimated']:.1e} ({r['est/actual']:.2g}x) | {'yes' if r['warned'] else 'no'} |"
         )
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n" + NOTES
     out = args.out or RESULTS
     out.write_text(text)
     print(text)

@@ -17,6 +17,12 @@ which (a, b) pairs they ask for and how they solve for W:
 - "nuclear-norm": Theorem 5.1: Gaussian rank-one probes (scaled adaptively) and constrained
   nuclear-norm minimisation (`lowrank.nuclear_norm_recovery`).
 
+Coarse answers (float32, float16/bfloat16 services: `precision.answer_precision` reads the
+format off the one-token answers) switch to `precision.PrecisionReader` (long a, short b, warm-up
+entries read again) and, for low rank, the oversampled fit; they spend up to twice the exact
+limit, report info['estimated_error'] and raise PrecisionWarning above 1e-5
+(benchmarks/results/precision.md: float32 heads reach W errors of 1e-6 to 3e-6).
+
 The extractor sees only the oracle; comparing with ground truth is the caller's business.
 """
 
