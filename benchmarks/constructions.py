@@ -151,6 +151,7 @@ def with_final(cell, random_sets, targets):
         ratio=last["key_dim"] / (q * math.log2(N)),
         one_hot=last["key_dim"] >= N,
         final_rounds=rounds,
+        final_sample={"random_sets": random_sets, "targets": targets},
         final_passed=last["passed"],
         final_random_error=last["random_error"],
         final_adversarial_error=last["adversarial_error"],
@@ -159,7 +160,7 @@ def with_final(cell, random_sets, targets):
     return cell
 
 
-def theorem2_cell(N, q, certificate, criterion, random_sets, targets):
+def theorem2_cell(N, q, certificate, criterion, random_sets, targets, final_sample):
     """One cell: search (fit + held-out widening), then the final verification on unseen samples."""
     eps, bits = 1.0 / (2 * q), certificate_precision(N, q, 1.0 / (2 * q))
     start = time.perf_counter()
@@ -185,7 +186,7 @@ def theorem2_cell(N, q, certificate, criterion, random_sets, targets):
         "holdout_rounds": len(head.holdout),
         "seconds": time.perf_counter() - start,
     }
-    return with_final(cell, random_sets, targets)
+    return with_final(cell, *final_sample)
 
 
 def save_cell(cache_path, name, cell):
@@ -197,7 +198,7 @@ def save_cell(cache_path, name, cell):
     temporary.replace(cache_path)
 
 
-def theorem2(Ns, qs, random_sets, targets, cache_path, budget_end, only=None):
+def theorem2(Ns, qs, random_sets, targets, final_sample, cache_path, budget_end, only=None):
     """The grid, cheapest cells first; cached cells are reused (and get their final verification
     if they lack one), cells past the budget skipped; `only` restricts to 'N/q' names."""
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
@@ -216,7 +217,8 @@ def theorem2(Ns, qs, random_sets, targets, cache_path, budget_end, only=None):
         if only is not None and f"{N}/{q}" not in only:
             continue
         cached = cache.get(name)
-        if cached is not None and not cached.get("skipped") and "final_rounds" in cached:
+        wanted = {"random_sets": final_sample[0], "targets": final_sample[1]}
+        if cached is not None and cached.get("final_sample") == wanted:
             continue
         if time.time() > budget_end:
             if cached is None:
@@ -229,9 +231,11 @@ def theorem2(Ns, qs, random_sets, targets, cache_path, budget_end, only=None):
                 }
             continue
         if cached is not None and not cached.get("skipped"):
-            cache[name] = with_final(cached, random_sets, targets)
+            cache[name] = with_final(cached, *final_sample)
         else:
-            cache[name] = theorem2_cell(N, q, certificate, criterion, random_sets, targets)
+            cache[name] = theorem2_cell(
+                N, q, certificate, criterion, random_sets, targets, final_sample
+            )
         save_cell(cache_path, name, cache[name])
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else cache
     missing = {"skipped": True}
@@ -291,6 +295,9 @@ def theorem2_final_rows(cells):
                 c["searched_key_dim"],
                 c["key_dim"],
                 len(c["final_rounds"]),
+                "{random_sets} + {targets}".format(
+                    **c.get("final_sample", {"random_sets": 256, "targets": 32})
+                ),
                 c["final_random_error"],
                 c["final_adversarial_error"]
                 if c["criterion"] == "adversarial"
@@ -543,6 +550,25 @@ def figure(path, thm2_points, thm3_points, lb_rows):
     fig.savefig(path, dpi=120)
 
 
+def kept_sections(path: Path, numbers: list[str]) -> list[str]:
+    """The blocks '## <number>. ...' of an earlier report, for sections this run did not redo."""
+    if not path.exists():
+        return []
+    text, kept = path.read_text(), []
+    for number in numbers:
+        start = text.find(f"## {number}. ")
+        if start < 0:
+            continue
+        end = min(
+            [i for i in (text.find("\n## ", start + 1), text.find("\nTotal ", start + 1)) if i >= 0]
+            or [len(text)]
+        )
+        note = "(Section kept from the earlier run of this script.)"
+        block = text[start:end].rstrip()
+        kept += [block if block.endswith(note) else block + "\n\n" + note, ""]
+    return kept
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -569,6 +595,7 @@ def main() -> int:
             qs=[2, 4],
             random_sets=128,
             targets=16,
+            final_sample=(128, 16),
             thm3_Ns=[16, 64, 256],
             thm3_qs=[1, 2],
             lb_random=[4, 6],
@@ -587,6 +614,7 @@ def main() -> int:
             qs=[2, 4, 8, 16],
             random_sets=256,
             targets=32,
+            final_sample=(1024, 64),
             thm3_Ns=[16, 64, 256, 1024, 4096],
             thm3_qs=[1, 2, 4, 8],
             lb_random=[4, 6, 8, 10],
@@ -601,10 +629,11 @@ def main() -> int:
         )
     name = "constructions_quick" if args.quick else "constructions"
     RESULTS.mkdir(exist_ok=True)
+    earlier = RESULTS / f"{name}.md"
     report = [
         "# Constructions of Sanford, Hsu, Telgarsky (2023): measured sizes",
         "",
-        f"Command: `python benchmarks/constructions.py{' --quick' if args.quick else ''}` (seed {SEED}, d' = 4), "
+        f"Command: `python benchmarks/constructions.py{' '.join([''] + sys.argv[1:])}` (seed {SEED}, d' = 4), "
         "run with `nice -n 10`, one thread (OPENBLAS/OMP/MKL_NUM_THREADS=1) on a 2-core machine shared with other "
         "jobs. Every size below is the result of a search whose candidates were verified, not a formula.",
         "",
@@ -616,6 +645,7 @@ def main() -> int:
             config["qs"],
             config["random_sets"],
             config["targets"],
+            config["final_sample"],
             RESULTS / f"{name}_thm2.json",
             time.time() + args.max_seconds,
             None if args.only is None else set(args.only.split(",")),
@@ -631,8 +661,9 @@ def main() -> int:
             "keys most correlated with u_t; then 3 rounds of 32 random swaps scored by the head's own worst-case "
             "error). Search: the fit passes at 0.5 eps; the width is then judged at 0.8 eps on a held-out sample (fresh "
             "sets, an adversary with fresh targets) and widened by 10% until one passes. Final verification (the "
-            "reported width): a further sample no search has seen (fresh random sets, and a fresh adversary aimed at "
-            "the program the head uses, new targets), judged at eps itself; on failure m' grows by 10% and a NEW "
+            "reported width): a further, larger sample no search has seen ("
+            f"{config['final_sample'][0]} fresh random sets, and a fresh adversary aimed at the program the head uses, "
+            f"{config['final_sample'][1]} new targets), judged at eps itself; on failure m' grows by 10% and a NEW "
             "sample is drawn, until one passes (at most 8 rounds). A 'random' cell is verified on fresh random sets; "
             "an 'adversarial' cell on fresh random sets and the fresh adversary. m = m' + d'. Optimised = the "
             "softmax-leak program (attnlab.constructions.qsa_optimised). Search results of cells already in "
@@ -664,6 +695,7 @@ def main() -> int:
                     "m' searched",
                     "m' reported",
                     "final rounds",
+                    "final sample (random sets + adversary targets)",
                     "random error",
                     "adversarial error",
                     "eps",
@@ -673,6 +705,19 @@ def main() -> int:
             ),
             "",
         ]
+        smaller = [
+            f"{c['N']}/{c['q']}/{c['certificate']}/{c['criterion']}"
+            for c in thm2_cells
+            if "final_rounds" in c
+            and c.get("final_sample", {"random_sets": 256, "targets": 32})
+            != {"random_sets": config["final_sample"][0], "targets": config["final_sample"][1]}
+        ]
+        if smaller:
+            report += [
+                f"Verified on the earlier, smaller final sample (256 random sets + 32 targets; the larger "
+                f"re-verification did not finish in this run): {', '.join(smaller)}.",
+                "",
+            ]
         ran = [
             c
             for c in thm2_cells
@@ -700,6 +745,8 @@ def main() -> int:
             "Cells not run (time budget): " + (", ".join(skipped) if skipped else "none") + ".",
             "",
         ]
+    if "2" not in sections:
+        report += kept_sections(earlier, ["1"])
     thm3_rows, thm3_points = [], np.zeros((0, 2))
     if "3" in sections:
         thm3_rows, thm3_points = theorem3(config["thm3_Ns"], config["thm3_qs"], 32)
@@ -731,6 +778,8 @@ def main() -> int:
             f"Fit p = C 2q log2 N: C = {C3:.2f} (largest relative residual {res3:.0%}).",
             "",
         ]
+    if "3" not in sections:
+        report += kept_sections(earlier, ["2"])
     lb_rows = []
     if "4" in sections:
         lb_rows, code_rows = lower_bound(
@@ -808,6 +857,8 @@ def main() -> int:
             "FFN/RNN bounds bracketed by trained baselines -- helper T's training sweeps (report/training.py).",
             "",
         ]
+    if "4" not in sections:
+        report += kept_sections(earlier, ["3", "4"])
     if "match" in sections:
         match_rows = matches(config["match2"], config["match3"], config["local"])
         report += [
@@ -837,6 +888,8 @@ def main() -> int:
             ),
             "",
         ]
+    if "match" not in sections:
+        report += kept_sections(earlier, ["5"])
     report += [
         f"Total {time.perf_counter() - started:.0f} s.",
         "",
