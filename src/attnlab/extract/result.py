@@ -41,6 +41,9 @@ INFO_KEYS: dict[str, str] = {
     "answer_precision": "adaptive: relative precision of the answers (given, or read off their mantissas)",
     "estimated_error": "adaptive: a-priori relative error of W from the answer precision",
     "rank_tol": "rank=auto: relative mismatch below which a column counts as dependent",
+    "oversampled": "coarse answers, low rank: extra columns/rows of the least-squares fit",
+    "discarded_singular": "coarse answers, low rank: first dropped singular value / largest",
+    "reread_queries": "coarse answers: warm-up probes read again at the line's final scale",
     "rank_margin": "rank=auto: smallest mismatch of an independent column divided by rank_tol",
     # noisy_single_head
     "error_estimate": "robust: typical and worst-case errors predicted from the noise model",
