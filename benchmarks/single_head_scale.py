@@ -329,3 +329,36 @@ def throughput_main(args) -> None:
         json.dumps({"command": command, "rows": rows}, indent=1)
     )
     print(text)
+
+
+def before_after(before_path: Path, after_path: Path) -> str:
+    """A markdown table of two scale runs' learner fractions, case by case (for the results file)."""
+    runs = [json.loads(Path(p).read_text()) for p in (before_path, after_path)]
+
+    def key(row: dict) -> tuple:
+        return row["d"], row["r"], row["affine"]
+
+    before = {key(row): row for row in runs[0]["rows"]}
+    lines = [
+        "## Learner fraction before / after (two runs, each under its own machine load)",
+        "",
+        f"before: `{runs[0]['command']}` at the previous code ({before_path.name}); "
+        f"after: the table above.",
+        "",
+        "| d | r | affine | learner before | learner after | Oracle before | Oracle after |",
+        "|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for row in runs[1]["rows"]:
+        old = before.get(key(row))
+        if old is None:
+            continue
+        lines.append(
+            f"| {row['d']} | {row['r']} | {'yes' if row['affine'] else 'no'} | "
+            f"{old['learner_fraction']:.1%} | {row['learner_fraction']:.1%} | "
+            f"{fmt(old['oracle_fraction'], '.1%')} | {fmt(row['oracle_fraction'], '.1%')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python benchmarks/single_head_scale.py BEFORE.json AFTER.json
+    print(before_after(Path(sys.argv[1]), Path(sys.argv[2])))
