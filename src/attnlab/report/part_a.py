@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from attnlab.errors import ExtractionError
 from attnlab.evaluate.recipes import (
     ffn_row,
     head_recovery,
@@ -13,14 +14,36 @@ from attnlab.evaluate.recipes import (
     transformer_row,
 )
 from attnlab.models import SingleHeadAttention
+from attnlab.models.canonical import canonical_error, equivalent_pair, maps_agree
+from attnlab.oracle.noise import BoundedNoise, RoundFloat32
 from attnlab.report.claims import Context, Measurement, claim
 from attnlab.report.figures import line_plot
 from attnlab.report.text import span
 
 
-@claim(
+def _part_a_claim(key: str, title: str, paper: str):
+    """Register a Part A claim (the paper's statement `paper`, checked by the decorated function)."""
+    return claim(key, "A", title, paper)
+
+
+class _CheckedRows:
+    """A claim's table rows, each ending in its own verdict "ok"; `ok` holds only if every row's does."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        self.ok = True
+
+    def add(self, good: bool, row: dict) -> None:
+        self.rows.append({**row, "ok": good})
+        self.ok &= good
+
+    def measurement(self, measured: str, **rest) -> Measurement:
+        """The claim's Measurement: these rows as its table, their joint verdict as reproduced."""
+        return Measurement(measured=measured, reproduced=self.ok, table=self.rows, **rest)
+
+
+@_part_a_claim(
     "exact-single-head",
-    "A",
     "Exact single-head recovery with d^2 + d queries (Thm 4.1)",
     "Given a value oracle for f(X) = softmax(X W x_N)^T X v with v != 0, (W, v) is recovered exactly "
     "from d^2 + d queries of length at most 2.",
@@ -28,13 +51,12 @@ from attnlab.report.text import span
 def exact_single_head(ctx: Context) -> Measurement:
     dims = [8, 16] if ctx.quick else [16, 64, 128]
     scales = [0.01, 1.0, 10.0]
-    rows, ok = [], True
+    checked = _CheckedRows()
     for d in ctx.track(dims, lambda d: f"d = {d}"):
         for scale in scales:
             ext, err_w, err_v = head_recovery(d, None, scale, ctx.seed + d)
-            good = ext.queries == d * d + d and err_w <= 1e-9 and err_v <= 1e-9
-            ok &= good
-            rows.append(
+            checked.add(
+                ext.queries == d * d + d and err_w <= 1e-9 and err_v <= 1e-9,
                 {
                     "d": d,
                     "W scale": scale,
@@ -42,14 +64,12 @@ def exact_single_head(ctx: Context) -> Measurement:
                     "d^2+d": d * d + d,
                     "rel error W": err_w,
                     "rel error v": err_v,
-                    "ok": good,
-                }
+                },
             )
+    rows = checked.rows
     worst = max(max(r["rel error W"], r["rel error v"]) for r in rows)
-    return Measurement(
+    return checked.measurement(
         measured=f"{len(rows)} targets: queries = d^2 + d in every case; worst relative error {worst:.1e} (bound 1e-9).",
-        reproduced=ok,
-        table=rows,
         config={
             "dims": dims,
             "scales": scales,
@@ -59,48 +79,39 @@ def exact_single_head(ctx: Context) -> Measurement:
     )
 
 
-@claim(
+@_part_a_claim(
     "low-rank-single-head",
-    "A",
     "Low-rank heads from O(rd) queries (Thm 5.1), at the information limit",
     "With rank(W) <= r, O(rd) queries suffice (m >= C r 2d rank-one measurements and nuclear-norm "
     "minimisation). The information limit is the number of free parameters, 2rd - r^2 + d.",
 )
 def low_rank_single_head(ctx: Context) -> Measurement:
     cases = [(32, 2), (64, 4)] if ctx.quick else [(64, 4), (256, 8), (512, 16)]
-    rows, ok = [], True
+    checked = _CheckedRows()
+
+    def add_row(good: bool, method: str, d: int, r: int, queries: int, err_w: float) -> None:
+        limit = 2 * r * d - r * r + d
+        checked.add(
+            good,
+            {
+                "method": method,
+                "d": d,
+                "r": r,
+                "queries": queries,
+                "limit 2rd-r^2+d": limit,
+                "d^2+d": d * d + d,
+                "rel error W": err_w,
+            },
+        )
+
     for d, r in ctx.track(cases, lambda c: f"d = {c[0]}, r = {c[1]}"):
         limit = 2 * r * d - r * r + d
         ext, err_w, err_v = head_recovery(d, r, 1.0, ctx.seed + d + r, rank=r)
         good = ext.queries == limit and err_w <= 1e-8 and err_v <= 1e-8
-        ok &= good
-        rows.append(
-            {
-                "method": "adaptive",
-                "d": d,
-                "r": r,
-                "queries": ext.queries,
-                "limit 2rd-r^2+d": limit,
-                "d^2+d": d * d + d,
-                "rel error W": err_w,
-                "ok": good,
-            }
-        )
+        add_row(good, "adaptive", d, r, ext.queries, err_w)
         ext, err_w, _ = head_recovery(d, r, 1.0, ctx.seed + d + r, rank="auto")
         good = ext.queries <= limit + 2 * d + 2 and err_w <= 1e-8
-        ok &= good
-        rows.append(
-            {
-                "method": "adaptive, rank=auto",
-                "d": d,
-                "r": r,
-                "queries": ext.queries,
-                "limit 2rd-r^2+d": limit,
-                "d^2+d": d * d + d,
-                "rel error W": err_w,
-                "ok": good,
-            }
-        )
+        add_row(good, "adaptive, rank=auto", d, r, ext.queries, err_w)
     d, r = (24, 2) if ctx.quick else (40, 2)
     measurements = 3 * r * 2 * d
     ext, err_w, _ = head_recovery(
@@ -112,20 +123,10 @@ def low_rank_single_head(ctx: Context) -> Measurement:
         method="nuclear-norm",
         method_options={"measurements": measurements},
     )
-    good = err_w <= 1e-6
-    ok &= good
-    rows.append(
-        {
-            "method": f"nuclear-norm, {measurements} = 3*r*2d probes",
-            "d": d,
-            "r": r,
-            "queries": ext.queries,
-            "limit 2rd-r^2+d": 2 * r * d - r * r + d,
-            "d^2+d": d * d + d,
-            "rel error W": err_w,
-            "ok": good,
-        }
+    add_row(
+        err_w <= 1e-6, f"nuclear-norm, {measurements} = 3*r*2d probes", d, r, ext.queries, err_w
     )
+    rows = checked.rows
     fig = line_plot(
         ctx.figure_path("low_rank_queries.png"),
         {
@@ -141,11 +142,9 @@ def low_rank_single_head(ctx: Context) -> Measurement:
         logx=True,
         logy=True,
     )
-    return Measurement(
+    return checked.measurement(
         measured="Known rank: queries equal 2rd - r^2 + d exactly; rank=auto stays within 2d + 2 of it; "
         f"nuclear-norm with {measurements} rank-one probes reaches rel. error {err_w:.1e}.",
-        reproduced=ok,
-        table=rows,
         figures=[fig],
         config={
             "cases": cases,
@@ -155,9 +154,8 @@ def low_rank_single_head(ctx: Context) -> Measurement:
     )
 
 
-@claim(
+@_part_a_claim(
     "affine-pytorch-mha",
-    "A",
     "Affine heads: PyTorch's own nn.MultiheadAttention, recovered",
     "Real heads carry biases: scores x_i^T W x_N + u^T x_i, values v^T x_i + c. Query-side biases cancel "
     "in the softmax; (W, u, v, c) is what a black box reveals.",
@@ -188,17 +186,13 @@ def affine_pytorch_mha(ctx: Context) -> Measurement:
     )
 
 
-@claim(
+@_part_a_claim(
     "noisy-single-head",
-    "A",
     "Noisy and rounded oracles: the paper's estimator vs ours (Thm 6.1)",
     "With |eta| <= tau, ||W||_F <= B and |v_i| >= mu, d^2 + d queries give ||W_hat - W||_F <= eps_W and "
     "||v_hat - v|| <= eps_v when tau = O(min{mu, eps_v / sqrt(d), mu eps_W / (B^2 d)}).",
 )
 def noisy_single_head_claim(ctx: Context) -> Measurement:
-    from attnlab.errors import ExtractionError
-    from attnlab.oracle.noise import BoundedNoise, RoundFloat32
-
     d = 8 if ctx.quick else 16
     taus = (
         [1e-10, 1e-8, 1e-6, 1e-4]
@@ -268,9 +262,8 @@ def noisy_single_head_claim(ctx: Context) -> Measurement:
     )
 
 
-@claim(
+@_part_a_claim(
     "relu-ffn",
-    "A",
     "Exact extraction of one-hidden-layer ReLU networks (critical points)",
     "The one-layer-transformer result assumes an FFN learner A_FFN (Milli et al. 2019, Daniely-Granot 2023; "
     "critical points as in Carlini-Jagielski-Mironov 2020): ReLU networks are recovered up to "
@@ -278,19 +271,18 @@ def noisy_single_head_claim(ctx: Context) -> Measurement:
 )
 def relu_ffn_claim(ctx: Context) -> Measurement:
     d, m = (16, 32) if ctx.quick else (32, 64)
-    rows, ok = [], True
+    checked = _CheckedRows()
     for bias in (True, False):
         got = ffn_row(
             d, m, bias=bias, seed=ctx.seed + 11, extractor_seed=ctx.seed + 3, input_scale=3.0
         )
-        good = got["functional_error"] <= 1e-8
-        ok &= good
         params = {
             k: got[k]
             for k in ("rel_error_rows", "rel_error_w", "rel_error_b", "error_c")
             if k in got
         }
-        rows.append(
+        checked.add(
+            got["functional_error"] <= 1e-8,
             {
                 "bias": bias,
                 "d": d,
@@ -299,14 +291,12 @@ def relu_ffn_claim(ctx: Context) -> Measurement:
                 "neurons found": got["neurons_found"],
                 "functional error (2000 fresh x)": got["functional_error"],
                 **{f"param {k}": v for k, v in params.items()},
-                "ok": good,
-            }
+            },
         )
-    return Measurement(
+    rows = checked.rows
+    return checked.measurement(
         measured=f"d = {d}, m = {m}: functional error {max(r['functional error (2000 fresh x)'] for r in rows):.1e} "
         f"(bound 1e-8) with and without biases; queries {', '.join(str(r['queries']) for r in rows)}.",
-        reproduced=ok,
-        table=rows,
         config={
             "d": d,
             "m": m,
@@ -317,9 +307,8 @@ def relu_ffn_claim(ctx: Context) -> Measurement:
     )
 
 
-@claim(
+@_part_a_claim(
     "one-layer-transformer",
-    "A",
     "One-layer transformers: FFN first, then W from T(X) - T(-X)",
     "If ReLU FFNs can be learned, a one-layer transformer T(X) = w_o^T ReLU(A^T z(X)) is learned with "
     "Q_FFN(d, m) + O(d^2) queries: the antisymmetric oracle T(X) - T(-X) is a single head with v = A w_o "
@@ -327,18 +316,15 @@ def relu_ffn_claim(ctx: Context) -> Measurement:
 )
 def transformer_claim(ctx: Context) -> Measurement:
     d, m = (8, 16) if ctx.quick else (16, 32)
-    rows, ok = [], True
+    checked = _CheckedRows()
     for residual in (False, True):
         got = transformer_row(
             d, m, residual=residual, seed=ctx.seed + 3, extractor_seed=ctx.seed + 1
         )
-        good = (
+        checked.add(
             got["rel_error_W"] <= 1e-8
             and got["fidelity"] <= 1e-8
-            and got["queries_attention"] == 2 * (d * d + d)
-        )
-        ok &= good
-        rows.append(
+            and got["queries_attention"] == 2 * (d * d + d),
             {
                 "residual": residual,
                 "d": d,
@@ -348,28 +334,23 @@ def transformer_claim(ctx: Context) -> Measurement:
                 "2(d^2+d)": 2 * (d * d + d),
                 "rel error W": got["rel_error_W"],
                 "fidelity": got["fidelity"],
-                "ok": good,
-            }
+            },
         )
-    return Measurement(
+    rows = checked.rows
+    return checked.measurement(
         measured=f"d = {d}, m = {m}: W to {max(r['rel error W'] for r in rows):.1e}, output fidelity "
         f"{max(r['fidelity'] for r in rows):.1e}; the attention stage costs exactly 2(d^2 + d) queries.",
-        reproduced=ok,
-        table=rows,
         config={"d": d, "m": m, "target_seed": ctx.seed + 3, "seed": ctx.seed + 1},
     )
 
 
-@claim(
+@_part_a_claim(
     "multihead-nonidentifiable",
-    "A",
     "Multi-head attention is not identifiable (Prop 7.1)",
     "Distinct parameterisations induce the same map: heads sharing W with v split differently, permuted "
     "heads, and heads with v = 0; identifiability needs extra structure.",
 )
 def multihead_nonidentifiable(ctx: Context) -> Measurement:
-    from attnlab.models.canonical import canonical_error, equivalent_pair, maps_agree
-
     d = 6 if ctx.quick else 8
     n = 2000 if ctx.quick else 10_000
     p, q, steps = equivalent_pair(d, heads=3, seed=ctx.seed)
@@ -393,24 +374,22 @@ def multihead_nonidentifiable(ctx: Context) -> Measurement:
     )
 
 
-@claim(
+@_part_a_claim(
     "multihead-canonical",
-    "A",
     "Canonical multi-head recovery with fewer queries than 4Hd^2 - 2H + 1",
     "Kim, Kim and Guo (arXiv 2608.03294) recover the canonical heads from 4Hd^2 - 2H + 1 value queries "
     "of length <= 2H + 1; the canonical form has H(d^2 + d) free parameters.",
 )
 def multihead_canonical(ctx: Context) -> Measurement:
     cases = [(2, 4), (3, 4)] if ctx.quick else [(1, 8), (2, 8), (3, 8), (4, 8), (2, 16)]
-    rows, ok = [], True
+    checked = _CheckedRows()
     for heads, d in ctx.track(cases, lambda c: f"H = {c[0]}, d = {c[1]}"):
         got = multi_head_row(
             d, heads, seed=ctx.seed + heads, extractor_seed=ctx.seed + 1, fidelity_samples=200
         )
         bound, err = got["bound"], got["rel_error"]
-        good = err <= 1e-8 and got["queries"] < bound
-        ok &= good
-        rows.append(
+        checked.add(
+            err <= 1e-8 and got["queries"] < bound,
             {
                 "H": heads,
                 "d": d,
@@ -419,14 +398,12 @@ def multihead_canonical(ctx: Context) -> Measurement:
                 "H(d^2+d)": got["dof"],
                 "queries / bound": got["queries"] / bound,
                 "canonical rel error": err,
-                "ok": good,
-            }
+            },
         )
-    return Measurement(
+    rows = checked.rows
+    return checked.measurement(
         measured="Canonical heads to <= 1e-8 with "
         + ", ".join(f"{r['queries']} (bound {r['4Hd^2-2H+1']})" for r in rows)
         + " queries.",
-        reproduced=ok,
-        table=rows,
         config={"cases_H_d": cases, "target_seeds": [ctx.seed + h for h, _ in cases]},
     )
