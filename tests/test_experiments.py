@@ -364,3 +364,14 @@ def test_store_written_by_an_older_schema_gains_the_missing_columns(tmp_path):
         assert store.put(result)
         [row] = store.records()
     assert row["device"] == "cpu" and row["metrics"] == result.metrics
+
+
+def test_result_store_refuses_a_directory_and_names_a_file_to_use(tmp_path):
+    from attnlab.experiments.store import ResultStore, StoreError
+
+    with pytest.raises(
+        StoreError, match=r"is a directory; pass a file path such as .*results\.sqlite"
+    ):
+        ResultStore(tmp_path)
+    store = ResultStore(tmp_path / "new" / "folder" / "r.sqlite")  # missing folders are created
+    assert store.path.parent.is_dir()

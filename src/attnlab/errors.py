@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class AttnlabError(Exception):
     """Base class of every error attnlab raises on purpose."""
@@ -53,3 +55,16 @@ class MissingDependency(AttnlabError, ImportError):
         super().__init__(
             f"{module} is not installed{what}; install it with: pip install 'attnlab[{extra}]'"
         )
+
+
+def database_file(path: str | Path, error: type[AttnlabError], what: str, example: str) -> Path:
+    """`path` as the Path of a database file, its parent folders created.
+
+    Raises `error` when `path` is a directory, naming the file as `what` ("results store") and
+    suggesting `example` ("results.sqlite") inside that directory instead; SQLite would otherwise
+    fail later with a message that does not say which path was wrong."""
+    path = Path(path)
+    if path.is_dir():
+        raise error(f"{what} {path} is a directory; pass a file path such as {path / example}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path

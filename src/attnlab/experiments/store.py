@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from attnlab.errors import AttnlabError
+from attnlab.errors import AttnlabError, database_file
 from attnlab.experiments.results import CURVE_FIELDS, RunResult
 
 _SCHEMA = """
@@ -72,13 +72,7 @@ class ResultStore:
     """A results file. Open it with a path; it is created (with its schema) if missing."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if self.path.is_dir():
-            raise StoreError(
-                f"results store {self.path} is a directory; give a file path such as "
-                f"{self.path / 'results.sqlite'}"
-            )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = database_file(path, StoreError, "results store", "results.sqlite")
         try:
             self._db = sqlite3.connect(self.path, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")

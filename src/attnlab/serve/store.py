@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from attnlab.errors import AttnlabError
+from attnlab.errors import AttnlabError, database_file
 from attnlab.serve.liveness import ServerInstance
 
 KEY_PREFIX = "ak_"
@@ -113,13 +113,7 @@ class KeyStore:
     """Keys, budgets and idempotency records in the SQLite file at `path` (created if missing)."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if self.path.is_dir():
-            raise KeyStoreError(
-                f"keys database {str(self.path)!r} is a directory; pass a file path "
-                f"(--keys-db keys.sqlite)"
-            )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = database_file(path, KeyStoreError, "keys database (--keys-db)", "keys.sqlite")
         self._lock = threading.Lock()
         self.instance: ServerInstance | None = None
         try:
