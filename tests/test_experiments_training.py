@@ -25,7 +25,7 @@ from attnlab.experiments import (
 )
 from attnlab.experiments.config import EXECUTION_FIELDS
 from attnlab.experiments.results import CURVE_FIELDS
-from attnlab.experiments.train import _LoopState, _update_stopping
+from attnlab.experiments.schedule import LoopState, update_stopping
 
 
 def tiny(arch="attention", *, params=None, seed=0, **train_fields) -> RunConfig:
@@ -57,10 +57,10 @@ def tiny(arch="attention", *, params=None, seed=0, **train_fields) -> RunConfig:
 def _replay(losses, **fields):
     """Feed a validation-loss sequence to the stopping rule; return the state after each pass."""
     t = tiny(schedule="plateau", **fields).train
-    state, trace = _LoopState(), []
+    state, trace = LoopState(), []
     for k, loss in enumerate(losses, start=1):
         state.step = k * t.eval_every
-        _update_stopping(state, t, loss)
+        update_stopping(state, t, loss)
         trace.append((state.lr_scale, state.stopped_early, state.best_step))
         if state.stopped_early:
             break

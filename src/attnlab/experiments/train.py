@@ -14,24 +14,20 @@ TrainingDiverged, so a diverged run is never recorded as finished.
 
 from __future__ import annotations
 
-import base64
 import copy
-import dataclasses
 import json
 import math
-import os
 import platform
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm  # notebook widgets where available
 
@@ -39,6 +35,8 @@ from attnlab.errors import AttnlabError
 from attnlab.experiments.config import RunConfig
 from attnlab.experiments.models import build_model, count_parameters
 from attnlab.experiments.results import CURVE_FIELDS, RunResult
+from attnlab.experiments.rundir import Checkpoints, atomic_write, prepare_run_dir
+from attnlab.experiments.schedule import LoopState, learning_rate, update_stopping
 
 __all__ = ["RunResult", "TrainingDiverged", "learning_rate", "sample_splits", "train", "versions"]
 
@@ -136,140 +134,8 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def learning_rate(config: RunConfig, step: int, plateau_scale: float = 1.0) -> float:
-    """The rate for optimiser step `step` (0-based): linear warmup, then constant, cosine to 0, or
-    (schedule "plateau") the base rate times `plateau_scale`, the product of the cuts so far."""
-    t = config.train
-    if step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
-    if t.schedule == "constant":
-        return t.lr
-    if t.schedule == "plateau":
-        return t.lr * plateau_scale
-    progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
-    return 0.5 * t.lr * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
 def _output_dim(targets: np.ndarray) -> int:
     return 1 if targets.ndim == 2 else int(targets.shape[-1])
-
-
-@dataclass
-class _LoopState:
-    step: int = 0
-    epoch: int = 0
-    position: int = 0
-    best_val: float = float("inf")
-    best_step: int = 0
-    bad_evals: int = 0
-    lr_scale: float = 1.0
-    lr_bad_evals: int = 0
-    lr_cuts: int = 0
-    loss_sum: float = 0.0
-    loss_count: int = 0
-    stopped_early: bool = False
-    train_seconds: float = 0.0
-    train_cpu_seconds: float = 0.0
-    history: list[list[float]] = field(default_factory=list)
-
-
-class _Checkpoints:
-    """ckpt-<step>.safetensors + ckpt-<step>.json pairs in a run directory."""
-
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
-
-    def latest_step(self) -> int | None:
-        steps = sorted(int(p.stem.split("-")[1]) for p in self.run_dir.glob("ckpt-*.json"))
-        return steps[-1] if steps else None
-
-    def save(self, model, best_weights, optimizer, order, generator, state: _LoopState) -> None:
-        tensors = {
-            f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()
-        }
-        tensors.update({f"best.{k}": v.clone().contiguous() for k, v in best_weights.items()})
-        for index, slots in optimizer.state_dict()["state"].items():
-            for name, value in slots.items():
-                tensors[f"optim.{index}.{name}"] = (
-                    torch.as_tensor(value).detach().clone().contiguous()
-                )
-        tensors["order"] = order.clone()
-        stem = self.run_dir / f"ckpt-{state.step:09d}"
-        tmp = stem.with_suffix(".safetensors.tmp")
-        save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, stem.with_suffix(".safetensors"))
-        meta = dataclasses.asdict(state)
-        meta["order_rng"] = base64.b64encode(generator.get_state().numpy().tobytes()).decode()
-        _atomic_write(stem.with_suffix(".json"), json.dumps(meta))
-        for old in self.run_dir.glob("ckpt-*.json"):
-            if old.stem != stem.name:
-                old.unlink(missing_ok=True)
-                old.with_suffix(".safetensors").unlink(missing_ok=True)
-
-    def load(
-        self, step: int, model, optimizer, generator, device
-    ) -> tuple[dict, torch.Tensor, _LoopState]:
-        stem = self.run_dir / f"ckpt-{step:09d}"
-        meta = json.loads(stem.with_suffix(".json").read_text())
-        tensors = load_file(str(stem.with_suffix(".safetensors")), device=str(device))
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
-        optim_state = optimizer.state_dict()
-        slots: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, index, name = key.split(".", 2)
-                slots.setdefault(int(index), {})[name] = value.cpu() if name == "step" else value
-        optim_state["state"] = slots
-        optimizer.load_state_dict(optim_state)
-        rng = np.frombuffer(base64.b64decode(meta.pop("order_rng")), dtype=np.uint8).copy()
-        generator.set_state(torch.from_numpy(rng))
-        return best, tensors["order"].cpu(), _LoopState(**meta)
-
-
-def _update_stopping(state: _LoopState, t, val_loss: float) -> None:
-    """The plateau criterion: count passes without a relative improvement of min_delta; after
-    lr_patience of them cut the rate (schedule "plateau"), after patience stop (from min_steps on)."""
-    if val_loss < state.best_val * (1 - t.min_delta):
-        state.best_val, state.best_step, state.bad_evals, state.lr_bad_evals = (
-            val_loss,
-            state.step,
-            0,
-            0,
-        )
-        return
-    state.bad_evals += 1
-    state.lr_bad_evals += 1
-    # Before min_steps neither cut nor stop: a model still on its initial plateau is not converged.
-    if (
-        t.schedule == "plateau"
-        and state.lr_bad_evals >= t.lr_patience
-        and state.step >= t.min_steps
-    ):
-        state.lr_scale *= t.lr_decay
-        state.lr_cuts += 1
-        state.lr_bad_evals = 0
-    state.stopped_early = state.bad_evals >= t.patience and state.step >= t.min_steps
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _prepare_run_dir(run_dir: Path, config: RunConfig) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_file = run_dir / "config.json"
-    if config_file.exists():
-        stored = RunConfig.model_validate_json(config_file.read_text())
-        if stored.run_id != config.run_id:
-            raise ValueError(
-                f"{run_dir} holds run {stored.run_id}, not {config.run_id}; give each "
-                f"config its own run directory (e.g. <runs>/<run_id>)"
-            )
-    else:
-        _atomic_write(config_file, config.canonical_json())
 
 
 def sample_splits(config: RunConfig):
@@ -314,7 +180,7 @@ def train(
     t = config.train
     run_path = Path(run_dir) if run_dir is not None else None
     if run_path is not None:
-        _prepare_run_dir(run_path, config)
+        prepare_run_dir(run_path, config)
         if (run_path / "result.json").exists():
             return RunResult.from_dict(json.loads((run_path / "result.json").read_text()))
     if t.threads is not None:
@@ -336,13 +202,13 @@ def train(
     generator = torch.Generator().manual_seed(config.seed)
     loss_fn = _loss_fn(binary)
 
-    checkpoints = _Checkpoints(run_path) if run_path is not None else None
+    checkpoints = Checkpoints(run_path) if run_path is not None else None
     latest = checkpoints.latest_step() if checkpoints else None
     if latest is not None:
         best_weights, order, state = checkpoints.load(latest, model, optimizer, generator, device)
     else:
         best_weights = copy.deepcopy(model.state_dict())
-        order, state = torch.randperm(train_split.size, generator=generator), _LoopState()
+        order, state = torch.randperm(train_split.size, generator=generator), LoopState()
 
     stop_at = t.max_steps if step_budget is None else min(t.max_steps, state.step + step_budget)
     bar = tqdm(
@@ -394,7 +260,7 @@ def train(
                     )
                 if logger is not None:
                     logger(state.step, {"train_loss": train_loss, "val_loss": val_loss, "lr": rate})
-                _update_stopping(state, t, val_loss)
+                update_stopping(state, t, val_loss)
                 if state.best_step == state.step:
                     best_weights = copy.deepcopy(model.state_dict())
                 bar.set_postfix(val_loss=f"{val_loss:.3g}")
@@ -475,5 +341,5 @@ def train(
             {k: v.detach().cpu().contiguous() for k, v in best_weights.items()},
             str(run_path / "model.safetensors"),
         )
-        _atomic_write(run_path / "result.json", json.dumps(result.to_dict()))
+        atomic_write(run_path / "result.json", json.dumps(result.to_dict()))
     return result
