@@ -18,7 +18,7 @@ import pytest
 from attnlab.experiments.config import RunConfig, load_sweep
 from attnlab.experiments.store import load_records
 from attnlab.experiments.thresholds import width_needs
-from attnlab.report.grid_report import (
+from attnlab.report.grid_tables import (
     GRID_SWEEPS,
     match3_table,
     samples_table,

@@ -22,6 +22,9 @@ def test_share_says_all_or_none_only_when_exact():
     assert share(0, 7) == "0%"
     assert share(1, 100_000) == "<0.1%"
     assert share(1, 3) == "33.3%"
+    # fractions too (the grid report's attention mass): 0.9996 is not all of it
+    assert share(0.9996, 1.0) == ">99.9%"
+    assert share(0.996, 1.0) == "99.6%"
     with pytest.raises(ValueError, match="positive whole"):
         share(0, 0)
     with pytest.raises(ValueError, match="part <= whole"):

@@ -24,10 +24,11 @@ def span(
     return lo if lo == hi else f"{lo} to {hi}"
 
 
-def share(part: int, whole: int, digits: int = 1) -> str:
+def share(part: float, whole: float, digits: int = 1) -> str:
     """part / whole as a percentage that says 100% only when part == whole, 0% only when 0.
 
-    99,999 of 100,000 prints '>99.9%', not '100.0%'; 1 of 100,000 prints '<0.1%'."""
+    99,999 of 100,000 prints '>99.9%', not '100.0%'; 1 of 100,000 prints '<0.1%'. Counts or
+    fractions: share(0.9996, 1.0) prints '>99.9%'."""
     if whole <= 0:
         raise ValueError(f"share() needs a positive whole, got {whole}")
     if not 0 <= part <= whole:
