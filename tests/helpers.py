@@ -17,3 +17,9 @@ def last_json(output) -> Any:
     if not lines:
         raise AssertionError("the command printed nothing; expected a JSON object on the last line")
     return json.loads(lines[-1])
+
+
+def succeeded_json(result) -> Any:
+    """`last_json` of a typer/click Result that must have exited 0 (else its output is shown)."""
+    assert result.exit_code == 0, result.output
+    return last_json(result)

@@ -27,6 +27,8 @@ from attnlab.experiments.config import EXECUTION_FIELDS
 from attnlab.experiments.results import CURVE_FIELDS
 from attnlab.experiments.schedule import LoopState, update_stopping
 
+from helpers import succeeded_json
+
 
 def tiny(arch="attention", *, params=None, seed=0, **train_fields) -> RunConfig:
     fields = dict(
@@ -175,8 +177,6 @@ def test_device_is_an_execution_setting_recorded_with_the_result(tmp_path):
 def test_the_cli_device_option_computes_on_cpu_and_keeps_the_run_id(tmp_path):
     """`attnlab sweep --device cpu` over a config that asks for 'auto': same run id, the store
     records cpu, and `attnlab train --device cpu` reports it."""
-    import json
-
     from typer.testing import CliRunner
 
     from attnlab.cli import app
@@ -195,8 +195,7 @@ def test_the_cli_device_option_computes_on_cpu_and_keeps_the_run_id(tmp_path):
         ["sweep", str(tmp_path / "sweep.json"), "--device", "cpu", "--workers", "1"]
         + ["--store", str(store), "--json"],
     )
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.output.strip().splitlines()[-1])["completed"] == 1
+    assert succeeded_json(result)["completed"] == 1
     with ResultStore(store) as results:
         (record,) = results.records()
     assert record["device"] == "cpu" and record["run_id"] == config.run_id
@@ -204,8 +203,7 @@ def test_the_cli_device_option_computes_on_cpu_and_keeps_the_run_id(tmp_path):
 
     (tmp_path / "run.json").write_text(config.model_dump_json())
     result = runner.invoke(app, ["train", str(tmp_path / "run.json"), "--device", "cpu", "--json"])
-    assert result.exit_code == 0, result.output
-    trained = json.loads(result.output.strip().splitlines()[-1])
+    trained = succeeded_json(result)
     assert trained["versions"]["device"] == "cpu" and trained["run_id"] == config.run_id
 
 

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from attnlab.cli import app
 from attnlab.serve import load_target
 
-from helpers import last_json as _last_json
+from helpers import succeeded_json
 
 ENV = {k: v for k, v in os.environ.items() if k not in ("ATTNLAB_KEYS_DB", "ATTNLAB_KEY")} | {
     "COLUMNS": "200"
@@ -35,17 +35,12 @@ def attnlab(*args, cwd):
         os.chdir(previous)
 
 
-def last_json(result) -> dict:
-    assert result.exit_code == 0, result.output
-    return _last_json(result.stdout)
-
-
 def weights(path) -> dict:
     return {n: p.detach().double().numpy() for n, p in load_target(path).module.named_parameters()}
 
 
 def test_target_file_from_make_target(tmp_path):
-    last_json(
+    succeeded_json(
         attnlab(
             "make-target",
             "t.safetensors",
@@ -59,7 +54,7 @@ def test_target_file_from_make_target(tmp_path):
             cwd=tmp_path,
         )
     )
-    row = last_json(
+    row = succeeded_json(
         attnlab(
             "extract",
             "single-head",
@@ -93,7 +88,7 @@ def test_target_file_with_a_named_attention_layer(tmp_path):
         "readout": rng.standard_normal(d),
     }
     save_file(layer, str(tmp_path / "layer.safetensors"), metadata={"num_heads": "2"})
-    row = last_json(
+    row = succeeded_json(
         attnlab(
             "extract",
             "single-head",
@@ -130,7 +125,7 @@ def test_source_options_are_checked(tmp_path):
 def test_make_target_serve_extract_over_http(tmp_path):
     """The loop a user runs: make-target -> keys add -> serve (a subprocess) -> extract --url."""
     pytest.importorskip("fastapi")
-    last_json(
+    succeeded_json(
         attnlab(
             "make-target",
             "t.safetensors",
@@ -144,9 +139,9 @@ def test_make_target_serve_extract_over_http(tmp_path):
             cwd=tmp_path,
         )
     )
-    key = last_json(attnlab("keys", "add", "alice", "--budget", "5000", "--json", cwd=tmp_path))[
-        "key"
-    ]
+    key = succeeded_json(
+        attnlab("keys", "add", "alice", "--budget", "5000", "--json", cwd=tmp_path)
+    )["key"]
     server = subprocess.Popen(
         [
             sys.executable,
@@ -171,7 +166,7 @@ def test_make_target_serve_extract_over_http(tmp_path):
         while not (match := re.search(r"http://127\.0\.0\.1:\d+", seen)):
             assert server.poll() is None and time.monotonic() < deadline, seen
             seen += server.stderr.readline()
-        row = last_json(
+        row = succeeded_json(
             attnlab(
                 "extract",
                 "single-head",
@@ -196,5 +191,5 @@ def test_make_target_serve_extract_over_http(tmp_path):
     truth, got = weights(tmp_path / "t.safetensors"), weights(tmp_path / "stolen.safetensors")
     for name in "Wuvc":
         np.testing.assert_allclose(got[name], truth[name], rtol=1e-9, atol=1e-11)
-    listed = last_json(attnlab("keys", "list", "--json", cwd=tmp_path))["keys"]
+    listed = succeeded_json(attnlab("keys", "list", "--json", cwd=tmp_path))["keys"]
     assert listed[0]["spent"] == row["queries"] + row["fidelity_queries"]

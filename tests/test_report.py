@@ -1,13 +1,13 @@
 import json
 
 import numpy as np
+import pytest
 
 from attnlab.report.claims import Claim, Context, Measurement
 from attnlab.report.figures import line_plot
 from attnlab.report.html import SUMMARY_WIDTH, write_report
-from attnlab.report.papers import PAPERS
 
-from browser import CHROMIUM_FLAGS, assert_report_sound, chromium_path, inspect_page
+from browser import CHROMIUM_FLAGS, PAPER_URLS, assert_report_sound, chromium_path, inspect_page
 
 LONG_FINDING = (
     "Canonical heads to within 1e-8 relative error with 1286 queries against the published bound "
@@ -45,12 +45,6 @@ def _claims(tmp_path):
     ]
 
 
-def _internal_links_only(facts):
-    """The report links to the papers (outside) and to its own sections (inside)."""
-    external = [h for h in facts["links"] if not h.startswith("#")]
-    return {**facts, "links": [h for h in facts["links"] if h.startswith("#")]}, external
-
-
 def test_claim_runner_records_status_and_errors(tmp_path):
     _, (good, broken, missed) = _claims(tmp_path)
     assert good.status == "reproduced" and good.figures == ["demo.png"]
@@ -68,9 +62,8 @@ def test_report_is_self_contained_and_renders_in_chromium(tmp_path):
     assert [c["status"] for c in data["claims"]] == ["reproduced", "error", "not reproduced"]
     assert data["complete"] and data["code_version"]
     facts = inspect_page(path, screenshot=tmp_path / "shot.png")
-    internal, external = _internal_links_only(facts)
-    assert_report_sound(internal)
-    assert set(external) == {p.url for p in PAPERS.values()}
+    assert_report_sound(facts)
+    assert PAPER_URLS <= set(facts["links"])  # every paper is linked
     assert len(facts["images"]) == 1
     assert "1 of 3 claims reproduced" in facts["text"]
     assert (tmp_path / "shot.png").stat().st_size > 1000
@@ -128,3 +121,13 @@ def test_partial_report_lists_pending_claims(tmp_path):
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["complete"] is False and data["pending"] == ["qsa-lower-bound"]
     assert not list(tmp_path.glob(".report.*.tmp"))  # atomic writes leave no temporary file
+
+
+def test_report_soundness_allows_the_papers_and_nothing_else_outside():
+    page = {"images": [{"complete": True, "width": 1, "height": 1, "alt": "f"}], "ids": ["s"]}
+    page["errors"] = []
+    assert_report_sound({**page, "links": ["#s", *sorted(PAPER_URLS)]})
+    with pytest.raises(AssertionError, match="not to a paper"):
+        assert_report_sound({**page, "links": ["https://example.com/"]})
+    with pytest.raises(AssertionError, match="broken link"):
+        assert_report_sound({**page, "links": ["#missing"]})
