@@ -131,3 +131,11 @@ def test_report_soundness_allows_the_papers_and_nothing_else_outside():
         assert_report_sound({**page, "links": ["https://example.com/"]})
     with pytest.raises(AssertionError, match="broken link"):
         assert_report_sound({**page, "links": ["#missing"]})
+
+
+def test_training_claim_is_keyed_on_the_committed_grid():
+    """A new committed grid export must change the training claim's cache key."""
+    from attnlab.report import CLAIMS
+    from attnlab.report.training import COMMITTED
+
+    assert CLAIMS["qsa-training-samples"].inputs == (COMMITTED,)
