@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from attnlab.errors import JournalError, JournalMismatch
+from attnlab.oracle.journal import QueryJournal
 
 PROBE_TOKENS = 4
 # Probe answers of one target agree to float rounding (float32 targets included); answers of two
@@ -100,3 +101,32 @@ def check_probes(path, expected: np.ndarray, got: np.ndarray) -> None:
             f"file for this target. If the target itself answers with random noise (a service with noise "
             f"defenses), bind the journal by name instead: journal_probes=0, journal_id='...'."
         )
+
+
+def open_journal(
+    journal, d: int | None, journal_id: str | None, noise, probes: int
+) -> tuple[QueryJournal | None, bool]:
+    """The journal an Oracle uses and whether it opened it (and so closes it).
+
+    The checks that cost no query (the binding's d, name and noise) run here, at once; the probe
+    answers are checked on the first query.
+    """
+    if journal is None:
+        return None, False
+    if probes == 0 and journal_id is None:
+        raise ValueError(
+            "a journal must be bound to its target: pass journal_id='<a name for the target>', "
+            "or keep journal_probes > 0 so that probe answers identify it"
+        )
+    owns = not isinstance(journal, QueryJournal)
+    opened = QueryJournal(journal) if owns else journal
+    if d is not None:
+        try:
+            stored = opened.binding()
+            if stored is not None:
+                check_identity(stored, opened.path, d, journal_id, noise)
+        except JournalError:
+            if owns:
+                opened.close()
+            raise
+    return opened, owns

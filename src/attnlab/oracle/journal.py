@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attnlab.errors import JournalError
+from attnlab.errors import JournalError, database_file
 
 try:
     import fcntl
@@ -119,13 +119,7 @@ class QueryJournal:
     """
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if self.path.is_dir():
-            raise JournalError(
-                f"the journal path {self.path} is a directory; pass a file path such as "
-                f"{self.path / 'queries.sqlite'}"
-            )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = database_file(path, JournalError, "the journal path", "queries.sqlite")
         self._lock = threading.Lock()
         self._lock_fd = self._acquire_file_lock()
         self._db: sqlite3.Connection | None = None

@@ -8,12 +8,10 @@ back NaN, infinite, complex or misshapen outputs.
 
 from __future__ import annotations
 
-import math
-import numbers
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, overload
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -29,10 +27,19 @@ from attnlab.oracle.binding import (
     binding_record,
     check_identity,
     check_probes,
+    open_journal,
     probe_queries,
     stored_probes,
 )
+from attnlab.oracle.checks import (
+    all_finite,
+    one_answer_each,
+    positive_seconds,
+    valid_query,
+    whole_number,
+)
 from attnlab.oracle.journal import QueryJournal, distinct_queries, query_key
+from attnlab.oracle.sampling import group_by_length
 from attnlab.oracle.targets import (
     CallTimedOut,
     Target,
@@ -40,14 +47,13 @@ from attnlab.oracle.targets import (
     call_with_timeout,
     declared_width,
     real_answers,
-    real_queries,
     torch_target,
 )
 
 if TYPE_CHECKING:
     from attnlab.oracle.http import HttpTarget
 
-__all__ = ["NoiseModel", "Oracle", "Target", "as_numpy_target", "torch_target"]
+__all__ = ["NoiseModel", "Oracle", "Target", "all_finite", "as_numpy_target", "torch_target"]
 
 # Under a journal a kill -9 re-pays at most the chunk in flight. Each chunk costs one SQLite commit
 # (~0.7 ms here): next to a cheap local target that is tens of microseconds per query, next to an
@@ -55,49 +61,10 @@ __all__ = ["NoiseModel", "Oracle", "Target", "as_numpy_target", "torch_target"]
 JOURNAL_CHUNK = 64
 
 
-_FINITE_KEYS: dict[int, np.ndarray] = {}
-
-
-def all_finite(X: np.ndarray) -> bool:
-    """Whether every entry of the float64 array X is finite, in one BLAS pass for large batches.
-
-    X @ key with a strictly positive key is non-finite whenever an entry is NaN or infinite (NaN
-    and +-inf survive every product by a positive number and every sum in IEEE arithmetic, and a
-    non-zero key entry is never skipped). It can also overflow on huge finite entries; only then
-    are the entries checked one by one. A (B, N, d) batch costs one read pass, no temporary array.
-    """
-    if X.size < 4096:
-        return bool(np.all(np.isfinite(X)))
-    rows = X.reshape(X.shape[0] if X.ndim == 3 else 1, -1)
-    width = rows.shape[1]
-    key = _FINITE_KEYS.get(width)
-    if key is None:
-        key = _FINITE_KEYS[width] = np.random.default_rng(0x66696E).random(width) + 0.5
-    if np.all(np.isfinite(rows @ key)):
-        return True
-    return bool(np.all(np.isfinite(X)))
-
-
 class NoiseModel(Protocol):
     """Turns the target's exact answers into what the learner sees (noisy, rounded, ...)."""
 
     def __call__(self, y: np.ndarray, X: np.ndarray, rng: np.random.Generator) -> np.ndarray: ...
-
-
-@overload
-def _whole(name: str, value: None, minimum: int, meaning: str) -> None: ...
-@overload
-def _whole(name: str, value: int, minimum: int, meaning: str) -> int: ...
-@overload
-def _whole(name: str, value: int | None, minimum: int, meaning: str) -> int | None: ...
-def _whole(name: str, value, minimum: int, meaning: str) -> int | None:
-    """`value` as an int >= minimum (None passes), or a ValueError that says what was wrong."""
-    if value is None:
-        return None
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value != int(value) or value < minimum:
-        raise ValueError(f"{name} must be a whole number >= {minimum} ({meaning}), got {value!r}")
-    return int(value)
 
 
 class Oracle:
@@ -163,28 +130,22 @@ class Oracle:
         journal_chunk: int = JOURNAL_CHUNK,
         timeout: float | None = None,
     ):
-        d = _whole("d", d, 1, "the token width")
-        self.budget = _whole("budget", budget, 0, "queries; None for no budget")
-        self.max_batch = _whole(
+        d = whole_number("d", d, 1, "the token width")
+        self.budget = whole_number("budget", budget, 0, "queries; None for no budget")
+        self.max_batch = whole_number(
             "max_batch", max_batch, 1, "sequences per target call; None for no split"
         )
-        self.journal_probes = _whole(
+        self.journal_probes = whole_number(
             "journal_probes", journal_probes, 0, "probe queries binding a journal"
         )
-        self.journal_chunk = _whole(
+        self.journal_chunk = whole_number(
             "journal_chunk", journal_chunk, 1, "sequences per call under a journal"
         )
         if journal_id is not None and (not isinstance(journal_id, str) or not journal_id):
             raise ValueError(
                 f"journal_id must be a non-empty string naming the target, got {journal_id!r}"
             )
-        if timeout is not None:
-            ok = isinstance(timeout, numbers.Real) and not isinstance(timeout, bool)
-            if not (ok and math.isfinite(timeout) and timeout > 0):
-                raise ValueError(
-                    f"timeout must be a positive, finite number of seconds or None, got {timeout!r}"
-                )
-            timeout = float(timeout)
+        timeout = positive_seconds("timeout", timeout)
         stated = declared_width(target)
         if d is not None and stated is not None and d != stated:
             raise QueryShapeError(
@@ -204,27 +165,10 @@ class Oracle:
         self._answered_once = False
         self._lock = threading.Lock()
         self._bound = False
-        if journal is not None and self.journal_probes == 0 and journal_id is None:
-            raise ValueError(
-                "a journal must be bound to its target: pass journal_id='<a name for the target>', "
-                "or keep journal_probes > 0 so that probe answers identify it"
-            )
-        self._owns_journal = journal is not None and not isinstance(journal, QueryJournal)
         self._journal_refused: JournalError | None = None
-        self.journal: QueryJournal | None
-        if journal is None or isinstance(journal, QueryJournal):
-            self.journal = journal
-        else:
-            self.journal = QueryJournal(journal)
-        if self.journal is not None and self.d is not None:
-            try:  # the checks that cost no query fail here, at once
-                stored = self.journal.binding()
-                if stored is not None:
-                    check_identity(stored, self.journal.path, self.d, self.journal_id, self.noise)
-            except JournalError:
-                if self._owns_journal:
-                    self.close()
-                raise
+        self.journal, self._owns_journal = open_journal(
+            journal, self.d, journal_id, noise, self.journal_probes
+        )
 
     @classmethod
     def http(
@@ -301,34 +245,16 @@ class Oracle:
         seqs = [self._validate(s, single_only=True) for s in sequences]
         if not seqs:
             return np.empty(0)
-        lengths = np.array([s.shape[0] for s in seqs])
-        groups, positions = [], []
-        for n in np.unique(lengths):
-            idx = np.flatnonzero(lengths == n)
-            groups.append(np.stack([seqs[i] for i in idx]))
-            positions.append(idx)
+        grouped = group_by_length(seqs)
         out = np.empty(len(seqs))
-        for idx, answers in zip(positions, self._answer(groups)):
-            out[idx] = answers
+        for (positions, _), answers in zip(grouped, self._answer([b for _, b in grouped])):
+            out[positions] = answers
         return out
 
     def _validate(self, X, single_only: bool = False) -> np.ndarray:
-        what = "(N, d)" if single_only else "(N, d) or a batch (B, N, d)"
-        X = real_queries(X, what)
-        if X.ndim not in ((2,) if single_only else (2, 3)):
-            raise QueryShapeError(f"a query must have shape {what}; got shape {X.shape}")
-        if X.shape[-1] < 1:
-            raise QueryShapeError(f"tokens must have width d >= 1; got shape {X.shape}")
-        if X.shape[-2] < 1:
-            raise QueryShapeError(f"a query needs at least one token (N >= 1); got shape {X.shape}")
+        X = valid_query(X, self.d, single_only)
         if self.d is None:
             self.d = int(X.shape[-1])
-        elif X.shape[-1] != self.d:
-            raise QueryShapeError(f"tokens must have width d = {self.d}; got shape {X.shape}")
-        if not all_finite(X):
-            raise QueryShapeError(
-                "a query contains NaN or infinite entries; queries must be finite real arrays"
-            )
         return X
 
     def _answer(self, groups: list[np.ndarray]) -> list[np.ndarray]:
@@ -389,7 +315,7 @@ class Oracle:
             part = batch[start : start + step]
             y = self._send(part)
             if self.noise is not None:
-                y = self._checked(
+                y = one_answer_each(
                     real_answers(self.noise(y, part, self.rng), "the noise model"),
                     part,
                     "noise model",
@@ -434,18 +360,8 @@ class Oracle:
                 f"the target raised {type(exc).__name__}: {exc} for a batch of shape {X.shape}; "
                 f"its {X.shape[0]} sequences count as paid.{hint}"
             ) from exc
-        y = self._checked(y, X, "target")
+        y = one_answer_each(y, X, "target")
         self._answered_once = True
-        return y
-
-    @staticmethod
-    def _checked(y: np.ndarray, X: np.ndarray, who: str) -> np.ndarray:
-        if y.shape != (X.shape[0],):
-            raise OracleError(
-                f"the {who} must return one number per sequence, shape ({X.shape[0]},) for a batch of "
-                f"shape {X.shape}; it returned shape {y.shape}. Make it reduce to a scalar per sequence. "
-                f"The {X.shape[0]} sequences sent count as paid."
-            )
         return y
 
     def _call_target(self, X: np.ndarray) -> np.ndarray:
