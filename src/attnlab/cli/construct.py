@@ -86,15 +86,12 @@ def construct_qsa(
     """qSA with one head: the smallest width (Thm 2) or precision (Thm 3) found, verified."""
 
     def run() -> None:
-        from attnlab.constructions.qsa_certificates import (
-            CERTIFICATES,
-            certificate_precision,
-            verified_certificate_qsa,
-        )
+        from attnlab.constructions.qsa_certificates import CERTIFICATES, certificate_precision
         from attnlab.constructions.qsa_moment_curve import (
             MomentCurveQSA,
             smallest_moment_curve_precision,
         )
+        from attnlab.constructions.qsa_width import verified_certificate_qsa
 
         _positive(N=N, q=q, d_prime=d_prime, p=p, n=n)
         _require(
