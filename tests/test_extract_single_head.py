@@ -313,3 +313,34 @@ def test_oracle_must_know_its_token_width():
     )  # a bare callable: d unknown
     with pytest.raises(ValueError, match="token width"):
         single_head(oracle)
+
+
+def test_nuclear_norm_without_rank_refuses_a_dense_system_at_large_d():
+    """d^2 rank-one measurements at d > 64 would need a (d^2 x d^2) dense solve: a clear refusal,
+    after only the value read, instead of gigabytes of memory or a silently wrong fit."""
+    from attnlab.extract.single_head.baselines import LINEAR_SOLVE_MAX_D
+
+    d = LINEAR_SOLVE_MAX_D + 1
+    oracle = Oracle(SingleHeadAttention.random(d, seed=0))
+    with pytest.raises(ValueError, match="pass rank=r"):
+        single_head(oracle, method="nuclear-norm", fidelity_samples=0)
+    assert oracle.paid == d  # only the value read (d one-token queries) preceded the refusal
+
+
+def test_nuclear_norm_is_matrix_free_and_exact_on_a_low_rank_head():
+    d, r = 96, 3
+    head = SingleHeadAttention.random(d, rank=r, seed=4)
+    oracle = Oracle(head)
+    m = 3 * r * 2 * d
+    ext = single_head(
+        oracle,
+        rank=r,
+        method="nuclear-norm",
+        method_options={"measurements": m},
+        seed=1,
+        fidelity_samples=0,
+    )
+    W = head.W.detach().numpy()
+    assert np.abs(ext.params["W"] - W).max() <= 1e-9 * np.abs(W).max()
+    assert ext.info["solver"].endswith("(matrix-free)")
+    assert oracle.queries == d + m
