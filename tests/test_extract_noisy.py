@@ -51,16 +51,19 @@ def test_paper_estimator_is_exact_without_noise_and_spends_d2_plus_d():
         lambda head: RoundDigits(7),
     ],
 )
-def test_robust_beats_the_paper_tenfold_at_equal_queries(noise_factory):
+def test_robust_beats_the_paper_with_its_tightest_bound_at_equal_queries(noise_factory):
+    """Thm 6.1's estimator is given the smallest bound its proof allows, B = max |W_ij| (not
+    ||W||_F, which inflates its error like B^2); Gaussian values, default token norm. The fair
+    comparison at matched token norms is in test_noisy_probe_geometry.py."""
     head, W, v = _head(16)
     errors = {}
     for method in ("paper", "robust"):
         oracle = Oracle(head, noise=noise_factory(head), seed=2)
-        options = {"B": float(np.linalg.norm(W))} if method == "paper" else None
+        options = {"B": float(np.abs(W).max())} if method == "paper" else None
         ex = noisy_single_head(oracle, method=method, method_options=options)
         assert ex.queries == 16 * 16 + 16
         errors[method] = np.linalg.norm(ex.W - W)
-    assert errors["robust"] * 10 <= errors["paper"]
+    assert errors["robust"] <= errors["paper"]  # 1.35x (7 digits) to several-fold here
 
 
 @pytest.mark.parametrize(
