@@ -38,7 +38,7 @@ import numpy as np
 from attnlab._random import Seed, as_generator
 from attnlab.errors import ExtractionError
 from attnlab.extract.convention import resolve_method, token_width
-from attnlab.extract.result import Extraction, measure_fidelity
+from attnlab.extract.result import Extraction
 from attnlab.extract.single_head import head_function
 from attnlab.extract.single_head.directions import random_orthogonal
 from attnlab.oracle import Oracle
@@ -139,9 +139,7 @@ def noisy_single_head(
         surrogate=surrogate,
     )
     if fidelity_samples:
-        result.fidelity, result.fidelity_queries = measure_fidelity(
-            oracle, surrogate, n=fidelity_samples, seed=int(rng.integers(2**31)), info=result.info
-        )
+        result.check_fidelity(oracle, fidelity_samples, int(rng.integers(2**31)))
     return result
 
 

@@ -156,6 +156,17 @@ class Extraction:
         """Each key of `info` with its documented meaning."""
         return {key: INFO_KEYS.get(key, "(undocumented)") for key in self.info}
 
+    def check_fidelity(
+        self, oracle: Oracle, samples: int, seed: int, lengths=(1, 32)
+    ) -> Extraction:
+        """Set `fidelity` from `samples` fresh queries (none when 0); see `measure_fidelity`."""
+        if samples:
+            assert self.surrogate is not None  # every extractor returns the model it recovered
+            self.fidelity, self.fidelity_queries = measure_fidelity(
+                oracle, self.surrogate, n=samples, lengths=lengths, seed=seed, info=self.info
+            )
+        return self
+
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}{tuple(np.shape(v))}" for k, v in self.params.items())
         fidelity = "unchecked" if self.fidelity is None else f"{self.fidelity:.1e}"

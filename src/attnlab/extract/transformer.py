@@ -30,7 +30,7 @@ from attnlab._random import as_generator
 from attnlab.errors import ExtractionError
 from attnlab.extract.convention import resolve_method, token_width
 from attnlab.extract.ffn import relu_ffn
-from attnlab.extract.result import Extraction, measure_fidelity
+from attnlab.extract.result import Extraction
 from attnlab.extract.single_head import single_head
 from attnlab.models.numpy_heads import attention_weights
 from attnlab.oracle import Oracle
@@ -145,9 +145,7 @@ def one_layer_transformer(
         surrogate=surrogate,
     )
     if fidelity_samples:
-        result.fidelity, result.fidelity_queries = measure_fidelity(
-            oracle, surrogate, n=fidelity_samples, seed=int(rng.integers(2**31)), info=result.info
-        )
+        result.check_fidelity(oracle, fidelity_samples, int(rng.integers(2**31)))
     return result
 
 

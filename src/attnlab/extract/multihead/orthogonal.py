@@ -9,7 +9,7 @@ import numpy as np
 from attnlab._random import as_generator
 from attnlab.extract.convention import resolve_method
 from attnlab.extract.multihead.assemble import progress_range
-from attnlab.extract.result import Extraction, measure_fidelity
+from attnlab.extract.result import Extraction
 from attnlab.models.canonical import MultiHeadParams
 from attnlab.oracle import Oracle
 from attnlab.oracle.derived import subspace_oracle
@@ -22,15 +22,7 @@ def measure(result: Extraction, oracle: Oracle, rng: np.random.Generator, sample
     if samples < 0:
         raise ValueError(f"fidelity_samples must be >= 0, got {samples}")
     if samples:
-        assert result.surrogate is not None  # both extractors here return their model
-        result.fidelity, result.fidelity_queries = measure_fidelity(
-            oracle,
-            result.surrogate,
-            n=samples,
-            lengths=(1, 32),
-            seed=int(rng.integers(2**31)),
-            info=result.info,
-        )
+        result.check_fidelity(oracle, samples, int(rng.integers(2**31)))
 
 
 def orthogonal_heads(

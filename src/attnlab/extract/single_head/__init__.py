@@ -37,7 +37,7 @@ import numpy as np
 
 from attnlab._random import as_generator
 from attnlab.extract.convention import resolve_method, warn_if_noisy
-from attnlab.extract.result import Extraction, measure_fidelity
+from attnlab.extract.result import Extraction
 from attnlab.extract.single_head.adaptive import adaptive
 from attnlab.extract.single_head.baselines import NUCLEAR_NORM_C, nuclear_norm, paper  # noqa: F401 (re-export)
 from attnlab.extract.single_head.directions import AlignedBasis
@@ -203,17 +203,8 @@ def single_head(
         info=info,
         surrogate=surrogate,
     )
-    if fidelity_samples:
-        fidelity_seed = int(rng.integers(2**31)) + FIDELITY_SEED_OFFSET
-        result.fidelity, result.fidelity_queries = measure_fidelity(
-            oracle,
-            surrogate,
-            n=fidelity_samples,
-            lengths=(1, 32),
-            seed=fidelity_seed,
-            info=result.info,
-        )
-    return result
+    fidelity_seed = int(rng.integers(2**31)) + FIDELITY_SEED_OFFSET
+    return result.check_fidelity(oracle, fidelity_samples, fidelity_seed)
 
 
 def head_function(
