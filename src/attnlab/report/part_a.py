@@ -189,7 +189,7 @@ def affine_pytorch_mha(ctx: Context) -> Measurement:
 @_part_a_claim(
     "noisy-single-head",
     "Noisy and rounded oracles: the paper's estimator vs ours (Thm 6.1)",
-    "With |eta| <= tau, ||W||_F <= B and |v_i| >= mu, d^2 + d queries give ||W_hat - W||_F <= eps_W and "
+    "With |eta| <= tau, |W_ij| <= B and |v_i| >= mu, d^2 + d queries give ||W_hat - W||_F <= eps_W and "
     "||v_hat - v|| <= eps_v when tau = O(min{mu, eps_v / sqrt(d), mu eps_W / (B^2 d)}).",
 )
 def noisy_single_head_claim(ctx: Context) -> Measurement:
@@ -200,7 +200,7 @@ def noisy_single_head_claim(ctx: Context) -> Measurement:
         else [1e-10, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3]
     )
     target = SingleHeadAttention.random(d, seed=ctx.seed + 3)
-    B = float(np.linalg.norm(target.W.detach().numpy()))
+    B = float(np.abs(target.W.detach().numpy()).max())  # the paper's estimator gets this bound
     rows = []
     for tau in ctx.track(taus, lambda t: f"tau = {t:g}"):
         row = {"tau": tau}
@@ -236,10 +236,12 @@ def noisy_single_head_claim(ctx: Context) -> Measurement:
         logy=True,
     )
     linear = all(r["robust ||dW||_F"] <= 1e4 * d * r["tau"] * max(B, 1.0) ** 2 for r in rows)
-    ok = bool(ratios) and min(ratios) >= 10 and err32 <= 1e-4 and linear
+    ok = bool(ratios) and min(ratios) >= 1 and err32 <= 1e-4 and linear
     return Measurement(
-        measured=f"At equal queries (d^2 + d = {d * d + d}) our estimator's error is "
-        f"{span(ratios, '{:.0f}'.format, 'x')} lower than the paper's; both scale linearly in tau. float32-rounded "
+        measured=f"At equal queries (d^2 + d = {d * d + d}), the paper's estimator given its tightest "
+        f"bound B = max |W_ij| = {B:.2f}, our estimator's error is {span(ratios, '{:.1f}'.format, 'x')} "
+        f"lower (Gaussian values, bounded noise; with +-1 values the paper's estimator can win, see "
+        f"benchmarks/results/noisy.md); both scale linearly in tau. float32-rounded "
         f"outputs at d = {d32}: relative error {err32:.1e} (target 1e-4).",
         reproduced=ok,
         table=rows
