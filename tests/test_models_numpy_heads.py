@@ -27,7 +27,7 @@ def test_one_affine_head_matches_affine_head():
     head = AffineHead.random(4, seed=3)
     W, u, v = (t.detach().numpy() for t in (head.W, head.u, head.v))
     np.testing.assert_allclose(
-        head_forward(X, W, v, u, float(head.c)), torch_out(head, X), rtol=1e-13, atol=1e-13
+        head_forward(X, W, v, u, float(head.c.detach())), torch_out(head, X), rtol=1e-13, atol=1e-13
     )
 
 
