@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from attnlab.experiments import SweepConfig
 
 
 def last_json(output) -> Any:
@@ -23,3 +26,27 @@ def succeeded_json(result) -> Any:
     """`last_json` of a typer/click Result that must have exited 0 (else its output is shown)."""
     assert result.exit_code == 0, result.output
     return last_json(result)
+
+
+def tiny_sweep(
+    name="tiny", seeds=(0, 1), max_steps=12, grids=None, n_train=(32, 64)
+) -> SweepConfig:
+    """A sweep of tiny qSA runs (N = 6, a few steps) that a test can run in seconds."""
+    from attnlab.experiments import SweepConfig
+
+    base = {
+        "task": {"name": "qsa", "params": {"N": 6, "q": 2, "d_prime": 3}},
+        "model": {"arch": "attention", "width": 8, "readout_hidden": 8},
+        "train": {
+            "n_val": 32,
+            "n_test": 64,
+            "batch_size": 16,
+            "lr": 0.003,
+            "max_steps": max_steps,
+            "eval_every": 4,
+            "patience": 10,
+            "checkpoint_every": 4,
+        },
+    }
+    grids = grids or [{"model.arch": ["attention", "gru"], "train.n_train": list(n_train)}]
+    return SweepConfig(name=name, base=base, grids=grids, seeds=list(seeds))

@@ -15,33 +15,12 @@ import pytest
 from typer.testing import CliRunner
 
 from attnlab.cli import app
-from attnlab.experiments import ResultStore, SweepConfig, default_sweep, run_sweep
+from attnlab.experiments import ResultStore, default_sweep, run_sweep
 from attnlab.experiments.analysis import samples_to_threshold, summarise
 
-from helpers import last_json
+from helpers import last_json, tiny_sweep
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_sweep(
-    name="tiny", seeds=(0, 1), max_steps=12, grids=None, n_train=(32, 64)
-) -> SweepConfig:
-    base = {
-        "task": {"name": "qsa", "params": {"N": 6, "q": 2, "d_prime": 3}},
-        "model": {"arch": "attention", "width": 8, "readout_hidden": 8},
-        "train": {
-            "n_val": 32,
-            "n_test": 64,
-            "batch_size": 16,
-            "lr": 0.003,
-            "max_steps": max_steps,
-            "eval_every": 4,
-            "patience": 10,
-            "checkpoint_every": 4,
-        },
-    }
-    grids = grids or [{"model.arch": ["attention", "gru"], "train.n_train": list(n_train)}]
-    return SweepConfig(name=name, base=base, grids=grids, seeds=list(seeds))
 
 
 def metrics_by_id(path) -> dict[str, dict]:

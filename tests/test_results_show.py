@@ -6,28 +6,15 @@ import pytest
 from typer.testing import CliRunner
 
 from attnlab.cli import app
-from attnlab.experiments.config import SweepConfig
 from attnlab.experiments.store import ResultStore
 from attnlab.experiments.sweep import run_sweep
 
+from helpers import tiny_sweep
 
-def _sweep() -> SweepConfig:
-    base = {
-        "task": {"name": "qsa", "params": {"N": 6, "q": 2, "d_prime": 3}},
-        "model": {"arch": "attention", "width": 8, "readout_hidden": 8},
-        "train": {
-            "n_val": 32,
-            "n_test": 64,
-            "batch_size": 16,
-            "lr": 0.003,
-            "max_steps": 8,
-            "eval_every": 4,
-            "patience": 10,
-            "checkpoint_every": 4,
-        },
-    }
+
+def _sweep():
     grids = [{"model.arch": ["attention", "lstm", "mlp"], "train.n_train": [16, 32, 64]}]
-    return SweepConfig(name="show", base=base, grids=grids, seeds=[0, 1, 2])
+    return tiny_sweep(name="show", seeds=(0, 1, 2), max_steps=8, grids=grids)
 
 
 @pytest.mark.slow
