@@ -17,9 +17,9 @@ from attnlab.extract.single_head.directions import (
 from attnlab.extract.single_head.reader import write_queries
 from attnlab.models import SingleHeadAttention
 from attnlab.oracle import Oracle
+from attnlab.oracle.checks import all_finite
 from attnlab.oracle.device import DeviceOracle
 from attnlab.oracle.journal import distinct_queries
-from attnlab.oracle.oracle import all_finite
 
 D, N = 24, 10
 

@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from attnlab.errors import BudgetExhausted, OracleError, QueryShapeError
+from attnlab.oracle.checks import all_finite
 from attnlab.oracle.journal import distinct_queries
-from attnlab.oracle.oracle import Oracle, all_finite
+from attnlab.oracle.oracle import Oracle
 from attnlab.oracle.targets import as_numpy_target, declared_width, real_answers
 
 

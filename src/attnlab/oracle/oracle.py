@@ -32,7 +32,6 @@ from attnlab.oracle.binding import (
     stored_probes,
 )
 from attnlab.oracle.checks import (
-    all_finite,
     one_answer_each,
     positive_seconds,
     valid_query,
@@ -53,7 +52,7 @@ from attnlab.oracle.targets import (
 if TYPE_CHECKING:
     from attnlab.oracle.http import HttpTarget
 
-__all__ = ["NoiseModel", "Oracle", "Target", "all_finite", "as_numpy_target", "torch_target"]
+__all__ = ["NoiseModel", "Oracle", "Target", "as_numpy_target", "torch_target"]
 
 # Under a journal a kill -9 re-pays at most the chunk in flight. Each chunk costs one SQLite commit
 # (~0.7 ms here): next to a cheap local target that is tens of microseconds per query, next to an
