@@ -21,9 +21,11 @@ from attnlab.report.claims import PARTLY
 from attnlab.report.training import judge, verdict
 
 
-def record(N, q, arch, n_train, seed, max_error, mean_error=None, width=32, stop="plateau"):
+def record(
+    N, q, arch, n_train, seed, max_error, mean_error=None, width=32, stop="plateau", min_steps=0
+):
     return {
-        "run_id": f"{N}-{q}-{arch}-{width}-{n_train}-{seed}",
+        "run_id": f"{N}-{q}-{arch}-{width}-{n_train}-{seed}-{min_steps}",
         "seed": seed,
         "sweeps": ["qsa-samples"],
         "config": {
@@ -35,7 +37,12 @@ def record(N, q, arch, n_train, seed, max_error, mean_error=None, width=32, stop
                 "bidirectional": False,
                 "layers": 1,
             },
-            "train": {"n_train": n_train, "lr": 0.003, "max_steps": 4000},
+            "train": {
+                "n_train": n_train,
+                "lr": 0.003,
+                "max_steps": 4000,
+                "min_steps": min_steps,
+            },
         },
         "metrics": {
             "max_error": max_error,
@@ -123,6 +130,43 @@ def test_verdict_not_reproduced_when_a_baseline_does_better_and_growth_is_fast()
     records = [r for r in records if r["config"]["model"]["arch"] != "lstm"]
     status, parts = verdict(judge(records))
     assert status is False, parts
+
+
+def _floor_curve(min_steps, sizes, seed0_errors, other_errors=(0.9, 0.1, 0.05)):
+    """N=16, q=2 attention over `sizes`, three seeds; seed 0 has its own errors."""
+    out = []
+    for seed in range(3):
+        errors = seed0_errors if seed == 0 else other_errors
+        out += [
+            record(16, 2, "attention", n, seed, e, min_steps=min_steps)
+            for n, e in zip(sizes, errors)
+        ]
+    return out
+
+
+def test_a_longer_floor_replaces_the_curve_it_covers_in_the_needs_and_the_fit():
+    sizes = [64, 256, 1024]
+    # floor 0: seed 0 stalls on a plateau at every size (the premature stop); floor 3000: it learns
+    short = _floor_curve(0, sizes, (0.98, 0.97, 0.97))
+    long = _floor_curve(3000, sizes, (0.9, 0.2, 0.05))
+    judged = judge(short + long)
+    attention = [n for n in judged["needs"] if n["arch"] == "attention"]
+    assert len(attention) == 1
+    assert attention[0]["max"]["per_seed_kind"] == ["measured"] * 3
+    assert {r["run_id"] for r in judged["superseded"]} == {r["run_id"] for r in short}
+    assert {r["run_id"] for r in judged["records"]} == {r["run_id"] for r in long}
+    assert sum(f["points"] for f in judged["fits"] if f["q"] == 2) == 3
+
+
+def test_a_partial_rerun_with_a_longer_floor_replaces_nothing():
+    sizes = [64, 256, 1024]
+    full = _floor_curve(0, sizes, (0.98, 0.97, 0.97))
+    partial = _floor_curve(3000, sizes[:2], (0.9, 0.2))
+    judged = judge(full + partial)
+    assert {r["run_id"] for r in judged["records"]} == {r["run_id"] for r in full}
+    attention = [n for n in judged["needs"] if n["arch"] == "attention"]
+    assert len(attention) == 1 and attention[0]["sizes_tried"] == sizes
+    assert attention[0]["max"]["per_seed_kind"][0] == "more than"
 
 
 def test_width_needs_takes_the_smallest_width_within_the_threshold_per_seed():

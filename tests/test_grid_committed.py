@@ -20,8 +20,12 @@ from attnlab.experiments.store import load_records
 from attnlab.experiments.thresholds import width_needs
 from attnlab.report.grid_tables import (
     GRID_SWEEPS,
+    bracketing_table,
+    floor_table,
+    match3_summary,
     match3_table,
     samples_table,
+    throughput_table,
     width_table,
 )
 from attnlab.report.training import COMMITTED, QSA_SWEEPS, judge, verdict
@@ -99,8 +103,12 @@ def test_samples_needed_have_three_seeds_and_intervals_where_no_seed_is_censored
 
 def test_which_cells_reached_the_threshold_is_what_the_records_say(records):
     """A seed of a (setting, model) reaches 1/(2q) at some size iff one of its runs did."""
-    needs = judge(records)["needs"]
-    qsa = [r for r in records if set(r["sweeps"]) & set(QSA_SWEEPS)]
+    judged = judge(records)
+    needs = judged["needs"]
+    # the runs the needs were read from: a cell trained again with a longer step floor replaces
+    # the shorter one (and no run is both judged and replaced)
+    qsa = judged["records"]
+    assert not {r["run_id"] for r in qsa} & {r["run_id"] for r in judged["superseded"]}
     for n in needs:
         runs = [
             r
@@ -120,8 +128,32 @@ def test_the_committed_tables_are_the_ones_the_records_give(records, report_text
     judged = judge(records)
     widths = [w for w in width_needs(_in(records, "qsa-width-grid")) if len(w["widths_tried"]) > 1]
     assert widths and all(len(w["per_seed"]) >= MIN_SEEDS for w in widths)
-    for line in samples_table(judged["needs"]) + width_table(widths) + match3_table(records):
+    qsa = [r for r in records if set(r["sweeps"]) & set(QSA_SWEEPS)]
+    tables = (
+        samples_table(judged["needs"])
+        + width_table(widths)
+        + match3_summary(records)
+        + match3_table(records)
+        + bracketing_table(qsa)
+        + throughput_table(records)[0]
+    )
+    if judged["superseded"]:
+        tables += floor_table(judged["superseded"], judged["records"])
+    for line in tables:
         assert line in report_text, line
+
+
+def test_the_committed_rates_leave_out_idle_time(records):
+    """Runs per hour come from the runs' own CPU and wall time and from the hours in which some
+    run was training, never from the calendar span (which holds idle gaps between sweeps)."""
+    saved = json.loads((RESULTS / "training-grid.json").read_text())["throughput"]
+    _, rates = throughput_table(records)
+    for key in ("runs_per_cpu_hour", "runs_per_core_hour_of_run_wall", "runs_per_busy_wall_hour"):
+        assert saved[key] == pytest.approx(rates[key]), key
+    assert saved["busy_wall_hours"] <= saved["span_hours"] + 1e-9
+    wall = sum(r["wall_seconds"] for r in records) / 3600
+    assert saved["runs_per_core_hour_of_run_wall"] == pytest.approx(len(records) / wall)
+    assert "runs_per_wall_hour" not in saved
 
 
 def test_the_committed_verdict_is_the_one_the_records_give(records):

@@ -4,6 +4,7 @@ exported run records: which cells ran, samples and widths needed, Match3, throug
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from datetime import datetime
@@ -21,10 +22,17 @@ GRID_SWEEPS = (
     "qsa-samples",
     "qsa-samples-n128",
     "qsa-samples-n256",
+    "qsa-samples-q2-floor",
+    "qsa-samples-q2-floor-n32",
+    "qsa-samples-q4",
     "qsa-baselines-n32",
+    "qsa-baselines-n64",
     "qsa-width-grid",
     "match3-widths",
+    "match3-long",
 )
+BASELINE_ARCHS = ("mlp", "lstm", "gru")
+FLOAT_BITS = 32
 MATCH_SOLVED_BIT_ERROR = 0.01
 
 
@@ -55,10 +63,28 @@ def cells_table(store: ResultStore, records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _busy_hours(stamps: list[tuple[datetime, datetime]]) -> float:
+    """Hours in which at least one run was training (the union of the runs' intervals): the
+    calendar span without the idle gaps between sweeps."""
+    total, end = 0.0, None
+    start = None
+    for s, f in sorted(stamps):
+        if end is None or s > end:
+            if end is not None:
+                total += (end - start).total_seconds()
+            start, end = s, f
+        else:
+            end = max(end, f)
+    if end is not None:
+        total += (end - start).total_seconds()
+    return total / 3600
+
+
 def throughput_table(records: list[dict[str, Any]]) -> tuple[list[str], dict[str, float]]:
-    """Runs per hour of one CPU core (from each run's CPU time) per architecture and N, and the
-    wall-clock rate the grid actually had on the shared machine."""
-    groups: dict[tuple[str, str, int], list[tuple[float, float]]] = defaultdict(list)
+    """Runs per hour of one CPU core per architecture and N (from each run's CPU time, and from
+    its wall time: one run holds one core), and the grid's rates without the idle gaps between
+    sweeps (the span from first start to last finish includes them, so no rate is taken from it)."""
+    groups: dict[tuple[str, str, int], list[tuple[float, float, int]]] = defaultdict(list)
     for r in records:
         if "cpu_seconds" in r["timings"]:
             key = (
@@ -67,33 +93,45 @@ def throughput_table(records: list[dict[str, Any]]) -> tuple[list[str], dict[str
                 r["config"]["task"]["params"]["N"],
             )
             wall = r.get("wall_seconds") or r["timings"].get("wall_seconds", float("nan"))
-            groups[key].append((r["timings"]["cpu_seconds"], wall))
+            groups[key].append((r["timings"]["cpu_seconds"], wall, r["metrics"]["steps"]))
     lines = [
-        "| task | architecture | N | runs | CPU s per run (mean) | wall s per run (mean, shared machine) "
-        "| runs per CPU-core hour |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| task | architecture | N | runs | steps per run (mean) | CPU ms per step | CPU s per run (mean) "
+        "| wall s per run (mean, shared machine) | runs per CPU-core hour (CPU time) "
+        "| runs per core-hour of run wall time |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     rates = {}
-    for (task, arch, N), pairs in sorted(groups.items()):
-        mean = float(np.mean([cpu for cpu, _ in pairs]))
-        wall = float(np.mean([w for _, w in pairs]))
-        rates[f"{task} {arch} N={N}"] = 3600 / mean
+    for (task, arch, N), triples in sorted(groups.items()):
+        cpu = float(np.mean([c for c, _, _ in triples]))
+        wall = float(np.mean([w for _, w, _ in triples]))
+        steps = float(np.mean([n for _, _, n in triples]))
+        per_step = 1000 * sum(c for c, _, _ in triples) / sum(n for _, _, n in triples)
+        rates[f"{task} {arch} N={N}"] = 3600 / cpu
         lines.append(
-            f"| {task} | {arch} | {N} | {len(pairs)} | {mean:.1f} | {wall:.1f} | {3600 / mean:,.0f} |"
+            f"| {task} | {arch} | {N} | {len(triples)} | {steps:.0f} | {per_step:.2f} | {cpu:.1f} | "
+            f"{wall:.1f} | {3600 / cpu:,.0f} | {3600 / wall:,.0f} |"
         )
-    stamps = sorted(
+    stamps = [
         (datetime.fromisoformat(r["started_at"]), datetime.fromisoformat(r["finished_at"]))
         for r in records
         if r.get("started_at") and r.get("finished_at")
-    )
-    summary = {}
+    ]
+    summary: dict[str, Any] = {}
     if stamps:
-        hours = (max(f for _, f in stamps) - min(s for s, _ in stamps)).total_seconds() / 3600
+        span = (max(f for _, f in stamps) - min(s for s, _ in stamps)).total_seconds() / 3600
+        busy = _busy_hours(stamps)
         cpu = sum(r["timings"].get("cpu_seconds", 0.0) for r in records)
+        run_wall = sum(
+            r.get("wall_seconds") or r["timings"].get("wall_seconds", 0.0) for r in records
+        )
         summary = {
             "runs": len(records),
-            "wall_hours": hours,
-            "runs_per_wall_hour": len(records) / max(hours, 1e-9),
+            "span_hours": span,
+            "busy_wall_hours": busy,
+            "idle_hours": span - busy,
+            "runs_per_busy_wall_hour": len(records) / max(busy, 1e-9),
+            "run_wall_core_hours": run_wall / 3600,
+            "runs_per_core_hour_of_run_wall": len(records) / max(run_wall / 3600, 1e-9),
             "cpu_hours": cpu / 3600,
             "runs_per_cpu_hour": len(records) / max(cpu / 3600, 1e-9),
         }
@@ -145,22 +183,31 @@ def match3_table(records: list[dict[str, Any]]) -> list[str]:
     for r in records:
         if r["config"]["task"]["name"] == "match3":
             m = r["config"]["model"]
-            cells[(r["config"]["task"]["params"]["N"], m["arch"], m["heads"], m["width"])].append(r)
+            key = (
+                r["config"]["task"]["params"]["N"],
+                m["arch"],
+                m["heads"],
+                m["width"],
+                r["config"]["train"]["min_steps"],
+            )
+            cells[key].append(r)
     lines = [
-        "| N | model | heads H | width m | seeds | bit error rate, mean [95% CI] | sequences with a wrong bit "
-        "(mean) | solved (every seed <= 1% wrong bits) | steps (mean) | stopped at the min_steps floor |",
-        "|---:|---|---:|---:|---:|---|---:|---|---:|---:|",
+        "| N | model | heads H | width m | step floor | seeds | bit error rate, mean [95% CI] | sequences with "
+        "a wrong bit (mean) | solved (every seed <= 1% wrong bits) | steps (mean) | stopped at the floor "
+        "| stopped by the budget |",
+        "|---:|---|---:|---:|---:|---:|---|---:|---|---:|---:|---:|",
     ]
-    for (N, arch, heads, width), runs in sorted(cells.items()):
+    for (N, arch, heads, width, floor), runs in sorted(cells.items()):
         rates = [r["metrics"]["bit_error_rate"] for r in runs]
         centre, low, high = mean_interval(rates)
         ci = f"{centre:.3f} [{low:.3f}, {high:.3f}]" if not math.isnan(low) else f"{centre:.3f}"
         solved = all(x <= MATCH_SOLVED_BIT_ERROR for x in rates)
         lines.append(
-            f"| {N} | {arch} | {heads} | {width} | {len(runs)} | {ci} | "
+            f"| {N} | {arch} | {heads} | {width} | {floor} | {len(runs)} | {ci} | "
             f"{np.mean([r['metrics']['max_error'] for r in runs]):.3f} | {'yes' if solved else 'no'} | "
             f"{np.mean([r['metrics']['steps'] for r in runs]):.0f} | "
-            f"{sum(r['metrics']['steps'] <= r['config']['train']['min_steps'] for r in runs)} of {len(runs)} |"
+            f"{sum(r['metrics']['steps'] <= floor for r in runs)} of {len(runs)} | "
+            f"{sum(r['metrics']['stop_reason'] == 'budget' for r in runs)} of {len(runs)} |"
         )
     return lines
 
@@ -195,3 +242,171 @@ def load_summary(path: Path | None, records: list[dict[str, Any]] | None = None)
         f"5-minute load average {np.mean(loads):.1f} on average (range {min(loads):.1f}-{max(loads):.1f}, "
         f"{len(loads)} samples) on 2 cores"
     )
+
+
+def match3_summary(records: list[dict[str, Any]]) -> list[str]:
+    """Per N and step floor: the smallest standard-attention size m*H that solved Match3 (every
+    seed <= 1% wrong bits) against the third-order unit's smallest m, from the same runs as
+    match3_table."""
+    solved: dict[tuple[int, int, str], list[tuple[int, bool]]] = defaultdict(list)
+    cells: dict[tuple, list[float]] = defaultdict(list)
+    for r in records:
+        if r["config"]["task"]["name"] == "match3":
+            m = r["config"]["model"]
+            key = (
+                r["config"]["task"]["params"]["N"],
+                r["config"]["train"]["min_steps"],
+                m["arch"],
+                m["width"],
+                m["heads"],
+            )
+            cells[key].append(r["metrics"]["bit_error_rate"])
+    for (N, floor, arch, width, heads), rates in cells.items():
+        ok = all(x <= MATCH_SOLVED_BIT_ERROR for x in rates)
+        solved[(N, floor, arch)].append((width * heads, ok))
+
+    def _smallest(entries: list[tuple[int, bool]] | None) -> str:
+        if not entries:
+            return "not run"
+        hits = sorted(size for size, ok in entries if ok)
+        tried = sorted({size for size, _ in entries})
+        if hits:
+            return f"{hits[0]} (tried {','.join(map(str, tried))})"
+        return f"none up to {tried[-1]} (tried {','.join(map(str, tried))})"
+
+    lines = [
+        "| N | step floor | standard attention: smallest m*H solving it | third-order: smallest m solving it |",
+        "|---:|---:|---|---|",
+    ]
+    for N, floor in sorted({(N, f) for N, f, _ in solved}):
+        lines.append(
+            f"| {N} | {floor} | {_smallest(solved.get((N, floor, 'attention')))} | "
+            f"{_smallest(solved.get((N, floor, 'third_order')))} |"
+        )
+    return lines
+
+
+def _interval_text(values: list[float]) -> str:
+    centre, low, high = mean_interval(values)
+    return f"{centre:.3f} [{low:.3f}, {high:.3f}]" if not math.isnan(low) else f"{centre:.3f}"
+
+
+def _zero_predictor(params: dict[str, Any], n: int = 1024) -> tuple[float, float]:
+    """Mean and worst-case error of predicting 0 for every y_i (the mean target) on n sequences:
+    the level a model that learned nothing sits at."""
+    from attnlab.tasks import get_task
+
+    task = get_task("qsa", **params)
+    norms = np.linalg.norm(np.asarray(task.sample(np.random.default_rng(0), n).targets), axis=-1)
+    return float(norms.mean()), float(norms.max())
+
+
+def _bound_side(model: dict[str, Any], N: int, d_prime: int) -> tuple[str, str]:
+    """(size against the bound, which side): the FFN bound is a first-layer width of about
+    N d'/2; the RNN bound is (N-1)/2 bits of state for a one-pass RNN."""
+    if model["arch"] == "mlp":
+        bound = N * d_prime / 2
+        side = "below" if model["width"] < bound else "above"
+        return (
+            f"first layer {model['width']} vs N d'/2 = {bound:g} ({model['width'] / bound:.2g}x)",
+            side,
+        )
+    floats = (
+        model["width"]
+        * (2 if model["arch"] == "lstm" else 1)
+        * (2 if model["bidirectional"] else 1)
+    )
+    bound = (N - 1) / 2
+    side = (
+        "above in floats"
+        if floats >= bound
+        else f"above at float{FLOAT_BITS} only"
+        if floats * FLOAT_BITS >= bound
+        else "below"
+    )
+    note = " (bi: two passes, the one-pass bound does not apply)" if model["bidirectional"] else ""
+    return (
+        f"state {floats} floats = {floats * FLOAT_BITS} bits at float{FLOAT_BITS} vs (N-1)/2 = {bound:g} bits{note}",
+        side,
+    )
+
+
+def bracketing_table(records: list[dict[str, Any]]) -> list[str]:
+    """The FFN and RNN baselines by size against their bound, N and training-set size: errors
+    over seeds with their interval, beside the error of predicting 0 (learning nothing)."""
+    cells: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        c = r["config"]
+        if c["task"]["name"] == "qsa" and c["model"]["arch"] in BASELINE_ARCHS:
+            p = c["task"]["params"]
+            model = json.dumps(c["model"], sort_keys=True)
+            cells[
+                (
+                    p["q"],
+                    p["N"],
+                    c["model"]["arch"],
+                    c["model"]["width"],
+                    model,
+                    c["train"]["n_train"],
+                )
+            ].append(r)
+    lines = [
+        "| N | q | model | size against the bound | side | training examples | seeds | worst-case error "
+        "[95% CI] | mean error [95% CI] | predict 0: mean / worst | seeds within 1/(2q) | steps (mean) "
+        "| stopped by budget |",
+        "|---:|---:|---|---|---|---:|---:|---|---|---|---:|---:|---:|",
+    ]
+    for (q, N, _, _, model_json, n_train), runs in sorted(cells.items()):
+        model = json.loads(model_json)
+        params = runs[0]["config"]["task"]["params"]
+        size, side = _bound_side(model, N, params["d_prime"])
+        zero_mean, zero_max = _zero_predictor(params)
+        lines.append(
+            f"| {N} | {q} | {model_label(model)} | {size} | {side} | {n_train} | {len(runs)} | "
+            f"{_interval_text([r['metrics']['max_error'] for r in runs])} | "
+            f"{_interval_text([r['metrics']['mean_error'] for r in runs])} | {zero_mean:.2f} / {zero_max:.2f} | "
+            f"{sum(r['metrics']['reached_threshold'] for r in runs)} of {len(runs)} | "
+            f"{np.mean([r['metrics']['steps'] for r in runs]):.0f} | "
+            f"{sum(r['metrics']['stop_reason'] == 'budget' for r in runs)} of {len(runs)} |"
+        )
+    return lines
+
+
+def floor_table(superseded: list[dict[str, Any]], kept: list[dict[str, Any]]) -> list[str]:
+    """Where a (setting, model) ran with two step floors: per training-set size and floor, the
+    worst-case error and steps of each seed (the report's sample needs use the longer floor)."""
+
+    def key(r: dict[str, Any]) -> tuple:
+        c = r["config"]
+        return (
+            json.dumps(c["task"]["params"], sort_keys=True),
+            json.dumps(c["model"], sort_keys=True),
+        )
+
+    replaced = {key(r) for r in superseded}
+    rows: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in superseded + [r for r in kept if key(r) in replaced]:
+        rows[
+            key(r) + (r["config"]["train"]["n_train"], r["config"]["train"].get("min_steps", 0))
+        ].append(r)
+    lines = [
+        "| N | q | model | training examples | step floor | worst-case error per seed (0, 1, 2) | steps per seed "
+        "| seeds within 1/(2q) |",
+        "|---:|---:|---|---:|---:|---|---|---:|",
+    ]
+
+    def order(item: tuple) -> tuple:
+        params = json.loads(item[0][0])
+        return (params["q"], params["N"], item[0][1], item[0][2], item[0][3])
+
+    for (params_json, model_json, n_train, floor), runs in sorted(rows.items(), key=order):
+        params = json.loads(params_json)
+        runs = sorted(runs, key=lambda r: r["seed"])
+        errors = " ".join(f"{r['metrics']['max_error']:.3f}" for r in runs)
+        steps = " ".join(str(r["metrics"]["steps"]) for r in runs)
+        lines.append(
+            f"| {params['N']} | {params['q']} | {model_label(json.loads(model_json))} | {n_train} | {floor} | "
+            f"{errors} | {steps} | "
+            f"{sum(r['metrics']['reached_threshold'] for r in runs)} of {len(runs)} |"
+        )
+    return lines

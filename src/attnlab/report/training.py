@@ -16,7 +16,16 @@ from attnlab.report.claims import PARTLY, Context, Measurement, claim
 COMMITTED = (
     Path(__file__).resolve().parents[3] / "benchmarks" / "results" / "training-grid.jsonl.gz"
 )
-QSA_SWEEPS = ("qsa-samples", "qsa-samples-n128", "qsa-samples-n256", "qsa-baselines-n32")
+QSA_SWEEPS = (
+    "qsa-samples",
+    "qsa-samples-n128",
+    "qsa-samples-n256",
+    "qsa-samples-q2-floor",
+    "qsa-samples-q2-floor-n32",
+    "qsa-samples-q4",
+    "qsa-baselines-n32",
+    "qsa-baselines-n64",
+)
 
 
 def _smoke(ctx: Context) -> tuple[str, dict[str, Any]]:
@@ -51,6 +60,35 @@ def _fewer_than(attention: dict[str, Any], baseline: dict[str, Any]) -> str:
     return "undetermined"
 
 
+def longest_floor(
+    records: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(kept, superseded): where one (setting, model) was trained with two step floors
+    (train.min_steps), the curve with the longer floor replaces the other, provided it covers
+    every training-set size the other tried; a partial rerun (a sweep cut mid-way) replaces
+    nothing. Otherwise the two curves would enter the tables and the growth fit as two
+    measurements of the same setting."""
+    import json
+
+    groups: dict[tuple[str, str], dict[int, list[dict[str, Any]]]] = {}
+    for r in records:
+        c = r["config"]
+        key = (json.dumps(c["task"], sort_keys=True), json.dumps(c["model"], sort_keys=True))
+        groups.setdefault(key, {}).setdefault(c["train"].get("min_steps", 0), []).append(r)
+    kept, superseded = [], []
+    for by_floor in groups.values():
+        if len(by_floor) == 1:
+            kept += next(iter(by_floor.values()))
+            continue
+        sizes = {f: {r["config"]["train"]["n_train"] for r in rs} for f, rs in by_floor.items()}
+        everything = set().union(*sizes.values())
+        covering = [f for f in by_floor if sizes[f] == everything]
+        chosen = max(covering) if covering else max(by_floor, key=lambda f: (len(sizes[f]), f))
+        for floor, runs in by_floor.items():
+            (kept if floor == chosen else superseded).extend(runs)
+    return kept, superseded
+
+
 def judge(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Both parts of the claim on a list of qSA records (what the committed file holds)."""
     from attnlab.experiments.thresholds import growth_fit, sample_needs
@@ -61,6 +99,7 @@ def judge(records: list[dict[str, Any]]) -> dict[str, Any]:
         if r["config"]["task"]["name"] == "qsa"
         and (not r.get("sweeps") or set(r["sweeps"]) & set(QSA_SWEEPS))
     ]
+    records, superseded = longest_floor(records)
     # attention's need is read off a curve over sizes; a baseline tried at one (large) size that it
     # never reaches gives a lower bound, which is all the comparison needs
     needs = [
@@ -120,7 +159,13 @@ def judge(records: list[dict[str, Any]]) -> dict[str, Any]:
                 "N values": sorted({N for N, _ in measured + bounds}),
             }
         )
-    return {"needs": needs, "comparisons": comparisons, "fits": fits}
+    return {
+        "needs": needs,
+        "comparisons": comparisons,
+        "fits": fits,
+        "records": records,
+        "superseded": superseded,
+    }
 
 
 def verdict(judged: dict[str, Any]) -> tuple[bool | str, list[str]]:
