@@ -187,6 +187,11 @@ def main() -> None:
         "--only", default=None, help="--scale: comma-separated case names (e.g. 2048/full)"
     )
     parser.add_argument(
+        "--out",
+        default="single_head_scale",
+        help="--scale: results file name (benchmarks/results/OUT.md and .json)",
+    )
+    parser.add_argument(
         "--throughput",
         action="store_true",
         help="multi_head and relu_ffn at their benchmark sizes: seconds per query, learner vs target",

@@ -25,6 +25,7 @@ import math
 import platform
 import resource
 import sys
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -116,6 +117,31 @@ def target_alone(head, d: int, queries: int) -> tuple[float, int]:
     return per_query * queries, LIMIT_BATCHES * batch
 
 
+class Heartbeat:
+    """Every `every` seconds, one stderr line of a long case's progress (queries, seconds, target
+    seconds), so that a run stopped before its end still leaves an extrapolation behind."""
+
+    def __init__(self, oracle, timed, need: int, started: float, every: float = 300.0):
+        self.oracle, self.timed, self.need, self.started = oracle, timed, need, started
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
+        self._thread.start()
+
+    def _run(self, every: float) -> None:
+        while not self._done.wait(every):
+            queries = self.oracle.queries
+            line = {
+                "progress_queries": queries,
+                "limit": self.need,
+                "seconds": time.perf_counter() - self.started,
+                "target_s": self.timed.seconds,
+            }
+            print(json.dumps(line), file=sys.stderr, flush=True)
+
+    def stop(self) -> None:
+        self._done.set()
+
+
 def run_case(
     d: int,
     r: int | None,
@@ -149,6 +175,7 @@ def run_case(
     }
     tracemalloc.start()
     started = time.perf_counter()
+    beat = Heartbeat(oracle, timed, need, started)
     try:
         result = single_head(oracle, rank=r, affine=affine, seed=seed, fidelity_samples=0)
         seconds = result.seconds
@@ -163,6 +190,8 @@ def run_case(
         seconds = time.perf_counter() - started
         oracle_seconds = float("nan")
         row.update(queries=oracle.queries, error=None, max_logit=None)
+    finally:
+        beat.stop()
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     row.update(
@@ -243,19 +272,20 @@ def scale_main(args) -> None:
             if f"{c[0]}/{'full' if c[1] is None else c[1]}{'/affine' if c[2] else ''}" in wanted
         ]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    log = RESULTS / "single_head_scale.json"
+    log = RESULTS / f"{args.out}.json"
     rows = []
     command = (
         f"nice -n 10 python benchmarks/single_head.py --scale --case-seconds {args.case_seconds:g} "
         f"--prefix-seconds {args.prefix_seconds:g} --oracle {args.oracle}"
         + (f" --only {args.only}" if args.only else "")
+        + (f" --out {args.out}" if args.out != "single_head_scale" else "")
     )
     for d, r, affine in cases:
         row = run_case(d, r, affine, args.seed, args.case_seconds, args.prefix_seconds, args.oracle)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
         log.write_text(json.dumps({"command": command, "rows": rows}, indent=1))
-        (RESULTS / "single_head_scale.md").write_text(table(rows, command))
+        (RESULTS / f"{args.out}.md").write_text(table(rows, command))
     print(table(rows, command))
 
 

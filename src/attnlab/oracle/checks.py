@@ -15,27 +15,64 @@ import numpy as np
 from attnlab.errors import OracleError, QueryShapeError
 from attnlab.oracle.targets import real_queries
 
-_FINITE_KEYS: dict[int, np.ndarray] = {}
+_ROW_KEYS: dict[int, np.ndarray] = {}
 
 
-def all_finite(X: np.ndarray) -> bool:
+def row_key(width: int) -> np.ndarray:
+    """The fixed, strictly positive weights (in [0.5, 1.5)) of `row_hashes` for rows of this width."""
+    key = _ROW_KEYS.get(width)
+    if key is None:
+        key = _ROW_KEYS[width] = np.random.default_rng(0x66696E).random(width) + 0.5
+    return key
+
+
+def row_hashes(X: np.ndarray) -> np.ndarray:
+    """One float per sequence of X (B, N, d) (or per (N, d) query): its entries weighted by `row_key`.
+
+    One BLAS matrix-vector pass, which serves twice: a NaN or infinite entry makes its row's hash
+    non-finite (NaN and +-inf survive every product by a positive weight and every sum), so finite
+    hashes prove finite queries; and identical sequences get hashes equal up to the BLAS's rounding,
+    which is what `journal.distinct_queries` groups them by. A hash can also overflow on huge finite
+    entries; callers then check the entries one by one (`all_finite`).
+    """
+    rows = X.reshape(X.shape[0] if X.ndim == 3 else 1, -1)
+    return rows @ row_key(rows.shape[1])
+
+
+def all_finite(X: np.ndarray, hashes: np.ndarray | None = None) -> bool:
     """Whether every entry of the float64 array X is finite, in one BLAS pass for large batches.
 
-    X @ key with a strictly positive key is non-finite whenever an entry is NaN or infinite (NaN
-    and +-inf survive every product by a positive number and every sum in IEEE arithmetic, and a
-    non-zero key entry is never skipped). It can also overflow on huge finite entries; only then
-    are the entries checked one by one. A (B, N, d) batch costs one read pass, no temporary array.
+    `hashes`: X's `row_hashes`, when the caller has them already (then no pass at all unless one of
+    them is non-finite). Only when a hash is non-finite (a bad entry, or an overflowing sum of huge
+    finite ones) are the entries checked one by one. A (B, N, d) batch costs one read pass.
     """
-    if X.size < 4096:
-        return bool(np.all(np.isfinite(X)))
-    rows = X.reshape(X.shape[0] if X.ndim == 3 else 1, -1)
-    width = rows.shape[1]
-    key = _FINITE_KEYS.get(width)
-    if key is None:
-        key = _FINITE_KEYS[width] = np.random.default_rng(0x66696E).random(width) + 0.5
-    if np.all(np.isfinite(rows @ key)):
+    if hashes is None:
+        if X.size < 4096:
+            return bool(np.all(np.isfinite(X)))
+        hashes = row_hashes(X)
+    if np.all(np.isfinite(hashes)):
         return True
     return bool(np.all(np.isfinite(X)))
+
+
+def check_query_shape(shape: tuple[int, ...], d: int | None, single_only: bool = False) -> None:
+    """The QueryShapeError for a query of this shape, if any (shared by Oracle and DeviceOracle).
+
+    A query is (N, d), or (unless `single_only`) a batch (B, N, d); N >= 1, d >= 1, and d equal to
+    the oracle's token width when that is known (d=None accepts any width).
+    """
+    what = "(N, d)" if single_only else "(N, d) or a batch (B, N, d)"
+    if len(shape) not in ((2,) if single_only else (2, 3)):
+        raise QueryShapeError(f"a query must have shape {what}; got shape {shape}")
+    if shape[-1] < 1:
+        raise QueryShapeError(f"tokens must have width d >= 1; got shape {shape}")
+    if shape[-2] < 1:
+        raise QueryShapeError(f"a query needs at least one token (N >= 1); got shape {shape}")
+    if d is not None and shape[-1] != d:
+        raise QueryShapeError(f"tokens must have width d = {d}; got shape {shape}")
+
+
+NON_FINITE_QUERY = "a query contains NaN or infinite entries; queries must be finite real arrays"
 
 
 def valid_query(X, d: int | None, single_only: bool = False) -> np.ndarray:
@@ -43,21 +80,21 @@ def valid_query(X, d: int | None, single_only: bool = False) -> np.ndarray:
 
     d=None accepts any token width (the caller then fixes it from X).
     """
+    return valid_query_hashed(X, d, single_only)[0]
+
+
+def valid_query_hashed(
+    X, d: int | None, single_only: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """`valid_query`, plus the `row_hashes` of X's sequences where the finite check computed them
+    (large batches; None otherwise), so that duplicate detection needs no second pass."""
     what = "(N, d)" if single_only else "(N, d) or a batch (B, N, d)"
     X = real_queries(X, what)
-    if X.ndim not in ((2,) if single_only else (2, 3)):
-        raise QueryShapeError(f"a query must have shape {what}; got shape {X.shape}")
-    if X.shape[-1] < 1:
-        raise QueryShapeError(f"tokens must have width d >= 1; got shape {X.shape}")
-    if X.shape[-2] < 1:
-        raise QueryShapeError(f"a query needs at least one token (N >= 1); got shape {X.shape}")
-    if d is not None and X.shape[-1] != d:
-        raise QueryShapeError(f"tokens must have width d = {d}; got shape {X.shape}")
-    if not all_finite(X):
-        raise QueryShapeError(
-            "a query contains NaN or infinite entries; queries must be finite real arrays"
-        )
-    return X
+    check_query_shape(X.shape, d, single_only)
+    hashes = row_hashes(X) if X.ndim == 3 and X.size >= 4096 else None
+    if not all_finite(X, hashes):
+        raise QueryShapeError(NON_FINITE_QUERY)
+    return X, hashes
 
 
 def one_answer_each(y: np.ndarray, X: np.ndarray, who: str) -> np.ndarray:

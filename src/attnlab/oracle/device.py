@@ -24,10 +24,15 @@ import numpy as np
 import torch
 
 from attnlab.errors import BudgetExhausted, OracleError, QueryShapeError
-from attnlab.oracle.checks import all_finite
+from attnlab.oracle.checks import NON_FINITE_QUERY, all_finite, check_query_shape, row_hashes
 from attnlab.oracle.journal import distinct_queries
 from attnlab.oracle.oracle import Oracle
-from attnlab.oracle.targets import as_numpy_target, declared_width, real_answers
+from attnlab.oracle.targets import (
+    as_numpy_target,
+    complex_query_message,
+    declared_width,
+    real_answers,
+)
 
 
 def _sync(device: torch.device) -> None:
@@ -199,9 +204,7 @@ class DeviceOracle(Oracle):
         hashes = flat @ key
         # a NaN or infinite entry makes its hash non-finite; only then is the batch scanned
         if not bool(torch.isfinite(hashes).all()) and not bool(torch.isfinite(batch).all()):
-            raise QueryShapeError(
-                "a query contains NaN or infinite entries; queries must be finite real arrays"
-            )
+            raise QueryShapeError(NON_FINITE_QUERY)
         if n < 2:
             return None, None
         order = torch.argsort(hashes)
@@ -223,37 +226,25 @@ class DeviceOracle(Oracle):
         return firsts, inverse
 
     def _distinct_on_host(self, batch: np.ndarray):
-        """The CPU case of `_distinct`, on a view of the tensor's memory: one BLAS pass checks
-        finiteness and numpy's exact integer hash groups the sequences (both cheaper on a CPU
-        than the torch ops, and the hash is exact, whatever order a BLAS sums in)."""
-        if not all_finite(batch):
-            raise QueryShapeError(
-                "a query contains NaN or infinite entries; queries must be finite real arrays"
-            )
-        first, inverse = distinct_queries(batch)
+        """The CPU case of `_distinct`, on a view of the tensor's memory: one BLAS pass hashes every
+        sequence, and the same hashes prove the batch finite (`checks.row_hashes`); only sequences
+        whose hashes nearly tie are compared byte for byte (`journal.distinct_queries`)."""
+        hashes = row_hashes(batch)
+        if not all_finite(batch, hashes):
+            raise QueryShapeError(NON_FINITE_QUERY)
+        first, inverse = distinct_queries(batch, hashes)
         if first.size == batch.shape[0]:
             return None, None
         return torch.from_numpy(first), torch.from_numpy(inverse)
 
     def _validate_tensor(self, X: torch.Tensor) -> torch.Tensor:
+        """The checks of `checks.valid_query` (same messages) on a tensor, without leaving its
+        device; finiteness is checked by `_distinct`, in the same pass as the hash."""
         if X.is_complex():
-            raise QueryShapeError(
-                f"a query holds complex numbers (dtype {X.dtype}); queries are real arrays"
-            )
-        if X.ndim not in (2, 3):
-            raise QueryShapeError(
-                f"a query must have shape (N, d) or a batch (B, N, d); got shape {tuple(X.shape)}"
-            )
-        if X.shape[-1] < 1 or X.shape[-2] < 1:
-            raise QueryShapeError(
-                f"a query needs at least one token of width >= 1; got shape {tuple(X.shape)}"
-            )
+            raise QueryShapeError(complex_query_message(X.dtype))
+        check_query_shape(tuple(X.shape), self.d)
         if self.d is None:
             self.d = int(X.shape[-1])
-        elif X.shape[-1] != self.d:
-            raise QueryShapeError(
-                f"tokens must have width d = {self.d}; got shape {tuple(X.shape)}"
-            )
         return X.to(device=self.device, dtype=self.query_dtype)
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from attnlab.errors import JournalError, database_file
+from attnlab.oracle.checks import row_hashes
 
 try:
     import fcntl
@@ -64,44 +65,56 @@ def row_checksum(key: bytes, n: int, d: int, query: bytes, answer: float) -> byt
     return h.digest()
 
 
-_MULTIPLIERS: dict[int, np.ndarray] = {}
+# Two sequences are candidates for being identical when their float hashes (`checks.row_hashes`)
+# agree to this relative precision (or to NEAR_FLOOR of the batch's largest hash). Identical
+# sequences differ only by the BLAS's rounding, which depends on where a row falls in the batch:
+# at most 2 w eps S for rows of w entries, S the weighted sum of |entries|, far inside the tolerance
+# unless a row's weighted entries cancel S down by more than ~2**28 / w (32,768 at w = 8192).
+NEAR = 2.0**-24
+NEAR_FLOOR = 2.0**-36
 
 
-def distinct_queries(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def distinct_queries(
+    batch: np.ndarray, hashes: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(first, inverse) with batch[first] the byte-distinct sequences in order of first appearance
     and batch[first][inverse] equal to batch byte for byte.
 
-    Candidates are grouped by a multiply-add hash of the float64 bit patterns modulo 2**64 (exact,
-    so identical rows always collide, at ~1/10 of the cost of hashing each row with blake2b), then
-    every duplicate is confirmed by comparing its bytes.
+    Candidates are grouped by a float hash (`checks.row_hashes`: one BLAS pass, which the caller's
+    finite check has usually computed already: pass it as `hashes`); only sequences whose hashes
+    agree to NEAR are compared, by their exact bytes, so two different sequences are never merged.
+    A batch of distinct probes, the usual case, costs the hash and one sort of B numbers.
     """
     B = batch.shape[0]
+    every = np.arange(B)
     if B < 2:
-        return np.arange(B), np.arange(B)
-    bits = np.ascontiguousarray(batch, dtype=np.float64).reshape(B, -1).view(np.uint64)
-    width = bits.shape[1]
-    if width not in _MULTIPLIERS:
-        rng = np.random.default_rng(0x6A6F75726E616C)
-        _MULTIPLIERS[width] = rng.integers(0, 2**63, size=width, dtype=np.uint64) * np.uint64(
-            2
-        ) + np.uint64(1)
-    # einsum's integer sum of products is ~2x numpy's generic integer matmul (no BLAS for uint64)
-    hashes = np.einsum("ij,j->i", bits, _MULTIPLIERS[width])
-    order = np.argsort(hashes, kind="stable")
-    sorted_hashes = hashes[order]
-    if not np.any(sorted_hashes[1:] == sorted_hashes[:-1]):
-        every = np.arange(B)
-        return every, every  # all distinct (the usual case for a learner's probes): no unique pass
-    _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    representative = first[inverse]
-    dup = np.flatnonzero(representative != np.arange(B))
-    if dup.size and not np.all(bits[dup] == bits[representative[dup]]):
-        return _distinct_by_bytes(bits)  # two different sequences share a hash: settle by bytes
-    order = np.argsort(first, kind="stable")
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    return first[order], rank[inverse]
+        return every, every
+    if hashes is None:
+        hashes = row_hashes(batch)
+    if not np.all(np.isfinite(hashes)):  # huge finite entries overflowed the hash: bytes decide
+        return _distinct_by_bytes(_row_bits(batch))
+    order = np.argsort(hashes)
+    ranked = hashes[order]
+    size = np.abs(ranked)
+    tolerance = NEAR * np.maximum(size[1:], size[:-1]) + NEAR_FLOOR * float(size.max())
+    near = np.flatnonzero(ranked[1:] - ranked[:-1] <= tolerance)
+    if near.size == 0:
+        return every, every  # all distinct: no copy, no byte comparison
+    candidates = np.unique(np.concatenate([order[near], order[near + 1]]))  # ascending = first seen
+    bits = _row_bits(batch)
+    representative = every.copy()
+    seen: dict[bytes, int] = {}
+    for i in candidates:
+        representative[i] = seen.setdefault(bits[i].tobytes(), int(i))
+    first = np.flatnonzero(representative == every)
+    position = np.empty(B, dtype=np.int64)
+    position[first] = np.arange(first.size)
+    return first, position[representative]
+
+
+def _row_bits(batch: np.ndarray) -> np.ndarray:
+    B = batch.shape[0]
+    return np.ascontiguousarray(batch, dtype=np.float64).reshape(B, -1).view(np.uint64)
 
 
 def _distinct_by_bytes(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -34,7 +34,7 @@ from attnlab.oracle.binding import (
 from attnlab.oracle.checks import (
     one_answer_each,
     positive_seconds,
-    valid_query,
+    valid_query_hashed,
     whole_number,
 )
 from attnlab.oracle.journal import QueryJournal, distinct_queries, query_key
@@ -231,17 +231,17 @@ class Oracle:
     # -- querying -------------------------------------------------------------------------
     def __call__(self, X) -> float | np.ndarray:
         """Answer one sequence (N, d) with a float, or a batch (B, N, d) with an array (B,)."""
-        X = self._validate(X)
+        X, hashes = self._validate(X)
         single = X.ndim == 2
         batch = X[None] if single else X
         if batch.shape[0] == 0:
             return np.empty(0)
-        answers = self._answer([batch])[0]
+        answers = self._answer([batch], [hashes])[0]
         return float(answers[0]) if single else answers
 
     def query_many(self, sequences: Sequence) -> np.ndarray:
         """Answer sequences of different lengths, in order; each counts as one query."""
-        seqs = [self._validate(s, single_only=True) for s in sequences]
+        seqs = [self._validate(s, single_only=True)[0] for s in sequences]
         if not seqs:
             return np.empty(0)
         grouped = group_by_length(seqs)
@@ -250,14 +250,20 @@ class Oracle:
             out[positions] = answers
         return out
 
-    def _validate(self, X, single_only: bool = False) -> np.ndarray:
-        X = valid_query(X, self.d, single_only)
+    def _validate(self, X, single_only: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """X checked (shape, finite), and its row hashes where the finite check computed them."""
+        X, hashes = valid_query_hashed(X, self.d, single_only)
         if self.d is None:
             self.d = int(X.shape[-1])
-        return X
+        return X, hashes
 
-    def _answer(self, groups: list[np.ndarray]) -> list[np.ndarray]:
-        """Answer uniform-length batches: repeats merged, journal first, one budget check, the target."""
+    def _answer(
+        self, groups: list[np.ndarray], hashes: list[np.ndarray | None] | None = None
+    ) -> list[np.ndarray]:
+        """Answer uniform-length batches: repeats merged, journal first, one budget check, the target.
+
+        `hashes`: each batch's `checks.row_hashes` where already computed (None: computed here).
+        """
         with self._lock:
             if self._journal_refused is not None:
                 raise self._journal_refused
@@ -272,10 +278,10 @@ class Oracle:
                     raise
             plans = []
             fresh_total = 0
-            for batch in groups:
+            for g, batch in enumerate(groups):
                 inverse = None
                 if self._dedupe:
-                    first, inverse = distinct_queries(batch)
+                    first, inverse = distinct_queries(batch, None if hashes is None else hashes[g])
                     if first.size == batch.shape[0]:
                         inverse = None  # all distinct: no copy of a large batch
                     else:

@@ -22,12 +22,12 @@ def real_queries(X, what: str) -> np.ndarray:
     """X (numpy, torch or nested lists) as a float64 array, or a QueryShapeError; complex is refused."""
     if isinstance(X, torch.Tensor):
         if X.is_complex():
-            raise QueryShapeError(_complex_query(X.dtype))
+            raise QueryShapeError(complex_query_message(X.dtype))
         X = X.detach().cpu().to(torch.float64).numpy()
     try:
         X = np.asarray(X)
         if X.dtype.kind == "c":
-            raise QueryShapeError(_complex_query(X.dtype))
+            raise QueryShapeError(complex_query_message(X.dtype))
         return X.astype(np.float64, copy=False)
     except QueryShapeError:
         raise
@@ -35,7 +35,7 @@ def real_queries(X, what: str) -> np.ndarray:
         raise QueryShapeError(f"a query must be a real array of shape {what}: {exc}") from None
 
 
-def _complex_query(dtype) -> str:
+def complex_query_message(dtype) -> str:
     return (
         f"a query holds complex numbers (dtype {dtype}); queries are real arrays, and the oracle will "
         f"not drop imaginary parts for you. Pass X.real if that is what you mean."

@@ -57,8 +57,8 @@ def _part(index: Index, rows: slice) -> Index:
 class BilinearReader:
     """Reads a^T W b (and a^T u for affine heads) for directions from two families."""
 
-    FIRST_LINE_BLOCKS = (1, 4, 16, 64)
-    LINE_BLOCKS = (1, 4)
+    FIRST_LINE_BLOCKS: tuple[int, ...] = (1, 4, 16, 64)
+    LINE_BLOCKS: tuple[int, ...] = (1, 4)
     CAUTION = 0.01
 
     def __init__(
