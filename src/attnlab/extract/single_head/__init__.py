@@ -47,7 +47,9 @@ from attnlab.extract.single_head.precision import (
     PrecisionReader,
     answer_precision,
     error_report,
+    measure_reading_noise,
     rank_tolerance,
+    reading_noise,
 )
 from attnlab.extract.single_head.probes import ProbeLog, read_values
 from attnlab.extract.single_head.reader import BilinearReader, default_chunk
@@ -155,6 +157,13 @@ def single_head(
         if method == "adaptive":
             assert precision is not None
             precision_info["answer_precision"] = precision
+            read_noise = None
+            if coarse:
+                # measured, not modelled: float32 readings carry ~20 units of rounding, float16 ~5-8
+                read_noise = max(
+                    measure_reading_noise(reader, A, rng), reading_noise(precision) / 8
+                )
+                precision_info["read_noise"] = read_noise
             W, info = adaptive(
                 reader,
                 A,
@@ -163,6 +172,7 @@ def single_head(
                 rank_tol=rank_tolerance(precision),
                 oversample=coarse,
                 query_ceiling=lambda r: started_queries + 2 * exact_limit(d, r, affine, rank),
+                read_noise=read_noise,
             )
             if isinstance(reader, PrecisionReader):
                 info["reread_queries"] = reader.rereads

@@ -46,6 +46,7 @@ def adaptive(
     rank_tol: float = RANK_TOL,
     oversample: bool = False,
     query_ceiling: Callable[[int], int] | None = None,
+    read_noise: float | None = None,
 ):
     """(W, info) for rank None (full), an int r, or "auto".
 
@@ -56,7 +57,7 @@ def adaptive(
     if rank is None:
         return full_rank(reader, A), {"rank": A.d, "rank_mode": "full"}
     if rank == "auto":
-        return auto_rank(reader, A, rng, rank_tol, oversample, query_ceiling)
+        return auto_rank(reader, A, rng, rank_tol, oversample, query_ceiling, read_noise)
     Q = random_orthonormal_columns(A.d, rank, rng)
     C = read_columns(reader, A, Q)
     if oversample and rank < A.d:
@@ -95,6 +96,7 @@ def oversampled(
     r: int,
     rng: np.random.Generator,
     query_ceiling: Callable[[int], int] | None = None,
+    read_noise: float | None = None,
 ):
     """Rank-r W from r + p columns and r + p rows read in full, by truncated SVD and least squares.
 
@@ -102,6 +104,12 @@ def oversampled(
     errors ~20x; p extra columns give the column space by a truncated SVD (which averages the
     errors) and p extra rows make the row fit an overdetermined, well-conditioned least squares.
     The discarded singular values and the fit's residual measure the reading error itself.
+
+    `read_noise` (rank="auto"): r is a lower bound from the column-by-column check; the rank is
+    then the number of singular values of all r + p columns above the noise edge (a d x n
+    matrix of independent errors sigma has singular values up to sigma (sqrt d + sqrt n)). The
+    last directions of a random column set are nearly collinear (a k x (k-1) Gaussian matrix is
+    ill-conditioned), so the check can stop a few short; the p extra columns see them clearly.
     """
     d = A.d
     left = None if query_ceiling is None else query_ceiling(r) - reader.oracle.queries
@@ -111,8 +119,23 @@ def oversampled(
     if p:
         C = np.column_stack([C, read_columns(reader, A, Q[:, C.shape[1] :])])
     U, s, _ = np.linalg.svd(C, full_matrices=False)
+    fit: dict = {}
+    if read_noise is not None:
+        edge = RANK_EDGE_Z * read_noise * float(np.sqrt(np.mean(C**2)))
+        edge *= float(np.sqrt(d) + np.sqrt(C.shape[1]))
+        above = int(np.sum(s > edge))
+        fit.update(noise_edge=float(edge / s[0]), rank_check_found=r)
+        if above > r:
+            r = min(above, C.shape[1])
+        fit["rank"] = r
     basis = U[:, :r]  # the column space of A^T W, in A's coordinates
-    rows = pivot_rows(basis)[: min(d, r + p)]
+    n_rows = min(d, r + p)
+    if query_ceiling is not None:
+        affordable = (query_ceiling(r) - reader.oracle.queries - REREAD_FIXED) // (
+            d + REREAD_PER_LINE
+        )
+        n_rows = max(r, min(n_rows, int(affordable)))
+    rows = pivot_rows(basis)[:n_rows]
     R = np.vstack(
         reader.read_lines(A, CoordinateDirections(d), [(int(i), np.arange(d)) for i in rows])
     )
@@ -120,10 +143,17 @@ def oversampled(
     residual = float(np.linalg.norm(basis[rows] @ X - R) / np.linalg.norm(R))
     tail = float(s[r] / s[0]) if s.size > r else 0.0
     return A.apply(basis) @ X, {
+        **fit,
         "oversampled": int(p),
         "fit_residual": residual,
         "discarded_singular": tail,
     }
+
+
+# rank="auto" on coarse answers: singular values above this many times the noise edge count. The
+# errors are not independent (the u read's error is shared along a row): float16's largest noise
+# singular value sat at 2x the independent edge (d = 384), the heads' smallest signal ones at 150x.
+RANK_EDGE_Z = 10.0
 
 
 def full_rank(reader: BilinearReader, A: AlignedBasis) -> np.ndarray:
@@ -194,50 +224,91 @@ def auto_rank(
     rank_tol: float,
     oversample: bool = False,
     query_ceiling: Callable[[int], int] | None = None,
+    read_noise: float | None = None,
 ):
-    """Read columns until one lies in the span of the previous ones (see the module docstring)."""
+    """Read columns until one lies in the span of the previous ones (see the module docstring).
+
+    `read_noise` (coarse answers): the relative error of one reading (of its line's spread).
+    The check then compares the mismatch with the noise it would have if the column were
+    dependent (`dependent_noise`), instead of a fixed tolerance; and once the rank found so far
+    makes a full read affordable within `query_ceiling` (the low-rank read would save little),
+    the remaining columns are read in full and W is returned at full rank.
+    """
     d = A.d
     everything = np.arange(d)
     Q = np.empty((d, 0))
     columns = np.empty((d, 0))
-    worst_independent = np.inf  # smallest mismatch of a column found independent
-    for j in range(d):  # noqa: B007 (the loop counts; its variable is read after or not needed)
+    scales: list[float] = []  # the scale each column's line settled at (coarse answers)
+    worst_independent = np.inf  # smallest mismatch (or z) of a column found independent
+    # coarse answers: a column that looked dependent, kept until a second one confirms it
+    suspect: tuple | None = None
+    while columns.shape[1] < d:
+        r = columns.shape[1]
+        if (
+            read_noise is not None
+            and suspect is None
+            and 0 < r < d
+            and _full_read_affordable(reader, d, r, query_ceiling)
+        ):
+            rest = _complement(Q, rng)
+            columns = np.column_stack([columns, read_columns(reader, A, rest)])
+            Q = np.column_stack([Q, rest])
+            return A.apply(columns) @ Q.T, {
+                "rank": d,
+                "rank_mode": "auto-full",
+                "rank_switch": r,
+                "rank_margin": worst_independent,
+            }
         q = _next_direction(Q, rng)
         Q = np.column_stack([Q, q])
         b = DenseDirections(q[None, :])
-        r = columns.shape[1]
+        line = reader.new_line()
         if r == 0:
-            columns = reader.read(A, b, everything, 0)[:, None]
+            columns = reader.read(A, b, everything, 0, line=line)[:, None]
+            scales.append(line.scale)
             continue
         order = pivot_rows(columns)
-        checks = min(2, d - r)
+        checks = min(2 if read_noise is None else COARSE_CHECKS, d - r)
         head = order[: r + checks]
-        line = reader.new_line()
         head_values = reader.read(A, b, head, 0, line=line)
-        coef = np.linalg.lstsq(columns[order[:r]], head_values[:r], rcond=None)[0]
-        predicted = columns[order[r : r + checks]] @ coef
-        typical = float(np.sqrt(np.mean(columns**2)))
-        mismatch = float(np.max(np.abs(head_values[r:] - predicted))) / typical
-        if mismatch <= rank_tol:
+        if read_noise is None:
+            coef = np.linalg.lstsq(columns[order[:r]], head_values[:r], rcond=None)[0]
+            predicted = columns[order[r : r + checks]] @ coef
+            typical = float(np.sqrt(np.mean(columns**2)))
+            mismatch = float(np.max(np.abs(head_values[r:] - predicted))) / typical
+            tol = rank_tol
+        else:
+            mismatch = dependence_statistic(
+                head_values, columns[head], scales, line.scale, read_noise
+            )
+            tol = 1.0 + RANK_NOISE_Z * float(np.sqrt(2.0 / checks))
+        if mismatch <= tol and read_noise is not None and suspect is None and r + 1 < d:
+            # a random direction can fall close to the span by chance (the last few of a
+            # rank-32 head did, 1.7% of the column outside it): a fresh one must agree
+            suspect = (b, line, head, head_values)
+            continue
+        if mismatch <= tol:
             info = {
                 "rank": r,
                 "rank_mode": "auto",
                 "rank_check_mismatch": mismatch,
-                "rank_tol": rank_tol,
-                "rank_margin": worst_independent / rank_tol,
+                "rank_tol": tol,
+                "rank_margin": worst_independent / tol,
             }
             if oversample:
-                W, fit = oversampled(reader, A, Q[:, :r], columns, r, rng, query_ceiling)
+                W, fit = oversampled(
+                    reader, A, Q[:, :r], columns, r, rng, query_ceiling, read_noise
+                )
                 return W, {**info, **fit}
             W = complete(reader, A, Q, columns, order[:r], partial=head_values[:r])
             return W, info
         worst_independent = min(worst_independent, mismatch)
-        column = np.empty(d)
-        column[head] = head_values
-        rest = order[r + checks :]
-        if rest.size:
-            column[rest] = reader.read(A, b, rest, 0, line=line)
-        columns = np.column_stack([columns, column])
+        if suspect is not None:  # this column is independent, so the suspect was one too
+            columns = np.column_stack([columns, _finish(reader, A, d, *suspect)])
+            scales.append(suspect[1].scale)
+            suspect = None
+        columns = np.column_stack([columns, _finish(reader, A, d, b, line, head, head_values)])
+        scales.append(line.scale)
     # full rank: columns = A^T W Q with Q orthogonal, so W = A columns Q^T
     return A.apply(columns) @ Q.T, {
         "rank": d,
@@ -245,6 +316,66 @@ def auto_rank(
         "rank_tol": rank_tol,
         "rank_margin": worst_independent / rank_tol,
     }
+
+
+# Coarse answers: the check reads this many rows besides the r pivots (not 2), and fits the
+# new column at all r + k rows by the old ones: the misfit over k degrees of freedom separates a
+# dependent column's noise from an independent column far better than the largest of two
+# predictions from an r x r solve, whose noise the last, ill-conditioned columns amplify (the
+# extra rows are part of the column when it is independent; the last, dependent column costs
+# COARSE_CHECKS - 2 queries more).
+COARSE_CHECKS = 32
+# ... and declared dependent when its mean square misfit is within this many standard deviations
+# of chi-square's mean (1): with 32 checks, up to 2.5x the noise the model predicts.
+RANK_NOISE_Z = 6.0
+
+
+def dependence_statistic(values, old, scales, scale, read_noise) -> float:
+    """Mean square misfit of the new column's values by the old columns, in units of its noise.
+
+    `values`: the new column at r + k rows; `old`: the r previous columns at those rows. An
+    entry read at scale s has an absolute error of about read_noise * TARGET_LOGIT_STD / s; the
+    least-squares misfit of a dependent column is then its own errors and the old columns'
+    errors weighted by the fitted coefficients, over k degrees of freedom: this ratio is ~1
+    (chi-square over k) for a dependent column and large for an independent one.
+    """
+    from attnlab.extract.single_head.probes import TARGET_LOGIT_STD
+
+    coef, *_ = np.linalg.lstsq(old, values, rcond=None)
+    misfit = values - old @ coef
+    k = values.size - old.shape[1]
+    column_noise = read_noise * TARGET_LOGIT_STD / np.asarray(scales)
+    new_noise = read_noise * TARGET_LOGIT_STD / scale
+    s2 = new_noise**2 + float(np.sum((coef * column_noise) ** 2))
+    return float(misfit @ misfit / (k * s2))
+
+
+def _finish(reader, A, d: int, b, line, head, head_values) -> np.ndarray:
+    """A column read at the rows `head` so far, read at the others too (on the same line)."""
+    column = np.empty(d)
+    column[head] = head_values
+    rest = np.setdiff1d(np.arange(d), head)
+    if rest.size:
+        column[rest] = reader.read(A, b, rest, 0, line=line)
+    return column
+
+
+def _full_read_affordable(reader, d: int, r: int, query_ceiling) -> bool:
+    """Whether reading the d - r remaining columns in full stays within the ceiling at rank r."""
+    if query_ceiling is None:
+        return False
+    cost = (d - r) * (d + REREAD_PER_LINE) + REREAD_FIXED
+    return reader.oracle.queries + cost <= query_ceiling(r)
+
+
+def _complement(Q: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Orthonormal columns spanning the orthogonal complement of Q's (orthonormal) columns."""
+    d, k = Q.shape
+    X = rng.standard_normal((d, d - k))
+    for _ in range(2):
+        X -= Q @ (Q.T @ X)
+        X, _ = np.linalg.qr(X)
+    return X
 
 
 def _next_direction(Q: np.ndarray, rng: np.random.Generator) -> np.ndarray:

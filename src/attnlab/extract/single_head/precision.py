@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnlab.extract.single_head.probes import TARGET_LOGIT_STD, ScaleTracker, invert_probes
+from attnlab.extract.single_head.probes import (
+    MAX_SCALE_GROWTH,
+    TARGET_LOGIT_STD,
+    ScaleTracker,
+    invert_probes,
+)
 from attnlab.extract.single_head.reader import BilinearReader
 
 FLOAT64_EPS = float(np.finfo(np.float64).eps)
@@ -66,6 +71,44 @@ def rank_tolerance(precision: float) -> float:
     return max(FLOAT64_RANK_TOL, 3.0 * float(np.sqrt(precision)))
 
 
+# One reading a^T W b from coarse answers is good to about this many units of the answers'
+# precision, relative to its line's spread (measured at float16 on the benchmark heads, d = 32..384,
+# exact u and v and the ideal scale: 4-5 units; through the reader, with u and v read: 5-8).
+READ_NOISE_FACTOR = 8.0
+
+
+def reading_noise(precision: float) -> float:
+    """The relative error of one coarse reading (of its line's spread), from the answers' precision."""
+    return READ_NOISE_FACTOR * precision
+
+
+# Entries read twice (along b and along -b) to measure the reading error.
+NOISE_ROWS = 32
+
+
+def measure_reading_noise(reader: BilinearReader, A, rng: np.random.Generator) -> float:
+    """The relative error of one reading, measured: NOISE_ROWS entries read along b and along -b.
+
+    The two queries [(a + b); b] and [(a - b); -b] read the same value (up to sign) through
+    different tokens and roundings; half the mean square difference is one reading's variance
+    (an error of the u read, shared by both, counts once rather than twice: a slight
+    over-estimate where it dominates). 2 NOISE_ROWS queries (and a line's warm-up re-reads).
+    """
+    from attnlab.extract.single_head.directions import DenseDirections
+
+    d = A.d
+    rows = np.arange(min(d, NOISE_ROWS))
+    q = rng.standard_normal(d)
+    q /= np.linalg.norm(q)
+    line = reader.new_line()
+    first = reader.read(A, DenseDirections(q[None, :]), rows, 0, line=line)
+    second = -reader.read(A, DenseDirections(-q[None, :]), rows, 0, line=line)
+    spread = float(np.sqrt(np.mean(first**2)))
+    if spread == 0.0:
+        return 0.0
+    return float(np.sqrt(np.mean((first - second) ** 2) / 2.0) / spread)
+
+
 def error_report(precision: float, max_abs_logit: float, d: int, info: dict | None = None) -> dict:
     """A relative error estimate for W from the answers' precision (and the fit, where there is one).
 
@@ -79,6 +122,9 @@ def error_report(precision: float, max_abs_logit: float, d: int, info: dict | No
     info = info or {}
     if precision > COARSE_PRECISION:
         estimate = COARSE_READ_ERROR * precision
+        if info.get("read_noise") and info.get("rank_mode") in ("full", "auto-full"):
+            # W = A M with every entry of M read once: W's relative error is one reading's
+            estimate = float(info["read_noise"])
         if info.get("oversampled"):
             measured = max(info.get("fit_residual", 0.0), info.get("discarded_singular", 0.0))
             estimate = max(COARSE_FIT_FACTOR * measured, estimate / 4.0)
@@ -107,18 +153,47 @@ COARSE_SPLIT = 4.0
 # the final scale; at float32 those few entries were ~100x less accurate than the rest and
 # dominated the error of W.
 REREAD_BELOW = 0.25
+# Rounds of re-reading: a line whose last block was itself still growing is read again once more.
+REREAD_ROUNDS = 2
 
 
 class RecordingTracker(ScaleTracker):
-    """A ScaleTracker that remembers at which scale each block of its line was read."""
+    """A ScaleTracker that remembers at which scale each block of its line was read.
+
+    Its spread is taken from the blocks read at (or near) the line's largest scale only: coarse
+    answers read at a cautious scale are mostly rounding (float16 at logits ~1e-2: errors as
+    large as the values), and the base tracker's running maximum never forgets them, which kept
+    every later block of the line below its target scale.
+    """
 
     def __init__(self, initial: float):
         super().__init__(initial)
         self.blocks: list[tuple[int, int, float]] = []  # (first entry, entries, scale)
+        self._block_stats: list[tuple[float, int, float, float]] = []  # scale, n, sum sq, max
 
     def observe(self, unit_values: np.ndarray) -> None:
-        self.blocks.append((self.count, int(np.size(unit_values)), self.scale))
-        super().observe(unit_values)
+        values = np.asarray(unit_values, dtype=np.float64)
+        self.blocks.append((self.count, int(values.size), self.scale))
+        super().observe(values)
+        if values.size:
+            self._block_stats.append(
+                (self.scale, values.size, float(np.sum(values**2)), float(np.max(np.abs(values))))
+            )
+
+    @property
+    def sigma(self) -> float | None:
+        if not self._block_stats:
+            return None
+        top = max(scale for scale, *_ in self._block_stats)
+        trusted = [b for b in self._block_stats if b[0] >= TRUSTED_SCALE * top]
+        count = sum(n for _, n, _, _ in trusted)
+        rms = np.sqrt(sum(sq for _, _, sq, _ in trusted) / count)
+        peak = max(m for *_, m in trusted)
+        return float(max(rms, peak / 4.0) * (1.0 + 2.0 / np.sqrt(count)))
+
+
+# A block read at less than this fraction of its line's largest scale does not inform the spread.
+TRUSTED_SCALE = 0.25
 
 
 class PrecisionReader(BilinearReader):
@@ -130,33 +205,54 @@ class PrecisionReader(BilinearReader):
     """
 
     rereads = 0
+    # The very first line grows its scale from INITIAL_PROBE 16x per block: more, smaller blocks
+    # reach a target ~1e3 away within ~30 entries (coarse answers read below it are read again).
+    FIRST_LINE_BLOCKS = (1, 2, 4, 8, 16, 32, 64)
 
     def new_line(self) -> ScaleTracker:
         base = super().new_line()
         return RecordingTracker(base.scale)
 
     def read_lines(self, a_dirs, b_dirs, lines, trackers=None):
+        lines = list(lines)
+        if trackers is None and self.w_sigma is None and len(lines) > 1:
+            # a pilot: the first line alone, so that the others start near their own scale
+            # instead of all growing from INITIAL_PROBE side by side
+            return self.read_lines(a_dirs, b_dirs, lines[:1]) + self.read_lines(
+                a_dirs, b_dirs, lines[1:]
+            )
         trackers = list(trackers) if trackers else [self.new_line() for _ in lines]
         starts = [t.count for t in trackers]
         outs = super().read_lines(a_dirs, b_dirs, lines, trackers)
-        again: list[tuple[int, int]] = []
+        # the scale every entry of this call was read at (the blocks recorded since `starts`)
+        scales = []
         for i, tracker in enumerate(trackers):
-            if not isinstance(tracker, RecordingTracker) or not tracker.sigma:
-                continue
-            # the scale the line settled at: its last block's (the bulk of a long line)
-            final = tracker.blocks[-1][2]
-            low = [
-                first + size - starts[i]
-                for first, size, scale in tracker.blocks[:-1]
-                if first >= starts[i] and scale < REREAD_BELOW * final
-            ]
-            if low:
-                again.append((i, max(low)))
-        if again:
+            per_entry = np.full(outs[i].size, np.inf)
+            if isinstance(tracker, RecordingTracker):
+                for first, size, scale in tracker.blocks:
+                    if first >= starts[i]:
+                        per_entry[first - starts[i] : first - starts[i] + size] = scale
+            scales.append(per_entry)
+        for _ in range(REREAD_ROUNDS):
+            again: list[tuple[int, int]] = []
+            for i, tracker in enumerate(trackers):
+                if not isinstance(tracker, RecordingTracker) or not tracker.sigma:
+                    continue
+                settled = min(TARGET_LOGIT_STD / tracker.sigma, tracker.scale * MAX_SCALE_GROWTH)
+                low = np.flatnonzero(scales[i] < REREAD_BELOW * settled)
+                if low.size:
+                    again.append((i, int(low[-1]) + 1))
+            if not again:
+                break
             sub = [tuple(_prefix(index, stop) for index in lines[i]) for i, stop in again]
             values = super().read_lines(a_dirs, b_dirs, sub, [trackers[i] for i, _ in again])
             for (i, stop), read in zip(again, values, strict=True):
-                outs[i][:stop] = read
+                new_scale = trackers[i].blocks[-1][2]
+                old = scales[i][:stop]
+                # inverse-variance weights: a reading's error scales like 1 / its scale
+                w_old, w_new = old**2, new_scale**2
+                outs[i][:stop] = (w_old * outs[i][:stop] + w_new * read) / (w_old + w_new)
+                scales[i][:stop] = np.sqrt(w_old + w_new)
                 self.rereads += stop
         return outs
 
