@@ -9,7 +9,8 @@ The method is the critical-point attack of Carlini-Jagielski-Mironov (2020) and 
 3. orientation.py: the orientations from the linear term they leave (a linear solve or a 0/1
    program); when that fails the linear term is kept, which is still the same function.
 4. output_layer.py: output weights, constant (and linear term) by least squares on the measured
-   points beside every hyperplane.
+   points beside every hyperplane and on as many points again out to `check_radius` (which
+   keep that fit well-conditioned: see _Extractor._add_far_points).
 5. check.py: the result is checked on fresh points beside every found hyperplane and out to
    `check_radius`; where it is wrong, lines through the wrong points find the neurons missed
    (e.g. hyperplanes far from the origin), and the fit is redone. A network still wrong after
@@ -127,6 +128,9 @@ class _Extractor:
         self.dropped = 0
         self.lines = 0
         self.refined_upto = 0  # search.neurons[:refined_upto] have been refined
+        # points out to check_radius where the output layer is fitted too (see _add_far_points)
+        self.far_points: list[np.ndarray] = []
+        self.far_answers: list[float] = []
 
     def _spent(self, stage: str, before: int) -> None:
         self.stages[stage] += self.oracle.queries - before
@@ -335,10 +339,10 @@ class _Extractor:
         if flipped is not None:
             normals[:, flipped] *= -1
             offsets[flipped] *= -1
-        points = np.array([s.point for s in self.samples])
-        answers = np.array([s.value for s in self.samples])
         n = len(self.neurons)
         unknowns = n + int(self.bias) + (self.d if keep_linear else 0)
+        points = np.array([s.point for s in self.samples])
+        answers = np.array([s.value for s in self.samples])
         if points.shape[0] < unknowns + 8:
             extra = (
                 self.scale
@@ -352,17 +356,46 @@ class _Extractor:
                 Sample(p, float(a), np.full(self.d, np.nan))
                 for p, a in zip(extra, answers[-len(extra) :])
             ]
-        network, residual = fit_output_layer(
-            points,
-            answers,
-            normals,
-            offsets,
-            weights,
-            linear if keep_linear else np.zeros(self.d),
-            self.bias,
-            keep_linear,
-        )
+        prior = (normals, offsets, weights, linear if keep_linear else np.zeros(self.d))
+        network, residual = fit_output_layer(points, answers, *prior, self.bias, keep_linear)
+        # Refit on far points too, once the network found so far explains them (to 1e-6): a
+        # neuron not found yet would otherwise be smeared over the whole fit, and the check
+        # could no longer point the repair lines at the region beyond its hyperplane.
+        self._add_far_points(normals, offsets, unknowns)
+        far, far_answers = np.array(self.far_points), np.array(self.far_answers)
+        if np.max(relative_gaps(network(far), far_answers, far, self.scale)) <= 1e-6:
+            network, residual = fit_output_layer(
+                np.vstack([points, far]),
+                np.concatenate([answers, far_answers]),
+                *prior,
+                self.bias,
+                keep_linear,
+            )
         return network, orientation, residual
+
+    def _add_far_points(self, normals: np.ndarray, offsets: np.ndarray, unknowns: int) -> None:
+        """Points out to check_radius for the output-layer fit: one more than its unknowns.
+
+        The samples beside each hyperplane sit within `scale` of the origin, where the weights
+        of neurons whose hyperplanes lie far away barely differ from the linear term and the
+        constant (those features are nearly always on or always off there): that design is
+        ill-conditioned (condition ~1e6 at d = 64, m = 256), and its least-squares correction
+        moved measured weights by ~1e-9, off by 1e-8 far out. Far points, half along the found
+        normals (so they lie beyond the far hyperplanes), see every neuron both on and off and
+        make the design well-conditioned (~1e4). Costs unknowns + 1 queries (stage "fit").
+        """
+        need = unknowns + 1 - len(self.far_points)
+        if need <= 0:
+            return
+        crossings = np.array([nr.crossing for nr in self.neurons])
+        radius = self.opts["check_radius"] * self.scale
+        points = check_points(normals, offsets, crossings, 2 * need, radius, self.scale, self.rng)
+        points = points[points.shape[0] - need :]  # the far half
+        before = self.oracle.queries
+        answers = self.ask(points)
+        self._spent("fit", before)
+        self.far_points += list(points)
+        self.far_answers += [float(a) for a in answers]
 
     def _check_points(self, net: Network, count: int) -> np.ndarray:
         crossings = np.array([nr.crossing for nr in self.neurons])
