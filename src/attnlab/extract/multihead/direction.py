@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from attnlab.errors import ExtractionError
+from attnlab.extract.multihead.common import Frame
 from attnlab.extract.multihead.rational import (
     HeadFit,
     Tolerances,
@@ -51,6 +52,7 @@ class DirectionReader:
     V: np.ndarray
     anchor_counts: list[int]
     error_bound: float
+    frame: Frame | None  # the current direction's token frame (nearly parallel heads), or None
 
     if TYPE_CHECKING:  # measurements implemented by learner.Learner
 
@@ -66,27 +68,47 @@ class DirectionReader:
         def with_shift(self, fit: HeadFit | None, center: float) -> HeadFit | None: ...
         def reject(self, spent: int) -> None: ...
         def random_direction(self, avoid=()) -> np.ndarray: ...
+        def token_direction(self, avoid=()) -> np.ndarray: ...
         def augment(self, tokens) -> np.ndarray: ...
 
     def _continue(
-        self, u: np.ndarray, ref: HeadFit, tokens: list[np.ndarray]
+        self, u: np.ndarray, ref: HeadFit, tokens: list[np.ndarray], origin: np.ndarray
     ) -> list[HeadFit | None]:
-        """Logits for tokens near the reference token: H answers each, 2H - 1 where Newton is unsafe."""
+        """Logits for tokens near the reference token: H answers each, 2H - 1 where Newton is unsafe.
+
+        `origin` is the token ref was read at. In a frame, a step along the common row shifts
+        every logit by row . step, which Newton starts from (and continuity is judged against).
+        """
         H = ref.gamma.size
         center = float(np.exp(ref.shift))  # continued tokens share their anchor's centre
         centers = [center] * len(tokens)
-        measured = self.measure([(u, b) for b in tokens], H, centers=centers)
+        # in a frame one answer more than unknowns: an exactly determined Newton system can
+        # land on another root when a step moves the logits far (the in-plane logits of nearly
+        # parallel heads vary a lot between directions); the spare answer exposes that root
+        points = H + int(self.frame is not None and H > 1)
+        measured = self.measure([(u, b) for b in tokens], points, centers=centers)
+        starts = [
+            ref
+            if self.frame is None
+            else HeadFit(ref.gamma, ref.s + float(self.frame.row @ (b - origin)), 0.0)
+            for b in tokens
+        ]
         results = [
-            self.with_shift(newton_from(ref, t, F, S, self.tol), center) for t, F, S in measured
+            self.with_shift(newton_from(start, t, F, S, self.tol), center)
+            for start, (t, F, S) in zip(starts, measured)
         ]
         unsafe = [k for k, fit in enumerate(results) if fit is None]
         if unsafe and H > 1:
-            first = layouts(H)
-            more = self.measure(
-                [(u, tokens[k]) for k in unsafe],
-                H - 1,
-                exclude=first,
-                centers=centers[: len(unsafe)],
+            count = max(2 * H - 1 - points, 0)
+            more = (
+                self.measure(
+                    [(u, tokens[k]) for k in unsafe],
+                    count,
+                    exclude=layouts(points),
+                    centers=centers[: len(unsafe)],
+                )
+                if count
+                else [(np.zeros(0), np.zeros(0), measured[k][2]) for k in unsafe]
             )
             for k, (t, F, S) in zip(unsafe, more):
                 t_all = np.concatenate([measured[k][0], t])
@@ -95,7 +117,7 @@ class DirectionReader:
                     fit_with_known_gammas(t_all, F_all, S, ref.gamma, self.tol), center
                 )
                 if results[k] is None:
-                    self.reject(2 * H - 1)
+                    self.reject(points + count)
         elif unsafe:
             self.reject(len(unsafe) * H)
         return results
@@ -117,7 +139,13 @@ class DirectionReader:
         # affine heads: logits are affine in b, so d + 1 affinely independent tokens are needed
         # (-B[:, 0] completes the orthonormal B)
         needed = (d + 1 if self.affine else d) if needed is None else needed
-        candidates = [self.b_norm * B[:, j] for j in range(d)] + [-self.b_norm * B[:, 0]]
+        frame = self.frame
+        if frame is None:
+            candidates = [self.b_norm * B[:, j] for j in range(d)] + [-self.b_norm * B[:, 0]]
+        else:  # d - 1 tokens in the plane, one short step off it along the common row
+            plane = [self.b_norm * frame.plane[:, j] for j in range(d - 1)]
+            candidates = [*plane, plane[0] + frame.step * frame.along, -plane[0]]
+        in_plane = d if frame is None else d - 1
         # with one head a full fit costs 2H - 1 = H answers: every token is an anchor
         count = min(needed, self.anchors) if continuation and H > 1 else needed
         tokens, fits = self._anchors(u, ref, candidates[:count])
@@ -129,8 +157,12 @@ class DirectionReader:
             ):
                 # one more anchor when the gammas every continued token relies on are not pinned
                 # down yet, or when no anchor's logits are far enough apart for a large step eps
-                fresh = B[:, count] if count < d else self.rng.standard_normal(d)
-                extra = self.b_norm * _unit_off(fresh, tokens if count < d else ())
+                if count < in_plane:
+                    extra = self.b_norm * _unit_off(B[:, count], tokens)
+                elif frame is not None and count < len(candidates):
+                    extra = candidates[count]  # the plane is full: the token off it is next
+                else:
+                    extra = self.b_norm * _unit_off(self.token_direction(), ())
                 more_tokens, more_fits = self._anchors(u, ref, [tokens[0], extra], avoid=tokens)
                 tokens.append(more_tokens[1])
                 fits.append(more_fits[1])
@@ -149,22 +181,27 @@ class DirectionReader:
                 if self.affine
                 else tokens
             )
-            if spanned:
-                complement = np.linalg.qr(np.array(spanned).T, mode="complete")[0][
-                    :, len(spanned) :
-                ]
+            if frame is not None:  # steps inside the plane, then one along the common row
+                inside = frame.complement(spanned)
+                steps = [eps * self.b_norm * inside[:, j] for j in range(inside.shape[1])]
+                steps = [*steps, frame.step * frame.along][: needed - count]
             else:
-                complement = np.eye(d)
-            steps = [
-                eps * self.b_norm * complement[:, j]
-                for j in range(min(complement.shape[1], needed - count))
-            ]
+                if spanned:
+                    complement = np.linalg.qr(np.array(spanned).T, mode="complete")[0][
+                        :, len(spanned) :
+                    ]
+                else:
+                    complement = np.eye(d)
+                steps = [
+                    eps * self.b_norm * complement[:, j]
+                    for j in range(min(complement.shape[1], needed - count))
+                ]
             for _ in range(self.attempts):
                 if not steps:
                     break
                 retry = []
                 todo = [tokens[best] + step for step in steps]
-                for b, step, fit in zip(todo, steps, self._continue(u, anchor, todo)):
+                for b, step, fit in zip(todo, steps, self._continue(u, anchor, todo, tokens[best])):
                     if fit is None:
                         retry.append(step / 2)  # same direction, a safer (smaller) step
                     else:
@@ -201,15 +238,21 @@ class DirectionReader:
             if not todo:
                 return tokens, fits
             retry = []
-            # later redraws are shorter: the direction left over may carry large logits
-            norm = self.b_norm * 0.8 ** (attempt + 1)
+            # later redraws are shorter: the direction left over may carry large logits. In a
+            # frame the logits are the heads' differences, which shrink with the token: redraws
+            # there vary the length both ways.
+            norm = self.b_norm * (
+                0.8 ** (attempt + 1)
+                if self.frame is None
+                else float(np.exp(self.rng.uniform(-0.7, 0.7)))
+            )
             centers = self.centers_for([(u, b) for b in todo])
             measured = self.measure([(u, b) for b in todo], 2 * H - 1, centers=centers)
             for b, center, (t, F, S) in zip(todo, centers, measured):
                 fit = self.with_shift(fit_with_known_gammas(t, F, S, ref.gamma, self.tol), center)
                 if fit is None:
                     self.reject(2 * H - 1)
-                    retry.append(norm * self.random_direction(avoid=list(avoid) + tokens))
+                    retry.append(norm * self.token_direction(avoid=list(avoid) + tokens))
                 else:
                     tokens.append(b)
                     fits.append(fit)

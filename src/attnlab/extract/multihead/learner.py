@@ -13,6 +13,7 @@ from scipy.special import expit
 from attnlab._random import haar_orthogonal
 from attnlab.errors import ExtractionError
 from attnlab.extract.multihead.assemble import heads_from_directions, progress_range
+from attnlab.extract.multihead.common import Frame, estimate_row, make_frame
 from attnlab.extract.multihead.direction import DirectionReader, _not_h_heads, _unit_off
 from attnlab.extract.multihead.labels import inside_row_spaces, match_to_first, row_bases
 from attnlab.extract.multihead.rational import (
@@ -28,6 +29,11 @@ from attnlab.extract.multihead.rational import (
 )
 from attnlab.models.canonical import MultiHeadParams
 from attnlab.oracle import Oracle
+
+# Heads count as nearly parallel when the spread of their columns W_h^T u about the mean is below
+# this fraction of the columns' size: generic heads give ~0.7 (independent columns), the
+# 5%-perturbed family ~0.05; read from exact columns, not from logits of a few nearby tokens.
+PARALLEL = 0.2
 
 
 class Learner(DirectionReader):
@@ -61,6 +67,7 @@ class Learner(DirectionReader):
             "matching": 0,
             "rejected": 0,
             "check": 0,
+            "common": 0,
         }
         self.progress = progress
         self.b_norm = 1.0
@@ -71,6 +78,12 @@ class Learner(DirectionReader):
         self.kept_sequences: list[np.ndarray] = []
         self.kept_answers: list[float] = []
         self.centering = False  # measure each pair around exp(-its mean logit) (see centers_for)
+        # nearly parallel heads: read each direction in a frame orthogonal to its common row
+        # (module `common`); switched on when the heads' logits differ little against their mean
+        self.project = False
+        self.frame: Frame | None = None
+        self.row_norm = 1.0  # token length for the common-row probes (adapts to the logits)
+        self.first_weights: np.ndarray | None = None  # first direction: W_h^T u_1 (columns)
 
     @property
     def known_heads(self) -> int:
@@ -105,6 +118,30 @@ class Learner(DirectionReader):
             if not len(avoid) or np.linalg.cond(np.array([*avoid, x]).T) < 1e3:
                 return x
         return _unit_off(self.rng.standard_normal(self.d), avoid)
+
+    def token_direction(self, avoid=()) -> np.ndarray:
+        """A random unit token direction: inside the current frame's plane when there is one."""
+        x = self.random_direction(avoid)
+        if self.frame is None:
+            return x
+        return self.frame.inside(_unit_off(self.frame.inside(x), avoid) if len(avoid) else x)
+
+    def frame_for(self, u: np.ndarray) -> Frame | None:
+        """The token frame of direction u (d + affine one-query probes, stage "common"), or None."""
+        basis = np.linalg.qr(self.rng.standard_normal((self.d, self.d)))[0]
+        row, self.row_norm = estimate_row(
+            self.ask, u, self.V, self.C, self.row_norm, self.affine, basis
+        )
+        if row is None or not np.all(np.isfinite(row)) or np.linalg.norm(row) == 0:
+            return None
+        mean_first = None
+        if self.first_weights is not None:  # the first direction's exact mean row
+            mean_first = np.mean(self.first_weights[: self.d], axis=1)
+        return make_frame(row, self.rng, mean_first)
+
+    @property
+    def can_project(self) -> bool:
+        return self.d >= 2 and (self.heads is None or self.heads > 1)
 
     # -- measurements
     def measure(
@@ -197,6 +234,10 @@ class Learner(DirectionReader):
         fit = fewest_heads_fit(t, F, S, self.max_heads)
         return self.max_heads if fit is None else fit.gamma.size
 
+    def token_basis(self, B: np.ndarray) -> np.ndarray:
+        """The tokens' basis for the current direction: its frame if it has one, else B."""
+        return B if self.frame is None else self.frame.matrix()
+
     def augment(self, tokens) -> np.ndarray:
         """Token rows, with a column of ones for affine heads (whose logits are affine in b)."""
         tokens = np.asarray(tokens)
@@ -212,20 +253,26 @@ class Learner(DirectionReader):
         else:
             self.V = self.ask("values", [eye[i][None] for i in range(d)])
         U, B = haar_orthogonal(self.rng, d), haar_orthogonal(self.rng, d)
-        for attempt in range(4):
-            spent_before = self.stages["pairs"]
+        # attempts at the first direction, each with the token length learned so far (two more
+        # once the frames are switched on: their token length is learned afresh)
+        attempt, last = -1, 3
+        while attempt < last:
+            attempt += 1
+            spent_before, framed = self.stages["pairs"], self.project
             first, first_u = self._first_reference(
                 U[:, 0] if attempt == 0 else self.random_direction(), B[:, 0]
             )
+            if self.project and not framed:  # switched on by failed first probes
+                last += 2
             H = self.known_heads
             if H == 0:
                 return MultiHeadParams(np.zeros((0, d, d)), np.zeros((0, d)), c=self.C), {
                     "b_norm": self.b_norm
                 }
             try:
-                first_direction = self._pairs(first_u, first, B)
+                first_direction = self._pairs(first_u, first, self.token_basis(B))
             except ExtractionError:
-                if attempt == 3:
+                if attempt == last:
                     raise
                 self.reject(self.stages["pairs"] - spent_before)  # another first direction
                 continue
@@ -234,11 +281,33 @@ class Learner(DirectionReader):
             rms = float(np.sqrt(np.mean(logits**2)))
             spread = float(np.sqrt(np.mean(np.var(logits, axis=1)))) if H > 1 else rms
             common = float(np.max(np.abs(np.mean(logits, axis=1))))
-            if attempt == 3:
+            # The tokens of one direction are mostly small steps off an anchor, so their logits
+            # sample few token directions; the columns W_h^T u (exact now) give the size of the
+            # logits of any token of length b_norm, and of the heads' differences.
+            columns = np.linalg.solve(self.augment(first_direction[0]), logits)[:d]
+            if attempt == last:
                 break
-            if self.centering or spread < 0.3 * rms:
-                # nearly parallel heads: their logits share a large common part and differ little,
-                # so the poles crowd together. Longer tokens spread them; centring each pair's
+            differences = columns - np.mean(columns, axis=1, keepdims=True)
+            parallel = float(np.sqrt(np.mean(differences**2) / max(np.mean(columns**2), 1e-300)))
+            if not self.project and self.can_project and H > 1 and parallel < PARALLEL:
+                # nearly parallel heads: their logits share a large common part and differ
+                # little, so the poles crowd together. Read every direction in a frame orthogonal
+                # to its common row (module `common`), with tokens long enough that the heads'
+                # differences, all that is left there, have about the usual size.
+                self.project, last = True, last + 2
+                spread = self.b_norm * float(np.sqrt(np.mean(differences**2)))
+                self.b_norm *= min(self.logit_scale / max(spread, 1e-12), 100.0)
+                self.reject(self.stages["pairs"] - spent_before)
+                continue
+            if self.frame is not None:  # logits of tokens in the plane (orthogonal to the row)
+                inside = self.frame.plane.T @ columns
+                rms = self.b_norm * float(np.sqrt(np.mean(inside**2)))
+            if (
+                self.frame is None
+                and not self.can_project
+                and (self.centering or spread < 0.3 * rms)
+            ):
+                # (one head, or d = 1) longer tokens spread the poles; centring each pair's
                 # ratios at exp(-mean logit) keeps the common part from saturating the softmax.
                 factor = min(0.7 / max(spread, 1e-12), 5.0 / max(common, 1e-12))
                 if self.centering and 0.6 <= factor <= 1.6:
@@ -255,6 +324,8 @@ class Learner(DirectionReader):
         weights: list[np.ndarray] = []
         tokens, logits, gamma = first_direction
         first = HeadFit(gamma, logits[0], 0.0)  # the polished reference: heads are labelled by it
+        # every head's W_h^T u_1: the first direction's logits at any token (matching in frames)
+        self.first_weights = np.linalg.solve(self.augment(tokens), logits)
         width = (
             d + 1 if self.affine else d
         )  # unknowns per head and direction: W_h^T u (and u^T u_h)
@@ -290,6 +361,7 @@ class Learner(DirectionReader):
                 )
         return heads_from_directions(directions, gammas, weights, self.affine, self.C), {
             "b_norm": self.b_norm,
+            "frames": self.project,
             "anchors": self.anchor_counts,
             "logit_error_bound": self.error_bound,
         }
@@ -304,13 +376,24 @@ class Learner(DirectionReader):
         fallback_scales = iter([3.0, 10.0, 1 / 3, 30.0, 0.1, 1 / 30, 0.01, 100.0])
         failures, off_scale = 0, []
         for _ in range(attempts):
-            fit, spent = self.fit_reference(u, self.b_norm * b, detect)
+            token = self.b_norm * b
+            self.frame = None
+            if self.project:
+                self.frame = self.frame_for(u)
+                if self.frame is None:  # no common row along u (u^T V = 0, or saturated)
+                    u = self.random_direction()
+                    continue
+                token = self.b_norm * self.frame.plane[:, 0]
+            fit, spent = self.fit_reference(u, token, detect)
             if fit is None:
                 self.reject(spent)
                 failures += 1
                 if failures % 3 == 0:  # repeated failure: more likely a bad scale than bad luck
-                    # (or crowded poles: nearly parallel heads need long tokens, and centring)
+                    # (or crowded poles: nearly parallel heads need long tokens and centring, or
+                    # better, after more failures, tokens orthogonal to their common row)
                     self.centering = True
+                    if failures >= 6 and self.can_project:
+                        self.project = True
                     self.b_norm = next(fallback_scales, self.b_norm)
                 u = self.random_direction()
                 continue
@@ -356,17 +439,29 @@ class Learner(DirectionReader):
         b = self.b_norm * B[:, 0]
         for _ in range(attempts):
             spent_before = self.stages["pairs"]
+            basis, first_here = B, first
+            if self.project:  # a frame per direction; first's logits there from W_h^T u_1
+                self.frame = self.frame_for(u)
+                if self.frame is None:
+                    u = self.random_direction(avoid=accepted)
+                    continue
+                basis = self.frame.matrix()
+                b = self.b_norm * basis[:, 0]
+                assert self.first_weights is not None  # set once the first direction is read
+                first_here = HeadFit(
+                    first.gamma, self.augment(b[None])[0] @ self.first_weights, 0.0
+                )
             fit, spent = self.fit_reference(u, b, detect=False)
             if fit is not None and self.usable(fit, reference=True):
                 try:
-                    pairs = self._pairs(u, fit, B, needed)
+                    pairs = self._pairs(u, fit, basis, needed)
                 except ExtractionError:
                     pairs = None  # this direction's tokens did not all fit: another direction will
                 if pairs is not None:
                     order = match_to_first(
                         self.ask,
                         lambda x: x @ self.V + self.C,
-                        first,
+                        first_here,
                         first_u,
                         HeadFit(pairs[2], pairs[1][0], 0.0),
                         u,

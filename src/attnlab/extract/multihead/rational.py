@@ -309,7 +309,7 @@ def fit_with_known_gammas(t, F, S, gamma: np.ndarray, tol: Tolerances) -> HeadFi
 
 
 def newton_from(ref: HeadFit, t, F, S, tol: Tolerances) -> HeadFit | None:
-    """Solve sum_h gamma_h sigmoid(s_h + log t_k) = F_k (k = 1..H) for s, starting at ref.s.
+    """Solve sum_h gamma_h sigmoid(s_h + log t_k) = F_k (k = 1..H, or more) for s from ref.s.
 
     Accepted only if it converges and moved the logits by under 0.3 of their smallest gap,
     so the root found is the one continuous with the reference (heads keep their labels).
@@ -323,8 +323,13 @@ def newton_from(ref: HeadFit, t, F, S, tol: Tolerances) -> HeadFit | None:
     r = residual(s)
     for _ in range(60):
         sig = expit(s[None, :] + log_t[:, None])
-        try:
-            step = np.linalg.solve(sig * (1 - sig) * gamma[None, :], -r)
+        jac = sig * (1 - sig) * gamma[None, :]
+        try:  # square: Newton; one answer more (see direction._continue): Gauss-Newton
+            step = (
+                np.linalg.solve(jac, -r)
+                if jac.shape[0] == jac.shape[1]
+                else np.linalg.lstsq(jac, -r, rcond=None)[0]
+            )
         except np.linalg.LinAlgError:
             return None
         length = 1.0
