@@ -19,9 +19,11 @@ which (a, b) pairs they ask for and how they solve for W:
 
 Coarse answers (float32, float16/bfloat16 services: `precision.answer_precision` reads the
 format off the one-token answers) switch to `precision.PrecisionReader` (long a, short b, warm-up
-entries read again) and, for low rank, the oversampled fit; they spend up to twice the exact
-limit, report info['estimated_error'] and raise PrecisionWarning above 1e-5
-(benchmarks/results/precision.md: float32 heads reach W errors of 1e-6 to 3e-6).
+entries read again) and, for low rank, the oversampled fit; rank="auto" judges dependence by
+the reading noise measured from the answers (32 entries read along b and -b). They spend up to
+twice the exact limit, report info['estimated_error'] (and info['read_noise']) and raise
+PrecisionWarning above 1e-5 (benchmarks/results/precision.md: float32 heads reach W errors of
+1e-6 to 2.4e-6, float16 heads 4e-3 to 6e-3, ranks found, <= 2x the limit).
 
 The extractor sees only the oracle; comparing with ground truth is the caller's business.
 """

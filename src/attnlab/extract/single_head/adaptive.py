@@ -139,7 +139,7 @@ def oversampled(
     R = np.vstack(
         reader.read_lines(A, CoordinateDirections(d), [(int(i), np.arange(d)) for i in rows])
     )
-    X, *_ = np.linalg.lstsq(basis[rows], R, rcond=None)  # A^T W = basis X
+    X = joint_fit(basis, Q, C, basis[rows], R)  # A^T W = basis X
     residual = float(np.linalg.norm(basis[rows] @ X - R) / np.linalg.norm(R))
     tail = float(s[r] / s[0]) if s.size > r else 0.0
     return A.apply(basis) @ X, {
@@ -148,6 +148,22 @@ def oversampled(
         "fit_residual": residual,
         "discarded_singular": tail,
     }
+
+
+def joint_fit(basis, Q, C, basis_rows, R) -> np.ndarray:
+    """X (r x d) minimising |basis X Q - C|^2 + |basis_rows X - R|^2: the rows and the columns.
+
+    Both sets of readings carry X: the columns C = A^T W Q along span(Q), the rows everywhere.
+    With basis orthonormal the first term is |X Q - basis^T C|^2 (plus a constant), so the
+    normal equations X Q Q^T + S X = F (S = basis_rows^T basis_rows) are a Sylvester equation
+    that the eigenvectors of S and the projector Q Q^T diagonalise: in O(r^2 d + r m d).
+    """
+    lam, U = np.linalg.eigh(basis_rows.T @ basis_rows)
+    F = U.T @ (basis.T @ C @ Q.T + basis_rows.T @ R)  # the right-hand side, in S's eigenbasis
+    FQ = F @ Q
+    on_q = FQ / (lam[:, None] + 1.0)  # along span(Q): eigenvalue 1 of Q Q^T
+    off_q = (F - FQ @ Q.T) / lam[:, None]  # off span(Q): the rows alone
+    return U @ (on_q @ Q.T + off_q)
 
 
 # rank="auto" on coarse answers: singular values above this many times the noise edge count. The
@@ -281,7 +297,7 @@ def auto_rank(
             mismatch = dependence_statistic(
                 head_values, columns[head], scales, line.scale, read_noise
             )
-            tol = 1.0 + RANK_NOISE_Z * float(np.sqrt(2.0 / checks))
+            tol = RANK_NOISE_TOL
         if mismatch <= tol and read_noise is not None and suspect is None and r + 1 < d:
             # a random direction can fall close to the span by chance (the last few of a
             # rank-32 head did, 1.7% of the column outside it): a fresh one must agree
@@ -325,9 +341,13 @@ def auto_rank(
 # extra rows are part of the column when it is independent; the last, dependent column costs
 # COARSE_CHECKS - 2 queries more).
 COARSE_CHECKS = 32
-# ... and declared dependent when its mean square misfit is within this many standard deviations
-# of chi-square's mean (1): with 32 checks, up to 2.5x the noise the model predicts.
-RANK_NOISE_Z = 6.0
+# ... and declared dependent when its mean square misfit is within this many times the noise
+# the model predicts (chi-square over 32 degrees of freedom stays below 2.5 but for 1 in 1e5;
+# the model is rougher than that: the check rows are the pivots, the largest entries, whose
+# logits are the largest and noisiest, and the noise is measured on 32 entries; a dependent
+# float32 column measured 4.8). A column called dependent too early is caught by the
+# oversampled columns' noise edge (`oversampled`), one called independent costs queries.
+RANK_NOISE_TOL = 8.0
 
 
 def dependence_statistic(values, old, scales, scale, read_noise) -> float:

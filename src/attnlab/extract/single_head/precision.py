@@ -59,14 +59,12 @@ def answer_precision(answers: np.ndarray | None) -> float:
 
 
 def rank_tolerance(precision: float) -> float:
-    """The rank check's tolerance: 3 sqrt(precision), between a dependent and an independent column.
+    """The fixed-tolerance rank check's tolerance (float64 answers: FLOAT64_RANK_TOL).
 
-    A column inside the span of the previous ones mismatches its two checks by about 100x the
-    precision (measured: 5.5e-6 on float32 answers, 6.5e-2 on float16); an independent column
-    of a random or trained head by ~0.2 or more. float32: 7e-4 sits 100x from both. float16:
-    the two are only ~3x apart, so rank="auto" is not reliable there (give the rank); this
-    tolerance errs towards a larger rank (W stays at the floor, queries grow) rather than a
-    smaller one (W wrong by the dropped part: 0.33 measured at d = 384).
+    Coarse answers do not use it for the decision: rank="auto" there compares a column's misfit
+    with its measured reading noise (`adaptive.dependence_statistic`, `measure_reading_noise`);
+    a fixed tolerance could not separate a dependent float16 column (~6.5e-2) from an
+    independent one (~0.2). It is still reported in info['rank_tol'].
     """
     return max(FLOAT64_RANK_TOL, 3.0 * float(np.sqrt(precision)))
 
@@ -87,26 +85,29 @@ NOISE_ROWS = 32
 
 
 def measure_reading_noise(reader: BilinearReader, A, rng: np.random.Generator) -> float:
-    """The relative error of one reading, measured: NOISE_ROWS entries read along b and along -b.
+    """The relative error of one reading, measured: entries read along b and along -b.
 
     The two queries [(a + b); b] and [(a - b); -b] read the same value (up to sign) through
     different tokens and roundings; half the mean square difference is one reading's variance
     (an error of the u read, shared by both, counts once rather than twice: a slight
-    over-estimate where it dominates). 2 NOISE_ROWS queries (and a line's warm-up re-reads).
+    over-estimate where it dominates). Only the second half of the 2 NOISE_ROWS entries is
+    compared: the first half of the first read is its warm-up, read at growing scales.
+    4 NOISE_ROWS queries (fewer when d is smaller) and the warm-up's re-reads.
     """
     from attnlab.extract.single_head.directions import DenseDirections
 
     d = A.d
-    rows = np.arange(min(d, NOISE_ROWS))
+    rows = np.arange(min(d, 2 * NOISE_ROWS))
     q = rng.standard_normal(d)
     q /= np.linalg.norm(q)
     line = reader.new_line()
     first = reader.read(A, DenseDirections(q[None, :]), rows, 0, line=line)
     second = -reader.read(A, DenseDirections(-q[None, :]), rows, 0, line=line)
+    settled = slice(rows.size // 2, rows.size)
     spread = float(np.sqrt(np.mean(first**2)))
     if spread == 0.0:
         return 0.0
-    return float(np.sqrt(np.mean((first - second) ** 2) / 2.0) / spread)
+    return float(np.sqrt(np.mean((first[settled] - second[settled]) ** 2) / 2.0) / spread)
 
 
 def error_report(precision: float, max_abs_logit: float, d: int, info: dict | None = None) -> dict:
@@ -123,8 +124,9 @@ def error_report(precision: float, max_abs_logit: float, d: int, info: dict | No
     if precision > COARSE_PRECISION:
         estimate = COARSE_READ_ERROR * precision
         if info.get("read_noise") and info.get("rank_mode") in ("full", "auto-full"):
-            # W = A M with every entry of M read once: W's relative error is one reading's
-            estimate = float(info["read_noise"])
+            # W = A M with every entry of M read once: W's relative error is one reading's,
+            # measured on one random line; the coordinate lines of M vary around it
+            estimate = FULL_READ_FACTOR * float(info["read_noise"])
         if info.get("oversampled"):
             measured = max(info.get("fit_residual", 0.0), info.get("discarded_singular", 0.0))
             estimate = max(COARSE_FIT_FACTOR * measured, estimate / 4.0)
@@ -140,6 +142,9 @@ def error_report(precision: float, max_abs_logit: float, d: int, info: dict | No
 # Coarse answers: W's relative error per unit of answer precision, and what the oversampled fit's
 # own residual under-states (both measured: benchmarks/precision.py, float32 rows).
 COARSE_READ_ERROR = 20.0
+# A full read's W error per unit of the measured reading noise: 0.5x-1.1x measured on six
+# transformers BERT heads (d = 32, float16 and float32 alike); 1.5 centres the estimate.
+FULL_READ_FACTOR = 1.5
 COARSE_FIT_FACTOR = 2.5
 
 # Coarse answers: the query token b is kept this many times shorter than a (|a| / |b| = 16).
@@ -155,6 +160,10 @@ COARSE_SPLIT = 4.0
 REREAD_BELOW = 0.25
 # Rounds of re-reading: a line whose last block was itself still growing is read again once more.
 REREAD_ROUNDS = 2
+# Coarse answers: the u-part of a W probe's logit (mu a^T u) is kept to this spread (the base
+# reader: TARGET_LOGIT_STD). The u read's own error, scaled by mu, lands on every reading of
+# its row; halving it took float16 W errors from 4.4e-3 to 4.0e-3 (geometric mean of 7 heads).
+U_LOGIT = 0.4
 
 
 class RecordingTracker(ScaleTracker):
@@ -189,11 +198,15 @@ class RecordingTracker(ScaleTracker):
         count = sum(n for _, n, _, _ in trusted)
         rms = np.sqrt(sum(sq for _, _, sq, _ in trusted) / count)
         peak = max(m for *_, m in trusted)
-        return float(max(rms, peak / 4.0) * (1.0 + 2.0 / np.sqrt(count)))
+        return float(max(rms, peak / 4.0) * (1.0 + SPREAD_CAUTION / np.sqrt(count)))
 
 
 # A block read at less than this fraction of its line's largest scale does not inform the spread.
 TRUSTED_SCALE = 0.25
+# The spread estimate is inflated by 1 + SPREAD_CAUTION / sqrt(readings) (the base tracker: 2).
+# Coarse readings lose precision like 1 / logit: the bulk of a line read at half the target
+# logit (the base inflation after 5 readings) had 1.5x the error of one read at the target.
+SPREAD_CAUTION = 1.0
 
 
 class PrecisionReader(BilinearReader):
@@ -208,6 +221,9 @@ class PrecisionReader(BilinearReader):
     # The very first line grows its scale from INITIAL_PROBE 16x per block: more, smaller blocks
     # reach a target ~1e3 away within ~30 entries (coarse answers read below it are read again).
     FIRST_LINE_BLOCKS = (1, 2, 4, 8, 16, 32, 64)
+    # Later lines: one block more than the base reader's (1, 4) before the bulk, so that the
+    # bulk is read with the spread of 21 readings, not 5.
+    LINE_BLOCKS = (1, 4, 16)
 
     def new_line(self) -> ScaleTracker:
         base = super().new_line()
@@ -277,7 +293,7 @@ class PrecisionReader(BilinearReader):
         root = float(np.sqrt(rho))
         mu, nu = root * COARSE_SPLIT, root / COARSE_SPLIT
         if self.affine and self.u_sigma:
-            mu = min(mu, TARGET_LOGIT_STD / self.u_sigma)
+            mu = min(mu, U_LOGIT / self.u_sigma)
             nu = rho / mu
         return mu, nu
 
