@@ -45,11 +45,11 @@ from attnlab.extract.single_head.baselines import NUCLEAR_NORM_C, nuclear_norm, 
 from attnlab.extract.single_head.directions import AlignedBasis
 from attnlab.extract.single_head.precision import (
     COARSE_PRECISION,
+    READ_NOISE_FACTOR,
     WARN_ERROR,
     PrecisionReader,
     answer_precision,
     error_report,
-    measure_reading_noise,
     rank_tolerance,
     reading_noise,
 )
@@ -161,11 +161,10 @@ def single_head(
             precision_info["answer_precision"] = precision
             read_noise = None
             if coarse:
-                # measured, not modelled: float32 readings carry ~20 units of rounding, float16 ~5-8
-                read_noise = max(
-                    measure_reading_noise(reader, A, rng), reading_noise(precision) / 8
-                )
-                precision_info["read_noise"] = read_noise
+                # measured, not modelled (float32 readings carry ~20 units of rounding, float16
+                # ~5-8): rank="auto" measures it on its first column, a full read here; this is
+                # the least it can be
+                read_noise = reading_noise(precision) / READ_NOISE_FACTOR
             W, info = adaptive(
                 reader,
                 A,

@@ -30,6 +30,11 @@ from attnlab.extract.single_head.directions import (
     random_orthonormal_columns,
 )
 from attnlab.extract.single_head.lowrank import cross_factors, pivot_rows
+from attnlab.extract.single_head.precision import (
+    PrecisionReader,
+    noise_from_column,
+    paired_full_read,
+)
 from attnlab.extract.single_head.reader import BilinearReader
 
 # rank="auto": a column is declared inside the span of the previous ones when its two check
@@ -55,6 +60,10 @@ def adaptive(
     `oversampled`), instead of exactly at the limit.
     """
     if rank is None:
+        if oversample and isinstance(reader, PrecisionReader):
+            # coarse answers: every entry read twice, along b and -b
+            W, noise = paired_full_read(reader, A, rng)
+            return W, {"rank": A.d, "rank_mode": "full-paired", "read_noise": noise}
         return full_rank(reader, A), {"rank": A.d, "rank_mode": "full"}
     if rank == "auto":
         return auto_rank(reader, A, rng, rank_tol, oversample, query_ceiling, read_noise)
@@ -273,6 +282,7 @@ def auto_rank(
                 "rank": d,
                 "rank_mode": "auto-full",
                 "rank_switch": r,
+                "read_noise": read_noise,
                 "rank_margin": worst_independent,
             }
         q = _next_direction(Q, rng)
@@ -282,6 +292,8 @@ def auto_rank(
         if r == 0:
             columns = reader.read(A, b, everything, 0, line=line)[:, None]
             scales.append(line.scale)
+            if read_noise is not None:  # coarse: the given value is a floor; measure it here
+                read_noise = max(read_noise, noise_from_column(reader, A, q, columns[:, 0], line))
             continue
         order = pivot_rows(columns)
         checks = min(2 if read_noise is None else COARSE_CHECKS, d - r)
@@ -309,6 +321,7 @@ def auto_rank(
                 "rank_mode": "auto",
                 "rank_check_mismatch": mismatch,
                 "rank_tol": tol,
+                **({} if read_noise is None else {"read_noise": read_noise}),
                 "rank_margin": worst_independent / tol,
             }
             if oversample:

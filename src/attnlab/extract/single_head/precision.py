@@ -62,7 +62,7 @@ def rank_tolerance(precision: float) -> float:
     """The fixed-tolerance rank check's tolerance (float64 answers: FLOAT64_RANK_TOL).
 
     Coarse answers do not use it for the decision: rank="auto" there compares a column's misfit
-    with its measured reading noise (`adaptive.dependence_statistic`, `measure_reading_noise`);
+    with its measured reading noise (`adaptive.dependence_statistic`, `noise_from_column`);
     a fixed tolerance could not separate a dependent float16 column (~6.5e-2) from an
     independent one (~0.2). It is still reported in info['rank_tol'].
     """
@@ -84,30 +84,25 @@ def reading_noise(precision: float) -> float:
 NOISE_ROWS = 32
 
 
-def measure_reading_noise(reader: BilinearReader, A, rng: np.random.Generator) -> float:
-    """The relative error of one reading, measured: entries read along b and along -b.
+def noise_from_column(reader: BilinearReader, A, q: np.ndarray, column: np.ndarray, line) -> float:
+    """The relative error of one reading, from a column read along q, its last rows read along -q.
 
     The two queries [(a + b); b] and [(a - b); -b] read the same value (up to sign) through
     different tokens and roundings; half the mean square difference is one reading's variance
     (an error of the u read, shared by both, counts once rather than twice: a slight
-    over-estimate where it dominates). Only the second half of the 2 NOISE_ROWS entries is
-    compared: the first half of the first read is its warm-up, read at growing scales.
-    4 NOISE_ROWS queries (fewer when d is smaller) and the warm-up's re-reads.
+    over-estimate where it dominates). rank="auto" does this on its first column: its last
+    NOISE_ROWS entries (read at the line's settled scale, not in its warm-up) again along -q,
+    on the same line. NOISE_ROWS queries.
     """
     from attnlab.extract.single_head.directions import DenseDirections
 
     d = A.d
-    rows = np.arange(min(d, 2 * NOISE_ROWS))
-    q = rng.standard_normal(d)
-    q /= np.linalg.norm(q)
-    line = reader.new_line()
-    first = reader.read(A, DenseDirections(q[None, :]), rows, 0, line=line)
-    second = -reader.read(A, DenseDirections(-q[None, :]), rows, 0, line=line)
-    settled = slice(rows.size // 2, rows.size)
-    spread = float(np.sqrt(np.mean(first**2)))
-    if spread == 0.0:
+    rows = np.arange(d - min(NOISE_ROWS, d // 2), d)
+    spread = float(np.sqrt(np.mean(column**2)))
+    if rows.size == 0 or spread == 0.0:
         return 0.0
-    return float(np.sqrt(np.mean((first[settled] - second[settled]) ** 2) / 2.0) / spread)
+    again = -reader.read(A, DenseDirections(-q[None, :]), rows, 0, line=line)
+    return float(np.sqrt(np.mean((column[rows] - again) ** 2) / 2.0) / spread)
 
 
 def error_report(precision: float, max_abs_logit: float, d: int, info: dict | None = None) -> dict:
@@ -123,7 +118,10 @@ def error_report(precision: float, max_abs_logit: float, d: int, info: dict | No
     info = info or {}
     if precision > COARSE_PRECISION:
         estimate = COARSE_READ_ERROR * precision
-        if info.get("read_noise") and info.get("rank_mode") in ("full", "auto-full"):
+        if info.get("read_noise") and info.get("rank_mode") == "full-paired":
+            # every entry the mean of two readings (the u part cancelled)
+            estimate = PAIRED_READ_FACTOR * float(info["read_noise"]) / np.sqrt(2.0)
+        elif info.get("read_noise") and info.get("rank_mode") in ("full", "auto-full"):
             # W = A M with every entry of M read once: W's relative error is one reading's,
             # measured on one random line; the coordinate lines of M vary around it
             estimate = FULL_READ_FACTOR * float(info["read_noise"])
@@ -145,6 +143,7 @@ COARSE_READ_ERROR = 20.0
 # A full read's W error per unit of the measured reading noise: 0.5x-1.1x measured on six
 # transformers BERT heads (d = 32, float16 and float32 alike); 1.5 centres the estimate.
 FULL_READ_FACTOR = 1.5
+PAIRED_READ_FACTOR = 1.0
 COARSE_FIT_FACTOR = 2.5
 
 # Coarse answers: the query token b is kept this many times shorter than a (|a| / |b| = 16).
@@ -218,6 +217,7 @@ class PrecisionReader(BilinearReader):
     """
 
     rereads = 0
+    reread = True  # paired reads (`paired_full_read`) read every entry twice instead
     # The very first line grows its scale from INITIAL_PROBE 16x per block: more, smaller blocks
     # reach a target ~1e3 away within ~30 entries (coarse answers read below it are read again).
     FIRST_LINE_BLOCKS = (1, 2, 4, 8, 16, 32, 64)
@@ -240,6 +240,8 @@ class PrecisionReader(BilinearReader):
         trackers = list(trackers) if trackers else [self.new_line() for _ in lines]
         starts = [t.count for t in trackers]
         outs = super().read_lines(a_dirs, b_dirs, lines, trackers)
+        if not self.reread:
+            return outs
         # the scale every entry of this call was read at (the blocks recorded since `starts`)
         scales = []
         for i, tracker in enumerate(trackers):
@@ -296,6 +298,61 @@ class PrecisionReader(BilinearReader):
             mu = min(mu, U_LOGIT / self.u_sigma)
             nu = rho / mu
         return mu, nu
+
+
+def paired_full_read(reader: PrecisionReader, A, rng: np.random.Generator):
+    """Full-rank W from every entry of M = A^T W B read twice, along b and along -b.
+
+    [(a + b); b] and [(a - b); -b] read the same entry through different tokens and roundings,
+    and the error of the u read (mu a^T u, subtracted from both logits) enters them with
+    opposite signs: their mean halves the reading variance and cancels the u part. The second
+    pass continues every line at its settled scale, so it needs no warm-up re-reads; an entry
+    the first pass read while its line was warming up counts by its scale (weights scale^2).
+    B is a random orthogonal basis (dense: -B is a direction family as B is). 2 d^2 queries.
+    Returns W and the reading noise measured by the pairs read at comparable scales.
+    """
+    from attnlab.extract.single_head.directions import DenseDirections, random_orthonormal_columns
+
+    d = A.d
+    B = random_orthonormal_columns(d, d, rng)
+    plus, minus = DenseDirections(B.T), DenseDirections(-B.T)
+    lines = [(np.arange(d), j) for j in range(d)]
+    reader.reread = False
+    try:
+        pilot = _recording(reader.new_line())
+        first = reader.read_lines(A, plus, lines[:1], [pilot])
+        trackers = [pilot] + [_recording(reader.new_line()) for _ in lines[1:]]
+        first += reader.read_lines(A, plus, lines[1:], trackers[1:])
+        scales = [_entry_scales(t, d) for t in trackers]
+        second = [-x for x in reader.read_lines(A, minus, lines, trackers)]
+    finally:
+        reader.reread = True
+    M = np.empty((d, d))
+    differences = []
+    for j in range(d):
+        w1, w2 = scales[j] ** 2, trackers[j].blocks[-1][2] ** 2
+        M[:, j] = (w1 * first[j] + w2 * second[j]) / (w1 + w2)
+        settled = w1 >= 0.25 * w2
+        spread = float(np.sqrt(np.mean(M[:, j] ** 2)))
+        if spread > 0 and settled.any():
+            differences.append((first[j][settled] - second[j][settled]) / spread)
+    diff = np.concatenate(differences) if differences else np.zeros(1)
+    read_noise = float(np.sqrt(np.mean(diff**2) / 2.0))
+    return A.apply(M) @ B.T, read_noise
+
+
+def _recording(tracker: ScaleTracker) -> RecordingTracker:
+    assert isinstance(tracker, RecordingTracker)  # PrecisionReader.new_line makes them
+    return tracker
+
+
+def _entry_scales(tracker, n: int) -> np.ndarray:
+    """The scale each of a line's first n entries was read at (from its recorded blocks)."""
+    out = np.empty(n)
+    for first, size, scale in tracker.blocks:
+        if first < n:
+            out[first : min(n, first + size)] = scale
+    return out
 
 
 def _prefix(index, stop: int):
