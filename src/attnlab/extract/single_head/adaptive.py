@@ -79,7 +79,7 @@ def adaptive(
 # What the precision-aware reader (`precision.PrecisionReader`) spends on top of the probes: the
 # warm-up entries of each line read again (~5), and a few more (the reader's first lines are
 # re-read before this point and counted in the queries already spent).
-REREAD_PER_LINE = 6
+REREAD_PER_LINE = 5
 REREAD_FIXED = 10
 
 
@@ -91,7 +91,7 @@ def extra_columns(d: int, r: int, left: int | None = None) -> int:
     re-reads. Without it, the W part of the limit (2rd - r^2) is doubled.
     """
     budget = 2 * (2 * r * d - r * r) + d if left is None else left
-    p = max(0, min(d - r, r))
+    p = max(0, min(d - r, 2 * r))
     while p > 0 and (r + 2 * p) * (d + REREAD_PER_LINE) + REREAD_FIXED > budget:
         p -= 1
     return p
