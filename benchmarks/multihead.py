@@ -67,6 +67,7 @@ def attempt(target, d: int, heads: int, truth: MultiHeadParams, seed: int, **kwa
         "error": error,
         "queries": result.queries,
         "rejected": result.stages.get("rejected", 0),
+        "framed": bool(result.info.get("frames", False)),
         "seconds": time.perf_counter() - start,
     }
 
@@ -91,6 +92,7 @@ def summarise(rows: list[dict], dof: int, bound: int, planned: int) -> dict:
         "planned": planned,
         "ran": len(rows),
         **count,
+        "framed": sum(r.get("framed", False) for r in done),
         "queries_mean": float(np.mean(queries)) if queries else None,
         "queries_max": int(np.max(queries)) if queries else None,
         "per_dof": float(np.mean(queries)) / dof if queries else None,
@@ -203,7 +205,9 @@ def markdown(report: dict, command: str) -> str:
         "",
         f"`{command}` on {platform.machine()}, {report['date']}; {report['seconds']:.0f} s in all. "
         f"Recovered = canonical error <= {EXACT:g} (heads matched by permutation); inexact = returned "
-        "with a larger error; raised = ExtractionError. Queries exclude fidelity checks.",
+        "with a larger error; raised = ExtractionError; framed = returned targets read in frames "
+        "orthogonal to each direction's common row (nearly parallel heads, "
+        "extract/multihead/common.py). Queries exclude fidelity checks.",
         "",
     ]
     for family, cells in report.get("families", {}).items():
@@ -216,14 +220,15 @@ def markdown(report: dict, command: str) -> str:
             f"{total['inexact'] + total['raised']} failures "
             f"({total['inexact']} inexact, {total['raised']} raised)",
             "",
-            "| H | d | ran | recovered | inexact | raised | mean queries | / H(d²+d) | / (4Hd²-2H+1) "
-            "| max error | median s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| H | d | ran | recovered | inexact | raised | framed | mean queries | / H(d²+d) "
+            "| / (4Hd²-2H+1) | max error | median s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for c in cells:
             lines.append(
                 f"| {c['H']} | {c['d']} | {c['ran']}/{c['planned']} | {c['recovered']} | {c['inexact']} "
-                f"| {c['raised']} | {fmt(c['queries_mean'], '.0f')} | {fmt(c['per_dof'])} "
+                f"| {c['raised']} | {c.get('framed', '-')} | {fmt(c['queries_mean'], '.0f')} "
+                f"| {fmt(c['per_dof'])} "
                 f"| {fmt(c['per_bound'])} | {fmt(c['max_error'], '.1e')} | {fmt(c['median_seconds'])} |"
             )
         fails = [f for c in cells for f in c["failures"]]

@@ -20,6 +20,13 @@ of a direction by their gammas and across directions by "added-token" queries. W
 trusted is decided by what the data pin down (see docs/multihead.md): a fit's error bound, an
 order of heads that alone explains the answers; never by fixed fractions of the parameters.
 
+Nearly parallel heads (W_h within a few per cent of a common W_0) share a large common logit
+a_0 . b that saturates every softmax before their differences separate the poles. When the
+first direction's exact columns W_h^T u show that (module `first`), every direction is read in
+a frame (module `common`): tokens orthogonal to an estimate of its common row a_0 (d one-query
+probes), where only the differences are left and can be scaled up, plus one short step along
+a_0, a common logit shift that continuation predicts.
+
 `orthogonal_heads` (module `orthogonal`) is Prop. 7.1's structured case: heads in known pairwise
 orthogonal subspaces, learned one at a time by the single-head algorithm.
 """

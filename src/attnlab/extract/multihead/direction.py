@@ -225,6 +225,15 @@ class DirectionReader:
             raise ExtractionError(
                 f"the probes of one key direction disagree by {residual:.1e} (relative): {_not_h_heads(H)}"
             )
+        # In a frame the first direction's logits at any token are predicted from its columns
+        # W_h^T u_1, so a direction must pin its logits down: a polish that stalls above
+        # rounding (a head with a tiny gamma along u leaves a flat valley) moves them by up to
+        # bound * residual / rounding, not by the bound alone.
+        if frame is not None and bound * max(1.0, residual / 1e-16) > 1e3 * self.tol.logit_tol:
+            raise ExtractionError(
+                f"the logits of one key direction are not pinned down (misfit {residual:.1e}, "
+                f"error bound {bound:.1e}): another direction is needed"
+            )
         return tokens_matrix, logits, gamma
 
     def _anchors(self, u: np.ndarray, ref: HeadFit, todo: list[np.ndarray], avoid=()):

@@ -14,7 +14,8 @@ from attnlab._random import haar_orthogonal
 from attnlab.errors import ExtractionError
 from attnlab.extract.multihead.assemble import heads_from_directions, progress_range
 from attnlab.extract.multihead.common import Frame, estimate_row, make_frame
-from attnlab.extract.multihead.direction import DirectionReader, _not_h_heads, _unit_off
+from attnlab.extract.multihead.direction import _not_h_heads, _unit_off
+from attnlab.extract.multihead.first import FirstDirection
 from attnlab.extract.multihead.labels import inside_row_spaces, match_to_first, row_bases
 from attnlab.extract.multihead.rational import (
     HeadFit,
@@ -30,13 +31,8 @@ from attnlab.extract.multihead.rational import (
 from attnlab.models.canonical import MultiHeadParams
 from attnlab.oracle import Oracle
 
-# Heads count as nearly parallel when the spread of their columns W_h^T u about the mean is below
-# this fraction of the columns' size: generic heads give ~0.7 (independent columns), the
-# 5%-perturbed family ~0.05; read from exact columns, not from logits of a few nearby tokens.
-PARALLEL = 0.2
 
-
-class Learner(DirectionReader):
+class Learner(FirstDirection):
     """State of one run of `multi_head`: the oracle, what is known so far, and the query ledger."""
 
     def __init__(
@@ -127,7 +123,14 @@ class Learner(DirectionReader):
         return self.frame.inside(_unit_off(self.frame.inside(x), avoid) if len(avoid) else x)
 
     def frame_for(self, u: np.ndarray) -> Frame | None:
-        """The token frame of direction u (d + affine one-query probes, stage "common"), or None."""
+        """The token frame of direction u (d + affine one-query probes, stage "common"), or None.
+
+        The probes see the gamma-weighted mean sum_h (gamma_h / S) a_h with S = u^T V: near the
+        a_h only while |S| is not small against the gammas. S is known without a query, so
+        directions with |S| under half its typical size |V| / sqrt(d) are refused for free.
+        """
+        if abs(float(u @ self.V)) < 0.5 * float(np.linalg.norm(self.V)) / np.sqrt(self.d):
+            return None
         basis = np.linalg.qr(self.rng.standard_normal((self.d, self.d)))[0]
         row, self.row_norm = estimate_row(
             self.ask, u, self.V, self.C, self.row_norm, self.affine, basis
@@ -253,72 +256,13 @@ class Learner(DirectionReader):
         else:
             self.V = self.ask("values", [eye[i][None] for i in range(d)])
         U, B = haar_orthogonal(self.rng, d), haar_orthogonal(self.rng, d)
-        # attempts at the first direction, each with the token length learned so far (two more
-        # once the frames are switched on: their token length is learned afresh)
-        attempt, last = -1, 3
-        while attempt < last:
-            attempt += 1
-            spent_before, framed = self.stages["pairs"], self.project
-            first, first_u = self._first_reference(
-                U[:, 0] if attempt == 0 else self.random_direction(), B[:, 0]
-            )
-            if self.project and not framed:  # switched on by failed first probes
-                last += 2
-            H = self.known_heads
-            if H == 0:
-                return MultiHeadParams(np.zeros((0, d, d)), np.zeros((0, d)), c=self.C), {
-                    "b_norm": self.b_norm
-                }
-            try:
-                first_direction = self._pairs(first_u, first, self.token_basis(B))
-            except ExtractionError:
-                if attempt == last:
-                    raise
-                self.reject(self.stages["pairs"] - spent_before)  # another first direction
-                continue
-            # d*H logits estimate the scale far better than the H of the first pair alone
-            logits = first_direction[1]
-            rms = float(np.sqrt(np.mean(logits**2)))
-            spread = float(np.sqrt(np.mean(np.var(logits, axis=1)))) if H > 1 else rms
-            common = float(np.max(np.abs(np.mean(logits, axis=1))))
-            # The tokens of one direction are mostly small steps off an anchor, so their logits
-            # sample few token directions; the columns W_h^T u (exact now) give the size of the
-            # logits of any token of length b_norm, and of the heads' differences.
-            columns = np.linalg.solve(self.augment(first_direction[0]), logits)[:d]
-            if attempt == last:
-                break
-            differences = columns - np.mean(columns, axis=1, keepdims=True)
-            parallel = float(np.sqrt(np.mean(differences**2) / max(np.mean(columns**2), 1e-300)))
-            if not self.project and self.can_project and H > 1 and parallel < PARALLEL:
-                # nearly parallel heads: their logits share a large common part and differ
-                # little, so the poles crowd together. Read every direction in a frame orthogonal
-                # to its common row (module `common`), with tokens long enough that the heads'
-                # differences, all that is left there, have about the usual size.
-                self.project, last = True, last + 2
-                spread = self.b_norm * float(np.sqrt(np.mean(differences**2)))
-                self.b_norm *= min(self.logit_scale / max(spread, 1e-12), 100.0)
-                self.reject(self.stages["pairs"] - spent_before)
-                continue
-            if self.frame is not None:  # logits of tokens in the plane (orthogonal to the row)
-                inside = self.frame.plane.T @ columns
-                rms = self.b_norm * float(np.sqrt(np.mean(inside**2)))
-            if (
-                self.frame is None
-                and not self.can_project
-                and (self.centering or spread < 0.3 * rms)
-            ):
-                # (one head, or d = 1) longer tokens spread the poles; centring each pair's
-                # ratios at exp(-mean logit) keeps the common part from saturating the softmax.
-                factor = min(0.7 / max(spread, 1e-12), 5.0 / max(common, 1e-12))
-                if self.centering and 0.6 <= factor <= 1.6:
-                    break
-                self.centering = True
-                self.b_norm *= factor
-            elif 0.5 * self.logit_scale <= rms <= 1.4 * self.logit_scale:
-                break
-            else:
-                self.b_norm *= self.logit_scale / rms
-            self.reject(self.stages["pairs"] - spent_before)
+        found = self._first_direction(U, B)
+        if found is None:  # no canonical heads: the zero map (plus the constant)
+            return MultiHeadParams(np.zeros((0, d, d)), np.zeros((0, d)), c=self.C), {
+                "b_norm": self.b_norm
+            }
+        first_direction, first_u = found
+        H = self.known_heads
         directions: list[np.ndarray] = []
         gammas: list[np.ndarray] = []
         weights: list[np.ndarray] = []
@@ -365,68 +309,6 @@ class Learner(DirectionReader):
             "anchors": self.anchor_counts,
             "logit_error_bound": self.error_bound,
         }
-
-    def _first_reference(self, u: np.ndarray, b: np.ndarray, attempts: int = 40):
-        """The reference pair of the first direction; fixes H (if unknown) and the scale of b.
-
-        b is rescaled until the logits u^T W_h b have root-mean-square about 1: then the poles
-        -exp(-logit) are apart and no softmax saturates over the ratios t in [1/(H+1), H+1].
-        """
-        detect = self.heads is None
-        fallback_scales = iter([3.0, 10.0, 1 / 3, 30.0, 0.1, 1 / 30, 0.01, 100.0])
-        failures, off_scale = 0, []
-        for _ in range(attempts):
-            token = self.b_norm * b
-            self.frame = None
-            if self.project:
-                self.frame = self.frame_for(u)
-                if self.frame is None:  # no common row along u (u^T V = 0, or saturated)
-                    u = self.random_direction()
-                    continue
-                token = self.b_norm * self.frame.plane[:, 0]
-            fit, spent = self.fit_reference(u, token, detect)
-            if fit is None:
-                self.reject(spent)
-                failures += 1
-                if failures % 3 == 0:  # repeated failure: more likely a bad scale than bad luck
-                    # (or crowded poles: nearly parallel heads need long tokens and centring, or
-                    # better, after more failures, tokens orthogonal to their common row)
-                    self.centering = True
-                    if failures >= 6 and self.can_project:
-                        self.project = True
-                    self.b_norm = next(fallback_scales, self.b_norm)
-                u = self.random_direction()
-                continue
-            if detect:
-                if fit.gamma.size < self.max_heads and self._count_heads() > fit.gamma.size:
-                    # heads can hide in one pair (two nearly equal logits, a gamma near 0), hardly in two
-                    self.reject(spent)
-                    u = self.random_direction()
-                    continue
-                self.heads = fit.gamma.size
-            if self.heads == 0:
-                return fit, u
-            rms = float(np.sqrt(np.mean(fit.s**2)))
-            if not 0.25 <= rms <= 4.0:
-                # one pair holds only H logits: rescale b only once three pairs agree it is off
-                off_scale.append(max(rms, 1e-3))
-                if len(off_scale) == 3:
-                    self.b_norm /= float(np.median(off_scale))
-                    off_scale.clear()
-                self.reject(spent)
-                detect = False  # the count found stands; only the probe changes
-                u = self.random_direction()
-                continue
-            if self.usable(fit, reference=True):
-                return fit, u
-            self.reject(spent)
-            u = self.random_direction()
-        raise ExtractionError(
-            f"could not find a well-conditioned first probe pair with "
-            f"{self.heads if self.heads is not None else 'up to ' + str(self.max_heads)} head(s): the target "
-            f"may have more canonical heads than assumed (raise heads / max_heads), or is not a "
-            f"multi-head regressor with exact answers"
-        )
 
     def _direction(self, u, first: HeadFit, first_u, B, accepted, attempts: int = 20, needed=None):
         """Direction u read in full, its heads matched to the first direction's.
