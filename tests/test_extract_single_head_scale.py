@@ -150,3 +150,56 @@ def test_device_oracle_refuses_non_finite_queries_before_paying():
     with pytest.raises(Exception, match="NaN or infinite"):
         oracle(X)
     assert oracle.paid == 0
+
+
+def test_query_buffer_rewrites_only_what_changed_and_holds_the_plain_probes():
+    """Whatever a slot held before, after a write it holds bit for bit what the plain writer writes
+    into an empty buffer: the reuse of constant rows (row reads, column reads, zero rows) and the
+    entries moved back and forth must leave nothing stale behind."""
+    from attnlab.extract.single_head.directions import (
+        AlignedBasis,
+        CoordinateDirections,
+        DenseDirections,
+    )
+    from attnlab.extract.single_head.query_buffer import QueryBuffer, write_queries
+
+    d, chunk = 24, 10
+    rng = np.random.default_rng(4)
+    A = AlignedBasis(rng.standard_normal(d), rng)
+    E, Q = CoordinateDirections(d), DenseDirections(rng.standard_normal((5, d)))
+    buffer = QueryBuffer(None, chunk, d)
+    buffer.view[:] = np.nan
+    writes = [  # (slots, a family, a index, mu, b family, b index, nu)
+        (slice(0, 10), A, 3, 0.5, E, rng.permutation(d)[:10], 0.2),  # row read of a_3
+        (slice(0, 10), A, 3, 0.5, E, rng.permutation(d)[:10], 0.2),  # the same row, new entries
+        (slice(0, 6), A, 3, 0.5, E, rng.permutation(d)[:6], 0.2),
+        (slice(6, 10), A, 7, 1.5, E, rng.permutation(d)[:4], 0.3),  # another row in part
+        (slice(0, 10), A, rng.permutation(d)[:10], 0.7, Q, 2, 0.4),  # column read of q_2
+        (slice(0, 10), A, rng.permutation(d)[:10], 0.7, Q, 2, 0.4),
+        (slice(2, 10), A, rng.permutation(d)[:8], 0.7, Q, 4, 0.9),  # the next column
+        (slice(0, 10), A, rng.permutation(d)[:10], 1.1, E, 5, 0.6),  # full rank: b = e_5
+        (slice(0, 10), A, 3, 0.5, E, rng.permutation(d)[:10], 0.2),  # back to a row read
+        (slice(0, 5), A, 3, 0.5, E, rng.permutation(d)[:5], 0.25),  # same a, another nu
+        (slice(0, 10), Q, rng.permutation(5).repeat(2), 0.3, Q, rng.permutation(5).repeat(2), 0.8),
+    ]
+    for step, (slots, a, ai, mu, b, bi, nu) in enumerate(writes):
+        if step == 8:
+            buffer.start()  # a new set of lines: remembered rows forgotten, contents kept
+        buffer.write(slots, a, ai, mu, b, bi, nu)
+        n = slots.stop - slots.start
+        plain = np.full((n, 2, d), np.nan)
+        write_queries(plain[:, 0], plain[:, 1], a, ai, mu, b, bi, nu)
+        np.testing.assert_array_equal(buffer.view[slots], plain, err_msg=f"write {step}")
+
+
+def test_reader_reuses_rows_and_still_reads_W_exactly():
+    """A low-rank read through a numpy Oracle, with lines longer than a chunk so that rows are
+    reused across chunks, reads W to float64 precision at exactly the limit."""
+    d, r = 96, 3
+    head = SingleHeadAttention.random(d, rank=r, seed=3)
+    timed = TimedTarget(head)
+    result = single_head(
+        Oracle(timed, d=d), rank=r, seed=1, fidelity_samples=0, method_options={"chunk": 40}
+    )
+    assert result.queries == limit(d, r)
+    assert relative_error(result.W, head.W.detach().numpy()) <= 1e-10

@@ -383,3 +383,48 @@ def test_a_target_s_own_timeout_error_is_not_mistaken_for_the_oracle_s():
     with pytest.raises(OracleError, match="TimeoutError: upstream read timed out") as info:
         Oracle(target, d=2, timeout=5)(distinct((2, 1, 2)))
     assert not isinstance(info.value, OracleTimeout)
+
+
+def test_distinct_queries_groups_by_near_equal_hashes_and_confirms_by_bytes():
+    """Identical sequences whose float hashes differ by rounding are still merged; different
+    sequences whose hashes tie exactly are never merged."""
+    from attnlab.oracle.checks import row_hashes
+
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((50, 2, 8))
+    X[40] = X[3]
+    X[41] = X[3]
+    X[42, 0, 0] = np.nextafter(X[5, 0, 0], np.inf)  # one bit away from row 5
+    X[42, 0, 1:], X[42, 1] = X[5, 0, 1:], X[5, 1]
+    hashes = row_hashes(X)
+    hashes[40] *= 1 + 4e-16 * 64  # what another summation order could do to an identical row
+    hashes[41] *= 1 - 4e-16 * 64
+    hashes[7] = hashes[6]  # an exact tie between different rows
+    first, inverse = distinct_queries(X, hashes)
+    assert first.size == 48  # rows 40 and 41 merged into 3; 42 kept apart from 5; 6, 7 apart
+    np.testing.assert_array_equal(X[first][inverse], X)
+    assert inverse[40] == inverse[41] == inverse[3]
+    assert inverse[42] != inverse[5] and inverse[6] != inverse[7]
+
+
+def test_device_oracle_rejects_bad_shapes_with_the_oracles_messages():
+    from attnlab.oracle.device import DeviceOracle
+
+    d = 4
+    head = SingleHeadAttention.random(d, seed=0)
+    host, device = Oracle(head, d=d), DeviceOracle(head, d=d)
+    for shape in [(d,), (1, 1, 2, d), (3, 2, d + 1), (3, 0, d), (2, 2, 0)]:
+        X = np.zeros(shape)
+        with pytest.raises(QueryShapeError) as host_error:
+            host(X)
+        with pytest.raises(QueryShapeError) as device_error:
+            device(torch.from_numpy(X))
+        assert str(device_error.value) == str(host_error.value), shape
+    Z = np.zeros((2, 2, d), dtype=complex)
+    with pytest.raises(QueryShapeError) as host_error:
+        host(Z)
+    with pytest.raises(QueryShapeError) as device_error:
+        device(torch.from_numpy(Z))
+    # the same message, naming the dtype as numpy or torch spells it
+    assert str(device_error.value).replace("torch.", "") == str(host_error.value)
+    assert host.paid == device.paid == 0

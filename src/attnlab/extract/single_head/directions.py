@@ -39,12 +39,22 @@ class Directions:
         """out[k] = scale * direction[index[k]] (out has shape (len(index), d))."""
         raise NotImplementedError
 
+    def write_scaled(self, out: np.ndarray, index: np.ndarray, scales: np.ndarray) -> None:
+        """out[k] = scales[k] * direction[index[k]]: a scale per row (many short lines at once)."""
+        raise NotImplementedError
+
     def write_plus(
         self, out: np.ndarray, index: np.ndarray, scale: float, plus: np.ndarray
     ) -> None:
         """out[k] = scale * direction[index[k]] + plus (one row added to every row)."""
         self.write(out, index, scale)
         out += plus
+
+    def row_scaled(self, i: int, scale: float) -> np.ndarray:
+        """scale * direction[i] as a new row, with the arithmetic of `write_constant`."""
+        out = np.empty((1, self.d))
+        self.write_constant(out, i, scale)
+        return out[0]
 
     def write_constant(self, out: np.ndarray, i: int, scale: float) -> None:
         """Every row of out = scale * direction[i]."""
@@ -74,6 +84,9 @@ class DenseDirections(Directions):
         else:
             np.multiply(self.rows[index], scale, out=out)
 
+    def write_scaled(self, out: np.ndarray, index: np.ndarray, scales: np.ndarray) -> None:
+        np.multiply(self.rows[index], scales[:, None], out=out)
+
 
 class CoordinateDirections(Directions):
     """The standard basis e_0, ..., e_{d-1} (or a subset of it, by index)."""
@@ -90,6 +103,10 @@ class CoordinateDirections(Directions):
     def write(self, out: np.ndarray, index: np.ndarray, scale: float) -> None:
         out.fill(0.0)
         out[np.arange(index.size), index] = scale
+
+    def write_scaled(self, out: np.ndarray, index: np.ndarray, scales: np.ndarray) -> None:
+        out.fill(0.0)
+        out[np.arange(index.size), index] = scales
 
 
 class AlignedBasis(Directions):
@@ -134,6 +151,10 @@ class AlignedBasis(Directions):
     def write(self, out: np.ndarray, index: np.ndarray, scale: float) -> None:
         np.matmul(self._coef[index] * (-2.0 * scale), self._basis, out=out)
         out[np.arange(index.size), index] += scale
+
+    def write_scaled(self, out: np.ndarray, index: np.ndarray, scales: np.ndarray) -> None:
+        np.matmul(self._coef[index] * (-2.0 * scales)[:, None], self._basis, out=out)
+        out[np.arange(index.size), index] += scales
 
     def write_plus(
         self, out: np.ndarray, index: np.ndarray, scale: float, plus: np.ndarray

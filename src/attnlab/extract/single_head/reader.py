@@ -8,19 +8,20 @@ the target size predicted from earlier lines), then four, then the rest, each st
 what the line has shown so far. Low-rank matrices have lines of very different sizes, so no line
 trusts another's scale blindly.
 
-Memory: the queries of a stage are written `chunk` at a time into one preallocated buffer and
-sent before the next chunk is written; nothing but the answers (one float per query) outlives a
-chunk. Scales are fixed per stage, so the chunk size never changes which probes are sent.
+Memory: the queries of a stage are written `chunk` at a time into one preallocated buffer
+(`query_buffer.QueryBuffer`, which rewrites only what changed since the last chunk) and sent
+before the next chunk is written; nothing but the answers (one float per query) outlives a chunk.
+Scales are fixed per stage, so the chunk size never changes which probes are sent (their last
+bits may differ: short warm-up segments are written with a scale per row).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
 
 import numpy as np
 
-from attnlab.extract.single_head.directions import CoordinateDirections, DenseDirections, Directions
+from attnlab.extract.single_head.directions import DenseDirections, Directions
 from attnlab.extract.single_head.probes import (
     INITIAL_OFFSET_PROBE,
     INITIAL_PROBE,
@@ -30,6 +31,7 @@ from attnlab.extract.single_head.probes import (
     invert_probes,
     split_scale,
 )
+from attnlab.extract.single_head.query_buffer import QueryBuffer, write_queries
 from attnlab.oracle import Oracle
 
 Index = int | np.ndarray
@@ -39,6 +41,8 @@ Line = tuple[Index, Index]
 # per-call overheads (Python, the Oracle's checks) are amortised (at d = 1024, r = 64, 4 MiB chunks
 # left the learner ~1.7x the time of 16 MiB ones), small enough to stay far below d^2 at scale.
 CHUNK_BYTES = 16 << 20
+# Line segments shorter than this (the warm-up blocks) are written together, a scale per row.
+SHORT_SEGMENT = 32
 
 
 def default_chunk(d: int) -> int:
@@ -74,26 +78,7 @@ class BilinearReader:
         d = v.shape[0]
         self.chunk = int(chunk) if chunk else default_chunk(d)
         self.v_norm = float(np.linalg.norm(v))
-        device = getattr(oracle, "device", None)
-        self._device_writer = None
-        self._buffer: Any  # a numpy array, or a torch tensor on the DeviceOracle's device
-        self._view: Any  # what the probes are written through: numpy where the memory is host
-        if device is not None:  # a DeviceOracle: probes are written on its device
-            import torch
-
-            from attnlab.extract.single_head.device_probes import DeviceWriter
-
-            self._buffer = torch.empty((self.chunk, 2, d), dtype=torch.float64, device=device)
-            if self._buffer.device.type == "cpu":
-                # host memory: numpy writes straight into the tensor's storage (fewer passes
-                # than the torch ops); the oracle is still handed the tensor
-                self._view = self._buffer.numpy()
-            else:
-                self._device_writer = DeviceWriter(device)
-                self._view = self._buffer
-        else:
-            self._buffer = np.empty((self.chunk, 2, d))
-            self._view = self._buffer
+        self.queries = QueryBuffer(oracle, self.chunk, d)
         self.u: np.ndarray | None = None
         self.u_sigma: float | None = None
         self.w_sigma: float | None = None  # largest line spread seen so far
@@ -178,57 +163,80 @@ class BilinearReader:
         lengths = [_length(line) for line in lines]
         outs = [np.empty(n) for n in lengths]
         done = [0] * len(lines)
-        chunk = self.chunk
-        # per-query bookkeeping of one chunk, preallocated
+        chunk, queries = self.chunk, self.queries
+        queries.start()
+        # per-query bookkeeping of one chunk, preallocated: a^T v, b^T v, |a|, a^T u, mu nu
         scaled = np.empty((5, chunk))
-        pending: list[tuple[int, slice, float, float]] = []
+        pending: list[tuple[int, slice]] = []  # the line segments in the buffer, in slot order
+        run: list[tuple[Index, Index, float, float, int]] = []  # short segments not yet written
         filled = 0
+        written = 0  # slots before this one are written
+
+        def note(slot: slice, ai, bi, mu, nu) -> None:
+            scaled[0, slot] = mu * a_dot_v[ai]
+            scaled[1, slot] = nu * b_dot_v[bi]
+            scaled[2, slot] = mu * a_norms[ai]
+            scaled[3, slot] = mu * a_dot_u[ai]
+            scaled[4, slot] = mu * nu
+
+        def write_run() -> None:
+            """The short segments waiting in `run`, in one write with a scale per row."""
+            nonlocal written
+            if not run:
+                return
+            ai = np.concatenate([np.broadcast_to(a, n) for a, _, _, _, n in run])
+            bi = np.concatenate([np.broadcast_to(b, n) for _, b, _, _, n in run])
+            mu = np.concatenate([np.full(n, m) for _, _, m, _, n in run])
+            nu = np.concatenate([np.full(n, m) for _, _, _, m, n in run])
+            slot = slice(written, written + ai.size)
+            queries.write_rows(slot, a_dirs, ai, mu, b_dirs, bi, nu)
+            note(slot, ai, bi, mu, nu)
+            run.clear()
+            written = slot.stop
 
         def flush():
-            nonlocal filled
+            nonlocal filled, written
+            write_run()
             n = filled
-            X = self._buffer[:n]
             a_v, b_v, a_norm, a_u, rho = scaled[:, :n]
-            t = invert_probes(self.oracle, X, a_v, b_v, self.c, a_norm, self.v_norm, self.log)
+            t = invert_probes(
+                self.oracle, queries.batch(n), a_v, b_v, self.c, a_norm, self.v_norm, self.log
+            )
             values = (t - a_u) / rho
             self.log.note_scales(float(rho.min()), float(rho.max()))
             start = 0
-            for i, rows, _, _ in pending:
+            for i, rows in pending:
                 size = rows.stop - rows.start
                 outs[i][rows] = values[start : start + size]
                 start += size
             pending.clear()
-            filled = 0
+            filled = written = 0
 
         def add(i: int, rows: slice, mu: float, nu: float):
             """Write the queries rows of line i into the buffer (flushing whenever it is full)."""
-            nonlocal filled
+            nonlocal filled, written
             a_index, b_index = lines[i]
             first = rows.start
             while first < rows.stop:
                 take = min(rows.stop - first, chunk - filled)
                 part = slice(first, first + take)
                 ai, bi = _part(a_index, part), _part(b_index, part)
-                slot = slice(filled, filled + take)
-                write = (
-                    write_queries
-                    if self._device_writer is None
-                    else self._device_writer.write_queries
-                )
-                write(self._view[slot, 0], self._view[slot, 1], a_dirs, ai, mu, b_dirs, bi, nu)
-                scaled[0, slot] = mu * a_dot_v[ai]
-                scaled[1, slot] = nu * b_dot_v[bi]
-                scaled[2, slot] = mu * a_norms[ai]
-                scaled[3, slot] = mu * a_dot_u[ai]
-                scaled[4, slot] = mu * nu
-                pending.append((i, part, mu, nu))
+                if take < SHORT_SEGMENT and queries.host:
+                    run.append((ai, bi, mu, nu, take))
+                else:
+                    write_run()
+                    slot = slice(filled, filled + take)
+                    queries.write(slot, a_dirs, ai, mu, b_dirs, bi, nu)
+                    note(slot, ai, bi, mu, nu)
+                    written = slot.stop
+                pending.append((i, part))
                 filled += take
                 first += take
                 if filled == chunk:
                     flush()
 
         for size in (*warmup, None):
-            stage: list[tuple[int, slice]] = []
+            stage: list[tuple[int, slice, float, float]] = []
             for i, tracker in enumerate(trackers):
                 if size is not None and tracker.count and done[i] == 0:
                     continue  # a continued line already knows its scale: it skips the warm-up
@@ -237,13 +245,13 @@ class BilinearReader:
                 if take <= 0:
                     continue
                 mu, nu = self._split(tracker.next_scale())
-                rows = slice(done[i], done[i] + take)
-                add(i, rows, mu, nu)
-                stage.append((i, rows))
+                stage.append((i, slice(done[i], done[i] + take), mu, nu))
                 done[i] += take
+            for segment in stage:
+                add(*segment)
             if filled:
                 flush()  # the next stage's scales depend on this stage's answers
-            for i, rows in stage:
+            for i, rows, _, _ in stage:
                 trackers[i].observe(outs[i][rows])
         for tracker in trackers:
             if tracker.sigma:
@@ -259,50 +267,14 @@ class BilinearReader:
         return mu, nu
 
 
-def write_queries(
-    X0: np.ndarray,
-    X1: np.ndarray,
-    a_dirs: Directions,
-    ai: Index,
-    mu: float,
-    b_dirs: Directions,
-    bi: Index,
-    nu: float,
-) -> None:
-    """X0 = mu a + nu b, X1 = nu b for the direction pairs (ai, bi), in as few passes as possible.
-
-    A coordinate b (nu e_j) is added to X0 as c scalars, not a pass over the rows; a constant b
-    rides along in the a-part's matrix product.
-    """
-    a_constant, b_constant = isinstance(ai, (int, np.integer)), isinstance(bi, (int, np.integer))
-    if isinstance(b_dirs, CoordinateDirections):
-        if a_constant:
-            a_dirs.write_constant(X0, int(ai), mu)
-        else:
-            a_dirs.write(X0, cast(np.ndarray, ai), mu)
-        rows = np.arange(X0.shape[0])
-        X0[rows, bi] += nu
-        X1.fill(0.0)
-        X1[rows, bi] = nu
-        return
-    if b_constant:
-        b_dirs.write_constant(X1, int(bi), nu)
-        if a_constant:
-            a_dirs.write_constant(X0, int(ai), mu)
-            X0 += X1
-        else:
-            a_dirs.write_plus(X0, cast(np.ndarray, ai), mu, X1[0])
-        return
-    b_dirs.write(X1, cast(np.ndarray, bi), nu)
-    if a_constant:
-        a_dirs.write_constant(X0, int(ai), mu)
-    else:
-        a_dirs.write(X0, cast(np.ndarray, ai), mu)
-    X0 += X1
-
-
 def _family(dirs) -> Directions:
     return dirs if isinstance(dirs, Directions) else DenseDirections(dirs)
 
 
-__all__ = ["BilinearReader", "INITIAL_OFFSET_PROBE", "INITIAL_PROBE", "default_chunk"]
+__all__ = [
+    "BilinearReader",
+    "INITIAL_OFFSET_PROBE",
+    "INITIAL_PROBE",
+    "default_chunk",
+    "write_queries",
+]
