@@ -132,6 +132,12 @@ def test_float16_rank_16_head_finds_its_rank():
     check_float16(DtypeHead(96, 16, torch.float16, seed=2), "auto", 16)
 
 
+def test_float16_half_rank_head_read_in_full_finds_its_rank():
+    # rank 48 of 96: once the rank found makes a full read affordable the rest is read in full,
+    # and the rank is the number of singular values above 4x the noise edge
+    check_float16(DtypeHead(96, 48, torch.float16, seed=0), "auto", 48)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("rank", ["auto", 32])
 def test_float16_minilm_shaped_head(rank):
@@ -140,7 +146,7 @@ def test_float16_minilm_shaped_head(rank):
 
 
 def test_dependence_statistic_is_near_one_for_a_dependent_column_and_large_otherwise():
-    from attnlab.extract.single_head.adaptive import dependence_statistic
+    from attnlab.extract.single_head.precision import dependence_statistic
     from attnlab.extract.single_head.probes import TARGET_LOGIT_STD
 
     rng = np.random.default_rng(0)

@@ -32,6 +32,8 @@ from attnlab.extract.single_head.directions import (
 from attnlab.extract.single_head.lowrank import cross_factors, pivot_rows
 from attnlab.extract.single_head.precision import (
     PrecisionReader,
+    dependence_statistic,
+    joint_fit,
     noise_from_column,
     paired_full_read,
 )
@@ -134,8 +136,12 @@ def oversampled(
         edge *= float(np.sqrt(d) + np.sqrt(C.shape[1]))
         above = int(np.sum(s > edge))
         fit.update(noise_edge=float(edge / s[0]), rank_check_found=r)
-        if above > r:
-            r = min(above, C.shape[1])
+        # the relative singular values around the rank, for the record (how clear the cut was)
+        fit["singular_values"] = [float(x) for x in s[max(0, r - 2) : r + 4] / s[0]]
+        # the spectrum decides both ways: the check can stop short (nearly collinear last
+        # columns) and be fooled by the errors' structure (a dependent column whose misfit is
+        # 2x the model's: its singular value sits at 2x the edge, in the noise)
+        r = max(1, min(above, C.shape[1]))
         fit["rank"] = r
     basis = U[:, :r]  # the column space of A^T W, in A's coordinates
     n_rows = min(d, r + p)
@@ -159,26 +165,11 @@ def oversampled(
     }
 
 
-def joint_fit(basis, Q, C, basis_rows, R) -> np.ndarray:
-    """X (r x d) minimising |basis X Q - C|^2 + |basis_rows X - R|^2: the rows and the columns.
-
-    Both sets of readings carry X: the columns C = A^T W Q along span(Q), the rows everywhere.
-    With basis orthonormal the first term is |X Q - basis^T C|^2 (plus a constant), so the
-    normal equations X Q Q^T + S X = F (S = basis_rows^T basis_rows) are a Sylvester equation
-    that the eigenvectors of S and the projector Q Q^T diagonalise: in O(r^2 d + r m d).
-    """
-    lam, U = np.linalg.eigh(basis_rows.T @ basis_rows)
-    F = U.T @ (basis.T @ C @ Q.T + basis_rows.T @ R)  # the right-hand side, in S's eigenbasis
-    FQ = F @ Q
-    on_q = FQ / (lam[:, None] + 1.0)  # along span(Q): eigenvalue 1 of Q Q^T
-    off_q = (F - FQ @ Q.T) / lam[:, None]  # off span(Q): the rows alone
-    return U @ (on_q @ Q.T + off_q)
-
-
 # rank="auto" on coarse answers: singular values above this many times the noise edge count. The
 # errors are not independent (the u read's error is shared along a row): float16's largest noise
-# singular value sat at 2x the independent edge (d = 384), the heads' smallest signal ones at 150x.
-RANK_EDGE_Z = 10.0
+# singular value sat at 2x the independent edge (d = 384), the heads' smallest signal ones at
+# 150x; bfloat16's (8 bits) smallest signal ones at 5x-10x.
+RANK_EDGE_Z = 4.0
 
 
 def full_rank(reader: BilinearReader, A: AlignedBasis) -> np.ndarray:
@@ -253,11 +244,15 @@ def auto_rank(
 ):
     """Read columns until one lies in the span of the previous ones (see the module docstring).
 
-    `read_noise` (coarse answers): the relative error of one reading (of its line's spread).
-    The check then compares the mismatch with the noise it would have if the column were
-    dependent (`dependent_noise`), instead of a fixed tolerance; and once the rank found so far
-    makes a full read affordable within `query_ceiling` (the low-rank read would save little),
-    the remaining columns are read in full and W is returned at full rank.
+    `read_noise` (coarse answers): the least relative error of one reading (of its line's
+    spread); the first column measures it (`noise_from_column`). The check then fits the new
+    column at COARSE_CHECKS rows more than the pivots and compares the misfit with the noise it
+    would have if dependent (`dependence_statistic`), instead of a fixed tolerance; a dependence
+    must be confirmed by a second direction; the oversampled columns' spectrum has the last word
+    (`oversampled`). Once the rank found so far makes a full read affordable within
+    `query_ceiling` (the low-rank read would save little), the remaining columns are read in
+    full, the rank is the number of singular values above RANK_EDGE_Z x the noise edge, and W
+    the truncation at the edge itself.
     """
     d = A.d
     everything = np.arange(d)
@@ -278,11 +273,23 @@ def auto_rank(
             rest = _complement(Q, rng)
             columns = np.column_stack([columns, read_columns(reader, A, rest)])
             Q = np.column_stack([Q, rest])
-            return A.apply(columns) @ Q.T, {
-                "rank": d,
+            # every column read: the rank is the number of singular values above the noise
+            # edge, and W the truncation there (which drops the noise of the other directions)
+            U, s, Vt = np.linalg.svd(columns)
+            edge = read_noise * float(np.sqrt(np.mean(columns**2))) * 2.0 * float(np.sqrt(d))
+            found = max(1, int(np.sum(s > RANK_EDGE_Z * edge)))
+            # W keeps every direction above the edge itself (weak but real ones too: a BERT
+            # head's 30th of 32 sits at 3.6x), drops the noise bulk below it
+            kept = max(found, int(np.sum(s > edge)))
+            M = (U[:, :kept] * s[:kept]) @ Vt[:kept]
+            return A.apply(M) @ Q.T, {
+                "rank": found,
+                "rank_kept": kept,
                 "rank_mode": "auto-full",
                 "rank_switch": r,
                 "read_noise": read_noise,
+                "noise_edge": float(RANK_EDGE_Z * edge / s[0]),
+                "singular_values": [float(x) for x in s[max(0, found - 2) : found + 4] / s[0]],
                 "rank_margin": worst_independent,
             }
         q = _next_direction(Q, rng)
@@ -361,26 +368,6 @@ COARSE_CHECKS = 32
 # float32 column measured 4.8). A column called dependent too early is caught by the
 # oversampled columns' noise edge (`oversampled`), one called independent costs queries.
 RANK_NOISE_TOL = 8.0
-
-
-def dependence_statistic(values, old, scales, scale, read_noise) -> float:
-    """Mean square misfit of the new column's values by the old columns, in units of its noise.
-
-    `values`: the new column at r + k rows; `old`: the r previous columns at those rows. An
-    entry read at scale s has an absolute error of about read_noise * TARGET_LOGIT_STD / s; the
-    least-squares misfit of a dependent column is then its own errors and the old columns'
-    errors weighted by the fitted coefficients, over k degrees of freedom: this ratio is ~1
-    (chi-square over k) for a dependent column and large for an independent one.
-    """
-    from attnlab.extract.single_head.probes import TARGET_LOGIT_STD
-
-    coef, *_ = np.linalg.lstsq(old, values, rcond=None)
-    misfit = values - old @ coef
-    k = values.size - old.shape[1]
-    column_noise = read_noise * TARGET_LOGIT_STD / np.asarray(scales)
-    new_noise = read_noise * TARGET_LOGIT_STD / scale
-    s2 = new_noise**2 + float(np.sum((coef * column_noise) ** 2))
-    return float(misfit @ misfit / (k * s2))
 
 
 def _finish(reader, A, d: int, b, line, head, head_values) -> np.ndarray:

@@ -84,6 +84,40 @@ def reading_noise(precision: float) -> float:
 NOISE_ROWS = 32
 
 
+def dependence_statistic(values, old, scales, scale, read_noise) -> float:
+    """Mean square misfit of the new column's values by the old columns, in units of its noise.
+
+    `values`: the new column at r + k rows; `old`: the r previous columns at those rows. An
+    entry read at scale s has an absolute error of about read_noise * TARGET_LOGIT_STD / s; the
+    least-squares misfit of a dependent column is then its own errors and the old columns'
+    errors weighted by the fitted coefficients, over k degrees of freedom: this ratio is ~1
+    (chi-square over k) for a dependent column and large for an independent one.
+    """
+    coef, *_ = np.linalg.lstsq(old, values, rcond=None)
+    misfit = values - old @ coef
+    k = values.size - old.shape[1]
+    column_noise = read_noise * TARGET_LOGIT_STD / np.asarray(scales)
+    new_noise = read_noise * TARGET_LOGIT_STD / scale
+    s2 = new_noise**2 + float(np.sum((coef * column_noise) ** 2))
+    return float(misfit @ misfit / (k * s2))
+
+
+def joint_fit(basis, Q, C, basis_rows, R) -> np.ndarray:
+    """X (r x d) minimising |basis X Q - C|^2 + |basis_rows X - R|^2: the rows and the columns.
+
+    Both sets of readings carry X: the columns C = A^T W Q along span(Q), the rows everywhere.
+    With basis orthonormal the first term is |X Q - basis^T C|^2 (plus a constant), so the
+    normal equations X Q Q^T + S X = F (S = basis_rows^T basis_rows) are a Sylvester equation
+    that the eigenvectors of S and the projector Q Q^T diagonalise: in O(r^2 d + r m d).
+    """
+    lam, U = np.linalg.eigh(basis_rows.T @ basis_rows)
+    F = U.T @ (basis.T @ C @ Q.T + basis_rows.T @ R)  # the right-hand side, in S's eigenbasis
+    FQ = F @ Q
+    on_q = FQ / (lam[:, None] + 1.0)  # along span(Q): eigenvalue 1 of Q Q^T
+    off_q = (F - FQ @ Q.T) / lam[:, None]  # off span(Q): the rows alone
+    return U @ (on_q @ Q.T + off_q)
+
+
 def noise_from_column(reader: BilinearReader, A, q: np.ndarray, column: np.ndarray, line) -> float:
     """The relative error of one reading, from a column read along q, its last rows read along -q.
 
