@@ -51,13 +51,14 @@ parameter within 2x the exact count, and a larger logit gap does not help (`--fl
 error of a reading is lowest at logit spreads 0.8-1.2 (1.7e-3..2.7e-3), 1.6x-1.8x higher at
 0.4 and 3x-9x at 2.0, where the softmax saturates; a long a and short b, split 4:1, beats 1:1 by
 1.2x-1.8x). A full read reads every entry twice (b and -b) and reaches it; a low-rank read
-spends its readings on r + p columns and rows, whose fit loses 1.3x-1.6x to the random column
-directions (simulated with independent errors of the same size: 1.3x-1.6x).
+spends its readings on r + p columns and rows, whose least-squares fit loses some of it to the
+random column directions (r + p random directions seen through a rank-r W are not orthogonal:
+the last of them are nearly collinear); it ends at 1.7x-2.2x one ideal reading.
 
 true rank above the cut (rank='auto' on coarse answers): how many singular values of the true W
 lie above the cut the extractor made (RANK_EDGE_Z = 4 times its measured noise edge): the rank
 that these answers can show. bert1's W (float16 weights) has singular values 3.8e-3, 9.7e-4 and
-5e-6 of the largest in 30th-32nd place, within 4x of float16's noise edge: its rank at float16
+5e-6 of |W|_F in 30th-32nd place, within 4x of float16's noise edge: its rank at float16
 precision is 29, which rank='auto' reports (W keeps the directions above the edge itself).
 
 float16 (this change): every low-rank row finds the true rank within 2x the limit; W errors 2.1e-3
