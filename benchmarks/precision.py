@@ -53,7 +53,7 @@ error of a reading is lowest at logit spreads 0.8-1.2 (1.7e-3..2.7e-3), 1.6x-1.8
 1.2x-1.8x). A full read reads every entry twice (b and -b) and reaches it; a low-rank read
 spends its readings on r + p columns and rows, whose least-squares fit loses some of it to the
 random column directions (r + p random directions seen through a rank-r W are not orthogonal:
-the last of them are nearly collinear); it ends at 1.7x-2.2x one ideal reading.
+the last of them are nearly collinear); it ends at 1.9x-2.2x one ideal reading.
 
 true rank above the cut (rank='auto' on coarse answers): how many singular values of the true W
 lie above the cut the extractor made (RANK_EDGE_Z = 4 times its measured noise edge): the rank
