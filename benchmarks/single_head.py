@@ -192,6 +192,12 @@ def main() -> None:
         help="--scale: results file name (benchmarks/results/OUT.md and .json)",
     )
     parser.add_argument(
+        "--memory-seconds",
+        type=float,
+        default=60.0,
+        help="--scale: measure the peak memory (tracemalloc) in a second run of cases up to this long",
+    )
+    parser.add_argument(
         "--throughput",
         action="store_true",
         help="multi_head and relu_ffn at their benchmark sizes: seconds per query, learner vs target",

@@ -2,7 +2,8 @@
 
 - `DeviceTarget(module, device="cuda")`: the module moved to `device` (in its own dtype, or
   `dtype=`), answering numpy or torch batches (B, N, d) with a float64 numpy array (B,), and
-  timing itself: `seconds` is the wall time inside the module (synchronised on CUDA).
+  timing itself: `seconds` is the wall time inside the module (synchronised on CUDA),
+  `cpu_seconds` the calling thread's CPU time there (what a shared machine's load does not inflate).
 - `TimedTarget(fn)`: any numpy target, timed the same way (what benchmarks wrap a target in to
   split the learner's time from the target's).
 - `DeviceOracle(target, device="cuda")`: an `Oracle` whose queries may be torch tensors living on
@@ -47,17 +48,19 @@ class TimedTarget:
         self.d = d if d is not None else declared_width(target)
         self.target = as_numpy_target(target)
         self.seconds = 0.0
+        self.cpu_seconds = 0.0  # CPU time of the calling thread inside the target (load-proof)
         self.calls = 0
         self.sequences = 0
         self.largest = 0  # the largest batch it was handed
 
     def __call__(self, X):
         self.largest = max(self.largest, int(X.shape[0]))
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         try:
             return self.target(X)
         finally:
             self.seconds += time.perf_counter() - started
+            self.cpu_seconds += time.thread_time() - cpu
             self.calls += 1
             self.sequences += int(X.shape[0])
 
@@ -82,16 +85,18 @@ class DeviceTarget:
         self.module = module.to(device=self.device, dtype=self.dtype).eval()
         self.d = getattr(module, "d", None)
         self.seconds = 0.0
+        self.cpu_seconds = 0.0  # CPU time of the calling thread inside the module (load-proof)
         self.calls = 0
         self.sequences = 0
 
     def answer_tensor(self, X: torch.Tensor) -> torch.Tensor:
         """Answers as a tensor on the device (no host copy): the fast path's entry point."""
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         with torch.no_grad():
             out = self.module(X.to(device=self.device, dtype=self.dtype))
         _sync(self.device)
         self.seconds += time.perf_counter() - started
+        self.cpu_seconds += time.thread_time() - cpu
         self.calls += 1
         self.sequences += int(X.shape[0])
         return out
