@@ -3,7 +3,17 @@
 A service computing in float32 (or float16/bfloat16) returns numbers on that format's grid: their
 float64 mantissas end in zero bits. The number of mantissa bits the value reads (v's one-token
 answers) actually use bounds the answers' relative precision from below; float64 answers use all
-52 of them. The rank detection tolerance and the error estimate scale with it.
+52 of them. Below float64 (`COARSE_PRECISION`) the extraction changes course:
+
+- `PrecisionReader` reads with a long a and a short b, keeps the u part of a probe's logit
+  small, forgets its cautious warm-up readings when it sets a line's scale, and reads those
+  entries again at the settled scale.
+- the reading error is measured, not modelled: an entry read along b and along -b
+  (`noise_from_column`; `paired_full_read` reads every entry so and averages the two).
+- rank="auto" judges a column's dependence by that noise (`dependence_statistic`), and the
+  oversampled fit (`joint_fit`, in `adaptive.oversampled`) counts singular values above a
+  multiple of the noise edge.
+- `error_report` turns the measured noise or the fit's residual into info['estimated_error'].
 """
 
 from __future__ import annotations
@@ -245,9 +255,11 @@ SPREAD_CAUTION = 1.0
 class PrecisionReader(BilinearReader):
     """A BilinearReader for coarse (float32/float16) answers.
 
-    Same probes and stages, two differences: a long a and a short b (`COARSE_SPLIT`), and the
-    warm-up entries of every line read again at the line's final scale (`REREAD_BELOW`): about
-    5 more queries per line.
+    Same probes and stages; the differences: a long a and a short b (`COARSE_SPLIT`, with the
+    u part of the logit kept to `U_LOGIT`), a line's spread taken from its blocks read near its
+    largest scale (`RecordingTracker`), a pilot line before lines read side by side, finer
+    warm-up blocks, and the warm-up entries read again at the settled scale (`REREAD_BELOW`,
+    up to `REREAD_ROUNDS` times): about 5 more queries per line.
     """
 
     rereads = 0
