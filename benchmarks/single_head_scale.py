@@ -412,5 +412,61 @@ def before_after(before_path: Path, after_path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":  # python benchmarks/single_head_scale.py BEFORE.json AFTER.json
-    print(before_after(Path(sys.argv[1]), Path(sys.argv[2])))
+class ClockedModule(torch.nn.Module):
+    """A module that adds up the wall and thread-CPU seconds of its own forward calls (so that any
+    version of the Oracle can be timed the same way, for a before/after split)."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.seconds = 0.0
+        self.cpu_seconds = 0.0
+
+    @property
+    def d(self) -> int:
+        return self.inner.d
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        started, cpu = time.perf_counter(), time.thread_time()
+        try:
+            return self.inner(X)
+        finally:
+            self.seconds += time.perf_counter() - started
+            self.cpu_seconds += time.thread_time() - cpu
+
+
+def learner_split(cases: str, seed: int = 0) -> list[dict]:
+    """For each case "DxR" (R an int or "full"): one extraction through DeviceOracle(cpu), no
+    tracemalloc, and the learner's share of wall and thread-CPU time next to the target's."""
+    rows = []
+    for case in cases.split(","):
+        d_text, r_text = case.split("x")
+        d, r = int(d_text), None if r_text == "full" else int(r_text)
+        head, W = build(d, r, False, seed)
+        clocked = ClockedModule(head)
+        oracle = DeviceOracle(DeviceTarget(clocked, "cpu"), d=d)
+        started, cpu = time.perf_counter(), time.thread_time()
+        result = single_head(oracle, rank=r, seed=seed, fidelity_samples=0)
+        wall, cpu = time.perf_counter() - started, time.thread_time() - cpu
+        rows.append(
+            {
+                "case": case,
+                "queries": result.queries,
+                "error": float(np.max(np.abs(result.W - W)) / np.max(np.abs(W))),
+                "learner_wall": (wall - clocked.seconds) / clocked.seconds,
+                "learner_cpu": (cpu - clocked.cpu_seconds) / clocked.cpu_seconds,
+                "target_cpu_s": clocked.cpu_seconds,
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--split":
+        # OMP_NUM_THREADS=1 PYTHONPATH=<a checkout>/src python benchmarks/single_head_scale.py
+        #   --split 512x64,1024x64,2048x64,512xfull
+        torch.set_num_threads(1)
+        learner_split(sys.argv[2])
+    else:  # python benchmarks/single_head_scale.py BEFORE.json AFTER.json
+        print(before_after(Path(sys.argv[1]), Path(sys.argv[2])))
