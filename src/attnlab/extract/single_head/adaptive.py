@@ -270,28 +270,8 @@ def auto_rank(
             and 0 < r < d
             and _full_read_affordable(reader, d, r, query_ceiling)
         ):
-            rest = _complement(Q, rng)
-            columns = np.column_stack([columns, read_columns(reader, A, rest)])
-            Q = np.column_stack([Q, rest])
-            # every column read: the rank is the number of singular values above the noise
-            # edge, and W the truncation there (which drops the noise of the other directions)
-            U, s, Vt = np.linalg.svd(columns)
-            edge = read_noise * float(np.sqrt(np.mean(columns**2))) * 2.0 * float(np.sqrt(d))
-            found = max(1, int(np.sum(s > RANK_EDGE_Z * edge)))
-            # W keeps every direction above the edge itself (weak but real ones too: a BERT
-            # head's 30th of 32 sits at 3.6x), drops the noise bulk below it
-            kept = max(found, int(np.sum(s > edge)))
-            M = (U[:, :kept] * s[:kept]) @ Vt[:kept]
-            return A.apply(M) @ Q.T, {
-                "rank": found,
-                "rank_kept": kept,
-                "rank_mode": "auto-full",
-                "rank_switch": r,
-                "read_noise": read_noise,
-                "noise_edge": float(RANK_EDGE_Z * edge / s[0]),
-                "singular_values": [float(x) for x in s[max(0, found - 2) : found + 4] / s[0]],
-                "rank_margin": worst_independent,
-            }
+            W, info = _read_the_rest(reader, A, Q, columns, rng, read_noise, query_ceiling)
+            return W, {**info, "rank_switch": r, "rank_margin": worst_independent}
         q = _next_direction(Q, rng)
         Q = np.column_stack([Q, q])
         b = DenseDirections(q[None, :])
@@ -368,6 +348,53 @@ COARSE_CHECKS = 32
 # float32 column measured 4.8). A column called dependent too early is caught by the
 # oversampled columns' noise edge (`oversampled`), one called independent costs queries.
 RANK_NOISE_TOL = 8.0
+
+
+def _read_the_rest(reader, A, Q, columns, rng, read_noise: float, query_ceiling):
+    """rank="auto" on coarse answers once a full read is affordable: every column, then W.
+
+    The rank is the number of singular values above RANK_EDGE_Z x the noise edge of the d x d
+    read, W the truncation at the edge itself (weak but real directions are kept: a BERT head's
+    30th of 32 sits at 3.6x; the noise bulk below is dropped). What the ceiling at that rank
+    leaves (the true rank is at least it) reads columns again along -q, on fresh lines, and
+    averages the two reads (the u read's error cancels).
+    """
+    d = A.d
+    rest = _complement(Q, rng)
+    columns = np.column_stack([columns, read_columns(reader, A, rest)])
+    Q = np.column_stack([Q, rest])
+    noise = read_noise
+    found, kept, edge, s = _numerical_rank(columns, noise)
+    again = 0
+    if query_ceiling is not None:
+        left = query_ceiling(found) - reader.oracle.queries - REREAD_FIXED
+        again = int(max(0, min(d, left // (d + REREAD_PER_LINE + 1))))
+    if again:
+        minus = read_columns(reader, A, -Q[:, :again])
+        columns[:, :again] = 0.5 * (columns[:, :again] - minus)
+        noise = read_noise * float(np.sqrt(1.0 - again / (2.0 * d)))
+        found, kept, edge, s = _numerical_rank(columns, noise)
+    U, _, Vt = np.linalg.svd(columns)
+    M = (U[:, :kept] * s[:kept]) @ Vt[:kept]
+    return A.apply(M) @ Q.T, {
+        "rank": found,
+        "rank_kept": kept,
+        "rank_mode": "auto-full",
+        "read_noise": read_noise,
+        "read_twice": again,
+        "full_read_noise": noise,
+        "noise_edge": float(RANK_EDGE_Z * edge / s[0]),
+        "singular_values": [float(x) for x in s[max(0, found - 2) : found + 4] / s[0]],
+    }
+
+
+def _numerical_rank(columns: np.ndarray, noise: float):
+    """(rank above RANK_EDGE_Z x the noise edge, count above the edge, edge, singular values)."""
+    d, n = columns.shape
+    s = np.linalg.svd(columns, compute_uv=False)
+    edge = noise * float(np.sqrt(np.mean(columns**2))) * float(np.sqrt(d) + np.sqrt(n))
+    found = max(1, int(np.sum(s > RANK_EDGE_Z * edge)))
+    return found, max(found, int(np.sum(s > edge))), edge, s
 
 
 def _finish(reader, A, d: int, b, line, head, head_values) -> np.ndarray:

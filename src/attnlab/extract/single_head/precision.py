@@ -165,6 +165,9 @@ def error_report(precision: float, max_abs_logit: float, d: int, info: dict | No
         if info.get("read_noise") and info.get("rank_mode") == "full-paired":
             # every entry the mean of two readings (the u part cancelled)
             estimate = PAIRED_READ_FACTOR * float(info["read_noise"]) / np.sqrt(2.0)
+        elif info.get("full_read_noise") and info.get("rank_mode") == "auto-full":
+            # every entry read once or (read_twice columns) twice: the mixture's noise
+            estimate = FULL_READ_FACTOR * float(info["full_read_noise"])
         elif info.get("read_noise") and info.get("rank_mode") in ("full", "auto-full"):
             # W = A M with every entry of M read once: W's relative error is one reading's,
             # measured on one random line; the coordinate lines of M vary around it
