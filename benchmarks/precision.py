@@ -58,12 +58,13 @@ the last of them are nearly collinear); it ends at 1.9x-2.2x one ideal reading.
 true rank above the cut (rank='auto' on coarse answers): how many singular values of the true W
 lie above the cut the extractor made (RANK_EDGE_Z = 4 times its measured noise edge): the rank
 that these answers can show. bert1's W (float16 weights) has singular values 3.8e-3, 9.7e-4 and
-5e-6 of |W|_F in 30th-32nd place, within 4x of float16's noise edge: its rank at float16
-precision is 29, which rank='auto' reports (W keeps the directions above the edge itself).
+5e-6 of |W|_F in 30th-32nd place, the last two within 4x of float16's noise edge: its rank at
+float16 precision is 30, which rank='auto' reports (W keeps the directions above the edge
+itself).
 
 float16 (this change): every low-rank row finds the true rank within 2x the limit; W errors 2.1e-3
 (full rank: at one ideal reading) to 4.2e-3 (lowrank64 rank='auto': 2.2x), estimated_error
-within 0.85x-1.7x of the actual error; the warning fires on every float16 row, never on float32
+within 0.85x-1.7x of the actual error (float32: 0.93x-1.8x); the warning fires on every float16 row, never on float32
 or float64. How: the reader's probe scales forget readings made at a cautious scale (float16
 readings there are mostly rounding; they had held every later block of a line below its target
 scale, which gave the coordinate read 0.14), a pilot line before lines read side by side, a
@@ -75,7 +76,8 @@ dependence with a second direction, and lets the oversampled columns' singular v
 4x the noise edge sigma (sqrt d + sqrt n) decide (random directions make the last columns
 nearly collinear, so the check alone stopped at 29 of 32; structured errors once made it 33);
 where the rank found makes a full read affordable within 2x (bert1), the rest is read in full
-(single reads: 3.2e-3, 1.5x the floor).
+and what the 2x ceiling at the rank found leaves reads columns again along -q (2.4e-3, 1.15x
+one ideal reading).
 
 Before this change (the same benchmark, same machine): float16 lowrank64 7.1e-3 / 7.9e-3 at
 1.78x / 1.84x; bert1 rank='auto' 5.6e-3, full-rank (coordinate read) 1.4e-1 with an estimate
