@@ -23,7 +23,7 @@ entries read again) and, for low rank, the oversampled fit; rank="auto" judges d
 the reading noise measured from the answers (32 entries read along b and -b). They spend up to
 twice the exact limit, report info['estimated_error'] (and info['read_noise']) and raise
 PrecisionWarning above 1e-5 (benchmarks/results/precision.md: float32 heads reach W errors of
-1e-6 to 2.4e-6, float16 heads 4e-3 to 6e-3, ranks found, <= 2x the limit).
+0.6e-6 to 2e-6, float16 heads 2e-3 to 4e-3, ranks found, <= 2x the limit).
 
 The extractor sees only the oracle; comparing with ground truth is the caller's business.
 """
