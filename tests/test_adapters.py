@@ -6,12 +6,14 @@ each head's bilinear form computed from its weights (evaluate.truth.hf_head_form
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
 from attnlab.evaluate.truth import attention_head_form, hf_head_form, parameter_errors
-from attnlab.extract.single_head import single_head
+from attnlab.extract.single_head import PrecisionWarning, single_head
 from attnlab.oracle import Oracle
 from attnlab.oracle.adapters import NotBilinearError, from_hf_attention, from_module
 
@@ -80,13 +82,34 @@ def test_a_real_head_is_recovered_exactly(name, bias, rank):
     assert np.linalg.matrix_rank(truth["W"]) == HEAD_DIM  # a head's W has rank d_head, not d
 
 
-def test_llama_eager_kernel_softmaxes_in_float32_and_that_shows():
-    """The model's own Llama eager kernel computes its softmax in float32: a ~1e-7 floor."""
-    model = tiny("llama", bias=False)
+@pytest.mark.parametrize("bias", [False, True])
+def test_llama_eager_kernel_softmaxes_in_float32_and_that_shows(bias):
+    """Llama's eager kernel computes its softmax in float32 and answers in float64: the
+    mantissas look exact, so the exact path runs, but the fidelity check exposes it (a warning,
+    no a-priori estimate); told the precision, single_head reads W at the float32 floor."""
+    model = tiny("llama", bias=bias)
     target = from_hf_attention(model, layer=0, head=1, kernel="eager")
-    ext = single_head(Oracle(target), fidelity_samples=200)
-    W_error = parameter_errors(ext.params, hf_head_form(model, 0, 1, target.readout))["W"]
-    assert 1e-9 < W_error < 1e-2
+    truth = hf_head_form(model, 0, 1, target.readout)
+    with pytest.warns(PrecisionWarning, match="look like float64"):
+        ext = single_head(Oracle(target), affine=bias, fidelity_samples=200)
+    assert parameter_errors(ext.params, truth)["W"] > 1e-9  # the hidden float32 is real
+    assert ext.info["estimated_error"] is None and ext.info["hidden_precision"] > 1e-10
+    told = single_head(
+        Oracle(target), affine=bias, fidelity_samples=200, method_options={"precision": 6e-8}
+    )
+    W_error = parameter_errors(told.params, truth)["W"]
+    assert W_error < 1e-6
+    assert W_error / 3 < told.info["estimated_error"] < 3 * W_error
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2", "llama"])
+def test_exact_float64_kernels_raise_no_precision_warning(name):
+    model = tiny(name, bias=True)
+    target = from_hf_attention(model, layer=0, head=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PrecisionWarning)
+        ext = single_head(Oracle(target), affine=True, fidelity_samples=200)
+    assert ext.info["fidelity_over_v"] < 1e-12
 
 
 def test_rotary_heads_under_real_positions_are_refused():

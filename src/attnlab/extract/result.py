@@ -39,7 +39,13 @@ INFO_KEYS: dict[str, str] = {
     "oracle_seconds": "wall seconds spent inside oracle calls (target + Oracle checks); seconds minus "
     "this is the learner's own time",
     "answer_precision": "adaptive: relative precision of the answers (given, or read off their mantissas)",
-    "estimated_error": "adaptive: a-priori relative error of W from the answer precision",
+    "estimated_error": "adaptive: a-priori relative error of W from the answer precision (None "
+    "when float64-looking answers proved coarser: see hidden_precision)",
+    "fidelity_over_v": "adaptive, float64 answers: fidelity / |v| (an exact float64 head: ~1e-14)",
+    "hidden_precision": "adaptive: fidelity / |v| above 1e-10 on float64-looking answers (a hidden "
+    "float32 softmax, or not one head): PrecisionWarning, W may be far off",
+    "frames": "multi_head: nearly parallel heads read in frames orthogonal to each direction's "
+    "common row",
     "rank_tol": "rank=auto: relative mismatch below which a column counts as dependent",
     "oversampled": "coarse answers, low rank: extra columns/rows of the least-squares fit",
     "discarded_singular": "coarse answers, low rank: first dropped singular value / largest",
