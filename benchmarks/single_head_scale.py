@@ -463,7 +463,7 @@ def learner_split(cases: str, seed: int = 0) -> list[dict]:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "--split":
+    if len(sys.argv) > 2 and sys.argv[1] == "--split":
         # OMP_NUM_THREADS=1 PYTHONPATH=<a checkout>/src python benchmarks/single_head_scale.py
         #   --split 512x64,1024x64,2048x64,512xfull
         torch.set_num_threads(1)
