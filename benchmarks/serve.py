@@ -38,8 +38,8 @@ from tqdm import tqdm
 
 from attnlab import Oracle
 from attnlab.models import SingleHeadAttention
-from attnlab.serve import KeyStore, save_target
 from attnlab.oracle.http import HttpTarget, ServiceBudgetExhausted
+from attnlab.serve import KeyStore, save_target
 
 D, TOKENS = 8, 16
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -116,7 +116,7 @@ def sampling_table(quick: bool, progress) -> list[str]:
     for name, params, n in progress(configs, desc="sampling"):
         task = get_task(name, **params)
         rng = np.random.default_rng(0)
-        wall, cpu = best_time(lambda: task.sample(rng, n), 3)
+        wall, cpu = best_time(lambda task=task, rng=rng, n=n: task.sample(rng, n), 3)
         shown = ", ".join(f"{k}={v}" for k, v in params.items())
         rows.append(f"| {name} | {shown} | {n:,} | {wall:.3f} | {cpu:.3f} | {n / cpu:,.0f} |")
     return rows

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from attnlab.constructions import CertificateQSA, ThirdOrderMatch3, smallest_certificate_qsa
-from attnlab.constructions.match2 import Match2WidthThree
 from attnlab.constructions.lower_bound import measure_disjointness
+from attnlab.constructions.match2 import Match2WidthThree
 from attnlab.tasks import get_task
 
 

@@ -17,8 +17,8 @@ import argparse
 from attnlab import Oracle
 from attnlab.evaluate import relative_error
 from attnlab.extract import single_head
-from attnlab.models.torch_heads import MultiheadReadout, affine_parameters
 from attnlab.models import SingleHeadAttention
+from attnlab.models.torch_heads import MultiheadReadout, affine_parameters
 
 
 def main() -> None:
