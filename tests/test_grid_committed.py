@@ -143,6 +143,21 @@ def test_the_committed_tables_are_the_ones_the_records_give(records, report_text
         assert line in report_text, line
 
 
+def test_the_baselines_bracket_the_ffn_bound_at_more_than_one_n(records):
+    """Issue 11's bracketing: MLPs below and above N d'/2, at every N where baselines ran, and at
+    two training-set sizes at the largest of them."""
+    mlp = [r for r in records if r["config"]["model"]["arch"] == "mlp"]
+    sides = defaultdict(set)
+    sizes = defaultdict(set)
+    for r in mlp:
+        p = r["config"]["task"]["params"]
+        bound = p["N"] * p["d_prime"] / 2
+        sides[p["N"]].add(r["config"]["model"]["width"] > bound)
+        sizes[p["N"]].add(r["config"]["train"]["n_train"])
+    assert len(sides) >= 2 and all(s == {True, False} for s in sides.values()), dict(sides)
+    assert len(sizes[max(sizes)]) >= 2, dict(sizes)
+
+
 def test_the_committed_rates_leave_out_idle_time(records):
     """Runs per hour come from the runs' own CPU and wall time and from the hours in which some
     run was training, never from the calendar span (which holds idle gaps between sweeps)."""

@@ -90,18 +90,19 @@ def plot_threshold_width(width_rows: list[dict[str, Any]], path: str | Path) -> 
     return _save(fig, path)
 
 
-def _need_errorbar(ax, xs, rows, key, colour, label, marker="o"):
-    """Plot one line of needs with their intervals; censored estimates as open markers
-    (triangle up: more than the largest size tried, down: at most the smallest)."""
+def _need_errorbar(ax, xs, rows, key, colour, label, marker="o", shift=1.0):
+    """Plot one line of needs with their intervals. A cell with a censored seed has no interval:
+    its seeds are drawn one by one, measured ones as small dots and censored ones as open
+    triangles (up: more than the largest size tried, down: at most the smallest). `shift`
+    multiplies those x positions, so that models censored at the same size stay apart."""
     xs_m, ys, lo, hi = [], [], [], []
     for x, row in zip(xs, rows):
         need = row[key]
-        kinds = set(need["per_seed_kind"])
-        if need["estimate"] is None or kinds != {"measured"}:
-            value = max(need["per_seed"]) if "more than" in kinds else min(need["per_seed"])
-            ax.plot(
-                [x], [value], "^" if "more than" in kinds else "v", color=colour, mfc="none", ms=8
-            )
+        if need["estimate"] is None or set(need["per_seed_kind"]) != {"measured"}:
+            for value, kind in zip(need["per_seed"], need["per_seed_kind"]):
+                style = {"measured": ".", "more than": "^"}.get(kind, "v")
+                filled = colour if kind == "measured" else "none"
+                ax.plot([x * shift], [value], style, color=colour, mfc=filled, ms=8)
             continue
         xs_m.append(x)
         ys.append(need["estimate"])
@@ -142,14 +143,19 @@ def plot_samples_vs_n(needs: list[dict[str, Any]], path: str | Path) -> Path:
                         key,
                         f"C{index % 10}",
                         model,
+                        shift=2 ** (0.025 * (index - (len(models) - 1) / 2)),
                     )
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
+            ns = sorted({n["task_params"]["N"] for n in qsa if n["task_params"]["q"] == q})
+            ax.set_xticks(ns, [str(n) for n in ns])
+            ax.set_xlim(ns[0] / 1.3, ns[-1] * 1.3)
             ax.set_xlabel("sequence length N")
             ax.set_ylabel(f"samples to {what} <= 1/(2q)")
             ax.set_title(f"qSA, q = {q}", fontsize=10)
             ax.grid(alpha=0.3, which="both")
-    axes[0][0].legend(fontsize=7)
+            if row == 0:
+                ax.legend(fontsize=7)
     return _save(fig, path)
 
 

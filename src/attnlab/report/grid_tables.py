@@ -27,6 +27,7 @@ GRID_SWEEPS = (
     "qsa-samples-q4",
     "qsa-baselines-n32",
     "qsa-baselines-n64",
+    "qsa-baselines-n64-long",
     "qsa-width-grid",
     "match3-widths",
     "match3-long",

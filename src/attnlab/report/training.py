@@ -25,6 +25,7 @@ QSA_SWEEPS = (
     "qsa-samples-q4",
     "qsa-baselines-n32",
     "qsa-baselines-n64",
+    "qsa-baselines-n64-long",
 )
 
 
