@@ -232,7 +232,9 @@ def write_grid_report(
         "A trained float32 RNN with even one state float per bit of the bound is above it, so training "
         "cannot show the RNN bound from below at float precision; what it shows is whether sizes above the "
         "bounds learn from this many samples. Errors: mean over seeds with a 95% t-interval; 'predict 0' is "
-        "the error of a model that learned nothing (0 is the mean target).",
+        "the error of a model that learned nothing (0 is the mean target). 'Stopped at the floor' counts "
+        "runs the plateau rule stopped at the first step it could (the step floor): a run stopped there at "
+        "the 'predict 0' error has not left the initial plateau, so its row says little about the bound.",
         "",
     ] + bracketing_table(qsa)
     lines += ["", "## Smallest width (qSA, one head)", ""] + width_table(widths)

@@ -333,8 +333,9 @@ def _bound_side(model: dict[str, Any], N: int, d_prime: int) -> tuple[str, str]:
 
 
 def bracketing_table(records: list[dict[str, Any]]) -> list[str]:
-    """The FFN and RNN baselines by size against their bound, N and training-set size: errors
-    over seeds with their interval, beside the error of predicting 0 (learning nothing)."""
+    """The FFN and RNN baselines by size against their bound, N, training-set size and step floor:
+    errors over seeds with their interval, beside the error of predicting 0 (learning nothing), and
+    how many runs stopped at the floor (a run stopped there on a plateau may not have trained)."""
     cells: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         c = r["config"]
@@ -349,25 +350,27 @@ def bracketing_table(records: list[dict[str, Any]]) -> list[str]:
                     c["model"]["width"],
                     model,
                     c["train"]["n_train"],
+                    c["train"].get("min_steps", 0),
                 )
             ].append(r)
     lines = [
-        "| N | q | model | size against the bound | side | training examples | seeds | worst-case error "
-        "[95% CI] | mean error [95% CI] | predict 0: mean / worst | seeds within 1/(2q) | steps (mean) "
-        "| stopped by budget |",
-        "|---:|---:|---|---|---|---:|---:|---|---|---|---:|---:|---:|",
+        "| N | q | model | size against the bound | side | training examples | step floor | seeds | "
+        "worst-case error [95% CI] | mean error [95% CI] | predict 0: mean / worst | seeds within "
+        "1/(2q) | steps (mean) | stopped at the floor | stopped by budget |",
+        "|---:|---:|---|---|---|---:|---:|---:|---|---|---|---:|---:|---:|---:|",
     ]
-    for (q, N, _, _, model_json, n_train), runs in sorted(cells.items()):
+    for (q, N, _, _, model_json, n_train, floor), runs in sorted(cells.items()):
         model = json.loads(model_json)
         params = runs[0]["config"]["task"]["params"]
         size, side = _bound_side(model, N, params["d_prime"])
         zero_mean, zero_max = _zero_predictor(params)
         lines.append(
-            f"| {N} | {q} | {model_label(model)} | {size} | {side} | {n_train} | {len(runs)} | "
+            f"| {N} | {q} | {model_label(model)} | {size} | {side} | {n_train} | {floor} | {len(runs)} | "
             f"{_interval_text([r['metrics']['max_error'] for r in runs])} | "
             f"{_interval_text([r['metrics']['mean_error'] for r in runs])} | {zero_mean:.2f} / {zero_max:.2f} | "
             f"{sum(r['metrics']['reached_threshold'] for r in runs)} of {len(runs)} | "
             f"{np.mean([r['metrics']['steps'] for r in runs]):.0f} | "
+            f"{sum(r['metrics']['steps'] <= floor for r in runs)} of {len(runs)} | "
             f"{sum(r['metrics']['stop_reason'] == 'budget' for r in runs)} of {len(runs)} |"
         )
     return lines
