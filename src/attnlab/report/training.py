@@ -26,7 +26,18 @@ QSA_SWEEPS = (
     "qsa-baselines-n32",
     "qsa-baselines-n64",
     "qsa-baselines-n64-long",
+    "qsa-bracketing-small-n",
 )
+
+
+def step_floor(record: dict[str, Any]) -> int:
+    """The run's step floor (train.min_steps): no plateau stop or learning-rate cut before it."""
+    return int(record["config"]["train"].get("min_steps", 0))
+
+
+def stopped_at_floor(record: dict[str, Any]) -> bool:
+    """Whether the run stopped at its step floor (on a plateau it may never have left)."""
+    return bool(record["metrics"]["steps"] <= step_floor(record))
 
 
 def _smoke(ctx: Context) -> tuple[str, dict[str, Any]]:
@@ -75,7 +86,7 @@ def longest_floor(
     for r in records:
         c = r["config"]
         key = (json.dumps(c["task"], sort_keys=True), json.dumps(c["model"], sort_keys=True))
-        groups.setdefault(key, {}).setdefault(c["train"].get("min_steps", 0), []).append(r)
+        groups.setdefault(key, {}).setdefault(step_floor(r), []).append(r)
     kept, superseded = [], []
     for by_floor in groups.values():
         if len(by_floor) == 1:
