@@ -119,6 +119,28 @@ def test_verdict_partly_when_attention_wins_but_grows_like_a_power_of_n():
     assert status == PARTLY and any("faster than logarithmic" in p for p in parts), parts
 
 
+def test_small_n_cannot_hide_fast_growth_at_large_n():
+    """Flat needs at N = 4, 8 beside needs growing like N^2 from N = 16 on: the fit over every N
+    is dragged towards flat, and the second fit over N >= 16 alone says faster than logarithmic
+    (so the claim is not marked reproduced)."""
+    needs = {4: 40, 8: 40, 16: 40, 32: 160, 64: 640}
+    judged = judge(_grid(needs, Ns=tuple(needs)))
+    (everything,) = [f for f in judged["fits"] if "from N" not in f]
+    (large,) = [f for f in judged["fits"] if f.get("from N") == 16]
+    assert everything["N values"] == [4, 8, 16, 32, 64] and large["N values"] == [16, 32, 64]
+    assert large["exponent"] == pytest.approx(2.0, abs=0.1)
+    assert large["verdict"] == "faster than logarithmic"
+    assert everything["exponent"] < large["exponent"]
+    status, parts = verdict(judged)
+    assert status == PARTLY and any(p.startswith("q=1, N >= 16:") for p in parts), parts
+
+
+def test_no_second_fit_without_small_n():
+    assert all(
+        "from N" not in f for f in judge(_grid({16: 20, 32: 80, 64: 320}, Ns=(16, 32, 64)))["fits"]
+    )
+
+
 def test_verdict_not_reproduced_when_a_baseline_does_better_and_growth_is_fast():
     records = _grid({16: 20, 32: 80, 64: 320}, Ns=(16, 32, 64))
     records += [
@@ -205,3 +227,24 @@ def test_the_committed_grid_is_judged_without_retraining():
     assert all(n["max"]["seeds"] >= 3 for n in judged["needs"])
     assert judged["comparisons"], "no baseline was compared with attention"
     assert any(f["N values"] and len(f["N values"]) >= 3 for f in judged["fits"]), judged["fits"]
+
+
+def test_the_success_matrix_puts_each_need_under_its_n_and_mlps_against_the_ffn_bound():
+    from attnlab.report.grid_tables import success_matrix
+
+    records = []
+    for seed in range(3):
+        # attention at N=4 crosses 1/2 between 16 and 64 (log-log: at 32); an MLP of width 64
+        # (8x N d'/2 = 8) never does at N=4, nor at N=8
+        records += [
+            record(4, 1, "attention", 16, seed, 1.0),
+            record(4, 1, "attention", 64, seed, 0.25),
+        ]
+        records += [record(4, 1, "mlp", n, seed, 0.9, width=64) for n in (1024, 4096)]
+        records += [record(8, 1, "mlp", n, seed, 0.9, width=64) for n in (1024, 4096)]
+    lines = success_matrix(sample_needs(records))
+    assert lines[0] == "| model (q = 1) | N = 4 | N = 8 |"
+    attention = next(line for line in lines if line.startswith("| attention"))
+    assert attention.endswith("| 32 | - |")
+    mlp = next(line for line in lines if line.startswith("| mlp"))
+    assert mlp.endswith("| > 4.1e+03 (8x) | > 4.1e+03 (4x) |")

@@ -25,6 +25,7 @@ from attnlab.report.grid_tables import (
     match3_summary,
     match3_table,
     samples_table,
+    success_matrix,
     throughput_table,
     width_table,
 )
@@ -131,6 +132,7 @@ def test_the_committed_tables_are_the_ones_the_records_give(records, report_text
     qsa = [r for r in records if set(r["sweeps"]) & set(QSA_SWEEPS)]
     tables = (
         samples_table(judged["needs"])
+        + success_matrix(judged["needs"])
         + width_table(widths)
         + match3_summary(records)
         + match3_table(records)
@@ -156,6 +158,20 @@ def test_the_baselines_bracket_the_ffn_bound_at_more_than_one_n(records):
         sizes[p["N"]].add(r["config"]["train"]["n_train"])
     assert len(sides) >= 2 and all(s == {True, False} for s in sides.values()), dict(sides)
     assert len(sizes[max(sizes)]) >= 2, dict(sizes)
+
+
+def test_no_mlp_below_the_ffn_bound_reaches_the_threshold(records):
+    """The FFN lower bound (first-layer width about N d'/2) seen in the committed runs: no MLP
+    narrower than N d'/2 gets within the worst-case threshold, at any N or training-set size, and
+    the grid holds some MLP above the bound that does (at N = 4), so the check can tell them apart."""
+    below, above = [], []
+    for r in records:
+        if r["config"]["model"]["arch"] == "mlp" and r["config"]["task"]["name"] == "qsa":
+            p = r["config"]["task"]["params"]
+            side = below if r["config"]["model"]["width"] < p["N"] * p["d_prime"] / 2 else above
+            side.append(r["metrics"]["reached_threshold"])
+    assert below and not any(below)
+    assert any(above)
 
 
 def test_the_committed_rates_leave_out_idle_time(records):

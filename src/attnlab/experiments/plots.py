@@ -23,19 +23,31 @@ def plot_error_vs_samples(rows: list[dict[str, Any]], path: str | Path) -> Path:
         by_task[row["task"]].append(row)
     if not by_task:
         raise ValueError("no finished runs to plot; run a sweep into this store first")
-    tasks = sorted(by_task)
+    # tasks in the order of their parameters (q, then N), not of their labels' text
+    tasks = sorted(
+        by_task,
+        key=lambda t: (
+            by_task[t][0].get("task_name", t),
+            *(by_task[t][0].get("task_params", {}).get(k, 0) for k in ("q", "N")),
+            t,
+        ),
+    )
     cols = min(3, math.ceil(math.sqrt(len(tasks))))
     nrows = -(-len(tasks) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.6 * nrows), squeeze=False)
+    styles = _model_styles(rows) if all("arch" in r and "width" in r for r in rows) else {}
     for ax, task in zip(axes.flat, tasks):
         lines: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for row in by_task[task]:
             lines[row["model"]].append(row)
-        for index, (model, points) in enumerate(sorted(lines.items())):
-            points.sort(key=lambda r: r["n_train"])
-            colour = f"C{index % 10}"
+        ordered = [m for m in styles if m in lines] + sorted(set(lines) - set(styles))
+        for index, model in enumerate(ordered):
+            points = sorted(lines[model], key=lambda r: r["n_train"])
+            colour, marker = styles.get(model, (f"C{index % 10}", "o"))
             x = [p["n_train"] for p in points]
-            ax.plot(x, [p["max_error"] for p in points], "o-", color=colour, label=model)
+            ax.plot(
+                x, [p["max_error"] for p in points], marker + "-", color=colour, label=model, ms=5
+            )
             if "mean_error" in points[0]:
                 ax.plot(x, [p["mean_error"] for p in points], ":", color=colour, alpha=0.7)
         ax.axhline(by_task[task][0]["threshold"], color="k", ls="--", lw=1, label="threshold")
@@ -45,9 +57,9 @@ def plot_error_vs_samples(rows: list[dict[str, Any]], path: str | Path) -> Path:
         ax.set_xlabel("training examples")
         ax.set_ylabel("test error (max solid, mean dotted)")
         ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6)
     for ax in list(axes.flat)[len(tasks) :]:
         ax.set_visible(False)
-    axes.flat[0].legend(fontsize=7)
     return _save(fig, path)
 
 
@@ -125,12 +137,12 @@ def plot_samples_vs_n(needs: list[dict[str, Any]], path: str | Path) -> Path:
             "no qSA sample-size runs to plot; run the qsa-samples sweep into this store first"
         )
     qs = sorted({n["task_params"]["q"] for n in qsa})
-    fig, axes = plt.subplots(2, len(qs), figsize=(4.8 * len(qs), 7.2), squeeze=False)
-    models = sorted({n["model"] for n in qsa})
+    fig, axes = plt.subplots(2, len(qs), figsize=(4.8 * len(qs), 7.6), squeeze=False)
+    styles = _model_styles(qsa)
     for col, q in enumerate(qs):
         for row, (key, what) in enumerate((("max", "worst-case error"), ("mean", "mean error"))):
             ax = axes[row][col]
-            for index, model in enumerate(models):
+            for index, (model, (colour, marker)) in enumerate(styles.items()):
                 line = sorted(
                     (n for n in qsa if n["model"] == model and n["task_params"]["q"] == q),
                     key=lambda n: n["task_params"]["N"],
@@ -141,9 +153,10 @@ def plot_samples_vs_n(needs: list[dict[str, Any]], path: str | Path) -> Path:
                         [n["task_params"]["N"] for n in line],
                         line,
                         key,
-                        f"C{index % 10}",
+                        colour,
                         model,
-                        shift=2 ** (0.025 * (index - (len(models) - 1) / 2)),
+                        marker=marker,
+                        shift=2 ** (0.025 * (index - (len(styles) - 1) / 2)),
                     )
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
@@ -154,9 +167,51 @@ def plot_samples_vs_n(needs: list[dict[str, Any]], path: str | Path) -> Path:
             ax.set_ylabel(f"samples to {what} <= 1/(2q)")
             ax.set_title(f"qSA, q = {q}", fontsize=10)
             ax.grid(alpha=0.3, which="both")
-            if row == 0:
-                ax.legend(fontsize=7)
-    return _save(fig, path)
+    # one legend for every panel, below them: a model keeps its colour and marker everywhere
+    handles = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    ordered = [m for m in styles if m in handles]
+    fig.legend(
+        [handles[m] for m in ordered],
+        ordered,
+        loc="lower center",
+        ncol=min(6, len(ordered)),
+        fontsize=7,
+        frameon=False,
+    )
+    fig.tight_layout(rect=(0, 0.03 + 0.022 * math.ceil(len(ordered) / 6), 1, 1))
+    return _save(fig, path, layout=False)
+
+
+# per family: its marker and the colours its models take in turn
+FAMILY_STYLE = {
+    "attention": (("C0", "C1", "C4"), "o"),
+    "lstm": (("C3", "C5"), "D"),
+    "gru": (("C2", "C6"), "D"),
+}
+
+
+def _model_styles(needs: list[dict[str, Any]]) -> dict[str, tuple[Any, str]]:
+    """A colour and marker per model: attention, the RNNs, then MLPs by width, the MLPs shaded
+    from light (narrow) to dark (wide) so that width reads off the colour."""
+    import numpy as np
+
+    order = {"attention": 0, "lstm": 1, "gru": 2}
+    models = sorted({(order.get(n["arch"], 3), n["arch"], n["width"], n["model"]) for n in needs})
+    mlps = [m for m in models if m[1] not in FAMILY_STYLE]
+    shades = plt.cm.viridis(np.linspace(0.85, 0.05, max(len(mlps), 1)))
+    styles: dict[str, tuple[Any, str]] = {}
+    taken: dict[str, int] = defaultdict(int)
+    for entry in models:
+        if entry[1] in FAMILY_STYLE:
+            colours, marker = FAMILY_STYLE[entry[1]]
+            styles[entry[3]] = (colours[taken[entry[1]] % len(colours)], marker)
+            taken[entry[1]] += 1
+        else:
+            styles[entry[3]] = (shades[mlps.index(entry)], "s")
+    return styles
 
 
 def plot_width_needs(width_rows: list[dict[str, Any]], path: str | Path) -> Path:
@@ -235,9 +290,11 @@ def plot_attention_pattern(weights, pointers, path: str | Path, title: str = "")
     return _save(fig, path)
 
 
-def _save(fig, path: str | Path) -> Path:
-    """Write `fig` as a PNG at `path` (making its folder) and free it."""
-    fig.tight_layout()
+def _save(fig, path: str | Path, layout: bool = True) -> Path:
+    """Write `fig` as a PNG at `path` (making its folder) and free it; `layout=False` keeps a
+    layout the caller made (e.g. room left for a figure legend)."""
+    if layout:
+        fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

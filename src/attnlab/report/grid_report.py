@@ -30,6 +30,7 @@ from attnlab.report.grid_tables import (
     match3_summary,
     match3_table,
     samples_table,
+    success_matrix,
     throughput_table,
     width_table,
 )
@@ -205,6 +206,13 @@ def write_grid_report(
             "",
         ]
         + samples_table(judged["needs"])
+        + [
+            "",
+            "The same needs as one matrix (q = 1; worst-case error; geometric mean over seeds, `>` where "
+            "no seed got there with the largest size tried; MLPs: first-layer width against N d'/2):",
+            "",
+        ]
+        + success_matrix(judged["needs"])
         + [
             "",
             f"Claim check (`attnlab reproduce`): **{ {True: 'reproduced', False: 'not reproduced', 'partly': 'partly reproduced'}[status] }**.",

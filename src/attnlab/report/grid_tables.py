@@ -149,6 +149,39 @@ def samples_table(needs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def success_matrix(needs: list[dict[str, Any]], q: int = 1) -> list[str]:
+    """Samples to worst-case error 1/(2q) per model (rows) and N (columns), at one q: where each
+    model starts and stops succeeding as N grows. MLP cells give the first-layer width against
+    the FFN bound N d'/2 beside the need."""
+    chosen = [n for n in needs if n["task_params"]["q"] == q]
+    Ns = sorted({n["task_params"]["N"] for n in chosen})
+    rows: dict[tuple, dict[int, str]] = defaultdict(dict)
+    for n in chosen:
+        N, kinds = n["task_params"]["N"], n["max"]["per_seed_kind"]
+        seeds = n["max"]["per_seed"]
+        if not any(k in ("at most", "more than") for k in kinds):
+            text = f"{float(np.exp(np.mean(np.log(seeds)))):.3g}"
+        elif all(k == "more than" for k in kinds):
+            text = f"> {max(seeds):.3g}"
+        elif all(k == "at most" for k in kinds):
+            text = f"<= {max(seeds):.3g}"
+        else:
+            text = "seeds " + " ".join(
+                f"{'<=' if k == 'at most' else '>' if k == 'more than' else ''}{v:.3g}"
+                for v, k in zip(seeds, kinds)
+            )
+        if n["arch"] == "mlp":
+            text += f" ({n['width'] / (N * n['task_params']['d_prime'] / 2):g}x)"
+        rows[(n["arch"] != "attention", n["arch"], n["width"], n["model"])][N] = text
+    lines = [
+        f"| model (q = {q}) | " + " | ".join(f"N = {N}" for N in Ns) + " |",
+        "|---|" + "---|" * len(Ns),
+    ]
+    for key in sorted(rows):
+        lines.append(f"| {key[3]} | " + " | ".join(rows[key].get(N, "-") for N in Ns) + " |")
+    return lines
+
+
 def width_table(widths: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| N | q | training examples | widths tried | smallest width reaching 1/(2q) [95% CI] | per seed |",

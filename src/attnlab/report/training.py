@@ -30,6 +30,10 @@ QSA_SWEEPS = (
 )
 
 
+# the smallest N of the second growth fit (N this small and up)
+LARGE_N = 16
+
+
 def step_floor(record: dict[str, Any]) -> int:
     """The run's step floor (train.min_steps): no plateau stop or learning-rate cut before it."""
     return int(record["config"]["train"].get("min_steps", 0))
@@ -103,7 +107,7 @@ def longest_floor(
 
 def judge(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Both parts of the claim on a list of qSA records (what the committed file holds)."""
-    from attnlab.experiments.thresholds import growth_fit, sample_needs
+    from attnlab.experiments.thresholds import sample_needs
 
     records = [
         r
@@ -139,44 +143,52 @@ def judge(records: list[dict[str, Any]]) -> dict[str, Any]:
                 )
     fits = []
     for q in sorted({q for _, q in by_setting}):
-        measured, bounds, left = [], [], 0
+        seeds = []  # (N, need, kind) of every attention seed at this q
         for (N, q2), entries in by_setting.items():
             for att in (e for e in entries if e["arch"] == "attention" and q2 == q):
-                for value, kind in zip(att["max"]["per_seed"], att["max"]["per_seed_kind"]):
-                    if kind == "measured":
-                        measured.append((N, value))
-                    elif kind == "more than":
-                        bounds.append((N, value))
-                    else:
-                        left += 1
-        fit = growth_fit(measured)
-        if bounds:
-            # A seed that never got within the threshold needs more than the largest size tried.
-            # Fitted at that bound its need is underestimated, so the slope is too: "faster than
-            # logarithmic" from this fit is a safe conclusion, anything else is not.
-            lower = growth_fit(measured + bounds)
-            fit = {
-                **lower,
-                "verdict": "faster than logarithmic"
-                if lower["verdict"] == "faster than logarithmic"
-                else "inconclusive (some seeds never reached the threshold)",
-                "fit": "measured seeds and never-reached seeds at their bound (a lower bound on the slope)",
-            }
-        fits.append(
-            {
-                "q": q,
-                **fit,
-                "never-reached seeds (at their bound)": len(bounds),
-                "seeds within at the smallest size (left out)": left,
-                "N values": sorted({N for N, _ in measured + bounds}),
-            }
-        )
+                seeds += [
+                    (N, value, kind)
+                    for value, kind in zip(att["max"]["per_seed"], att["max"]["per_seed_kind"])
+                ]
+        fits.append({"q": q, **_growth(seeds)})
+        large = [s for s in seeds if s[0] >= LARGE_N]
+        if len(large) < len(seeds) and len({s[0] for s in large}) >= 2:
+            # growth is an asymptotic claim: the small N alone must not decide it
+            fits.append({"q": q, "from N": LARGE_N, **_growth(large)})
     return {
         "needs": needs,
         "comparisons": comparisons,
         "fits": fits,
         "records": records,
         "superseded": superseded,
+    }
+
+
+def _growth(seeds: list[tuple[int, float, str]]) -> dict[str, Any]:
+    """The growth fit of attention's need in N over (N, need, kind) seeds: measured seeds, and
+    never-reached ones at their bound (which makes the slope a lower bound)."""
+    from attnlab.experiments.thresholds import growth_fit
+
+    measured = [(N, v) for N, v, kind in seeds if kind == "measured"]
+    bounds = [(N, v) for N, v, kind in seeds if kind == "more than"]
+    fit = growth_fit(measured)
+    if bounds:
+        # A seed that never got within the threshold needs more than the largest size tried.
+        # Fitted at that bound its need is underestimated, so the slope is too: "faster than
+        # logarithmic" from this fit is a safe conclusion, anything else is not.
+        lower = growth_fit(measured + bounds)
+        fit = {
+            **lower,
+            "verdict": "faster than logarithmic"
+            if lower["verdict"] == "faster than logarithmic"
+            else "inconclusive (some seeds never reached the threshold)",
+            "fit": "measured seeds and never-reached seeds at their bound (a lower bound on the slope)",
+        }
+    return {
+        **fit,
+        "never-reached seeds (at their bound)": len(bounds),
+        "seeds within at the smallest size (left out)": len(seeds) - len(measured) - len(bounds),
+        "N values": sorted({N for N, _ in measured + bounds}),
     }
 
 
@@ -196,7 +208,7 @@ def verdict(judged: dict[str, Any]) -> tuple[bool | str, list[str]]:
     for f in fits:
         if f["exponent"] is None:
             parts.append(
-                f"q={f['q']}: growth in N not fitted ({f['verdict']}, N values {f['N values']})"
+                f"{_fit_name(f)}: growth in N not fitted ({f['verdict']}, N values {f['N values']})"
             )
         else:
             never = f["never-reached seeds (at their bound)"]
@@ -207,7 +219,7 @@ def verdict(judged: dict[str, Any]) -> tuple[bool | str, list[str]]:
                 else ""
             )
             parts.append(
-                f"q={f['q']}: need ~ N^b with b = {f['exponent']:.2f} [{f['low']:.2f}, {f['high']:.2f}] "
+                f"{_fit_name(f)}: need ~ N^b with b = {f['exponent']:.2f} [{f['low']:.2f}, {f['high']:.2f}] "
                 f"over N in {f['N values']} ({f['points']} seeds{censored}; log growth means b <= "
                 f"{f['log_growth_exponent']:.2f}): {f['verdict']}"
             )
@@ -221,6 +233,10 @@ def verdict(judged: dict[str, Any]) -> tuple[bool | str, list[str]]:
     ):
         return PARTLY, parts
     return False, parts
+
+
+def _fit_name(fit: dict[str, Any]) -> str:
+    return f"q={fit['q']}" + (f", N >= {fit['from N']}" if "from N" in fit else "")
 
 
 def _figures(ctx: Context, records: list[dict[str, Any]], needs) -> list[str]:
