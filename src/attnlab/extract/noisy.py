@@ -9,20 +9,16 @@ method="paper" (reference): probes [(e_i / B + e_j / 2); e_j / 2] keep every log
   d^2 + d queries (times `repeats`, averaged, if asked). The signal of probe (i, j) is
   |v_i| / B: one small value coordinate spoils a whole row of W.
 
-method="robust" (ours), at the same largest token norm (1, the paper's e_i):
-  - values from orthonormal designs (repeated for random noise, fresh designs otherwise);
-  - W in the coordinates of v: with q_1 = v/|v| and q_k orthonormal, the rows s q_1 and
-    s (q_1 + q_k)/sqrt(2) all have |a^T v| >= s|v|/sqrt(2) (no per-coordinate margin, and a
-    solve whose condition number is ~2.6); the column side is a random orthonormal basis;
-  - probe sizes from the measurements themselves, so logits sit near 1 where the logit
-    inversion amplifies noise least relative to the signal, with |a + b|, |b| <= max_token_norm;
-    row and column directions are nearly orthogonal, so each row is sized to make |a + b| equal
-    the limit exactly, and the bilinear scale |a| |b| reaches R^2 / 2 (R / 2 each side would
-    give only R^2 / 4; the paper's e_i / B + e_j / 2 uses the same orthogonality);
-  - weighted least squares; with more queries than d^2 + d, more rows per column
-    (overdetermined) and more value designs; exact repeats only where noise is random (and no
-    journal would replay them): rounding and adversarial noise answer a repeat identically;
-  - an error estimate (typical and worst case) from the noise model, in info["error_estimate"].
+method="robust" (ours, in noisy_robust): offset probes at the same largest token norm (1 by
+  default, the paper's e_i). Every probe's two tokens carry opposite parts of a component along
+  v / |v|, so the answer is y = (alpha - alpha0) g with g = (x1 - x2)^T v and alpha0 the typical
+  alpha: it is near zero, relative rounding (k significant digits, float32) reads the logit to
+  relative precision, and the v component costs a quarter of the token budget it would
+  otherwise. Probe shapes (signal, bilinear scale, offset) minimise a first-order error model of
+  the oracle's noise under a logit target, with the W scale measured as it goes; orthogonal to v
+  the rows and columns are simplex frames (independent for any sizes); weighted least squares;
+  with more queries than d^2 + d, more rows per column and more value designs (exact repeats only
+  where noise is random); an error estimate (typical and worst case) in info["error_estimate"].
 
 Noise too large for any guarantee (the bound on one answer comparable to the signal |a^T v|
 a probe can reach) raises ExtractionError instead of returning garbage.
@@ -87,9 +83,10 @@ def noisy_single_head(
     method : "robust" (default), "paper" or "nuclear-norm" (Theorem 5.1's program on Gaussian
         rank-one probes, for low-rank W; see _nuclear).
     method_options : for "robust": `queries`, the total to spend, >= d^2 + d (default d^2 + d;
-        only when the first column saturates the softmax is it read again with smaller probes,
-        d more queries each time, info["pilot_retries"]); `B`, an optional bound ||W||_F <= B
-        (without it the first column is read at a safe size and later ones adapt);
+        the first max(1, min(4, d // 4)) probes are read before the scale of W is known, and
+        again, smaller, while their logits exceed 3 or saturate the softmax: that many more
+        queries each time, info["pilot_retries"]); `B`, an optional bound ||W||_2 <= B that
+        sizes those first probes (without it they guess logits of 1 at |u| |z| = R^2 / 2);
         `max_token_norm`, the largest token norm a probe may use (default 1, the paper's).
         For "paper": `B`, the bound ||W||_F <= B the estimator needs (required); `repeats`, ask
         every probe this many times and average (useful for random noise).
@@ -122,7 +119,9 @@ def noisy_single_head(
             rng,
         )
     else:
-        W, v, stages, info = _robust(
+        from attnlab.extract.noisy_robust import robust_head
+
+        W, v, stages, info = robust_head(
             oracle, d, options["queries"], options["B"], options["max_token_norm"], noise, rng
         )
     surrogate = head_function(W, v)
@@ -196,87 +195,7 @@ def _paper(oracle, d, B, repeats, noise):
     )
 
 
-# -- the robust estimator -----------------------------------------------------------------------
-
-
-def _robust(oracle, d, queries, B, R, noise, rng):
-    minimum = d * d + d
-    queries = minimum if queries is None else int(queries)
-    if queries < minimum:
-        raise ValueError(
-            f"the robust method needs at least d^2 + d = {minimum} queries, got {queries}"
-        )
-    if not R > 0:
-        raise ValueError(f"max_token_norm must be positive, got {R!r}")
-    repeat_ok = bool(getattr(noise, "random", False)) and oracle.journal is None
-    blocks = queries // minimum
-    stages = {}
-
-    v, v_sigma, v_bound = _read_values(oracle, d, blocks, R, noise, repeat_ok, rng, stages)
-    v_norm = float(np.linalg.norm(v))
-    if not v_norm > 2.0 * v_bound:
-        raise ExtractionError(
-            f"the noise is as large as the value signal: |v| read as {v_norm:.3e}, with a worst-case "
-            f"error of {v_bound:.3e}. W is only visible through a^T v, so nothing can be guaranteed; "
-            f"lower the noise or allow larger tokens (max_token_norm)."
-        )
-
-    rows_per_column = (queries - blocks * d) // d
-    columns = random_orthogonal(d, rng)
-    basis = _value_basis(v, rng)
-    directions = _row_directions(basis, rows_per_column, repeat_ok, rng)  # unit rows (K, d)
-    W_cols = np.empty((d, d))
-    var_w, bound_w2 = 0.0, 0.0
-    unit_sum_sq, unit_count = 0.0, 0
-    before = oracle.queries
-    pilot_retries = 0
-    for col in range(d):
-        if unit_count:
-            rho = _best_rho(R, math.sqrt(unit_sum_sq / unit_count))
-        else:  # the pilot column: safe for ||W||_2 <= B when B is known
-            rho = R / 3.0 if B is None else _best_rho(R, float(B))
-        while True:
-            s = _row_sizes(directions, columns[:, col], rho, R)
-            t, sigma_t, bound_t, alpha = _probe(
-                oracle, s[:, None] * directions, rho * columns[:, col], v, v_sigma, v_bound, noise
-            )
-            if col == 0 and pilot_retries < 6 and np.mean((alpha < 0.02) | (alpha > 0.98)) > 0.05:
-                rho /= (
-                    8.0  # the pilot saturated the softmax: W is larger than a unit probe can read
-                )
-                pilot_retries += 1
-                continue
-            break
-        design = (s * rho)[:, None] * directions
-        solution, cov, worst = _weighted_solve(design, t, 1.0 / sigma_t, bound_t)
-        W_cols[:, col] = solution
-        var_w += float(np.trace(cov))
-        bound_w2 += worst**2
-        # The typical unit measurement |a_hat^T W b_hat| seen so far sets the next probe size.
-        unit_sum_sq += float(np.sum((directions @ solution) ** 2))
-        unit_count += directions.shape[0]
-    stages["W"] = oracle.queries - before
-    W = W_cols @ columns.T
-    if math.sqrt(var_w) >= 0.5 * np.linalg.norm(W):
-        raise ExtractionError(
-            f"the noise swamps W: the expected error of W ({math.sqrt(var_w):.3e} in Frobenius norm) is as large "
-            f"as W itself ({np.linalg.norm(W):.3e}); the softmax barely moves at the probe sizes that keep it "
-            f"unsaturated. Lower the noise, allow more queries (random noise), or larger tokens (max_token_norm)."
-        )
-    info = {
-        "error_estimate": {
-            "W_fro": math.sqrt(var_w),
-            "v_l2": v_sigma,
-            "W_fro_bound": math.sqrt(bound_w2),
-            "v_l2_bound": v_bound,
-        },
-        "rows_per_column": rows_per_column,
-        "value_designs": blocks,
-        "repeats": repeat_ok,
-        "max_token_norm": R,
-        "pilot_retries": pilot_retries,
-    }
-    return W, v, stages, info
+# -- probe helpers (the robust estimator is in noisy_robust; noisy_lowrank uses these) ---------
 
 
 def _best_rho(R: float, unit: float) -> float:
@@ -321,25 +240,6 @@ def _value_basis(v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     M[:, 0] = v
     Q, R = np.linalg.qr(M)
     return Q * np.sign(np.diag(R))
-
-
-def _row_directions(basis: np.ndarray, count: int, repeat_ok: bool, rng) -> np.ndarray:
-    """Unit row directions: q_1, (q_1 + q_k)/sqrt(2), then repeats (random noise) or fresh mixes."""
-    d = basis.shape[0]
-    q1 = basis[:, 0]
-    base = np.vstack([q1] + [(q1 + basis[:, k]) / math.sqrt(2.0) for k in range(1, d)])
-    rows = [base]
-    extra = count - d
-    while extra > 0:
-        if repeat_ok and extra >= d:
-            rows.append(base)
-            extra -= d
-            continue
-        g = rng.standard_normal((extra, d - 1)) @ basis[:, 1:].T
-        g /= np.linalg.norm(g, axis=1, keepdims=True)
-        rows.append((q1 + g) / math.sqrt(2.0))
-        extra = 0
-    return np.vstack(rows)
 
 
 def _probe(oracle, u, z, v, v_sigma, v_bound, noise):
