@@ -214,7 +214,7 @@ class _NoiseModel:
         alpha_err = np.hypot(self.tau / g + self.rel * miss, 0.0)
         reach = np.sqrt((miss * a) ** 2 + c * c + (alpha_bar * b) ** 2)
         alpha_err = np.hypot(alpha_err, reach * self.v_sigma / math.sqrt(d) / g)
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):
             amp = np.sqrt(
                 (1.0 / (a * a * d) + (d - 1) / (b * b))
                 * (1.0 / ((off * a) ** 2 * d) + (d - 1) / (c * c))
