@@ -54,7 +54,7 @@ INFO_KEYS: dict[str, str] = {
     # noisy_single_head
     "error_estimate": "robust: typical and worst-case errors predicted from the noise model",
     "max_token_norm": "robust: the largest token norm a probe used",
-    "pilot_retries": "robust: times the first column was re-read with smaller probes",
+    "pilot_retries": "robust: times the pilot probes (max(1, min(4, d // 4))) were re-read with smaller probes",
     "repeats": "answers averaged per probe (paper) / whether exact repeats were used (robust)",
     "rows_per_column": "robust: probe rows per column of W",
     "value_designs": "robust: orthonormal designs read for v",

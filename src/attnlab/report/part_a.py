@@ -240,7 +240,7 @@ def noisy_single_head_claim(ctx: Context) -> Measurement:
     return Measurement(
         measured=f"At equal queries (d^2 + d = {d * d + d}), the paper's estimator given its tightest "
         f"bound B = max |W_ij| = {B:.2f}, our estimator's error is {span(ratios, '{:.1f}'.format, 'x')} "
-        f"lower (Gaussian values, bounded noise; with +-1 values the paper's estimator can win, see "
+        f"lower (Gaussian values, bounded noise; +-1 values and rounded answers in "
         f"benchmarks/results/noisy.md); both scale linearly in tau. float32-rounded "
         f"outputs at d = {d32}: relative error {err32:.1e} (target 1e-4).",
         reproduced=ok,
