@@ -20,7 +20,7 @@ from attnlab.experiments.thresholds import mean_interval
 from attnlab.report.training import QSA_SWEEPS, step_floor, stopped_at_floor
 
 # the qSA sweeps the training claim is judged on, then those that serve only the tables
-GRID_SWEEPS = (*QSA_SWEEPS, "qsa-width-grid", "match3-widths", "match3-long")
+GRID_SWEEPS = (*QSA_SWEEPS, "qsa-width-grid", "match3-widths", "match3-long", "match3-small-n")
 BASELINE_ARCHS = ("mlp", "lstm", "gru")
 FLOAT_BITS = 32
 MATCH_SOLVED_BIT_ERROR = 0.01

@@ -27,6 +27,7 @@ QSA_SWEEPS = (
     "qsa-baselines-n64",
     "qsa-baselines-n64-long",
     "qsa-bracketing-small-n",
+    "qsa-bracketing-small-n-long",
 )
 
 
