@@ -23,6 +23,7 @@ QSA_SWEEPS = (
     "qsa-samples-q2-floor",
     "qsa-samples-q2-floor-n32",
     "qsa-samples-q4",
+    "qsa-samples-censored",
     "qsa-baselines-n32",
     "qsa-baselines-n64",
     "qsa-baselines-n64-long",
