@@ -160,6 +160,19 @@ def test_the_baselines_bracket_the_ffn_bound_at_more_than_one_n(records):
     assert len(sizes[max(sizes)]) >= 2, dict(sizes)
 
 
+def test_the_baselines_bracket_the_rnn_bound_at_some_n(records):
+    """Issue 11's RNN side: at some N a one-pass RNN holds fewer float32 state bits than (N-1)/2
+    and another more, both trained (an LSTM carries h and c, a GRU h)."""
+    sides = defaultdict(set)
+    for r in records:
+        model = r["config"]["model"]
+        if model["arch"] in ("lstm", "gru") and not model["bidirectional"]:
+            N = r["config"]["task"]["params"]["N"]
+            bits = 32 * model["width"] * (2 if model["arch"] == "lstm" else 1)
+            sides[N].add(bits >= (N - 1) / 2)
+    assert any(s == {True, False} for s in sides.values()), dict(sides)
+
+
 def test_no_mlp_below_the_ffn_bound_reaches_the_threshold(records):
     """The FFN lower bound (first-layer width about N d'/2) seen in the committed runs: no MLP
     narrower than N d'/2 gets within the worst-case threshold, at any N or training-set size, and

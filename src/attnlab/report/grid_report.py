@@ -237,9 +237,10 @@ def write_grid_report(
         "",
         "The FFN bound asks for a first-layer width of about N d'/2; the RNN bound for about (N-1)/2 bits of "
         "state in a one-pass RNN (an LSTM of hidden size m carries 2m floats, h and c; a GRU m per direction). "
-        "A trained float32 RNN with even one state float per bit of the bound is above it, so training "
-        "cannot show the RNN bound from below at float precision; what it shows is whether sizes above the "
-        "bounds learn from this many samples. Errors: mean over seeds with a 95% t-interval; 'predict 0' is "
+        "One float32 state number holds 32 bits, so below N = 66 every RNN is above the RNN bound; at N = 80 "
+        "(39.5 bits) a one-pass GRU of hidden size 1 (32 bits) is below it and one of size 2 (64 bits) above. "
+        "What training shows is whether sizes on either side learn from this many samples, not the bound itself "
+        "(which is about every network of a size). Errors: mean over seeds with a 95% t-interval; 'predict 0' is "
         "the error of a model that learned nothing (0 is the mean target). 'Stopped at the floor' counts "
         "runs the plateau rule stopped at the first step it could (the step floor): a run stopped there at "
         "the 'predict 0' error has not left the initial plateau, so its row says little about the bound.",

@@ -29,6 +29,7 @@ QSA_SWEEPS = (
     "qsa-baselines-n64-long",
     "qsa-bracketing-small-n",
     "qsa-bracketing-small-n-long",
+    "qsa-rnn-bound-n80",
 )
 
 
