@@ -189,11 +189,12 @@ def indicator_layer(
     return MultiHeadAttentionLayer([head], output_map=readout, precision=precision)
 
 
-def run_layer(layer: MultiHeadAttentionLayer, x: np.ndarray) -> np.ndarray:
+def run_layer(layer: MultiHeadAttentionLayer, x: np.ndarray, rows: int = 4096) -> np.ndarray:
+    """(B, N) bits of `layer` on residues x (B, N), `rows` sequences at a time (the layer's
+    intermediates are (rows, N, width) arrays)."""
+    tokens = torch.from_numpy(np.asarray(x, dtype=np.float64)[..., None])
     with torch.no_grad():
-        return layer(
-            torch.from_numpy(np.asarray(x, dtype=np.float64)[..., None])
-        ).numpy()  # (B, N) bits
+        return torch.cat([layer(tokens[i : i + rows]) for i in range(0, len(tokens), rows)]).numpy()
 
 
 def layer_messages(

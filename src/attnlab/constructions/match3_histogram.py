@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from attnlab._random import Seed, as_generator
+from attnlab.constructions.communication import run_layer
 from attnlab.models.attention_unit import AttentionUnit, MultiHeadAttentionLayer
 from attnlab.tasks import get_task
 
@@ -61,12 +62,6 @@ def histogram_layer(N: int, M: int, precision: int | None = None) -> MultiHeadAt
     return MultiHeadAttentionLayer([head], output_map=readout, precision=precision)
 
 
-def _bits(layer: MultiHeadAttentionLayer, x: np.ndarray, rows: int = 4096) -> np.ndarray:
-    tokens = torch.from_numpy(np.asarray(x, dtype=np.float64)[..., None])
-    with torch.no_grad():
-        return torch.cat([layer(tokens[i : i + rows]) for i in range(0, len(tokens), rows)]).numpy()
-
-
 def verify_histogram(
     N: int,
     M: int,
@@ -92,7 +87,7 @@ def verify_histogram(
         near[rows, cols] = (near[rows, cols] + rng.choice([-1, 1], size=samples)) % M
         x = np.concatenate([sampled, near])
     truth = task.solve({"x": x})
-    wrong = int((_bits(layer, x).astype(np.int8) != truth).sum())
+    wrong = int((run_layer(layer, x).astype(np.int8) != truth).sum())
     return {
         "N": N,
         "M": M,
