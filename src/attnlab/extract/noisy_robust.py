@@ -211,7 +211,7 @@ class _NoiseModel:
         slope = high * (1.0 - high)
         miss = np.hypot((1.0 - k) * alpha_bar, high - 0.5)  # typical |alpha - kappa alpha_bar|
         g = a * self.v_norm
-        alpha_err = np.hypot(self.tau / g + self.rel * miss, 0.0)
+        alpha_err = self.tau / g + self.rel * miss
         reach = np.sqrt((miss * a) ** 2 + c * c + (alpha_bar * b) ** 2)
         alpha_err = np.hypot(alpha_err, reach * self.v_sigma / math.sqrt(d) / g)
         with np.errstate(divide="ignore", invalid="ignore"):

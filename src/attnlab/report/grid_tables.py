@@ -128,6 +128,14 @@ def throughput_table(records: list[dict[str, Any]]) -> tuple[list[str], dict[str
     return lines, {**summary, "per_group": rates}
 
 
+def _seed_marks(values, kinds, spec: str) -> str:
+    """Per-seed needs, `<=` before one within at the smallest size, `>` before one never within."""
+    return " ".join(
+        f"{'<=' if k == 'at most' else '>' if k == 'more than' else ''}{v:{spec}}"
+        for v, k in zip(values, kinds)
+    )
+
+
 def samples_table(needs: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| N | q | model | sizes tried | samples to worst-case error 1/(2q) [95% CI] | per seed | "
@@ -137,10 +145,7 @@ def samples_table(needs: list[dict[str, Any]]) -> list[str]:
     for n in sorted(
         needs, key=lambda n: (n["task_params"]["q"], n["task_params"]["N"], n["arch"], n["width"])
     ):
-        marks = " ".join(
-            f"{'<=' if k == 'at most' else '>' if k == 'more than' else ''}{v:.3g}"
-            for v, k in zip(n["max"]["per_seed"], n["max"]["per_seed_kind"])
-        )
+        marks = _seed_marks(n["max"]["per_seed"], n["max"]["per_seed_kind"], ".3g")
         lines.append(
             f"| {n['task_params']['N']} | {n['task_params']['q']} | {n['model']} | "
             f"{','.join(map(str, n['sizes_tried']))} | {n['max']['text']} | {marks} | {n['mean']['text']} | "
@@ -166,10 +171,7 @@ def success_matrix(needs: list[dict[str, Any]], q: int = 1) -> list[str]:
         elif all(k == "at most" for k in kinds):
             text = f"<= {max(seeds):.3g}"
         else:
-            text = "seeds " + " ".join(
-                f"{'<=' if k == 'at most' else '>' if k == 'more than' else ''}{v:.3g}"
-                for v, k in zip(seeds, kinds)
-            )
+            text = "seeds " + _seed_marks(seeds, kinds, ".3g")
         if n["arch"] == "mlp":
             text += f" ({n['width'] / (N * n['task_params']['d_prime'] / 2):g}x)"
         rows[(n["arch"] != "attention", n["arch"], n["width"], n["model"])][N] = text
@@ -188,10 +190,7 @@ def width_table(widths: list[dict[str, Any]]) -> list[str]:
         "|---:|---:|---:|---|---|---|",
     ]
     for w in sorted(widths, key=lambda w: (w["q"], w["N"])):
-        marks = " ".join(
-            f"{'<=' if k == 'at most' else '>' if k == 'more than' else ''}{v:g}"
-            for v, k in zip(w["per_seed"], w["per_seed_kind"])
-        )
+        marks = _seed_marks(w["per_seed"], w["per_seed_kind"], "g")
         lines.append(
             f"| {w['N']} | {w['q']} | {w['n_train']} | {','.join(map(str, w['widths_tried']))} | "
             f"{w['text']} | {marks} |"
