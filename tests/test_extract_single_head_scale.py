@@ -153,43 +153,120 @@ def test_device_oracle_refuses_non_finite_queries_before_paying():
 
 
 def test_query_buffer_rewrites_only_what_changed_and_holds_the_plain_probes():
-    """Whatever a slot held before, after a write it holds bit for bit what the plain writer writes
-    into an empty buffer: the reuse of constant rows (row reads, column reads, zero rows) and the
-    entries moved back and forth must leave nothing stale behind."""
-    from attnlab.extract.single_head.directions import (
-        AlignedBasis,
-        CoordinateDirections,
-        DenseDirections,
-    )
-    from attnlab.extract.single_head.query_buffer import QueryBuffer, write_queries
+    """Whatever a slot held before, after a write it holds bit for bit what the same write puts
+    into a buffer that held nothing: the reuse of constant rows (row reads, column reads, zero
+    rows) and the entries moved back and forth must leave nothing stale behind."""
+    from attnlab.extract.single_head.directions import AlignedBasis, DenseDirections
+    from attnlab.extract.single_head.query_buffer import QueryBuffer
 
-    d, chunk = 24, 10
+    d, chunk = 24, 12
     rng = np.random.default_rng(4)
     A = AlignedBasis(rng.standard_normal(d), rng)
-    E, Q = CoordinateDirections(d), DenseDirections(rng.standard_normal((5, d)))
+    Q = DenseDirections(rng.standard_normal((5, d)))
     buffer = QueryBuffer(None, chunk, d)
     buffer.view[:] = np.nan
-    writes = [  # (slots, a family, a index, mu, b family, b index, nu)
-        (slice(0, 10), A, 3, 0.5, E, rng.permutation(d)[:10], 0.2),  # row read of a_3
-        (slice(0, 10), A, 3, 0.5, E, rng.permutation(d)[:10], 0.2),  # the same row, new entries
-        (slice(0, 6), A, 3, 0.5, E, rng.permutation(d)[:6], 0.2),
-        (slice(6, 10), A, 7, 1.5, E, rng.permutation(d)[:4], 0.3),  # another row in part
-        (slice(0, 10), A, rng.permutation(d)[:10], 0.7, Q, 2, 0.4),  # column read of q_2
-        (slice(0, 10), A, rng.permutation(d)[:10], 0.7, Q, 2, 0.4),
-        (slice(2, 10), A, rng.permutation(d)[:8], 0.7, Q, 4, 0.9),  # the next column
-        (slice(0, 10), A, rng.permutation(d)[:10], 1.1, E, 5, 0.6),  # full rank: b = e_5
-        (slice(0, 10), A, 3, 0.5, E, rng.permutation(d)[:10], 0.2),  # back to a row read
-        (slice(0, 5), A, 3, 0.5, E, rng.permutation(d)[:5], 0.25),  # same a, another nu
-        (slice(0, 10), Q, rng.permutation(5).repeat(2), 0.3, Q, rng.permutation(5).repeat(2), 0.8),
-    ]
-    for step, (slots, a, ai, mu, b, bi, nu) in enumerate(writes):
-        if step == 8:
-            buffer.start()  # a new set of lines: remembered rows forgotten, contents kept
-        buffer.write(slots, a, ai, mu, b, bi, nu)
-        n = slots.stop - slots.start
-        plain = np.full((n, 2, d), np.nan)
-        write_queries(plain[:, 0], plain[:, 1], a, ai, mu, b, bi, nu)
-        np.testing.assert_array_equal(buffer.view[slots], plain, err_msg=f"write {step}")
+
+    def rows_of(blocks):  # table row of each slot, blocks of equal size
+        return np.repeat(np.arange(len(blocks)), blocks)
+
+    def scales(n, low=0.2, high=1.5):
+        return rng.uniform(low, high, n)
+
+    keys = buffer.new_keys(4)
+    table_a = rng.standard_normal((3, d))  # constant first-token rows (row reads)
+    table_b = rng.standard_normal((3, d))  # constant second-token rows (column reads)
+    steps = []
+    for step in range(40):
+        kind = ["row", "row", "column", "column", "full", "plain"][step % 6 if step > 8 else 0]
+        if step in (5, 6, 7):
+            kind = "column"
+        n = int(rng.integers(1, chunk + 1))
+        block_rows = np.sort(rng.integers(0, 3, n))
+        if step % 7 == 3:
+            keys = buffer.new_keys(4)  # a new stage: the same rows under new keys
+        if step % 11 == 5:
+            block_rows = rows_of([n])  # one block
+        steps.append((kind, n, keys + block_rows, block_rows))
+    for step, (kind, n, k, r) in enumerate(steps):
+        cols = rng.integers(0, d, n)
+        ai = rng.integers(0, d, n)
+        mu, nu = scales(n), scales(n)
+        fresh = QueryBuffer(None, chunk, d)
+        fresh.view[:] = np.nan
+        for target in (buffer, fresh):
+            if kind == "row":
+                target.write_row_reads(n, k, r, table_a, cols, nu)
+            elif kind == "column":
+                target.write_column_reads(n, k, r, table_b, A, ai, mu)
+            elif kind == "full":
+                target.write_coordinate_reads(n, A, ai, mu, cols, nu)
+            else:
+                target.write_plain(n, Q, ai % 5, mu, Q, cols % 5, nu)
+        np.testing.assert_array_equal(buffer.view[:n], fresh.view[:n], err_msg=f"{step} {kind}")
+    # the batched product of equal blocks writes what the per-row product writes, to rounding
+    n, block = 12, 4
+    r = rows_of([block] * 3)
+    ai, mu = rng.integers(0, d, n), scales(n)
+    plain, batched = QueryBuffer(None, chunk, d), QueryBuffer(None, chunk, d)
+    k = plain.new_keys(3) + r
+    plain.write_column_reads(n, k, r, table_b, A, ai, mu)
+    batched.write_column_reads(n, k, r, table_b, A, ai, mu, block)
+    np.testing.assert_allclose(batched.view[:n], plain.view[:n], rtol=0, atol=1e-15)
+    expected = mu[:, None] * A.dense().T[ai] + table_b[r]
+    np.testing.assert_allclose(plain.view[:n, 0], expected, rtol=0, atol=1e-14)
+    np.testing.assert_array_equal(plain.view[:n, 1], table_b[r])
+
+
+def test_deal_fills_chunks_evenly_and_never_past_a_segment():
+    from attnlab.extract.single_head.dealing import deal
+
+    rng = np.random.default_rng(0)
+    np.testing.assert_array_equal(deal(np.array([427] * 64), 2048), [32] * 64)
+    np.testing.assert_array_equal(deal(np.array([11] * 64), 2048), [11] * 64)  # all fit
+    for _ in range(200):
+        chunk = int(rng.integers(1, 300))
+        remaining = rng.integers(1, 500, int(rng.integers(1, chunk + 1)))
+        blocks = deal(remaining, chunk)
+        assert np.all(blocks >= 1) and np.all(blocks <= remaining)
+        assert blocks.sum() == min(chunk, remaining.sum())
+        assert blocks.max() - blocks[blocks < remaining].min(initial=blocks.max()) <= 1
+
+
+@pytest.mark.parametrize("rank", [None, 4, "auto"])
+def test_packed_device_path_reads_the_same_W_as_the_dealt_host_path(rank, monkeypatch):
+    """The device reader (segments packed into chunks, written by the torch writer) and the host
+    reader (lines dealt out to slot blocks) send the same probes: same count, same W."""
+    from attnlab.extract.single_head import query_buffer
+    from attnlab.extract.single_head.device_probes import DeviceWriter
+
+    d = 40
+    head = SingleHeadAttention.random(d, rank=None if rank is None else 4, seed=7)
+    host = single_head(
+        DeviceOracle(head, d=d, device="cpu"),
+        rank=rank,
+        seed=3,
+        fidelity_samples=0,
+        method_options={"chunk": 50},
+    )
+    original = query_buffer.QueryBuffer.__init__
+
+    def as_device(self, oracle, chunk, d):
+        original(self, oracle, chunk, d)
+        self.device_writer = DeviceWriter(torch.device("cpu"))
+        self.view = self.tensor
+        self.host = False
+
+    monkeypatch.setattr(query_buffer.QueryBuffer, "__init__", as_device)
+    packed = single_head(
+        DeviceOracle(head, d=d, device="cpu"),
+        rank=rank,
+        seed=3,
+        fidelity_samples=0,
+        method_options={"chunk": 50},
+    )
+    assert packed.queries == host.queries
+    np.testing.assert_allclose(packed.W, host.W, rtol=0, atol=1e-11 * np.abs(host.W).max())
+    assert relative_error(host.W, head.W.detach().numpy()) <= 1e-9
 
 
 def test_reader_reuses_rows_and_still_reads_W_exactly():

@@ -51,6 +51,13 @@ class Directions:
         self.write(out, index, scale)
         out += plus
 
+    def write_scaled_plus(
+        self, out: np.ndarray, index: np.ndarray, scales: np.ndarray, plus: np.ndarray
+    ) -> None:
+        """out[k] = scales[k] * direction[index[k]] + plus[k] (plus: a row per row of out)."""
+        self.write_scaled(out, index, scales)
+        out += plus
+
     def row_scaled(self, i: int, scale: float) -> np.ndarray:
         """scale * direction[i] as a new row, with the arithmetic of `write_constant`."""
         out = np.empty((1, self.d))
@@ -154,7 +161,26 @@ class AlignedBasis(Directions):
         out[np.arange(index.size), index] += scale
 
     def write_scaled(self, out: np.ndarray, index: np.ndarray, scales: np.ndarray) -> None:
-        np.matmul(self._coef[index] * (-2.0 * scales)[:, None], self._basis, out=out)
+        _matmul_into(out, self._coef[index] * (-2.0 * scales)[:, None], self._basis)
+        out[np.arange(index.size), index] += scales
+
+    def write_scaled_plus(
+        self, out: np.ndarray, index: np.ndarray, scales: np.ndarray, plus: np.ndarray
+    ) -> None:
+        # one product writes the directions and adds the rows of `plus`
+        _matmul_into(out, self._coef[index] * (-2.0 * scales)[:, None], self._basis, plus)
+        out[np.arange(index.size), index] += scales
+
+    def write_scaled_plus_blocks(
+        self, out: np.ndarray, index: np.ndarray, scales: np.ndarray, rows: np.ndarray, block: int
+    ) -> None:
+        """`write_scaled_plus` with plus[k] = rows[k // block]: one batched product over the
+        blocks, which starts from the rows broadcast (no pass reading a second buffer)."""
+        m = rows.shape[0]
+        left = torch.from_numpy(self._coef[index] * (-2.0 * scales)[:, None]).view(m, block, 2)
+        basis = torch.from_numpy(self._basis).expand(m, 2, self.d)
+        target = torch.from_numpy(out).view(m, block, self.d)
+        torch.baddbmm(torch.from_numpy(rows)[:, None, :], left, basis, out=target)
         out[np.arange(index.size), index] += scales
 
     def write_plus(
@@ -175,9 +201,10 @@ class AlignedBasis(Directions):
 def _matmul_into(
     out: np.ndarray, left: np.ndarray, right: np.ndarray, plus: np.ndarray | None = None
 ) -> None:
-    """out = left @ right (+ plus, a row added to every row) for a thin `left` (c x 2), written
-    straight into `out` (a strided view of the query buffer) by torch's BLAS: measured 1.2-4x
-    faster than numpy's matmul there (which at some widths goes through a temporary)."""
+    """out = left @ right (+ plus: one row added to every row, or a row per row) for a thin `left`
+    (c x 2), written straight into `out` (a strided view of the query buffer) by torch's BLAS:
+    measured 1.2-4x faster than numpy's matmul there (which at some widths goes through a
+    temporary)."""
     target = torch.from_numpy(out)
     if plus is None:
         torch.mm(torch.from_numpy(left), torch.from_numpy(right), out=target)

@@ -14,6 +14,7 @@ to be read to full float64 precision (alpha is only known to about 1e-16 absolut
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -191,16 +192,22 @@ class ScaleTracker:
         """
         if self.count == 0:
             return None
-        rms = np.sqrt(self._sum_sq / self.count)
-        return float(max(rms, self._max_abs / 4.0) * (1.0 + 2.0 / np.sqrt(self.count)))
+        rms = math.sqrt(self._sum_sq / self.count)
+        return max(rms, self._max_abs / 4.0) * (1.0 + 2.0 / math.sqrt(self.count))
 
     def observe(self, unit_values: np.ndarray) -> None:
         unit_values = np.asarray(unit_values, dtype=np.float64)
         if unit_values.size == 0:
             return
-        self._sum_sq += float(np.sum(unit_values**2))
-        self.count += unit_values.size
-        self._max_abs = max(self._max_abs, float(np.max(np.abs(unit_values))))
+        self.observe_summary(
+            unit_values.size, float(np.sum(unit_values**2)), float(np.max(np.abs(unit_values)))
+        )
+
+    def observe_summary(self, count: int, sum_sq: float, max_abs: float) -> None:
+        """`observe` for values given by their count, sum of squares and largest magnitude."""
+        self._sum_sq += sum_sq
+        self.count += count
+        self._max_abs = max(self._max_abs, max_abs)
 
     def next_scale(self) -> float:
         """The product mu * nu for the next block."""
@@ -215,5 +222,5 @@ def split_scale(rho: float) -> tuple[float, float]:
     """Split mu * nu = rho into token norms: shrink b first (keeps b^T v small next to a^T v)."""
     if rho <= 1.0:
         return 1.0, rho
-    root = float(np.sqrt(rho))
+    root = math.sqrt(rho)
     return root, root

@@ -4,15 +4,18 @@ A probe [(mu a + nu b); nu b] is written into a slot of a (chunk, 2, d) buffer. 
 stage writes repeats from one chunk to the next: a row read (a = a_p fixed, b = e_j) is one
 constant row mu a_p plus one entry per query, and its second token nu e_j is zero but for one
 entry; a column read's second token nu q_j is the same row for the whole line. Rewriting those
-rows costs a pass over the buffer per chunk, as much as the Oracle's check of it. So the buffer
-remembers, per slot and token, which constant row it holds (`key`) and which single entry
-differs from it (`col`); a write that finds the row it needs already there only moves that
-entry: O(1) per query instead of O(d). Every slot still ends up holding the probe the plain
-writer (`write_queries`) writes, with the same arithmetic, whatever it held before.
+rows costs a pass over the buffer per chunk, as much as the Oracle's check of it. The reader
+deals each line out to a fixed block of slots (`dealing`), so a slot keeps its line from chunk
+to chunk, and the buffer remembers, per slot and token, which constant row it holds (`key`) and
+which single entry differs from it (`col`); a write that finds the row it needs already there
+only moves that entry: O(1) per query instead of O(d). Every chunk is written by a few
+vectorised calls for all its slots (`write_row_reads`, `write_column_reads`,
+`write_coordinate_reads`, `write_plain`), and every slot ends up holding exactly what the same
+call writes into a buffer that held nothing (a test checks this after arbitrary sequences of
+writes).
 
-Many short segments (the warm-up blocks: 1, 4, ... queries per line) are written together, a
-scale per row (`write_rows`), instead of a few Python calls per line. On a GPU each segment is
-written by the device writer.
+On a GPU the reader packs segments one after another and each is written by the device writer
+(`write`).
 """
 
 from __future__ import annotations
@@ -20,8 +23,13 @@ from __future__ import annotations
 from typing import Any, cast
 
 import numpy as np
+import torch
 
-from attnlab.extract.single_head.directions import CoordinateDirections, Directions
+from attnlab.extract.single_head.directions import (
+    AlignedBasis,
+    CoordinateDirections,
+    Directions,
+)
 
 Index = int | np.ndarray
 
@@ -59,24 +67,84 @@ class QueryBuffer:
         # what each slot's two tokens hold
         self.key = np.full((2, chunk), UNKNOWN, dtype=np.int64)
         self.col = np.full((2, chunk), NO_COL, dtype=np.int64)
-        self._table = np.empty((0, d))  # the remembered constant rows, by key
-        self._count = 0
-        self._names: dict[tuple, tuple[int, Directions]] = {}
+        self._next_key = 0
+        self._arange = np.arange(chunk)
 
     def batch(self, n: int):
         return self.tensor[:n]
 
-    def start(self) -> None:
-        """A new set of lines: forget the constant rows of the last one (slots holding one become
-        UNKNOWN; the zero rows stay)."""
-        self._names.clear()
-        self._count = 0
-        self.key[self.key >= 0] = UNKNOWN
+    # -- host: a whole chunk at a time ----------------------------------------------------------
+    def new_keys(self, count: int) -> int:
+        """The first of `count` fresh keys for constant rows (keys are never reused, so a slot
+        holding a row from an earlier stage or call never matches)."""
+        first = self._next_key
+        self._next_key += count
+        return first
 
-    # -- host ------------------------------------------------------------------------------------
-    def write_rows(
+    def write_row_reads(
         self,
-        slots: slice,
+        n: int,
+        keys: np.ndarray,
+        rows: np.ndarray,
+        table: np.ndarray,
+        cols: np.ndarray,
+        nu: np.ndarray,
+    ) -> None:
+        """Slots 0..n-1 = [table[rows[k]] + nu[k] e_cols[k]; nu[k] e_cols[k]] (a row read: the
+        first token's constant row is table row rows[k], known by key keys[k])."""
+        X0, X1 = self.view[:n, 0], self.view[:n, 1]
+        r = self._arange[:n]
+        self._hold(0, n, keys, rows, table)
+        X0[r, cols] = table[rows, cols] + nu
+        self.col[0, :n] = cols
+        self._hold_zero(1, n)
+        X1[r, cols] = nu
+        self.col[1, :n] = cols
+
+    def write_column_reads(
+        self,
+        n: int,
+        keys: np.ndarray,
+        rows: np.ndarray,
+        table: np.ndarray,
+        a_dirs: Directions,
+        ai: np.ndarray,
+        mu: np.ndarray,
+        block: int | None = None,
+    ) -> None:
+        """Slots 0..n-1 = [mu[k] a_ai[k] + table[rows[k]]; table[rows[k]]] (a column read: the
+        second token's constant row, by key keys[k]). `block`: the slots are table.shape[0]
+        blocks of `block` slots, block i holding row i (one batched product writes them)."""
+        X0, X1 = self.view[:n, 0], self.view[:n, 1]
+        self._hold(1, n, keys, rows, table)
+        if block is not None and isinstance(a_dirs, AlignedBasis):
+            a_dirs.write_scaled_plus_blocks(X0, ai, mu, table, block)
+        else:
+            a_dirs.write_scaled_plus(X0, ai, mu, X1)
+        self.key[0, :n] = UNKNOWN
+
+    def write_coordinate_reads(
+        self,
+        n: int,
+        a_dirs: Directions,
+        ai: np.ndarray,
+        mu: np.ndarray,
+        cols: np.ndarray,
+        nu: np.ndarray,
+    ) -> None:
+        """Slots 0..n-1 = [mu[k] a_ai[k] + nu[k] e_cols[k]; nu[k] e_cols[k]] (a full-rank read)."""
+        X0, X1 = self.view[:n, 0], self.view[:n, 1]
+        r = self._arange[:n]
+        self._hold_zero(1, n)
+        X1[r, cols] = nu
+        self.col[1, :n] = cols
+        a_dirs.write_scaled(X0, ai, mu)
+        X0[r, cols] += nu
+        self.key[0, :n] = UNKNOWN
+
+    def write_plain(
+        self,
+        n: int,
         a_dirs: Directions,
         ai: np.ndarray,
         mu: np.ndarray,
@@ -84,84 +152,55 @@ class QueryBuffer:
         bi: np.ndarray,
         nu: np.ndarray,
     ) -> None:
-        """Slots `slots` = probes with a scale pair (mu[k], nu[k]) per row (host buffers only)."""
-        X0, X1 = self.view[slots, 0], self.view[slots, 1]
+        """Slots 0..n-1 = [mu[k] a_ai[k] + nu[k] b_bi[k]; nu[k] b_bi[k]], nothing reused."""
+        X0, X1 = self.view[:n, 0], self.view[:n, 1]
         b_dirs.write_scaled(X1, bi, nu)
         a_dirs.write_scaled(X0, ai, mu)
         if isinstance(b_dirs, CoordinateDirections):
-            X0[np.arange(X0.shape[0]), bi] += nu
+            X0[self._arange[:n], bi] += nu
         else:
             X0 += X1
-        self.key[:, slots] = UNKNOWN
+        self.key[:, :n] = UNKNOWN
 
-    def _write_host(self, slots, a_dirs, ai, mu, b_dirs, bi, nu) -> None:
-        X0, X1 = self.view[slots, 0], self.view[slots, 1]
-        a_constant = isinstance(ai, (int, np.integer))
-        b_constant = isinstance(bi, (int, np.integer))
-        n = X0.shape[0]
-        rows = np.arange(n)
-        if isinstance(b_dirs, CoordinateDirections):
-            cols = np.full(n, int(bi)) if b_constant else cast(np.ndarray, bi)
-            self._settle(1, slots, ZERO)  # X1 = nu e_j
-            X1[rows, cols] = nu
-            self.col[1, slots] = cols
-            if a_constant:  # X0 = mu a (the same row) + nu e_j
-                key = self._remember(a_dirs, int(ai), mu)
-                self._settle(0, slots, key)
-                X0[rows, cols] = self._table[key, cols] + nu
-                self.col[0, slots] = cols
-            else:
-                a_dirs.write(X0, cast(np.ndarray, ai), mu)
-                X0[rows, cols] += nu
-                self.key[0, slots] = UNKNOWN
-            return
-        if b_constant and not a_constant:  # X1 = nu b (the same row), X0 = mu a_k + nu b
-            key = self._remember(b_dirs, int(bi), nu)
-            self._settle(1, slots, key)
-            a_dirs.write_plus(X0, cast(np.ndarray, ai), mu, self._table[key])
-            self.key[0, slots] = UNKNOWN
-            return
-        write_queries(X0, X1, a_dirs, ai, mu, b_dirs, bi, nu)
-        self.key[:, slots] = UNKNOWN
-
-    def _remember(self, dirs: Directions, i: int, scale: float) -> int:
-        """The key of the constant row scale * dirs[i] (arithmetic of `write_constant`), made once
-        per set of lines."""
-        name = (id(dirs), i, scale)
-        hit = self._names.get(name)
-        if hit is not None and hit[1] is dirs:
-            return hit[0]
-        key = self._count
-        if key == self._table.shape[0]:  # the table grows by doubling
-            grown = np.empty((max(8, 2 * key), self.d))
-            grown[:key] = self._table[:key]
-            self._table = grown
-        self._table[key] = dirs.row_scaled(i, scale)
-        self._names[name] = (key, dirs)
-        self._count += 1
-        return key
-
-    def _settle(self, token: int, slots: slice, key: int) -> None:
-        """Make every slot's token hold constant row `key` (ZERO or a remembered one): rows holding
-        another are rewritten, rows holding it get their one differing entry put back."""
-        X = self.view[slots, token]
-        held, cols = self.key[token, slots], self.col[token, slots]
-        stale = np.flatnonzero(held != key)
-        fill = (
-            (lambda Y: Y.fill(0.0)) if key == ZERO else (lambda Y: np.copyto(Y, self._table[key]))
-        )
-        if stale.size == held.size:
-            fill(X)
+    def _hold(
+        self, token: int, n: int, keys: np.ndarray, rows: np.ndarray, table: np.ndarray
+    ) -> None:
+        """Make slot k's token hold table[rows[k]] exactly: slots holding another key are
+        rewritten, slots holding it get their one differing entry put back."""
+        X = self.view[:n, token]
+        held, cols = self.key[token, :n], self.col[token, :n]
+        stale = np.flatnonzero(held != keys)
+        if stale.size == n:  # torch's gather writes into the strided view ~5x faster than numpy's
+            torch.index_select(
+                torch.from_numpy(table), 0, torch.from_numpy(rows), out=torch.from_numpy(X)
+            )
         else:
             if stale.size:
-                breaks = np.flatnonzero(np.diff(stale) != 1) + 1
-                for first, last in zip([0, *breaks], [*breaks, stale.size], strict=True):
-                    fill(X[stale[first] : stale[last - 1] + 1])
-            moved = np.flatnonzero((held == key) & (cols != NO_COL))
+                X[stale] = table[rows[stale]]
+                cols[stale] = NO_COL
+            moved = np.flatnonzero(cols != NO_COL)
             if moved.size:
-                X[moved, cols[moved]] = 0.0 if key == ZERO else self._table[key, cols[moved]]
-        self.key[token, slots] = key
-        self.col[token, slots] = NO_COL
+                c = cols[moved]
+                X[moved, c] = table[rows[moved], c]
+        held[:] = keys
+        cols[:] = NO_COL
+
+    def _hold_zero(self, token: int, n: int) -> None:
+        """Make the token of slots 0..n-1 the zero row exactly."""
+        X = self.view[:n, token]
+        held, cols = self.key[token, :n], self.col[token, :n]
+        stale = np.flatnonzero(held != ZERO)
+        if stale.size == n:
+            X.fill(0.0)
+        else:
+            if stale.size:
+                X[stale] = 0.0
+                cols[stale] = NO_COL
+            moved = np.flatnonzero(cols != NO_COL)
+            if moved.size:
+                X[moved, cols[moved]] = 0.0
+        held[:] = ZERO
+        cols[:] = NO_COL
 
     # -- device: one segment at a time ---------------------------------------------------------
     def write(
@@ -174,10 +213,11 @@ class QueryBuffer:
         bi: Index,
         nu: float,
     ) -> None:
-        """Slots `slots` = the probes for (ai, bi), written now (the device writer, or numpy)."""
+        """Slots `slots` = the probes for (ai, bi), one segment (the device writer, or numpy)."""
         X0, X1 = self.view[slots, 0], self.view[slots, 1]
-        if self.host:
-            self._write_host(slots, a_dirs, ai, mu, b_dirs, bi, nu)
+        if self.host:  # the plain writer (the host reader deals chunks out instead, see above)
+            write_queries(X0, X1, a_dirs, ai, mu, b_dirs, bi, nu)
+            self.key[:, slots] = UNKNOWN
         else:
             self.device_writer.write_queries(X0, X1, a_dirs, ai, mu, b_dirs, bi, nu)
 

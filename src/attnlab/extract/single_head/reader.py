@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from attnlab.extract.single_head.dealing import Lines, Side, StageReader, observe
 from attnlab.extract.single_head.directions import DenseDirections, Directions
 from attnlab.extract.single_head.probes import (
     INITIAL_OFFSET_PROBE,
@@ -41,8 +42,6 @@ Line = tuple[Index, Index]
 # per-call overheads (Python, the Oracle's checks) are amortised (at d = 1024, r = 64, 4 MiB chunks
 # left the learner ~1.7x the time of 16 MiB ones), small enough to stay far below d^2 at scale.
 CHUNK_BYTES = 16 << 20
-# Line segments shorter than this (the warm-up blocks) are written together, a scale per row.
-SHORT_SEGMENT = 32
 
 
 def default_chunk(d: int) -> int:
@@ -156,47 +155,73 @@ class BilinearReader:
                 "read the bias term u (read_offsets) before reading W of an affine head"
             )
         a_dirs, b_dirs = _family(a_dirs), _family(b_dirs)
-        a_dot_v, b_dot_v, a_norms = a_dirs.dots(self.v), b_dirs.dots(self.v), a_dirs.norms()
-        a_dot_u = a_dirs.dots(self.u) if self.affine else np.zeros(a_dirs.n)
+        lines = list(lines)
         trackers = trackers or [self.new_line() for _ in lines]
         warmup = self.FIRST_LINE_BLOCKS if self.w_sigma is None else self.LINE_BLOCKS
         lengths = [_length(line) for line in lines]
-        outs = [np.empty(n) for n in lengths]
+        out = np.empty(sum(lengths))
+        out_base = np.cumsum([0, *lengths])[:-1].astype(np.int64)
+        outs = [out[start : start + n] for start, n in zip(out_base, lengths, strict=True)]
+        context = Lines(
+            a_dirs,
+            b_dirs,
+            Side([line[0] for line in lines], lengths),
+            Side([line[1] for line in lines], lengths),
+            a_dirs.dots(self.v),
+            b_dirs.dots(self.v),
+            a_dirs.norms(),
+            a_dirs.dots(self.u) if self.affine and self.u is not None else None,
+            out,
+            out_base,
+            self.c,
+            self.v_norm,
+        )
         done = [0] * len(lines)
+        for size in (*warmup, None):
+            stage: list[tuple[int, slice, float, float]] = []
+            for i, tracker in enumerate(trackers):
+                if size is not None and tracker.count and done[i] == 0:
+                    continue  # a continued line already knows its scale: it skips the warm-up
+                remaining = lengths[i] - done[i]
+                take = remaining if size is None else min(size, remaining)
+                if take <= 0:
+                    continue
+                mu, nu = self._split(tracker.next_scale())
+                stage.append((i, slice(done[i], done[i] + take), mu, nu))
+                done[i] += take
+            if not stage:
+                continue
+            # the whole stage is sent before the next one: its scales depend on these answers
+            if self.queries.host:
+                StageReader(self.queries, self.oracle, self.log, context).read(
+                    np.array([i for i, _, _, _ in stage], dtype=np.int64),
+                    np.array([rows.start for _, rows, _, _ in stage], dtype=np.int64),
+                    np.array([rows.stop - rows.start for _, rows, _, _ in stage], dtype=np.int64),
+                    np.array([mu for _, _, mu, _ in stage]),
+                    np.array([nu for _, _, _, nu in stage]),
+                )
+            else:
+                self._read_packed(context, lines, outs, stage)
+            observe(trackers, context, stage)
+        for tracker in trackers:
+            if tracker.sigma:
+                self.w_sigma = max(self.w_sigma or 0.0, tracker.sigma)
+        return outs
+
+    def _read_packed(self, context: Lines, lines, outs, stage) -> None:
+        """One stage on a device buffer: the segments packed one after another into the chunks,
+        each written by the device writer."""
         chunk, queries = self.chunk, self.queries
-        queries.start()
-        # per-query bookkeeping of one chunk, preallocated: a^T v, b^T v, |a|, a^T u, mu nu
+        a_dirs, b_dirs = context.a_dirs, context.b_dirs
+        a_dot_v, b_dot_v, a_norms = context.a_dot_v, context.b_dot_v, context.a_norms
+        a_dot_u = context.a_dot_u if context.a_dot_u is not None else np.zeros(a_dirs.n)
+        # per-query bookkeeping of one chunk: a^T v, b^T v, |a|, a^T u, mu nu
         scaled = np.empty((5, chunk))
         pending: list[tuple[int, slice]] = []  # the line segments in the buffer, in slot order
-        run: list[tuple[Index, Index, float, float, int]] = []  # short segments not yet written
         filled = 0
-        written = 0  # slots before this one are written
-
-        def note(slot: slice, ai, bi, mu, nu) -> None:
-            scaled[0, slot] = mu * a_dot_v[ai]
-            scaled[1, slot] = nu * b_dot_v[bi]
-            scaled[2, slot] = mu * a_norms[ai]
-            scaled[3, slot] = mu * a_dot_u[ai]
-            scaled[4, slot] = mu * nu
-
-        def write_run() -> None:
-            """The short segments waiting in `run`, in one write with a scale per row."""
-            nonlocal written
-            if not run:
-                return
-            ai = np.concatenate([np.broadcast_to(a, n) for a, _, _, _, n in run])
-            bi = np.concatenate([np.broadcast_to(b, n) for _, b, _, _, n in run])
-            mu = np.concatenate([np.full(n, m) for _, _, m, _, n in run])
-            nu = np.concatenate([np.full(n, m) for _, _, _, m, n in run])
-            slot = slice(written, written + ai.size)
-            queries.write_rows(slot, a_dirs, ai, mu, b_dirs, bi, nu)
-            note(slot, ai, bi, mu, nu)
-            run.clear()
-            written = slot.stop
 
         def flush():
-            nonlocal filled, written
-            write_run()
+            nonlocal filled
             n = filled
             a_v, b_v, a_norm, a_u, rho = scaled[:, :n]
             t = invert_probes(
@@ -210,53 +235,29 @@ class BilinearReader:
                 outs[i][rows] = values[start : start + size]
                 start += size
             pending.clear()
-            filled = written = 0
+            filled = 0
 
-        def add(i: int, rows: slice, mu: float, nu: float):
-            """Write the queries rows of line i into the buffer (flushing whenever it is full)."""
-            nonlocal filled, written
+        for i, rows, mu, nu in stage:
             a_index, b_index = lines[i]
             first = rows.start
             while first < rows.stop:
                 take = min(rows.stop - first, chunk - filled)
                 part = slice(first, first + take)
                 ai, bi = _part(a_index, part), _part(b_index, part)
-                if take < SHORT_SEGMENT and queries.host:
-                    run.append((ai, bi, mu, nu, take))
-                else:
-                    write_run()
-                    slot = slice(filled, filled + take)
-                    queries.write(slot, a_dirs, ai, mu, b_dirs, bi, nu)
-                    note(slot, ai, bi, mu, nu)
-                    written = slot.stop
+                slot = slice(filled, filled + take)
+                queries.write(slot, a_dirs, ai, mu, b_dirs, bi, nu)
+                scaled[0, slot] = mu * a_dot_v[ai]
+                scaled[1, slot] = nu * b_dot_v[bi]
+                scaled[2, slot] = mu * a_norms[ai]
+                scaled[3, slot] = mu * a_dot_u[ai]
+                scaled[4, slot] = mu * nu
                 pending.append((i, part))
                 filled += take
                 first += take
                 if filled == chunk:
                     flush()
-
-        for size in (*warmup, None):
-            stage: list[tuple[int, slice, float, float]] = []
-            for i, tracker in enumerate(trackers):
-                if size is not None and tracker.count and done[i] == 0:
-                    continue  # a continued line already knows its scale: it skips the warm-up
-                remaining = lengths[i] - done[i]
-                take = remaining if size is None else min(size, remaining)
-                if take <= 0:
-                    continue
-                mu, nu = self._split(tracker.next_scale())
-                stage.append((i, slice(done[i], done[i] + take), mu, nu))
-                done[i] += take
-            for segment in stage:
-                add(*segment)
-            if filled:
-                flush()  # the next stage's scales depend on this stage's answers
-            for i, rows, _, _ in stage:
-                trackers[i].observe(outs[i][rows])
-        for tracker in trackers:
-            if tracker.sigma:
-                self.w_sigma = max(self.w_sigma or 0.0, tracker.sigma)
-        return outs
+        if filled:
+            flush()
 
     def _split(self, rho: float) -> tuple[float, float]:
         mu, nu = split_scale(rho)
