@@ -86,3 +86,32 @@ def test_duplicates_are_merged_exactly_and_paid_once_on_both_oracles():
         assert y[1999] == y[0] and y[1000] == y[5]
     distinct = rng.standard_normal((2000, 2, 16))
     assert distinct_queries(distinct)[0].size == 2000
+
+
+def test_far_apart_says_all_distinct_only_when_distinct_queries_finds_no_candidates():
+    """The Oracles' shortcut (one sort of the hashes) agrees with `distinct_queries`: True only
+    where no two hashes are near, False for exact and near repeats and for non-finite hashes, and
+    both Oracles still merge exact repeats and keep near ones apart."""
+    from attnlab.oracle.checks import far_apart, row_hashes
+
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((3000, 2, 16))
+    assert far_apart(row_hashes(X))
+    near = X.copy()
+    near[7] = near[3]
+    near[7, 1, 5] += 1e-12  # a different sequence whose hash nearly ties with row 3's
+    repeat = X.copy()
+    repeat[2999] = repeat[10]
+    for batch, distinct in ((near, 3000), (repeat, 2999)):
+        hashes = row_hashes(batch)
+        assert not far_apart(hashes)
+        assert distinct_queries(batch, hashes)[0].size == distinct
+        head = SingleHeadAttention.random(16, seed=0)
+        for oracle in (Oracle(head, d=16), DeviceOracle(head, d=16)):
+            oracle(torch.from_numpy(batch) if isinstance(oracle, DeviceOracle) else batch)
+            assert oracle.paid == distinct and oracle.queries == 3000
+    for bad in (np.nan, np.inf):
+        hashes = row_hashes(X)
+        hashes[5] = bad
+        assert not far_apart(hashes)
+    assert far_apart(np.array([1.0])) and far_apart(np.empty(0))

@@ -55,6 +55,23 @@ def all_finite(X: np.ndarray, hashes: np.ndarray | None = None) -> bool:
     return bool(np.all(np.isfinite(X)))
 
 
+def far_apart(hashes: np.ndarray) -> bool:
+    """Whether no two of these `row_hashes` are near enough to be candidates for one sequence
+    (`journal.distinct_queries`' test: agreement to NEAR relative or NEAR_FLOOR of the largest).
+    True means every sequence of the batch is distinct, and costs one sort of the hashes (no
+    argsort, no byte comparison); False (or a non-finite hash) leaves it to `distinct_queries`."""
+    from attnlab.oracle.journal import NEAR, NEAR_FLOOR
+
+    if hashes.size < 2:
+        return True
+    ranked = np.sort(hashes)
+    if not (np.isfinite(ranked[0]) and np.isfinite(ranked[-1])):  # NaN sorts last
+        return False
+    size = np.abs(ranked)
+    tolerance = NEAR * np.maximum(size[1:], size[:-1]) + NEAR_FLOOR * float(size.max())
+    return not bool(np.any(ranked[1:] - ranked[:-1] <= tolerance))
+
+
 def check_query_shape(shape: tuple[int, ...], d: int | None, single_only: bool = False) -> None:
     """The QueryShapeError for a query of this shape, if any (shared by Oracle and DeviceOracle).
 

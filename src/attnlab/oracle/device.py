@@ -25,7 +25,13 @@ import numpy as np
 import torch
 
 from attnlab.errors import BudgetExhausted, OracleError, QueryShapeError
-from attnlab.oracle.checks import NON_FINITE_QUERY, all_finite, check_query_shape, row_hashes
+from attnlab.oracle.checks import (
+    NON_FINITE_QUERY,
+    all_finite,
+    check_query_shape,
+    far_apart,
+    row_hashes,
+)
 from attnlab.oracle.journal import distinct_queries
 from attnlab.oracle.oracle import Oracle
 from attnlab.oracle.targets import (
@@ -169,7 +175,7 @@ class DeviceOracle(Oracle):
                         f"the target raised {type(exc).__name__}: {exc} for a batch of shape "
                         f"{tuple(part.shape)}; its {part.shape[0]} sequences count as paid."
                     ) from exc
-            answers = torch.cat(parts)
+            answers = parts[0] if len(parts) == 1 else torch.cat(parts)
             if answers.shape != (fresh,):
                 raise OracleError(
                     f"the target must return one number per sequence, shape ({fresh},); it "
@@ -237,6 +243,8 @@ class DeviceOracle(Oracle):
         hashes = row_hashes(batch)
         if not all_finite(batch, hashes):
             raise QueryShapeError(NON_FINITE_QUERY)
+        if far_apart(hashes):  # the usual case: no two hashes near, so all distinct
+            return None, None
         first, inverse = distinct_queries(batch, hashes)
         if first.size == batch.shape[0]:
             return None, None

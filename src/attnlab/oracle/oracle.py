@@ -32,6 +32,7 @@ from attnlab.oracle.binding import (
     stored_probes,
 )
 from attnlab.oracle.checks import (
+    far_apart,
     one_answer_each,
     positive_seconds,
     valid_query_hashed,
@@ -280,8 +281,10 @@ class Oracle:
             fresh_total = 0
             for g, batch in enumerate(groups):
                 inverse = None
-                if self._dedupe:
-                    first, inverse = distinct_queries(batch, None if hashes is None else hashes[g])
+                given = None if hashes is None else hashes[g]
+                # all distinct when no two hashes are near (one sort proves it): nothing to merge
+                if self._dedupe and not (given is not None and far_apart(given)):
+                    first, inverse = distinct_queries(batch, given)
                     if first.size == batch.shape[0]:
                         inverse = None  # all distinct: no copy of a large batch
                     else:
