@@ -56,20 +56,21 @@ def all_finite(X: np.ndarray, hashes: np.ndarray | None = None) -> bool:
 
 
 def far_apart(hashes: np.ndarray) -> bool:
-    """Whether no two of these `row_hashes` are near enough to be candidates for one sequence
-    (`journal.distinct_queries`' test: agreement to NEAR relative or NEAR_FLOOR of the largest).
-    True means every sequence of the batch is distinct, and costs one sort of the hashes (no
-    argsort, no byte comparison); False (or a non-finite hash) leaves it to `distinct_queries`."""
+    """Whether these `row_hashes` are all finite and no two are near enough to be candidates for
+    one sequence under `journal.distinct_queries`' test (agreement to NEAR relative, or NEAR_FLOOR
+    of the largest). True proves the batch finite (a NaN or infinite entry makes its hash
+    non-finite) and all its sequences distinct, for one sort of the hashes: every gap between
+    neighbours is compared with (NEAR + NEAR_FLOOR) times the largest |hash|, which is at least
+    each pair's own tolerance there. False decides nothing: the caller runs the full checks."""
     from attnlab.oracle.journal import NEAR, NEAR_FLOOR
 
     if hashes.size < 2:
-        return True
+        return bool(np.all(np.isfinite(hashes)))
     ranked = np.sort(hashes)
-    if not (np.isfinite(ranked[0]) and np.isfinite(ranked[-1])):  # NaN sorts last
+    low, high = float(ranked[0]), float(ranked[-1])  # a NaN sorts last
+    if not (math.isfinite(low) and math.isfinite(high)):
         return False
-    size = np.abs(ranked)
-    tolerance = NEAR * np.maximum(size[1:], size[:-1]) + NEAR_FLOOR * float(size.max())
-    return not bool(np.any(ranked[1:] - ranked[:-1] <= tolerance))
+    return float(np.diff(ranked).min()) > (NEAR + NEAR_FLOOR) * max(-low, high, 0.0)
 
 
 def check_query_shape(shape: tuple[int, ...], d: int | None, single_only: bool = False) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from attnlab.extract.single_head.directions import CoordinateDirections, Directions
-from attnlab.extract.single_head.probes import ProbeLog, ScaleTracker, invert_probes
+from attnlab.extract.single_head.probes import ProbeLog, ScaleTracker, invert_probes, well_aligned
 from attnlab.extract.single_head.query_buffer import QueryBuffer
 
 Index = int | np.ndarray
@@ -49,6 +49,13 @@ class Side:
             ]
             self.flat = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
             self.base = np.cumsum([0, *lengths])[:-1].astype(np.int64)
+
+    def used(self) -> np.ndarray:
+        """Every direction index the lines use (with repeats)."""
+        for index in (self.const, self.shared, self.flat):
+            if index is not None:
+                return index
+        raise AssertionError("a Side holds one of const, shared, flat")
 
     def at(self, line: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """The direction index of each query (line[k], position pos[k] in its line)."""
@@ -76,6 +83,7 @@ class Lines:
     out_base: np.ndarray  # where each line starts in `out`
     c: float
     v_norm: float
+    aligned: bool = False  # every a the lines use passes the alignment check (`well_aligned`)
 
     @property
     def kind(self) -> str:
@@ -112,6 +120,12 @@ def deal(remaining: np.ndarray, chunk: int) -> np.ndarray:
         grow = np.flatnonzero(remaining > low)[:slack]
         blocks[grow] += 1
     return blocks
+
+
+def lines_aligned(lines: Lines) -> bool:
+    """Whether every first-token direction of these lines is `well_aligned` with v."""
+    used = lines.a.used()
+    return well_aligned(lines.a_dot_v[used], lines.a_norms[used], lines.v_norm)
 
 
 class StageReader:
@@ -207,6 +221,7 @@ class StageReader:
                 a_norm if a_norm is not None else mu * L.a_norms[a_idx],
                 L.v_norm,
                 self.log,
+                L.aligned,
             )
             if L.a_dot_u is not None:
                 t = t - (a_u if a_u is not None else mu * L.a_dot_u[a_idx])

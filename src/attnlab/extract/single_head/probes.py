@@ -140,8 +140,45 @@ def invert_probes(
     a_norms: np.ndarray,
     v_norm: float,
     log: ProbeLog | None = None,
+    aligned: bool = False,
 ) -> np.ndarray:
-    """The logits t_k of prebuilt probe queries X[k] = [(a_k + b_k); b_k], given a_k^T v and b_k^T v."""
+    """The logits t_k of prebuilt probe queries X[k] = [(a_k + b_k); b_k], given a_k^T v and b_k^T v.
+
+    `aligned`: the caller has checked that every a_k is aligned with v (`well_aligned`), so the
+    check before the queries are sent is skipped.
+    """
+    if not aligned:
+        check_alignment(a_dot_v, a_norms, v_norm)
+    y = log.ask(oracle, X) if log is not None else np.asarray(oracle(X), dtype=np.float64)
+    alpha = (y - b_dot_v - c) / a_dot_v
+    # min and max see a NaN too (it propagates), so this is the test alpha in (0, 1) for all
+    if not (alpha.size == 0 or (alpha.min() > 0.0 and alpha.max() < 1.0)):
+        bad = ~((alpha > 0.0) & (alpha < 1.0))
+        k = int(np.flatnonzero(bad)[0])
+        raise ExtractionError(
+            f"the softmax saturated: probe {k} of this batch gives attention weight {alpha[k]!r}, "
+            f"outside (0, 1), so its logit cannot be inverted ({int(bad.sum())} of {alpha.size} probes). "
+            f"The bilinear form a^T W b is too large for the probe magnitudes |a| = {a_norms[k]:.3g}, "
+            f"|b| = {np.linalg.norm(X[k, 1]):.3g}; use method='adaptive', which scales its probes "
+            f"to the target."
+        )
+    t = np.log(alpha)
+    t -= np.log1p(-alpha)
+    if log is not None and t.size:
+        log.max_abs_logit = max(log.max_abs_logit, float(t.max()), -float(t.min()))
+    return t
+
+
+def well_aligned(a_dot_v: np.ndarray, a_norms: np.ndarray, v_norm: float) -> bool:
+    """Whether every direction passes `check_alignment` with a margin of 2x at any scale (the
+    check of probes mu a_k then cannot fail, whatever the rounding of mu a_k^T v and mu |a_k|)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alignment = np.abs(a_dot_v) / (a_norms * v_norm)
+    return bool(np.all(alignment >= 2.0 * MIN_VALUE_ALIGNMENT))
+
+
+def check_alignment(a_dot_v: np.ndarray, a_norms: np.ndarray, v_norm: float) -> None:
+    """The ExtractionError for a probe whose a^T v is too small to invert, if any."""
     with np.errstate(divide="ignore", invalid="ignore"):
         alignment = np.abs(a_dot_v) / (a_norms * v_norm)
     if np.any(~(alignment >= MIN_VALUE_ALIGNMENT)):
@@ -151,22 +188,6 @@ def invert_probes(
             f"{alignment[k]:.1e} < {MIN_VALUE_ALIGNMENT}). W is only identifiable through directions "
             f"a with a^T v != 0; choose probes aligned with v (method='adaptive' does)."
         )
-    y = log.ask(oracle, X) if log is not None else np.asarray(oracle(X), dtype=np.float64)
-    alpha = (y - b_dot_v - c) / a_dot_v
-    bad = ~((alpha > 0.0) & (alpha < 1.0))
-    if np.any(bad):
-        k = int(np.flatnonzero(bad)[0])
-        raise ExtractionError(
-            f"the softmax saturated: probe {k} of this batch gives attention weight {alpha[k]!r}, "
-            f"outside (0, 1), so its logit cannot be inverted ({int(bad.sum())} of {alpha.size} probes). "
-            f"The bilinear form a^T W b is too large for the probe magnitudes |a| = {a_norms[k]:.3g}, "
-            f"|b| = {np.linalg.norm(X[k, 1]):.3g}; use method='adaptive', which scales its probes "
-            f"to the target."
-        )
-    t = np.log(alpha) - np.log1p(-alpha)
-    if log is not None and t.size:
-        log.max_abs_logit = max(log.max_abs_logit, float(np.max(np.abs(t))))
-    return t
 
 
 class ScaleTracker:

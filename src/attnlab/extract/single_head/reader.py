@@ -21,7 +21,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from attnlab.extract.single_head.dealing import Lines, Side, StageReader, observe
+from attnlab.extract.single_head.dealing import (
+    Lines,
+    Side,
+    StageReader,
+    lines_aligned,
+    observe,
+)
 from attnlab.extract.single_head.directions import DenseDirections, Directions
 from attnlab.extract.single_head.probes import (
     INITIAL_OFFSET_PROBE,
@@ -176,6 +182,7 @@ class BilinearReader:
             self.c,
             self.v_norm,
         )
+        context.aligned = lines_aligned(context)
         done = [0] * len(lines)
         for size in (*warmup, None):
             stage: list[tuple[int, slice, float, float]] = []
