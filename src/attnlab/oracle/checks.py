@@ -62,15 +62,21 @@ def far_apart(hashes: np.ndarray) -> bool:
     non-finite) and all its sequences distinct, for one sort of the hashes: every gap between
     neighbours is compared with (NEAR + NEAR_FLOOR) times the largest |hash|, which is at least
     each pair's own tolerance there. False decides nothing: the caller runs the full checks."""
-    from attnlab.oracle.journal import NEAR, NEAR_FLOOR
+    global _NEAR
+    if _NEAR is None:  # journal imports this module: its constants are read once, on first use
+        from attnlab.oracle.journal import NEAR, NEAR_FLOOR
 
+        _NEAR = NEAR + NEAR_FLOOR
     if hashes.size < 2:
         return bool(np.all(np.isfinite(hashes)))
     ranked = np.sort(hashes)
     low, high = float(ranked[0]), float(ranked[-1])  # a NaN sorts last
     if not (math.isfinite(low) and math.isfinite(high)):
         return False
-    return float(np.diff(ranked).min()) > (NEAR + NEAR_FLOOR) * max(-low, high, 0.0)
+    return float(np.diff(ranked).min()) > _NEAR * max(-low, high, 0.0)
+
+
+_NEAR: float | None = None
 
 
 def check_query_shape(shape: tuple[int, ...], d: int | None, single_only: bool = False) -> None:

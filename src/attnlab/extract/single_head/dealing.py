@@ -84,6 +84,7 @@ class Lines:
     c: float
     v_norm: float
     aligned: bool = False  # every a the lines use passes the alignment check (`well_aligned`)
+    unit: bool = False  # every a has norm exactly 1
 
     @property
     def kind(self) -> str:
@@ -194,7 +195,8 @@ class StageReader:
         bi = L.b.at(line, pos) if L.b.const is not None else None
         # what a constant side contributes to the inversion, once per layout
         a_v = mu * L.a_dot_v[ai] if ai is not None else None
-        a_norm = mu * L.a_norms[ai] if ai is not None else None
+        # unit directions (the aligned basis): |mu a| is mu itself, no gather per chunk
+        a_norm = mu if L.unit else (mu * L.a_norms[ai] if ai is not None else None)
         a_u = mu * L.a_dot_u[ai] if ai is not None and L.a_dot_u is not None else None
         b_v = nu * L.b_dot_v[bi] if bi is not None else None
         self.log.note_scales(float(rho.min()), float(rho.max()))

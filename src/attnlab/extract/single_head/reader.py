@@ -183,6 +183,7 @@ class BilinearReader:
             self.v_norm,
         )
         context.aligned = lines_aligned(context)
+        context.unit = bool(np.all(context.a_norms == 1.0))
         done = [0] * len(lines)
         for size in (*warmup, None):
             stage: list[tuple[int, slice, float, float]] = []
