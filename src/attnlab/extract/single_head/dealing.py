@@ -201,9 +201,11 @@ class StageReader:
         b_v = nu * L.b_dot_v[bi] if bi is not None else None
         self.log.note_scales(float(rho.min()), float(rho.max()))
         even = int(blocks[0]) if np.all(blocks == blocks[0]) else None
+        dest = out_base + pos  # where each slot's reading goes in `out`
         for j in range(chunks):
             if j:
                 pos += 1
+                dest += 1
             a_idx = ai if ai is not None else L.a.at(line, pos)
             b_idx = bi if bi is not None else L.b.at(line, pos)
             if kind == "row":
@@ -227,7 +229,7 @@ class StageReader:
             )
             if L.a_dot_u is not None:
                 t = t - (a_u if a_u is not None else mu * L.a_dot_u[a_idx])
-            L.out[out_base + pos] = t / rho
+            L.out[dest] = t / rho
 
 
 def observe(trackers: Sequence[ScaleTracker], lines: Lines, segments) -> None:
