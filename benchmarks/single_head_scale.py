@@ -435,9 +435,10 @@ class ClockedModule(torch.nn.Module):
             self.cpu_seconds += time.thread_time() - cpu
 
 
-def learner_split(cases: str, seed: int = 0) -> list[dict]:
+def learner_split(cases: str, seed: int = 0, chunk_mib: float | None = None) -> list[dict]:
     """For each case "DxR" (R an int or "full"): one extraction through DeviceOracle(cpu), no
-    tracemalloc, and the learner's share of wall and thread-CPU time next to the target's."""
+    tracemalloc, and the learner's share of wall and thread-CPU time next to the target's.
+    `chunk_mib`: the reader's chunk in MiB of queries (default: the reader's own, 16 MiB)."""
     rows = []
     for case in cases.split(","):
         d_text, r_text = case.split("x")
@@ -445,12 +446,16 @@ def learner_split(cases: str, seed: int = 0) -> list[dict]:
         head, W = build(d, r, False, seed)
         clocked = ClockedModule(head)
         oracle = DeviceOracle(DeviceTarget(clocked, "cpu"), d=d)
+        options = {} if chunk_mib is None else {"chunk": max(1, int(chunk_mib * 2**20) // (16 * d))}
         started, cpu = time.perf_counter(), time.thread_time()
-        result = single_head(oracle, rank=r, seed=seed, fidelity_samples=0)
+        result = single_head(
+            oracle, rank=r, seed=seed, fidelity_samples=0, method_options=options or None
+        )
         wall, cpu = time.perf_counter() - started, time.thread_time() - cpu
         rows.append(
             {
                 "case": case,
+                "chunk_mib": chunk_mib,
                 "queries": result.queries,
                 "error": float(np.max(np.abs(result.W - W)) / np.max(np.abs(W))),
                 "learner_wall": (wall - clocked.seconds) / clocked.seconds,
@@ -465,8 +470,9 @@ def learner_split(cases: str, seed: int = 0) -> list[dict]:
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--split":
         # OMP_NUM_THREADS=1 PYTHONPATH=<a checkout>/src python benchmarks/single_head_scale.py
-        #   --split 512x64,1024x64,2048x64,512xfull
+        #   --split 512x64,1024x64,2048x64,512xfull [--chunk-mib 8]
         torch.set_num_threads(1)
-        learner_split(sys.argv[2])
+        chunk_mib = float(sys.argv[4]) if sys.argv[3:4] == ["--chunk-mib"] else None
+        learner_split(sys.argv[2], chunk_mib=chunk_mib)
     else:  # python benchmarks/single_head_scale.py BEFORE.json AFTER.json
         print(before_after(Path(sys.argv[1]), Path(sys.argv[2])))
