@@ -284,3 +284,29 @@ def test_reader_reuses_rows_and_still_reads_W_exactly():
     )
     assert result.queries == limit(d, r)
     assert relative_error(result.W, head.W.detach().numpy()) <= 1e-10
+
+
+def test_trackers_see_the_same_readings_whatever_the_observe_batch(monkeypatch):
+    """`dealing.observe` feeds each line's tracker its segment's readings in bounded batches: the
+    counts and peaks are exact and the sums agree to rounding with one observe() per segment."""
+    from attnlab.extract.single_head import dealing
+    from attnlab.extract.single_head.probes import ScaleTracker
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 50, 30)
+    out = rng.standard_normal(int(lengths.sum()))
+    base = np.cumsum([0, *lengths])[:-1]
+    lines = dealing.Lines(*([None] * 8), out, base, 0.0, 1.0)  # type: ignore[arg-type]
+    segments = [
+        (i, slice(int(rng.integers(0, n)), int(n)), 1.0, 1.0) for i, n in enumerate(lengths)
+    ]
+    reference = [ScaleTracker() for _ in lengths]
+    for i, rows, _, _ in segments:
+        reference[i].observe(out[base[i] + rows.start : base[i] + rows.stop])
+    for batch in (1 << 20, 7, 1):
+        monkeypatch.setattr(dealing, "OBSERVE_BATCH", batch)
+        trackers = [ScaleTracker() for _ in lengths]
+        dealing.observe(trackers, lines, segments)
+        for got, want in zip(trackers, reference, strict=True):
+            assert got.count == want.count and got._max_abs == want._max_abs
+            assert got._sum_sq == pytest.approx(want._sum_sq, rel=1e-14)

@@ -232,21 +232,36 @@ class StageReader:
             L.out[dest] = t / rho
 
 
+# `observe` gathers the readings of at most this many segments' worth at once (bounded memory
+# for full-rank stages of d^2 readings, one pass of a few array operations for the usual ones).
+OBSERVE_BATCH = 1 << 20
+
+
 def observe(trackers: Sequence[ScaleTracker], lines: Lines, segments) -> None:
-    """Each line's tracker sees its segment's readings: plain trackers their sums, computed for all
+    """Each line's tracker sees its segment's readings: plain trackers their sums, computed for many
     segments at once; trackers that record more (subclasses overriding `observe`) the values."""
     if not segments:
         return
     starts = np.array([lines.out_base[i] + rows.start for i, rows, _, _ in segments])
     sizes = np.array([rows.stop - rows.start for _, rows, _, _ in segments])
-    firsts = np.cumsum(sizes) - sizes
-    index = np.repeat(starts - firsts, sizes) + np.arange(int(sizes.sum()))
-    values = lines.out[index]
-    sums = np.add.reduceat(values * values, firsts)
-    peaks = np.maximum.reduceat(np.abs(values), firsts)
-    for k, (i, _, _, _) in enumerate(segments):
-        tracker = trackers[i]
-        if type(tracker).observe is ScaleTracker.observe:
-            tracker.observe_summary(int(sizes[k]), float(sums[k]), float(peaks[k]))
-        else:
-            tracker.observe(values[firsts[k] : firsts[k] + sizes[k]])
+    ends = np.cumsum(sizes)
+    first = 0
+    while first < len(segments):
+        # segments first..last-1: at most OBSERVE_BATCH readings (or one segment)
+        before = int(ends[first - 1]) if first else 0
+        last = max(first + 1, int(np.searchsorted(ends, before + OBSERVE_BATCH, side="right")))
+        part_sizes = sizes[first:last]
+        offsets = np.cumsum(part_sizes) - part_sizes
+        index = np.repeat(starts[first:last] - offsets, part_sizes) + np.arange(
+            int(part_sizes.sum())
+        )
+        values = lines.out[index]
+        sums = np.add.reduceat(values * values, offsets)
+        peaks = np.maximum.reduceat(np.abs(values), offsets)
+        for k in range(last - first):
+            tracker = trackers[segments[first + k][0]]
+            if type(tracker).observe is ScaleTracker.observe:
+                tracker.observe_summary(int(part_sizes[k]), float(sums[k]), float(peaks[k]))
+            else:
+                tracker.observe(values[offsets[k] : offsets[k] + part_sizes[k]])
+        first = last
