@@ -56,6 +56,7 @@ _SHARED = {
     "logit_tol": 1e-9,
     "min_gap": 0.03,
     "max_logit": 4.5,
+    "isolate": None,
 }
 METHOD_OPTIONS: dict[str, dict] = {
     "continuation": {"anchors": 2, **_SHARED},
@@ -115,6 +116,10 @@ def multi_head(
         anchors (continuation only): tokens per direction read by a full fit (default 2);
         check_queries: random sequences the result must match to 1e-6 (relative) before it is
         returned, else ExtractionError (default 2; counted in `queries`, stage "check");
+        isolate (with rank): read the directions after the first r + 2 one head at a time, with
+        query tokens orthogonal to the other heads' row spaces (module `isolated`; H (r + 1)
+        queries a direction): True, False, or None (default) to do so only when the row spaces
+        are estimated to better than isolated.ISOLATION_BASIS_ERROR;
         refine: a final Gauss-Newton polish of all parameters on every answer kept (default
         True; only up to refine.MAX_PARAMETERS parameters); fit_tol, logit_tol, min_gap, max_logit: when
         a probe's fit is trusted (see rational.Tolerances).
@@ -159,6 +164,7 @@ def multi_head(
     assert most is not None  # heads or max_heads was required above
     learner = Learner(oracle, rng, heads, most, method, affine, anchors, tol, progress)
     learner.rank = rank
+    learner.isolate = options["isolate"]
     learner.keep = options["refine"] and canonical_dof(most, d, affine) <= MAX_PARAMETERS
     params, extra = learner.run()
     if learner.keep:

@@ -52,6 +52,7 @@ class DirectionReader:
     V: np.ndarray
     anchor_counts: list[int]
     error_bound: float
+    last_bound: float  # the error bound of the last direction read by _pairs
     frame: Frame | None  # the current direction's token frame (nearly parallel heads), or None
 
     if TYPE_CHECKING:  # measurements implemented by learner.Learner
@@ -221,6 +222,7 @@ class DirectionReader:
         gamma, logits, residual, bound = joint_polish(fits, S)
         logits = logits - np.array([f.shift for f in fits])[:, None]  # true logits u^T W_h b
         self.error_bound = max(self.error_bound, bound)
+        self.last_bound = bound
         if residual > self.tol.fit_tol:
             raise ExtractionError(
                 f"the probes of one key direction disagree by {residual:.1e} (relative): {_not_h_heads(H)}"

@@ -52,20 +52,30 @@ def match_to_first(
     return None
 
 
-def row_bases(weights: np.ndarray, rank: int, affine: bool) -> list[np.ndarray]:
+def row_bases(
+    weights: np.ndarray, rank: int, affine: bool, bounds: np.ndarray | None = None
+) -> list[np.ndarray]:
     """Orthonormal bases (width, rank) of each head's row space, from directions read in full.
 
     The singular values beyond `rank` must vanish (to 1e-7 of the largest): otherwise the
     head has a larger rank than `rank` and the target is outside the model asked for.
+    `bounds` (one per direction: its logits' error bound) weight the directions by 1 / bound:
+    every exact column lies in the row space, so any positive weights give the same space, and
+    a badly read direction then moves it little.
     """
+    scale = np.ones(weights.shape[0])
+    if bounds is not None:
+        floor = max(float(np.min(bounds)), 1e-300)
+        scale = floor / np.maximum(np.asarray(bounds, dtype=np.float64), floor)
     bases = []
     for h in range(weights.shape[2]):
-        _, sing, vt = np.linalg.svd(weights[:, :, h], full_matrices=False)
+        _, sing, _ = np.linalg.svd(weights[:, :, h], full_matrices=False)
         if sing.size > rank and sing[rank] > 1e-7 * sing[0]:
             raise ExtractionError(
                 f"head {h} has rank above {rank - int(affine)} (singular values "
                 f"{sing[rank - 1]:.2e}, {sing[rank]:.2e} at the cut): give a larger rank, or rank=None"
             )
+        vt = np.linalg.svd(scale[:, None] * weights[:, :, h], full_matrices=False)[2]
         bases.append(vt[:rank].T)
     return bases
 

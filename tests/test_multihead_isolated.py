@@ -1,0 +1,94 @@
+"""Low-rank multi-head reads: one head at a time (module `isolated`), and misread directions."""
+
+import numpy as np
+import pytest
+
+from attnlab.extract.multihead import multi_head
+from attnlab.extract.multihead.isolated import plan, read_direction
+from attnlab.models.canonical import MultiHeadParams, canonical_error
+from attnlab.models.multihead import MultiHeadRegressor
+from attnlab.oracle import Oracle
+
+
+def _low_rank(d: int, H: int, r: int, seed: int) -> MultiHeadParams:
+    """The targets of benchmarks/multihead.py's lowrank section."""
+    rng = np.random.default_rng(seed)
+    W = np.stack(
+        [
+            rng.standard_normal((d, r)) @ rng.standard_normal((r, d)) / np.sqrt(r * d)
+            for _ in range(H)
+        ]
+    )
+    return MultiHeadParams(W, rng.standard_normal((H, d)))
+
+
+def _truth(model: MultiHeadRegressor) -> MultiHeadParams:
+    return MultiHeadParams(model.Ws.detach().numpy(), model.vs.detach().numpy())
+
+
+def test_one_direction_read_one_head_at_a_time_is_exact_with_h_r_plus_h_queries():
+    d, H, r = 24, 3, 4
+    truth = _low_rank(d, H, r, seed=5)
+    rng = np.random.default_rng(0)
+    U = rng.standard_normal((6, d))
+    U /= np.linalg.norm(U, axis=1, keepdims=True)
+    columns = np.einsum("hde,id->ieh", truth.W, U)  # columns[i, :, h] = W_h^T u_i
+    bases = [np.linalg.svd(W)[2][:r].T for W in truth.W]
+    iso = plan(bases, columns)
+    assert iso is not None
+    oracle = Oracle(truth, d=d)
+    u = rng.standard_normal(d)
+    u /= np.linalg.norm(u)
+    before = oracle.queries
+    read = read_direction(
+        lambda stage, seqs: oracle.query_many(seqs), u, truth.v.sum(axis=0), iso, 4.5
+    )
+    assert read is not None
+    gamma, got = read
+    assert oracle.queries - before == H * (r + 1)  # r logits and one gamma per head
+    want = np.stack([W.T @ u for W in truth.W], axis=1)
+    assert np.max(np.abs(got - want)) <= 1e-10 * np.max(np.abs(want))
+    assert np.max(np.abs(gamma - truth.v @ u)) <= 1e-10 * np.max(np.abs(truth.v @ u))
+
+
+def test_no_isolating_tokens_when_the_other_heads_fill_the_space():
+    d, H, r = 8, 3, 3  # H r = 9 > d: every token is seen by some other head
+    truth = _low_rank(d, H, r, seed=1)
+    bases = [np.linalg.svd(W)[2][:r].T for W in truth.W]
+    columns = np.einsum("hde,id->ieh", truth.W, np.eye(d)[: r + 2])
+    assert plan(bases, columns) is None
+
+
+def test_isolated_reads_recover_low_rank_heads_with_fewer_queries():
+    d, H, r = 24, 3, 4
+    model = MultiHeadRegressor.random(d, H, rank=r, seed=1)
+    runs = {
+        isolate: multi_head(
+            Oracle(model, d=d),
+            heads=H,
+            rank=r,
+            seed=1,
+            fidelity_samples=0,
+            method_options={"isolate": isolate},
+        )
+        for isolate in (None, False)
+    }
+    for result in runs.values():
+        assert canonical_error(result.surrogate, _truth(model)) <= 1e-8
+    assert runs[None].info["isolated_directions"] > 0
+    assert runs[False].info["isolated_directions"] == 0
+    assert runs[None].queries < runs[False].queries
+
+
+@pytest.mark.slow
+def test_formerly_failing_low_rank_targets_are_read():
+    # (64, 4, 8), the benchmark's targets 1 and 2: both raised before ("head 0 has rank above 8"
+    # from one misread direction read in full; "logits leave its row space" from a later one)
+    d, H, r = 64, 4, 8
+    for seed, tolerance in ((1, 1e-7), (2, 1e-8)):
+        truth = _low_rank(d, H, r, seed=d + H + r + 1000 * seed)
+        result = multi_head(Oracle(truth, d=d), heads=H, rank=r, seed=1 + seed, fidelity_samples=0)
+        # target 1: its row spaces are estimated to 1.2e-8 only, so no isolated reads; one
+        # direction read in full is replaced, and the result is good to 5.5e-8, not to 1e-8
+        assert canonical_error(result.surrogate, truth) <= tolerance
+    assert result.info["isolated_directions"] > 0  # target 2 is read one head at a time
