@@ -271,6 +271,8 @@ class DeviceOracle(Oracle):
         check_query_shape(tuple(X.shape), self.d)
         if self.d is None:
             self.d = int(X.shape[-1])
+        if X.device == self.device and X.dtype == self.query_dtype:
+            return X
         return X.to(device=self.device, dtype=self.query_dtype)
 
 

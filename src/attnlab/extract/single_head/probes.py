@@ -150,7 +150,9 @@ def invert_probes(
     if not aligned:
         check_alignment(a_dot_v, a_norms, v_norm)
     y = log.ask(oracle, X) if log is not None else np.asarray(oracle(X), dtype=np.float64)
-    alpha = (y - b_dot_v - c) / a_dot_v
+    alpha = y - b_dot_v  # = (y - b^T v - c) / a^T v, computed in one array
+    alpha -= c
+    alpha /= a_dot_v
     # min and max see a NaN too (it propagates), so this is the test alpha in (0, 1) for all
     if not (alpha.size == 0 or (alpha.min() > 0.0 and alpha.max() < 1.0)):
         bad = ~((alpha > 0.0) & (alpha < 1.0))

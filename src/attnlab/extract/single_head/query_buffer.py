@@ -70,9 +70,14 @@ class QueryBuffer:
         self._next_key = 0
         self._arange = np.arange(chunk)
         self._last: tuple | None = None  # (kind, n, keys, rows, table) of the last write
+        self._batches: dict[int, Any] = {}
 
     def batch(self, n: int):
-        return self.tensor[:n]
+        """The first n slots, as handed to the oracle (the view is made once per size)."""
+        view = self._batches.get(n)
+        if view is None:
+            view = self._batches[n] = self.tensor[:n]
+        return view
 
     # -- host: a whole chunk at a time ----------------------------------------------------------
     def new_keys(self, count: int) -> int:
