@@ -310,3 +310,30 @@ def test_trackers_see_the_same_readings_whatever_the_observe_batch(monkeypatch):
         for got, want in zip(trackers, reference, strict=True):
             assert got.count == want.count and got._max_abs == want._max_abs
             assert got._sum_sq == pytest.approx(want._sum_sq, rel=1e-14)
+
+
+@pytest.mark.parametrize("rank,affine", [(5, False), (None, False), (4, True)])
+def test_deferred_inversion_reads_the_same_bits_whatever_it_holds(rank, affine, monkeypatch):
+    """The reader inverts the weights of several chunks at once (`dealing.DEFER_READINGS`): how
+    many it holds changes nothing, to the last bit."""
+    from attnlab.extract.single_head import dealing
+
+    d = 32
+    head = (AffineHead if affine else SingleHeadAttention).random(d, rank=rank, seed=4)
+    results = []
+    for held in (1, 20, 1 << 16):
+        monkeypatch.setattr(dealing, "DEFER_READINGS", held)
+        results.append(
+            single_head(
+                Oracle(head, d=d),
+                rank=rank,
+                affine=affine,
+                seed=1,
+                fidelity_samples=0,
+                method_options={"chunk": 9},
+            )
+        )
+    for other in results[1:]:
+        assert other.queries == results[0].queries
+        np.testing.assert_array_equal(other.W, results[0].W)
+    assert relative_error(results[0].W, head.W.detach().numpy()) <= 1e-9

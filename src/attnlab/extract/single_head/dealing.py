@@ -23,10 +23,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from attnlab.extract.single_head.directions import CoordinateDirections, Directions
-from attnlab.extract.single_head.probes import ProbeLog, ScaleTracker, invert_probes, well_aligned
+from attnlab.extract.single_head.probes import (
+    ProbeLog,
+    ScaleTracker,
+    logits,
+    probe_weights,
+    well_aligned,
+)
 from attnlab.extract.single_head.query_buffer import QueryBuffer
 
 Index = int | np.ndarray
+
+
+# A layout's weights are inverted (log, scatter into the output) this many readings at a time,
+# not chunk by chunk: the few array operations then run once per several oracle calls.
+DEFER_READINGS = 1 << 16
 
 
 class Side:
@@ -201,11 +212,16 @@ class StageReader:
         b_v = nu * L.b_dot_v[bi] if bi is not None else None
         self.log.note_scales(float(rho.min()), float(rho.max()))
         even = int(blocks[0]) if np.all(blocks == blocks[0]) else None
-        dest = out_base + pos  # where each slot's reading goes in `out`
+        dest = out_base + pos  # where each slot's reading goes in `out` (chunk 0; +j in chunk j)
+        # the weights of up to `held` chunks, inverted together (the outputs are read only once the
+        # stage is done; a saturated weight still raises in the chunk that met it)
+        held = max(1, min(chunks, DEFER_READINGS // n))
+        weights = np.empty((held, n))
+        offsets = np.empty((held, n)) if L.a_dot_u is not None else None
+        kept = 0
         for j in range(chunks):
             if j:
                 pos += 1
-                dest += 1
             a_idx = ai if ai is not None else L.a.at(line, pos)
             b_idx = bi if bi is not None else L.b.at(line, pos)
             if kind == "row":
@@ -216,7 +232,7 @@ class StageReader:
                 buffer.write_coordinate_reads(n, L.a_dirs, a_idx, mu, b_idx, nu)
             else:
                 buffer.write_plain(n, L.a_dirs, a_idx, mu, L.b_dirs, b_idx, nu)
-            t = invert_probes(
+            weights[kept] = probe_weights(
                 self.oracle,
                 buffer.batch(n),
                 a_v if a_v is not None else mu * L.a_dot_v[a_idx],
@@ -227,9 +243,17 @@ class StageReader:
                 self.log,
                 L.aligned,
             )
-            if L.a_dot_u is not None:
-                t = t - (a_u if a_u is not None else mu * L.a_dot_u[a_idx])
-            L.out[dest] = t / rho
+            if offsets is not None:
+                offsets[kept] = a_u if a_u is not None else mu * L.a_dot_u[a_idx]
+            kept += 1
+            if kept == held or j == chunks - 1:
+                t = logits(weights[:kept], self.log)
+                if offsets is not None:
+                    t -= offsets[:kept]
+                t /= rho
+                first = j + 1 - kept  # the chunk of weights[0]
+                L.out[dest + np.arange(first, j + 1)[:, None]] = t
+                kept = 0
 
 
 # `observe` gathers the readings of at most this many segments' worth at once (bounded memory

@@ -147,6 +147,23 @@ def invert_probes(
     `aligned`: the caller has checked that every a_k is aligned with v (`well_aligned`), so the
     check before the queries are sent is skipped.
     """
+    alpha = probe_weights(oracle, X, a_dot_v, b_dot_v, c, a_norms, v_norm, log, aligned)
+    return logits(alpha, log)
+
+
+def probe_weights(
+    oracle: Oracle,
+    X: np.ndarray,
+    a_dot_v: np.ndarray,
+    b_dot_v: np.ndarray,
+    c: float,
+    a_norms: np.ndarray,
+    v_norm: float,
+    log: ProbeLog | None = None,
+    aligned: bool = False,
+) -> np.ndarray:
+    """The attention weights alpha_k on the first token of the probes X (the first half of
+    `invert_probes`): the queries are sent, and a weight outside (0, 1) raises here."""
     if not aligned:
         check_alignment(a_dot_v, a_norms, v_norm)
     y = log.ask(oracle, X) if log is not None else np.asarray(oracle(X), dtype=np.float64)
@@ -164,6 +181,12 @@ def invert_probes(
             f"|b| = {np.linalg.norm(X[k, 1]):.3g}; use method='adaptive', which scales its probes "
             f"to the target."
         )
+    return alpha
+
+
+def logits(alpha: np.ndarray, log: ProbeLog | None = None) -> np.ndarray:
+    """log(alpha / (1 - alpha)) for weights in (0, 1) (the second half of `invert_probes`; any
+    shape, so that a reader may invert many batches' weights at once)."""
     t = np.log(alpha)
     t -= np.log1p(-alpha)
     if log is not None and t.size:
