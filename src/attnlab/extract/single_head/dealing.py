@@ -213,47 +213,51 @@ class StageReader:
         self.log.note_scales(float(rho.min()), float(rho.max()))
         even = int(blocks[0]) if np.all(blocks == blocks[0]) else None
         dest = out_base + pos  # where each slot's reading goes in `out` (chunk 0; +j in chunk j)
-        # the weights of up to `held` chunks, inverted together (the outputs are read only once the
-        # stage is done; a saturated weight still raises in the chunk that met it)
+        # chunks go in batches of up to `held`: their varying indices and dot products are
+        # gathered for the whole batch at once, and their weights inverted together (the
+        # outputs are read only once the stage is done; a saturated weight still raises in the
+        # chunk that met it)
         held = max(1, min(chunks, DEFER_READINGS // n))
         weights = np.empty((held, n))
-        offsets = np.empty((held, n)) if L.a_dot_u is not None else None
-        kept = 0
-        for j in range(chunks):
-            if j:
-                pos += 1
-            a_idx = ai if ai is not None else L.a.at(line, pos)
-            b_idx = bi if bi is not None else L.b.at(line, pos)
-            if kind == "row":
-                buffer.write_row_reads(n, keys, row, table, b_idx, nu)
-            elif kind == "column":
-                buffer.write_column_reads(n, keys, row, table, L.a_dirs, a_idx, mu, even)
-            elif kind == "full":
-                buffer.write_coordinate_reads(n, L.a_dirs, a_idx, mu, b_idx, nu)
-            else:
-                buffer.write_plain(n, L.a_dirs, a_idx, mu, L.b_dirs, b_idx, nu)
-            weights[kept] = probe_weights(
-                self.oracle,
-                buffer.batch(n),
-                a_v if a_v is not None else mu * L.a_dot_v[a_idx],
-                b_v if b_v is not None else nu * L.b_dot_v[b_idx],
-                L.c,
-                a_norm if a_norm is not None else mu * L.a_norms[a_idx],
-                L.v_norm,
-                self.log,
-                L.aligned,
-            )
-            if offsets is not None:
-                offsets[kept] = a_u if a_u is not None else mu * L.a_dot_u[a_idx]
-            kept += 1
-            if kept == held or j == chunks - 1:
-                t = logits(weights[:kept], self.log)
-                if offsets is not None:
-                    t -= offsets[:kept]
-                t /= rho
-                first = j + 1 - kept  # the chunk of weights[0]
-                L.out[dest + np.arange(first, j + 1)[:, None]] = t
-                kept = 0
+        for first in range(0, chunks, held):
+            count = min(held, chunks - first)
+            steps = np.arange(first, first + count)[:, None]
+            positions = pos + steps  # (count, n): position in its line of each query
+            A = L.a.at(line, positions) if ai is None else None
+            B = L.b.at(line, positions) if bi is None else None
+            A_v = a_v if A is None else mu * L.a_dot_v[A]
+            B_v = b_v if B is None else nu * L.b_dot_v[B]
+            A_norm = a_norm if a_norm is not None else mu * L.a_norms[A]
+            A_u = None
+            if L.a_dot_u is not None:
+                A_u = a_u if A is None else mu * L.a_dot_u[A]
+            for k in range(count):
+                a_idx = ai if A is None else A[k]
+                b_idx = bi if B is None else B[k]
+                if kind == "row":
+                    buffer.write_row_reads(n, keys, row, table, b_idx, nu)
+                elif kind == "column":
+                    buffer.write_column_reads(n, keys, row, table, L.a_dirs, a_idx, mu, even)
+                elif kind == "full":
+                    buffer.write_coordinate_reads(n, L.a_dirs, a_idx, mu, b_idx, nu)
+                else:
+                    buffer.write_plain(n, L.a_dirs, a_idx, mu, L.b_dirs, b_idx, nu)
+                weights[k] = probe_weights(
+                    self.oracle,
+                    buffer.batch(n),
+                    A_v if A is None else A_v[k],
+                    B_v if B is None else B_v[k],
+                    L.c,
+                    A_norm if A_norm.ndim == 1 else A_norm[k],
+                    L.v_norm,
+                    self.log,
+                    L.aligned,
+                )
+            t = logits(weights[:count], self.log)
+            if A_u is not None:
+                t -= A_u
+            t /= rho
+            L.out[dest + steps] = t
 
 
 # `observe` gathers the readings of at most this many segments' worth at once (bounded memory
