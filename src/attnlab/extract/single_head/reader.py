@@ -9,10 +9,12 @@ what the line has shown so far. Low-rank matrices have lines of very different s
 trusts another's scale blindly.
 
 Memory: the queries of a stage are written `chunk` at a time into one preallocated buffer
-(`query_buffer.QueryBuffer`, which rewrites only what changed since the last chunk) and sent
-before the next chunk is written; nothing but the answers (one float per query) outlives a chunk.
-Scales are fixed per stage, so the chunk size never changes which probes are sent (their last
-bits may differ: short warm-up segments are written with a scale per row).
+(`query_buffer.QueryBuffer`) and sent before the next chunk is written; nothing but the answers
+(one float per query) outlives a chunk. On the host the stage's lines are dealt out to fixed slot
+blocks (`dealing`: a slot keeps its line, and its constant row, from chunk to chunk); on a device
+they are packed one after another and written by the device writer. Scales are fixed per stage,
+so the chunk size never changes which probes are sent (their last bits may differ: blocks of
+equal size are written by one batched product, uneven ones by a plain one).
 """
 
 from __future__ import annotations
