@@ -86,6 +86,8 @@ INFO_KEYS: dict[str, str] = {
     "anchors": "anchor pairs used by the learner",
     "b_norm": "norm of the recovered offset term",
     "heads_found": "number of canonical heads recovered",
+    "isolated_directions": "multi_head(rank, isolate=True): directions read one head at a time",
+    "misread_directions": "multi_head(rank): directions replaced because their columns broke the rank",
     "logit_error_bound": "bound on the logit error of the rational fits",
     "published_bound": "the published query bound 4Hd^2 - 2H + 1",
     "refine": "multi_head: the final joint polish (refined, misfit_before, misfit_after: max |f - y|)",

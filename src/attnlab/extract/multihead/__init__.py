@@ -56,7 +56,7 @@ _SHARED = {
     "logit_tol": 1e-9,
     "min_gap": 0.03,
     "max_logit": 4.5,
-    "isolate": None,
+    "isolate": False,
 }
 METHOD_OPTIONS: dict[str, dict] = {
     "continuation": {"anchors": 2, **_SHARED},
@@ -104,9 +104,10 @@ def multi_head(
         u_h and the shared constant c (d + 1 more queries for the values, one more token per
         direction).
     rank : int, optional
-        An upper bound r on every head's rank: r + 2 key directions are read at all d tokens,
-        which spans each head's row space (and confirms the rank: a larger one raises), and the
-        other directions at r + 2 tokens only: about H (2 r d + 4 d) queries instead of
+        An upper bound r on every head's rank: r + 4 key directions (r + 2 where r + 4 > d / 4;
+        each the best conditioned of 4 reference pairs) are read at all d tokens, which spans each head's row space (and
+        confirms the rank: a larger one raises; one misread direction is replaced), and the
+        other directions at r + 2 tokens only: about H (2 r d + 6 d) queries instead of
         H (d^2 + d). dof stays the canonical H (d^2 + d) count; see docs/multihead.md.
     method : "continuation" or "interpolation"
         How the logits of each key direction are read once its gammas are known: H queries per
@@ -116,10 +117,11 @@ def multi_head(
         anchors (continuation only): tokens per direction read by a full fit (default 2);
         check_queries: random sequences the result must match to 1e-6 (relative) before it is
         returned, else ExtractionError (default 2; counted in `queries`, stage "check");
-        isolate (with rank): read the directions after the first r + 2 one head at a time, with
-        query tokens orthogonal to the other heads' row spaces (module `isolated`; H (r + 1)
-        queries a direction): True, False, or None (default) to do so only when the row spaces
-        are estimated to better than isolated.ISOLATION_BASIS_ERROR;
+        isolate (with rank): read the directions after those read in full one head at a time,
+        with query tokens orthogonal to the other heads' row spaces (module `isolated`): H (r + 1)
+        queries a direction instead of about H (r + 2) + 2 (H - 1), but its error is the row
+        spaces' error times the other heads' gammas over each head's, which measured up to 15x
+        the default's (default False; needs H r <= d);
         refine: a final Gauss-Newton polish of all parameters on every answer kept (default
         True; only up to refine.MAX_PARAMETERS parameters); fit_tol, logit_tol, min_gap, max_logit: when
         a probe's fit is trusted (see rational.Tolerances).
@@ -164,7 +166,7 @@ def multi_head(
     assert most is not None  # heads or max_heads was required above
     learner = Learner(oracle, rng, heads, most, method, affine, anchors, tol, progress)
     learner.rank = rank
-    learner.isolate = options["isolate"]
+    learner.isolate = bool(options["isolate"])
     learner.keep = options["refine"] and canonical_dof(most, d, affine) <= MAX_PARAMETERS
     params, extra = learner.run()
     if learner.keep:

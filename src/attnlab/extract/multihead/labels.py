@@ -63,10 +63,7 @@ def row_bases(
     every exact column lies in the row space, so any positive weights give the same space, and
     a badly read direction then moves it little.
     """
-    scale = np.ones(weights.shape[0])
-    if bounds is not None:
-        floor = max(float(np.min(bounds)), 1e-300)
-        scale = floor / np.maximum(np.asarray(bounds, dtype=np.float64), floor)
+    scale = _reliability(weights.shape[0], bounds)
     bases = []
     for h in range(weights.shape[2]):
         _, sing, _ = np.linalg.svd(weights[:, :, h], full_matrices=False)
@@ -78,6 +75,14 @@ def row_bases(
         vt = np.linalg.svd(scale[:, None] * weights[:, :, h], full_matrices=False)[2]
         bases.append(vt[:rank].T)
     return bases
+
+
+def _reliability(n: int, bounds: np.ndarray | None) -> np.ndarray:
+    """Weights floor / bound (at most 1) of n directions read in full; all 1 without bounds."""
+    if bounds is None:
+        return np.ones(n)
+    floor = max(float(np.min(bounds)), 1e-300)
+    return floor / np.maximum(np.asarray(bounds, dtype=np.float64), floor)
 
 
 def inside_row_spaces(tokens: np.ndarray, logits: np.ndarray, bases, affine: bool) -> np.ndarray:

@@ -15,7 +15,7 @@ from attnlab.errors import ExtractionError
 from attnlab.extract.multihead.assemble import heads_from_directions, progress_range
 from attnlab.extract.multihead.common import Frame, estimate_row, make_frame
 from attnlab.extract.multihead.direction import _not_h_heads, _unit_off
-from attnlab.extract.multihead.first import FirstDirection
+from attnlab.extract.multihead.first import CANDIDATES, FirstDirection
 from attnlab.extract.multihead.isolated import Isolation, plan, read_direction
 from attnlab.extract.multihead.labels import inside_row_spaces, match_to_first, row_bases
 from attnlab.extract.multihead.rational import (
@@ -32,13 +32,12 @@ from attnlab.extract.multihead.rational import (
 from attnlab.models.canonical import MultiHeadParams
 from attnlab.oracle import Oracle
 
-# Isolated reads are used (isolate=None) only while the row spaces' estimated error (module
-# `isolated`) is below this: every other head leaks into a head's tokens about this fraction of
-# its logits, divided by the head's gamma along u. Measured at (64, 4, 8) and (128, 4, 16),
-# isolation lowered the error at estimates 8e-10 and 2e-9 (3e-9 against 1.2e-8 and 8.8e-9) and
-# raised it at 1.2e-8 and 7e-8; at d <= 32 (estimates 1e-12 to 2e-9) it saved 12-18% of the
-# queries and left errors of 2e-11 to 4.4e-9 where the general reads give 2e-12 to 2.7e-10.
-ISOLATION_BASIS_ERROR = 5e-9
+# Directions read in full by a low-rank run: r + SPARE (SPARE - 1 beyond the one that confirms the
+# rank) when that is at most d / 4, else r + 2. The row spaces are fitted to them, and a direction read in full costs d H queries, but
+# their worst error sets every later direction's: measured on 3 targets each at (64, 4, 8) and
+# (128, 4, 16), 2 spares left 1.2e-8 to 5.5e-8 on 3 of the 6 (with CANDIDATES = 4), 4 spares
+# 1.7e-9 to 9.6e-9 on all 6, at 1.4-1.5x the low-rank free parameters at d = 128.
+SPARE = 4
 
 
 def _rank_ok(columns: np.ndarray, rank: int) -> bool:
@@ -99,10 +98,14 @@ class Learner(FirstDirection):
         self.frame: Frame | None = None
         self.row_norm = 1.0  # token length for the common-row probes (adapts to the logits)
         self.first_weights: np.ndarray | None = None  # first direction: W_h^T u_1 (columns)
-        self.isolate: bool | None = None  # isolated reads: always, never, or when safe (None)
+        self.isolate = (
+            False  # read later low-rank directions one head at a time (module `isolated`)
+        )
         self.isolated = 0  # directions read one head at a time (module `isolated`)
+        # low-rank runs at large d: r + SPARE directions read in full, each the best of
+        # CANDIDATES reference pairs (set in run)
+        self.choose = False
         self.misread = 0  # directions replaced because their columns broke the heads' rank
-        self.isolation_refused = 0.0  # the row spaces' estimated error when isolation was refused
 
     @property
     def known_heads(self) -> int:
@@ -279,6 +282,8 @@ class Learner(FirstDirection):
         else:
             self.V = self.ask("values", [eye[i][None] for i in range(d)])
         U, B = haar_orthogonal(self.rng, d), haar_orthogonal(self.rng, d)
+        if self.rank is not None:  # only where the directions read in full are a small part of d
+            self.choose = 4 * (self.rank + int(self.affine) + SPARE) <= d + int(self.affine)
         found = self._first_direction(U, B)
         if found is None:  # no canonical heads: the zero map (plus the constant)
             return MultiHeadParams(np.zeros((0, d, d)), np.zeros((0, d)), c=self.C), {
@@ -300,7 +305,10 @@ class Learner(FirstDirection):
         # r + 2 directions read in full span it (one spare confirms the rank); every later
         # direction then needs only r + 2 tokens, solved inside the row spaces.
         low = None if self.rank is None else self.rank + int(self.affine)
-        full = d if low is None or low + 2 >= width else low + 2
+        # the two extra spares only while the directions read in full stay a small part of d
+        # (at d = 12 they would cost 20% more queries; the errors they cure appeared at d >= 64)
+        spare = SPARE if self.choose else 2
+        full = d if low is None or low + spare >= width else low + spare
         later_tokens = None if low is None else low + 2  # tokens per direction after the first full
         bases = None
         isolation: Isolation | None = None
@@ -353,17 +361,9 @@ class Learner(FirstDirection):
                 bases = row_bases(
                     np.array(weights), low, self.affine, np.array(self.direction_bounds)
                 )
-                if not self.affine and not self.project and self.isolate is not False:
-                    # query tokens that only one head sees (module `isolated`), where the row
-                    # spaces are pinned down well enough that the others' leaks stay small
+                if self.isolate and not self.affine and not self.project:
+                    # query tokens that only one head sees (module `isolated`)
                     isolation = plan(bases, np.array(weights))
-                    if (
-                        isolation is not None
-                        and self.isolate is None
-                        and isolation.basis_error > ISOLATION_BASIS_ERROR
-                    ):
-                        self.isolation_refused = isolation.basis_error
-                        isolation = None
         return heads_from_directions(directions, gammas, weights, self.affine, self.C), {
             "b_norm": self.b_norm,
             "frames": self.project,
@@ -371,8 +371,6 @@ class Learner(FirstDirection):
             "logit_error_bound": self.error_bound,
             "isolated_directions": self.isolated,
             "misread_directions": self.misread,
-            "isolation_refused": self.isolation_refused,
-            "direction_bounds": self.direction_bounds,
         }
 
     def _accepted_direction(
@@ -387,6 +385,8 @@ class Learner(FirstDirection):
         blamed (the error then says so).
         """
         attempts = 1 if reading_full else 4
+        if reading_full and self.choose and self.frame is None and not self.project:
+            u = self._best_conditioned(u, B[:, 0], accepted)
         for attempt in range(attempts):
             spent = self.stages["pairs"]
             u, order, read = self._direction(
@@ -408,6 +408,33 @@ class Learner(FirstDirection):
                 continue
             return u, order, read, columns
         raise AssertionError("unreachable")
+
+    def reference_bound(self, fit: HeadFit) -> float:
+        """How far rounding-level answers can move a reference pair's fitted gammas and logits."""
+        assert fit.t is not None and fit.F is not None  # fits from data keep it
+        sig = expit(fit.s[None, :] + np.log(fit.t)[:, None])
+        jac = np.hstack([sig, sig * (1 - sig) * fit.gamma[None, :]])
+        return error_bound(jac, max(float(np.max(np.abs(fit.F))), float(np.max(np.abs(fit.gamma)))))
+
+    def _best_conditioned(self, u, token, accepted, candidates: int = CANDIDATES) -> np.ndarray:
+        """Of u and a few random directions, the one whose reference pair pins its logits best.
+
+        A low-rank run reads only r + 2 directions in full, and their worst error sets the row
+        spaces' (every later direction relies on them): a reference pair costs 2H - 1 queries
+        against d H for a direction, so choosing among a few is cheap. The pairs measured here
+        are discarded (stage "rejected"); the chosen direction is measured again when read.
+        """
+        best, best_bound = u, np.inf
+        for k in range(candidates):
+            candidate = u if k == 0 else self.random_direction(avoid=accepted)
+            fit, spent = self.fit_reference(candidate, self.b_norm * token, detect=False)
+            self.reject(spent)
+            if fit is None or not self.usable(fit, reference=True):
+                continue
+            bound = self.reference_bound(fit)
+            if bound < best_bound:
+                best, best_bound = candidate, bound
+        return best
 
     def _misread_full_direction(self, weights: np.ndarray, low: int) -> int | None:
         """The one direction read in full whose columns alone break rank `low`, else None.
