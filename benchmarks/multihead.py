@@ -361,6 +361,11 @@ def main() -> None:
         help="lowrank: targets per (d, H, r), each read by default and with isolate on (default 3)",
     )
     parser.add_argument(
+        "--lowrank-configs",
+        default=None,
+        help="lowrank: (d, H, r) as dxHxr, comma-separated (default 64x4x8,128x4x16,384x12x32)",
+    )
+    parser.add_argument(
         "--sections",
         default="random,near-parallel,unequal-scale,unequal-rank,outside,affine,lowrank",
     )
@@ -396,8 +401,11 @@ def main() -> None:
         report["affine"] = affine_rows([(4, 2), (8, 2), (8, 4), (12, 3)], 2 if args.quick else 10)
         print(report["affine"], flush=True)
     if "lowrank" in sections:
+        configs = LOWRANK[:1] if args.quick else LOWRANK
+        if args.lowrank_configs:
+            configs = [tuple(int(x) for x in c.split("x")) for c in args.lowrank_configs.split(",")]
         report["lowrank"] = lowrank_rows(
-            LOWRANK[:1] if args.quick else LOWRANK,
+            configs,
             deadline,
             1 if args.quick else args.lowrank_seeds,
         )
