@@ -361,6 +361,11 @@ def main() -> None:
         help="lowrank: targets per (d, H, r), each read by default and with isolate on (default 3)",
     )
     parser.add_argument(
+        "--random-grid",
+        default=None,
+        help="random family: (H, d) cells as HxD, comma-separated (default H 1-4 x d 2,3,4,8,16)",
+    )
+    parser.add_argument(
         "--lowrank-configs",
         default=None,
         help="lowrank: (d, H, r) as dxHxr, comma-separated (default 64x4x8,128x4x16,384x12x32)",
@@ -380,7 +385,10 @@ def main() -> None:
     start = time.perf_counter()
     deadline = start + args.budget
     report: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "families": {}}
-    for family, grid in FAMILY_GRID.items():
+    grids = dict(FAMILY_GRID)
+    if args.random_grid:  # e.g. 5x8,6x16: (H, d) cells of the random family
+        grids["random"] = [tuple(int(x) for x in c.split("x")) for c in args.random_grid.split(",")]
+    for family, grid in grids.items():
         if family not in sections:
             continue
         n = 2 if args.quick else (args.random_per_cell if family == "random" else args.per_cell)

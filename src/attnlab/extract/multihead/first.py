@@ -210,4 +210,10 @@ class FirstDirection(DirectionReader):
             f"{self.heads if self.heads is not None else 'up to ' + str(self.max_heads)} head(s): the target "
             f"may have more canonical heads than assumed (raise heads / max_heads), or is not a "
             f"multi-head regressor with exact answers"
+            + (
+                "; at H = 6 the degree-2H rational fits often fail in float64 even on exact "
+                "6-head targets (19 of 30 random ones raised, benchmarks/results/multihead_heads56.md)"
+                if self.max_heads >= 6
+                else ""
+            )
         )
