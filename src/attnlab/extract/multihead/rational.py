@@ -206,15 +206,110 @@ def joint_polish(fits: list[HeadFit], S: float, iterations: int = 30):
         jac[r, :H] = 1.0
         return res, jac
 
+    structured = P >= STRUCTURED_PAIRS
     for _ in range(iterations):
-        res, jac = residuals_and_jacobian()
-        step = np.linalg.lstsq(jac, -res, rcond=None)[0]
+        step = None
+        if structured:
+            step = _arrow_step(*_blocks(gamma, logits, log_t, data), gamma.sum() - S)
+        if step is None:
+            res, jac = residuals_and_jacobian()
+            step = np.linalg.lstsq(jac, -res, rcond=None)[0]
         gamma = gamma + step[:H]
         logits = logits + step[H:].reshape(P, H)
         if np.max(np.abs(step)) <= 1e-15 * max(1.0, np.max(np.abs(logits)), np.max(np.abs(gamma))):
             break
+    if structured:
+        G, D, r = _blocks(gamma, logits, log_t, data)
+        misfit = max(max(float(np.max(np.abs(x))) for x in r), abs(gamma.sum() - S))
+        smallest = _arrow_smallest_singular(G, D)
+        if smallest is not None:
+            bound = float(np.inf) if smallest == 0 else 1e-16 * scale * np.sqrt(rows) / smallest
+            return gamma, logits, misfit / scale, float(bound)
     res, jac = residuals_and_jacobian()
     return gamma, logits, float(np.max(np.abs(res))) / scale, error_bound(jac, scale)
+
+
+# From this many pairs on, joint_polish solves its Gauss-Newton steps by eliminating each pair's
+# logits (an H x H block) instead of one dense least-squares over H + P H unknowns: a direction
+# read in full has d pairs, and the dense solve cost O(d^3) per step (at d = 384 it was most of
+# the run's time).
+STRUCTURED_PAIRS = 32
+
+
+def _blocks(gamma, logits, log_t, data):
+    """Per pair: d residual / d gamma (k, H), d residual / d logits (k, H), residuals (k,)."""
+    G, D, r = [], [], []
+    for p, (lt, (_, F)) in enumerate(zip(log_t, data)):
+        sig = expit(logits[p][None, :] + lt[:, None])
+        G.append(sig)
+        D.append(sig * (1 - sig) * gamma[None, :])
+        r.append(sig @ gamma - F)
+    return G, D, r
+
+
+def _arrow_step(G, D, r, sum_residual: float) -> np.ndarray | None:
+    """The least-squares Gauss-Newton step (gamma, logits of every pair), or None if degenerate.
+
+    Each pair's rows are rotated by the Q of its logit block D_p = Q_p R_p: the first H rotated
+    rows are solved exactly by that pair's logits (R_p is H x H), the rest involve gamma only.
+    Orthogonal rotations keep the least-squares problem (and its conditioning) the same.
+    """
+    H = G[0].shape[1]
+    P = len(G)
+    reduced_rows, reduced_rhs = [np.ones((1, H))], [np.array([sum_residual])]
+    tops = [None] * P
+    for p in range(P):
+        if G[p].shape[0] < H:
+            return None
+        Q, R = np.linalg.qr(D[p], mode="complete")
+        QtG, Qtr = Q.T @ G[p], Q.T @ r[p]
+        diagonal = np.abs(np.diag(R[:H]))
+        if diagonal.min() <= 1e-13 * max(diagonal.max(), 1e-300):
+            return None  # a logit this pair cannot pin down: the dense solve handles it
+        tops[p] = (R[:H], QtG[:H], Qtr[:H])
+        reduced_rows.append(QtG[H:])
+        reduced_rhs.append(Qtr[H:])
+    dg = np.linalg.lstsq(np.vstack(reduced_rows), -np.concatenate(reduced_rhs), rcond=None)[0]
+    steps = [np.linalg.solve(R, -(Qtr + QtG @ dg)) for R, QtG, Qtr in tops]
+    return np.concatenate([dg, *steps])
+
+
+def _arrow_smallest_singular(G, D) -> float | None:
+    """The smallest singular value of the joint Jacobian, from its block-arrow normal matrix.
+
+    J^T J has a dense H x H corner (the gammas), one H x H block per pair and nothing between
+    pairs, so (J^T J)^-1 applies in O(P H^3) by the Schur complement; Lanczos finds its largest
+    eigenvalue 1 / sigma_min^2. (Squaring costs digits of sigma_min itself, not of the bound's
+    order of magnitude.) None if a block is singular.
+    """
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    H, P = G[0].shape[1], len(G)
+    Gs, Ds = G, D
+    corner = sum(g.T @ g for g in Gs) + np.ones((H, H))
+    C = np.array([g.T @ dd for g, dd in zip(Gs, Ds)])  # (P, H, H)
+    E = np.array([dd.T @ dd for dd in Ds])
+    try:
+        X = np.linalg.solve(E, np.swapaxes(C, 1, 2))  # E_p^-1 C_p^T
+        schur = corner - np.einsum("pij,pjk->ik", C, X)
+        np.linalg.cholesky(schur)
+    except np.linalg.LinAlgError:
+        return None
+
+    def apply_inverse(y):
+        y = np.asarray(y, dtype=np.float64).ravel()
+        y0, yp = y[:H], y[H:].reshape(P, H)
+        z = np.linalg.solve(E, yp[..., None])[..., 0]
+        x0 = np.linalg.solve(schur, y0 - np.einsum("pij,pj->i", C, z))
+        return np.concatenate([x0, (z - X @ x0).ravel()])
+
+    n = H + P * H
+    operator = LinearOperator((n, n), matvec=apply_inverse, dtype=np.float64)
+    try:
+        largest = float(eigsh(operator, k=1, which="LA", tol=1e-6, return_eigenvectors=False)[0])
+    except Exception:  # noqa: BLE001 (ARPACK's failure to converge: fall back to the dense SVD)
+        return None
+    return float(1 / np.sqrt(largest)) if largest > 0 else None
 
 
 def error_bound(jac: np.ndarray, scale: float) -> float:
