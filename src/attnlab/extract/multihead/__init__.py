@@ -121,8 +121,8 @@ def multi_head(
         with query tokens orthogonal to the other heads' row spaces (module `isolated`): H (r + 1)
         queries a direction instead of about H (r + 2) + 2 (H - 1), 12-21% fewer in all, but
         its error is the row spaces' error times the other heads' gammas over each head's:
-        9.8e-9 to 3.0e-7 at (64, 4, 8) and (128, 4, 16), where the default reaches 1.7e-9 to
-        9.6e-9 (benchmarks/results/multihead_lowrank.md). Default False; needs H r <= d;
+        1.03e-8 to 2.9e-7 at (64, 4, 8) and (128, 4, 16), where the default reaches 1.5e-9 to
+        9.96e-9 (benchmarks/results/multihead_lowrank.md). Default False; needs H r <= d;
         refine: a final Gauss-Newton polish of all parameters on every answer kept (default
         True; only up to refine.MAX_PARAMETERS parameters); fit_tol, logit_tol, min_gap, max_logit: when
         a probe's fit is trusted (see rational.Tolerances).

@@ -20,7 +20,7 @@ leaves these ill-conditioned: the direction is then read the general way.
 Opt-in (`method_options={"isolate": True}`): the other heads' logits at these tokens are zero only
 up to the row spaces' error, and they leak into head h's answers by that much times their
 gammas over gamma_h. Measured (benchmarks/multihead.py, lowrank, 3 targets each at (64, 4, 8) and
-(128, 4, 16)): 12-21% fewer queries, errors 9.8e-9 to 3.0e-7 against 1.7e-9 to 9.6e-9 by default.
+(128, 4, 16)): 12-21% fewer queries, errors 1.03e-8 to 2.9e-7 against 1.5e-9 to 9.96e-9 by default.
 """
 
 from __future__ import annotations

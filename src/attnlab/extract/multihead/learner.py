@@ -36,7 +36,7 @@ from attnlab.oracle import Oracle
 # rank) when that is at most d / 4, else r + 2. The row spaces are fitted to them, and a direction read in full costs d H queries, but
 # their worst error sets every later direction's: measured on 3 targets each at (64, 4, 8) and
 # (128, 4, 16), 2 spares left 1.2e-8 to 5.5e-8 on 3 of the 6 (with CANDIDATES = 4), 4 spares
-# 1.7e-9 to 9.6e-9 on all 6, at 1.4-1.5x the low-rank free parameters at d = 128.
+# 1.5e-9 to 9.96e-9 on all 6, at 1.4-1.5x the low-rank free parameters at d = 128.
 SPARE = 4
 
 
