@@ -32,11 +32,12 @@ from attnlab.extract.multihead.rational import (
 from attnlab.models.canonical import MultiHeadParams
 from attnlab.oracle import Oracle
 
-# Directions read in full by a low-rank run: r + SPARE (SPARE - 1 beyond the one that confirms the
-# rank) when that is at most d / 4, else r + 2. The row spaces are fitted to them, and a direction read in full costs d H queries, but
-# their worst error sets every later direction's: measured on 3 targets each at (64, 4, 8) and
-# (128, 4, 16), 2 spares left 1.2e-8 to 5.5e-8 on 3 of the 6 (with CANDIDATES = 4), 4 spares
-# 1.5e-9 to 9.96e-9 on all 6, at 1.4-1.5x the low-rank free parameters at d = 128.
+# Directions read in full by a low-rank run: r + SPARE (SPARE - 1 beyond the one that confirms
+# the rank) when that is at most d / 4, else r + 2. A direction read in full costs d H queries,
+# but their worst error sets the row spaces' and so every later direction's. Measured: with
+# 2 spares (and CANDIDATES = 4) 2 of the 3 (128, 4, 16) benchmark targets stayed inexact
+# (1.2e-8, 5.5e-8); with 4, all 3 targets each at (64, 4, 8) and (128, 4, 16) reach 1.5e-9 to
+# 9.96e-9, at 1.4-1.5x the low-rank free parameters at d = 128.
 SPARE = 4
 
 
