@@ -104,8 +104,8 @@ def multi_head(
         u_h and the shared constant c (d + 1 more queries for the values, one more token per
         direction).
     rank : int, optional
-        An upper bound r on every head's rank: r + 4 key directions (r + 2 where r + 4 > d / 4;
-        each the best conditioned of 4 reference pairs) are read at all d tokens, which spans each head's row space (and
+        An upper bound r on every head's rank: r + max(4, r / 4) key directions (r + 2 where
+        that is more than d / 4; each the best conditioned of 4 reference pairs) are read at all d tokens, which spans each head's row space (and
         confirms the rank: a larger one raises; one misread direction is replaced), and the
         other directions at r + 2 tokens only: about H (2 r d + 6 d) queries instead of
         H (d^2 + d). dof stays the canonical H (d^2 + d) count; see docs/multihead.md.

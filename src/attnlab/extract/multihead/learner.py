@@ -37,7 +37,9 @@ from attnlab.oracle import Oracle
 # but their worst error sets the row spaces' and so every later direction's. Measured: with
 # 2 spares (and CANDIDATES = 4) 2 of the 3 (128, 4, 16) benchmark targets stayed inexact
 # (1.2e-8, 5.5e-8); with 4, all 3 targets each at (64, 4, 8) and (128, 4, 16) reach 1.5e-9 to
-# 9.96e-9, at 1.4-1.5x the low-rank free parameters at d = 128.
+# 9.96e-9, at 1.4-1.5x the low-rank free parameters at d = 128. Larger ranks get r / 4 spares:
+# the one (384, 4, 32) target measured gave 4.2e-8 with 4 spares (4.7e-8 with 8 candidates
+# instead), 5.8e-9 with 8 spares (1.37x).
 SPARE = 4
 
 
@@ -103,9 +105,10 @@ class Learner(FirstDirection):
             False  # read later low-rank directions one head at a time (module `isolated`)
         )
         self.isolated = 0  # directions read one head at a time (module `isolated`)
-        # low-rank runs at large d: r + SPARE directions read in full, each the best of
-        # CANDIDATES reference pairs (set in run)
+        # low-rank runs at large d: r + spare directions read in full (spare = max(SPARE, r / 4)),
+        # each the best of CANDIDATES reference pairs (set in run)
         self.choose = False
+        self.spare = SPARE
         self.misread = 0  # directions replaced because their columns broke the heads' rank
 
     @property
@@ -284,7 +287,8 @@ class Learner(FirstDirection):
             self.V = self.ask("values", [eye[i][None] for i in range(d)])
         U, B = haar_orthogonal(self.rng, d), haar_orthogonal(self.rng, d)
         if self.rank is not None:  # only where the directions read in full are a small part of d
-            self.choose = 4 * (self.rank + int(self.affine) + SPARE) <= d + int(self.affine)
+            self.spare = max(SPARE, (self.rank + int(self.affine)) // 4)
+            self.choose = 4 * (self.rank + int(self.affine) + self.spare) <= d + int(self.affine)
         found = self._first_direction(U, B)
         if found is None:  # no canonical heads: the zero map (plus the constant)
             return MultiHeadParams(np.zeros((0, d, d)), np.zeros((0, d)), c=self.C), {
@@ -308,7 +312,7 @@ class Learner(FirstDirection):
         low = None if self.rank is None else self.rank + int(self.affine)
         # the two extra spares only while the directions read in full stay a small part of d
         # (at d = 12 they would cost 20% more queries; the errors they cure appeared at d >= 64)
-        spare = SPARE if self.choose else 2
+        spare = self.spare if self.choose else 2
         full = d if low is None or low + spare >= width else low + spare
         later_tokens = None if low is None else low + 2  # tokens per direction after the first full
         bases = None

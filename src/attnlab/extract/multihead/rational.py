@@ -210,7 +210,8 @@ def joint_polish(fits: list[HeadFit], S: float, iterations: int = 30):
     for _ in range(iterations):
         step = None
         if structured:
-            step = _arrow_step(*_blocks(gamma, logits, log_t, data), gamma.sum() - S)
+            G, D, r = _blocks(gamma, logits, log_t, data)
+            step = _arrow_step(G, D, r, float(gamma.sum() - S))
         if step is None:
             res, jac = residuals_and_jacobian()
             step = np.linalg.lstsq(jac, -res, rcond=None)[0]
@@ -236,7 +237,9 @@ def joint_polish(fits: list[HeadFit], S: float, iterations: int = 30):
 STRUCTURED_PAIRS = 32
 
 
-def _blocks(gamma, logits, log_t, data):
+def _blocks(
+    gamma, logits, log_t, data
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """Per pair: d residual / d gamma (k, H), d residual / d logits (k, H), residuals (k,)."""
     G, D, r = [], [], []
     for p, (lt, (_, F)) in enumerate(zip(log_t, data)):
@@ -257,7 +260,7 @@ def _arrow_step(G, D, r, sum_residual: float) -> np.ndarray | None:
     H = G[0].shape[1]
     P = len(G)
     reduced_rows, reduced_rhs = [np.ones((1, H))], [np.array([sum_residual])]
-    tops = [None] * P
+    tops: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for p in range(P):
         if G[p].shape[0] < H:
             return None
@@ -266,7 +269,7 @@ def _arrow_step(G, D, r, sum_residual: float) -> np.ndarray | None:
         diagonal = np.abs(np.diag(R[:H]))
         if diagonal.min() <= 1e-13 * max(diagonal.max(), 1e-300):
             return None  # a logit this pair cannot pin down: the dense solve handles it
-        tops[p] = (R[:H], QtG[:H], Qtr[:H])
+        tops.append((R[:H], QtG[:H], Qtr[:H]))
         reduced_rows.append(QtG[H:])
         reduced_rhs.append(Qtr[H:])
     dg = np.linalg.lstsq(np.vstack(reduced_rows), -np.concatenate(reduced_rhs), rcond=None)[0]
