@@ -301,7 +301,7 @@ def markdown(report: dict, command: str) -> str:
             "## Low-rank heads at scale: multi_head(rank=r)",
             "",
             "Each target read twice: by default (isolate off) and with isolate on (directions "
-            "after the first r + 4 read one head at a time, extract/multihead/isolated.py). "
+            "after those read in full, one head at a time, extract/multihead/isolated.py). "
             "iso = directions read isolated; misread = directions replaced because their columns "
             "broke the heads' rank.",
             "",

@@ -1,7 +1,7 @@
 """Low-rank heads: reading a key direction one head at a time, with query tokens only it sees.
 
-Once the first r + 4 directions are read in full, every head's row space R_h = span(W_h^T u) is
-known (labels.row_bases). A query token b orthogonal to every other head's row space gives those
+Once the first directions are read in full (r + max(4, r / 4) of them at large d), every
+head's row space R_h = span(W_h^T u) is known (labels.row_bases). A query token b orthogonal to every other head's row space gives those
 heads the logit u^T W_h' b = 0 for every key direction u, so the pair [b + u, b] answers
 
     f - b^T V = (S - gamma_h) / 2 + gamma_h sigmoid(s_h) = S / 2 + (gamma_h / 2) tanh(s_h / 2),
