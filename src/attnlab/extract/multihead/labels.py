@@ -52,6 +52,12 @@ def match_to_first(
     return None
 
 
+def rank_ok(columns: np.ndarray, rank: int) -> bool:
+    """The columns (directions, width) span at most `rank` dimensions, to 1e-7 of the largest."""
+    sing = np.linalg.svd(columns, compute_uv=False)
+    return not (sing.size > rank and sing[rank] > 1e-7 * sing[0])
+
+
 def row_bases(
     weights: np.ndarray, rank: int, affine: bool, bounds: np.ndarray | None = None
 ) -> list[np.ndarray]:
@@ -66,8 +72,8 @@ def row_bases(
     scale = _reliability(weights.shape[0], bounds)
     bases = []
     for h in range(weights.shape[2]):
-        _, sing, _ = np.linalg.svd(weights[:, :, h], full_matrices=False)
-        if sing.size > rank and sing[rank] > 1e-7 * sing[0]:
+        if not rank_ok(weights[:, :, h], rank):
+            sing = np.linalg.svd(weights[:, :, h], compute_uv=False)
             raise ExtractionError(
                 f"head {h} has rank above {rank - int(affine)} (singular values "
                 f"{sing[rank - 1]:.2e}, {sing[rank]:.2e} at the cut): give a larger rank, or rank=None"

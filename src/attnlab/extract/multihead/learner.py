@@ -17,7 +17,12 @@ from attnlab.extract.multihead.common import Frame, estimate_row, make_frame
 from attnlab.extract.multihead.direction import _not_h_heads, _unit_off
 from attnlab.extract.multihead.first import CANDIDATES, FirstDirection
 from attnlab.extract.multihead.isolated import Isolation, plan, read_direction
-from attnlab.extract.multihead.labels import inside_row_spaces, match_to_first, row_bases
+from attnlab.extract.multihead.labels import (
+    inside_row_spaces,
+    match_to_first,
+    rank_ok,
+    row_bases,
+)
 from attnlab.extract.multihead.rational import (
     HeadFit,
     Tolerances,
@@ -41,12 +46,6 @@ from attnlab.oracle import Oracle
 # the one (384, 4, 32) target measured gave 4.2e-8 with 4 spares (4.7e-8 with 8 candidates
 # instead), 5.8e-9 with 8 spares (1.37x).
 SPARE = 4
-
-
-def _rank_ok(columns: np.ndarray, rank: int) -> bool:
-    """The columns (directions, width) span at most `rank` dimensions, to 1e-7 of the largest."""
-    sing = np.linalg.svd(columns, compute_uv=False)
-    return not (sing.size > rank and sing[rank] > 1e-7 * sing[0])
 
 
 class Learner(FirstDirection):
@@ -250,13 +249,8 @@ class Learner(FirstDirection):
             size = np.max(np.abs(fit.gamma))
             if np.min(np.abs(fit.gamma)) <= 1e-6 * size:
                 return False  # a head (almost) invisible along u: its logits cannot be read
-            if fit.t is not None:
-                assert fit.F is not None  # fits keep their data t and F together
-                sig = expit(fit.s[None, :] + np.log(fit.t)[:, None])
-                jac = np.hstack([sig, sig * (1 - sig) * fit.gamma[None, :]])
-                scale = max(float(np.max(np.abs(fit.F))), size)
-                if error_bound(jac, scale) > 1e3 * self.tol.logit_tol:
-                    return False
+            if fit.t is not None and self.reference_bound(fit) > 1e3 * self.tol.logit_tol:
+                return False
             return bool(separated(fit.gamma, 1e-4 * size))
         return True
 
@@ -450,12 +444,12 @@ class Learner(FirstDirection):
         (at most a few times per run).
         """
         if self.misread >= 3 or all(
-            _rank_ok(weights[:, :, h], low) for h in range(weights.shape[2])
+            rank_ok(weights[:, :, h], low) for h in range(weights.shape[2])
         ):
             return None
         for k in range(weights.shape[0]):
             rest = np.delete(weights, k, axis=0)
-            if all(_rank_ok(rest[:, :, h], low) for h in range(weights.shape[2])):
+            if all(rank_ok(rest[:, :, h], low) for h in range(weights.shape[2])):
                 return k
         return None
 
