@@ -169,12 +169,12 @@ def affine_rows(shapes, seeds: int) -> list[dict]:
     return rows
 
 
-def lowrank_rows(configs, deadline: float, seeds: int) -> list[dict]:
-    """`seeds` targets per (d, H, r), each read by default and with isolate=True."""
+def lowrank_rows(configs, deadline: float, seeds: int, modes=(False, True)) -> list[dict]:
+    """`seeds` targets per (d, H, r), each read by default and (modes) with isolate=True."""
     rows = []
     for d, H, r in configs:
         for seed in range(seeds):
-            for isolate in (False, True):
+            for isolate in modes:
                 row = {
                     "d": d,
                     "H": H,
@@ -361,6 +361,11 @@ def main() -> None:
         help="lowrank: targets per (d, H, r), each read by default and with isolate on (default 3)",
     )
     parser.add_argument(
+        "--lowrank-modes",
+        default="off,on",
+        help="lowrank: isolate settings to read each target with, comma-separated (default off,on)",
+    )
+    parser.add_argument(
         "--random-grid",
         default=None,
         help="random family: (H, d) cells as HxD, comma-separated (default H 1-4 x d 2,3,4,8,16)",
@@ -416,6 +421,7 @@ def main() -> None:
             configs,
             deadline,
             1 if args.quick else args.lowrank_seeds,
+            tuple(mode.strip() == "on" for mode in args.lowrank_modes.split(",")),
         )
         print(report["lowrank"], flush=True)
     report["seconds"] = time.perf_counter() - start

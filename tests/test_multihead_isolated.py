@@ -90,3 +90,18 @@ def test_formerly_failing_low_rank_targets_are_recovered():
         result = multi_head(Oracle(truth, d=d), heads=H, rank=r, seed=1 + seed, fidelity_samples=0)
         assert canonical_error(result.surrogate, truth) <= 1e-8
         assert result.queries <= 2 * H * (2 * r * d - r * r + d)  # within 2x the free parameters
+
+
+@pytest.mark.slow
+def test_small_logits_at_large_d_get_longer_tokens_before_frames():
+    # W scaled by 0.3: unit tokens see logits too small to fit (the poles crowd), as generic heads
+    # do at d = 384. Low-rank runs at large d now try longer tokens before switching to frames
+    # (meant for nearly parallel heads); before, this target was read in frames at 3.35x the free
+    # parameters (3.3e-9), now directly at 2.12x (7.4e-9).
+    d, H, r, seed = 64, 4, 8, 0
+    truth = _low_rank(d, H, r, seed=d + H + r + 1000 * seed)
+    truth = MultiHeadParams(0.3 * truth.W, truth.v)
+    result = multi_head(Oracle(truth, d=d), heads=H, rank=r, seed=1 + seed, fidelity_samples=0)
+    assert not result.info["frames"]
+    assert canonical_error(result.surrogate, truth) <= 1e-8
+    assert result.queries <= 2.5 * H * (2 * r * d - r * r + d)

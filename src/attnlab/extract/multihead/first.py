@@ -145,7 +145,17 @@ class FirstDirection(DirectionReader):
         # space: of a few usable first pairs, the best conditioned is kept (the others rejected)
         pool: list[tuple[float, HeadFit, np.ndarray, int]] = []
         wanted = CANDIDATES if self.choose else 1
-        fallback_scales = iter([3.0, 10.0, 1 / 3, 30.0, 0.1, 1 / 30, 0.01, 100.0])
+        # after repeated failures the token length is changed blindly. Low-rank runs at large d
+        # try longer tokens first and keep frames (meant for nearly parallel heads) for later:
+        # unit tokens there see logits of about ||W_h||_F / d, which crowd the poles (measured at
+        # (384, 4, 32): frames switched on after 6 failures at lengths 1 and 3 cost 3.3x the free
+        # parameters). Small d keeps the order under which the near-parallel family never fails.
+        if self.choose:
+            fallback_scales = iter([3.0, 10.0, 30.0, 1 / 3, 0.1, 100.0, 1 / 30, 0.01])
+            frames_after = 12
+        else:
+            fallback_scales = iter([3.0, 10.0, 1 / 3, 30.0, 0.1, 1 / 30, 0.01, 100.0])
+            frames_after = 6
         failures, off_scale = 0, []
         for _ in range(attempts):
             token = self.b_norm * b
@@ -164,7 +174,7 @@ class FirstDirection(DirectionReader):
                     # (or crowded poles: nearly parallel heads need long tokens and centring, or
                     # better, after more failures, tokens orthogonal to their common row)
                     self.centering = True
-                    if failures >= 6 and self.can_project:
+                    if failures >= frames_after and self.can_project:
                         self.project = True
                     self.b_norm = next(fallback_scales, self.b_norm)
                 u = self.random_direction()
