@@ -300,9 +300,13 @@ def markdown(report: dict, command: str) -> str:
         lines += [
             "## Low-rank heads at scale: multi_head(rank=r)",
             "",
-            "Each target read twice: by default (isolate off) and with isolate on (directions "
-            "after those read in full, one head at a time, extract/multihead/isolated.py). "
-            "iso = directions read isolated; misread = directions replaced because their columns "
+            (
+                "Each target read twice: by default (isolate off) and with isolate on (directions "
+                "after those read in full, one head at a time, extract/multihead/isolated.py). "
+                if {x["isolate"] for x in rows} == {"off", "on"}
+                else f"Each target read with isolate {rows[0]['isolate']} only (--lowrank-modes). "
+            )
+            + "iso = directions read isolated; misread = directions replaced because their columns "
             "broke the heads' rank.",
             "",
         ]
