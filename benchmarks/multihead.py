@@ -169,6 +169,14 @@ def affine_rows(shapes, seeds: int) -> list[dict]:
     return rows
 
 
+def lowrank_modes(text: str) -> tuple[bool, ...]:
+    """--lowrank-modes "off,on" as isolate flags; any other word is an error, not "off"."""
+    words = [word.strip() for word in text.split(",")]
+    if not words or any(word not in ("off", "on") for word in words):
+        raise SystemExit(f"--lowrank-modes takes off and/or on, comma-separated; got {text!r}")
+    return tuple(word == "on" for word in words)
+
+
 def lowrank_rows(configs, deadline: float, seeds: int, modes=(False, True)) -> list[dict]:
     """`seeds` targets per (d, H, r), each read by default and (modes) with isolate=True."""
     rows = []
@@ -362,7 +370,7 @@ def main() -> None:
         "--lowrank-seeds",
         type=int,
         default=3,
-        help="lowrank: targets per (d, H, r), each read by default and with isolate on (default 3)",
+        help="lowrank: targets per (d, H, r), each read in the --lowrank-modes (default 3)",
     )
     parser.add_argument(
         "--lowrank-modes",
@@ -425,7 +433,7 @@ def main() -> None:
             configs,
             deadline,
             1 if args.quick else args.lowrank_seeds,
-            tuple(mode.strip() == "on" for mode in args.lowrank_modes.split(",")),
+            lowrank_modes(args.lowrank_modes),
         )
         print(report["lowrank"], flush=True)
     report["seconds"] = time.perf_counter() - start
