@@ -13,6 +13,7 @@ from attnlab.extract.single_head.directions import (
     AlignedBasis,
     CoordinateDirections,
     DenseDirections,
+    ShiftedCoordinates,
 )
 from attnlab.extract.single_head.reader import write_queries
 from attnlab.models import SingleHeadAttention
@@ -30,11 +31,12 @@ def families(rng):
         "aligned": AlignedBasis(v, rng),
         "coordinate": CoordinateDirections(D),
         "dense": DenseDirections(rng.standard_normal((D, D))),
+        "shifted": ShiftedCoordinates(v),
     }
 
 
-@pytest.mark.parametrize("a_name", ["aligned", "dense"])
-@pytest.mark.parametrize("b_name", ["aligned", "coordinate", "dense"])
+@pytest.mark.parametrize("a_name", ["aligned", "dense", "shifted"])
+@pytest.mark.parametrize("b_name", ["aligned", "coordinate", "dense", "shifted"])
 @pytest.mark.parametrize(
     "a_const,b_const", [(False, True), (True, False), (False, False), (True, True)]
 )

@@ -17,7 +17,11 @@ from attnlab import BudgetExhausted, ExtractionError, Oracle
 from attnlab.evaluate import relative_error
 from attnlab.extract import single_head
 from attnlab.extract.single_head import METHODS, NUCLEAR_NORM_C
-from attnlab.extract.single_head.directions import AlignedBasis, value_aligned_basis
+from attnlab.extract.single_head.directions import (
+    AlignedBasis,
+    ShiftedCoordinates,
+    value_aligned_basis,
+)
 from attnlab.extract.single_head.probes import bilinear_probe
 from attnlab.models import AffineHead, SingleHeadAttention
 from attnlab.models.torch_heads import MultiheadReadout, affine_parameters
@@ -261,6 +265,64 @@ def test_value_aligned_basis_is_orthogonal_and_equally_aligned():
     structured = AlignedBasis(v, np.random.default_rng(3)).dense()  # the one the extractor uses
     np.testing.assert_allclose(structured.T @ structured, np.eye(30), atol=1e-13)
     np.testing.assert_allclose(structured.T @ v, np.linalg.norm(v) / np.sqrt(30), rtol=1e-12)
+
+
+def _awkward_value_vector(kind: str, d: int, rng: np.random.Generator) -> np.ndarray:
+    v = rng.standard_normal(d)
+    if kind == "one-hot":
+        v = np.zeros(d)
+        v[d // 3] = -2.5
+    elif kind == "half zero":
+        v[::2] = 0.0
+    elif kind == "negative":
+        v = -np.abs(v)
+    elif kind == "zero sum":
+        v -= v.mean()
+    elif kind == "tiny":
+        v *= 1e-6
+    return v
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    kind=st.sampled_from(["gaussian", "one-hot", "half zero", "negative", "zero sum", "tiny"]),
+    d=st.integers(2, 40),
+    seed=st.integers(0, 2**16),
+)
+def test_shifted_coordinates_are_value_aligned_and_invert_exactly(kind, d, seed):
+    """Every a_i = e_i + s has |a_i^T v| >= max |v_j| and |a_i| <= 3 (whatever v: zeros, one-hot,
+    negative, summing to zero), the structured writers write A's columns, and `recover` inverts
+    A^T to rounding."""
+    rng = np.random.default_rng(seed)
+    v = _awkward_value_vector(kind, d, rng)
+    S = ShiftedCoordinates(v)
+    A = S.dense()  # columns are the directions
+    np.testing.assert_allclose(S.dots(v), A.T @ v, rtol=1e-13, atol=0)
+    assert np.all(np.abs(S.dots(v)) >= np.max(np.abs(v)) * (1 - 1e-12))
+    np.testing.assert_allclose(S.norms(), np.linalg.norm(A, axis=0), rtol=1e-13)
+    assert np.all(S.norms() <= 3.0 + 1e-12) and S.shift_sum >= -1e-12  # det A = 1 + shift_sum
+    index = rng.integers(0, d, 7)
+    out = np.empty((7, d))
+    S.write_scaled(out, index, np.full(7, 0.5))
+    np.testing.assert_allclose(out, 0.5 * A.T[index], rtol=0, atol=1e-15)
+    X = rng.standard_normal((d, 3))
+    np.testing.assert_allclose(S.recover(A.T @ X), X, rtol=0, atol=1e-12 * np.abs(X).max())
+
+
+@pytest.mark.parametrize("kind", ["one-hot", "half zero", "negative", "zero sum", "tiny"])
+def test_known_rank_is_exact_for_awkward_value_vectors(kind):
+    """Coordinates where v vanishes (or all of v but one) still give invertible probes: the column
+    reads' shifted coordinates keep every a^T v at least max |v_j|."""
+    d, r = 96, 6
+    rng = np.random.default_rng(7)
+    W = rng.standard_normal((d, r)) @ rng.standard_normal((r, d)) / np.sqrt(d)
+    v = _awkward_value_vector(kind, d, rng)
+    head = SingleHeadAttention(torch.tensor(W), torch.tensor(v))
+    # one-hot answers repeat a few values, which the precision estimate reads as coarse: say float64
+    options = {"precision": 1.1e-16} if kind == "one-hot" else None
+    result, spent = extract(head, d, rank=r, method_options=options)
+    assert spent == result.queries == low_rank_limit(d, r)
+    assert relative_error(result.W, W) <= 1e-9
 
 
 def test_assuming_a_higher_rank_than_the_target_has_is_reported():

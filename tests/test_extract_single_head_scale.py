@@ -156,12 +156,17 @@ def test_query_buffer_rewrites_only_what_changed_and_holds_the_plain_probes():
     """Whatever a slot held before, after a write it holds bit for bit what the same write puts
     into a buffer that held nothing: the reuse of constant rows (row reads, column reads, zero
     rows) and the entries moved back and forth must leave nothing stale behind."""
-    from attnlab.extract.single_head.directions import AlignedBasis, DenseDirections
+    from attnlab.extract.single_head.directions import (
+        AlignedBasis,
+        DenseDirections,
+        ShiftedCoordinates,
+    )
     from attnlab.extract.single_head.query_buffer import QueryBuffer
 
     d, chunk = 24, 12
     rng = np.random.default_rng(4)
     A = AlignedBasis(rng.standard_normal(d), rng)
+    S = ShiftedCoordinates(rng.standard_normal(d))
     Q = DenseDirections(rng.standard_normal((5, d)))
     buffer = QueryBuffer(None, chunk, d)
     buffer.view[:] = np.nan
@@ -175,18 +180,21 @@ def test_query_buffer_rewrites_only_what_changed_and_holds_the_plain_probes():
     keys = buffer.new_keys(4)
     table_a = rng.standard_normal((3, d))  # constant first-token rows (row reads)
     table_b = rng.standard_normal((3, d))  # constant second-token rows (column reads)
+    block_mu = rng.uniform(0.2, 1.5, 3)
+    table_s = S.shifted_rows(block_mu, table_b)  # shifted column reads' first-token rows
     steps = []
     for step in range(40):
-        kind = ["row", "row", "column", "column", "full", "plain"][step % 6 if step > 8 else 0]
+        kinds = ["row", "row", "column", "shifted", "column", "shifted", "full", "plain"]
+        kind = kinds[step % 8 if step > 8 else 0]
         if step in (5, 6, 7):
-            kind = "column"
+            kind = "column" if step < 7 else "shifted"
         n = int(rng.integers(1, chunk + 1))
         block_rows = np.sort(rng.integers(0, 3, n))
         if step % 7 == 3:
             keys = buffer.new_keys(4)  # a new stage: the same rows under new keys
         if step % 11 == 5:
             block_rows = rows_of([n])  # one block
-        if steps and step % 3 == 1 and steps[-1][0] in ("row", "column"):
+        if steps and step % 3 == 1 and steps[-1][0] in ("row", "column", "shifted"):
             steps.append(steps[-1])  # the next chunk of the same layout: the very same arrays
             continue
         steps.append((kind, n, keys + block_rows, block_rows))
@@ -202,6 +210,8 @@ def test_query_buffer_rewrites_only_what_changed_and_holds_the_plain_probes():
                 target.write_row_reads(n, k, r, table_a, cols, nu)
             elif kind == "column":
                 target.write_column_reads(n, k, r, table_b, A, ai, mu)
+            elif kind == "shifted":
+                target.write_shifted_column_reads(n, k, r, table_s, table_b, ai, block_mu[r])
             elif kind == "full":
                 target.write_coordinate_reads(n, A, ai, mu, cols, nu)
             else:
@@ -219,6 +229,17 @@ def test_query_buffer_rewrites_only_what_changed_and_holds_the_plain_probes():
     expected = mu[:, None] * A.dense().T[ai] + table_b[r]
     np.testing.assert_allclose(plain.view[:n, 0], expected, rtol=0, atol=1e-14)
     np.testing.assert_array_equal(plain.view[:n, 1], table_b[r])
+    # shifted column reads hold bit for bit what the family's own writer writes: mu a_ai + nu q
+    assert sum(kind == "shifted" for kind, *_ in steps) >= 4
+    shifted = QueryBuffer(None, chunk, d)
+    shifted.write_shifted_column_reads(n, k, r, table_s, table_b, ai, block_mu[r])
+    expected = np.empty((n, d))
+    S.write_scaled_plus(expected, ai, block_mu[r], table_b[r])
+    np.testing.assert_array_equal(shifted.view[:n, 0], expected)
+    np.testing.assert_allclose(
+        expected, block_mu[r][:, None] * S.dense().T[ai] + table_b[r], rtol=0, atol=1e-14
+    )
+    np.testing.assert_array_equal(shifted.view[:n, 1], table_b[r])
 
 
 def test_deal_fills_chunks_evenly_and_never_past_a_segment():

@@ -6,7 +6,9 @@ to hold) with one direction b, and reads a_i^T W b.
 - Full rank: b runs over the standard basis, so the d^2 readings are M = A^T W and W = A M
   (A is a rank-2 correction of the identity: O(d^2) to apply, no d x d basis is ever formed).
 - Rank r: r random orthonormal directions Q = [q_1..q_r] give the columns C = A^T W Q (r d
-  queries). Pivoted QR of C picks r rows P; the rows w_p = W^T a_p (p in P) are known on span(Q)
+  queries), here with A the shifted coordinates a_i = e_i + s (`ShiftedCoordinates`: value
+  aligned, not orthogonal; W = A^{-T} (A^T W) at the end), so that a query's first token is one
+  constant row plus one entry. Pivoted QR of C picks r rows P; the rows w_p = W^T a_p (p in P) are known on span(Q)
   already (w_p . q_j = C[p, j]) and are read in d - r standard coordinates S, the complement of
   r coordinates T on which Q is well conditioned; the rest is one r x r solve per row. Then
   W = (A C) C[P]^{-1} R with R the r x d rows (skeleton formula): d + r d + r (d - r) queries,
@@ -37,6 +39,7 @@ from attnlab.extract.single_head.directions import (
     AlignedBasis,
     CoordinateDirections,
     DenseDirections,
+    ShiftedCoordinates,
     random_orthonormal_columns,
 )
 from attnlab.extract.single_head.lowrank import cross_factors, pivot_rows
@@ -80,11 +83,15 @@ def adaptive(
     if rank == "auto":
         return auto_rank(reader, A, rng, rank_tol, oversample, query_ceiling, read_noise)
     Q = random_orthonormal_columns(A.d, rank, rng)
-    C = read_columns(reader, A, Q)
     if oversample and rank < A.d:
+        C = read_columns(reader, A, Q)
         W, fit = oversampled(reader, A, Q, C, rank, rng, query_ceiling)
         return W, {"rank": rank, "rank_mode": "known", **fit}
-    W = complete(reader, A, Q, C, pivot_rows(C)[:rank])
+    # the skeleton needs no general position: shifted coordinates, whose column reads write one
+    # entry per query instead of a dense row
+    S = ShiftedCoordinates(reader.v)
+    C = read_columns(reader, S, Q)
+    W = complete(reader, S, Q, C, pivot_rows(C)[:rank])
     return W, {"rank": rank, "rank_mode": "known"}
 
 
@@ -188,7 +195,7 @@ def full_rank(reader: BilinearReader, A: AlignedBasis) -> np.ndarray:
 
 def complete(
     reader: BilinearReader,
-    A: AlignedBasis,
+    A: AlignedBasis | ShiftedCoordinates,
     Q: np.ndarray,
     C: np.ndarray,
     pivots: np.ndarray,
@@ -219,7 +226,7 @@ def complete(
             "this should not happen with random directions: re-run with another seed"
         ) from None
     left, right = cross_factors(C, R, pivots)
-    return A.apply(left) @ right
+    return A.recover(left) @ right
 
 
 def auto_rank(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnlab.extract.single_head.directions import AlignedBasis, DenseDirections
+from attnlab.extract.single_head.directions import DenseDirections, Directions
 from attnlab.extract.single_head.reader import BilinearReader
 
 # What the precision-aware reader (`precision.PrecisionReader`) spends on top of the probes: the
@@ -26,7 +26,7 @@ REREAD_FIXED = 10
 RANK_EDGE_Z = 4.0
 
 
-def read_columns(reader: BilinearReader, A: AlignedBasis, Q: np.ndarray) -> np.ndarray:
+def read_columns(reader: BilinearReader, A: Directions, Q: np.ndarray) -> np.ndarray:
     """C = A^T W Q, one line per column of Q."""
     everything = np.arange(A.d)
     lines = [(everything, j) for j in range(Q.shape[1])]

@@ -22,7 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attnlab.extract.single_head.directions import CoordinateDirections, Directions
+from attnlab.extract.single_head.directions import (
+    CoordinateDirections,
+    Directions,
+    ShiftedCoordinates,
+)
 from attnlab.extract.single_head.probes import (
     ProbeLog,
     ScaleTracker,
@@ -195,13 +199,15 @@ class StageReader:
         out_base = L.out_base[line]
         keys = key_base + seg
         kind = self.kind
-        table = None
+        table = first_table = None
         if kind == "row":  # the constant first-token rows mu a_p, one per block
             table = np.empty((active.size, L.a_dirs.d))
             L.a_dirs.write_scaled(table, L.a.at(seg_line[active], done[active]), seg_mu[active])
         elif kind == "column":  # the constant second-token rows nu b_j, one per block
             table = np.empty((active.size, L.b_dirs.d))
             L.b_dirs.write_scaled(table, L.b.at(seg_line[active], done[active]), seg_nu[active])
+            if isinstance(L.a_dirs, ShiftedCoordinates):  # and the first tokens' mu s + nu b_j
+                first_table = L.a_dirs.shifted_rows(seg_mu[active], table)
         ai = L.a.at(line, pos) if L.a.const is not None else None
         bi = L.b.at(line, pos) if L.b.const is not None else None
         # what a constant side contributes to the inversion, once per layout
@@ -236,6 +242,8 @@ class StageReader:
                 b_idx = bi if B is None else B[k]
                 if kind == "row":
                     buffer.write_row_reads(n, keys, row, table, b_idx, nu)
+                elif kind == "column" and first_table is not None:
+                    buffer.write_shifted_column_reads(n, keys, row, first_table, table, a_idx, mu)
                 elif kind == "column":
                     buffer.write_column_reads(n, keys, row, table, L.a_dirs, a_idx, mu, even)
                 elif kind == "full":

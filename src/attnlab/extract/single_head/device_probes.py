@@ -15,6 +15,7 @@ from attnlab.extract.single_head.directions import (
     CoordinateDirections,
     DenseDirections,
     Directions,
+    ShiftedCoordinates,
 )
 
 
@@ -49,13 +50,16 @@ class DeviceWriter:
             out[torch.arange(n, device=self.device), idx] += scale
         elif isinstance(dirs, DenseDirections):
             torch.mul(self.tensor(dirs.rows)[idx], scale, out=out)
+        elif isinstance(dirs, ShiftedCoordinates):
+            out.copy_((self.tensor(dirs.s) * scale).expand(n, -1))
+            out[torch.arange(n, device=self.device), idx] += scale
         else:
             raise TypeError(f"no device writer for {type(dirs).__name__}")
 
     def _row(self, dirs: Directions, i: int) -> torch.Tensor:
         if isinstance(dirs, DenseDirections):
             return self.tensor(dirs.rows)[i]
-        if isinstance(dirs, AlignedBasis):
+        if isinstance(dirs, (AlignedBasis, ShiftedCoordinates)):
             return torch.as_tensor(dirs.row(i), device=self.device)
         row = torch.zeros(dirs.d, dtype=torch.float64, device=self.device)
         row[i] = 1.0

@@ -10,6 +10,8 @@ rows):
   and H the reflection that makes every column equally aligned with v (a_i^T v = |v| / sqrt(d),
   the largest common denominator an orthonormal basis allows). A = I - 2 g g^T - 2 q w^T is a
   rank-2 correction of the identity: one chunk is one (c x 2) @ (2 x d) product plus a diagonal.
+- `ShiftedCoordinates`: a_i = e_i + s, with s along v so that every a_i^T v is at least max |v_j|:
+  not orthogonal, but a chunk of it is one constant row plus one entry per direction.
 - `CoordinateDirections`: the standard basis e_j.
 - `DenseDirections`: explicit rows (r random directions, or any small set).
 
@@ -151,6 +153,10 @@ class AlignedBasis(Directions):
         """A @ M for M of shape (d, k), in O(d k)."""
         return M - 2.0 * np.outer(self.g, self.g @ M) - 2.0 * np.outer(self.q, self.w @ M)
 
+    def recover(self, M: np.ndarray) -> np.ndarray:
+        """The X with A^T X = M (A is orthogonal: X = A M)."""
+        return self.apply(M)
+
     def row(self, i: int) -> np.ndarray:
         out = -2.0 * (self.g[i] * self.g + self.w[i] * self.q)
         out[i] += 1.0
@@ -196,6 +202,83 @@ class AlignedBasis(Directions):
     def dense(self) -> np.ndarray:
         """A itself (d x d): for tests and small d only."""
         return self.apply(np.eye(self.d))
+
+
+class ShiftedCoordinates(Directions):
+    """The columns of A = I + s 1^T: a_i = e_i + s, with s a multiple of v such that every
+    a_i^T v = v_i + s^T v is at least max_j |v_j| in size (the standard basis alone has a_i^T v = v_i,
+    which can be ~0).
+
+    A column read's first token mu a_i + nu q = mu e_i + (mu s + nu q) is then one constant row per
+    line plus one moving entry, like a row read's, where `AlignedBasis` needs a dense row written
+    per query (at rank 64 that write was the largest part of the learner's time). A is not
+    orthogonal: W comes back from M = A^T W by `recover`. With s^T 1 >= 0 (the sign of s is chosen
+    so) that is W = M - 1 (s^T M) / (1 + 1^T s), entrywise as accurate as M. Nor is A in general
+    position (it is close to the identity): it serves the known-rank reads, whose pivoted skeleton
+    does not rely on that, not rank="auto"'s span check.
+    """
+
+    def __init__(self, v: np.ndarray):
+        v = np.asarray(v, dtype=np.float64)
+        self.n = self.d = v.shape[0]
+        peak = float(np.max(np.abs(v)))
+        if peak == 0.0:
+            raise ValueError("ShiftedCoordinates needs a non-zero v")
+        sign = 1.0 if float(v.sum()) >= 0.0 else -1.0
+        self.s = (sign * 2.0 * peak / float(v @ v)) * v  # s^T v = 2 peak sign, s^T 1 >= 0
+        self.shift_sum = float(self.s.sum())
+        self._norms = np.sqrt(1.0 + 2.0 * self.s + float(self.s @ self.s))
+
+    def dots(self, x: np.ndarray) -> np.ndarray:
+        """A^T x = x + (s . x) 1."""
+        return np.asarray(x, dtype=np.float64) + float(self.s @ x)
+
+    def norms(self) -> np.ndarray:
+        return self._norms
+
+    def recover(self, M: np.ndarray) -> np.ndarray:
+        """The X with A^T X = M, for M of shape (d, k): O(d k)."""
+        return M - (self.s @ M) / (1.0 + self.shift_sum)
+
+    def shifted_rows(self, scales: np.ndarray, plus: np.ndarray) -> np.ndarray:
+        """scales[k] s + plus[k]: the constant part of the first tokens of column reads."""
+        return np.multiply.outer(scales, self.s) + plus
+
+    # every writer computes scale * s (+ plus) first, then adds scale at the moving entry, so that
+    # a buffer that keeps the constant rows holds exactly what these write
+    def write(self, out: np.ndarray, index: np.ndarray, scale: float) -> None:
+        np.multiply(self.s, scale, out=out)
+        out[np.arange(index.size), index] += scale
+
+    def write_scaled(self, out: np.ndarray, index: np.ndarray, scales: np.ndarray) -> None:
+        np.multiply.outer(scales, self.s, out=out)
+        out[np.arange(index.size), index] += scales
+
+    def write_plus(
+        self, out: np.ndarray, index: np.ndarray, scale: float, plus: np.ndarray
+    ) -> None:
+        np.add(self.s * scale, plus, out=out)
+        out[np.arange(index.size), index] += scale
+
+    def write_scaled_plus(
+        self, out: np.ndarray, index: np.ndarray, scales: np.ndarray, plus: np.ndarray
+    ) -> None:
+        np.add(np.multiply.outer(scales, self.s), plus, out=out)
+        out[np.arange(index.size), index] += scales
+
+    def row(self, i: int) -> np.ndarray:
+        out = self.s.copy()
+        out[i] += 1.0
+        return out
+
+    def write_constant(self, out: np.ndarray, i: int, scale: float) -> None:
+        row = self.s * scale
+        row[i] += scale
+        out[:] = row
+
+    def dense(self) -> np.ndarray:
+        """A itself (d x d): for tests and small d only."""
+        return np.eye(self.d) + self.s[:, None]
 
 
 def _matmul_into(

@@ -140,6 +140,31 @@ class QueryBuffer:
         self.key[0, :n] = UNKNOWN
         self._last = ("column", n, keys, rows, table)
 
+    def write_shifted_column_reads(
+        self,
+        n: int,
+        keys: np.ndarray,
+        rows: np.ndarray,
+        first_table: np.ndarray,
+        table: np.ndarray,
+        ai: np.ndarray,
+        mu: np.ndarray,
+    ) -> None:
+        """Slots 0..n-1 = [first_table[rows[k]] + mu[k] e_ai[k]; table[rows[k]]]: a column read
+        along `ShiftedCoordinates` (first_table = mu s + table, see `shifted_rows`), whose first
+        token is a constant row plus one moving entry, kept and moved as a row read's is."""
+        X0 = self.view[:n, 0]
+        r = self._arange[:n]
+        if self._repeats("shifted", n, keys, rows, table):
+            c0 = self.col[0, :n]
+            X0[r, c0] = first_table[rows, c0]
+        else:
+            self._hold(0, n, keys, rows, first_table)
+            self._hold(1, n, keys, rows, table)
+        X0[r, ai] = first_table[rows, ai] + mu
+        self.col[0, :n] = ai
+        self._last = ("shifted", n, keys, rows, table)
+
     def _repeats(self, kind: str, n: int, keys, rows, table) -> bool:
         """Whether the last write was of this kind, to the same n slots, with these very arrays
         (the reader passes the same objects for every chunk of one layout, and never changes
