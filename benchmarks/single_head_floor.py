@@ -7,8 +7,8 @@ groups duplicates. This benchmark times only that, in the cheapest layout there 
 keeps its line's constant rows across chunks, so only what must change is written), in chunks
 of the reader's default size, and the target's forward on the same buffers:
 
-- column reads (low rank, d r queries): a = A e_i varies per query (one (c x 2) @ (2 x d)
-  product onto the kept row nu q), b = nu q kept;
+- column reads (low rank, d r queries): a = e_i + s (shifted coordinates) varies per query, but
+  the first token mu s + nu q and the second nu q are kept rows: one entry moves;
 - row reads (low rank, r (d - r) queries): a_p and the zero row kept; two entries move;
 - full rank (d^2 queries): a varies per query, b = nu e_j (one entry).
 
@@ -58,7 +58,7 @@ def floor_case(d: int, r: int | None, repeats: int = 2) -> dict:
     best: dict[str, dict[str, float]] = {}
     for _ in range(repeats):
         buffer = torch.from_numpy(rng.standard_normal((chunk, 2, d)) * 0.1)
-        X0, X1, host = buffer[:, 0], buffer[:, 1], buffer.numpy()
+        X0, host = buffer[:, 0], buffer.numpy()
         for kind, total in kinds.items():
             seconds = {"learner": 0.0, "target": 0.0}
             for first in range(0, total, chunk):
@@ -68,9 +68,10 @@ def floor_case(d: int, r: int | None, repeats: int = 2) -> dict:
                 with _timed(seconds, "learner"):
                     if kind == "rows":
                         _row_entries(host, slots, index)
+                    elif kind == "columns":
+                        host[slots, 0, index] += 0.5  # the one entry mu e_i on the kept row
                     else:
-                        plus = X1[:n] if kind == "columns" else None
-                        _dense_first(X0[:n], coef, basis, index, plus, host, slots)
+                        _dense_first(X0[:n], coef, basis, index, host, slots)
                     np.argsort(row_hashes(host[:n]))
                 with _timed(seconds, "target"), torch.no_grad():
                     head(buffer[:n])
@@ -98,14 +99,11 @@ def _row_entries(host: np.ndarray, slots: np.ndarray, cols: np.ndarray) -> None:
     host[slots, 1, cols] = 0.5
 
 
-def _dense_first(out, coef, basis, index, plus, host, slots) -> None:
-    """mu a_i (+ the kept row nu q), a rank-2 product written into the buffer, and its diagonal."""
-    left = coef[torch.from_numpy(index)] * -2.0
-    if plus is None:
-        torch.mm(left, basis, out=out)
-        host[slots, 1, index] = 0.5
-    else:
-        torch.addmm(plus, left, basis, out=out)
+def _dense_first(out, coef, basis, index, host, slots) -> None:
+    """A full-rank read's mu a_i (a rank-2 product written into the buffer, and its diagonal)
+    beside b = nu e_j (one entry)."""
+    torch.mm(coef[torch.from_numpy(index)] * -2.0, basis, out=out)
+    host[slots, 1, index] = 0.5
     host[slots, 0, index] += 1.0
 
 
