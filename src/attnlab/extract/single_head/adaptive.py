@@ -7,12 +7,12 @@ to hold) with one direction b, and reads a_i^T W b.
   (A is a rank-2 correction of the identity: O(d^2) to apply, no d x d basis is ever formed).
 - Rank r: r random orthonormal directions Q = [q_1..q_r] give the columns C = A^T W Q (r d
   queries), here with A the shifted coordinates a_i = e_i + s (`ShiftedCoordinates`: value
-  aligned, not orthogonal; W = A^{-T} (A^T W) at the end), so that a query's first token is one
-  constant row plus one entry. Pivoted QR of C picks r rows P; the rows w_p = W^T a_p (p in P) are known on span(Q)
-  already (w_p . q_j = C[p, j]) and are read in d - r standard coordinates S, the complement of
-  r coordinates T on which Q is well conditioned; the rest is one r x r solve per row. Then
-  W = (A C) C[P]^{-1} R with R the r x d rows (skeleton formula): d + r d + r (d - r) queries,
-  exactly the free parameters, in O(r d) memory besides the d x d result.
+  aligned, not orthogonal), so that a query's first token is one kept row plus one entry.
+  Pivoted QR of C picks r rows P; the rows w_p = W^T a_p (p in P) are known on span(Q) already
+  (w_p . q_j = C[p, j]) and are read in d - r standard coordinates S, the complement of r
+  coordinates T on which Q is well conditioned; the rest is one r x r solve per row. Then
+  W = A^{-T} C C[P]^{-1} R with R the r x d rows (skeleton formula): d + r d + r (d - r)
+  queries, exactly the free parameters, in O(r d) memory besides the d x d result.
 - rank="auto": columns are read one at a time, each first at the r known pivot rows plus two
   check rows; when the checks match the span of the previous columns the rank is r, and those r
   values count as one more known direction for the rows. Two queries over the limit.

@@ -245,10 +245,10 @@ class ShiftedCoordinates(Directions):
         return np.multiply.outer(scales, self.s) + plus
 
     # every writer computes scale * s (+ plus) first, then adds scale at the moving entry, so that
-    # a buffer that keeps the constant rows holds exactly what these write
+    # a buffer that keeps the constant rows holds exactly what these write; a common scale is
+    # the per-row one repeated (the same products, bit for bit)
     def write(self, out: np.ndarray, index: np.ndarray, scale: float) -> None:
-        np.multiply(self.s, scale, out=out)
-        out[np.arange(index.size), index] += scale
+        self.write_scaled(out, index, np.full(index.size, scale))
 
     def write_scaled(self, out: np.ndarray, index: np.ndarray, scales: np.ndarray) -> None:
         np.multiply.outer(scales, self.s, out=out)
@@ -257,8 +257,7 @@ class ShiftedCoordinates(Directions):
     def write_plus(
         self, out: np.ndarray, index: np.ndarray, scale: float, plus: np.ndarray
     ) -> None:
-        np.add(self.s * scale, plus, out=out)
-        out[np.arange(index.size), index] += scale
+        self.write_scaled_plus(out, index, np.full(index.size, scale), plus)
 
     def write_scaled_plus(
         self, out: np.ndarray, index: np.ndarray, scales: np.ndarray, plus: np.ndarray
