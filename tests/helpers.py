@@ -50,3 +50,22 @@ def tiny_sweep(
     }
     grids = grids or [{"model.arch": ["attention", "gru"], "train.n_train": list(n_train)}]
     return SweepConfig(name=name, base=base, grids=grids, seeds=list(seeds))
+
+
+def force_packed_device_path(monkeypatch) -> None:
+    """Make every QueryBuffer take the device path (segments packed, the torch writer) on the CPU,
+    so the reader a GPU would run is tested without one."""
+    import torch
+
+    from attnlab.extract.single_head import query_buffer
+    from attnlab.extract.single_head.device_probes import DeviceWriter
+
+    original = query_buffer.QueryBuffer.__init__
+
+    def as_device(self, oracle, chunk, d):
+        original(self, oracle, chunk, d)
+        self.device_writer = DeviceWriter(torch.device("cpu"))
+        self.view = self.tensor
+        self.host = False
+
+    monkeypatch.setattr(query_buffer.QueryBuffer, "__init__", as_device)

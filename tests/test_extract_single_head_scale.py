@@ -18,15 +18,9 @@ from attnlab.extract import single_head
 from attnlab.models import AffineHead, SingleHeadAttention
 from attnlab.oracle.device import DeviceOracle, DeviceTarget, TimedTarget
 
-from helpers import last_json
+from helpers import force_packed_device_path, last_json
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def limit(d, r, affine=False):
@@ -261,8 +255,6 @@ def test_deal_fills_chunks_evenly_and_never_past_a_segment():
 def test_packed_device_path_reads_the_same_W_as_the_dealt_host_path(rank, monkeypatch):
     """The device reader (segments packed into chunks, written by the torch writer) and the host
     reader (lines dealt out to slot blocks) send the same probes: same count, same W."""
-    from attnlab.extract.single_head import query_buffer
-    from attnlab.extract.single_head.device_probes import DeviceWriter
 
     d = 40
     head = SingleHeadAttention.random(d, rank=None if rank is None else 4, seed=7)
@@ -273,15 +265,7 @@ def test_packed_device_path_reads_the_same_W_as_the_dealt_host_path(rank, monkey
         fidelity_samples=0,
         method_options={"chunk": 50},
     )
-    original = query_buffer.QueryBuffer.__init__
-
-    def as_device(self, oracle, chunk, d):
-        original(self, oracle, chunk, d)
-        self.device_writer = DeviceWriter(torch.device("cpu"))
-        self.view = self.tensor
-        self.host = False
-
-    monkeypatch.setattr(query_buffer.QueryBuffer, "__init__", as_device)
+    force_packed_device_path(monkeypatch)
     packed = single_head(
         DeviceOracle(head, d=d, device="cpu"),
         rank=rank,

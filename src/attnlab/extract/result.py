@@ -30,6 +30,11 @@ INFO_KEYS: dict[str, str] = {
     "oracle_calls": "oracle calls (batches) made, not queries",
     "max_abs_logit": "largest |logit| a probe produced (saturation margin)",
     "probe_scale_range": "(smallest, largest) probe scale used",
+    "probe_imbalance": "adaptive: largest |b^T v + c| / |a^T v| of a probe (answers dominated by "
+    "the second token round alpha more coarsely; enters estimated_error as its square root)",
+    "repaired_queries": "adaptive: queries spent reading unsafe entries again (saturated, or a W "
+    "logit above SAFE_LOGIT): the queries beyond the limit, with stages['precision_check']",
+    "saturated_probes": "adaptive: probes that saturated and were read again, smaller",
     "design_condition": "paper method: condition number of the probe design",
     "iterations": "nuclear-norm: solver iterations",
     "measurements": "nuclear-norm: rank-one measurements taken",

@@ -50,6 +50,7 @@ from attnlab.extract.single_head.precision import (
     PrecisionReader,
     answer_precision,
     error_report,
+    generic_answers,
     rank_tolerance,
     reading_noise,
 )
@@ -145,6 +146,13 @@ def single_head(
         precision = options.get("precision") if method == "adaptive" else None
         if method == "adaptive" and precision is None:
             precision = answer_precision(log.value_answers)
+            if precision > COARSE_PRECISION:
+                # coarse-looking values may be a float64 head's short v entries: one generic
+                # answer tells (one query, only here)
+                before = oracle.queries
+                check = generic_answers(oracle, d, log)
+                precision = answer_precision(np.concatenate([log.value_answers, check]))
+                stages["precision_check"] = oracle.queries - before
         coarse = precision is not None and precision > COARSE_PRECISION
         reader = (PrecisionReader if coarse else BilinearReader)(
             oracle, v, c, affine, chunk=chunk, log=log
@@ -182,9 +190,14 @@ def single_head(
             W, info = nuclear_norm(reader, d, rank, options["measurements"], rng)
         stages["W"] = oracle.queries - before
         info.update(
-            max_abs_logit=log.max_abs_logit, probe_scale_range=[log.scale_min, log.scale_max]
+            max_abs_logit=log.max_abs_logit,
+            probe_scale_range=[log.scale_min, log.scale_max],
+            probe_imbalance=log.imbalance,
         )
     info.update(oracle_calls=log.calls, oracle_seconds=log.oracle_seconds)
+    if log.repaired:
+        # entries whose first probe saturated or read a logit beyond SAFE_LOGIT, read again
+        info.update(repaired_queries=log.repaired, saturated_probes=log.saturated)
     seconds = time.perf_counter() - started
     queries = oracle.queries - started_queries
 

@@ -28,6 +28,7 @@ from attnlab.extract.single_head.directions import (
     ShiftedCoordinates,
 )
 from attnlab.extract.single_head.probes import (
+    SAFE_LOGIT,
     ProbeLog,
     ScaleTracker,
     logits,
@@ -221,8 +222,8 @@ class StageReader:
         dest = out_base + pos  # where each slot's reading goes in `out` (chunk 0; +j in chunk j)
         # chunks go in batches of up to `held`: their varying indices and dot products are
         # gathered for the whole batch at once, and their weights inverted together (the
-        # outputs are read only once the stage is done; a saturated weight still raises in the
-        # chunk that met it)
+        # outputs are read only once the stage is done; a saturated weight is a NaN there, which
+        # `observe` hands to the reader's repair)
         held = max(1, min(chunks, DEFER_READINGS // n))
         weights = np.empty((held, n))
         for first in range(0, chunks, held):
@@ -260,8 +261,9 @@ class StageReader:
                     L.v_norm,
                     self.log,
                     L.aligned,
+                    tolerate=True,  # saturated: NaN, read again by the caller
                 )
-            t = logits(weights[:count], self.log)
+            t = logits(weights[:count], self.log, repairable=True)
             if A_u is not None:
                 t -= A_u
             t /= rho
@@ -273,9 +275,14 @@ class StageReader:
 OBSERVE_BATCH = 1 << 20
 
 
-def observe(trackers: Sequence[ScaleTracker], lines: Lines, segments) -> None:
+def observe(trackers: Sequence[ScaleTracker], lines: Lines, segments, repair=None) -> None:
     """Each line's tracker sees its segment's readings: plain trackers their sums, computed for many
-    segments at once; trackers that record more (subclasses overriding `observe`) the values."""
+    segments at once; trackers that record more (subclasses overriding `observe`) the values.
+
+    A segment whose largest reading is NaN (a saturated probe) or puts the W part of its logit
+    above SAFE_LOGIT is first handed to `repair(segment, values)`, which reads those entries again
+    in place (the same pass finds them: no extra sweep over the readings).
+    """
     if not segments:
         return
     starts = np.array([lines.out_base[i] + rows.start for i, rows, _, _ in segments])
@@ -294,6 +301,14 @@ def observe(trackers: Sequence[ScaleTracker], lines: Lines, segments) -> None:
         values = lines.out[index]
         sums = np.add.reduceat(values * values, offsets)
         peaks = np.maximum.reduceat(np.abs(values), offsets)
+        if repair is not None:
+            rho = np.array([mu * nu for _, _, mu, nu in segments[first:last]])
+            for unsafe in np.flatnonzero(~(peaks * rho <= SAFE_LOGIT)):  # NaN counts as unsafe
+                part = slice(int(offsets[unsafe]), int(offsets[unsafe] + part_sizes[unsafe]))
+                segment = segments[first + int(unsafe)]
+                lines.out[index[part]] = values[part] = repair(segment, values[part])
+                sums[unsafe] = float(np.sum(values[part] ** 2))
+                peaks[unsafe] = float(np.max(np.abs(values[part])))
         for k in range(last - first):
             tracker = trackers[segments[first + k][0]]
             if type(tracker).observe is ScaleTracker.observe:

@@ -37,6 +37,13 @@ TARGET_LOGIT_STD = 0.8
 # A block's scale grows at most this much over the previous block's, in case the early
 # scale estimate (from a handful of measurements) happened to be small.
 MAX_SCALE_GROWTH = 16.0
+# A reading whose W part of the logit exceeds this is read again at a smaller scale (`BilinearReader`
+# repairs it): beyond it the inversion divides the answer's rounding by alpha (1 - alpha) < 4.6e-5,
+# which leaves ~1e-12 of the value, and ~37 saturates float64 outright. Ten target spreads: a line
+# of Gaussian entries never gets there, an adversarial entry hidden in a line's bulk does.
+SAFE_LOGIT = 10.0
+# A saturated reading carries no value, only that |logit| >~ 37: its next try is this much smaller.
+SATURATED_SHRINK = 64.0
 # The denominator a^T v must be at least this fraction of |a| |v|; below it the query is
 # dominated by rounding and W cannot be read from it.
 MIN_VALUE_ALIGNMENT = 1e-10
@@ -87,9 +94,18 @@ class ProbeLog:
     )
     # wall time spent waiting on the oracle (its checks and the target); the rest is the learner's
     oracle_seconds: float = 0.0
+    # the largest |b^T v + c| / |a^T v| of a probe (the tokens as sent): an answer is rounded
+    # relative to |y| = |b^T v + c + alpha a^T v|, so alpha loses this factor in precision
+    imbalance: float = 0.0
+    saturated: int = 0  # probes that saturated in tolerant reads (read again, smaller)
+    repaired: int = 0  # queries spent reading entries again at a smaller scale
 
     def note_scales(self, low: float, high: float) -> None:
         self.scale_min, self.scale_max = min(self.scale_min, low), max(self.scale_max, high)
+
+    def note_imbalance(self, ratio: float) -> None:
+        if ratio == ratio:  # not NaN
+            self.imbalance = max(self.imbalance, float(ratio))
 
     def ask(self, oracle: Oracle, X: np.ndarray) -> np.ndarray:
         """oracle(X) as float64, timed and counted."""
@@ -141,14 +157,16 @@ def invert_probes(
     v_norm: float,
     log: ProbeLog | None = None,
     aligned: bool = False,
+    tolerate: bool = False,
 ) -> np.ndarray:
     """The logits t_k of prebuilt probe queries X[k] = [(a_k + b_k); b_k], given a_k^T v and b_k^T v.
 
     `aligned`: the caller has checked that every a_k is aligned with v (`well_aligned`), so the
-    check before the queries are sent is skipped.
+    check before the queries are sent is skipped. `tolerate`: a saturated probe gives NaN
+    instead of raising (for a caller that reads it again at a smaller scale).
     """
-    alpha = probe_weights(oracle, X, a_dot_v, b_dot_v, c, a_norms, v_norm, log, aligned)
-    return logits(alpha, log)
+    alpha = probe_weights(oracle, X, a_dot_v, b_dot_v, c, a_norms, v_norm, log, aligned, tolerate)
+    return logits(alpha, log, repairable=tolerate)
 
 
 def probe_weights(
@@ -161,9 +179,11 @@ def probe_weights(
     v_norm: float,
     log: ProbeLog | None = None,
     aligned: bool = False,
+    tolerate: bool = False,
 ) -> np.ndarray:
     """The attention weights alpha_k on the first token of the probes X (the first half of
-    `invert_probes`): the queries are sent, and a weight outside (0, 1) raises here."""
+    `invert_probes`): the queries are sent, and a weight outside (0, 1) raises here (NaN with
+    `tolerate`)."""
     if not aligned:
         check_alignment(a_dot_v, a_norms, v_norm)
     y = log.ask(oracle, X) if log is not None else np.asarray(oracle(X), dtype=np.float64)
@@ -173,6 +193,11 @@ def probe_weights(
     # min and max see a NaN too (it propagates), so this is the test alpha in (0, 1) for all
     if not (alpha.size == 0 or (alpha.min() > 0.0 and alpha.max() < 1.0)):
         bad = ~((alpha > 0.0) & (alpha < 1.0))
+        if tolerate:
+            alpha[bad] = np.nan
+            if log is not None:
+                log.saturated += int(bad.sum())
+            return alpha
         k = int(np.flatnonzero(bad)[0])
         raise ExtractionError(
             f"the softmax saturated: probe {k} of this batch gives attention weight {alpha[k]!r}, "
@@ -184,13 +209,23 @@ def probe_weights(
     return alpha
 
 
-def logits(alpha: np.ndarray, log: ProbeLog | None = None) -> np.ndarray:
+def logits(alpha: np.ndarray, log: ProbeLog | None = None, repairable: bool = False) -> np.ndarray:
     """log(alpha / (1 - alpha)) for weights in (0, 1) (the second half of `invert_probes`; any
-    shape, so that a reader may invert many batches' weights at once)."""
+    shape, so that a reader may invert many batches' weights at once).
+
+    `repairable`: logits beyond SAFE_LOGIT (and NaN) will be read again at a smaller scale, so
+    the log's largest logit (which sizes the error estimate) leaves them out.
+    """
     t = np.log(alpha)
     t -= np.log1p(-alpha)
     if log is not None and t.size:
-        log.max_abs_logit = max(log.max_abs_logit, float(t.max()), -float(t.min()))
+        high, low = float(t.max()), float(t.min())
+        if repairable and not (-SAFE_LOGIT <= low and high <= SAFE_LOGIT):
+            kept = t[np.abs(t) <= SAFE_LOGIT]  # NaN compares false: left out too
+            high, low = float(kept.max(initial=0.0)), float(kept.min(initial=0.0))
+        elif high != high or low != low:  # NaN without repair: nothing to record
+            high, low = float(np.nanmax(t, initial=0.0)), float(np.nanmin(t, initial=0.0))
+        log.max_abs_logit = max(log.max_abs_logit, high, -low)
     return t
 
 

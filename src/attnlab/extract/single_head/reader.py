@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from attnlab.errors import ExtractionError
 from attnlab.extract.single_head.dealing import (
     Lines,
     Side,
@@ -34,6 +35,8 @@ from attnlab.extract.single_head.directions import DenseDirections, Directions
 from attnlab.extract.single_head.probes import (
     INITIAL_OFFSET_PROBE,
     INITIAL_PROBE,
+    SAFE_LOGIT,
+    SATURATED_SHRINK,
     TARGET_LOGIT_STD,
     ProbeLog,
     ScaleTracker,
@@ -108,6 +111,7 @@ class BilinearReader:
             if take <= 0:
                 break
             mu = tracker.next_scale()
+            self.log.note_imbalance(abs(self.c) / (mu * float(np.min(np.abs(a_v)))))
             for first in range(done, done + take, self.chunk):
                 n = min(self.chunk, done + take - first)
                 X = np.empty((n, 2, self.v.shape[0]))
@@ -123,8 +127,15 @@ class BilinearReader:
                     mu * a_norms[rows],
                     self.v_norm,
                     self.log,
+                    tolerate=True,
                 )
                 out[rows] = t / mu
+                with np.errstate(invalid="ignore"):
+                    unsafe = np.flatnonzero(~(np.abs(t) <= SAFE_LOGIT))
+                if unsafe.size:
+                    out[first + unsafe] = self._read_entries(
+                        dirs, first + unsafe, None, None, _retry_scales(t[unsafe], mu), None
+                    )
             self.log.note_scales(mu, mu)
             tracker.observe(out[done : done + take])
             done += take
@@ -185,6 +196,9 @@ class BilinearReader:
             self.v_norm,
         )
         context.aligned = lines_aligned(context)
+        # bounds on |a^T v| and |b^T v| over the directions these lines use (probe imbalance)
+        a_min = float(np.min(np.abs(context.a_dot_v[context.a.used()]), initial=np.inf))
+        b_max = float(np.max(np.abs(context.b_dot_v[context.b.used()]), initial=0.0))
         context.unit = bool(np.all(context.a_norms == 1.0))
         done = [0] * len(lines)
         for size in (*warmup, None):
@@ -201,6 +215,10 @@ class BilinearReader:
                 done[i] += take
             if not stage:
                 continue
+            mus, nus = np.array([s[2] for s in stage]), np.array([s[3] for s in stage])
+            self.log.note_imbalance(
+                (float(np.max(nus / mus)) * b_max + abs(self.c) / float(mus.min())) / a_min
+            )
             # the whole stage is sent before the next one: its scales depend on these answers
             if self.queries.host:
                 StageReader(self.queries, self.oracle, self.log, context).read(
@@ -212,7 +230,9 @@ class BilinearReader:
                 )
             else:
                 self._read_packed(context, lines, outs, stage)
-            observe(trackers, context, stage)
+            observe(
+                trackers, context, stage, lambda seg, values: self._repair(context, seg, values)
+            )
         for tracker in trackers:
             if tracker.sigma:
                 self.w_sigma = max(self.w_sigma or 0.0, tracker.sigma)
@@ -235,7 +255,15 @@ class BilinearReader:
             n = filled
             a_v, b_v, a_norm, a_u, rho = scaled[:, :n]
             t = invert_probes(
-                self.oracle, queries.batch(n), a_v, b_v, self.c, a_norm, self.v_norm, self.log
+                self.oracle,
+                queries.batch(n),
+                a_v,
+                b_v,
+                self.c,
+                a_norm,
+                self.v_norm,
+                self.log,
+                tolerate=True,  # saturated: NaN, read again in `observe`
             )
             values = (t - a_u) / rho
             self.log.note_scales(float(rho.min()), float(rho.max()))
@@ -269,6 +297,94 @@ class BilinearReader:
         if filled:
             flush()
 
+    def _repair(self, context: Lines, segment, values: np.ndarray) -> np.ndarray:
+        """A stage segment's readings with the unsafe ones (NaN: saturated; or a W logit above
+        SAFE_LOGIT) read again, each at a scale chosen from its own first reading."""
+        i, rows, mu, nu = segment
+        rho = mu * nu
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero(~(np.abs(values) * rho <= SAFE_LOGIT))
+        fixed = values.copy()
+        if bad.size:
+            line, pos = np.full(bad.size, i), rows.start + bad
+            fixed[bad] = self._read_entries(
+                context.a_dirs,
+                context.a.at(line, pos),
+                context.b_dirs,
+                context.b.at(line, pos),
+                _retry_scales(values[bad] * rho, rho),
+                context.a_dot_u,
+            )
+        return fixed
+
+    def _read_entries(self, a_dirs, a_idx, b_dirs, b_idx, rho, a_dot_u) -> np.ndarray:
+        """a_k^T W b_k (b_dirs None: a_k^T u, from [rho_k a_k; 0]) for a few entries, each at its own
+        scale rho_k, shrunk and read again until its logit is safe.
+
+        The learner's only defence against an entry far larger than its line's others (a sparse
+        W's row, whose warm-up read zeros): no scale fixed in advance survives every target, so an
+        unsafe reading costs one more query, rarely two. Counted in the log (`repaired`).
+        """
+        d = self.v.shape[0]
+        a_v, a_norms = a_dirs.dots(self.v), a_dirs.norms()
+        b_v = b_dirs.dots(self.v) if b_dirs is not None else None
+        result = np.full(a_idx.size, np.nan)
+        todo = np.arange(a_idx.size)
+        rho = np.asarray(rho, dtype=np.float64).copy()
+        for _ in range(REPAIR_ROUNDS):
+            for first in range(0, todo.size, self.chunk):
+                k = todo[first : first + self.chunk]
+                ai = a_idx[k]
+                X = np.zeros((k.size, 2, d))
+                if b_dirs is None:
+                    mu, nu = rho[k], np.zeros(k.size)
+                    a_dirs.write_scaled(X[:, 0], ai, mu)
+                    b_part = np.zeros(k.size)
+                else:
+                    bi = b_idx[k]
+                    mu, nu = (
+                        np.array(z) for z in zip(*(self._split(r) for r in rho[k]), strict=True)
+                    )
+                    if a_dot_u is not None:  # the u part of the logit stays small too
+                        with np.errstate(divide="ignore"):
+                            mu = np.minimum(mu, TARGET_LOGIT_STD / np.abs(a_dot_u[ai]))
+                        nu = rho[k] / mu
+                    a_dirs.write_scaled(X[:, 0], ai, mu)
+                    b_dirs.write_scaled(X[:, 1], bi, nu)
+                    X[:, 0] += X[:, 1]
+                    assert b_v is not None
+                    b_part = nu * b_v[bi]
+                self.log.note_imbalance(
+                    float(np.max((np.abs(b_part) + abs(self.c)) / np.abs(mu * a_v[ai])))
+                )
+                t = invert_probes(
+                    self.oracle,
+                    X,
+                    mu * a_v[ai],
+                    b_part,
+                    self.c,
+                    mu * a_norms[ai],
+                    self.v_norm,
+                    self.log,
+                    tolerate=True,
+                )
+                self.log.repaired += k.size
+                if b_dirs is not None and a_dot_u is not None:
+                    t -= mu * a_dot_u[ai]
+                with np.errstate(invalid="ignore"):
+                    safe = np.abs(t) <= SAFE_LOGIT
+                result[k[safe]] = t[safe] / rho[k[safe]]
+                rho[k[~safe]] = _retry_scales(t[~safe], rho[k[~safe]])
+            todo = todo[np.isnan(result[todo])]
+            if todo.size == 0:
+                return result
+        raise ExtractionError(
+            f"{todo.size} probe(s) still saturate after {REPAIR_ROUNDS} rounds of reading them "
+            f"again {SATURATED_SHRINK:.0f}x smaller (scale now {float(rho[todo].min()):.1e}): the "
+            f"head's scores are unbounded at any probe size, so the black box is not one "
+            f"finite softmax head (or it returns a constant where a weight is expected)."
+        )
+
     def _split(self, rho: float) -> tuple[float, float]:
         mu, nu = split_scale(rho)
         if self.affine and self.u_sigma:
@@ -276,6 +392,21 @@ class BilinearReader:
             mu = min(mu, TARGET_LOGIT_STD / self.u_sigma)
             nu = rho / mu
         return mu, nu
+
+
+# An entry is read again at most this many times (each saturated try is 64x smaller: 64^12 ~ 5e21).
+REPAIR_ROUNDS = 12
+
+
+def _retry_scales(logit: np.ndarray, rho) -> np.ndarray:
+    """The next scale of readings whose logit was unsafe: one that puts a readable logit at
+    TARGET_LOGIT_STD, SATURATED_SHRINK times smaller where the probe saturated (NaN)."""
+    logit = np.asarray(logit, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shrink = np.where(
+            np.isfinite(logit), TARGET_LOGIT_STD / np.abs(logit), 1.0 / SATURATED_SHRINK
+        )
+    return rho * shrink
 
 
 def _family(dirs) -> Directions:
