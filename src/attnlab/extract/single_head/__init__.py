@@ -136,7 +136,7 @@ def single_head(
 
     started_queries, started = oracle.queries, time.perf_counter()
     log = ProbeLog()
-    v, c = read_values(oracle, d, affine, log, chunk=chunk or default_chunk(d))
+    v, c = read_values(oracle, d, affine, log, chunk=chunk or default_chunk(d, oracle))
     stages = {"values": oracle.queries - started_queries}
     precision_info: dict = {}
     coarse = False

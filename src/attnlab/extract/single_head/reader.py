@@ -49,14 +49,23 @@ from attnlab.oracle import Oracle
 Index = int | np.ndarray
 Line = tuple[Index, Index]
 
-# Default chunk: about 16 MiB of two-token float64 queries per oracle call: large enough that the
-# per-call overheads (Python, the Oracle's checks) are amortised (at d = 1024, r = 64, 4 MiB chunks
-# left the learner ~1.7x the time of 16 MiB ones), small enough to stay far below d^2 at scale.
-CHUNK_BYTES = 16 << 20
+# Default chunk on the host: about 4 MiB of two-token float64 queries per oracle call. A chunk that
+# stays in the last-level cache (32 MiB here, shared with the target's own intermediates) is
+# written, hashed by the Oracle and read by the target without a trip to memory: against 16 MiB
+# chunks the whole extraction took 0.77x the time at 1024 x 64, 0.84x at 4096 x 64, 0.83x at
+# 1024 x 128 and 0.96x at 512 full rank (one thread, `single_head_scale.py --split --chunk-mib`),
+# the target's own time falling most. The per-call overheads are still amortised at 4 MiB (the
+# learner's absolute time fell too); only its share of the now faster target rose, by about a
+# point. On a device, kernel launches favour larger calls: 16 MiB there.
+CHUNK_BYTES = 4 << 20
+DEVICE_CHUNK_BYTES = 16 << 20
 
 
-def default_chunk(d: int) -> int:
-    return max(1, CHUNK_BYTES // (16 * d))
+def default_chunk(d: int, oracle=None) -> int:
+    """Queries per oracle call: CHUNK_BYTES of them, DEVICE_CHUNK_BYTES for a non-CPU device."""
+    device = getattr(oracle, "device", None)
+    on_device = device is not None and getattr(device, "type", "cpu") != "cpu"
+    return max(1, (DEVICE_CHUNK_BYTES if on_device else CHUNK_BYTES) // (16 * d))
 
 
 def _length(line: Line) -> int:
@@ -86,7 +95,7 @@ class BilinearReader:
     ):
         self.oracle, self.v, self.c, self.affine = oracle, v, c, affine
         d = v.shape[0]
-        self.chunk = int(chunk) if chunk else default_chunk(d)
+        self.chunk = int(chunk) if chunk else default_chunk(d, oracle)
         self.v_norm = float(np.linalg.norm(v))
         self.queries = QueryBuffer(oracle, self.chunk, d)
         self.u: np.ndarray | None = None
