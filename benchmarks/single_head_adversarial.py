@@ -1,6 +1,6 @@
 """single_head on targets aimed at its probe scaling: failures counted, not only successes.
 
-Each target draws, from its own seed:
+Two families. **sparse**: each target draws, from its own seed:
 - d in {8, 16, 33, 64, 96}; k in 1..min(8, d) spikes at distinct rows and columns (rank k), of
   magnitudes 10^U(-2, 2.5) and random signs: a row of such a W is zero but for one entry, so its
   warm-up reads nothing and its bulk meets the spike at whatever scale it has grown to;
@@ -9,11 +9,16 @@ Each target draws, from its own seed:
 - v: Gaussian, one-hot, or small integers (the last two answer on a coarse grid);
 - 30% affine, with score biases u = 10^U(-1, 2) x Gaussian and c = 0.2.
 
-A target fails when single_head raises, warns, or returns W with relative (Frobenius) error above
-1e-9. `beyond limit` = oracle-counted queries minus the information limit (the repairs of unsafe
+**scaled**: Gaussian W of rank k (or full) times 10^U(-9, 6) (the first probe guesses unit-size
+bilinear values), Gaussian v (times 1e-3 above 1e3, to keep answers finite-sized), the same rank
+modes, 30% affine with u = 10^U(-1, 1) x Gaussian.
+
+Each target's outcome: exact (relative Frobenius error of W <= 1e-9) or not, warned or silent,
+or raised; "inexact, silent" is what must not happen. `beyond limit` = oracle-counted queries minus the information limit (the repairs of unsafe
 readings plus the one precision-check query of a coarse-looking v). Usage:
 
-    python benchmarks/single_head_adversarial.py --targets 300 [--out benchmarks/results/single_head_adversarial.md]
+    python benchmarks/single_head_adversarial.py --targets 300 [--families sparse,scaled]
+        [--out benchmarks/results/single_head_adversarial.md]
 
 Run it with PYTHONPATH pointing at another checkout's src to compare code versions on the same
 targets.
@@ -22,7 +27,6 @@ targets.
 from __future__ import annotations
 
 import argparse
-import collections
 import time
 import warnings
 from pathlib import Path
@@ -40,8 +44,38 @@ from attnlab.models import AffineHead, SingleHeadAttention
 SEED_BASE = 1000
 
 
+def draw_scaled(seed: int):
+    """A generic target of any size: (head, d, rank argument, affine, W, description)."""
+    rng = np.random.default_rng(2 * SEED_BASE + seed)
+    d = int(rng.choice([8, 16, 33, 64, 96]))
+    k = int(rng.integers(1, min(8, d) + 1))
+    mode = str(rng.choice(["known", "full", "auto"]))
+    affine = bool(rng.random() < 0.3)
+    exponent = rng.uniform(-9, 6)
+    G = (
+        rng.standard_normal((d, d))
+        if mode == "full"
+        else rng.standard_normal((d, k)) @ rng.standard_normal((k, d))
+    )
+    W = 10.0**exponent * G
+    v = rng.standard_normal(d) * (1e-3 if exponent > 3 else 1.0)
+    rank = {"known": k if k < d else None, "full": None, "auto": "auto"}[mode]
+    if affine:
+        head = AffineHead(W, 10.0 ** rng.uniform(-1, 1) * rng.standard_normal(d), v, 0.2)
+    else:
+        head = SingleHeadAttention(W, v)
+    return (
+        head,
+        d,
+        rank,
+        affine,
+        W,
+        f"d={d} k={k} {mode} {'affine ' if affine else ''}W x 1e{exponent:.1f}",
+    )
+
+
 def draw(seed: int):
-    """One adversarial target: (head, d, rank argument, affine, W, description)."""
+    """One sparse adversarial target: (head, d, rank argument, affine, W, description)."""
     rng = np.random.default_rng(SEED_BASE + seed)
     d = int(rng.choice([8, 16, 33, 64, 96]))
     k = int(rng.integers(1, min(8, d) + 1))
@@ -69,12 +103,16 @@ def draw(seed: int):
     return head, d, rank, affine, W, f"d={d} k={k} {mode} {'affine ' if affine else ''}v={kind}"
 
 
-def run(targets: int) -> dict:
+FAMILIES = {"sparse": draw, "scaled": draw_scaled}
+
+
+def run(targets: int, family: str = "sparse") -> dict:
     torch.set_num_threads(1)
     failures, beyond, repaired, errors, under = [], [], [], [], []
+    outcomes: dict[str, int] = {}
     started = time.perf_counter()
-    for seed in tqdm(range(targets), desc="adversarial targets"):
-        head, d, rank, affine, W, what = draw(seed)
+    for seed in tqdm(range(targets), desc=f"{family} targets"):
+        head, d, rank, affine, W, what = FAMILIES[family](seed)
         oracle = Oracle(head, d=d)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -91,57 +129,66 @@ def run(targets: int) -> dict:
         found = result.info.get("rank", d)
         beyond.append(oracle.queries - exact_limit(d, found, affine, rank))
         repaired.append(int(result.info.get("repaired_queries", 0)))
+        outcome = ("exact" if error <= 1e-9 else "inexact") + (", warned" if caught else "")
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
         if error > 1e-9 or caught:
             said = "; ".join(str(w.message)[:70] for w in caught)
             failures.append(
                 (seed, what, f"error {error:.1e}" + (f", warned: {said}" if said else ""))
             )
     return {
+        "family": family,
         "targets": targets,
         "failures": failures,
         "beyond": beyond,
         "repaired": repaired,
         "errors": errors,
         "under": under,
+        "outcomes": outcomes,
         "seconds": time.perf_counter() - started,
     }
 
 
-def report(out: dict) -> str:
-    beyond = np.array(out["beyond"] or [0])
-    errors = np.array(out["errors"] or [np.nan])
-    counts = collections.Counter(
-        why.split(":")[0].split(",")[0].split(" ")[0] for *_, why in out["failures"]
-    )
+def report(outs: list[dict], command: str) -> str:
     lines = [
         "# single_head on adversarial targets",
         "",
-        "Command: `python benchmarks/single_head_adversarial.py --targets "
-        f"{out['targets']}` ({out['seconds']:.0f} s).",
+        f"Command: `{command}` ({sum(o['seconds'] for o in outs):.0f} s).",
         "",
-        "| targets | failures | raised | W error median | W error max | error / estimate max "
-        "| beyond limit: median | max | repaired max |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {out['targets']} | {len(out['failures'])} | {out['targets'] - len(out['errors'])} | "
-        f"{np.nanmedian(errors):.1e} | {np.nanmax(errors):.1e} | {max(out['under'] or [np.nan]):.0f} | "
-        f"{int(np.median(beyond))} | "
-        f"{int(beyond.max())} | {max(out['repaired'] or [0])} |",
-        "",
-        f"Failure kinds: {dict(counts) or 'none'}.",
-        "",
+        "| family | targets | exact | exact, warned | inexact, warned | inexact, silent | raised "
+        "| W error median | W error max | error / estimate max | beyond limit: median | max "
+        "| repaired max |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    if out["failures"]:
-        lines += ["| seed | target | what happened |", "|---:|---|---|"]
-        lines += [f"| {s} | {what} | {why} |" for s, what, why in out["failures"][:40]]
+    for out in outs:
+        beyond = np.array(out["beyond"] or [0])
+        errors = np.array(out["errors"] or [np.nan])
+        lines.append(
+            f"| {out['family']} | {out['targets']} | "
+            + " | ".join(
+                str(out["outcomes"].get(k, 0))
+                for k in ("exact", "exact, warned", "inexact, warned", "inexact")
+            )
+            + f" | {out['targets'] - len(out['errors'])} | {np.nanmedian(errors):.1e} | "
+            f"{np.nanmax(errors):.1e} | {max(out['under'] or [np.nan]):.0f} | "
+            f"{int(np.median(beyond))} | {int(beyond.max())} | {max(out['repaired'] or [0])} |"
+        )
+    for out in outs:
+        if out["failures"]:
+            lines += ["", f"Failures ({out['family']}):", "", "| seed | target | what happened |"]
+            lines += ["|---:|---|---|"]
+            lines += [f"| {s} | {what} | {why} |" for s, what, why in out["failures"][:40]]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--targets", type=int, default=300)
+    parser.add_argument("--targets", type=int, default=300, help="targets per family")
+    parser.add_argument("--families", default="sparse,scaled")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    text = report(run(args.targets))
+    command = f"python benchmarks/single_head_adversarial.py --targets {args.targets} --families {args.families}"
+    text = report([run(args.targets, f) for f in args.families.split(",")], command)
     print(text)
     if args.out:
         args.out.write_text(text)

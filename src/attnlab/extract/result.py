@@ -31,10 +31,14 @@ INFO_KEYS: dict[str, str] = {
     "max_abs_logit": "largest |logit| a probe produced (saturation margin)",
     "probe_scale_range": "(smallest, largest) probe scale used",
     "probe_imbalance": "adaptive: largest |b^T v + c| / |a^T v| of a probe (answers dominated by "
-    "the second token round alpha more coarsely; enters estimated_error as its square root)",
+    "the second token round alpha more coarsely)",
+    "probe_imbalance_mean": "adaptive: probe_imbalance averaged over the probes (enters "
+    "estimated_error)",
     "repaired_queries": "adaptive: queries spent reading unsafe entries again (saturated, or a W "
     "logit above SAFE_LOGIT): the queries beyond the limit, with stages['precision_check']",
     "saturated_probes": "adaptive: probes that saturated and were read again, smaller",
+    "rescaled_queries": "adaptive: queries spent reading again entries read below 1e-5 of their "
+    "line's settled scale (a W far from unit size: the first probes' guess was far off)",
     "design_condition": "paper method: condition number of the probe design",
     "iterations": "nuclear-norm: solver iterations",
     "measurements": "nuclear-norm: rank-one measurements taken",

@@ -47,6 +47,7 @@ from attnlab.extract.single_head.precision import (
     COARSE_PRECISION,
     READ_NOISE_FACTOR,
     WARN_ERROR,
+    WARN_ERROR_FLOAT64,
     PrecisionReader,
     answer_precision,
     error_report,
@@ -193,8 +194,12 @@ def single_head(
             max_abs_logit=log.max_abs_logit,
             probe_scale_range=[log.scale_min, log.scale_max],
             probe_imbalance=log.imbalance,
+            probe_imbalance_mean=log.mean_imbalance,
         )
     info.update(oracle_calls=log.calls, oracle_seconds=log.oracle_seconds)
+    if log.rescaled:
+        # entries read far below their line's settled scale (W far from unit size), read again
+        info.update(rescaled_queries=log.rescaled)
     if log.repaired:
         # entries whose first probe saturated or read a logit beyond SAFE_LOGIT, read again
         info.update(repaired_queries=log.repaired, saturated_probes=log.saturated)
@@ -209,11 +214,19 @@ def single_head(
     if precision_info:
         info.update(precision_info)
         info.update(error_report(precision_info["answer_precision"], log.max_abs_logit, d, info))
-        if info["estimated_error"] > WARN_ERROR:
+        if info["estimated_error"] > (WARN_ERROR if coarse else WARN_ERROR_FLOAT64):
+            imbalance = float(info.get("probe_imbalance") or 0.0)
+            why = (
+                f"the probes are imbalanced (info['probe_imbalance'] = {imbalance:.1e}: the score "
+                f"bias u dwarfs W, so each probe's first token is short and its answer is mostly "
+                f"the second token's value)"
+                if not coarse
+                else f"the oracle's answers carry about {precision_info['answer_precision']:.1e} "
+                f"relative precision (float32/float16 arithmetic?)"
+            )
             warnings.warn(
-                f"single_head: the oracle's answers carry about {precision_info['answer_precision']:.1e} "
-                f"relative precision (float32/float16 arithmetic?), so W is only good to about "
-                f"{info['estimated_error']:.1e} relative (info['estimated_error'])",
+                f"single_head: {why}, so W is only good to about {info['estimated_error']:.1e} "
+                f"relative (info['estimated_error'], an a-priori bound)",
                 PrecisionWarning,
                 stacklevel=2,
             )

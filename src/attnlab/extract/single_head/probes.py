@@ -44,6 +44,11 @@ MAX_SCALE_GROWTH = 16.0
 SAFE_LOGIT = 10.0
 # A saturated reading carries no value, only that |logit| >~ 37: its next try is this much smaller.
 SATURATED_SHRINK = 64.0
+# Logits below this may be the answers' rounding (alpha = 1/2 +- 1e-16 reads +- 4e-16; an affine
+# head's subtracted u part leaves up to ~1e-12), not a measurement: a line showing only such
+# readings is treated as zero so far, not as small (growing a zero line's scale without end made
+# an affine head's second token, and the answer's rounding with it, astronomically large).
+NOISE_LOGIT = 1e-9
 # The denominator a^T v must be at least this fraction of |a| |v|; below it the query is
 # dominated by rounding and W cannot be read from it.
 MIN_VALUE_ALIGNMENT = 1e-10
@@ -97,15 +102,28 @@ class ProbeLog:
     # the largest |b^T v + c| / |a^T v| of a probe (the tokens as sent): an answer is rounded
     # relative to |y| = |b^T v + c + alpha a^T v|, so alpha loses this factor in precision
     imbalance: float = 0.0
+    _imbalance_sum: float = 0.0
+    _imbalance_count: float = 0.0
     saturated: int = 0  # probes that saturated in tolerant reads (read again, smaller)
     repaired: int = 0  # queries spent reading entries again at a smaller scale
+    rescaled: int = 0  # queries spent reading again entries read far below their line's scale
 
     def note_scales(self, low: float, high: float) -> None:
         self.scale_min, self.scale_max = min(self.scale_min, low), max(self.scale_max, high)
 
-    def note_imbalance(self, ratio: float) -> None:
-        if ratio == ratio:  # not NaN
-            self.imbalance = max(self.imbalance, float(ratio))
+    def note_imbalance(self, ratios, counts) -> None:
+        """Probe imbalances (|b^T v + c| / |a^T v| bounds), each for `counts` probes."""
+        ratios = np.atleast_1d(np.asarray(ratios, dtype=np.float64))
+        counts = np.broadcast_to(np.asarray(counts, dtype=np.float64), ratios.shape)
+        if ratios.size and np.all(np.isfinite(ratios)):
+            self.imbalance = max(self.imbalance, float(ratios.max()))
+            self._imbalance_sum += float(ratios @ counts)
+            self._imbalance_count += float(counts.sum())
+
+    @property
+    def mean_imbalance(self) -> float:
+        """The imbalance averaged over the probes (what W's Frobenius error sees)."""
+        return self._imbalance_sum / self._imbalance_count if self._imbalance_count else 0.0
 
     def ask(self, oracle: Oracle, X: np.ndarray) -> np.ndarray:
         """oracle(X) as float64, timed and counted."""
@@ -260,7 +278,9 @@ class ScaleTracker:
 
     def __init__(self, initial: float = INITIAL_PROBE):
         self.scale = float(initial)
+        self.capped = False  # the last proposed scale was held back by MAX_SCALE_GROWTH
         self.count = 0
+        self.max_logit = 0.0  # the largest |logit| a reading of this line had
         self._sum_sq = 0.0
         self._max_abs = 0.0
 
@@ -288,6 +308,7 @@ class ScaleTracker:
         """`observe` for values given by their count, sum of squares and largest magnitude."""
         self._sum_sq += sum_sq
         self.count += count
+        self.max_logit = max(self.max_logit, max_abs * self.scale)
         self._max_abs = max(self._max_abs, max_abs)
 
     def next_scale(self) -> float:
@@ -295,6 +316,12 @@ class ScaleTracker:
         sigma = self.sigma
         if sigma is not None:
             grown = self.scale * MAX_SCALE_GROWTH
+            # an all-zero line so far (sigma 0, or logits at rounding level: a zero column reads
+            # alpha = 1/2 +- 1e-16) grows too, but is no evidence of a small line: only a
+            # measured spread below the target holds the line in its warm-up
+            self.capped = (
+                sigma > 0 and grown < TARGET_LOGIT_STD / sigma and self.max_logit > NOISE_LOGIT
+            )
             self.scale = min(TARGET_LOGIT_STD / sigma, grown) if sigma > 0 else grown
         return self.scale
 

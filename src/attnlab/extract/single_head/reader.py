@@ -35,6 +35,7 @@ from attnlab.extract.single_head.directions import DenseDirections, Directions
 from attnlab.extract.single_head.probes import (
     INITIAL_OFFSET_PROBE,
     INITIAL_PROBE,
+    NOISE_LOGIT,
     SAFE_LOGIT,
     SATURATED_SHRINK,
     TARGET_LOGIT_STD,
@@ -83,6 +84,11 @@ class BilinearReader:
     FIRST_LINE_BLOCKS: tuple[int, ...] = (1, 4, 16, 64)
     LINE_BLOCKS: tuple[int, ...] = (1, 4)
     CAUTION = 0.01
+    # entries read below this fraction of their line's last scale are read again at it
+    # (`_read_again_far_below`; None: the subclass re-reads its own way)
+    FAR_BELOW: float | None = 1e-5
+    # a line still held back by MAX_SCALE_GROWTH reads one entry a stage until it settles
+    GROW_ONE_AT_A_TIME = True
 
     def __init__(
         self,
@@ -120,7 +126,7 @@ class BilinearReader:
             if take <= 0:
                 break
             mu = tracker.next_scale()
-            self.log.note_imbalance(abs(self.c) / (mu * float(np.min(np.abs(a_v)))))
+            self.log.note_imbalance(abs(self.c) / (mu * float(np.min(np.abs(a_v)))), take)
             for first in range(done, done + take, self.chunk):
                 n = min(self.chunk, done + take - first)
                 X = np.empty((n, 2, self.v.shape[0]))
@@ -184,6 +190,13 @@ class BilinearReader:
             )
         a_dirs, b_dirs = _family(a_dirs), _family(b_dirs)
         lines = list(lines)
+        if trackers is None and self.w_sigma is None and len(lines) > 1:
+            # a pilot: the first line alone, so that the others start at 1% of a measured size,
+            # not all at INITIAL_PROBE (a W far from unit size would otherwise cost every line
+            # of a full-rank read a repair or a re-read); same queries, one stage more
+            return self.read_lines(a_dirs, b_dirs, lines[:1]) + self.read_lines(
+                a_dirs, b_dirs, lines[1:]
+            )
         trackers = trackers or [self.new_line() for _ in lines]
         warmup = self.FIRST_LINE_BLOCKS if self.w_sigma is None else self.LINE_BLOCKS
         lengths = [_length(line) for line in lines]
@@ -210,23 +223,37 @@ class BilinearReader:
         b_max = float(np.max(np.abs(context.b_dot_v[context.b.used()]), initial=0.0))
         context.unit = bool(np.all(context.a_norms == 1.0))
         done = [0] * len(lines)
-        for size in (*warmup, None):
+        # the scale each segment of a line was read at: (first, stop, mu nu)
+        segments: list[list[tuple[int, int, float]]] = [[] for _ in lines]
+        step = 0
+        while True:
+            size = warmup[step] if step < len(warmup) else None
+            step += 1
             stage: list[tuple[int, slice, float, float]] = []
             for i, tracker in enumerate(trackers):
                 if size is not None and tracker.count and done[i] == 0:
                     continue  # a continued line already knows its scale: it skips the warm-up
                 remaining = lengths[i] - done[i]
-                take = remaining if size is None else min(size, remaining)
-                if take <= 0:
+                if remaining <= 0:
                     continue
                 mu, nu = self._split(tracker.next_scale())
+                take = remaining if size is None else min(size, remaining)
+                if tracker.capped and self.GROW_ONE_AT_A_TIME:
+                    # a line far smaller than its scale (W far from the first probe's guess)
+                    # grows one reading a stage, MAX_SCALE_GROWTH each, and reads its bulk once
+                    # its scale has settled
+                    take = 1
                 stage.append((i, slice(done[i], done[i] + take), mu, nu))
+                segments[i].append((done[i], done[i] + take, mu * nu))
                 done[i] += take
             if not stage:
+                if size is None:
+                    break
                 continue
             mus, nus = np.array([s[2] for s in stage]), np.array([s[3] for s in stage])
             self.log.note_imbalance(
-                (float(np.max(nus / mus)) * b_max + abs(self.c) / float(mus.min())) / a_min
+                (nus / mus * b_max + abs(self.c) / mus) / a_min,
+                [rows.stop - rows.start for _, rows, _, _ in stage],
             )
             # the whole stage is sent before the next one: its scales depend on these answers
             if self.queries.host:
@@ -242,10 +269,54 @@ class BilinearReader:
             observe(
                 trackers, context, stage, lambda seg, values: self._repair(context, seg, values)
             )
+        if self.FAR_BELOW is not None:
+            # each line's settled scale: the one its spread asks for (a line that ended while
+            # still growing has not reached it); none for a line that measured nothing but
+            # rounding (a zero line's scale is no settled scale)
+            settled = [
+                TARGET_LOGIT_STD / t.sigma if t.sigma and t.max_logit > NOISE_LOGIT else None
+                for t in trackers
+            ]
+            self._read_again_far_below(context, outs, segments, settled)
         for tracker in trackers:
             if tracker.sigma:
                 self.w_sigma = max(self.w_sigma or 0.0, tracker.sigma)
         return outs
+
+    def _read_again_far_below(self, context: Lines, outs, segments, settled) -> None:
+        """Entries read at a scale below FAR_BELOW x their line's settled scale, read again at it.
+
+        A reading's absolute error is the answer's rounding over its scale, so an entry read while
+        its line was still growing carries (last scale / its scale) times the error of the rest:
+        kept up to 1e5 (~1e-11 of the entry; generic heads of entries down to ~1e-3 need no
+        query here), beyond it read again (a W of entries ~1e-9: the first line's first
+        readings at 1e-2 were 1e-5 off, and W with them). One query each.
+        """
+        line_index, positions, scales = [], [], []
+        for i, parts in enumerate(segments):
+            if not parts or settled[i] is None:
+                continue
+            last = max(parts[-1][2], settled[i])
+            for first, stop, rho in parts:
+                if rho < self.FAR_BELOW * last:
+                    line_index.append(np.full(stop - first, i))
+                    positions.append(np.arange(first, stop))
+                    scales.append(np.full(stop - first, last))
+        if not positions:
+            return
+        line, pos, rho = (np.concatenate(x) for x in (line_index, positions, scales))
+        values = self._read_entries(
+            context.a_dirs,
+            context.a.at(line, pos),
+            context.b_dirs,
+            context.b.at(line, pos),
+            rho,
+            context.a_dot_u,
+            counter="rescaled",
+        )
+        for i in np.unique(line):
+            mine = line == i
+            outs[int(i)][pos[mine]] = values[mine]
 
     def _read_packed(self, context: Lines, lines, outs, stage) -> None:
         """One stage on a device buffer: the segments packed one after another into the chunks,
@@ -326,13 +397,15 @@ class BilinearReader:
             )
         return fixed
 
-    def _read_entries(self, a_dirs, a_idx, b_dirs, b_idx, rho, a_dot_u) -> np.ndarray:
+    def _read_entries(
+        self, a_dirs, a_idx, b_dirs, b_idx, rho, a_dot_u, counter: str = "repaired"
+    ) -> np.ndarray:
         """a_k^T W b_k (b_dirs None: a_k^T u, from [rho_k a_k; 0]) for a few entries, each at its own
         scale rho_k, shrunk and read again until its logit is safe.
 
         The learner's only defence against an entry far larger than its line's others (a sparse
         W's row, whose warm-up read zeros): no scale fixed in advance survives every target, so an
-        unsafe reading costs one more query, rarely two. Counted in the log (`repaired`).
+        unsafe reading costs one more query, rarely two. Counted in the log (`counter`).
         """
         d = self.v.shape[0]
         a_v, a_norms = a_dirs.dots(self.v), a_dirs.norms()
@@ -363,9 +436,7 @@ class BilinearReader:
                     X[:, 0] += X[:, 1]
                     assert b_v is not None
                     b_part = nu * b_v[bi]
-                self.log.note_imbalance(
-                    float(np.max((np.abs(b_part) + abs(self.c)) / np.abs(mu * a_v[ai])))
-                )
+                self.log.note_imbalance((np.abs(b_part) + abs(self.c)) / np.abs(mu * a_v[ai]), 1)
                 t = invert_probes(
                     self.oracle,
                     X,
@@ -377,7 +448,7 @@ class BilinearReader:
                     self.log,
                     tolerate=True,
                 )
-                self.log.repaired += k.size
+                setattr(self.log, counter, getattr(self.log, counter) + k.size)
                 if b_dirs is not None and a_dot_u is not None:
                     t -= mu * a_dot_u[ai]
                 with np.errstate(invalid="ignore"):
