@@ -38,12 +38,20 @@ import time
 import numpy as np
 
 from attnlab._random import as_generator
+from attnlab.errors import ExtractionError
 from attnlab.extract.convention import resolve_method
 from attnlab.extract.multihead.assemble import check
 from attnlab.extract.multihead.learner import Learner
 from attnlab.extract.multihead.orthogonal import measure, orthogonal_heads
 from attnlab.extract.multihead.rational import Tolerances
 from attnlab.extract.multihead.refine import MAX_PARAMETERS, refine
+from attnlab.extract.multihead.token_scale import (
+    AT_HOME,
+    FAR_FROM_HOME,
+    scale_from,
+    scaled_oracle,
+    token_scale,
+)
 from attnlab.extract.result import Extraction
 from attnlab.models.canonical import MultiHeadParams, canonical_order
 from attnlab.oracle import Oracle
@@ -165,11 +173,36 @@ def multi_head(
     start, clock = oracle.queries, time.perf_counter()
     most = max_heads if heads is None else heads
     assert most is not None  # heads or max_heads was required above
-    learner = Learner(oracle, rng, heads, most, method, affine, anchors, tol, progress)
-    learner.rank = rank
-    learner.isolate = bool(options["isolate"])
-    learner.keep = options["refine"] and canonical_dof(most, d, affine) <= MAX_PARAMETERS
-    params, extra = learner.run()
+
+    def learn(box: Oracle) -> tuple[Learner, MultiHeadParams, dict]:
+        learner = Learner(box, rng, heads, most, method, affine, anchors, tol, progress)
+        learner.rank = rank
+        learner.isolate = bool(options["isolate"])
+        learner.keep = options["refine"] and canonical_dof(most, d, affine) <= MAX_PARAMETERS
+        params, extra = learner.run()
+        return learner, params, extra
+
+    scale = 1.0
+    try:
+        learner, params, extra = learn(oracle)
+    except ExtractionError as failure:
+        # the probes assume unit-size logits; a W far from that (entries ~1e-4 or ~100) makes
+        # them give up. Measure the size (204 queries) and read the rescaled box f(sX) instead
+        before = oracle.queries
+        measured = token_scale(oracle, d, rng)
+        if measured is None or 1 / AT_HOME <= measured <= AT_HOME:
+            raise failure
+        scale = measured
+        learner, params, extra = learn(scaled_oracle(oracle, scale))
+        extra.update(token_scale=scale, token_scale_queries=oracle.queries - before)
+    else:
+        size = float(np.sqrt(np.mean(params.W**2))) if params.W.size else 1.0
+        if 0.0 < size < FAR_FROM_HOME or size > 1.0 / FAR_FROM_HOME:
+            # read at logits far from home: read again as the box rescaled from this W
+            before = oracle.queries
+            scale = scale_from(params.W)
+            learner, params, extra = learn(scaled_oracle(oracle, scale))
+            extra.update(token_scale=scale, token_scale_queries=oracle.queries - before)
     if learner.keep:
         params, polish = refine(
             params, learner.kept_sequences, np.array(learner.kept_answers), affine
@@ -181,6 +214,9 @@ def multi_head(
     params = MultiHeadParams(params.W[order], params.v[order], params.u[order], params.c)
     if check_queries:
         check(learner.ask, learner.rng, params, check_queries)
+    if scale != 1.0:  # f(sX) has heads (s^2 W, s u, s v) and the same c
+        assert params.u is not None
+        params = MultiHeadParams(params.W / scale**2, params.v / scale, params.u / scale, params.c)
     H = params.heads
     found = {"W": params.W, "v": params.v}
     if affine:

@@ -115,6 +115,13 @@ class FirstDirection(DirectionReader):
             if self.frame is not None:  # logits of tokens in the plane (orthogonal to the row)
                 inside = self.frame.plane.T @ columns
                 rms = self.b_norm * float(np.sqrt(np.mean(inside**2)))
+            else:
+                # a random token of length b_norm has logits of rms b_norm |W_h^T u| / sqrt(d):
+                # the later directions' tokens are such tokens, and when the sampled ones (steps
+                # about one anchor) happen to be much smaller, the later directions saturate (at
+                # W entries ~10, d = 16: logits 3-31 at every later direction, "no usable probe
+                # direction"); the larger of the two estimates decides
+                rms = max(rms, self.b_norm * float(np.sqrt(np.mean(columns**2))))
             if (
                 self.frame is None
                 and not self.can_project
@@ -150,11 +157,14 @@ class FirstDirection(DirectionReader):
         # unit tokens there see logits of about ||W_h||_F / d, which crowd the poles (measured at
         # (384, 4, 32): frames switched on after 6 failures at lengths 1 and 3 cost 3.3x the free
         # parameters). Small d keeps the order under which the near-parallel family never fails.
+        # Past 1e-2..1e2 the lengths go on geometrically both ways (W of entries ~100 needs tokens
+        # ~1e-2 and shorter, W ~1e-6 tokens ~1e3: before, those raised here)
+        further = [3e-3, 300.0, 1e-3, 1e3, 3e-4, 3e3, 1e-4, 1e4]
         if self.choose:
-            fallback_scales = iter([3.0, 10.0, 30.0, 1 / 3, 0.1, 100.0, 1 / 30, 0.01])
+            fallback_scales = iter([3.0, 10.0, 30.0, 1 / 3, 0.1, 100.0, 1 / 30, 0.01, *further])
             frames_after = 12
         else:
-            fallback_scales = iter([3.0, 10.0, 1 / 3, 30.0, 0.1, 1 / 30, 0.01, 100.0])
+            fallback_scales = iter([3.0, 10.0, 1 / 3, 30.0, 0.1, 1 / 30, 0.01, 100.0, *further])
             frames_after = 6
         failures, off_scale = 0, []
         for _ in range(attempts):
