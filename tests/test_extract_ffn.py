@@ -240,3 +240,21 @@ def test_relu_ffn_module_reads_one_vector_per_query():
         net(torch.zeros(2, 2, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="far hyperplanes need biases"):
         ReluFFN.random(3, 4, bias=False, far=1)
+
+
+def test_exact_says_how_far_it_was_checked():
+    """Hyperplanes ~1000 out lie beyond the check: the network there is affine, read exactly, and
+    the result says how far "exact" reaches and why neurons went unseen."""
+    d, m = 8, 16
+    net = ReluFFN.random(d, m, bias=True, seed=0)
+    with torch.no_grad():
+        net.b *= 1000.0
+    result = relu_ffn(Oracle(net, d=d), hidden=m, seed=0)
+    assert result.info["exact"] and result.info["exact_radius"] == 100.0
+    assert result.info["neurons_unseen"] > 0
+    assert "too far out for the search lines" in result.info["unseen_reason"]
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((200, 1, d))
+    X *= rng.uniform(1.0, 100.0, (200, 1, 1)) / np.linalg.norm(X, axis=2, keepdims=True)
+    truth = net(torch.tensor(X)).detach().numpy()
+    assert np.max(np.abs(result.surrogate(X) - truth)) <= 1e-8 * np.max(np.abs(truth))

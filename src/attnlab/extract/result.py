@@ -81,6 +81,8 @@ INFO_KEYS: dict[str, str] = {
     "unseen_reason": "why some neurons were not seen",
     "orientation": "how neuron signs were resolved ('linear', 'milp', 'unresolved')",
     "exact": "relu_ffn: the check beside every found hyperplane and out to check_radius passed",
+    "exact_radius": "relu_ffn: |x| out to which the check ran ('exact' holds there; the search "
+    "lines reach further, but a neuron whose hyperplane lies beyond them is not seen)",
     "error_bound": "relu_ffn: largest relative error the check (and fidelity check) saw",
     "repairs": "relu_ffn: searches through wrong check points before the check passed",
     "fidelity_relative": "relu_ffn: the fidelity check's largest relative error",

@@ -168,14 +168,18 @@ class _Extractor:
             "repairs": repairs,
             "exact": exact,
             "error_bound": float(worst),
+            # what "exact" covers: the check ran out to here (the search lines reach further)
+            "exact_radius": float(self.opts["check_radius"] * self.scale),
         }
         if hidden is not None:
             info["neurons_unseen"] = max(hidden - n, 0)
             if hidden > n:
                 info["unseen_reason"] = (
                     f"{hidden - n} of {hidden} neurons showed no kink: dead (a_j = 0 or w_j = 0, no effect on "
-                    "g) or exact duplicates of another neuron's hyperplane (merged into one neuron with the "
-                    "summed weight)"
+                    "g), exact duplicates of another neuron's hyperplane (merged into one neuron with the "
+                    "summed weight), or hyperplanes too far out for the search lines (the check covers "
+                    f"|x| <= {info['exact_radius']:g}; raise method_options['check_radius'] to reach "
+                    "further)"
                 )
         queries = self.oracle.queries - started_queries
         elapsed = time.perf_counter() - started
