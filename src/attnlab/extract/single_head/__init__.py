@@ -17,6 +17,13 @@ which (a, b) pairs they ask for and how they solve for W:
 - "nuclear-norm": Theorem 5.1: Gaussian rank-one probes (scaled adaptively) and constrained
   nuclear-norm minimisation (`lowrank.nuclear_norm_recovery`).
 
+The adaptive reader survives targets aimed at its scaling (docs/extraction.md, "Repairs"): a
+reading that saturates or exceeds SAFE_LOGIT is read again smaller (info['repaired_queries']),
+entries read far below their line's settled scale are read again at it
+(info['rescaled_queries']), and a coarse-looking v costs one generic query
+(stages['precision_check']); generic heads of ordinary size need none of these, so they stay
+exactly at the limit.
+
 Coarse answers (float32, float16/bfloat16 services: `precision.answer_precision` reads the
 format off the one-token answers) switch to `precision.PrecisionReader` (long a, short b, warm-up
 entries read again) and, for low rank, the oversampled fit; rank="auto" judges dependence by

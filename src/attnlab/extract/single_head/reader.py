@@ -84,7 +84,7 @@ class BilinearReader:
     FIRST_LINE_BLOCKS: tuple[int, ...] = (1, 4, 16, 64)
     LINE_BLOCKS: tuple[int, ...] = (1, 4)
     CAUTION = 0.01
-    # entries read below this fraction of their line's last scale are read again at it
+    # entries read below this fraction of their line's settled scale are read again at it
     # (`_read_again_far_below`; None: the subclass re-reads its own way)
     FAR_BELOW: float | None = 1e-5
     # a line still held back by MAX_SCALE_GROWTH reads one entry a stage until it settles
