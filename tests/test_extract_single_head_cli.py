@@ -40,7 +40,7 @@ def test_auto_rank_finds_the_target_rank():
     )
     assert report["rank"] == 3
     assert report["dof"] == 2 * 3 * 24 - 9 + 24
-    assert report["queries"] == report["dof"] + 2
+    assert report["queries"] == report["dof"] + 4  # two check rows, two dense checks
     assert report["rel_error_W"] <= 1e-8
     assert report["fidelity"] is None
 

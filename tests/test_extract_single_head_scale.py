@@ -110,7 +110,7 @@ def test_device_oracle_on_cpu_recovers_the_same_head(rank, affine):
     assert (
         device.queries
         == host.queries
-        == limit(d, device.info["rank"], affine) + (2 if rank == "auto" else 0)
+        == limit(d, device.info["rank"], affine) + (4 if rank == "auto" else 0)
     )
     assert oracle.paid == device.queries + device.fidelity_queries
     np.testing.assert_allclose(device.W, host.W, rtol=0, atol=1e-11 * np.abs(host.W).max())

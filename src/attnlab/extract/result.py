@@ -60,6 +60,8 @@ INFO_KEYS: dict[str, str] = {
     "discarded_singular": "coarse answers, low rank: first dropped singular value / largest",
     "reread_queries": "coarse answers: warm-up probes read again at the line's final scale",
     "rank_margin": "rank=auto: smallest mismatch of an independent column divided by rank_tol",
+    "dense_check_queries": "rank=auto, float64 answers: queries along dense random directions that "
+    "confirmed (or, beyond the last 2, refuted) a column's dependence",
     # noisy_single_head
     "error_estimate": "robust: typical and worst-case errors predicted from the noise model",
     "max_token_norm": "robust: the largest token norm a probe used",

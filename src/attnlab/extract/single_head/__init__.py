@@ -11,7 +11,7 @@ which (a, b) pairs they ask for and how they solve for W:
   magnitudes are learned from the measurements already made. Full rank: every entry, d^2 + d
   queries. Rank r: r full columns and r rows chosen by pivoted QR (skeleton formula),
   2rd - r^2 + d queries, the number of free parameters. rank="auto" detects r on the fly with
-  two check queries per column, 2 queries over the limit.
+  two check queries per column, confirmed by two dense checks: 4 queries over the limit.
 - "paper": Theorem 4.1 as written: d Gaussian u_k, queries [(u_k + e_j); e_j] column by
   column, no scaling. It fails loudly when the softmax saturates.
 - "nuclear-norm": Theorem 5.1: Gaussian rank-one probes (scaled adaptively) and constrained
@@ -307,8 +307,9 @@ def head_function(
 
 
 def exact_limit(d: int, r: int, affine: bool, rank) -> int:
-    """The exact (float64) path's queries at rank r: the free parameters, +2 checks for "auto"."""
-    return 2 * r * d - r * r + d + (d + 1 if affine else 0) + (2 if rank == "auto" else 0)
+    """The exact (float64) path's queries at rank r: the free parameters, + 2 check rows and 2
+    dense checks for "auto" (the column found dependent)."""
+    return 2 * r * d - r * r + d + (d + 1 if affine else 0) + (4 if rank == "auto" else 0)
 
 
 def _check_rank(rank, d: int) -> int | str | None:

@@ -258,6 +258,7 @@ def auto_rank(
     worst_independent = np.inf  # smallest mismatch (or z) of a column found independent
     # coarse answers: a column that looked dependent, kept until a second one confirms it
     suspect: tuple | None = None
+    dense_checks = 0  # queries spent confirming dependence along dense directions
     while columns.shape[1] < d:
         r = columns.shape[1]
         if (
@@ -293,6 +294,13 @@ def auto_rank(
                 head_values, columns[head], scales, line.scale, read_noise
             )
             tol = RANK_NOISE_TOL
+        if mismatch <= tol and read_noise is None:
+            # the check rows come next in the previous columns' pivot order, so a new column
+            # whose part outside their span sits on rows they barely use (a sparse W: one spike
+            # per row) slips past them (d = 16, rank 8: found 7, W 1.4e-4 off, silently). Two
+            # dense directions see any such part: 2 queries, only when a column looks dependent
+            mismatch = max(mismatch, _dense_check(reader, A, b, line, columns, coef, rng))
+            dense_checks += DENSE_CHECKS
         if mismatch <= tol and read_noise is not None and suspect is None and r + 1 < d:
             # a random direction can fall close to the span by chance (the last few of a
             # rank-32 head did, 1.7% of the column outside it): a fresh one must agree
@@ -306,6 +314,7 @@ def auto_rank(
                 "rank_tol": tol,
                 **({} if read_noise is None else {"read_noise": read_noise}),
                 "rank_margin": worst_independent / tol,
+                **({"dense_check_queries": dense_checks} if read_noise is None else {}),
             }
             if oversample:
                 W, fit = oversampled(
@@ -327,6 +336,7 @@ def auto_rank(
         "rank_mode": "auto",
         "rank_tol": rank_tol,
         "rank_margin": worst_independent / rank_tol,
+        "dense_check_queries": dense_checks,
     }
 
 
@@ -338,6 +348,25 @@ def _finish(reader, A, d: int, b, line, head, head_values) -> np.ndarray:
     if rest.size:
         column[rest] = reader.read(A, b, rest, 0, line=line)
     return column
+
+
+# Dense directions that confirm a column's dependence (rank="auto", float64 answers).
+DENSE_CHECKS = 2
+
+
+def _dense_check(reader, A, b, line, columns, coef, rng) -> float:
+    """The new column's mismatch with the span of the previous ones along DENSE_CHECKS random
+    directions g (each with g^T v >= |v|), relative to the typical measurement size."""
+    v = reader.v
+    v_hat = v / np.linalg.norm(v)
+    Z = rng.standard_normal((DENSE_CHECKS, A.d))
+    Z /= np.linalg.norm(Z, axis=1, keepdims=True)
+    G = Z + np.sign(Z @ v_hat)[:, None] * v_hat  # aligned with v, whatever v
+    values = reader.read(DenseDirections(G), b, np.arange(DENSE_CHECKS), 0, line=line)
+    previous = A.apply(columns)  # W Q (A orthogonal), so g^T W Q for any g
+    predicted = (G @ previous) @ coef
+    typical = float(np.sqrt(np.mean(columns**2))) * float(np.mean(np.linalg.norm(G, axis=1)))
+    return float(np.max(np.abs(values - predicted))) / typical
 
 
 def _next_direction(Q: np.ndarray, rng: np.random.Generator) -> np.ndarray:
