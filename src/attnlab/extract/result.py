@@ -37,7 +37,7 @@ INFO_KEYS: dict[str, str] = {
     "repaired_queries": "adaptive: queries spent reading unsafe entries again (saturated, or a W "
     "logit above SAFE_LOGIT): the queries beyond the limit, with stages['precision_check']",
     "saturated_probes": "adaptive: probes that saturated and were read again, smaller",
-    "rescaled_queries": "adaptive: queries spent reading again entries read below 1e-5 of their "
+    "rescaled_queries": "adaptive: queries spent reading again entries read below 1e-4 of their "
     "line's settled scale (a W far from unit size: the first probes' guess was far off)",
     "design_condition": "paper method: condition number of the probe design",
     "iterations": "nuclear-norm: solver iterations",

@@ -86,7 +86,7 @@ class BilinearReader:
     CAUTION = 0.01
     # entries read below this fraction of their line's settled scale are read again at it
     # (`_read_again_far_below`; None: the subclass re-reads its own way)
-    FAR_BELOW: float | None = 1e-5
+    FAR_BELOW: float | None = 1e-4
     # a line still held back by MAX_SCALE_GROWTH reads one entry a stage until it settles
     GROW_ONE_AT_A_TIME = True
 
@@ -288,8 +288,8 @@ class BilinearReader:
 
         A reading's absolute error is the answer's rounding over its scale, so an entry read while
         its line was still growing carries (last scale / its scale) times the error of the rest:
-        kept up to 1e5 (~1e-11 of the entry; generic heads of entries down to ~1e-3 need no
-        query here), beyond it read again (a W of entries ~1e-9: the first line's first
+        kept up to 1e4 (~1e-12 of the entry; generic heads whose lines spread down to ~1e-2
+        need no query here), beyond it read again (a W of entries ~1e-9: the first line's first
         readings at 1e-2 were 1e-5 off, and W with them). One query each.
         """
         line_index, positions, scales = [], [], []
