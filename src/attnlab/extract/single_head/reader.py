@@ -89,6 +89,7 @@ class BilinearReader:
     FAR_BELOW: float | None = 1e-4
     # a line still held back by MAX_SCALE_GROWTH reads one entry a stage until it settles
     GROW_ONE_AT_A_TIME = True
+    _long_warmup = False  # the lines after a pilot: FIRST_LINE_BLOCKS, not LINE_BLOCKS
 
     def __init__(
         self,
@@ -193,12 +194,18 @@ class BilinearReader:
         if trackers is None and self.w_sigma is None and len(lines) > 1:
             # a pilot: the first line alone, so that the others start at 1% of a measured size,
             # not all at INITIAL_PROBE (a W far from unit size would otherwise cost every line
-            # of a full-rank read a repair or a re-read); same queries, one stage more
-            return self.read_lines(a_dirs, b_dirs, lines[:1]) + self.read_lines(
-                a_dirs, b_dirs, lines[1:]
-            )
+            # of a full-rank read a repair or a re-read); same queries, one stage more. The
+            # others keep the first call's long warm-up: with the short one, 5 readings sized
+            # each line's bulk, and ~25 of a d = 1024 read's readings came out above SAFE_LOGIT
+            pilot = self.read_lines(a_dirs, b_dirs, lines[:1])
+            self._long_warmup = True
+            try:
+                return pilot + self.read_lines(a_dirs, b_dirs, lines[1:])
+            finally:
+                self._long_warmup = False
         trackers = trackers or [self.new_line() for _ in lines]
-        warmup = self.FIRST_LINE_BLOCKS if self.w_sigma is None else self.LINE_BLOCKS
+        long_warmup = self.w_sigma is None or self._long_warmup
+        warmup = self.FIRST_LINE_BLOCKS if long_warmup else self.LINE_BLOCKS
         lengths = [_length(line) for line in lines]
         out = np.empty(sum(lengths))
         out_base = np.cumsum([0, *lengths])[:-1].astype(np.int64)
@@ -225,31 +232,38 @@ class BilinearReader:
         done = [0] * len(lines)
         # the scale each segment of a line was read at: (first, stop, mu nu)
         segments: list[list[tuple[int, int, float]]] = [[] for _ in lines]
-        step = 0
+        # each line's place in the warm-up (a continued line already knows its scale: it skips it)
+        block = [len(warmup) if t.count else 0 for t in trackers]
+        # the line whose scale is unknown (the first of a read) grows one reading a stage while
+        # capped, and only then takes its warm-up blocks; every line does so past its warm-up
+        unknown = self.w_sigma is None
         while True:
-            size = warmup[step] if step < len(warmup) else None
-            step += 1
             stage: list[tuple[int, slice, float, float]] = []
             for i, tracker in enumerate(trackers):
-                if size is not None and tracker.count and done[i] == 0:
-                    continue  # a continued line already knows its scale: it skips the warm-up
                 remaining = lengths[i] - done[i]
                 if remaining <= 0:
                     continue
                 mu, nu = self._split(tracker.next_scale())
+                size = warmup[block[i]] if block[i] < len(warmup) else None
                 take = remaining if size is None else min(size, remaining)
-                if tracker.capped and self.GROW_ONE_AT_A_TIME:
-                    # a line far smaller than its scale (W far from the first probe's guess)
-                    # grows one reading a stage, MAX_SCALE_GROWTH each, and reads its bulk once
-                    # its scale has settled
+                if (
+                    tracker.capped
+                    and self.GROW_ONE_AT_A_TIME
+                    and (size is None or (unknown and not self._long_warmup))
+                ):
+                    # still held back by MAX_SCALE_GROWTH: W far from the first probe's guess.
+                    # One reading a stage (16x each) until the scale settles, the warm-up blocks
+                    # kept for after: the bulk is sized from readings at its own scale. (Lines
+                    # after a pilot start at 1% of their predicted size, capped by design for a
+                    # step or two: they keep their blocks.)
                     take = 1
+                else:
+                    block[i] += 1
                 stage.append((i, slice(done[i], done[i] + take), mu, nu))
                 segments[i].append((done[i], done[i] + take, mu * nu))
                 done[i] += take
             if not stage:
-                if size is None:
-                    break
-                continue
+                break
             mus, nus = np.array([s[2] for s in stage]), np.array([s[3] for s in stage])
             self.log.note_imbalance(
                 (nus / mus * b_max + abs(self.c) / mus) / a_min,
