@@ -193,16 +193,15 @@ def multi_head(
         if measured is None or 1 / AT_HOME <= measured <= AT_HOME:
             raise failure
         scale = measured
-        learner, params, extra = learn(scaled_oracle(oracle, scale))
-        extra.update(token_scale=scale, token_scale_queries=oracle.queries - before)
     else:
+        before = oracle.queries
         size = float(np.sqrt(np.mean(params.W**2))) if params.W.size else 1.0
         if 0.0 < size < FAR_FROM_HOME or size > 1.0 / FAR_FROM_HOME:
             # read at logits far from home: read again as the box rescaled from this W
-            before = oracle.queries
             scale = scale_from(params.W)
-            learner, params, extra = learn(scaled_oracle(oracle, scale))
-            extra.update(token_scale=scale, token_scale_queries=oracle.queries - before)
+    if scale != 1.0:
+        learner, params, extra = learn(scaled_oracle(oracle, scale))
+        extra.update(token_scale=scale, token_scale_queries=oracle.queries - before)
     if learner.keep:
         params, polish = refine(
             params, learner.kept_sequences, np.array(learner.kept_answers), affine
