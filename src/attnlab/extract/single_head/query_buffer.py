@@ -64,6 +64,12 @@ class QueryBuffer:
             self.tensor = np.empty((chunk, 2, d))
             self.view = self.tensor
         self.host = self.device_writer is None
+        # host: the single moving entries are written through the flat buffer (one index per
+        # entry, about half the time of a (row, column) index pair): slot k's tokens start at
+        # k * 2d and k * 2d + d
+        self._flat = self.view.reshape(-1) if self.host else None
+        self._start0 = np.arange(chunk, dtype=np.int64) * (2 * d)
+        self._start1 = self._start0 + d
         # what each slot's two tokens hold
         self.key = np.full((2, chunk), UNKNOWN, dtype=np.int64)
         self.col = np.full((2, chunk), NO_COL, dtype=np.int64)
@@ -98,20 +104,20 @@ class QueryBuffer:
     ) -> None:
         """Slots 0..n-1 = [table[rows[k]] + nu[k] e_cols[k]; nu[k] e_cols[k]] (a row read: the
         first token's constant row is table row rows[k], known by key keys[k])."""
-        X0, X1 = self.view[:n, 0], self.view[:n, 1]
-        r = self._arange[:n]
+        flat, start0, start1 = self._flat, self._start0[:n], self._start1[:n]
+        flat_table, row_start = table.reshape(-1), rows * table.shape[1]
         if self._repeats("row", n, keys, rows, table):
             # the last write was the same row reads' previous chunk: slot k holds
             # [table[rows[k]] but for entry col0[k]; zero but for entry col1[k]], so only those
             # two entries move back
             c0, c1 = self.col[0, :n], self.col[1, :n]
-            X0[r, c0] = table[rows, c0]
-            X1[r, c1] = 0.0
+            flat[start0 + c0] = flat_table[row_start + c0]
+            flat[start1 + c1] = 0.0
         else:
             self._hold(0, n, keys, rows, table)
             self._hold_zero(1, n)
-        X0[r, cols] = table[rows, cols] + nu
-        X1[r, cols] = nu
+        flat[start0 + cols] = flat_table[row_start + cols] + nu
+        flat[start1 + cols] = nu
         self.col[0, :n] = cols
         self.col[1, :n] = cols
         self._last = ("row", n, keys, rows, table)
@@ -153,15 +159,15 @@ class QueryBuffer:
         """Slots 0..n-1 = [first_table[rows[k]] + mu[k] e_ai[k]; table[rows[k]]]: a column read
         along `ShiftedCoordinates` (first_table = mu s + table, see `shifted_rows`), whose first
         token is a constant row plus one moving entry, kept and moved as a row read's is."""
-        X0 = self.view[:n, 0]
-        r = self._arange[:n]
+        flat, start0 = self._flat, self._start0[:n]
+        flat_first, row_start = first_table.reshape(-1), rows * first_table.shape[1]
         if self._repeats("shifted", n, keys, rows, table):
             c0 = self.col[0, :n]
-            X0[r, c0] = first_table[rows, c0]
+            flat[start0 + c0] = flat_first[row_start + c0]
         else:
             self._hold(0, n, keys, rows, first_table)
             self._hold(1, n, keys, rows, table)
-        X0[r, ai] = first_table[rows, ai] + mu
+        flat[start0 + ai] = flat_first[row_start + ai] + mu
         self.col[0, :n] = ai
         self._last = ("shifted", n, keys, rows, table)
 
