@@ -12,7 +12,9 @@ of the reader's default size, and the target's forward on the same buffers:
 - row reads (low rank, r (d - r) queries): a_p and the zero row kept; two entries move;
 - full rank (d^2 queries): a varies per query, b = nu e_j (one entry).
 
-`floor` = (writes + Oracle pass) / target time. Measured with one thread, under whatever load the
+`floor` = (writes + Oracle pass) / target time. The Oracle pass timed here is what a plain batch
+costs; the reader now hands the Oracle a `QueryPad` batch (oracle/pad.py), whose hashes are kept as
+entries move, so the reader itself can go below this floor at low rank. Measured with one thread, under whatever load the
 machine has (say so beside the figures). Usage:
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/single_head_floor.py 512x64,512x128,2048x64

@@ -156,6 +156,7 @@ def test_query_buffer_rewrites_only_what_changed_and_holds_the_plain_probes():
         ShiftedCoordinates,
     )
     from attnlab.extract.single_head.query_buffer import QueryBuffer
+    from attnlab.oracle.checks import row_hashes
 
     d, chunk = 24, 12
     rng = np.random.default_rng(4)
@@ -211,6 +212,11 @@ def test_query_buffer_rewrites_only_what_changed_and_holds_the_plain_probes():
             else:
                 target.write_plain(n, Q, ai % 5, mu, Q, cols % 5, nu)
         np.testing.assert_array_equal(buffer.view[:n], fresh.view[:n], err_msg=f"{step} {kind}")
+        # and the pad's kept hashes are those of the entries (what the Oracle takes instead of
+        # its own pass over the batch)
+        np.testing.assert_allclose(
+            buffer.pad.hashes(n), row_hashes(buffer.view[:n]), rtol=1e-12, err_msg=f"{step} {kind}"
+        )
     # the batched product of equal blocks writes what the per-row product writes, to rounding
     n, block = 12, 4
     r = rows_of([block] * 3)

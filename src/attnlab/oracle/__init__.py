@@ -12,6 +12,7 @@ from attnlab.oracle.noise import (
     make_noise,
 )
 from attnlab.oracle.oracle import NoiseModel, Oracle, torch_target
+from attnlab.oracle.pad import QueryPad
 
 __all__ = [
     "AdversarialNoise",
@@ -21,6 +22,7 @@ __all__ = [
     "NoiseModel",
     "Oracle",
     "QueryJournal",
+    "QueryPad",
     "RoundDigits",
     "RoundFloat16",
     "RoundFloat32",

@@ -35,6 +35,7 @@ from attnlab.oracle.checks import (
 )
 from attnlab.oracle.journal import distinct_queries
 from attnlab.oracle.oracle import Oracle
+from attnlab.oracle.pad import PadBatch
 from attnlab.oracle.targets import (
     as_numpy_target,
     complex_query_message,
@@ -158,7 +159,16 @@ class DeviceOracle(Oracle):
         self._hash_vectors: dict[int, torch.Tensor] = {}
 
     def __call__(self, X):
-        if not isinstance(X, torch.Tensor):
+        hashes = None
+        if isinstance(X, PadBatch):
+            if self.device.type != "cpu":
+                raise ValueError(
+                    f"a QueryPad lives on the host; this DeviceOracle's target is on {self.device}: "
+                    f"write the queries into a tensor on that device instead"
+                )
+            hashes = X.hashes()
+            X = X.tensor if isinstance(X.tensor, torch.Tensor) else torch.from_numpy(X.array)
+        elif not isinstance(X, torch.Tensor):
             return super().__call__(X)
         batch = self._validate_tensor(X)
         single = batch.ndim == 2
@@ -167,7 +177,10 @@ class DeviceOracle(Oracle):
         if batch.shape[0] == 0:
             return np.empty(0)
         with self._lock:
-            first, inverse = self._distinct(batch)
+            if hashes is not None and batch is X:
+                first, inverse = self._distinct_on_host(batch.numpy(), hashes)
+            else:
+                first, inverse = self._distinct(batch)
             fresh = batch.shape[0] if first is None else int(first.shape[0])
             if self.budget is not None and self._paid + fresh > self.budget:
                 raise BudgetExhausted(self._paid, self.budget, fresh)
@@ -249,11 +262,13 @@ class DeviceOracle(Oracle):
         inverse[order] = inverse_sorted
         return firsts, inverse
 
-    def _distinct_on_host(self, batch: np.ndarray):
+    def _distinct_on_host(self, batch: np.ndarray, hashes: np.ndarray | None = None):
         """The CPU case of `_distinct`, on a view of the tensor's memory: one BLAS pass hashes every
         sequence, and the same hashes prove the batch finite (`checks.row_hashes`); only sequences
-        whose hashes nearly tie are compared byte for byte (`journal.distinct_queries`)."""
-        hashes = row_hashes(batch)
+        whose hashes nearly tie are compared byte for byte (`journal.distinct_queries`).
+        `hashes`: a `QueryPad`'s kept hashes of these sequences (then no pass, see oracle/pad.py)."""
+        if hashes is None:
+            hashes = row_hashes(batch)
         if far_apart(hashes):  # the usual case: finite hashes, no two near: finite and distinct
             return None, None
         if not all_finite(batch, hashes):

@@ -3,7 +3,8 @@
 It validates every query, answers identical queries of one batch once, counts every sequence it
 hands the target as paid (whatever the target then does), enforces the budget before anything is
 sent, applies the noise model to the answers, journals what it was answered, and refuses to hand
-back NaN, infinite, complex or misshapen outputs.
+back NaN, infinite, complex or misshapen outputs. A `QueryPad` batch (oracle/pad.py) is checked
+with the hashes the pad kept as it was written, instead of a pass over it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from attnlab.oracle.binding import (
     stored_probes,
 )
 from attnlab.oracle.checks import (
+    check_query_shape,
     far_apart,
     one_answer_each,
     positive_seconds,
@@ -39,6 +41,7 @@ from attnlab.oracle.checks import (
     whole_number,
 )
 from attnlab.oracle.journal import QueryJournal, distinct_queries, query_key
+from attnlab.oracle.pad import PadBatch
 from attnlab.oracle.sampling import group_by_length
 from attnlab.oracle.targets import (
     CallTimedOut,
@@ -231,8 +234,15 @@ class Oracle:
 
     # -- querying -------------------------------------------------------------------------
     def __call__(self, X) -> float | np.ndarray:
-        """Answer one sequence (N, d) with a float, or a batch (B, N, d) with an array (B,)."""
-        X, hashes = self._validate(X)
+        """Answer one sequence (N, d) with a float, or a batch (B, N, d) with an array (B,).
+
+        A `QueryPad` batch (`pad.batch(n)`) is taken with the hashes the pad kept (oracle/pad.py):
+        no pass over it unless one of them is non-finite.
+        """
+        if isinstance(X, PadBatch):
+            X, hashes = self._validate_pad(X)
+        else:
+            X, hashes = self._validate(X)
         single = X.ndim == 2
         batch = X[None] if single else X
         if batch.shape[0] == 0:
@@ -250,6 +260,17 @@ class Oracle:
         for (positions, _), answers in zip(grouped, self._answer([b for _, b in grouped])):
             out[positions] = answers
         return out
+
+    def _validate_pad(self, batch: PadBatch) -> tuple[np.ndarray, np.ndarray | None]:
+        """A pad's batch checked: its shape, and finite (proved by finite kept hashes; a non-finite
+        one means an entry to check, as for any batch)."""
+        X, hashes = batch.array, batch.hashes()
+        if not np.all(np.isfinite(hashes)):
+            return self._validate(X)
+        check_query_shape(X.shape, self.d)
+        if self.d is None:
+            self.d = int(X.shape[-1])
+        return X, hashes
 
     def _validate(self, X, single_only: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """X checked (shape, finite), and its row hashes where the finite check computed them."""

@@ -14,6 +14,11 @@ vectorised calls for all its slots (`write_row_reads`, `write_column_reads`,
 call writes into a buffer that held nothing (a test checks this after arbitrary sequences of
 writes).
 
+On the host the buffer is a `QueryPad` (oracle/pad.py) and every write goes through it, so it keeps
+each slot's row hash as entries move (a moved entry adds key * (new - old)): an Oracle handed
+`batch(n)` takes those hashes instead of its own pass over the batch, which at d = 512 was 3-4
+points of the learner's share of the target's time.
+
 On a GPU the reader packs segments one after another and each is written by the device writer
 (`write`).
 """
@@ -23,13 +28,14 @@ from __future__ import annotations
 from typing import Any, cast
 
 import numpy as np
-import torch
 
 from attnlab.extract.single_head.directions import (
     AlignedBasis,
     CoordinateDirections,
     Directions,
 )
+from attnlab.oracle import Oracle
+from attnlab.oracle.pad import QueryPad
 
 Index = int | np.ndarray
 
@@ -45,6 +51,7 @@ class QueryBuffer:
         self.chunk, self.d = chunk, d
         device = getattr(oracle, "device", None)
         self.device_writer: Any = None
+        self.pad: QueryPad | None = None  # host memory: every write goes through the pad
         self.tensor: Any  # what is handed to the oracle: numpy, or a torch tensor
         self.view: Any  # what the probes are written through: numpy where the memory is host
         if device is not None:  # a DeviceOracle: probes are written on its device
@@ -54,22 +61,19 @@ class QueryBuffer:
 
             self.tensor = torch.empty((chunk, 2, d), dtype=torch.float64, device=device)
             if self.tensor.device.type == "cpu":
-                # host memory: numpy writes straight into the tensor's storage; the oracle is still
-                # handed the tensor
-                self.view = self.tensor.numpy()
+                # host memory: the pad writes straight into the tensor's storage
+                self.pad = QueryPad(chunk, 2, d, self.tensor)
+                self.view = self.pad.X
             else:
                 self.device_writer = DeviceWriter(device)
                 self.view = self.tensor
         else:
-            self.tensor = np.empty((chunk, 2, d))
-            self.view = self.tensor
+            self.pad = QueryPad(chunk, 2, d)
+            self.tensor = self.view = self.pad.X
         self.host = self.device_writer is None
-        # host: the single moving entries are written through the flat buffer (one index per
-        # entry, about half the time of a (row, column) index pair): slot k's tokens start at
-        # k * 2d and k * 2d + d
-        self._flat = self.view.reshape(-1) if self.host else None
-        self._start0 = np.arange(chunk, dtype=np.int64) * (2 * d)
-        self._start1 = self._start0 + d
+        # an Oracle takes the pad's batches with the hashes the pad kept (no pass over each batch,
+        # oracle/pad.py); anything else is handed the plain array or tensor
+        self._hand_pad = isinstance(oracle, Oracle)
         # what each slot's two tokens hold
         self.key = np.full((2, chunk), UNKNOWN, dtype=np.int64)
         self.col = np.full((2, chunk), NO_COL, dtype=np.int64)
@@ -82,7 +86,8 @@ class QueryBuffer:
         """The first n slots, as handed to the oracle (the view is made once per size)."""
         view = self._batches.get(n)
         if view is None:
-            view = self._batches[n] = self.tensor[:n]
+            pad = self.pad if self.host and self._hand_pad else None
+            view = self._batches[n] = pad.batch(n) if pad is not None else self.tensor[:n]
         return view
 
     # -- host: a whole chunk at a time ----------------------------------------------------------
@@ -104,20 +109,20 @@ class QueryBuffer:
     ) -> None:
         """Slots 0..n-1 = [table[rows[k]] + nu[k] e_cols[k]; nu[k] e_cols[k]] (a row read: the
         first token's constant row is table row rows[k], known by key keys[k])."""
-        flat, start0, start1 = self._flat, self._start0[:n], self._start1[:n]
+        pad = cast(QueryPad, self.pad)
         flat_table, row_start = table.reshape(-1), rows * table.shape[1]
         if self._repeats("row", n, keys, rows, table):
             # the last write was the same row reads' previous chunk: slot k holds
             # [table[rows[k]] but for entry col0[k]; zero but for entry col1[k]], so only those
             # two entries move back
             c0, c1 = self.col[0, :n], self.col[1, :n]
-            flat[start0 + c0] = flat_table[row_start + c0]
-            flat[start1 + c1] = 0.0
+            pad.put(0, n, c0, flat_table[row_start + c0])
+            pad.put(1, n, c1, 0.0)
         else:
             self._hold(0, n, keys, rows, table)
             self._hold_zero(1, n)
-        flat[start0 + cols] = flat_table[row_start + cols] + nu
-        flat[start1 + cols] = nu
+        pad.put(0, n, cols, flat_table[row_start + cols] + nu)
+        pad.put(1, n, cols, nu)
         self.col[0, :n] = cols
         self.col[1, :n] = cols
         self._last = ("row", n, keys, rows, table)
@@ -136,13 +141,15 @@ class QueryBuffer:
         """Slots 0..n-1 = [mu[k] a_ai[k] + table[rows[k]]; table[rows[k]]] (a column read: the
         second token's constant row, by key keys[k]). `block`: the slots are table.shape[0]
         blocks of `block` slots, block i holding row i (one batched product writes them)."""
-        X0, X1 = self.view[:n, 0], self.view[:n, 1]
+        pad = cast(QueryPad, self.pad)
         if not self._repeats("column", n, keys, rows, table):  # else it holds them already
             self._hold(1, n, keys, rows, table)
+        X0 = pad.dense(0, n)
         if block is not None and isinstance(a_dirs, AlignedBasis):
             a_dirs.write_scaled_plus_blocks(X0, ai, mu, table, block)
         else:
-            a_dirs.write_scaled_plus(X0, ai, mu, X1)
+            a_dirs.write_scaled_plus(X0, ai, mu, pad.X[:n, 1])
+        pad.written(0, n)
         self.key[0, :n] = UNKNOWN
         self._last = ("column", n, keys, rows, table)
 
@@ -159,15 +166,15 @@ class QueryBuffer:
         """Slots 0..n-1 = [first_table[rows[k]] + mu[k] e_ai[k]; table[rows[k]]]: a column read
         along `ShiftedCoordinates` (first_table = mu s + table, see `shifted_rows`), whose first
         token is a constant row plus one moving entry, kept and moved as a row read's is."""
-        flat, start0 = self._flat, self._start0[:n]
+        pad = cast(QueryPad, self.pad)
         flat_first, row_start = first_table.reshape(-1), rows * first_table.shape[1]
         if self._repeats("shifted", n, keys, rows, table):
             c0 = self.col[0, :n]
-            flat[start0 + c0] = flat_first[row_start + c0]
+            pad.put(0, n, c0, flat_first[row_start + c0])
         else:
             self._hold(0, n, keys, rows, first_table)
             self._hold(1, n, keys, rows, table)
-        flat[start0 + ai] = flat_first[row_start + ai] + mu
+        pad.put(0, n, ai, flat_first[row_start + ai] + mu)
         self.col[0, :n] = ai
         self._last = ("shifted", n, keys, rows, table)
 
@@ -195,14 +202,15 @@ class QueryBuffer:
         nu: np.ndarray,
     ) -> None:
         """Slots 0..n-1 = [mu[k] a_ai[k] + nu[k] e_cols[k]; nu[k] e_cols[k]] (a full-rank read)."""
-        X0, X1 = self.view[:n, 0], self.view[:n, 1]
-        r = self._arange[:n]
+        pad = cast(QueryPad, self.pad)
         self._last = None
         self._hold_zero(1, n)
-        X1[r, cols] = nu
+        pad.put(1, n, cols, nu)
         self.col[1, :n] = cols
+        X0 = pad.dense(0, n)
         a_dirs.write_scaled(X0, ai, mu)
-        X0[r, cols] += nu
+        X0[self._arange[:n], cols] += nu
+        pad.written(0, n)
         self.key[0, :n] = UNKNOWN
 
     def write_plain(
@@ -216,7 +224,8 @@ class QueryBuffer:
         nu: np.ndarray,
     ) -> None:
         """Slots 0..n-1 = [mu[k] a_ai[k] + nu[k] b_bi[k]; nu[k] b_bi[k]], nothing reused."""
-        X0, X1 = self.view[:n, 0], self.view[:n, 1]
+        pad = cast(QueryPad, self.pad)
+        X0, X1 = pad.dense(0, n), pad.dense(1, n)
         self._last = None
         b_dirs.write_scaled(X1, bi, nu)
         a_dirs.write_scaled(X0, ai, mu)
@@ -224,6 +233,8 @@ class QueryBuffer:
             X0[self._arange[:n], bi] += nu
         else:
             X0 += X1
+        pad.written(0, n)
+        pad.written(1, n)
         self.key[:, :n] = UNKNOWN
 
     def _hold(
@@ -231,44 +242,38 @@ class QueryBuffer:
     ) -> None:
         """Make slot k's token hold table[rows[k]] exactly: slots holding another key are
         rewritten, slots holding it get their one differing entry put back."""
-        X = self.view[:n, token]
+        pad = cast(QueryPad, self.pad)
         held, cols = self.key[token, :n], self.col[token, :n]
         stale = np.flatnonzero(held != keys)
         if 2 * stale.size >= n:
-            # torch's gather writes into the strided view ~5x faster than numpy's fancy copy, so
-            # rewriting every slot beats rewriting the stale half of them
-            torch.index_select(
-                torch.from_numpy(table), 0, torch.from_numpy(rows), out=torch.from_numpy(X)
-            )
+            # one gather of every slot (torch's, ~5x numpy's fancy copy into a strided view)
+            # beats rewriting the stale half of them
+            pad.copy_rows(token, n, table, rows)
         else:
             if stale.size:
-                torch.from_numpy(X).index_copy_(
-                    0,
-                    torch.from_numpy(stale),
-                    torch.index_select(torch.from_numpy(table), 0, torch.from_numpy(rows[stale])),
-                )
+                pad.copy_rows_at(token, stale, table, rows[stale])
                 cols[stale] = NO_COL
             moved = np.flatnonzero(cols != NO_COL)
             if moved.size:
                 c = cols[moved]
-                X[moved, c] = table[rows[moved], c]
+                pad.put_at(token, moved, c, table[rows[moved], c])
         held[:] = keys
         cols[:] = NO_COL
 
     def _hold_zero(self, token: int, n: int) -> None:
         """Make the token of slots 0..n-1 the zero row exactly."""
-        X = self.view[:n, token]
+        pad = cast(QueryPad, self.pad)
         held, cols = self.key[token, :n], self.col[token, :n]
         stale = np.flatnonzero(held != ZERO)
         if 2 * stale.size >= n:  # one fill beats a fancy write to half the slots
-            X.fill(0.0)
+            pad.fill(token, n)
         else:
             if stale.size:
-                X[stale] = 0.0
+                pad.fill_at(token, stale)
                 cols[stale] = NO_COL
             moved = np.flatnonzero(cols != NO_COL)
             if moved.size:
-                X[moved, cols[moved]] = 0.0
+                pad.put_at(token, moved, cols[moved], 0.0)
         held[:] = ZERO
         cols[:] = NO_COL
 
@@ -288,6 +293,7 @@ class QueryBuffer:
         self._last = None
         if self.host:  # the plain writer (the host reader deals chunks out instead, see above)
             write_queries(X0, X1, a_dirs, ai, mu, b_dirs, bi, nu)
+            cast(QueryPad, self.pad).written_slots(slots)
             self.key[:, slots] = UNKNOWN
         else:
             self.device_writer.write_queries(X0, X1, a_dirs, ai, mu, b_dirs, bi, nu)
