@@ -38,7 +38,9 @@ class QueryPad:
     """A (chunk, tokens, d) float64 buffer with per-slot, per-token hashes.
 
     `tensor`: where the memory lives (a CPU torch tensor to share with a DeviceOracle; default a
-    fresh numpy array). The pad starts all zeros.
+    fresh numpy array, all zeros). A tensor's entries are taken as they are, unknown: their hashes
+    start NaN (a batch of slots not yet written is checked by the Oracle's own pass), which spares
+    a pass over memory the writer fills anyway.
     """
 
     def __init__(self, chunk: int, tokens: int, d: int, tensor: Any = None):
@@ -57,14 +59,13 @@ class QueryPad:
                 raise ValueError(
                     "a pad keeps its hashes on the host: its tensor must be on the CPU"
                 )
-            tensor.zero_()
             self.tensor = tensor
             self.X = tensor.numpy()
         self._flat = self.X.reshape(-1)
         self.key = row_key(self.tokens * self.d).reshape(self.tokens, self.d)
         self._key_sums = self.key.sum(axis=1)
         # the hash of each slot's token t: X[k, t] @ key[t]; the slot's hash is their sum
-        self.parts = np.zeros((self.tokens, self.chunk))
+        self.parts = np.full((self.tokens, self.chunk), 0.0 if tensor is None else np.nan)
         self._starts = np.arange(self.chunk, dtype=np.int64)[None, :] * (self.tokens * self.d)
         self._starts = self._starts + (np.arange(self.tokens, dtype=np.int64) * self.d)[:, None]
         self._batches: dict[int, PadBatch] = {}
