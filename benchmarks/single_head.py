@@ -198,6 +198,18 @@ def main() -> None:
         help="--scale: measure the peak memory (tracemalloc) in a second run of cases up to this long",
     )
     parser.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="--scale: runs of each case under --repeat-below s of target time (median reported)",
+    )
+    parser.add_argument(
+        "--repeat-below",
+        type=float,
+        default=5.0,
+        help="--scale: target seconds below which a case is repeated",
+    )
+    parser.add_argument(
         "--throughput",
         action="store_true",
         help="multi_head and relu_ffn at their benchmark sizes: seconds per query, learner vs target",

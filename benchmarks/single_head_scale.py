@@ -235,6 +235,14 @@ def fmt(value, spec: str) -> str:
     )
 
 
+def _share(row: dict, name: str) -> str:
+    """A share column: the one run's, or the median of the repeated runs with their range."""
+    runs = row.get(f"{name}_runs")
+    if not runs:
+        return fmt(row[f"{name}_fraction"], ".1%")
+    return f"{np.median(runs):.1%} ({min(runs):.1%}-{max(runs):.1%})"
+
+
 def table(rows: list[dict], command: str) -> str:
     lines = [
         "# Single-head extraction at scale (`--scale`)",
@@ -254,7 +262,10 @@ def table(rows: list[dict], command: str) -> str:
         "outside the target), which waiting for a core on a loaded machine does not inflate. "
         "peak MiB = tracemalloc peak of the extraction (numpy: learner, Oracle, the d x d result), measured "
         "in a second, untimed run of each case that took at most --memory-seconds (tracemalloc slows "
-        "every allocation, which inflated the learner fraction of earlier tables); — where not measured.",
+        "every allocation, which inflated the learner fraction of earlier tables); — where not measured. "
+        "Cases with under --repeat-below seconds of target time are run --repeats times in a row; their "
+        "shares are the median (range) of those runs, the first one the case's first in the process, "
+        "and their other columns are the first run's.",
         "",
         "| d | r | affine | queries / limit | error W | seconds | target s | alone s | learner | learner (CPU) | Oracle | peak MiB |",
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -270,9 +281,8 @@ def table(rows: list[dict], command: str) -> str:
             secs, target = f"{row['seconds']:.1f}", f"{row['target_s']:.1f}"
         lines.append(
             f"| {row['d']} | {row['r']} | {'yes' if row['affine'] else 'no'} | {ratio} | {fmt(row['error'], '.1e')} | "
-            f"{secs} | {target} | {row['target_alone_s']:.0f} | {row['learner_fraction']:.1%} | "
-            f"{row['learner_cpu_fraction']:.1%} | "
-            f"{fmt(row['oracle_fraction'], '.1%')} | {fmt(row['peak_mib'], '.0f')} |"
+            f"{secs} | {target} | {row['target_alone_s']:.0f} | {_share(row, 'learner')} | "
+            f"{_share(row, 'learner_cpu')} | {_share(row, 'oracle')} | {fmt(row['peak_mib'], '.0f')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -295,6 +305,8 @@ def scale_main(args) -> None:
         + (f" --only {args.only}" if args.only else "")
         + (f" --out {args.out}" if args.out != "single_head_scale" else "")
         + (f" --memory-seconds {args.memory_seconds:g}" if args.memory_seconds != 60 else "")
+        + (f" --repeats {args.repeats}" if args.repeats != 5 else "")
+        + (f" --repeat-below {args.repeat_below:g}" if args.repeat_below != 5 else "")
     )
     warm_up()
     for d, r, affine in cases:
@@ -307,6 +319,24 @@ def scale_main(args) -> None:
             row["peak_mib"] = run_case(
                 d, r, affine, args.seed, args.case_seconds, args.prefix_seconds, args.oracle
             )["peak_mib"]
+        if not row["partial"] and row["target_s"] < args.repeat_below and args.repeats > 1:
+            # a sub-second case's share moves by a point or two between runs (what ran before,
+            # where its buffers landed): it is run again and the spread reported, the median read
+            runs = [row] + [
+                run_case(
+                    d,
+                    r,
+                    affine,
+                    args.seed,
+                    args.case_seconds,
+                    args.prefix_seconds,
+                    args.oracle,
+                    False,
+                )
+                for _ in range(args.repeats - 1)
+            ]
+            for key in ("learner_fraction", "learner_cpu_fraction", "oracle_fraction"):
+                row[key.replace("fraction", "runs")] = [run[key] for run in runs]
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
         log.write_text(json.dumps({"command": command, "rows": rows}, indent=1))
