@@ -140,3 +140,16 @@ def test_single_head_through_a_pad_matches_the_plain_array_path(monkeypatch):
     without = single_head(Oracle(head, d=24), rank=None, seed=0, fidelity_samples=0)
     assert with_pad.queries == without.queries == 24 * 24 + 24
     np.testing.assert_array_equal(with_pad.params["W"], without.params["W"])
+
+
+def test_a_journaled_oracle_answers_a_pad_batch_from_its_journal(tmp_path):
+    """Journal keys come from the batch's entries, so a pad's batch is journaled like any other."""
+    rng = np.random.default_rng(6)
+    pad = filled_pad(6, 5, rng)
+    timed = TimedTarget(SingleHeadAttention.random(6, seed=3), d=6)
+    with Oracle(timed, d=6, journal=tmp_path / "j.sqlite") as first:
+        answers = first(pad.batch(5))
+    calls = timed.calls
+    with Oracle(timed, d=6, journal=tmp_path / "j.sqlite") as again:
+        np.testing.assert_array_equal(again(pad.batch(5)), answers)
+    assert timed.calls == calls + 1  # only the journal's identity probes, not the batch
