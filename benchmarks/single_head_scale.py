@@ -240,6 +240,11 @@ def fmt(value, spec: str) -> str:
     )
 
 
+def _seconds(value: float) -> str:
+    """Seconds to a tenth (a sub-second case would read 0 to the whole second)."""
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
 def _share(row: dict, name: str) -> str:
     """A share column: the one run's, or the median of the repeated runs with their range."""
     runs = row.get(f"{name}_runs")
@@ -288,7 +293,7 @@ def table(rows: list[dict], command: str) -> str:
             secs, target = f"{row['seconds']:.1f}", f"{row['target_s']:.1f}"
         lines.append(
             f"| {row['d']} | {row['r']} | {'yes' if row['affine'] else 'no'} | {ratio} | {fmt(row['error'], '.1e')} | "
-            f"{secs} | {target} | {row['target_alone_s']:.0f} | {_share(row, 'learner')} | "
+            f"{secs} | {target} | {_seconds(row['target_alone_s'])} | {_share(row, 'learner')} | "
             f"{_share(row, 'learner_cpu')} | {_share(row, 'oracle')} | {fmt(row['peak_mib'], '.0f')} |"
         )
     return "\n".join(lines) + "\n"
