@@ -153,3 +153,28 @@ def test_a_journaled_oracle_answers_a_pad_batch_from_its_journal(tmp_path):
     with Oracle(timed, d=6, journal=tmp_path / "j.sqlite") as again:
         np.testing.assert_array_equal(again(pad.batch(5)), answers)
     assert timed.calls == calls + 1  # only the journal's identity probes, not the batch
+
+
+@pytest.mark.parametrize("rank", [None, 6, "auto"])
+def test_the_reader_s_kept_hashes_match_its_batches_at_every_call(monkeypatch, rank):
+    """In a real extraction (a torch head behind a DeviceOracle, the reader's own pad), the hashes
+    the Oracle takes agree with a fresh pass over each batch it is handed."""
+    from attnlab.extract import single_head
+    from attnlab.oracle import pad as pad_module
+
+    seen = []
+    kept_hashes = pad_module.PadBatch.hashes
+
+    def checked(self):
+        kept = kept_hashes(self)
+        fresh = row_hashes(self.array)
+        seen.append(float(np.max(np.abs(kept - fresh)) / np.max(np.abs(fresh))))
+        return kept
+
+    monkeypatch.setattr(pad_module.PadBatch, "hashes", checked)
+    head = SingleHeadAttention.random(32, rank=None if rank is None else 6, seed=7)
+    result = single_head(DeviceOracle(head, d=32), rank=rank, seed=1, fidelity_samples=0)
+    assert len(seen) >= 5 and max(seen) < 1e-13
+    assert np.max(np.abs(result.params["W"] - head.W.detach().numpy())) < 1e-9 * np.max(
+        np.abs(head.W.detach().numpy())
+    )
