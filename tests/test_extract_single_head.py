@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -400,3 +401,19 @@ def test_nuclear_norm_is_matrix_free_and_exact_on_a_low_rank_head():
     assert np.abs(ext.params["W"] - W).max() <= 1e-9 * np.abs(W).max()
     assert ext.info["solver"].endswith("(matrix-free)")
     assert oracle.queries == d + m
+
+
+def test_a_declared_rank_below_w_s_is_named_by_the_fidelity_warning():
+    """A full-rank W read with rank=6 is wrong (the skeleton is exact only up to the declared
+    rank); the fidelity check catches it, and its warning names the declared rank as a cause."""
+    from attnlab.extract.single_head import PrecisionWarning
+
+    head = SingleHeadAttention.random(32, seed=7)
+    with pytest.warns(PrecisionWarning, match=r"rank above the rank=6 declared"):
+        result = single_head(Oracle(head, d=32), rank=6, seed=1)
+    assert result.info["estimated_error"] is None and result.info["hidden_precision"] > 1e-3
+    # a W of the declared rank does not warn
+    low = SingleHeadAttention.random(32, rank=6, seed=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PrecisionWarning)
+        single_head(Oracle(low, d=32), rank=6, seed=1)

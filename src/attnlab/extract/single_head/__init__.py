@@ -251,7 +251,7 @@ def single_head(
     fidelity_seed = int(rng.integers(2**31)) + FIDELITY_SEED_OFFSET
     result.check_fidelity(oracle, fidelity_samples, fidelity_seed)
     if method == "adaptive" and not coarse:
-        _check_hidden_precision(result, v)
+        _check_hidden_precision(result, v, rank if isinstance(rank, int) else None)
     return result
 
 
@@ -263,8 +263,11 @@ def single_head(
 HIDDEN_PRECISION_FIDELITY = 1e-10
 
 
-def _check_hidden_precision(result: Extraction, v: np.ndarray) -> None:
-    """Warn when float64-looking answers disagree with the exact head recovered from them."""
+def _check_hidden_precision(result: Extraction, v: np.ndarray, rank: int | None = None) -> None:
+    """Warn when float64-looking answers disagree with the exact head recovered from them.
+
+    `rank`: the rank the caller declared; a W of higher rank read as rank r disagrees the same
+    way (the skeleton is exact only for rank <= r), so the warning names that cause too."""
     scale = float(np.linalg.norm(v))
     if result.fidelity is None or scale == 0.0:
         return
@@ -275,10 +278,16 @@ def _check_hidden_precision(result: Extraction, v: np.ndarray) -> None:
     # the a-priori estimate assumed float64 arithmetic; it does not hold
     result.info["estimated_error"] = None
     result.info["hidden_precision"] = relative
+    declared = (
+        f"W has rank above the rank={rank} declared (a rank-{rank} read of a higher-rank W is "
+        f"wrong; use rank='auto' to find it, or rank=None), or "
+        if rank is not None
+        else ""
+    )
     warnings.warn(
         f"single_head: the answers look like float64, but on fresh sequences they differ from the "
-        f"recovered head by {relative:.1e} of |v| (an exact float64 head agrees to ~1e-14): the "
-        f"black box computes part of its arithmetic in lower precision (e.g. a float32 softmax, as "
+        f"recovered head by {relative:.1e} of |v| (an exact float64 head agrees to ~1e-14): "
+        f"{declared}the black box computes part of its arithmetic in lower precision (e.g. a float32 softmax, as "
         f"Llama's eager kernel does) or is not one softmax head, and W may be off by much more "
         f"than that. Re-run with method_options={{'precision': 6e-8}} (float32; the arithmetic's "
         f"unit roundoff) to read at that precision with an error estimate",
