@@ -111,17 +111,12 @@ class QueryPad:
 
     def put(self, token: int, n: int, cols: np.ndarray, values) -> None:
         """X[k, token, cols[k]] = values[k] for the slots k = 0..n-1 (one entry each)."""
-        index = self._starts[token, :n] + cols
-        change = self._flat[index]  # the old entries, turned in place into key * (new - old)
-        np.subtract(values, change, out=change)
-        change *= self.key[token, cols]
-        self.parts[token, :n] += change
-        self._flat[index] = values
+        self.put_at(token, slice(0, n), cols, values)
 
-    def put_at(self, token: int, slots: np.ndarray, cols: np.ndarray, values) -> None:
+    def put_at(self, token: int, slots: np.ndarray | slice, cols: np.ndarray, values) -> None:
         """X[slots[k], token, cols[k]] = values[k] (slots distinct)."""
         index = self._starts[token, slots] + cols
-        change = self._flat[index]
+        change = self._flat[index]  # the old entries, turned in place into key * (new - old)
         np.subtract(values, change, out=change)
         change *= self.key[token, cols]
         self.parts[token, slots] += change
@@ -129,10 +124,9 @@ class QueryPad:
 
     def fill(self, token: int, n: int, value: float = 0.0) -> None:
         """Slots 0..n-1 of `token` = value everywhere."""
-        self.X[:n, token] = value
-        self.parts[token, :n] = value * self._key_sums[token]
+        self.fill_at(token, slice(0, n), value)
 
-    def fill_at(self, token: int, slots: np.ndarray, value: float = 0.0) -> None:
+    def fill_at(self, token: int, slots: np.ndarray | slice, value: float = 0.0) -> None:
         """Slots `slots` of `token` = value everywhere."""
         self.X[slots, token] = value
         self.parts[token, slots] = value * self._key_sums[token]
@@ -143,12 +137,15 @@ class QueryPad:
 
     def written(self, token: int, n: int) -> None:
         """Hash slots 0..n-1 of `token` afresh from their entries (after a `dense` write)."""
-        self.parts[token, :n] = self.X[:n, token] @ self.key[token]
+        self._rehash(token, slice(0, n))
 
     def written_slots(self, slots: slice) -> None:
         """Hash every token of the slots `slots` afresh (after writing them in place)."""
         for token in range(self.tokens):
-            self.parts[token, slots] = self.X[slots, token] @ self.key[token]
+            self._rehash(token, slots)
+
+    def _rehash(self, token: int, slots: slice) -> None:
+        self.parts[token, slots] = self.X[slots, token] @ self.key[token]
 
 
 class PadBatch:
